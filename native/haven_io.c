@@ -1,0 +1,203 @@
+/*
+ * haven_io: the few Linux file-system calls Node.js does not expose, for the file block device.
+ *
+ *   fallocate(fd, mode, offset, length) -> Promise<void>   (runs on the libuv thread pool)
+ *   seekData(fd, offset) -> number    lseek(SEEK_DATA); -1 when there is no data at or after offset
+ *   seekHole(fd, offset) -> number    lseek(SEEK_HOLE); the file's end counts as a hole
+ *   seekEnd(fd) -> number             size of a file or block device
+ *
+ * Errors reject or throw an Error whose `code` is the errno name (EOPNOTSUPP, EINVAL, ...) so the
+ * TypeScript side can map it to an NBD error without parsing messages.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <node_api.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define CHECK(call)                                                                                \
+  do {                                                                                             \
+    if ((call) != napi_ok) {                                                                       \
+      napi_throw_error(env, "EHAVEN_NAPI", "N-API call failed: " #call);                           \
+      return NULL;                                                                                 \
+    }                                                                                              \
+  } while (0)
+
+static const char *errno_name(int err) {
+  switch (err) {
+    case EOPNOTSUPP: return "EOPNOTSUPP";
+    case EINVAL: return "EINVAL";
+    case EIO: return "EIO";
+    case ENOSPC: return "ENOSPC";
+    case EBADF: return "EBADF";
+    case EFBIG: return "EFBIG";
+    case EPERM: return "EPERM";
+    case EROFS: return "EROFS";
+    case ENXIO: return "ENXIO";
+    case EINTR: return "EINTR";
+    case ENODEV: return "ENODEV";
+    case ESPIPE: return "ESPIPE";
+    default: return "EUNKNOWN";
+  }
+}
+
+static napi_value make_error(napi_env env, const char *syscall, int err) {
+  napi_value code, message, error;
+  char text[160];
+  snprintf(text, sizeof text, "%s failed: %s", syscall, strerror(err));
+  napi_create_string_utf8(env, errno_name(err), NAPI_AUTO_LENGTH, &code);
+  napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &message);
+  napi_create_error(env, code, message, &error);
+  napi_value errno_value;
+  napi_create_int32(env, -err, &errno_value);
+  napi_set_named_property(env, error, "errno", errno_value);
+  return error;
+}
+
+static int get_args(napi_env env, napi_callback_info info, size_t expected, napi_value *argv) {
+  size_t argc = expected;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != expected) {
+    napi_throw_type_error(env, "EHAVEN_ARGS", "wrong number of arguments");
+    return 0;
+  }
+  return 1;
+}
+
+static int get_int64(napi_env env, napi_value value, int64_t *out) {
+  if (napi_get_value_int64(env, value, out) != napi_ok || *out < 0) {
+    napi_throw_type_error(env, "EHAVEN_ARGS", "expected a non-negative integer");
+    return 0;
+  }
+  return 1;
+}
+
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  int fd;
+  int mode;
+  int64_t offset;
+  int64_t length;
+  int err;
+} fallocate_job;
+
+static void fallocate_execute(napi_env env, void *data) {
+  (void)env;
+  fallocate_job *job = data;
+  int rc;
+  do {
+    rc = fallocate(job->fd, job->mode, (off_t)job->offset, (off_t)job->length);
+  } while (rc != 0 && errno == EINTR);
+  job->err = rc == 0 ? 0 : errno;
+}
+
+static void fallocate_complete(napi_env env, napi_status status, void *data) {
+  fallocate_job *job = data;
+  if (status != napi_ok && job->err == 0) job->err = EIO;
+  if (job->err == 0) {
+    napi_value undefined;
+    napi_get_undefined(env, &undefined);
+    napi_resolve_deferred(env, job->deferred, undefined);
+  } else {
+    napi_reject_deferred(env, job->deferred, make_error(env, "fallocate", job->err));
+  }
+  napi_delete_async_work(env, job->work);
+  free(job);
+}
+
+static napi_value js_fallocate(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  if (!get_args(env, info, 4, argv)) return NULL;
+  int64_t fd, mode, offset, length;
+  if (!get_int64(env, argv[0], &fd) || !get_int64(env, argv[1], &mode) ||
+      !get_int64(env, argv[2], &offset) || !get_int64(env, argv[3], &length))
+    return NULL;
+  fallocate_job *job = calloc(1, sizeof *job);
+  if (job == NULL) {
+    napi_throw_error(env, "ENOMEM", "out of memory");
+    return NULL;
+  }
+  job->fd = (int)fd;
+  job->mode = (int)mode;
+  job->offset = offset;
+  job->length = length;
+  napi_value promise, name;
+  CHECK(napi_create_promise(env, &job->deferred, &promise));
+  CHECK(napi_create_string_utf8(env, "haven_fallocate", NAPI_AUTO_LENGTH, &name));
+  CHECK(napi_create_async_work(env, NULL, name, fallocate_execute, fallocate_complete, job, &job->work));
+  CHECK(napi_queue_async_work(env, job->work));
+  return promise;
+}
+
+static napi_value seek(napi_env env, napi_callback_info info, int whence, const char *syscall) {
+  napi_value argv[2];
+  if (!get_args(env, info, 2, argv)) return NULL;
+  int64_t fd, offset;
+  if (!get_int64(env, argv[0], &fd) || !get_int64(env, argv[1], &offset)) return NULL;
+  off_t result = lseek((int)fd, (off_t)offset, whence);
+  if (result < 0) {
+    if (errno == ENXIO) result = -1; /* no data (or hole) at or after offset */
+    else {
+      napi_throw(env, make_error(env, syscall, errno));
+      return NULL;
+    }
+  }
+  napi_value value;
+  CHECK(napi_create_int64(env, (int64_t)result, &value));
+  return value;
+}
+
+static napi_value js_seek_data(napi_env env, napi_callback_info info) {
+  return seek(env, info, SEEK_DATA, "lseek(SEEK_DATA)");
+}
+
+static napi_value js_seek_hole(napi_env env, napi_callback_info info) {
+  return seek(env, info, SEEK_HOLE, "lseek(SEEK_HOLE)");
+}
+
+/* The size of a file or block device (lseek to the end; fstat reports 0 for block devices). */
+static napi_value js_seek_end(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, argv)) return NULL;
+  int64_t fd;
+  if (!get_int64(env, argv[0], &fd)) return NULL;
+  off_t result = lseek((int)fd, 0, SEEK_END);
+  if (result < 0) {
+    napi_throw(env, make_error(env, "lseek(SEEK_END)", errno));
+    return NULL;
+  }
+  napi_value value;
+  CHECK(napi_create_int64(env, (int64_t)result, &value));
+  return value;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor properties[] = {
+    {"fallocate", NULL, js_fallocate, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"seekData", NULL, js_seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"seekHole", NULL, js_seek_hole, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"seekEnd", NULL, js_seek_end, NULL, NULL, NULL, napi_enumerable, NULL},
+  };
+  CHECK(napi_define_properties(env, exports, sizeof properties / sizeof properties[0], properties));
+  napi_value flags;
+  CHECK(napi_create_object(env, &flags));
+  const struct { const char *name; int value; } constants[] = {
+    {"KEEP_SIZE", FALLOC_FL_KEEP_SIZE},
+    {"PUNCH_HOLE", FALLOC_FL_PUNCH_HOLE},
+    {"ZERO_RANGE", FALLOC_FL_ZERO_RANGE},
+  };
+  for (size_t i = 0; i < sizeof constants / sizeof constants[0]; i++) {
+    napi_value v;
+    CHECK(napi_create_int32(env, constants[i].value, &v));
+    CHECK(napi_set_named_property(env, flags, constants[i].name, v));
+  }
+  CHECK(napi_set_named_property(env, exports, "FALLOC", flags));
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

@@ -1,0 +1,276 @@
+// A block device backed by one regular file or raw block device: the simplest store a volume can have.
+// Reads and writes go through the page cache with pread/pwrite on Node's thread pool; FLUSH and FUA
+// are fdatasync; TRIM punches holes; block status asks the file system (SEEK_DATA/SEEK_HOLE).
+// One instance is shared by every connection to the export, so all of them see one another's writes
+// and one fdatasync covers every completed write: that is what makes CAN_MULTI_CONN true.
+
+import { close, constants, fdatasync, fstat, ftruncate, open, read, write, type Stats } from "node:fs";
+import assert from "node:assert/strict";
+import { HavenError, fromSystemError } from "../core/errors.js";
+import type { BlockDevice, BlockDeviceCapabilities, Extent, WriteOptions, ZeroOptions } from "./device.js";
+import { nativeIo, type NativeIo } from "./native.js";
+
+export interface FileDeviceOptions {
+  readonly readOnly?: boolean;
+  /** Create a sparse file of this many bytes if the path does not exist. */
+  readonly createSizeBytes?: number;
+}
+
+/** Bytes written per call when zeroes must be written because the file system cannot punch or zero. */
+const ZERO_WRITE_CHUNK_BYTES = 1024 * 1024;
+/** Block status never returns more extents than this in one answer (the client asks again). */
+const MAX_EXTENTS_PER_QUERY = 1024;
+
+export class FileDevice implements BlockDevice {
+  readonly capabilities: BlockDeviceCapabilities;
+  private closed = false;
+  private flushInProgress: Promise<void> | undefined;
+  private flushQueued: Promise<void> | undefined;
+  private zeroChunk: Buffer | undefined;
+
+  private constructor(
+    readonly path: string,
+    private readonly fd: number,
+    readonly size: number,
+    private readonly isBlockDevice: boolean,
+    readOnly: boolean,
+    private readonly native: NativeIo,
+  ) {
+    this.capabilities = {
+      readOnly,
+      canTrim: !readOnly,
+      canWriteZeroes: !readOnly,
+      canFastZero: !readOnly && !isBlockDevice,
+      canMultiConn: true,
+      rotational: false,
+    };
+  }
+
+  static async open(path: string, options: FileDeviceOptions = {}): Promise<FileDevice> {
+    const native = nativeIo();
+    const readOnly = options.readOnly ?? false;
+    let fd: number;
+    try {
+      fd = await openFile(path, readOnly ? constants.O_RDONLY : constants.O_RDWR);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw fromSystemError(error, `cannot open ${path}`);
+      if (options.createSizeBytes === undefined) {
+        throw new HavenError("HAVEN_ERR_NOT_FOUND", `${path} does not exist; pass --size to create it`);
+      }
+      if (readOnly) throw new HavenError("HAVEN_ERR_USAGE", `${path} does not exist and --read-only cannot create it`);
+      fd = await openFile(path, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL, 0o600);
+      await new Promise<void>((resolve, reject) =>
+        ftruncate(fd, options.createSizeBytes!, (error) => (error ? reject(error) : resolve())),
+      );
+    }
+    const stats = await new Promise<Stats>((resolve, reject) =>
+      fstat(fd, (error, result) => (error ? reject(error) : resolve(result))),
+    );
+    if (!stats.isFile() && !stats.isBlockDevice()) {
+      await closeFile(fd);
+      throw new HavenError("HAVEN_ERR_USAGE", `${path} is neither a regular file nor a block device`);
+    }
+    const size = stats.isBlockDevice() ? native.seekEnd(fd) : stats.size;
+    if (options.createSizeBytes !== undefined && size !== options.createSizeBytes) {
+      await closeFile(fd);
+      throw new HavenError(
+        "HAVEN_ERR_USAGE",
+        `${path} already exists with ${size} bytes but --size asks for ${options.createSizeBytes}; ` +
+          `Haven never resizes existing data: drop --size or pick another path`,
+      );
+    }
+    if (size === 0) {
+      await closeFile(fd);
+      throw new HavenError("HAVEN_ERR_USAGE", `${path} is empty; an export needs at least one byte`);
+    }
+    return new FileDevice(path, fd, size, stats.isBlockDevice(), readOnly, native);
+  }
+
+  read(offset: number, target: Buffer): Promise<void> {
+    this.checkRange(offset, target.length);
+    return new Promise((resolve, reject) => {
+      const step = (done: number): void => {
+        read(this.fd, target, done, target.length - done, offset + done, (error, bytesRead) => {
+          if (error) return reject(fromSystemError(error, `read ${target.length} bytes at ${offset} from ${this.path}`));
+          const total = done + bytesRead;
+          if (total === target.length) return resolve();
+          if (bytesRead === 0) {
+            // The file shrank under us or the device ended early: what is not there reads as zeroes.
+            target.fill(0, total);
+            return resolve();
+          }
+          step(total);
+        });
+      };
+      step(0);
+    });
+  }
+
+  write(offset: number, data: Buffer, options: WriteOptions = {}): Promise<void> {
+    this.checkWritable();
+    this.checkRange(offset, data.length);
+    const written = new Promise<void>((resolve, reject) => {
+      const step = (done: number): void => {
+        write(this.fd, data, done, data.length - done, offset + done, (error, bytesWritten) => {
+          if (error) return reject(fromSystemError(error, `write ${data.length} bytes at ${offset} to ${this.path}`));
+          const total = done + bytesWritten;
+          if (total === data.length) return resolve();
+          step(total);
+        });
+      };
+      step(0);
+    });
+    return options.fua ? written.then(() => this.flush()) : written;
+  }
+
+  /**
+   * fdatasync, coalesced: a FLUSH that arrives while one is running waits for the next one, which
+   * starts after the running one ends and so covers every write completed before this call.
+   */
+  flush(): Promise<void> {
+    this.checkOpen();
+    if (this.flushInProgress === undefined) {
+      this.flushInProgress = this.datasync().finally(() => {
+        this.flushInProgress = undefined;
+      });
+      return this.flushInProgress;
+    }
+    if (this.flushQueued === undefined) {
+      this.flushQueued = this.flushInProgress
+        .catch(() => undefined)
+        .then(() => {
+          this.flushQueued = undefined;
+          return this.flush();
+        });
+    }
+    return this.flushQueued;
+  }
+
+  async trim(offset: number, length: number, options: WriteOptions = {}): Promise<void> {
+    this.checkWritable();
+    this.checkRange(offset, length);
+    if (this.isBlockDevice) return; // advisory; BLKDISCARD would need an ioctl, not worth it yet
+    await this.fallocate(this.native.FALLOC.PUNCH_HOLE | this.native.FALLOC.KEEP_SIZE, offset, length, "trim");
+    if (options.fua) await this.flush();
+  }
+
+  async writeZeroes(offset: number, length: number, options: ZeroOptions = {}): Promise<void> {
+    this.checkWritable();
+    this.checkRange(offset, length);
+    const { PUNCH_HOLE, KEEP_SIZE, ZERO_RANGE } = this.native.FALLOC;
+    const mode = options.keepAllocated ? ZERO_RANGE | KEEP_SIZE : PUNCH_HOLE | KEEP_SIZE;
+    let done = false;
+    if (!this.isBlockDevice) {
+      try {
+        await this.fallocate(mode, offset, length, "write zeroes");
+        done = true;
+      } catch (error) {
+        if (!(error instanceof HavenError && error.code === "HAVEN_ERR_NOT_SUPPORTED")) throw error;
+      }
+    }
+    if (!done) {
+      if (options.fastOnly) {
+        throw new HavenError("HAVEN_ERR_NOT_SUPPORTED", `${this.path} cannot zero without writing; FAST_ZERO refused`);
+      }
+      await this.writeZeroBytes(offset, length);
+    }
+    if (options.fua) await this.flush();
+  }
+
+  async blockStatus(offset: number, length: number): Promise<Extent[]> {
+    this.checkRange(offset, length);
+    assert.ok(length > 0, "block status of an empty range");
+    const end = offset + length;
+    if (this.isBlockDevice) return [{ length, hole: false, zero: false }];
+    const extents: Extent[] = [];
+    let cursor = offset;
+    try {
+      while (cursor < end && extents.length < MAX_EXTENTS_PER_QUERY) {
+        const dataStart = this.native.seekData(this.fd, cursor);
+        if (dataStart === -1 || dataStart >= end) {
+          extents.push({ length: end - cursor, hole: true, zero: true });
+          break;
+        }
+        if (dataStart > cursor) {
+          extents.push({ length: dataStart - cursor, hole: true, zero: true });
+          cursor = dataStart;
+          continue;
+        }
+        const holeStart = this.native.seekHole(this.fd, cursor);
+        const dataEnd = holeStart === -1 ? end : Math.min(holeStart, end);
+        assert.ok(dataEnd > cursor, "SEEK_HOLE went backwards");
+        extents.push({ length: dataEnd - cursor, hole: false, zero: false });
+        cursor = dataEnd;
+      }
+    } catch (error) {
+      // A file system without SEEK_DATA support: everything is data, which is always true.
+      if (extents.length === 0) return [{ length, hole: false, zero: false }];
+      if (!(error instanceof Error)) throw error;
+    }
+    return extents;
+  }
+
+  async cache(offset: number, length: number): Promise<void> {
+    this.checkRange(offset, length);
+    // Reading the range pulls it into the page cache; bounded chunks keep memory flat.
+    const chunk = Buffer.allocUnsafe(Math.min(length, ZERO_WRITE_CHUNK_BYTES));
+    for (let done = 0; done < length; done += chunk.length) {
+      await this.read(offset + done, chunk.subarray(0, Math.min(chunk.length, length - done)));
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    await (this.flushQueued ?? this.flushInProgress)?.catch(() => undefined);
+    this.closed = true;
+    await closeFile(this.fd);
+  }
+
+  private checkOpen(): void {
+    if (this.closed) throw new HavenError("HAVEN_ERR_SHUTTING_DOWN", `${this.path} is closed`);
+  }
+
+  private checkWritable(): void {
+    this.checkOpen();
+    if (this.capabilities.readOnly) throw new HavenError("HAVEN_ERR_READ_ONLY", `${this.path} is open read-only`);
+  }
+
+  private checkRange(offset: number, length: number): void {
+    this.checkOpen();
+    assert.ok(Number.isSafeInteger(offset) && offset >= 0, `bad offset ${offset}`);
+    assert.ok(Number.isSafeInteger(length) && length >= 0, `bad length ${length}`);
+    if (offset + length > this.size) {
+      throw new HavenError("HAVEN_ERR_OUT_OF_RANGE", `${length} bytes at ${offset} end past ${this.size} bytes`);
+    }
+  }
+
+  private datasync(): Promise<void> {
+    return new Promise((resolve, reject) =>
+      fdatasync(this.fd, (error) => (error ? reject(fromSystemError(error, `fdatasync ${this.path}`)) : resolve())),
+    );
+  }
+
+  private async fallocate(mode: number, offset: number, length: number, what: string): Promise<void> {
+    try {
+      await this.native.fallocate(this.fd, mode, offset, length);
+    } catch (error) {
+      throw fromSystemError(error, `${what} ${length} bytes at ${offset} on ${this.path}`);
+    }
+  }
+
+  private async writeZeroBytes(offset: number, length: number): Promise<void> {
+    this.zeroChunk ??= Buffer.alloc(ZERO_WRITE_CHUNK_BYTES);
+    for (let done = 0; done < length; done += ZERO_WRITE_CHUNK_BYTES) {
+      const piece = Math.min(ZERO_WRITE_CHUNK_BYTES, length - done);
+      await this.write(offset + done, this.zeroChunk.subarray(0, piece));
+    }
+  }
+}
+
+function openFile(path: string, flags: number, mode?: number): Promise<number> {
+  return new Promise((resolve, reject) => open(path, flags, mode, (error, fd) => (error ? reject(error) : resolve(fd))));
+}
+
+function closeFile(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => close(fd, (error) => (error ? reject(error) : resolve())));
+}

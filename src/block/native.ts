@@ -1,0 +1,35 @@
+// Loads the native addon (native/haven_io.c) that gives Node.js fallocate and lseek(SEEK_DATA/SEEK_HOLE).
+// Why an addon rather than an allocation map kept in user space: a map cannot know about holes in a
+// file Haven did not write itself, cannot free disk space on TRIM, and would have to be made crash-safe;
+// the file system already keeps the truth, and asking it costs one system call.
+
+import { createRequire } from "node:module";
+import { join } from "node:path";
+import { packageRoot } from "../util/repo-root.js";
+
+export interface NativeIo {
+  fallocate(fd: number, mode: number, offset: number, length: number): Promise<void>;
+  /** lseek(SEEK_DATA): the first data offset at or after `offset`, or -1 if there is none. */
+  seekData(fd: number, offset: number): number;
+  /** lseek(SEEK_HOLE): the first hole offset at or after `offset` (end of file counts), or -1. */
+  seekHole(fd: number, offset: number): number;
+  seekEnd(fd: number): number;
+  readonly FALLOC: { readonly KEEP_SIZE: number; readonly PUNCH_HOLE: number; readonly ZERO_RANGE: number };
+}
+
+let loaded: NativeIo | undefined;
+
+export function nativeIo(): NativeIo {
+  if (loaded === undefined) {
+    const require = createRequire(import.meta.url);
+    const path = join(packageRoot(), "build", "Release", "haven_io.node");
+    try {
+      loaded = require(path) as NativeIo;
+    } catch (error) {
+      throw new Error(`cannot load Haven's native addon at ${path}: run 'npm install' (it builds it with node-gyp)`, {
+        cause: error,
+      });
+    }
+  }
+  return loaded;
+}

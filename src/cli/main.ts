@@ -1,0 +1,42 @@
+// The `haven` command line: routes "noun verb" to a command, and turns every error into a message
+// and the exit status that the error registry assigns.
+
+import { HavenError } from "../core/errors.js";
+import { NBD_SERVE_USAGE, nbdServe } from "./commands/nbd-serve.js";
+
+const USAGE = `usage: haven <noun> <verb> [options]
+
+commands:
+  nbd serve FILE       serve a file or block device over NBD
+
+Run 'haven <noun> <verb> --help' for a command's options.`;
+
+type Command = (argv: string[]) => Promise<number>;
+
+const COMMANDS: Record<string, Record<string, { run: Command; usage: string }>> = {
+  nbd: { serve: { run: nbdServe, usage: NBD_SERVE_USAGE } },
+};
+
+export async function main(argv: string[]): Promise<number> {
+  try {
+    const [noun, verb, ...rest] = argv;
+    if (noun === undefined || noun === "help" || noun === "--help" || noun === "-h") {
+      process.stdout.write(`${USAGE}\n`);
+      return noun === undefined ? 2 : 0;
+    }
+    const verbs = COMMANDS[noun];
+    if (verbs === undefined) throw new HavenError("HAVEN_ERR_USAGE", `unknown command "${noun}"\n\n${USAGE}`);
+    const command = verb === undefined ? undefined : verbs[verb];
+    if (command === undefined) {
+      const known = Object.keys(verbs).join(", ");
+      throw new HavenError("HAVEN_ERR_USAGE", `unknown or missing verb for "${noun}" (known: ${known})\n\n${USAGE}`);
+    }
+    return await command.run(rest);
+  } catch (error) {
+    if (error instanceof HavenError) {
+      process.stderr.write(`haven: ${error.message} [${error.code}]\n`);
+      return error.exitCode;
+    }
+    throw error;
+  }
+}

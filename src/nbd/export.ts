@@ -1,0 +1,41 @@
+// What the NBD front serves: a named export over a block device, and the limits every connection obeys.
+
+import type { BlockDevice } from "../block/device.js";
+
+export interface NbdExport {
+  readonly name: string;
+  readonly description: string;
+  readonly device: BlockDevice;
+}
+
+export interface NbdLimits {
+  /** Largest READ or WRITE payload; also the advertised maximum block size. */
+  readonly maxPayloadBytes: number;
+  /** Requests a connection may have in flight before the server stops reading from it. */
+  readonly maxInflightRequests: number;
+  /** Payload bytes (write data and read buffers) a connection may hold before reading pauses. */
+  readonly maxInflightBytes: number;
+  /** Reply bytes queued on the socket before the server stops reading new requests. */
+  readonly maxQueuedReplyBytes: number;
+  readonly handshakeTimeoutMs: number;
+  readonly maxOptionsPerHandshake: number;
+  readonly maxConnections: number;
+  /** How long shutdown waits for in-flight requests before dropping connections. */
+  readonly shutdownGraceMs: number;
+  /** Minimum block size advertised (and enforced once a client asked for block sizes). */
+  readonly minBlockBytes: number;
+  readonly preferredBlockBytes: number;
+}
+
+export const DEFAULT_LIMITS: NbdLimits = {
+  maxPayloadBytes: 32 * 1024 * 1024,
+  maxInflightRequests: 128,
+  maxInflightBytes: 64 * 1024 * 1024,
+  maxQueuedReplyBytes: 64 * 1024 * 1024,
+  handshakeTimeoutMs: 30_000,
+  maxOptionsPerHandshake: 256,
+  maxConnections: 4096,
+  shutdownGraceMs: 10_000,
+  minBlockBytes: 512,
+  preferredBlockBytes: 4096,
+};

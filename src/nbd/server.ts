@@ -1,0 +1,159 @@
+// The NBD front: listens on TCP and/or a unix socket, runs the handshake on each connection, then hands
+// it to a transmission session. It bounds the number of connections, logs one line when a connection
+// is established and one when it ends, and shuts down cleanly: stop accepting, let in-flight requests
+// finish (new ones get ESHUTDOWN), flush the devices, then close.
+
+import { connect, createServer, type Server, type Socket } from "node:net";
+import { existsSync, lstatSync, unlinkSync } from "node:fs";
+import { HavenError } from "../core/errors.js";
+import { ConnectionClosedError } from "./byte-reader.js";
+import { negotiate, ProtocolViolation, type ExportCatalog } from "./handshake.js";
+import { DEFAULT_LIMITS, type NbdExport, type NbdLimits } from "./export.js";
+import { TransmissionSession } from "./transmission.js";
+
+export type Listen = { readonly kind: "tcp"; readonly host: string; readonly port: number } | { readonly kind: "unix"; readonly path: string };
+
+export interface NbdServerOptions {
+  readonly exports: readonly NbdExport[];
+  readonly limits?: Partial<NbdLimits>;
+  readonly log?: (line: string) => void;
+}
+
+export class NbdServer implements ExportCatalog {
+  readonly limits: NbdLimits;
+  private readonly servers: Server[] = [];
+  private readonly sockets = new Set<Socket>();
+  private readonly sessions = new Set<TransmissionSession>();
+  private readonly log: (line: string) => void;
+  private nextConnectionId = 1;
+  private stopping: Promise<void> | undefined;
+
+  constructor(private readonly options: NbdServerOptions) {
+    if (options.exports.length === 0) throw new HavenError("HAVEN_ERR_CONFIG", "an NBD server needs at least one export");
+    this.limits = { ...DEFAULT_LIMITS, ...options.limits };
+    this.log = options.log ?? ((line) => process.stderr.write(`${line}\n`));
+  }
+
+  find(name: string): NbdExport | undefined {
+    if (name === "") return this.options.exports[0];
+    return this.options.exports.find((exported) => exported.name === name);
+  }
+
+  list(): readonly NbdExport[] {
+    return this.options.exports;
+  }
+
+  get connectionCount(): number {
+    return this.sockets.size;
+  }
+
+  /** Starts listening; resolves with the bound address (the port is real even when 0 was asked). */
+  async listen(where: Listen): Promise<string> {
+    const server = createServer({ noDelay: true, pauseOnConnect: false }, (socket) => this.accept(socket));
+    server.maxConnections = this.limits.maxConnections;
+    server.on("drop", (data) => {
+      this.log(`refused a connection from ${data?.remoteAddress ?? "?"}: ${this.limits.maxConnections} connections already`);
+    });
+    if (where.kind === "unix") await removeStaleSocket(where.path);
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", (error: NodeJS.ErrnoException) => {
+        const target = where.kind === "unix" ? where.path : `${where.host}:${where.port}`;
+        reject(new HavenError("HAVEN_ERR_CONFIG", `cannot listen on ${target}: ${error.message}`, { cause: error }));
+      });
+      if (where.kind === "unix") server.listen(where.path, resolve);
+      else server.listen(where.port, where.host, resolve);
+    });
+    server.on("error", (error) => this.log(`listener error: ${error.message}`));
+    this.servers.push(server);
+    const address = server.address();
+    if (address === null || typeof address === "string") return where.kind === "unix" ? where.path : String(address);
+    return `${address.address}:${address.port}`;
+  }
+
+  /** Stops accepting, finishes in-flight requests, closes every connection, flushes every device. */
+  stop(): Promise<void> {
+    this.stopping ??= this.shutdown();
+    return this.stopping;
+  }
+
+  private async shutdown(): Promise<void> {
+    await Promise.all(this.servers.map((server) => new Promise<void>((resolve) => server.close(() => resolve()))));
+    for (const session of this.sessions) session.shutdown();
+    const handshaking = [...this.sockets].filter((socket) => ![...this.sessions].some((s) => s.socketIs(socket)));
+    for (const socket of handshaking) socket.destroy();
+    const drained = Promise.all([...this.sessions].map((session) => session.closed));
+    const grace = new Promise<"timeout">((resolve) => setTimeout(() => resolve("timeout"), this.limits.shutdownGraceMs).unref());
+    if ((await Promise.race([drained, grace])) === "timeout") {
+      this.log(`shutdown: in-flight requests did not finish within ${this.limits.shutdownGraceMs} ms; dropping connections`);
+      for (const socket of this.sockets) socket.destroy();
+    }
+    for (const exported of this.options.exports) {
+      try {
+        await exported.device.flush();
+      } catch (error) {
+        this.log(`shutdown: final flush of export "${exported.name}" failed: ${(error as Error).message}`);
+      }
+    }
+  }
+
+  private accept(socket: Socket): void {
+    const id = this.nextConnectionId++;
+    const peer = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : "unix socket";
+    const log = (line: string): void => this.log(`conn ${id} (${peer}): ${line}`);
+    if (this.stopping) {
+      socket.destroy();
+      return;
+    }
+    this.sockets.add(socket);
+    socket.on("close", () => this.sockets.delete(socket));
+    socket.on("error", () => undefined); // reported by whoever owns the socket at that stage
+    negotiate(socket, this, this.limits, log).then(
+      (negotiated) => {
+        if (negotiated === undefined) {
+          log("client aborted the handshake");
+          return;
+        }
+        if (this.stopping) {
+          socket.destroy();
+          return;
+        }
+        const session = new TransmissionSession(socket, negotiated, this.limits, log);
+        this.sessions.add(session);
+        log(
+          `export "${negotiated.export.name}" opened (${negotiated.structuredReplies ? "structured" : "simple"} replies` +
+            `${negotiated.baseAllocation ? ", base:allocation" : ""}${negotiated.blockSizesAgreed ? ", block sizes agreed" : ""})`,
+        );
+        session.start();
+        void session.closed.then((reason) => {
+          this.sessions.delete(session);
+          const c = session.counters;
+          log(`closed: ${reason}; ${c.requests} requests, ${c.errors} errors, ${c.bytesRead} bytes read, ${c.bytesWritten} bytes written`);
+        });
+      },
+      (error: unknown) => {
+        if (error instanceof ProtocolViolation) log(`dropping connection during handshake: ${error.message}`);
+        else if (error instanceof ConnectionClosedError) log(`handshake ended: ${error.message}`);
+        else log(`handshake failed: ${(error as Error).message}`);
+        socket.destroy();
+      },
+    );
+  }
+}
+
+/** A socket file left by a dead server is replaced; one with a live server behind it is not. */
+async function removeStaleSocket(path: string): Promise<void> {
+  if (!existsSync(path)) return;
+  if (!lstatSync(path).isSocket()) {
+    throw new HavenError("HAVEN_ERR_CONFIG", `${path} exists and is not a socket; refusing to replace it`);
+  }
+  const live = await new Promise<boolean>((resolve) => {
+    const probe = connect(path);
+    probe.once("connect", () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once("error", () => resolve(false));
+  });
+  if (live) throw new HavenError("HAVEN_ERR_CONFIG", `${path} is in use by another running server`);
+  unlinkSync(path);
+}

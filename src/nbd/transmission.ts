@@ -1,0 +1,448 @@
+// The transmission phase of one NBD connection: parse requests from the socket, validate them, run
+// them against the export's block device concurrently, and send replies as each completes (out of
+// order; the cookie matches them up). Everything a connection holds is bounded: requests in flight,
+// payload bytes in flight and reply bytes queued; past a bound the server stops reading the socket
+// until the backlog drains, so a fast or hostile client cannot make the server grow without limit.
+
+import type { Socket } from "node:net";
+import { AssertionError } from "node:assert";
+import { HavenError } from "../core/errors.js";
+import type { Extent } from "../block/device.js";
+import {
+  AllocationState,
+  BASE_ALLOCATION_CONTEXT_ID,
+  Command,
+  COMMAND_NAMES,
+  CommandFlag,
+  NbdErrno,
+  REQUEST_MAGIC,
+  Size,
+} from "./constants.js";
+import type { Negotiated } from "./handshake.js";
+import type { NbdLimits } from "./export.js";
+import {
+  blockStatusChunk,
+  errorChunk,
+  OFFSET_DATA_PREFIX,
+  offsetDataChunk,
+  offsetHoleChunk,
+  simpleReply,
+  type Cookie,
+  type StatusDescriptor,
+} from "./replies.js";
+
+/** Which flags each command accepts (FUA is accepted on every command, as advertised). */
+const ALLOWED_FLAGS: Record<number, number> = {
+  [Command.READ]: CommandFlag.FUA | CommandFlag.DF,
+  [Command.WRITE]: CommandFlag.FUA,
+  [Command.DISC]: CommandFlag.FUA,
+  [Command.FLUSH]: CommandFlag.FUA,
+  [Command.TRIM]: CommandFlag.FUA,
+  [Command.CACHE]: CommandFlag.FUA,
+  [Command.WRITE_ZEROES]: CommandFlag.FUA | CommandFlag.NO_HOLE | CommandFlag.FAST_ZERO,
+  [Command.BLOCK_STATUS]: CommandFlag.FUA | CommandFlag.REQ_ONE,
+};
+
+/** Structured READs at least this long are checked for holes, which are sent as OFFSET_HOLE chunks. */
+const HOLE_CHECK_MIN_BYTES = 64 * 1024;
+/** Largest extent length a BLOCK_STATUS descriptor can carry (u32, kept 4 KiB-aligned). */
+const MAX_DESCRIPTOR_BYTES = 0xfffff000;
+
+interface Request {
+  readonly type: number;
+  readonly flags: number;
+  readonly cookie: Cookie;
+  readonly offset: number;
+  readonly length: number;
+}
+
+/** A request refused before it reached the device: the errno and the reason for the log. */
+class Refusal {
+  constructor(
+    readonly errno: number,
+    readonly reason: string,
+  ) {}
+}
+
+export interface SessionCounters {
+  requests: number;
+  errors: number;
+  bytesRead: number;
+  bytesWritten: number;
+}
+
+export class TransmissionSession {
+  readonly counters: SessionCounters = { requests: 0, errors: 0, bytesRead: 0, bytesWritten: 0 };
+  /** Resolves when the connection is gone. */
+  readonly closed: Promise<string>;
+
+  private chunks: Buffer[] = [];
+  private buffered = 0;
+  private pendingWrite: Request | undefined;
+  private inflightRequests = 0;
+  private inflightBytes = 0;
+  private ending: string | undefined;
+  private shuttingDown = false;
+  private resolveClosed!: (reason: string) => void;
+  private refusalsLogged = 0;
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly session: Negotiated,
+    private readonly limits: NbdLimits,
+    private readonly log: (line: string) => void,
+  ) {
+    this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
+  }
+
+  start(): void {
+    const socket = this.socket;
+    socket.on("data", (chunk: Buffer) => {
+      this.chunks.push(chunk);
+      this.buffered += chunk.length;
+      this.pump();
+    });
+    socket.on("drain", () => this.pump());
+    socket.on("end", () => this.finish(this.partialRequestNote("client closed the connection")));
+    socket.on("error", (error) => this.finish(`socket error: ${error.message}`));
+    socket.on("close", () => {
+      this.ending ??= this.partialRequestNote("connection closed");
+      this.resolveClosed(this.ending);
+    });
+    for (const chunk of this.session.leftover) {
+      this.chunks.push(chunk);
+      this.buffered += chunk.length;
+    }
+    this.pump();
+  }
+
+  /** Server shutdown: new requests get ESHUTDOWN; the connection closes once in-flight work is done. */
+  shutdown(): void {
+    this.shuttingDown = true;
+    this.pump();
+    this.closeIfIdle();
+  }
+
+  socketIs(socket: Socket): boolean {
+    return this.socket === socket;
+  }
+
+  get inflight(): number {
+    return this.inflightRequests;
+  }
+
+  private pump(): void {
+    while (this.ending === undefined) {
+      if (this.saturated()) {
+        this.socket.pause();
+        return;
+      }
+      const pending = this.pendingWrite;
+      if (pending !== undefined) {
+        if (this.buffered < pending.length) break;
+        this.pendingWrite = undefined;
+        const data = this.take(pending.length);
+        this.dispatch(pending, data);
+        continue;
+      }
+      if (this.buffered < Size.REQUEST_HEADER) break;
+      const request = this.parseHeader();
+      if (request === undefined) return;
+      if (request.type === Command.WRITE && !(request.length > this.limits.maxPayloadBytes)) {
+        this.pendingWrite = request;
+        continue;
+      }
+      if (request.type === Command.WRITE) {
+        // A payload this large cannot be skipped without buffering it: the spec allows a hard disconnect.
+        this.abort(`WRITE of ${request.length} bytes exceeds the ${this.limits.maxPayloadBytes}-byte maximum payload`);
+        return;
+      }
+      this.dispatch(request, undefined);
+    }
+    if (this.socket.isPaused() && this.ending === undefined) this.socket.resume();
+  }
+
+  private saturated(): boolean {
+    return (
+      this.inflightRequests >= this.limits.maxInflightRequests ||
+      this.inflightBytes >= this.limits.maxInflightBytes ||
+      this.socket.writableLength >= this.limits.maxQueuedReplyBytes
+    );
+  }
+
+  private parseHeader(): Request | undefined {
+    const header = this.take(Size.REQUEST_HEADER);
+    const magic = header.readUInt32BE(0);
+    if (magic !== REQUEST_MAGIC) {
+      this.abort(`bad request magic 0x${magic.toString(16)}; the stream cannot be resynchronised`);
+      return undefined;
+    }
+    const offsetHigh = header.readUInt32BE(16);
+    // Offsets beyond 2^53 are past the end of any device; keep them recognisably out of range.
+    const offset = offsetHigh >= 0x200000 ? Number.MAX_SAFE_INTEGER : offsetHigh * 0x100000000 + header.readUInt32BE(20);
+    return {
+      flags: header.readUInt16BE(4),
+      type: header.readUInt16BE(6),
+      cookie: { high: header.readUInt32BE(8), low: header.readUInt32BE(12) },
+      offset,
+      length: header.readUInt32BE(24),
+    };
+  }
+
+  private take(bytes: number): Buffer {
+    const first = this.chunks[0]!;
+    let result: Buffer;
+    if (first.length >= bytes) {
+      result = first.subarray(0, bytes);
+      if (first.length === bytes) this.chunks.shift();
+      else this.chunks[0] = first.subarray(bytes);
+    } else {
+      result = Buffer.allocUnsafe(bytes);
+      let filled = 0;
+      while (filled < bytes) {
+        const chunk = this.chunks[0]!;
+        const piece = Math.min(chunk.length, bytes - filled);
+        chunk.copy(result, filled, 0, piece);
+        filled += piece;
+        if (piece === chunk.length) this.chunks.shift();
+        else this.chunks[0] = chunk.subarray(piece);
+      }
+    }
+    this.buffered -= bytes;
+    return result;
+  }
+
+  private dispatch(request: Request, payload: Buffer | undefined): void {
+    this.counters.requests++;
+    if (request.type === Command.DISC) {
+      this.finish("client sent DISC");
+      this.closeIfIdle();
+      return;
+    }
+    const refusal = this.shuttingDown
+      ? new Refusal(NbdErrno.ESHUTDOWN, "server is shutting down")
+      : this.validate(request);
+    if (refusal !== undefined) {
+      this.counters.errors++;
+      if (this.refusalsLogged++ < 100) {
+        this.log(`${COMMAND_NAMES[request.type] ?? `command #${request.type}`} refused: ${refusal.reason}`);
+      }
+      this.sendError(request, refusal.errno, refusal.reason);
+      return;
+    }
+    const payloadBytes = request.type === Command.READ || request.type === Command.WRITE ? request.length : 0;
+    this.inflightRequests++;
+    this.inflightBytes += payloadBytes;
+    this.execute(request, payload)
+      .catch((error: unknown) => this.failRequest(request, error))
+      .finally(() => {
+        this.inflightRequests--;
+        this.inflightBytes -= payloadBytes;
+        if (this.ending !== undefined || this.shuttingDown) this.closeIfIdle();
+        else this.pump();
+      });
+  }
+
+  private validate(request: Request): Refusal | undefined {
+    const { type, flags, offset, length } = request;
+    const allowed = ALLOWED_FLAGS[type];
+    if (allowed === undefined) return new Refusal(NbdErrno.EINVAL, `unknown command ${type}`);
+    if ((flags & ~allowed) !== 0) {
+      return new Refusal(NbdErrno.EINVAL, `flags 0x${flags.toString(16)} not valid for ${COMMAND_NAMES[type]}`);
+    }
+    const device = this.session.export.device;
+    if (type === Command.FLUSH) {
+      return offset === 0 && length === 0 ? undefined : new Refusal(NbdErrno.EINVAL, "FLUSH must have offset and length 0");
+    }
+    if (type === Command.BLOCK_STATUS && !this.session.baseAllocation) {
+      return new Refusal(NbdErrno.EINVAL, "BLOCK_STATUS without a negotiated meta context");
+    }
+    const writes = type === Command.WRITE || type === Command.TRIM || type === Command.WRITE_ZEROES;
+    if (writes && device.capabilities.readOnly) return new Refusal(NbdErrno.EPERM, "the export is read-only");
+    if (length === 0) return new Refusal(NbdErrno.EINVAL, `${COMMAND_NAMES[type]} of zero length`);
+    if (offset + length > device.size) {
+      const errno = type === Command.WRITE || type === Command.WRITE_ZEROES ? NbdErrno.ENOSPC : NbdErrno.EINVAL;
+      return new Refusal(errno, `${length} bytes at ${offset} end past the export's ${device.size} bytes`);
+    }
+    if (this.session.blockSizesAgreed) {
+      const block = this.limits.minBlockBytes;
+      if (offset % block !== 0 || length % block !== 0) {
+        return new Refusal(NbdErrno.EINVAL, `${length} bytes at ${offset} are not aligned to ${block}-byte blocks`);
+      }
+    }
+    if (type === Command.READ && length > this.limits.maxPayloadBytes) {
+      return new Refusal(NbdErrno.EINVAL, `READ of ${length} bytes exceeds the ${this.limits.maxPayloadBytes}-byte maximum`);
+    }
+    if (type === Command.WRITE_ZEROES && (flags & CommandFlag.FAST_ZERO) !== 0 && !device.capabilities.canFastZero) {
+      return new Refusal(NbdErrno.ENOTSUP, "this export cannot zero quickly");
+    }
+    return undefined;
+  }
+
+  private async execute(request: Request, payload: Buffer | undefined): Promise<void> {
+    const device = this.session.export.device;
+    const fua = (request.flags & CommandFlag.FUA) !== 0;
+    switch (request.type) {
+      case Command.READ:
+        return this.read(request);
+      case Command.WRITE:
+        await device.write(request.offset, payload!, { fua });
+        this.counters.bytesWritten += request.length;
+        return this.sendOk(request);
+      case Command.FLUSH:
+        await device.flush();
+        return this.sendOk(request);
+      case Command.TRIM:
+        await device.trim(request.offset, request.length, { fua });
+        return this.sendOk(request);
+      case Command.WRITE_ZEROES:
+        await device.writeZeroes(request.offset, request.length, {
+          fua,
+          keepAllocated: (request.flags & CommandFlag.NO_HOLE) !== 0,
+          fastOnly: (request.flags & CommandFlag.FAST_ZERO) !== 0,
+        });
+        return this.sendOk(request);
+      case Command.CACHE:
+        await device.cache(request.offset, Math.min(request.length, this.limits.maxPayloadBytes));
+        return this.sendOk(request);
+      case Command.BLOCK_STATUS:
+        return this.blockStatus(request);
+      default:
+        throw new AssertionError({ message: `dispatched unvalidated command ${request.type}` });
+    }
+  }
+
+  private async read(request: Request): Promise<void> {
+    const device = this.session.export.device;
+    const { offset, length, cookie } = request;
+    if (!this.session.structuredReplies) {
+      const reply = simpleReply(cookie, 0, length);
+      await device.read(offset, reply.subarray(Size.SIMPLE_REPLY));
+      this.counters.bytesRead += length;
+      return this.send(reply);
+    }
+    const noFragment = (request.flags & CommandFlag.DF) !== 0;
+    if (noFragment || length < HOLE_CHECK_MIN_BYTES) {
+      const chunk = offsetDataChunk(cookie, true, offset, length);
+      await device.read(offset, chunk.subarray(OFFSET_DATA_PREFIX));
+      this.counters.bytesRead += length;
+      return this.send(chunk);
+    }
+    const extents = await this.extentsCovering(offset, length);
+    const chunks: Buffer[] = [];
+    const reads: Promise<void>[] = [];
+    let position = offset;
+    for (let i = 0; i < extents.length; i++) {
+      const extent = extents[i]!;
+      const last = i === extents.length - 1;
+      if (extent.zero) {
+        chunks.push(offsetHoleChunk(cookie, last, position, extent.length));
+      } else {
+        const chunk = offsetDataChunk(cookie, last, position, extent.length);
+        reads.push(device.read(position, chunk.subarray(OFFSET_DATA_PREFIX)));
+        chunks.push(chunk);
+      }
+      position += extent.length;
+    }
+    await Promise.all(reads);
+    this.counters.bytesRead += length;
+    this.send(...chunks);
+  }
+
+  /** Extents covering exactly [offset, offset+length), neighbours of the same kind merged. */
+  private async extentsCovering(offset: number, length: number): Promise<Extent[]> {
+    const merged: Extent[] = [];
+    let position = offset;
+    const end = offset + length;
+    while (position < end) {
+      for (const extent of await this.session.export.device.blockStatus(position, end - position)) {
+        const previous = merged[merged.length - 1];
+        if (previous !== undefined && previous.zero === extent.zero) {
+          merged[merged.length - 1] = { length: previous.length + extent.length, hole: previous.hole, zero: previous.zero };
+        } else {
+          merged.push(extent);
+        }
+        position += extent.length;
+      }
+    }
+    return merged;
+  }
+
+  private async blockStatus(request: Request): Promise<void> {
+    const { offset, cookie } = request;
+    const length = Math.min(request.length, MAX_DESCRIPTOR_BYTES);
+    const extents = await this.session.export.device.blockStatus(offset, length);
+    const requestOne = (request.flags & CommandFlag.REQ_ONE) !== 0;
+    const descriptors: StatusDescriptor[] = (requestOne ? extents.slice(0, 1) : extents).map((extent) => ({
+      length: extent.length,
+      flags: (extent.hole ? AllocationState.HOLE : 0) | (extent.zero ? AllocationState.ZERO : 0),
+    }));
+    this.send(blockStatusChunk(cookie, BASE_ALLOCATION_CONTEXT_ID, descriptors));
+  }
+
+  private failRequest(request: Request, error: unknown): void {
+    if (error instanceof AssertionError) {
+      // A broken invariant in the storage path: stop rather than risk writing garbage.
+      process.nextTick(() => {
+        throw error;
+      });
+      return;
+    }
+    this.counters.errors++;
+    const haven = error instanceof HavenError ? error : undefined;
+    const errno = haven?.nbdErrno ?? NbdErrno.EIO;
+    const message = error instanceof Error ? error.message : String(error);
+    this.log(`${COMMAND_NAMES[request.type]} of ${request.length} bytes at ${request.offset} failed: ${message}`);
+    this.sendError(request, errno, message);
+  }
+
+  private sendOk(request: Request): void {
+    this.send(simpleReply(request.cookie, 0));
+  }
+
+  private sendError(request: Request, errno: number, message: string): void {
+    // After STRUCTURED_REPLY, READ and BLOCK_STATUS must be answered with chunks, errors included.
+    const structured =
+      this.session.structuredReplies && (request.type === Command.READ || request.type === Command.BLOCK_STATUS);
+    this.send(structured ? errorChunk(request.cookie, errno, message) : simpleReply(request.cookie, errno));
+  }
+
+  private send(...buffers: Buffer[]): void {
+    if (this.socket.destroyed || !this.socket.writable) return;
+    if (buffers.length === 1) {
+      this.socket.write(buffers[0]!);
+      return;
+    }
+    this.socket.cork();
+    for (const buffer of buffers) this.socket.write(buffer);
+    this.socket.uncork();
+  }
+
+  /** Stops reading; the socket closes once in-flight requests have replied. */
+  private finish(reason: string): void {
+    this.ending ??= reason;
+    this.socket.pause();
+    this.closeIfIdle();
+  }
+
+  private closeIfIdle(): void {
+    if (this.inflightRequests > 0) return;
+    if (this.ending === undefined && !this.shuttingDown) return;
+    this.ending ??= "server shut down";
+    if (!this.socket.destroyed) this.socket.end();
+  }
+
+  private abort(reason: string): void {
+    this.ending ??= reason;
+    this.log(`dropping connection: ${reason}`);
+    this.socket.destroy();
+  }
+
+  private partialRequestNote(reason: string): string {
+    if (this.pendingWrite !== undefined) {
+      return `${reason} in the middle of a WRITE payload (${this.buffered} of ${this.pendingWrite.length} bytes received; nothing written)`;
+    }
+    if (this.buffered > 0) return `${reason} in the middle of a request header (${this.buffered} bytes)`;
+    return reason;
+  }
+}
