@@ -5,6 +5,7 @@
  *   seekData(fd, offset) -> number    lseek(SEEK_DATA); -1 when there is no data at or after offset
  *   seekHole(fd, offset) -> number    lseek(SEEK_HOLE); the file's end counts as a hole
  *   seekEnd(fd) -> number             size of a file or block device
+ *   readNoWait(fd, buffer, position) / writeNoWait(...) -> bytes, or -1 if it would block
  *
  * Errors reject or throw an Error whose `code` is the errno name (EOPNOTSUPP, EINVAL, ...) so the
  * TypeScript side can map it to an NBD error without parsing messages.
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define CHECK(call)                                                                                \
@@ -160,6 +162,44 @@ static napi_value js_seek_hole(napi_env env, napi_callback_info info) {
   return seek(env, info, SEEK_HOLE, "lseek(SEEK_HOLE)");
 }
 
+/*
+ * preadv2/pwritev2 with RWF_NOWAIT on the calling thread: the page-cache fast path. Returns the byte
+ * count, or -1 when the call would block (data not cached, or the file system cannot promise not to
+ * block), in which case the caller goes to the thread pool. Never blocks the event loop on the disk.
+ * Arguments: fd, buffer, position.
+ */
+static napi_value nowait_io(napi_env env, napi_callback_info info, int writing) {
+  napi_value argv[3];
+  if (!get_args(env, info, 3, argv)) return NULL;
+  int64_t fd, position;
+  void *data;
+  size_t length;
+  if (!get_int64(env, argv[0], &fd) || !get_int64(env, argv[2], &position)) return NULL;
+  if (napi_get_buffer_info(env, argv[1], &data, &length) != napi_ok) {
+    napi_throw_type_error(env, "EHAVEN_ARGS", "expected a Buffer");
+    return NULL;
+  }
+  struct iovec iov = {.iov_base = data, .iov_len = length};
+  ssize_t result;
+  do {
+    result = writing ? pwritev2((int)fd, &iov, 1, (off_t)position, RWF_NOWAIT)
+                     : preadv2((int)fd, &iov, 1, (off_t)position, RWF_NOWAIT);
+  } while (result < 0 && errno == EINTR);
+  if (result < 0) {
+    if (errno == EAGAIN || errno == EOPNOTSUPP) result = -1;
+    else {
+      napi_throw(env, make_error(env, writing ? "pwritev2" : "preadv2", errno));
+      return NULL;
+    }
+  }
+  napi_value value;
+  CHECK(napi_create_int64(env, (int64_t)result, &value));
+  return value;
+}
+
+static napi_value js_read_nowait(napi_env env, napi_callback_info info) { return nowait_io(env, info, 0); }
+static napi_value js_write_nowait(napi_env env, napi_callback_info info) { return nowait_io(env, info, 1); }
+
 /* The size of a file or block device (lseek to the end; fstat reports 0 for block devices). */
 static napi_value js_seek_end(napi_env env, napi_callback_info info) {
   napi_value argv[1];
@@ -182,6 +222,8 @@ static napi_value init(napi_env env, napi_value exports) {
     {"seekData", NULL, js_seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
     {"seekHole", NULL, js_seek_hole, NULL, NULL, NULL, napi_enumerable, NULL},
     {"seekEnd", NULL, js_seek_end, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"readNoWait", NULL, js_read_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"writeNoWait", NULL, js_write_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   CHECK(napi_define_properties(env, exports, sizeof properties / sizeof properties[0], properties));
   napi_value flags;

@@ -27,6 +27,15 @@ export interface ZeroOptions extends WriteOptions {
   readonly fastOnly?: boolean;
 }
 
+export type WriteData = Buffer | readonly Buffer[];
+
+export function writeDataLength(data: WriteData): number {
+  if (Buffer.isBuffer(data)) return data.length;
+  let total = 0;
+  for (const piece of data) total += piece.length;
+  return total;
+}
+
 /** One run of bytes with the same allocation state. */
 export interface Extent {
   readonly length: number;
@@ -41,7 +50,8 @@ export interface BlockDevice {
   readonly capabilities: BlockDeviceCapabilities;
   /** Fills `target` with the bytes at `offset`. */
   read(offset: number, target: Buffer): Promise<void>;
-  write(offset: number, data: Buffer, options?: WriteOptions): Promise<void>;
+  /** Writes `data` (one buffer, or several written back to back without copying) at `offset`. */
+  write(offset: number, data: WriteData, options?: WriteOptions): Promise<void>;
   /** Makes every completed write durable. */
   flush(): Promise<void>;
   /** Discards the range; it may read back as anything afterwards (here: zeroes). */

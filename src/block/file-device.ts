@@ -4,10 +4,18 @@
 // One instance is shared by every connection to the export, so all of them see one another's writes
 // and one fdatasync covers every completed write: that is what makes CAN_MULTI_CONN true.
 
-import { close, constants, fdatasync, fstat, ftruncate, open, read, write, type Stats } from "node:fs";
+import { close, constants, fdatasync, fstat, ftruncate, open, read, write, writev, type Stats } from "node:fs";
 import assert from "node:assert/strict";
 import { HavenError, fromSystemError } from "../core/errors.js";
-import type { BlockDevice, BlockDeviceCapabilities, Extent, WriteOptions, ZeroOptions } from "./device.js";
+import {
+  writeDataLength,
+  type BlockDevice,
+  type BlockDeviceCapabilities,
+  type Extent,
+  type WriteData,
+  type WriteOptions,
+  type ZeroOptions,
+} from "./device.js";
 import { nativeIo, type NativeIo } from "./native.js";
 
 export interface FileDeviceOptions {
@@ -20,6 +28,11 @@ export interface FileDeviceOptions {
 const ZERO_WRITE_CHUNK_BYTES = 1024 * 1024;
 /** Block status never returns more extents than this in one answer (the client asks again). */
 const MAX_EXTENTS_PER_QUERY = 1024;
+/**
+ * Reads up to this size first try the page cache on the event loop (preadv2 RWF_NOWAIT), which never
+ * blocks on the disk and saves the thread-pool round trip; larger ones, and misses, use the pool.
+ */
+const NOWAIT_READ_MAX_BYTES = 64 * 1024;
 
 export class FileDevice implements BlockDevice {
   readonly capabilities: BlockDeviceCapabilities;
@@ -88,6 +101,12 @@ export class FileDevice implements BlockDevice {
 
   read(offset: number, target: Buffer): Promise<void> {
     this.checkRange(offset, target.length);
+    let start = 0;
+    if (target.length <= NOWAIT_READ_MAX_BYTES) {
+      const cached = this.native.readNoWait(this.fd, target, offset);
+      if (cached === target.length) return Promise.resolve();
+      if (cached > 0) start = cached;
+    }
     return new Promise((resolve, reject) => {
       const step = (done: number): void => {
         read(this.fd, target, done, target.length - done, offset + done, (error, bytesRead) => {
@@ -102,14 +121,41 @@ export class FileDevice implements BlockDevice {
           step(total);
         });
       };
-      step(0);
+      step(start);
     });
   }
 
-  write(offset: number, data: Buffer, options: WriteOptions = {}): Promise<void> {
+  write(offset: number, data: WriteData, options: WriteOptions = {}): Promise<void> {
     this.checkWritable();
-    this.checkRange(offset, data.length);
-    const written = new Promise<void>((resolve, reject) => {
+    const length = writeDataLength(data);
+    this.checkRange(offset, length);
+    const written = Buffer.isBuffer(data) ? this.writeOne(offset, data) : this.writeMany(offset, data, length);
+    return options.fua ? written.then(() => this.flush()) : written;
+  }
+
+  private writeMany(offset: number, pieces: readonly Buffer[], length: number): Promise<void> {
+    if (pieces.length === 1) return this.writeOne(offset, pieces[0]!);
+    return new Promise<void>((resolve, reject) => {
+      writev(this.fd, pieces as Buffer[], offset, (error, bytesWritten) => {
+        if (error) return reject(fromSystemError(error, `write ${length} bytes at ${offset} to ${this.path}`));
+        if (bytesWritten === length) return resolve();
+        // Short vectored write: finish the rest piece by piece.
+        let skip = bytesWritten;
+        const rest: Buffer[] = [];
+        for (const piece of pieces) {
+          if (skip >= piece.length) skip -= piece.length;
+          else {
+            rest.push(piece.subarray(skip));
+            skip = 0;
+          }
+        }
+        this.writeMany(offset + bytesWritten, rest, length - bytesWritten).then(resolve, reject);
+      });
+    });
+  }
+
+  private writeOne(offset: number, data: Buffer): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
       const step = (done: number): void => {
         write(this.fd, data, done, data.length - done, offset + done, (error, bytesWritten) => {
           if (error) return reject(fromSystemError(error, `write ${data.length} bytes at ${offset} to ${this.path}`));
@@ -120,7 +166,6 @@ export class FileDevice implements BlockDevice {
       };
       step(0);
     });
-    return options.fua ? written.then(() => this.flush()) : written;
   }
 
   /**

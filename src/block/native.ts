@@ -14,6 +14,10 @@ export interface NativeIo {
   /** lseek(SEEK_HOLE): the first hole offset at or after `offset` (end of file counts), or -1. */
   seekHole(fd: number, offset: number): number;
   seekEnd(fd: number): number;
+  /** preadv2(RWF_NOWAIT): bytes read from the page cache, or -1 if the read would block. */
+  readNoWait(fd: number, target: Buffer, position: number): number;
+  /** pwritev2(RWF_NOWAIT): bytes written, or -1 if the write would block or is not supported. */
+  writeNoWait(fd: number, data: Buffer, position: number): number;
   readonly FALLOC: { readonly KEEP_SIZE: number; readonly PUNCH_HOLE: number; readonly ZERO_RANGE: number };
 }
 

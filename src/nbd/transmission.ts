@@ -141,8 +141,7 @@ export class TransmissionSession {
       if (pending !== undefined) {
         if (this.buffered < pending.length) break;
         this.pendingWrite = undefined;
-        const data = this.take(pending.length);
-        this.dispatch(pending, data);
+        this.dispatch(pending, this.takePieces(pending.length));
         continue;
       }
       if (this.buffered < Size.REQUEST_HEADER) break;
@@ -212,7 +211,27 @@ export class TransmissionSession {
     return result;
   }
 
-  private dispatch(request: Request, payload: Buffer | undefined): void {
+  /** Takes `bytes` as the slices they arrived in, without copying (for WRITE payloads). */
+  private takePieces(bytes: number): Buffer[] {
+    const pieces: Buffer[] = [];
+    let needed = bytes;
+    while (needed > 0) {
+      const chunk = this.chunks[0]!;
+      if (chunk.length <= needed) {
+        pieces.push(chunk);
+        this.chunks.shift();
+        needed -= chunk.length;
+      } else {
+        pieces.push(chunk.subarray(0, needed));
+        this.chunks[0] = chunk.subarray(needed);
+        needed = 0;
+      }
+    }
+    this.buffered -= bytes;
+    return pieces;
+  }
+
+  private dispatch(request: Request, payload: Buffer[] | undefined): void {
     this.counters.requests++;
     if (request.type === Command.DISC) {
       this.finish("client sent DISC");
@@ -279,7 +298,7 @@ export class TransmissionSession {
     return undefined;
   }
 
-  private async execute(request: Request, payload: Buffer | undefined): Promise<void> {
+  private async execute(request: Request, payload: Buffer[] | undefined): Promise<void> {
     const device = this.session.export.device;
     const fua = (request.flags & CommandFlag.FUA) !== 0;
     switch (request.type) {

@@ -1,0 +1,145 @@
+// Starts `haven nbd serve` as a real child process for integration tests, waits until it listens
+// (by watching its log, never by sleeping), and stops it with a signal.
+
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { existsSync } from "node:fs";
+
+export function repoRoot(): string {
+  let directory = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(directory, "package.json"))) {
+    const parent = dirname(directory);
+    if (parent === directory) throw new Error("repository root not found");
+    directory = parent;
+  }
+  return directory;
+}
+
+export const HAVEN_BIN = join(repoRoot(), "bin", "haven.js");
+
+export interface ServerHandle {
+  readonly process: ChildProcess;
+  readonly port: number;
+  readonly socketPath: string;
+  readonly uri: string;
+  readonly file: string;
+  readonly name: string;
+  /** Everything the server logged so far. */
+  log(): string;
+  /** Resolves when the log contains `text` (or rejects after timeoutMs). */
+  waitForLog(text: string | RegExp, timeoutMs?: number): Promise<void>;
+  /** Sends a signal and resolves with the exit code. */
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+export function tempDir(prefix = "haven-test-"): { path: string; remove(): void } {
+  const path = mkdtempSync(join(tmpdir(), prefix));
+  return { path, remove: () => rmSync(path, { recursive: true, force: true }) };
+}
+
+/** Starts a server on an ephemeral TCP port and a unix socket in `dir`. */
+export async function startServer(options: {
+  dir: string;
+  file?: string;
+  size?: string;
+  name?: string;
+  extraArgs?: string[];
+}): Promise<ServerHandle> {
+  const file = options.file ?? join(options.dir, "disk.img");
+  const name = options.name ?? "disk";
+  const socketPath = join(options.dir, "nbd.sock");
+  const args = [HAVEN_BIN, "nbd", "serve", file, "--listen", "127.0.0.1:0", "--socket", socketPath, "--name", name];
+  if (options.size !== undefined) args.push("--size", options.size);
+  args.push(...(options.extraArgs ?? []));
+  const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] });
+  let output = "";
+  const listeners = new Set<() => void>();
+  const onOutput = (chunk: Buffer): void => {
+    output += chunk.toString("utf8");
+    for (const listener of listeners) listener();
+  };
+  child.stdout!.on("data", onOutput);
+  child.stderr!.on("data", onOutput);
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+
+  const waitForLog = (text: string | RegExp, timeoutMs = 20_000): Promise<void> =>
+    new Promise((resolve, reject) => {
+      const matches = (): boolean => (typeof text === "string" ? output.includes(text) : text.test(output));
+      if (matches()) return resolve();
+      const timer = setTimeout(() => {
+        listeners.delete(check);
+        reject(new Error(`server log never showed ${String(text)}; log:\n${output}`));
+      }, timeoutMs);
+      const check = (): void => {
+        if (matches()) {
+          clearTimeout(timer);
+          listeners.delete(check);
+          resolve();
+        }
+      };
+      listeners.add(check);
+      void exited.then(() => {
+        if (!matches()) {
+          clearTimeout(timer);
+          listeners.delete(check);
+          reject(new Error(`server exited before logging ${String(text)}; log:\n${output}`));
+        }
+      });
+    });
+
+  await waitForLog(/on 127\.0\.0\.1:(\d+)/);
+  await waitForLog(socketPath);
+  const port = Number(/on 127\.0\.0\.1:(\d+)/.exec(output)![1]);
+  return {
+    process: child,
+    port,
+    socketPath,
+    uri: `nbd://127.0.0.1:${port}/${name}`,
+    file,
+    name,
+    log: () => output,
+    waitForLog,
+    stop: async (signal: NodeJS.Signals = "SIGTERM") => {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      return exited;
+    },
+  };
+}
+
+/** Runs a command to completion, capturing output; never throws on a non-zero exit. */
+export function run(
+  command: string,
+  args: string[],
+  options: { input?: Buffer | string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {},
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { stdio: ["pipe", "pipe", "pipe"], env: options.env ?? process.env });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString("utf8")));
+    child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString("utf8")));
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`${command} ${args.join(" ")} timed out after ${options.timeoutMs ?? 120_000} ms\n${stderr}`));
+    }, options.timeoutMs ?? 120_000);
+    child.on("error", (error) => {
+      clearTimeout(timer);
+      reject(error);
+    });
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+    child.stdin.end(options.input ?? "");
+  });
+}
+
+/** True when an external tool is on PATH. In CI (CI=true) a missing tool is a failure, not a skip. */
+export function haveTool(name: string): boolean {
+  const found = (process.env.PATH ?? "").split(":").some((directory) => existsSync(join(directory, name)));
+  if (!found && process.env.CI === "true") throw new Error(`${name} is missing in CI; .ci/run must install it`);
+  return found;
+}
