@@ -40,8 +40,7 @@ const workloads = positionals.map((arg) => {
   return { name, metric };
 });
 
-const readText = (path) =>
-  existsSync(path) ? readFileSync(path, "utf8").trim() : null;
+const readText = (path) => (existsSync(path) ? readFileSync(path, "utf8").trim() : null);
 const notes = [];
 
 function serverStatus(server) {
@@ -87,10 +86,7 @@ function measure(server, wl) {
     notes.push(`${server} ${wl.name}: fio job error ${job.error}`);
     return { cell: "error" };
   }
-  const value =
-    wl.metric === "MB/s"
-      ? (job.read.bw_bytes + job.write.bw_bytes) / 1e6
-      : job.read.iops + job.write.iops;
+  const value = wl.metric === "MB/s" ? (job.read.bw_bytes + job.write.bw_bytes) / 1e6 : job.read.iops + job.write.iops;
   if (!(value > 0)) {
     notes.push(`${server} ${wl.name}: no I/O completed`);
     return { cell: "no I/O" };
@@ -98,20 +94,11 @@ function measure(server, wl) {
   return { value };
 }
 
-const fmt = (v, metric) =>
-  metric === "MB/s" ? v.toFixed(1) : String(Math.round(v));
-const ratio = (a, b) =>
-  a.value !== undefined && b.value !== undefined
-    ? `${(a.value / b.value).toFixed(2)}x`
-    : "n/a";
+const fmt = (v, metric) => (metric === "MB/s" ? v.toFixed(1) : String(Math.round(v)));
+const ratio = (a, b) => (a.value !== undefined && b.value !== undefined ? `${(a.value / b.value).toFixed(2)}x` : "n/a");
 
 const others = COLUMNS.filter((s) => s !== BASE);
-const header = [
-  "workload",
-  "metric",
-  ...COLUMNS,
-  ...others.map((s) => `${BASE}/${s}`),
-];
+const header = ["workload", "metric", ...COLUMNS, ...others.map((s) => `${BASE}/${s}`)];
 const rows = [];
 const results = {};
 for (const wl of workloads) {
@@ -128,9 +115,7 @@ for (const wl of workloads) {
   ]);
 }
 
-const widths = header.map((h, i) =>
-  Math.max(h.length, ...rows.map((r) => r[i].length)),
-);
+const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
 const line = (cells) =>
   cells
     .map((c, i) => (i < 2 ? c.padEnd(widths[i]) : c.padStart(widths[i])))
@@ -152,13 +137,8 @@ for (const s of COLUMNS) {
   const text = readText(join(out, s, "rss"));
   let msg = short(status);
   if (text !== null) {
-    const kv = Object.fromEntries(
-      text.split("\n").map((l) => l.split("=", 2).map((x) => x.trim())),
-    );
-    const scope =
-      kv.scope === "qd32"
-        ? "peak during QD32 workloads"
-        : "peak over the whole run";
+    const kv = Object.fromEntries(text.split("\n").map((l) => l.split("=", 2).map((x) => x.trim())));
+    const scope = kv.scope === "qd32" ? "peak during QD32 workloads" : "peak over the whole run";
     rss[s] = { peak_kib: Number(kv.peak_kib), idle_kib: Number(kv.idle_kib) };
     msg = `${mib(kv.peak_kib)} MiB RSS ${scope} (${mib(kv.idle_kib)} MiB after start)`;
     if (status !== "ok") msg += `; ${status}`;
@@ -171,8 +151,5 @@ if (notes.length > 0) lines.push("", "notes:", ...notes.map((n) => `  ${n}`));
 
 const summary = `${lines.join("\n")}\n`;
 writeFileSync(join(out, "summary.txt"), summary);
-writeFileSync(
-  join(out, "summary.json"),
-  `${JSON.stringify({ workloads: results, rss }, null, 2)}\n`,
-);
+writeFileSync(join(out, "summary.json"), `${JSON.stringify({ workloads: results, rss }, null, 2)}\n`);
 process.stdout.write(summary);

@@ -110,7 +110,8 @@ export class FileDevice implements BlockDevice {
     return new Promise((resolve, reject) => {
       const step = (done: number): void => {
         read(this.fd, target, done, target.length - done, offset + done, (error, bytesRead) => {
-          if (error) return reject(fromSystemError(error, `read ${target.length} bytes at ${offset} from ${this.path}`));
+          if (error)
+            return reject(fromSystemError(error, `read ${target.length} bytes at ${offset} from ${this.path}`));
           const total = done + bytesRead;
           if (total === target.length) return resolve();
           if (bytesRead === 0) {
@@ -313,7 +314,9 @@ export class FileDevice implements BlockDevice {
 }
 
 function openFile(path: string, flags: number, mode?: number): Promise<number> {
-  return new Promise((resolve, reject) => open(path, flags, mode, (error, fd) => (error ? reject(error) : resolve(fd))));
+  return new Promise((resolve, reject) =>
+    open(path, flags, mode, (error, fd) => (error ? reject(error) : resolve(fd))),
+  );
 }
 
 function closeFile(fd: number): Promise<void> {

@@ -17,13 +17,33 @@ export const ERRORS = {
   HAVEN_ERR_CONFIG: { summary: "invalid configuration", exitCode: 2, httpStatus: 400, nbdErrno: NbdErrno.EINVAL },
   HAVEN_ERR_NOT_FOUND: { summary: "not found", exitCode: 3, httpStatus: 404, nbdErrno: NbdErrno.EINVAL },
   HAVEN_ERR_INVALID_REQUEST: { summary: "invalid request", exitCode: 1, httpStatus: 400, nbdErrno: NbdErrno.EINVAL },
-  HAVEN_ERR_OUT_OF_RANGE: { summary: "request past the end of the device", exitCode: 1, httpStatus: 400, nbdErrno: NbdErrno.EINVAL },
-  HAVEN_ERR_NO_SPACE: { summary: "write past the end of the device", exitCode: 1, httpStatus: 507, nbdErrno: NbdErrno.ENOSPC },
+  HAVEN_ERR_OUT_OF_RANGE: {
+    summary: "request past the end of the device",
+    exitCode: 1,
+    httpStatus: 400,
+    nbdErrno: NbdErrno.EINVAL,
+  },
+  HAVEN_ERR_NO_SPACE: {
+    summary: "write past the end of the device",
+    exitCode: 1,
+    httpStatus: 507,
+    nbdErrno: NbdErrno.ENOSPC,
+  },
   HAVEN_ERR_READ_ONLY: { summary: "the device is read-only", exitCode: 1, httpStatus: 403, nbdErrno: NbdErrno.EPERM },
-  HAVEN_ERR_NOT_SUPPORTED: { summary: "operation not supported", exitCode: 1, httpStatus: 501, nbdErrno: NbdErrno.ENOTSUP },
+  HAVEN_ERR_NOT_SUPPORTED: {
+    summary: "operation not supported",
+    exitCode: 1,
+    httpStatus: 501,
+    nbdErrno: NbdErrno.ENOTSUP,
+  },
   HAVEN_ERR_TOO_LARGE: { summary: "request too large", exitCode: 1, httpStatus: 413, nbdErrno: NbdErrno.EOVERFLOW },
   HAVEN_ERR_IO: { summary: "I/O error on the backing store", exitCode: 1, httpStatus: 500, nbdErrno: NbdErrno.EIO },
-  HAVEN_ERR_SHUTTING_DOWN: { summary: "the server is shutting down", exitCode: 1, httpStatus: 503, nbdErrno: NbdErrno.ESHUTDOWN },
+  HAVEN_ERR_SHUTTING_DOWN: {
+    summary: "the server is shutting down",
+    exitCode: 1,
+    httpStatus: 503,
+    nbdErrno: NbdErrno.ESHUTDOWN,
+  },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERRORS;

@@ -48,17 +48,16 @@ export interface ExportCatalog {
   list(): readonly NbdExport[];
 }
 
-export function transmissionFlagsFor(exported: NbdExport): number {
+/** DF only means something with structured replies; the spec says leave it clear otherwise. */
+export function transmissionFlagsFor(exported: NbdExport, structuredReplies: boolean): number {
   const caps = exported.device.capabilities;
   let flags =
-    TransmissionFlag.HAS_FLAGS |
-    TransmissionFlag.SEND_FLUSH |
-    TransmissionFlag.SEND_FUA |
-    TransmissionFlag.SEND_DF |
-    TransmissionFlag.SEND_CACHE;
+    TransmissionFlag.HAS_FLAGS | TransmissionFlag.SEND_FLUSH | TransmissionFlag.SEND_FUA | TransmissionFlag.SEND_CACHE;
+  if (structuredReplies) flags |= TransmissionFlag.SEND_DF;
   if (caps.readOnly) flags |= TransmissionFlag.READ_ONLY;
   if (!caps.readOnly && caps.canTrim) flags |= TransmissionFlag.SEND_TRIM;
-  if (!caps.readOnly && caps.canWriteZeroes) flags |= TransmissionFlag.SEND_WRITE_ZEROES | TransmissionFlag.SEND_FAST_ZERO;
+  if (!caps.readOnly && caps.canWriteZeroes)
+    flags |= TransmissionFlag.SEND_WRITE_ZEROES | TransmissionFlag.SEND_FAST_ZERO;
   if (caps.canMultiConn) flags |= TransmissionFlag.CAN_MULTI_CONN;
   if (caps.rotational) flags |= TransmissionFlag.ROTATIONAL;
   return flags;
@@ -130,15 +129,18 @@ async function haggle(
     const option = header.readUInt32BE(8);
     const length = header.readUInt32BE(12);
     if (length > MAX_OPTION_PAYLOAD_BYTES) {
-      throw new ProtocolViolation(`option ${optionName(option)} payload of ${length} bytes exceeds ${MAX_OPTION_PAYLOAD_BYTES}`);
+      throw new ProtocolViolation(
+        `option ${optionName(option)} payload of ${length} bytes exceeds ${MAX_OPTION_PAYLOAD_BYTES}`,
+      );
     }
     const payload = length > 0 ? await reader.read(length) : Buffer.alloc(0);
 
     switch (option) {
       case Option.EXPORT_NAME: {
         const exported = catalog.find(payload.toString("utf8"));
-        if (!exported) throw new ProtocolViolation(`EXPORT_NAME asked for unknown export "${payload.toString("utf8")}"`);
-        const flags = transmissionFlagsFor(exported);
+        if (!exported)
+          throw new ProtocolViolation(`EXPORT_NAME asked for unknown export "${payload.toString("utf8")}"`);
+        const flags = transmissionFlagsFor(exported, structuredReplies);
         const answer = Buffer.alloc(noZeroes ? 10 : 10 + 124);
         answer.writeBigUInt64BE(BigInt(exported.device.size), 0);
         answer.writeUInt16BE(flags, 8);
@@ -182,7 +184,7 @@ async function haggle(
           fail(option, OptionReply.ERR_UNKNOWN, `no export named "${request.name}"`);
           break;
         }
-        const flags = transmissionFlagsFor(exported);
+        const flags = transmissionFlagsFor(exported, structuredReplies);
         const exportInfo = Buffer.alloc(12);
         exportInfo.writeUInt16BE(Info.EXPORT, 0);
         exportInfo.writeBigUInt64BE(BigInt(exported.device.size), 2);
@@ -247,7 +249,8 @@ async function haggle(
         break;
       }
       default:
-        if (!fixedNewstyle) throw new ProtocolViolation(`unsupported option ${option} from a non-fixed-newstyle client`);
+        if (!fixedNewstyle)
+          throw new ProtocolViolation(`unsupported option ${option} from a non-fixed-newstyle client`);
         fail(option, OptionReply.ERR_UNSUP, `option ${optionName(option)} is not supported`);
     }
   }

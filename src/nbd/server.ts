@@ -11,7 +11,9 @@ import { negotiate, ProtocolViolation, type ExportCatalog } from "./handshake.js
 import { DEFAULT_LIMITS, type NbdExport, type NbdLimits } from "./export.js";
 import { TransmissionSession } from "./transmission.js";
 
-export type Listen = { readonly kind: "tcp"; readonly host: string; readonly port: number } | { readonly kind: "unix"; readonly path: string };
+export type Listen =
+  | { readonly kind: "tcp"; readonly host: string; readonly port: number }
+  | { readonly kind: "unix"; readonly path: string };
 
 export interface NbdServerOptions {
   readonly exports: readonly NbdExport[];
@@ -29,7 +31,8 @@ export class NbdServer implements ExportCatalog {
   private stopping: Promise<void> | undefined;
 
   constructor(private readonly options: NbdServerOptions) {
-    if (options.exports.length === 0) throw new HavenError("HAVEN_ERR_CONFIG", "an NBD server needs at least one export");
+    if (options.exports.length === 0)
+      throw new HavenError("HAVEN_ERR_CONFIG", "an NBD server needs at least one export");
     this.limits = { ...DEFAULT_LIMITS, ...options.limits };
     this.log = options.log ?? ((line) => process.stderr.write(`${line}\n`));
   }
@@ -52,7 +55,9 @@ export class NbdServer implements ExportCatalog {
     const server = createServer({ noDelay: true, pauseOnConnect: false }, (socket) => this.accept(socket));
     server.maxConnections = this.limits.maxConnections;
     server.on("drop", (data) => {
-      this.log(`refused a connection from ${data?.remoteAddress ?? "?"}: ${this.limits.maxConnections} connections already`);
+      this.log(
+        `refused a connection from ${data?.remoteAddress ?? "?"}: ${this.limits.maxConnections} connections already`,
+      );
     });
     if (where.kind === "unix") await removeStaleSocket(where.path);
     await new Promise<void>((resolve, reject) => {
@@ -77,16 +82,24 @@ export class NbdServer implements ExportCatalog {
   }
 
   private async shutdown(): Promise<void> {
-    await Promise.all(this.servers.map((server) => new Promise<void>((resolve) => server.close(() => resolve()))));
+    // close() stops accepting at once; its callback waits for every connection, so await it last.
+    const listenersClosed = Promise.all(
+      this.servers.map((server) => new Promise<void>((resolve) => server.close(() => resolve()))),
+    );
     for (const session of this.sessions) session.shutdown();
     const handshaking = [...this.sockets].filter((socket) => ![...this.sessions].some((s) => s.socketIs(socket)));
     for (const socket of handshaking) socket.destroy();
     const drained = Promise.all([...this.sessions].map((session) => session.closed));
-    const grace = new Promise<"timeout">((resolve) => setTimeout(() => resolve("timeout"), this.limits.shutdownGraceMs).unref());
+    const grace = new Promise<"timeout">((resolve) =>
+      setTimeout(() => resolve("timeout"), this.limits.shutdownGraceMs).unref(),
+    );
     if ((await Promise.race([drained, grace])) === "timeout") {
-      this.log(`shutdown: in-flight requests did not finish within ${this.limits.shutdownGraceMs} ms; dropping connections`);
+      this.log(
+        `shutdown: in-flight requests did not finish within ${this.limits.shutdownGraceMs} ms; dropping connections`,
+      );
       for (const socket of this.sockets) socket.destroy();
     }
+    await listenersClosed;
     for (const exported of this.options.exports) {
       try {
         await exported.device.flush();
@@ -127,7 +140,9 @@ export class NbdServer implements ExportCatalog {
         void session.closed.then((reason) => {
           this.sessions.delete(session);
           const c = session.counters;
-          log(`closed: ${reason}; ${c.requests} requests, ${c.errors} errors, ${c.bytesRead} bytes read, ${c.bytesWritten} bytes written`);
+          log(
+            `closed: ${reason}; ${c.requests} requests, ${c.errors} errors, ${c.bytesRead} bytes read, ${c.bytesWritten} bytes written`,
+          );
         });
       },
       (error: unknown) => {

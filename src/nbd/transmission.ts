@@ -178,7 +178,8 @@ export class TransmissionSession {
     }
     const offsetHigh = header.readUInt32BE(16);
     // Offsets beyond 2^53 are past the end of any device; keep them recognisably out of range.
-    const offset = offsetHigh >= 0x200000 ? Number.MAX_SAFE_INTEGER : offsetHigh * 0x100000000 + header.readUInt32BE(20);
+    const offset =
+      offsetHigh >= 0x200000 ? Number.MAX_SAFE_INTEGER : offsetHigh * 0x100000000 + header.readUInt32BE(20);
     return {
       flags: header.readUInt16BE(4),
       type: header.readUInt16BE(6),
@@ -271,7 +272,9 @@ export class TransmissionSession {
     }
     const device = this.session.export.device;
     if (type === Command.FLUSH) {
-      return offset === 0 && length === 0 ? undefined : new Refusal(NbdErrno.EINVAL, "FLUSH must have offset and length 0");
+      return offset === 0 && length === 0
+        ? undefined
+        : new Refusal(NbdErrno.EINVAL, "FLUSH must have offset and length 0");
     }
     if (type === Command.BLOCK_STATUS && !this.session.baseAllocation) {
       return new Refusal(NbdErrno.EINVAL, "BLOCK_STATUS without a negotiated meta context");
@@ -290,7 +293,10 @@ export class TransmissionSession {
       }
     }
     if (type === Command.READ && length > this.limits.maxPayloadBytes) {
-      return new Refusal(NbdErrno.EINVAL, `READ of ${length} bytes exceeds the ${this.limits.maxPayloadBytes}-byte maximum`);
+      return new Refusal(
+        NbdErrno.EINVAL,
+        `READ of ${length} bytes exceeds the ${this.limits.maxPayloadBytes}-byte maximum`,
+      );
     }
     if (type === Command.WRITE_ZEROES && (flags & CommandFlag.FAST_ZERO) !== 0 && !device.capabilities.canFastZero) {
       return new Refusal(NbdErrno.ENOTSUP, "this export cannot zero quickly");
@@ -377,7 +383,11 @@ export class TransmissionSession {
       for (const extent of await this.session.export.device.blockStatus(position, end - position)) {
         const previous = merged[merged.length - 1];
         if (previous !== undefined && previous.zero === extent.zero) {
-          merged[merged.length - 1] = { length: previous.length + extent.length, hole: previous.hole, zero: previous.zero };
+          merged[merged.length - 1] = {
+            length: previous.length + extent.length,
+            hole: previous.hole,
+            zero: previous.zero,
+          };
         } else {
           merged.push(extent);
         }

@@ -16,7 +16,8 @@ export function packageRoot(): string {
       return directory;
     }
     const parent = dirname(directory);
-    if (parent === directory) throw new Error("cannot find Haven's package root above " + fileURLToPath(import.meta.url));
+    if (parent === directory)
+      throw new Error("cannot find Haven's package root above " + fileURLToPath(import.meta.url));
     directory = parent;
   }
 }

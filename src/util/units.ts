@@ -24,7 +24,10 @@ export function parseSize(text: string, what = "size"): number {
   const match = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(text);
   const unit = match ? SIZE_UNITS[match[2]!.toLowerCase()] : undefined;
   if (!match || unit === undefined) {
-    throw new HavenError("HAVEN_ERR_USAGE", `${what} "${text}" is not a size; use bytes or a unit such as 512M, 10G, 1T`);
+    throw new HavenError(
+      "HAVEN_ERR_USAGE",
+      `${what} "${text}" is not a size; use bytes or a unit such as 512M, 10G, 1T`,
+    );
   }
   const bytes = Number(match[1]) * unit;
   if (!Number.isSafeInteger(bytes) || bytes <= 0) {

@@ -119,7 +119,12 @@ export class RawNbdClient {
     this.send(data);
   }
 
-  sendOption(option: number, payload: Buffer = Buffer.alloc(0), magic: bigint = IHAVEOPT, lengthOverride?: number): void {
+  sendOption(
+    option: number,
+    payload: Buffer = Buffer.alloc(0),
+    magic: bigint = IHAVEOPT,
+    lengthOverride?: number,
+  ): void {
     const header = Buffer.alloc(16);
     header.writeBigUInt64BE(magic, 0);
     header.writeUInt32BE(option, 8);
@@ -170,7 +175,17 @@ export class RawNbdClient {
 
   // ---- transmission ----
 
-  request(type: number, options: { flags?: number; cookie?: bigint; offset?: bigint | number; length?: number; payload?: Buffer; magic?: number } = {}): void {
+  request(
+    type: number,
+    options: {
+      flags?: number;
+      cookie?: bigint;
+      offset?: bigint | number;
+      length?: number;
+      payload?: Buffer;
+      magic?: number;
+    } = {},
+  ): void {
     const header = Buffer.alloc(28);
     header.writeUInt32BE(options.magic ?? REQUEST_MAGIC, 0);
     header.writeUInt16BE(options.flags ?? 0, 4);
@@ -182,21 +197,30 @@ export class RawNbdClient {
   }
 
   /** Reads one reply: a simple reply (with `dataBytes` of payload if it succeeded) or one chunk. */
-  async readReply(dataBytes = 0): Promise<{ simple?: SimpleReplyMessage & { data: Buffer }; chunk?: Chunk } | undefined> {
+  async readReply(
+    dataBytes: number | ((cookie: bigint) => number) = 0,
+  ): Promise<{ simple?: SimpleReplyMessage & { data: Buffer }; chunk?: Chunk } | undefined> {
     const magicBytes = await this.read(4);
     if (magicBytes === undefined) return undefined;
     const magic = magicBytes.readUInt32BE(0);
     if (magic === SIMPLE_REPLY_MAGIC) {
       const rest = await this.mustRead(12);
       const error = rest.readUInt32BE(0);
-      const data = error === 0 && dataBytes > 0 ? await this.mustRead(dataBytes) : Buffer.alloc(0);
-      return { simple: { error, cookie: rest.readBigUInt64BE(4), data } };
+      const cookie = rest.readBigUInt64BE(4);
+      const expected = typeof dataBytes === "function" ? dataBytes(cookie) : dataBytes;
+      const data = error === 0 && expected > 0 ? await this.mustRead(expected) : Buffer.alloc(0);
+      return { simple: { error, cookie, data } };
     }
     if (magic === STRUCTURED_REPLY_MAGIC) {
       const rest = await this.mustRead(16);
       const length = rest.readUInt32BE(12);
       return {
-        chunk: { flags: rest.readUInt16BE(0), type: rest.readUInt16BE(2), cookie: rest.readBigUInt64BE(4), payload: await this.mustRead(length) },
+        chunk: {
+          flags: rest.readUInt16BE(0),
+          type: rest.readUInt16BE(2),
+          cookie: rest.readBigUInt64BE(4),
+          payload: await this.mustRead(length),
+        },
       };
     }
     throw new Error(`bad reply magic 0x${magic.toString(16)}`);

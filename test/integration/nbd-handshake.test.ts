@@ -6,7 +6,15 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { FileDevice } from "../../src/block/file-device.js";
 import { NbdServer } from "../../src/nbd/server.js";
-import { HandshakeFlag, IHAVEOPT, Info, NBD_MAGIC, Option, OptionReply, TransmissionFlag } from "../../src/nbd/constants.js";
+import {
+  HandshakeFlag,
+  IHAVEOPT,
+  Info,
+  NBD_MAGIC,
+  Option,
+  OptionReply,
+  TransmissionFlag,
+} from "../../src/nbd/constants.js";
 import { infoPayload, metaContextPayload, RawNbdClient } from "../helpers/raw-nbd-client.js";
 import { tempDir } from "../helpers/server-process.js";
 
@@ -48,17 +56,30 @@ describe("NBD handshake", () => {
     const client = await opened();
     client.sendOption(Option.GO, infoPayload("disk", [Info.NAME, Info.DESCRIPTION, Info.BLOCK_SIZE]));
     const replies = await client.readOptionReplies();
-    const byInfo = new Map(replies.filter((r) => r.type === OptionReply.INFO).map((r) => [r.data.readUInt16BE(0), r.data]));
+    const byInfo = new Map(
+      replies.filter((r) => r.type === OptionReply.INFO).map((r) => [r.data.readUInt16BE(0), r.data]),
+    );
     assert.equal(byInfo.get(Info.EXPORT)!.readBigUInt64BE(2), BigInt(SIZE));
     const flags = byInfo.get(Info.EXPORT)!.readUInt16BE(10);
-    for (const flag of [TransmissionFlag.HAS_FLAGS, TransmissionFlag.SEND_FLUSH, TransmissionFlag.SEND_FUA, TransmissionFlag.CAN_MULTI_CONN, TransmissionFlag.SEND_TRIM, TransmissionFlag.SEND_WRITE_ZEROES]) {
+    for (const flag of [
+      TransmissionFlag.HAS_FLAGS,
+      TransmissionFlag.SEND_FLUSH,
+      TransmissionFlag.SEND_FUA,
+      TransmissionFlag.CAN_MULTI_CONN,
+      TransmissionFlag.SEND_TRIM,
+      TransmissionFlag.SEND_WRITE_ZEROES,
+    ]) {
       assert.ok((flags & flag) !== 0, `flag ${flag} advertised`);
     }
     assert.equal(flags & TransmissionFlag.READ_ONLY, 0);
+    assert.equal(flags & TransmissionFlag.SEND_DF, 0, "DF is not offered without structured replies");
     assert.equal(byInfo.get(Info.NAME)!.subarray(2).toString(), "disk");
     assert.equal(byInfo.get(Info.DESCRIPTION)!.subarray(2).toString(), "test disk");
     const sizes = byInfo.get(Info.BLOCK_SIZE)!;
-    assert.deepEqual([sizes.readUInt32BE(2), sizes.readUInt32BE(6), sizes.readUInt32BE(10)], [512, 4096, 32 * 1024 * 1024]);
+    assert.deepEqual(
+      [sizes.readUInt32BE(2), sizes.readUInt32BE(6), sizes.readUInt32BE(10)],
+      [512, 4096, 32 * 1024 * 1024],
+    );
     assert.equal(replies[replies.length - 1]!.type, OptionReply.ACK);
     client.close();
   });
@@ -136,7 +157,10 @@ describe("NBD handshake", () => {
     assert.equal(set.length, 2, "one context selected, then ACK");
     assert.notEqual(set[0]!.data.readUInt32BE(0), 0);
     client.sendOption(Option.SET_META_CONTEXT, metaContextPayload("disk", ["other:thing"]));
-    assert.deepEqual((await client.readOptionReplies()).map((r) => r.type), [OptionReply.ACK]);
+    assert.deepEqual(
+      (await client.readOptionReplies()).map((r) => r.type),
+      [OptionReply.ACK],
+    );
     client.close();
   });
 

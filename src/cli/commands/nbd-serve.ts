@@ -39,7 +39,10 @@ export async function nbdServe(argv: string[]): Promise<number> {
     return 0;
   }
   if (positionals.length !== 1) {
-    throw new HavenError("HAVEN_ERR_USAGE", `expected exactly one FILE, got ${positionals.length}\n\n${NBD_SERVE_USAGE}`);
+    throw new HavenError(
+      "HAVEN_ERR_USAGE",
+      `expected exactly one FILE, got ${positionals.length}\n\n${NBD_SERVE_USAGE}`,
+    );
   }
   const file = positionals[0]!;
   const readOnly = values["read-only"] === true;
@@ -62,7 +65,9 @@ export async function nbdServe(argv: string[]): Promise<number> {
   try {
     for (const where of listens) {
       const address = await server.listen(where);
-      log(`serving ${file} (${formatBytes(device.size)}${readOnly ? ", read-only" : ""}) as export "${name}" on ${address}`);
+      log(
+        `serving ${file} (${formatBytes(device.size)}${readOnly ? ", read-only" : ""}) as export "${name}" on ${address}`,
+      );
     }
   } catch (error) {
     await server.stop();

@@ -1,0 +1,49 @@
+// A real QEMU guest (TCG) on a disk served by `haven nbd serve` over its unix socket: the first boot
+// makes an ext4 file system and writes files, the second boot checks them. The server is restarted
+// in between, so the second boot reads what the first one left durable in the file.
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { bootGuest, ensureGuest, scenarioResult } from "../helpers/guest.js";
+import { haveTool, startServer, tempDir } from "../helpers/server-process.js";
+
+test(
+  "a QEMU guest makes a file system on a Haven export and reads it back after a restart",
+  { timeout: 600_000 },
+  async (t) => {
+    if (!haveTool("qemu-system-x86_64")) {
+      t.skip("qemu-system-x86_64 is not installed");
+      return;
+    }
+    await ensureGuest();
+    const dir = tempDir("haven-guest-");
+    try {
+      const first = await startServer({ dir: dir.path, size: "64M", name: "vda" });
+      const written = await bootGuest({ nbdSocket: first.socketPath, exportName: "vda", scenario: "format-write" });
+      const formatResult = scenarioResult(written.markers, "format-write");
+      assert.ok(
+        formatResult?.ok,
+        `format-write failed: ${written.markers.join(" | ")}\n${written.output.slice(-2000)}`,
+      );
+      assert.equal(await first.stop("SIGTERM"), 0, "the server exits cleanly on SIGTERM");
+      assert.match(first.log(), /stopped cleanly/);
+
+      const second = await startServer({ dir: dir.path, file: first.file, name: "vda" });
+      const verified = await bootGuest({ nbdSocket: second.socketPath, exportName: "vda", scenario: "read-verify" });
+      const verifyResult = scenarioResult(verified.markers, "read-verify");
+      assert.ok(
+        verifyResult?.ok,
+        `read-verify failed: ${verified.markers.join(" | ")}\n${verified.output.slice(-2000)}`,
+      );
+      assert.equal(verifyResult.detail, formatResult.detail, "the second boot read the checksum the first one wrote");
+      assert.equal(await second.stop("SIGINT"), 0);
+      assert.doesNotMatch(
+        first.log() + second.log(),
+        /refused|failed|dropping/,
+        "the guest sent no request the server refused",
+      );
+    } finally {
+      dir.remove();
+    }
+  },
+);
