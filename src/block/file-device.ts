@@ -100,7 +100,8 @@ export class FileDevice implements BlockDevice {
   }
 
   read(offset: number, target: Buffer): Promise<void> {
-    this.checkRange(offset, target.length);
+    const refused = this.refusal(() => this.checkRange(offset, target.length));
+    if (refused) return refused;
     let start = 0;
     if (target.length <= NOWAIT_READ_MAX_BYTES) {
       const cached = this.native.readNoWait(this.fd, target, offset);
@@ -127,9 +128,12 @@ export class FileDevice implements BlockDevice {
   }
 
   write(offset: number, data: WriteData, options: WriteOptions = {}): Promise<void> {
-    this.checkWritable();
     const length = writeDataLength(data);
-    this.checkRange(offset, length);
+    const refused = this.refusal(() => {
+      this.checkWritable();
+      this.checkRange(offset, length);
+    });
+    if (refused) return refused;
     const written = Buffer.isBuffer(data) ? this.writeOne(offset, data) : this.writeMany(offset, data, length);
     return options.fua ? written.then(() => this.flush()) : written;
   }
@@ -174,7 +178,8 @@ export class FileDevice implements BlockDevice {
    * starts after the running one ends and so covers every write completed before this call.
    */
   flush(): Promise<void> {
-    this.checkOpen();
+    const refused = this.refusal(() => this.checkOpen());
+    if (refused) return refused;
     if (this.flushInProgress === undefined) {
       this.flushInProgress = this.datasync().finally(() => {
         this.flushInProgress = undefined;
@@ -270,6 +275,16 @@ export class FileDevice implements BlockDevice {
     await (this.flushQueued ?? this.flushInProgress)?.catch(() => undefined);
     this.closed = true;
     await closeFile(this.fd);
+  }
+
+  /** Runs synchronous checks; a refusal becomes a rejected promise, as callers of an async API expect. */
+  private refusal(checks: () => void): Promise<never> | undefined {
+    try {
+      checks();
+      return undefined;
+    } catch (error) {
+      return Promise.reject(error);
+    }
   }
 
   private checkOpen(): void {

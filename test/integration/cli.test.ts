@@ -1,0 +1,92 @@
+// `haven nbd serve` as an operator runs it: wrong arguments and dangerous requests get a clear message
+// and a non-zero exit without touching data; a good command serves until SIGTERM and exits 0.
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { createServer } from "node:net";
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { HAVEN_BIN, run, startServer, tempDir } from "../helpers/server-process.js";
+
+const haven = (...args: string[]) => run(process.execPath, [HAVEN_BIN, ...args], { timeoutMs: 30_000 });
+
+test("usage errors exit 2 with a message that says what is wrong", async () => {
+  const cases: Array<[string[], RegExp]> = [
+    [[], /usage: haven/],
+    [["frobnicate"], /unknown command "frobnicate"/],
+    [["nbd"], /unknown or missing verb/],
+    [["nbd", "serve"], /expected exactly one FILE, got 0/],
+    [["nbd", "serve", "a", "b"], /expected exactly one FILE, got 2/],
+    [["nbd", "serve", "x.img", "--bogus"], /Unknown option '--bogus'/],
+    [["nbd", "serve", "x.img", "--size", "lots"], /--size "lots" is not a size/],
+    [["nbd", "serve", "x.img", "--size", "1G", "--listen", "nowhere"], /--listen "nowhere" is not HOST:PORT/],
+  ];
+  for (const [args, message] of cases) {
+    const result = await haven(...args);
+    assert.equal(result.code, 2, `exit status for ${args.join(" ")}`);
+    assert.match(result.stderr + result.stdout, message, args.join(" "));
+  }
+});
+
+test("help prints the options and exits 0", async () => {
+  const result = await haven("nbd", "serve", "--help");
+  assert.equal(result.code, 0);
+  assert.match(result.stdout, /--read-only/);
+});
+
+test("dangerous or impossible requests are refused and leave the data intact", async () => {
+  const dir = tempDir();
+  try {
+    const file = join(dir.path, "data.img");
+    const content = Buffer.alloc(1024 * 1024, 0x5a);
+    writeFileSync(file, content);
+    const resize = await haven("nbd", "serve", file, "--size", "2M", "--listen", "127.0.0.1:0");
+    assert.equal(resize.code, 2);
+    assert.match(resize.stderr, /never resizes existing data/);
+    const missing = await haven("nbd", "serve", join(dir.path, "absent.img"), "--listen", "127.0.0.1:0");
+    assert.equal(missing.code, 3);
+    assert.match(missing.stderr, /does not exist; pass --size/);
+    const notSocket = await haven("nbd", "serve", file, "--socket", file);
+    assert.equal(notSocket.code, 2);
+    assert.match(notSocket.stderr, /is not a socket; refusing to replace it/);
+    assert.ok(readFileSync(file).equals(content), "the data file is unchanged");
+  } finally {
+    dir.remove();
+  }
+});
+
+test("a port or socket already in use is reported, not stolen", async () => {
+  const dir = tempDir();
+  const blocker = createServer();
+  await new Promise<void>((resolve) => blocker.listen(0, "127.0.0.1", resolve));
+  const port = (blocker.address() as { port: number }).port;
+  try {
+    const busy = await haven("nbd", "serve", join(dir.path, "a.img"), "--size", "1M", "--listen", `127.0.0.1:${port}`);
+    assert.equal(busy.code, 2);
+    assert.match(busy.stderr, /cannot listen on 127\.0\.0\.1:\d+: .*EADDRINUSE/);
+    const first = await startServer({ dir: dir.path, size: "1M" });
+    const second = await haven("nbd", "serve", first.file, "--socket", first.socketPath);
+    assert.equal(second.code, 2);
+    assert.match(second.stderr, /in use by another running server/);
+    assert.equal(await first.stop(), 0);
+  } finally {
+    blocker.close();
+    dir.remove();
+  }
+});
+
+test("the server logs each connection and exits 0 on SIGTERM", async () => {
+  const dir = tempDir();
+  try {
+    const server = await startServer({ dir: dir.path, size: "4M" });
+    const { code } = await run("nbdinfo", ["--size", server.uri]);
+    assert.equal(code, 0);
+    await server.waitForLog(/closed: client sent DISC/);
+    assert.match(server.log(), /conn 1 \(127\.0\.0\.1:\d+\): export "disk" opened/);
+    assert.equal(await server.stop("SIGTERM"), 0);
+    assert.match(server.log(), /SIGTERM: finishing in-flight requests/);
+    assert.match(server.log(), /stopped cleanly/);
+  } finally {
+    dir.remove();
+  }
+});
