@@ -6,6 +6,7 @@
  *   seekHole(fd, offset) -> number    lseek(SEEK_HOLE); the file's end counts as a hole
  *   seekEnd(fd) -> number             size of a file or block device
  *   readNoWait(fd, buffer, position) / writeNoWait(...) -> bytes, or -1 if it would block
+ *   sendFileReply(socketFd, header, fileFd, position, length) -> Promise<bytes sent>
  *
  * Errors reject or throw an Error whose `code` is the errno name (EOPNOTSUPP, EINVAL, ...) so the
  * TypeScript side can map it to an NBD error without parsing messages.
@@ -19,6 +20,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -43,6 +46,10 @@ static const char *errno_name(int err) {
     case ENXIO: return "ENXIO";
     case EINTR: return "EINTR";
     case ENODEV: return "ENODEV";
+    case EAGAIN: return "EAGAIN";
+    case EPIPE: return "EPIPE";
+    case ECONNRESET: return "ECONNRESET";
+    case ETIMEDOUT: return "ETIMEDOUT";
     case ESPIPE: return "ESPIPE";
     default: return "EUNKNOWN";
   }
@@ -200,6 +207,131 @@ static napi_value nowait_io(napi_env env, napi_callback_info info, int writing) 
 static napi_value js_read_nowait(napi_env env, napi_callback_info info) { return nowait_io(env, info, 0); }
 static napi_value js_write_nowait(napi_env env, napi_callback_info info) { return nowait_io(env, info, 1); }
 
+/*
+ * sendFileReply(socketFd, header, fileFd, position, length) -> Promise<number>
+ * On a thread-pool thread: sends `header`, then `length` bytes of the file from `position` with
+ * sendfile(2), which hands page-cache pages to the socket without copying them through user space.
+ * The socket is Node's, so non-blocking: when it is full the job stops and resolves with the bytes
+ * sent so far, and the caller sends the rest through Node (which waits for room without holding a
+ * pool thread). The caller owns the socket exclusively while this runs. A rejection carries
+ * `bytesSent`, so the caller knows whether part of the reply went out (then the stream is broken).
+ */
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  napi_ref header_ref;
+  const char *header;
+  size_t header_length;
+  int socket_fd;
+  int file_fd;
+  int64_t position;
+  int64_t length;
+  int64_t sent;
+  int err;
+  const char *syscall;
+} sendfile_job;
+
+static void sendfile_execute(napi_env env, void *data) {
+  (void)env;
+  sendfile_job *job = data;
+  size_t header_done = 0;
+  while (header_done < job->header_length) {
+    ssize_t n = send(job->socket_fd, job->header + header_done, job->header_length - header_done,
+                     MSG_MORE | MSG_NOSIGNAL);
+    if (n >= 0) {
+      header_done += (size_t)n;
+      job->sent += n;
+      continue;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN) return;
+    job->err = errno;
+    job->syscall = "send";
+    return;
+  }
+  off_t position = (off_t)job->position;
+  int64_t remaining = job->length;
+  while (remaining > 0) {
+    ssize_t n = sendfile(job->socket_fd, job->file_fd, &position, (size_t)remaining);
+    if (n > 0) {
+      remaining -= n;
+      job->sent += n;
+      continue;
+    }
+    if (n == 0) { job->err = EIO; job->syscall = "sendfile (file ended early)"; return; }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN) return;
+    job->err = errno;
+    job->syscall = "sendfile";
+    return;
+  }
+}
+
+static void sendfile_complete(napi_env env, napi_status status, void *data) {
+  sendfile_job *job = data;
+  if (status != napi_ok && job->err == 0) { job->err = EIO; job->syscall = "napi"; }
+  if (job->err == 0) {
+    napi_value sent;
+    napi_create_int64(env, job->sent, &sent);
+    napi_resolve_deferred(env, job->deferred, sent);
+  } else {
+    napi_value error = make_error(env, job->syscall, job->err), sent;
+    napi_create_int64(env, job->sent, &sent);
+    napi_set_named_property(env, error, "bytesSent", sent);
+    napi_reject_deferred(env, job->deferred, error);
+  }
+  close(job->socket_fd);
+  close(job->file_fd);
+  napi_delete_reference(env, job->header_ref);
+  napi_delete_async_work(env, job->work);
+  free(job);
+}
+
+static napi_value js_send_file_reply(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  if (!get_args(env, info, 5, argv)) return NULL;
+  int64_t socket_fd, file_fd, position, length;
+  void *header;
+  size_t header_length;
+  if (!get_int64(env, argv[0], &socket_fd) || !get_int64(env, argv[2], &file_fd) ||
+      !get_int64(env, argv[3], &position) || !get_int64(env, argv[4], &length))
+    return NULL;
+  if (napi_get_buffer_info(env, argv[1], &header, &header_length) != napi_ok) {
+    napi_throw_type_error(env, "EHAVEN_ARGS", "expected a Buffer header");
+    return NULL;
+  }
+  sendfile_job *job = calloc(1, sizeof *job);
+  if (job == NULL) {
+    napi_throw_error(env, "ENOMEM", "out of memory");
+    return NULL;
+  }
+  /*
+   * Work on duplicates, made here on the calling thread while both descriptors are known to be open:
+   * if Node closes the socket or Haven closes the file while the pool thread runs, the numbers could
+   * be reused for something else, and sendfile must never write into an unrelated descriptor.
+   */
+  job->socket_fd = fcntl((int)socket_fd, F_DUPFD_CLOEXEC, 0);
+  job->file_fd = job->socket_fd < 0 ? -1 : fcntl((int)file_fd, F_DUPFD_CLOEXEC, 0);
+  if (job->socket_fd < 0 || job->file_fd < 0) {
+    int err = errno;
+    if (job->socket_fd >= 0) close(job->socket_fd);
+    free(job);
+    napi_throw(env, make_error(env, "dup", err));
+    return NULL;
+  }
+  job->position = position;
+  job->length = length;
+  job->header = header;
+  job->header_length = header_length;
+  napi_value promise, name;
+  CHECK(napi_create_reference(env, argv[1], 1, &job->header_ref));
+  CHECK(napi_create_promise(env, &job->deferred, &promise));
+  CHECK(napi_create_string_utf8(env, "haven_sendfile", NAPI_AUTO_LENGTH, &name));
+  CHECK(napi_create_async_work(env, NULL, name, sendfile_execute, sendfile_complete, job, &job->work));
+  CHECK(napi_queue_async_work(env, job->work));
+  return promise;
+}
+
 /* The size of a file or block device (lseek to the end; fstat reports 0 for block devices). */
 static napi_value js_seek_end(napi_env env, napi_callback_info info) {
   napi_value argv[1];
@@ -222,6 +354,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"seekData", NULL, js_seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
     {"seekHole", NULL, js_seek_hole, NULL, NULL, NULL, napi_enumerable, NULL},
     {"seekEnd", NULL, js_seek_end, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"sendFileReply", NULL, js_send_file_reply, NULL, NULL, NULL, napi_enumerable, NULL},
     {"readNoWait", NULL, js_read_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
     {"writeNoWait", NULL, js_write_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
   };

@@ -62,6 +62,12 @@ export interface BlockDevice {
    * byte and at most `length` bytes, never empty.
    */
   blockStatus(offset: number, length: number): Promise<Extent[]>;
+  /**
+   * Where [offset, offset+length) can be read from directly (a file descriptor and position), so the
+   * NBD front can send it with sendfile(2) instead of copying it through a buffer. Optional: devices
+   * whose data is not one file (the replicated engine, fault injection) return undefined.
+   */
+  zeroCopySource?(offset: number, length: number): { fd: number; position: number } | undefined;
   /** Hints that the range will be read soon. */
   cache(offset: number, length: number): Promise<void>;
   close(): Promise<void>;

@@ -261,6 +261,11 @@ export class FileDevice implements BlockDevice {
     return extents;
   }
 
+  zeroCopySource(offset: number, length: number): { fd: number; position: number } | undefined {
+    if (this.closed || offset + length > this.size) return undefined;
+    return { fd: this.fd, position: offset };
+  }
+
   async cache(offset: number, length: number): Promise<void> {
     this.checkRange(offset, length);
     // Reading the range pulls it into the page cache; bounded chunks keep memory flat.

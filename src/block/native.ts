@@ -18,6 +18,11 @@ export interface NativeIo {
   readNoWait(fd: number, target: Buffer, position: number): number;
   /** pwritev2(RWF_NOWAIT): bytes written, or -1 if the write would block or is not supported. */
   writeNoWait(fd: number, data: Buffer, position: number): number;
+  /**
+   * sendfile(2) of a reply on a pool thread: header, then file bytes; resolves with the bytes sent,
+   * fewer than asked when the socket filled up (the caller sends the rest).
+   */
+  sendFileReply(socketFd: number, header: Buffer, fileFd: number, position: number, length: number): Promise<number>;
   readonly FALLOC: { readonly KEEP_SIZE: number; readonly PUNCH_HOLE: number; readonly ZERO_RANGE: number };
 }
 

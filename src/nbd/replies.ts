@@ -10,8 +10,12 @@ export interface Cookie {
   readonly low: number;
 }
 
-export function simpleReply(cookie: Cookie, error: number, payloadBytes = 0): Buffer {
-  const buffer = Buffer.allocUnsafe(Size.SIMPLE_REPLY + payloadBytes);
+/** Where reply buffers come from (a pool for large READ replies). */
+export type Allocate = (bytes: number) => Buffer;
+const allocate: Allocate = (bytes) => Buffer.allocUnsafe(bytes);
+
+export function simpleReply(cookie: Cookie, error: number, payloadBytes = 0, alloc: Allocate = allocate): Buffer {
+  const buffer = alloc(Size.SIMPLE_REPLY + payloadBytes);
   buffer.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
   buffer.writeUInt32BE(error, 4);
   buffer.writeUInt32BE(cookie.high, 8);
@@ -30,8 +34,14 @@ function writeChunkHeader(buffer: Buffer, cookie: Cookie, flags: number, type: n
 
 /** OFFSET_DATA chunk with room for `dataBytes` after the 28-byte prefix (read the data into it). */
 export const OFFSET_DATA_PREFIX = Size.CHUNK_HEADER + 8;
-export function offsetDataChunk(cookie: Cookie, done: boolean, offset: number, dataBytes: number): Buffer {
-  const buffer = Buffer.allocUnsafe(OFFSET_DATA_PREFIX + dataBytes);
+export function offsetDataChunk(
+  cookie: Cookie,
+  done: boolean,
+  offset: number,
+  dataBytes: number,
+  alloc: Allocate = allocate,
+): Buffer {
+  const buffer = alloc(OFFSET_DATA_PREFIX + dataBytes);
   writeChunkHeader(buffer, cookie, done ? ReplyFlag.DONE : 0, ChunkType.OFFSET_DATA, 8 + dataBytes);
   writeUInt64(buffer, offset, Size.CHUNK_HEADER);
   return buffer;

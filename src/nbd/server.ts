@@ -10,6 +10,7 @@ import { ConnectionClosedError } from "./byte-reader.js";
 import { negotiate, ProtocolViolation, type ExportCatalog } from "./handshake.js";
 import { DEFAULT_LIMITS, type NbdExport, type NbdLimits } from "./export.js";
 import { TransmissionSession } from "./transmission.js";
+import { BufferPool } from "../util/buffer-pool.js";
 
 export type Listen =
   | { readonly kind: "tcp"; readonly host: string; readonly port: number }
@@ -29,6 +30,8 @@ export class NbdServer implements ExportCatalog {
   private readonly log: (line: string) => void;
   private nextConnectionId = 1;
   private stopping: Promise<void> | undefined;
+  /** Large READ reply buffers, reused across connections (see BufferPool for why). */
+  private readonly bufferPool = new BufferPool(128 * 1024, 64 * 1024 * 1024);
 
   constructor(private readonly options: NbdServerOptions) {
     if (options.exports.length === 0)
@@ -130,7 +133,7 @@ export class NbdServer implements ExportCatalog {
           socket.destroy();
           return;
         }
-        const session = new TransmissionSession(socket, negotiated, this.limits, log);
+        const session = new TransmissionSession(socket, negotiated, this.limits, log, this.bufferPool);
         this.sessions.add(session);
         log(
           `export "${negotiated.export.name}" opened (${negotiated.structuredReplies ? "structured" : "simple"} replies` +

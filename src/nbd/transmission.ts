@@ -20,6 +20,8 @@ import {
 } from "./constants.js";
 import type { Negotiated } from "./handshake.js";
 import type { NbdLimits } from "./export.js";
+import type { BufferPool } from "../util/buffer-pool.js";
+import { nativeIo } from "../block/native.js";
 import {
   blockStatusChunk,
   errorChunk,
@@ -45,8 +47,26 @@ const ALLOWED_FLAGS: Record<number, number> = {
 
 /** Structured READs at least this long are checked for holes, which are sent as OFFSET_HOLE chunks. */
 const HOLE_CHECK_MIN_BYTES = 64 * 1024;
+/**
+ * READ replies at least this long whose data sits in one file go out with sendfile(2) from a pool
+ * thread: no copy through a buffer, and the event loop does not carry the socket copy. Smaller ones
+ * are cheaper through the page-cache fast path and a plain socket write.
+ */
+const ZERO_COPY_MIN_BYTES = 64 * 1024;
 /** Largest extent length a BLOCK_STATUS descriptor can carry (u32, kept 4 KiB-aligned). */
 const MAX_DESCRIPTOR_BYTES = 0xfffff000;
+
+/** A reply waiting for its turn on the socket, in completion order. */
+type Outgoing =
+  | { readonly kind: "buffers"; readonly buffers: Buffer[]; readonly pooled: boolean }
+  | {
+      readonly kind: "file";
+      readonly header: Buffer;
+      readonly fd: number;
+      readonly position: number;
+      readonly length: number;
+      readonly done: (error?: unknown) => void;
+    };
 
 interface Request {
   readonly type: number;
@@ -85,14 +105,23 @@ export class TransmissionSession {
   private shuttingDown = false;
   private resolveClosed!: (reason: string) => void;
   private refusalsLogged = 0;
+  private corked = false;
+  /** Replies queued behind a sendfile in progress (the socket is the pool thread's until it ends). */
+  private outbox: Outgoing[] = [];
+  private fileSendBusy = false;
+  private waitingForFlush = false;
+  private readonly socketFd: number | undefined;
 
   constructor(
     private readonly socket: Socket,
     private readonly session: Negotiated,
     private readonly limits: NbdLimits,
     private readonly log: (line: string) => void,
+    private readonly pool: BufferPool,
   ) {
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
+    const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    this.socketFd = typeof fd === "number" && fd >= 0 ? fd : undefined;
   }
 
   start(): void {
@@ -340,20 +369,27 @@ export class TransmissionSession {
   private async read(request: Request): Promise<void> {
     const device = this.session.export.device;
     const { offset, length, cookie } = request;
+    const take = this.takeBuffer;
+    const zeroCopy =
+      length >= ZERO_COPY_MIN_BYTES && this.socketFd !== undefined
+        ? device.zeroCopySource?.(offset, length)
+        : undefined;
     if (!this.session.structuredReplies) {
-      const reply = simpleReply(cookie, 0, length);
-      await device.read(offset, reply.subarray(Size.SIMPLE_REPLY));
-      this.counters.bytesRead += length;
-      return this.send(reply);
+      if (zeroCopy) return this.sendFromFile(simpleReply(cookie, 0), zeroCopy, length);
+      const reply = simpleReply(cookie, 0, length, take);
+      await this.readInto(offset, reply, Size.SIMPLE_REPLY);
+      return this.send([reply], true);
     }
     const noFragment = (request.flags & CommandFlag.DF) !== 0;
-    if (noFragment || length < HOLE_CHECK_MIN_BYTES) {
-      const chunk = offsetDataChunk(cookie, true, offset, length);
-      await device.read(offset, chunk.subarray(OFFSET_DATA_PREFIX));
-      this.counters.bytesRead += length;
-      return this.send(chunk);
+    if ((noFragment && !zeroCopy) || length < HOLE_CHECK_MIN_BYTES) {
+      const chunk = offsetDataChunk(cookie, true, offset, length, take);
+      await this.readInto(offset, chunk, OFFSET_DATA_PREFIX);
+      return this.send([chunk], true);
     }
-    const extents = await this.extentsCovering(offset, length);
+    const extents = noFragment ? [] : await this.extentsCovering(offset, length);
+    if (zeroCopy && (noFragment || (extents.length === 1 && !extents[0]!.zero))) {
+      return this.sendFromFile(offsetDataChunk(cookie, true, offset, 0), zeroCopy, length);
+    }
     const chunks: Buffer[] = [];
     const reads: Promise<void>[] = [];
     let position = offset;
@@ -363,15 +399,107 @@ export class TransmissionSession {
       if (extent.zero) {
         chunks.push(offsetHoleChunk(cookie, last, position, extent.length));
       } else {
-        const chunk = offsetDataChunk(cookie, last, position, extent.length);
+        const chunk = offsetDataChunk(cookie, last, position, extent.length, take);
         reads.push(device.read(position, chunk.subarray(OFFSET_DATA_PREFIX)));
         chunks.push(chunk);
       }
       position += extent.length;
     }
-    await Promise.all(reads);
+    try {
+      await Promise.all(reads);
+    } catch (error) {
+      // Let every read settle before the buffers go back to the pool.
+      await Promise.allSettled(reads);
+      for (const chunk of chunks) this.pool.give(chunk);
+      throw error;
+    }
     this.counters.bytesRead += length;
-    this.send(...chunks);
+    this.send(chunks, true);
+  }
+
+  private readonly takeBuffer = (bytes: number): Buffer => this.pool.take(bytes);
+
+  /** Sends `header` then the file's bytes (sendfile), in its turn among the other replies. */
+  private sendFromFile(header: Buffer, source: { fd: number; position: number }, length: number): Promise<void> {
+    if (header.length > Size.SIMPLE_REPLY) header.writeUInt32BE(8 + length, 16); // OFFSET_DATA chunk length
+    return new Promise<void>((resolve, reject) => {
+      this.outbox.push({
+        kind: "file",
+        header,
+        fd: source.fd,
+        position: source.position,
+        length,
+        done: (error) => (error === undefined ? resolve() : reject(error)),
+      });
+      this.drainOutbox();
+    }).then(() => {
+      this.counters.bytesRead += length;
+    });
+  }
+
+  private drainOutbox(): void {
+    while (this.outbox.length > 0 && !this.fileSendBusy) {
+      const next = this.outbox[0]!;
+      if (next.kind === "buffers") {
+        this.outbox.shift();
+        this.writeBuffers(next.buffers, next.pooled);
+        continue;
+      }
+      if (this.socket.destroyed) {
+        this.outbox.shift();
+        next.done(new HavenError("HAVEN_ERR_IO", "connection closed before the reply could be sent"));
+        continue;
+      }
+      if (this.corked) this.uncork();
+      if (this.socket.writableLength > 0) {
+        this.waitingForFlush = true; // resumed by the last write's callback
+        return;
+      }
+      this.outbox.shift();
+      this.fileSendBusy = true;
+      void this.runFileSend(next).finally(() => {
+        this.fileSendBusy = false;
+        this.drainOutbox();
+      });
+    }
+  }
+
+  private async runFileSend(unit: Extract<Outgoing, { kind: "file" }>): Promise<void> {
+    const total = unit.header.length + unit.length;
+    let sent: number;
+    try {
+      sent = await nativeIo().sendFileReply(this.socketFd!, unit.header, unit.fd, unit.position, unit.length);
+    } catch (error) {
+      const bytesSent = (error as { bytesSent?: number }).bytesSent ?? 0;
+      if (bytesSent > 0) this.abort(`reply broken off after ${bytesSent} bytes: ${(error as Error).message}`);
+      return unit.done(error);
+    }
+    if (sent < total) {
+      // The socket filled up: the rest goes through Node, which waits for room without a pool thread.
+      const dataSent = Math.max(0, sent - unit.header.length);
+      const rest = this.pool.take(unit.length - dataSent);
+      try {
+        await this.session.export.device.read(unit.position + dataSent, rest);
+      } catch (error) {
+        this.pool.give(rest);
+        if (sent > 0) this.abort(`reply broken off after ${sent} bytes: ${(error as Error).message}`);
+        return unit.done(error);
+      }
+      if (sent < unit.header.length) this.writeBuffers([unit.header.subarray(sent)], false);
+      this.writeBuffers([rest], true);
+    }
+    unit.done();
+  }
+
+  /** Reads into `reply` after its header; on failure the buffer goes back to the pool. */
+  private async readInto(offset: number, reply: Buffer, headerBytes: number): Promise<void> {
+    try {
+      await this.session.export.device.read(offset, reply.subarray(headerBytes));
+    } catch (error) {
+      this.pool.give(reply);
+      throw error;
+    }
+    this.counters.bytesRead += reply.length - headerBytes;
   }
 
   /** Extents covering exactly [offset, offset+length), neighbours of the same kind merged. */
@@ -406,7 +534,7 @@ export class TransmissionSession {
       length: extent.length,
       flags: (extent.hole ? AllocationState.HOLE : 0) | (extent.zero ? AllocationState.ZERO : 0),
     }));
-    this.send(blockStatusChunk(cookie, BASE_ALLOCATION_CONTEXT_ID, descriptors));
+    this.send([blockStatusChunk(cookie, BASE_ALLOCATION_CONTEXT_ID, descriptors)]);
   }
 
   private failRequest(request: Request, error: unknown): void {
@@ -426,26 +554,65 @@ export class TransmissionSession {
   }
 
   private sendOk(request: Request): void {
-    this.send(simpleReply(request.cookie, 0));
+    this.send([simpleReply(request.cookie, 0)]);
   }
 
   private sendError(request: Request, errno: number, message: string): void {
     // After STRUCTURED_REPLY, READ and BLOCK_STATUS must be answered with chunks, errors included.
     const structured =
       this.session.structuredReplies && (request.type === Command.READ || request.type === Command.BLOCK_STATUS);
-    this.send(structured ? errorChunk(request.cookie, errno, message) : simpleReply(request.cookie, errno));
+    this.send([structured ? errorChunk(request.cookie, errno, message) : simpleReply(request.cookie, errno)]);
   }
 
-  private send(...buffers: Buffer[]): void {
-    if (this.socket.destroyed || !this.socket.writable) return;
-    if (buffers.length === 1) {
-      this.socket.write(buffers[0]!);
+  /**
+   * Replies that complete in the same turn of the event loop leave in one writev: the socket is corked
+   * at the first reply and uncorked once the loop has run every completion that was ready.
+   */
+  private send(buffers: Buffer[], pooled = false): void {
+    if (this.fileSendBusy || this.outbox.length > 0) {
+      this.outbox.push({ kind: "buffers", buffers, pooled });
       return;
     }
-    this.socket.cork();
-    for (const buffer of buffers) this.socket.write(buffer);
+    this.writeBuffers(buffers, pooled);
+  }
+
+  private writeBuffers(buffers: Buffer[], pooled: boolean): void {
+    if (this.socket.destroyed || !this.socket.writable) {
+      if (pooled) for (const buffer of buffers) this.pool.give(buffer);
+      return;
+    }
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      setImmediate(this.uncorkLater);
+    }
+    for (const buffer of buffers) {
+      // A pooled buffer is reusable once the socket has handed it to the kernel (or failed).
+      if (pooled) {
+        this.socket.write(buffer, () => {
+          this.pool.give(buffer);
+          this.afterWrite();
+        });
+      } else {
+        this.socket.write(buffer, this.afterWrite);
+      }
+    }
+  }
+
+  private readonly afterWrite = (): void => {
+    if (this.waitingForFlush && (this.socket.writableLength === 0 || this.socket.destroyed)) {
+      this.waitingForFlush = false;
+      this.drainOutbox();
+    }
+  };
+
+  private uncork(): void {
+    if (!this.corked) return;
+    this.corked = false;
     this.socket.uncork();
   }
+
+  private readonly uncorkLater = (): void => this.uncork();
 
   /** Stops reading; the socket closes once in-flight requests have replied. */
   private finish(reason: string): void {

@@ -83,6 +83,39 @@ describe("NBD transmission", () => {
     c.close();
   });
 
+  test("large READ replies sent with sendfile arrive intact and in order, even when the socket fills", async () => {
+    const writer = await client();
+    const regions = Array.from({ length: 8 }, () => randomBytes(MiB));
+    for (let i = 0; i < regions.length; i++) {
+      assert.equal((await simple(writer, Command.WRITE, { offset: 8 * MiB + i * MiB, payload: regions[i]! })).error, 0);
+    }
+    writer.close();
+    for (const structured of [false, true]) {
+      const reader = await client({ structured });
+      // 64 MiB of replies requested at once: far more than the socket buffers hold.
+      for (let round = 0; round < 8; round++) {
+        for (let i = 0; i < regions.length; i++) {
+          reader.request(Command.READ, { offset: 8 * MiB + i * MiB, length: MiB, cookie: BigInt(round * 100 + i) });
+        }
+      }
+      for (let n = 0; n < 64; n++) {
+        if (structured) {
+          const [chunk] = await reader.readChunks();
+          assert.equal(chunk!.type, ChunkType.OFFSET_DATA);
+          const region = Number(chunk!.cookie % 100n);
+          assert.equal(chunk!.payload.readBigUInt64BE(0), BigInt(8 * MiB + region * MiB));
+          assert.ok(chunk!.payload.subarray(8).equals(regions[region]!), `structured reply ${n} (region ${region})`);
+        } else {
+          const reply = await reader.readReply(MiB);
+          const region = Number(reply!.simple!.cookie % 100n);
+          assert.equal(reply!.simple!.error, 0);
+          assert.ok(reply!.simple!.data.equals(regions[region]!), `simple reply ${n} (region ${region})`);
+        }
+      }
+      reader.close();
+    }
+  });
+
   test("pipelined requests all get answered, each with its own cookie", async () => {
     const c = await client();
     const count = 200;
