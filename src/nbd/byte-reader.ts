@@ -2,6 +2,7 @@
 // matter and straight-line code is clearer. The transmission phase parses 'data' events directly.
 
 import type { Socket } from "node:net";
+import { ChunkQueue } from "./chunk-queue.js";
 
 export class ConnectionClosedError extends Error {
   constructor(reason: string) {
@@ -11,14 +12,12 @@ export class ConnectionClosedError extends Error {
 }
 
 export class ByteReader {
-  private chunks: Buffer[] = [];
-  private buffered = 0;
+  private readonly queue = new ChunkQueue();
   private waiter: { bytes: number; resolve: (data: Buffer) => void; reject: (error: Error) => void } | undefined;
   private closedReason: string | undefined;
   private readonly onData = (chunk: Buffer): void => {
-    this.chunks.push(chunk);
-    this.buffered += chunk.length;
-    if (this.buffered > this.maxBufferedBytes) this.socket.pause();
+    this.queue.push(chunk);
+    if (this.queue.length > this.maxBufferedBytes) this.socket.pause();
     this.serve();
   };
   private readonly onEnd = (): void => this.close("client closed the connection");
@@ -48,10 +47,7 @@ export class ByteReader {
     this.socket.off("end", this.onEnd);
     this.socket.off("close", this.onEnd);
     this.socket.off("error", this.onError);
-    const rest = this.chunks;
-    this.chunks = [];
-    this.buffered = 0;
-    return rest;
+    return this.queue.drain();
   }
 
   close(reason: string): void {
@@ -62,38 +58,15 @@ export class ByteReader {
   private serve(): void {
     const waiter = this.waiter;
     if (!waiter) return;
-    if (this.buffered >= waiter.bytes) {
+    if (this.queue.length >= waiter.bytes) {
       this.waiter = undefined;
-      waiter.resolve(this.take(waiter.bytes));
-      if (this.buffered <= this.maxBufferedBytes && this.socket.isPaused()) this.socket.resume();
+      waiter.resolve(this.queue.take(waiter.bytes));
+      if (this.queue.length <= this.maxBufferedBytes && this.socket.isPaused()) this.socket.resume();
     } else if (this.closedReason !== undefined) {
       this.waiter = undefined;
       waiter.reject(new ConnectionClosedError(this.closedReason));
     } else if (this.socket.isPaused()) {
       this.socket.resume();
     }
-  }
-
-  private take(bytes: number): Buffer {
-    const first = this.chunks[0];
-    if (first !== undefined && first.length >= bytes) {
-      const result = first.subarray(0, bytes);
-      if (first.length === bytes) this.chunks.shift();
-      else this.chunks[0] = first.subarray(bytes);
-      this.buffered -= bytes;
-      return result;
-    }
-    const result = Buffer.allocUnsafe(bytes);
-    let filled = 0;
-    while (filled < bytes) {
-      const chunk = this.chunks[0]!;
-      const piece = Math.min(chunk.length, bytes - filled);
-      chunk.copy(result, filled, 0, piece);
-      filled += piece;
-      if (piece === chunk.length) this.chunks.shift();
-      else this.chunks[0] = chunk.subarray(piece);
-    }
-    this.buffered -= bytes;
-    return result;
   }
 }

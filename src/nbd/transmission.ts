@@ -21,6 +21,7 @@ import {
 import type { Negotiated } from "./handshake.js";
 import type { NbdLimits } from "./export.js";
 import type { BufferPool } from "../util/buffer-pool.js";
+import { ChunkQueue } from "./chunk-queue.js";
 import { nativeIo } from "../block/native.js";
 import {
   blockStatusChunk,
@@ -96,8 +97,7 @@ export class TransmissionSession {
   /** Resolves when the connection is gone. */
   readonly closed: Promise<string>;
 
-  private chunks: Buffer[] = [];
-  private buffered = 0;
+  private readonly received = new ChunkQueue();
   private pendingWrite: Request | undefined;
   private inflightRequests = 0;
   private inflightBytes = 0;
@@ -127,8 +127,7 @@ export class TransmissionSession {
   start(): void {
     const socket = this.socket;
     socket.on("data", (chunk: Buffer) => {
-      this.chunks.push(chunk);
-      this.buffered += chunk.length;
+      this.received.push(chunk);
       this.pump();
     });
     socket.on("drain", () => this.pump());
@@ -138,10 +137,7 @@ export class TransmissionSession {
       this.ending ??= this.partialRequestNote("connection closed");
       this.resolveClosed(this.ending);
     });
-    for (const chunk of this.session.leftover) {
-      this.chunks.push(chunk);
-      this.buffered += chunk.length;
-    }
+    for (const chunk of this.session.leftover) this.received.push(chunk);
     this.pump();
   }
 
@@ -168,12 +164,12 @@ export class TransmissionSession {
       }
       const pending = this.pendingWrite;
       if (pending !== undefined) {
-        if (this.buffered < pending.length) break;
+        if (this.received.length < pending.length) break;
         this.pendingWrite = undefined;
-        this.dispatch(pending, this.takePieces(pending.length));
+        this.dispatch(pending, this.received.takePieces(pending.length));
         continue;
       }
-      if (this.buffered < Size.REQUEST_HEADER) break;
+      if (this.received.length < Size.REQUEST_HEADER) break;
       const request = this.parseHeader();
       if (request === undefined) return;
       if (request.type === Command.WRITE && !(request.length > this.limits.maxPayloadBytes)) {
@@ -199,7 +195,7 @@ export class TransmissionSession {
   }
 
   private parseHeader(): Request | undefined {
-    const header = this.take(Size.REQUEST_HEADER);
+    const header = this.received.take(Size.REQUEST_HEADER);
     const magic = header.readUInt32BE(0);
     if (magic !== REQUEST_MAGIC) {
       this.abort(`bad request magic 0x${magic.toString(16)}; the stream cannot be resynchronised`);
@@ -216,49 +212,6 @@ export class TransmissionSession {
       offset,
       length: header.readUInt32BE(24),
     };
-  }
-
-  private take(bytes: number): Buffer {
-    const first = this.chunks[0]!;
-    let result: Buffer;
-    if (first.length >= bytes) {
-      result = first.subarray(0, bytes);
-      if (first.length === bytes) this.chunks.shift();
-      else this.chunks[0] = first.subarray(bytes);
-    } else {
-      result = Buffer.allocUnsafe(bytes);
-      let filled = 0;
-      while (filled < bytes) {
-        const chunk = this.chunks[0]!;
-        const piece = Math.min(chunk.length, bytes - filled);
-        chunk.copy(result, filled, 0, piece);
-        filled += piece;
-        if (piece === chunk.length) this.chunks.shift();
-        else this.chunks[0] = chunk.subarray(piece);
-      }
-    }
-    this.buffered -= bytes;
-    return result;
-  }
-
-  /** Takes `bytes` as the slices they arrived in, without copying (for WRITE payloads). */
-  private takePieces(bytes: number): Buffer[] {
-    const pieces: Buffer[] = [];
-    let needed = bytes;
-    while (needed > 0) {
-      const chunk = this.chunks[0]!;
-      if (chunk.length <= needed) {
-        pieces.push(chunk);
-        this.chunks.shift();
-        needed -= chunk.length;
-      } else {
-        pieces.push(chunk.subarray(0, needed));
-        this.chunks[0] = chunk.subarray(needed);
-        needed = 0;
-      }
-    }
-    this.buffered -= bytes;
-    return pieces;
   }
 
   private dispatch(request: Request, payload: Buffer[] | undefined): void {
@@ -636,9 +589,9 @@ export class TransmissionSession {
 
   private partialRequestNote(reason: string): string {
     if (this.pendingWrite !== undefined) {
-      return `${reason} in the middle of a WRITE payload (${this.buffered} of ${this.pendingWrite.length} bytes received; nothing written)`;
+      return `${reason} in the middle of a WRITE payload (${this.received.length} of ${this.pendingWrite.length} bytes received; nothing written)`;
     }
-    if (this.buffered > 0) return `${reason} in the middle of a request header (${this.buffered} bytes)`;
+    if (this.received.length > 0) return `${reason} in the middle of a request header (${this.received.length} bytes)`;
     return reason;
   }
 }
