@@ -1,13 +1,17 @@
 // The `haven` command line: routes "noun verb" to a command, and turns every error into a message
 // and the exit status that the error registry assigns.
 
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { HavenError } from "../core/errors.js";
+import { packageRoot } from "../util/repo-root.js";
 import { NBD_SERVE_USAGE, nbdServe } from "./commands/nbd-serve.js";
 
 const USAGE = `usage: haven <noun> <verb> [options]
 
 commands:
   nbd serve FILE       serve a file or block device over NBD
+  version              print Haven's version
 
 Run 'haven <noun> <verb> --help' for a command's options.`;
 
@@ -20,6 +24,11 @@ const COMMANDS: Record<string, Record<string, { run: Command; usage: string }>> 
 export async function main(argv: string[]): Promise<number> {
   try {
     const [noun, verb, ...rest] = argv;
+    if (noun === "version" || noun === "--version") {
+      const manifest = JSON.parse(readFileSync(join(packageRoot(), "package.json"), "utf8")) as { version: string };
+      process.stdout.write(`haven ${manifest.version}\n`);
+      return 0;
+    }
     if (noun === undefined || noun === "help" || noun === "--help" || noun === "-h") {
       process.stdout.write(`${USAGE}\n`);
       return noun === undefined ? 2 : 0;
@@ -34,7 +43,9 @@ export async function main(argv: string[]): Promise<number> {
     return await command.run(rest);
   } catch (error) {
     if (error instanceof HavenError) {
-      process.stderr.write(`haven: ${error.message} [${error.code}]\n`);
+      // The code goes on the first line, next to what went wrong; any usage text follows.
+      const [first, ...rest] = error.message.split("\n");
+      process.stderr.write(`haven: ${first} [${error.code}]\n${rest.length > 0 ? `${rest.join("\n")}\n` : ""}`);
       return error.exitCode;
     }
     throw error;

@@ -28,6 +28,14 @@ test("usage errors exit 2 with a message that says what is wrong", async () => {
   }
 });
 
+test("errors name their registry code on the first line; version prints the package version", async () => {
+  const wrong = await haven("nbd", "serve");
+  assert.match(wrong.stderr.split("\n")[0]!, /^haven: expected exactly one FILE, got 0 \[HAVEN_ERR_USAGE\]$/);
+  const version = await haven("version");
+  assert.equal(version.code, 0);
+  assert.match(version.stdout, /^haven \d+\.\d+\.\d+\n$/);
+});
+
 test("help prints the options and exits 0", async () => {
   const result = await haven("nbd", "serve", "--help");
   assert.equal(result.code, 0);
