@@ -333,6 +333,24 @@ async function fio(args: string[]): Promise<{ code: number | null; jobs: FioJob[
 // nbdinfo: what the server advertises
 // ---------------------------------------------------------------------------------------------
 
+/** One server for a describe block: started before its tests, checked for errors and stopped after. */
+function serveForSuite(prefix: string, size: string): () => ServerHandle {
+  const dir = tempDir(prefix);
+  let server: ServerHandle | undefined;
+  before(async () => {
+    server = await startServer({ dir: dir.path, size });
+  });
+  after(async () => {
+    try {
+      if (server !== undefined) assertNoServerErrors(server);
+      await stopCleanly(server);
+    } finally {
+      dir.remove();
+    }
+  });
+  return () => server!;
+}
+
 describe("nbdinfo", () => {
   const dir = tempDir("haven-real-nbdinfo-");
   const readOnlyDir = tempDir("haven-real-nbdinfo-ro-");
@@ -468,26 +486,13 @@ describe("nbdinfo", () => {
 // ---------------------------------------------------------------------------------------------
 
 describe("nbdinfo --map", () => {
-  const dir = tempDir("haven-real-map-");
-  let server: ServerHandle | undefined;
-
-  before(async () => {
-    server = await startServer({ dir: dir.path, size: "64M" });
-  });
-  after(async () => {
-    try {
-      if (server !== undefined) assertNoServerErrors(server);
-      await stopCleanly(server);
-    } finally {
-      dir.remove();
-    }
-  });
+  const server = serveForSuite("haven-real-map-", "64M");
 
   test("the map shows one hole, then data exactly where 1 MiB was written, then a hole again after TRIM", async (t) => {
     if (!needs(t, "nbdinfo", "qemu-io")) return;
-    const uri = server!.uri;
+    const uri = server().uri;
     const hole = "hole,zero";
-    const freshBlocks = statSync(server!.file).blocks;
+    const freshBlocks = statSync(server().file).blocks;
     assert.deepEqual(await nbdinfoMap(uri), [{ offset: 0, length: 64 * MiB, description: hole }]);
 
     await qemuIo(uri, [`write -P 0xab ${4 * MiB} ${MiB}`]);
@@ -496,17 +501,17 @@ describe("nbdinfo --map", () => {
       { offset: 4 * MiB, length: MiB, description: "data" },
       { offset: 5 * MiB, length: 59 * MiB, description: hole },
     ]);
-    const writtenBlocks = statSync(server!.file).blocks;
+    const writtenBlocks = statSync(server().file).blocks;
     assert.ok(writtenBlocks - freshBlocks >= MiB / 512, `1 MiB allocated (${freshBlocks} -> ${writtenBlocks} blocks)`);
     assertBytes(
-      readFileSync(server!.file).subarray(4 * MiB, 5 * MiB),
+      readFileSync(server().file).subarray(4 * MiB, 5 * MiB),
       Buffer.alloc(MiB, 0xab),
       "backing file after write",
     );
 
     await qemuIo(uri, [`discard ${4 * MiB} ${MiB}`, `read -P 0 ${4 * MiB} ${MiB}`]);
     assert.deepEqual(await nbdinfoMap(uri), [{ offset: 0, length: 64 * MiB, description: hole }]);
-    const trimmedBlocks = statSync(server!.file).blocks;
+    const trimmedBlocks = statSync(server().file).blocks;
     assert.ok(
       trimmedBlocks <= freshBlocks,
       `TRIM released the allocation (${freshBlocks} fresh, ${writtenBlocks} written, ${trimmedBlocks} trimmed blocks)`,
@@ -595,24 +600,11 @@ describe("qemu-img", () => {
 // ---------------------------------------------------------------------------------------------
 
 describe("qemu-io", () => {
-  const dir = tempDir("haven-real-qemu-io-");
-  let server: ServerHandle | undefined;
-
-  before(async () => {
-    server = await startServer({ dir: dir.path, size: "64M" });
-  });
-  after(async () => {
-    try {
-      if (server !== undefined) assertNoServerErrors(server);
-      await stopCleanly(server);
-    } finally {
-      dir.remove();
-    }
-  });
+  const server = serveForSuite("haven-real-qemu-io-", "64M");
 
   test("patterns written at unaligned offsets read back intact, next to untouched zeroes", async (t) => {
     if (!needs(t, "qemu-io")) return;
-    const uri = server!.uri;
+    const uri = server().uri;
     await qemuIo(uri, [
       "write -P 0x5a 1000 5000",
       "write -P 0xa5 70001 333",
@@ -625,7 +617,7 @@ describe("qemu-io", () => {
     // A wrong pattern is reported, so the checks above can fail.
     const wrong = await run("qemu-io", ["-f", "raw", "-c", "read -P 0x5a 999 10", uri]);
     assert.match(wrong.stdout, /Pattern verification failed at offset 999, 10 bytes/);
-    const file = readFileSync(server!.file);
+    const file = readFileSync(server().file);
     assertBytes(file.subarray(1000, 6000), Buffer.alloc(5000, 0x5a), "backing file at 1000");
     assertBytes(file.subarray(70001, 70334), Buffer.alloc(333, 0xa5), "backing file at 70001");
     assertBytes(file.subarray(0, 1000), Buffer.alloc(1000), "backing file before 1000");
@@ -634,7 +626,7 @@ describe("qemu-io", () => {
 
   test("write -z, write -z -u and discard read back as zeroes; flush and FUA writes land", async (t) => {
     if (!needs(t, "qemu-io", "nbdinfo")) return;
-    const uri = server!.uri;
+    const uri = server().uri;
     const base = 8 * MiB;
     await qemuIo(uri, [
       `write -P 0x11 ${base} ${4 * MiB}`,
@@ -656,7 +648,7 @@ describe("qemu-io", () => {
       `read -P 0x44 ${base + 3 * MiB + 65537} 1234`,
       "flush",
     ]);
-    const file = readFileSync(server!.file);
+    const file = readFileSync(server().file);
     const expected = Buffer.alloc(4 * MiB, 0x11);
     expected.fill(0, 3000, 5000);
     expected.fill(0, MiB, 3 * MiB);
@@ -745,27 +737,14 @@ describe("nbdcopy", () => {
 // ---------------------------------------------------------------------------------------------
 
 describe("fio nbd engine", () => {
-  const dir = tempDir("haven-real-fio-");
-  let server: ServerHandle | undefined;
-
-  before(async () => {
-    server = await startServer({ dir: dir.path, size: "64M" });
-  });
-  after(async () => {
-    try {
-      if (server !== undefined) assertNoServerErrors(server);
-      await stopCleanly(server);
-    } finally {
-      dir.remove();
-    }
-  });
+  const server = serveForSuite("haven-real-fio-", "64M");
 
   test("fio random 4 KiB writes at iodepth 32 verify with crc32c, also from a fresh connection", async (t) => {
     if (!needs(t, "fio")) return;
     const common = [
       "--name=verify",
       "--ioengine=nbd",
-      `--uri=${server!.uri}`,
+      `--uri=${server().uri}`,
       "--rw=randwrite",
       "--bs=4k",
       "--iodepth=32",
@@ -774,7 +753,7 @@ describe("fio nbd engine", () => {
       "--verify_fatal=1",
       "--do_verify=1",
     ];
-    let mark = server!.log().length;
+    let mark = server().log().length;
     const written = await fio(common);
     assert.equal(written.jobs.length, 1);
     const job = written.jobs[0]!;
@@ -785,7 +764,7 @@ describe("fio nbd engine", () => {
       [32 * MiB, 8192, 32 * MiB, 8192],
       "every 4 KiB block written once and read back for verification",
     );
-    const serverSide = (await connectionsClosedSince(server!, mark, 1)).filter((c) => c.requests > 0);
+    const serverSide = (await connectionsClosedSince(server(), mark, 1)).filter((c) => c.requests > 0);
     assert.deepEqual(
       serverSide.map((c) => [c.bytesWritten, c.bytesRead, c.errors]),
       [[32 * MiB, 32 * MiB, 0]],
@@ -794,13 +773,13 @@ describe("fio nbd engine", () => {
 
     // Same job, verify only (fio's random sequence repeats): a new connection reads back what the
     // first one wrote. fio counts the skipped writes in its JSON, so check the server's counters.
-    mark = server!.log().length;
+    mark = server().log().length;
     const reread = await fio([...common, "--verify_only=1"]);
     const verifyJob = reread.jobs[0]!;
     assert.equal(verifyJob.error, 0, `verify-only pass found bad data:\n${reread.stderr}`);
     assert.equal(reread.code, 0, reread.stderr);
     assert.equal(verifyJob.read.io_bytes, 32 * MiB);
-    const verifySide = (await connectionsClosedSince(server!, mark, 1)).filter((c) => c.requests > 0);
+    const verifySide = (await connectionsClosedSince(server(), mark, 1)).filter((c) => c.requests > 0);
     assert.deepEqual(
       verifySide.map((c) => [c.bytesWritten, c.bytesRead]),
       [[0, 32 * MiB]],
@@ -809,11 +788,11 @@ describe("fio nbd engine", () => {
 
   test("two fio jobs on two connections write and verify 1 MiB blocks in their own 16 MiB halves", async (t) => {
     if (!needs(t, "fio")) return;
-    const mark = server!.log().length;
+    const mark = server().log().length;
     const result = await fio([
       "--name=seq",
       "--ioengine=nbd",
-      `--uri=${server!.uri}`,
+      `--uri=${server().uri}`,
       "--rw=write",
       "--bs=1M",
       "--iodepth=8",
@@ -830,7 +809,7 @@ describe("fio nbd engine", () => {
       assert.deepEqual([job.write.io_bytes, job.read.io_bytes], [16 * MiB, 16 * MiB]);
     }
     assert.equal(result.code, 0, result.stderr);
-    const closed = await connectionsClosedSince(server!, mark, 2);
+    const closed = await connectionsClosedSince(server(), mark, 2);
     const working = closed.filter((c) => c.requests > 0);
     assert.deepEqual(
       working.map((c) => [c.bytesWritten, c.bytesRead]),
