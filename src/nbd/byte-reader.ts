@@ -2,7 +2,7 @@
 // matter and straight-line code is clearer. The transmission phase parses 'data' events directly.
 
 import type { Socket } from "node:net";
-import { ChunkQueue } from "./chunk-queue.js";
+import { ChunkQueue } from "../util/chunk-queue.js";
 
 export class ConnectionClosedError extends Error {
   constructor(reason: string) {

@@ -21,7 +21,7 @@ import {
 import type { Negotiated } from "./handshake.js";
 import type { NbdLimits } from "./export.js";
 import type { BufferPool } from "../util/buffer-pool.js";
-import { ChunkQueue } from "./chunk-queue.js";
+import { ChunkQueue } from "../util/chunk-queue.js";
 import { nativeIo } from "../block/native.js";
 import {
   blockStatusChunk,

@@ -4,7 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { ChunkQueue } from "../../src/nbd/chunk-queue.js";
+import { ChunkQueue } from "../../src/util/chunk-queue.js";
 
 test("takes return the pushed bytes in order, however the stream was chunked", () => {
   fc.assert(

@@ -7,7 +7,7 @@
 //  16 u64 requestId | 24 u64 epoch | 32 u64 offset | 40 u32 length | 44 u32 payloadLength
 
 import assert from "node:assert/strict";
-import { ChunkQueue } from "../../nbd/chunk-queue.js";
+import { ChunkQueue } from "../../util/chunk-queue.js";
 import { FRAME_HEADER_BYTES, FRAME_MAGIC, FRAME_TYPE_NAMES, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION } from "./constants.js";
 
 export interface Frame {
