@@ -1,0 +1,154 @@
+// One volume's copy on one disk: a directory holding the data as a plain sparse raw file of the
+// volume's size (so qemu-img, cmp or a loop mount can read any copy without Haven) and the replica's
+// metadata beside it (crash-safe, see metadata-store.ts). It enforces the epoch rule of DESIGN.md
+// rule 4 at the storage level: a writer's epoch lower than the highest ever seen is refused, and a
+// higher one is made durable before the first write under it is accepted.
+
+import { mkdir, stat } from "node:fs/promises";
+import { join } from "node:path";
+import { randomBytes } from "node:crypto";
+import { FileDevice } from "../block/file-device.js";
+import { HavenError } from "../core/errors.js";
+import { checkGenerations, isValidGenerationId, NEW_COPY, type Generations } from "./generations.js";
+import { FileMetadataFile } from "./metadata-file.js";
+import { MetadataStore } from "./metadata-store.js";
+
+export const DATA_FILE = "data.raw";
+export const METADATA_FILE = "meta";
+
+export interface ReplicaMetadata {
+  readonly volumeId: string;
+  readonly sizeBytes: number;
+  readonly generations: Generations;
+  /** The highest writer epoch this copy has accepted; lower ones are refused forever. */
+  readonly highestEpoch: number;
+  /** False from the first write after open until a clean close: a dirty copy needs its activity log resynced. */
+  readonly cleanShutdown: boolean;
+}
+
+export function parseReplicaMetadata(value: unknown): ReplicaMetadata {
+  const v = value as Partial<ReplicaMetadata> | null;
+  const ok =
+    v !== null &&
+    typeof v === "object" &&
+    typeof v.volumeId === "string" &&
+    isValidGenerationId(v.volumeId) &&
+    Number.isSafeInteger(v.sizeBytes) &&
+    v.sizeBytes! > 0 &&
+    Number.isSafeInteger(v.highestEpoch) &&
+    v.highestEpoch! >= 0 &&
+    typeof v.cleanShutdown === "boolean" &&
+    typeof v.generations === "object" &&
+    v.generations !== null;
+  if (!ok) throw new HavenError("HAVEN_ERR_CONFIG", "replica metadata is malformed");
+  const generations = v.generations!;
+  checkGenerations(generations);
+  return {
+    volumeId: v.volumeId!,
+    sizeBytes: v.sizeBytes!,
+    generations: { current: generations.current, bitmap: generations.bitmap, history: [...generations.history] },
+    highestEpoch: v.highestEpoch!,
+    cleanShutdown: v.cleanShutdown!,
+  };
+}
+
+export class ReplicaStore {
+  private constructor(
+    readonly directory: string,
+    readonly data: FileDevice,
+    private readonly metaFile: FileMetadataFile,
+    private readonly store: MetadataStore<ReplicaMetadata>,
+  ) {}
+
+  /** Creates a new, empty copy (a sparse data file and fresh metadata). Refuses an existing one. */
+  static async create(directory: string, options: { volumeId?: string; sizeBytes: number }): Promise<ReplicaStore> {
+    const volumeId = options.volumeId ?? randomBytes(8).toString("hex");
+    if (!isValidGenerationId(volumeId))
+      throw new HavenError("HAVEN_ERR_USAGE", `volume id "${volumeId}" must be 16 hex digits`);
+    await mkdir(directory, { recursive: true });
+    if (await exists(join(directory, METADATA_FILE))) {
+      throw new HavenError("HAVEN_ERR_USAGE", `${directory} already holds a replica; refusing to overwrite it`);
+    }
+    const data = await FileDevice.open(join(directory, DATA_FILE), { createSizeBytes: options.sizeBytes });
+    const metaFile = await FileMetadataFile.open(join(directory, METADATA_FILE));
+    const store = await MetadataStore.open(metaFile, parseReplicaMetadata);
+    await store.save({
+      volumeId,
+      sizeBytes: options.sizeBytes,
+      generations: NEW_COPY,
+      highestEpoch: 0,
+      cleanShutdown: true,
+    });
+    return new ReplicaStore(directory, data, metaFile, store);
+  }
+
+  /** Opens an existing copy, checking that the data file matches the metadata. */
+  static async open(directory: string): Promise<ReplicaStore> {
+    if (!(await exists(join(directory, METADATA_FILE)))) {
+      throw new HavenError("HAVEN_ERR_NOT_FOUND", `${directory} holds no replica (no ${METADATA_FILE} file)`);
+    }
+    const metaFile = await FileMetadataFile.open(join(directory, METADATA_FILE));
+    const store = await MetadataStore.open(metaFile, parseReplicaMetadata);
+    const metadata = store.current?.value;
+    if (metadata === undefined) {
+      await metaFile.close();
+      throw new HavenError(
+        "HAVEN_ERR_CONFIG",
+        `${directory}: no valid metadata record in either slot; the copy cannot be trusted`,
+      );
+    }
+    const data = await FileDevice.open(join(directory, DATA_FILE));
+    if (data.size !== metadata.sizeBytes) {
+      await data.close();
+      await metaFile.close();
+      throw new HavenError(
+        "HAVEN_ERR_CONFIG",
+        `${directory}: data file has ${data.size} bytes, metadata says ${metadata.sizeBytes}`,
+      );
+    }
+    return new ReplicaStore(directory, data, metaFile, store);
+  }
+
+  get metadata(): ReplicaMetadata {
+    return this.store.current!.value;
+  }
+
+  /**
+   * Admits a writer's epoch: refused if lower than the highest seen; if higher, persisted (and the copy
+   * marked dirty) before this resolves, so no write under it lands before the fence is durable.
+   */
+  async admitEpoch(epoch: number): Promise<void> {
+    const current = this.metadata;
+    if (epoch < current.highestEpoch) {
+      throw new HavenError(
+        "HAVEN_ERR_READ_ONLY",
+        `epoch ${epoch} is stale: this replica has seen epoch ${current.highestEpoch}`,
+      );
+    }
+    if (epoch > current.highestEpoch || current.cleanShutdown) {
+      await this.store.save({ ...current, highestEpoch: epoch, cleanShutdown: false });
+    }
+  }
+
+  async setGenerations(generations: Generations): Promise<void> {
+    checkGenerations(generations);
+    await this.store.save({ ...this.metadata, generations });
+  }
+
+  /** Flushes the data, records a clean shutdown and closes. */
+  async close(): Promise<void> {
+    await this.data.flush();
+    if (!this.metadata.cleanShutdown) await this.store.save({ ...this.metadata, cleanShutdown: true });
+    await this.data.close();
+    await this.metaFile.close();
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
