@@ -6,11 +6,13 @@ import { join } from "node:path";
 import { HavenError } from "../core/errors.js";
 import { packageRoot } from "../util/repo-root.js";
 import { NBD_SERVE_USAGE, nbdServe } from "./commands/nbd-serve.js";
+import { REPLICA_SERVE_USAGE, replicaServe } from "./commands/replica-serve.js";
 
 const USAGE = `usage: haven <noun> <verb> [options]
 
 commands:
   nbd serve FILE       serve a file or block device over NBD
+  replica serve        serve a directory of replicas to remote engines (replication protocol)
   version              print Haven's version
 
 Run 'haven <noun> <verb> --help' for a command's options.`;
@@ -19,6 +21,7 @@ type Command = (argv: string[]) => Promise<number>;
 
 const COMMANDS: Record<string, Record<string, { run: Command; usage: string }>> = {
   nbd: { serve: { run: nbdServe, usage: NBD_SERVE_USAGE } },
+  replica: { serve: { run: replicaServe, usage: REPLICA_SERVE_USAGE } },
 };
 
 export async function main(argv: string[]): Promise<number> {

@@ -36,6 +36,89 @@ test("errors name their registry code on the first line; version prints the pack
   assert.match(version.stdout, /^haven \d+\.\d+\.\d+\n$/);
 });
 
+test("replica serve refuses a missing or too short secret, and missing options", async () => {
+  const dir = tempDir();
+  try {
+    const missing = await haven(
+      "replica",
+      "serve",
+      "--dir",
+      dir.path,
+      "--listen",
+      "127.0.0.1:0",
+      "--secret-file",
+      join(dir.path, "nope"),
+    );
+    assert.equal(missing.code, 2);
+    assert.match(missing.stderr, /cannot read --secret-file/);
+    writeFileSync(join(dir.path, "short"), "tiny", { mode: 0o600 });
+    const short = await haven(
+      "replica",
+      "serve",
+      "--dir",
+      dir.path,
+      "--listen",
+      "127.0.0.1:0",
+      "--secret-file",
+      join(dir.path, "short"),
+    );
+    assert.equal(short.code, 2);
+    assert.match(short.stderr, /at least 16 bytes/);
+    const noDir = await haven("replica", "serve", "--listen", "127.0.0.1:0", "--secret-file", join(dir.path, "short"));
+    assert.match(noDir.stderr, /--dir is required/);
+  } finally {
+    dir.remove();
+  }
+});
+
+test("replica serve serves an authenticated engine and exits 0 on SIGTERM", async () => {
+  const dir = tempDir();
+  const { spawn } = await import("node:child_process");
+  const { ReplicaClient } = await import("../../src/replica/replica-client.js");
+  const { FrameType } = await import("../../src/replica/protocol/constants.js");
+  try {
+    writeFileSync(join(dir.path, "secret"), "a cluster secret of some length\n", { mode: 0o600 });
+    const child = spawn(process.execPath, [
+      HAVEN_BIN,
+      "replica",
+      "serve",
+      "--dir",
+      join(dir.path, "replicas"),
+      "--listen",
+      "127.0.0.1:0",
+      "--secret-file",
+      join(dir.path, "secret"),
+    ]);
+    let log = "";
+    const listening = new Promise<number>((resolve, reject) => {
+      child.stderr.on("data", (chunk: Buffer) => {
+        log += chunk.toString();
+        const match = /serving replicas in .* on 127\.0\.0\.1:(\d+)/.exec(log);
+        if (match) resolve(Number(match[1]));
+      });
+      child.once("exit", () => reject(new Error(`exited early: ${log}`)));
+    });
+    const port = await listening;
+    const client = await ReplicaClient.connect("127.0.0.1", port, Buffer.from("a cluster secret of some length"));
+    await client.openReplica("00000000000000c1", { sizeBytes: 1024 * 1024 });
+    await client.request(FrameType.WRITE, { epoch: 1n, offset: 0n, payload: Buffer.alloc(4096, 0x33) });
+    const read = await client.request(FrameType.READ, { offset: 0n, length: 4096 });
+    assert.ok(read.payload.every((byte) => byte === 0x33));
+    client.close();
+    const exited = new Promise<number | null>((resolve) => child.once("exit", resolve));
+    child.kill("SIGTERM");
+    assert.equal(await exited, 0);
+    assert.match(log, /stopped cleanly/);
+    assert.ok(
+      readFileSync(join(dir.path, "replicas", "00000000000000c1", "data.raw"))
+        .subarray(0, 4096)
+        .every((b) => b === 0x33),
+    );
+  } finally {
+    dir.remove();
+  }
+});
+
 test("help prints the options and exits 0", async () => {
   const result = await haven("nbd", "serve", "--help");
   assert.equal(result.code, 0);

@@ -36,6 +36,8 @@ export const FRAME_TYPE_NAMES: Record<number, string> = Object.fromEntries(
 export const FrameFlag = {
   /** Durable before the reply (FUA). */
   FUA: 1 << 0,
+  /** OPEN_REPLICA: create the replica (size in `offset`) if it does not exist. */
+  CREATE: 1 << 1,
 } as const;
 
 /** Status codes carried in REPLY frames. */

@@ -1,0 +1,65 @@
+// `haven replica serve`: serves the replicas in a directory to remote engines over the replication
+// protocol, in the foreground until SIGINT/SIGTERM. Every connection must prove the shared secret.
+
+import { readFile, stat } from "node:fs/promises";
+import { HavenError } from "../../core/errors.js";
+import { ReplicaServer } from "../../replica/replica-server.js";
+import { parseHostPort } from "../../util/units.js";
+import { parseCommandArgs } from "../args.js";
+
+export const REPLICA_SERVE_USAGE = `usage: haven replica serve --dir DIR --listen HOST:PORT --secret-file FILE
+
+Serves the replicas in DIR (one sub-directory per volume id) to remote engines until SIGINT/SIGTERM.
+
+options:
+  --dir DIR            directory holding the replicas (created if missing)
+  --listen HOST:PORT   address for engines to connect to
+  --secret-file FILE   the cluster's shared secret (at least 16 bytes); engines must prove they know it`;
+
+export async function replicaServe(argv: string[]): Promise<number> {
+  const { values, positionals } = parseCommandArgs(
+    argv,
+    {
+      dir: { type: "string" },
+      listen: { type: "string" },
+      "secret-file": { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+    REPLICA_SERVE_USAGE,
+  );
+  if (values.help) {
+    process.stdout.write(`${REPLICA_SERVE_USAGE}\n`);
+    return 0;
+  }
+  if (positionals.length > 0)
+    throw new HavenError("HAVEN_ERR_USAGE", `unexpected argument "${positionals[0]}"\n\n${REPLICA_SERVE_USAGE}`);
+  for (const required of ["dir", "listen", "secret-file"]) {
+    if (typeof values[required] !== "string")
+      throw new HavenError("HAVEN_ERR_USAGE", `--${required} is required\n\n${REPLICA_SERVE_USAGE}`);
+  }
+  const { host, port } = parseHostPort(values.listen as string, "--listen");
+  const secretFile = values["secret-file"] as string;
+  let secret: Buffer;
+  try {
+    secret = Buffer.from((await readFile(secretFile, "utf8")).trim(), "utf8");
+  } catch (error) {
+    throw new HavenError("HAVEN_ERR_CONFIG", `cannot read --secret-file ${secretFile}: ${(error as Error).message}`);
+  }
+  if ((await stat(secretFile)).mode & 0o077) {
+    process.stderr.write(`haven: warning: ${secretFile} is readable by other users; chmod 600 it\n`);
+  }
+  const log = (line: string): void => {
+    process.stderr.write(`${new Date().toISOString()} ${line}\n`);
+  };
+  const server = new ReplicaServer({ directory: values.dir as string, secret, log });
+  const address = await server.listen(host, port);
+  log(`serving replicas in ${values.dir as string} on ${address}`);
+  const signal = await new Promise<NodeJS.Signals>((resolve) => {
+    process.once("SIGINT", () => resolve("SIGINT"));
+    process.once("SIGTERM", () => resolve("SIGTERM"));
+  });
+  log(`${signal}: closing connections and replicas`);
+  await server.stop();
+  log("stopped cleanly");
+  return 0;
+}
