@@ -55,7 +55,12 @@ export class NbdServer implements ExportCatalog {
 
   /** Starts listening; resolves with the bound address (the port is real even when 0 was asked). */
   async listen(where: Listen): Promise<string> {
-    const server = createServer({ noDelay: true, pauseOnConnect: false }, (socket) => this.accept(socket));
+    const server = createServer(
+      // Half-open allowed: a client's FIN (after DISC, say) must not end our side before the
+      // replies to its earlier requests are out; the session closes the socket itself when idle.
+      { noDelay: true, allowHalfOpen: true },
+      (socket) => this.accept(socket),
+    );
     server.maxConnections = this.limits.maxConnections;
     server.on("drop", (data) => {
       this.log(
@@ -93,13 +98,17 @@ export class NbdServer implements ExportCatalog {
     const handshaking = [...this.sockets].filter((socket) => ![...this.sessions].some((s) => s.socketIs(socket)));
     for (const socket of handshaking) socket.destroy();
     const drained = Promise.all([...this.sessions].map((session) => session.closed));
-    const grace = new Promise<"timeout">((resolve) =>
-      setTimeout(() => resolve("timeout"), this.limits.shutdownGraceMs).unref(),
-    );
-    if ((await Promise.race([drained, grace])) === "timeout") {
+    let graceTimer: NodeJS.Timeout | undefined;
+    const grace = new Promise<"timeout">((resolve) => {
+      graceTimer = setTimeout(() => resolve("timeout"), this.limits.shutdownGraceMs);
+    });
+    const outcome = await Promise.race([drained, grace]);
+    clearTimeout(graceTimer);
+    if (outcome === "timeout") {
       this.log(
         `shutdown: in-flight requests did not finish within ${this.limits.shutdownGraceMs} ms; dropping connections`,
       );
+      for (const session of this.sessions) this.log(`shutdown: still open: ${session.describeState()}`);
       for (const socket of this.sockets) socket.destroy();
     }
     await listenersClosed;

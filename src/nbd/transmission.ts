@@ -54,6 +54,8 @@ const HOLE_CHECK_MIN_BYTES = 64 * 1024;
  * are cheaper through the page-cache fast path and a plain socket write.
  */
 const ZERO_COPY_MIN_BYTES = 64 * 1024;
+/** How long a connection we have ended may wait for the client to close its side. */
+const CLOSE_LINGER_MS = 5000;
 /** Largest extent length a BLOCK_STATUS descriptor can carry (u32, kept 4 KiB-aligned). */
 const MAX_DESCRIPTOR_BYTES = 0xfffff000;
 
@@ -127,6 +129,7 @@ export class TransmissionSession {
   start(): void {
     const socket = this.socket;
     socket.on("data", (chunk: Buffer) => {
+      if (this.ending !== undefined) return; // after DISC or a fatal error, input is ignored
       this.received.push(chunk);
       this.pump();
     });
@@ -138,7 +141,14 @@ export class TransmissionSession {
       this.resolveClosed(this.ending);
     });
     for (const chunk of this.session.leftover) this.received.push(chunk);
+    // The client may have gone while the handshake was finishing, before these listeners existed.
+    if (socket.destroyed) {
+      this.ending ??= "connection closed during the handshake";
+      this.resolveClosed(this.ending);
+      return;
+    }
     this.pump();
+    if (socket.readableEnded) this.finish(this.partialRequestNote("client closed the connection"));
   }
 
   /** Server shutdown: new requests get ESHUTDOWN; the connection closes once in-flight work is done. */
@@ -146,6 +156,11 @@ export class TransmissionSession {
     this.shuttingDown = true;
     this.pump();
     this.closeIfIdle();
+  }
+
+  /** One line on where this connection stands, for the shutdown log. */
+  describeState(): string {
+    return `inflight=${this.inflightRequests} ending=${this.ending ?? "-"} destroyed=${this.socket.destroyed} pendingWrite=${this.pendingWrite ? this.pendingWrite.length : 0} outbox=${this.outbox.length} fileSend=${this.fileSendBusy}`;
   }
 
   socketIs(socket: Socket): boolean {
@@ -570,7 +585,6 @@ export class TransmissionSession {
   /** Stops reading; the socket closes once in-flight requests have replied. */
   private finish(reason: string): void {
     this.ending ??= reason;
-    this.socket.pause();
     this.closeIfIdle();
   }
 
@@ -578,7 +592,12 @@ export class TransmissionSession {
     if (this.inflightRequests > 0) return;
     if (this.ending === undefined && !this.shuttingDown) return;
     this.ending ??= "server shut down";
-    if (!this.socket.destroyed) this.socket.end();
+    if (this.socket.destroyed || this.socket.writableEnded) return;
+    this.socket.end();
+    // Reading continues (and is ignored) so the client's FIN arrives and the socket can close; a client
+    // that never closes its side is cut off after CLOSE_LINGER_MS.
+    this.socket.resume();
+    setTimeout(() => this.socket.destroy(), CLOSE_LINGER_MS).unref();
   }
 
   private abort(reason: string): void {

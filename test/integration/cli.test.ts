@@ -39,29 +39,13 @@ test("errors name their registry code on the first line; version prints the pack
 test("replica serve refuses a missing or too short secret, and missing options", async () => {
   const dir = tempDir();
   try {
-    const missing = await haven(
-      "replica",
-      "serve",
-      "--dir",
-      dir.path,
-      "--listen",
-      "127.0.0.1:0",
-      "--secret-file",
-      join(dir.path, "nope"),
-    );
+    const serve = (secretFile: string) =>
+      haven("replica", "serve", "--dir", dir.path, "--listen", "127.0.0.1:0", "--secret-file", secretFile);
+    const missing = await serve(join(dir.path, "nope"));
     assert.equal(missing.code, 2);
     assert.match(missing.stderr, /cannot read --secret-file/);
     writeFileSync(join(dir.path, "short"), "tiny", { mode: 0o600 });
-    const short = await haven(
-      "replica",
-      "serve",
-      "--dir",
-      dir.path,
-      "--listen",
-      "127.0.0.1:0",
-      "--secret-file",
-      join(dir.path, "short"),
-    );
+    const short = await serve(join(dir.path, "short"));
     assert.equal(short.code, 2);
     assert.match(short.stderr, /at least 16 bytes/);
     const noDir = await haven("replica", "serve", "--listen", "127.0.0.1:0", "--secret-file", join(dir.path, "short"));

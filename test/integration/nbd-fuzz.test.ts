@@ -29,7 +29,7 @@ describe("NBD fuzzing", () => {
     device = await FileDevice.open(join(dir.path, "disk.img"), { createSizeBytes: SIZE });
     server = new NbdServer({
       exports: [{ name: "disk", description: "", device }],
-      log: () => undefined,
+      log: (line) => (line.startsWith("shutdown") ? console.error(line) : undefined),
       limits: { handshakeTimeoutMs: 1000 },
     });
     port = Number((await server.listen({ kind: "tcp", host: "127.0.0.1", port: 0 })).split(":")[1]);

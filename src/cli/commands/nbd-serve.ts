@@ -7,6 +7,7 @@ import { HavenError } from "../../core/errors.js";
 import { NbdServer, type Listen } from "../../nbd/server.js";
 import { formatBytes, parseHostPort, parseSize } from "../../util/units.js";
 import { parseCommandArgs } from "../args.js";
+import { untilStopSignal } from "../signals.js";
 
 export const NBD_SERVE_USAGE = `usage: haven nbd serve FILE [options]
 
@@ -75,10 +76,7 @@ export async function nbdServe(argv: string[]): Promise<number> {
     throw error;
   }
 
-  const signal = await new Promise<NodeJS.Signals>((resolve) => {
-    process.once("SIGINT", () => resolve("SIGINT"));
-    process.once("SIGTERM", () => resolve("SIGTERM"));
-  });
+  const signal = await untilStopSignal();
   log(`${signal}: finishing in-flight requests and shutting down`);
   await server.stop();
   await device.close();

@@ -6,6 +6,7 @@ import { HavenError } from "../../core/errors.js";
 import { ReplicaServer } from "../../replica/replica-server.js";
 import { parseHostPort } from "../../util/units.js";
 import { parseCommandArgs } from "../args.js";
+import { untilStopSignal } from "../signals.js";
 
 export const REPLICA_SERVE_USAGE = `usage: haven replica serve --dir DIR --listen HOST:PORT --secret-file FILE
 
@@ -54,10 +55,7 @@ export async function replicaServe(argv: string[]): Promise<number> {
   const server = new ReplicaServer({ directory: values.dir as string, secret, log });
   const address = await server.listen(host, port);
   log(`serving replicas in ${values.dir as string} on ${address}`);
-  const signal = await new Promise<NodeJS.Signals>((resolve) => {
-    process.once("SIGINT", () => resolve("SIGINT"));
-    process.once("SIGTERM", () => resolve("SIGTERM"));
-  });
+  const signal = await untilStopSignal();
   log(`${signal}: closing connections and replicas`);
   await server.stop();
   log("stopped cleanly");
