@@ -22,7 +22,7 @@ import type { Negotiated } from "./handshake.js";
 import type { NbdLimits } from "./export.js";
 import type { BufferPool } from "../util/buffer-pool.js";
 import { ChunkQueue } from "../util/chunk-queue.js";
-import { nativeIo } from "../block/native.js";
+import { ReplyWriter, type FileSource } from "./reply-writer.js";
 import {
   blockStatusChunk,
   errorChunk,
@@ -59,18 +59,6 @@ const CLOSE_LINGER_MS = 5000;
 /** Largest extent length a BLOCK_STATUS descriptor can carry (u32, kept 4 KiB-aligned). */
 const MAX_DESCRIPTOR_BYTES = 0xfffff000;
 
-/** A reply waiting for its turn on the socket, in completion order. */
-type Outgoing =
-  | { readonly kind: "buffers"; readonly buffers: Buffer[]; readonly pooled: boolean }
-  | {
-      readonly kind: "file";
-      readonly header: Buffer;
-      readonly fd: number;
-      readonly position: number;
-      readonly length: number;
-      readonly done: (error?: unknown) => void;
-    };
-
 interface Request {
   readonly type: number;
   readonly flags: number;
@@ -100,6 +88,7 @@ export class TransmissionSession {
   readonly closed: Promise<string>;
 
   private readonly received = new ChunkQueue();
+  private readonly replies: ReplyWriter;
   private pendingWrite: Request | undefined;
   private inflightRequests = 0;
   private inflightBytes = 0;
@@ -107,12 +96,6 @@ export class TransmissionSession {
   private shuttingDown = false;
   private resolveClosed!: (reason: string) => void;
   private refusalsLogged = 0;
-  private corked = false;
-  /** Replies queued behind a sendfile in progress (the socket is the pool thread's until it ends). */
-  private outbox: Outgoing[] = [];
-  private fileSendBusy = false;
-  private waitingForFlush = false;
-  private readonly socketFd: number | undefined;
 
   constructor(
     private readonly socket: Socket,
@@ -122,8 +105,12 @@ export class TransmissionSession {
     private readonly pool: BufferPool,
   ) {
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
-    const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-    this.socketFd = typeof fd === "number" && fd >= 0 ? fd : undefined;
+    this.replies = new ReplyWriter(
+      socket,
+      pool,
+      (position, target) => this.session.export.device.read(position, target),
+      (reason) => this.abort(reason),
+    );
   }
 
   start(): void {
@@ -160,7 +147,7 @@ export class TransmissionSession {
 
   /** One line on where this connection stands, for the shutdown log. */
   describeState(): string {
-    return `inflight=${this.inflightRequests} ending=${this.ending ?? "-"} destroyed=${this.socket.destroyed} pendingWrite=${this.pendingWrite ? this.pendingWrite.length : 0} outbox=${this.outbox.length} fileSend=${this.fileSendBusy}`;
+    return `inflight=${this.inflightRequests} ending=${this.ending ?? "-"} destroyed=${this.socket.destroyed} pendingWrite=${this.pendingWrite ? this.pendingWrite.length : 0} repliesQueued=${this.replies.busy}`;
   }
 
   socketIs(socket: Socket): boolean {
@@ -339,7 +326,7 @@ export class TransmissionSession {
     const { offset, length, cookie } = request;
     const take = this.takeBuffer;
     const zeroCopy =
-      length >= ZERO_COPY_MIN_BYTES && this.socketFd !== undefined
+      length >= ZERO_COPY_MIN_BYTES && this.replies.socketFd !== undefined
         ? device.zeroCopySource?.(offset, length)
         : undefined;
     if (!this.session.structuredReplies) {
@@ -387,76 +374,11 @@ export class TransmissionSession {
 
   private readonly takeBuffer = (bytes: number): Buffer => this.pool.take(bytes);
 
-  /** Sends `header` then the file's bytes (sendfile), in its turn among the other replies. */
-  private sendFromFile(header: Buffer, source: { fd: number; position: number }, length: number): Promise<void> {
+  /** A zero-copy READ reply; the bytes count once sent. */
+  private async sendFromFile(header: Buffer, source: FileSource, length: number): Promise<void> {
     if (header.length > Size.SIMPLE_REPLY) header.writeUInt32BE(8 + length, 16); // OFFSET_DATA chunk length
-    return new Promise<void>((resolve, reject) => {
-      this.outbox.push({
-        kind: "file",
-        header,
-        fd: source.fd,
-        position: source.position,
-        length,
-        done: (error) => (error === undefined ? resolve() : reject(error)),
-      });
-      this.drainOutbox();
-    }).then(() => {
-      this.counters.bytesRead += length;
-    });
-  }
-
-  private drainOutbox(): void {
-    while (this.outbox.length > 0 && !this.fileSendBusy) {
-      const next = this.outbox[0]!;
-      if (next.kind === "buffers") {
-        this.outbox.shift();
-        this.writeBuffers(next.buffers, next.pooled);
-        continue;
-      }
-      if (this.socket.destroyed) {
-        this.outbox.shift();
-        next.done(new HavenError("HAVEN_ERR_IO", "connection closed before the reply could be sent"));
-        continue;
-      }
-      if (this.corked) this.uncork();
-      if (this.socket.writableLength > 0) {
-        this.waitingForFlush = true; // resumed by the last write's callback
-        return;
-      }
-      this.outbox.shift();
-      this.fileSendBusy = true;
-      void this.runFileSend(next).finally(() => {
-        this.fileSendBusy = false;
-        this.drainOutbox();
-      });
-    }
-  }
-
-  private async runFileSend(unit: Extract<Outgoing, { kind: "file" }>): Promise<void> {
-    const total = unit.header.length + unit.length;
-    let sent: number;
-    try {
-      sent = await nativeIo().sendFileReply(this.socketFd!, unit.header, unit.fd, unit.position, unit.length);
-    } catch (error) {
-      const bytesSent = (error as { bytesSent?: number }).bytesSent ?? 0;
-      if (bytesSent > 0) this.abort(`reply broken off after ${bytesSent} bytes: ${(error as Error).message}`);
-      return unit.done(error);
-    }
-    if (sent < total) {
-      // The socket filled up: the rest goes through Node, which waits for room without a pool thread.
-      const dataSent = Math.max(0, sent - unit.header.length);
-      const rest = this.pool.take(unit.length - dataSent);
-      try {
-        await this.session.export.device.read(unit.position + dataSent, rest);
-      } catch (error) {
-        this.pool.give(rest);
-        if (sent > 0) this.abort(`reply broken off after ${sent} bytes: ${(error as Error).message}`);
-        return unit.done(error);
-      }
-      if (sent < unit.header.length) this.writeBuffers([unit.header.subarray(sent)], false);
-      this.writeBuffers([rest], true);
-    }
-    unit.done();
+    await this.replies.sendFromFile(header, source, length);
+    this.counters.bytesRead += length;
   }
 
   /** Reads into `reply` after its header; on failure the buffer goes back to the pool. */
@@ -532,55 +454,9 @@ export class TransmissionSession {
     this.send([structured ? errorChunk(request.cookie, errno, message) : simpleReply(request.cookie, errno)]);
   }
 
-  /**
-   * Replies that complete in the same turn of the event loop leave in one writev: the socket is corked
-   * at the first reply and uncorked once the loop has run every completion that was ready.
-   */
   private send(buffers: Buffer[], pooled = false): void {
-    if (this.fileSendBusy || this.outbox.length > 0) {
-      this.outbox.push({ kind: "buffers", buffers, pooled });
-      return;
-    }
-    this.writeBuffers(buffers, pooled);
+    this.replies.send(buffers, pooled);
   }
-
-  private writeBuffers(buffers: Buffer[], pooled: boolean): void {
-    if (this.socket.destroyed || !this.socket.writable) {
-      if (pooled) for (const buffer of buffers) this.pool.give(buffer);
-      return;
-    }
-    if (!this.corked) {
-      this.corked = true;
-      this.socket.cork();
-      setImmediate(this.uncorkLater);
-    }
-    for (const buffer of buffers) {
-      // A pooled buffer is reusable once the socket has handed it to the kernel (or failed).
-      if (pooled) {
-        this.socket.write(buffer, () => {
-          this.pool.give(buffer);
-          this.afterWrite();
-        });
-      } else {
-        this.socket.write(buffer, this.afterWrite);
-      }
-    }
-  }
-
-  private readonly afterWrite = (): void => {
-    if (this.waitingForFlush && (this.socket.writableLength === 0 || this.socket.destroyed)) {
-      this.waitingForFlush = false;
-      this.drainOutbox();
-    }
-  };
-
-  private uncork(): void {
-    if (!this.corked) return;
-    this.corked = false;
-    this.socket.uncork();
-  }
-
-  private readonly uncorkLater = (): void => this.uncork();
 
   /** Stops reading; the socket closes once in-flight requests have replied. */
   private finish(reason: string): void {
