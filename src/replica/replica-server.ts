@@ -6,7 +6,7 @@
 
 import { createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
-import { HavenError } from "../core/errors.js";
+import { HavenError, type ErrorCode } from "../core/errors.js";
 import { FrameFlag, FrameType, FRAME_TYPE_NAMES, MAX_PAYLOAD_BYTES, ReplyStatus } from "./protocol/constants.js";
 import { authenticateEngine, frame, FrameConnection } from "./protocol/connection.js";
 import type { Frame } from "./protocol/frame-codec.js";
@@ -171,18 +171,17 @@ function toSafeNumber(value: bigint): number {
   return Number(value);
 }
 
+/** The reply status for each error code a request can fail with; anything else is a bad request. */
+const STATUS_FOR_ERROR: Partial<Record<ErrorCode, number>> = {
+  HAVEN_ERR_READ_ONLY: ReplyStatus.STALE_EPOCH,
+  HAVEN_ERR_OUT_OF_RANGE: ReplyStatus.OUT_OF_RANGE,
+  HAVEN_ERR_NOT_FOUND: ReplyStatus.NO_SUCH_REPLICA,
+  HAVEN_ERR_IO: ReplyStatus.IO_ERROR,
+};
+
 function errorReply(request: Frame, error: unknown): Frame {
-  const code = error instanceof HavenError ? error.code : "HAVEN_ERR_IO";
-  const status =
-    code === "HAVEN_ERR_READ_ONLY"
-      ? ReplyStatus.STALE_EPOCH
-      : code === "HAVEN_ERR_OUT_OF_RANGE"
-        ? ReplyStatus.OUT_OF_RANGE
-        : code === "HAVEN_ERR_NOT_FOUND"
-          ? ReplyStatus.NO_SUCH_REPLICA
-          : code === "HAVEN_ERR_IO"
-            ? ReplyStatus.IO_ERROR
-            : ReplyStatus.BAD_REQUEST;
+  const code: ErrorCode = error instanceof HavenError ? error.code : "HAVEN_ERR_IO";
+  const status = STATUS_FOR_ERROR[code] ?? ReplyStatus.BAD_REQUEST;
   return frame(FrameType.REPLY, {
     requestId: request.requestId,
     status,

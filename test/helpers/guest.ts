@@ -4,8 +4,8 @@
 
 import { execFile, spawn } from "node:child_process";
 import { accessSync, constants, existsSync } from "node:fs";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join, resolve } from "node:path";
+import { packageRoot } from "../../src/util/repo-root.js";
 
 export interface GuestImage {
   /** Kernel to pass to -kernel: the uncompressed PVH vmlinux when available, else the vmlinuz. */
@@ -64,20 +64,9 @@ const FAST_BOOT_APPEND = [
   "initcall_blacklist=crypto_kdf108_init,cubictcp_register,load_system_certificate_list",
 ].join(" ");
 
-/** The repository root: the first directory upwards with package.json and the build script. */
+/** The repository root (where scripts/build-guest.sh lives). */
 export function repoRoot(): string {
-  const fromEnv = process.env.HAVEN_REPO_ROOT;
-  if (fromEnv) return resolve(fromEnv);
-  const starts = [dirname(fileURLToPath(import.meta.url)), process.cwd()];
-  for (const start of starts) {
-    for (let dir = start; ; dir = dirname(dir)) {
-      if (existsSync(join(dir, "package.json")) && existsSync(join(dir, SCRIPT_REL))) return dir;
-      if (dirname(dir) === dir) break;
-    }
-  }
-  throw new Error(
-    `cannot find the repository root (no ${SCRIPT_REL} above ${starts.join(" or ")}); set HAVEN_REPO_ROOT`,
-  );
+  return packageRoot();
 }
 
 let guestPromise: Promise<GuestImage> | undefined;

@@ -4,21 +4,11 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, dirname } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
+import { packageRoot } from "../../src/util/repo-root.js";
 import { existsSync } from "node:fs";
 
-export function repoRoot(): string {
-  let directory = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(directory, "package.json"))) {
-    const parent = dirname(directory);
-    if (parent === directory) throw new Error("repository root not found");
-    directory = parent;
-  }
-  return directory;
-}
-
-export const HAVEN_BIN = join(repoRoot(), "bin", "haven.js");
+export const HAVEN_BIN = join(packageRoot(), "bin", "haven.js");
 
 export interface ServerHandle {
   readonly process: ChildProcess;

@@ -6,26 +6,14 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
-import { accessSync, constants } from "node:fs";
 import { mkdtemp, open, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { delimiter, join } from "node:path";
+import { join } from "node:path";
 import { bootGuest, ensureGuest, scenarioResult } from "../helpers/guest.js";
+import { haveTool } from "../helpers/server-process.js";
 
 const DISK_BYTES = 64 * 1024 * 1024;
 const EXPORT = "haven";
-
-function onPath(command: string): boolean {
-  for (const dir of (process.env.PATH ?? "").split(delimiter)) {
-    try {
-      accessSync(join(dir, command), constants.X_OK);
-      return true;
-    } catch {
-      // keep looking
-    }
-  }
-  return false;
-}
 
 /** md5 of the guest's generated data.bin: 65536 lines "100000000000000\n", ... */
 function expectedDataMd5(): string {
@@ -51,7 +39,7 @@ async function waitForSocket(path: string, server: ChildProcess, timeoutMs: numb
 }
 
 test("test guest formats, writes and re-reads a disk served by qemu-nbd", { timeout: 600_000 }, async (t) => {
-  if (!onPath("qemu-system-x86_64") && process.env.CI !== "true") {
+  if (!haveTool("qemu-system-x86_64")) {
     t.skip("qemu-system-x86_64 is not installed");
     return;
   }

@@ -4,7 +4,7 @@
 import type { Socket } from "node:net";
 import { CHALLENGE_BYTES, newChallenge, proof, verifyProof } from "./auth.js";
 import { FrameType, ReplyStatus } from "./constants.js";
-import { encodeFrame, FrameDecoder, FrameError, type Frame } from "./frame-codec.js";
+import { encodeFrame, FrameDecoder, type Frame } from "./frame-codec.js";
 
 export const AUTH_TIMEOUT_MS = 10_000;
 
@@ -77,7 +77,7 @@ export class FrameConnection {
   }
 
   private fail(error: Error): void {
-    this.failure ??= error instanceof FrameError ? error : error;
+    this.failure ??= error;
     for (const waiter of this.waiters.splice(0)) waiter(this.failure);
   }
 }
