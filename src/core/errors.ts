@@ -17,6 +17,12 @@ export const ERRORS = {
   HAVEN_ERR_CONFIG: { summary: "invalid configuration", exitCode: 2, httpStatus: 400, nbdErrno: NbdErrno.EINVAL },
   HAVEN_ERR_NOT_FOUND: { summary: "not found", exitCode: 3, httpStatus: 404, nbdErrno: NbdErrno.EINVAL },
   HAVEN_ERR_INVALID_REQUEST: { summary: "invalid request", exitCode: 1, httpStatus: 400, nbdErrno: NbdErrno.EINVAL },
+  HAVEN_ERR_CONFLICT: {
+    summary: "conflicts with an operation in progress",
+    exitCode: 1,
+    httpStatus: 409,
+    nbdErrno: NbdErrno.EINVAL,
+  },
   HAVEN_ERR_OUT_OF_RANGE: {
     summary: "request past the end of the device",
     exitCode: 1,

@@ -1,10 +1,20 @@
-// The engine's side of a connection to a replica server: connect, authenticate, then pipelined
-// requests matched to replies by request id. Errors come back as ReplicaRequestError with the status.
+// The engine's side of a connection to a replica server: connect and authenticate within a deadline,
+// then pipelined requests matched to replies by request id. Every request has a timeout; a timeout, a
+// lost connection or a protocol violation by the server (a reply nobody asked for, a frame that is not
+// a reply) ends the connection, rejects every pending request with one HAVEN_ERR_IO saying what
+// happened, and is reported once through onClose. A reply with an error status rejects its request
+// with a ReplicaRequestError carrying the status.
 
-import { connect } from "node:net";
-import { FrameFlag, FrameType, ReplyStatus } from "./protocol/constants.js";
+import { connect, type Socket } from "node:net";
+import { HavenError } from "../core/errors.js";
+import type { CreateOptions } from "./port.js";
+import { FRAME_TYPE_NAMES, FrameType, ReplyStatus } from "./protocol/constants.js";
 import { authenticateServer, frame, FrameConnection } from "./protocol/connection.js";
 import type { Frame } from "./protocol/frame-codec.js";
+import { encodeOpenRequest } from "./protocol/payloads.js";
+
+export const DEFAULT_CONNECT_TIMEOUT_MS = 5_000;
+export const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
 
 export class ReplicaRequestError extends Error {
   constructor(
@@ -16,56 +26,166 @@ export class ReplicaRequestError extends Error {
   }
 }
 
-export class ReplicaClient {
-  private nextRequestId = 1n;
-  private readonly pending = new Map<bigint, { resolve: (f: Frame) => void; reject: (e: Error) => void }>();
+export interface ReplicaClientOptions {
+  /** Deadline for the TCP connection and the authentication together. */
+  readonly connectTimeoutMs?: number;
+  /** Deadline for each request's reply; past it the whole connection is given up. */
+  readonly requestTimeoutMs?: number;
+  /** Names the server in messages and logs, e.g. "replica tcp://10.0.0.2:7400". */
+  readonly label?: string;
+  readonly log?: (line: string) => void;
+}
 
-  private constructor(private readonly connection: FrameConnection) {
-    connection.onFrame = (reply) => {
-      const waiter = this.pending.get(reply.requestId);
-      if (!waiter) return;
-      this.pending.delete(reply.requestId);
-      if (reply.status === ReplyStatus.OK) waiter.resolve(reply);
-      else waiter.reject(new ReplicaRequestError(reply.status, reply.payload.toString("utf8")));
-    };
+interface Pending {
+  readonly type: number;
+  readonly resolve: (reply: Frame) => void;
+  readonly reject: (error: Error) => void;
+  readonly timer: NodeJS.Timeout;
+}
+
+type RequestFields = Partial<Omit<Frame, "type" | "requestId">>;
+
+export class ReplicaClient {
+  /** Called once when the connection ends, for whatever reason (close() included), with that reason. */
+  onClose: ((reason: HavenError) => void) | undefined;
+  private nextRequestId = 1n;
+  private readonly pending = new Map<bigint, Pending>();
+  private ended: HavenError | undefined;
+
+  private constructor(
+    private readonly connection: FrameConnection,
+    readonly label: string,
+    private readonly requestTimeoutMs: number,
+    private readonly log: (line: string) => void,
+  ) {
+    connection.listen((reply) => this.receive(reply));
     connection.socket.on("close", () => {
-      for (const waiter of this.pending.values()) waiter.reject(new Error("replica connection closed"));
-      this.pending.clear();
+      const failure = connection.failed;
+      const what = failure && failure.message !== "connection closed" ? failure.message : "closed by the peer";
+      this.end(new HavenError("HAVEN_ERR_IO", `${this.label}: connection lost (${what})`));
     });
   }
 
-  static async connect(host: string, port: number, secret: Buffer): Promise<ReplicaClient> {
+  static async connect(
+    host: string,
+    port: number,
+    secret: Buffer,
+    options: ReplicaClientOptions = {},
+  ): Promise<ReplicaClient> {
+    const label = options.label ?? `replica server ${host}:${port}`;
+    const timeoutMs = options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
     const socket = connect({ host, port, noDelay: true });
-    await new Promise<void>((resolve, reject) => {
-      socket.once("connect", resolve);
-      socket.once("error", reject);
-    });
-    const connection = new FrameConnection(socket);
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      socket.destroy();
+    }, timeoutMs);
     try {
+      await connected(socket);
+      const connection = new FrameConnection(socket);
       await authenticateServer(connection, secret);
+      if (socket.destroyed) throw new Error(connection.failed?.message ?? "connection closed");
+      return new ReplicaClient(
+        connection,
+        label,
+        options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS,
+        options.log ?? ((line) => process.stderr.write(`${line}\n`)),
+      );
     } catch (error) {
       socket.destroy();
-      throw error;
+      if (timedOut)
+        throw new HavenError("HAVEN_ERR_IO", `cannot connect to ${label}: no answer within ${timeoutMs} ms`);
+      const code = error instanceof HavenError ? error.code : "HAVEN_ERR_IO";
+      throw new HavenError(code, `cannot connect to ${label}: ${(error as Error).message}`, { cause: error });
+    } finally {
+      clearTimeout(timer);
     }
-    return new ReplicaClient(connection);
   }
 
-  request(type: number, fields: Partial<Omit<Frame, "type" | "requestId">> = {}): Promise<Frame> {
+  /** Why the connection ended, once it has. */
+  get closed(): HavenError | undefined {
+    return this.ended;
+  }
+
+  /**
+   * Sends one request and resolves with its OK reply. `pieces`, when given, is the payload, sent as
+   * it is (no copy into one buffer).
+   */
+  request(type: number, fields: RequestFields = {}, pieces?: readonly Buffer[]): Promise<Frame> {
+    if (this.ended) return Promise.reject(this.ended);
     const requestId = this.nextRequestId++;
     return new Promise((resolve, reject) => {
-      this.pending.set(requestId, { resolve, reject });
-      this.connection.send(frame(type, { ...fields, requestId }));
+      const timer = setTimeout(
+        () =>
+          this.end(
+            new HavenError(
+              "HAVEN_ERR_IO",
+              `${this.label} timed out after ${this.requestTimeoutMs} ms on ${FRAME_TYPE_NAMES[type] ?? type}`,
+            ),
+          ),
+        this.requestTimeoutMs,
+      );
+      this.pending.set(requestId, { type, resolve, reject, timer });
+      const request = frame(type, { ...fields, requestId });
+      if (pieces === undefined) this.connection.send(request);
+      else this.connection.sendPieces(request, pieces);
     });
   }
 
-  openReplica(volumeId: string, create?: { sizeBytes: number }): Promise<Frame> {
-    return this.request(FrameType.OPEN_REPLICA, {
-      payload: Buffer.from(volumeId),
-      ...(create && { flags: FrameFlag.CREATE, offset: BigInt(create.sizeBytes) }),
-    });
+  openReplica(name: string, create?: CreateOptions): Promise<Frame> {
+    return this.request(FrameType.OPEN_REPLICA, { payload: encodeOpenRequest(name, create) });
   }
 
+  /** Ends the connection on purpose; pending requests are rejected. Never throws. */
   close(): void {
-    this.connection.socket.destroy();
+    this.end(new HavenError("HAVEN_ERR_IO", `${this.label}: connection closed by this side`));
   }
+
+  /** A reply the server sent that breaks the protocol ends the connection. */
+  protocolViolation(reason: string): void {
+    this.log(`${this.label}: protocol violation: ${reason}; disconnecting`);
+    this.end(new HavenError("HAVEN_ERR_IO", `${this.label}: protocol violation: ${reason}`));
+  }
+
+  private receive(reply: Frame): void {
+    if (this.ended) return;
+    if (reply.type !== FrameType.REPLY)
+      return this.protocolViolation(`got a ${FRAME_TYPE_NAMES[reply.type]} frame where only replies may come`);
+    const waiter = this.pending.get(reply.requestId);
+    if (waiter === undefined) return this.protocolViolation(`reply for unknown request #${reply.requestId}`);
+    this.pending.delete(reply.requestId);
+    clearTimeout(waiter.timer);
+    if (reply.status === ReplyStatus.OK) waiter.resolve(reply);
+    else waiter.reject(new ReplicaRequestError(reply.status, reply.payload.toString("utf8").slice(0, 4096)));
+  }
+
+  private end(reason: HavenError): void {
+    if (this.ended) return;
+    this.ended = reason;
+    this.connection.socket.destroy();
+    for (const waiter of this.pending.values()) {
+      clearTimeout(waiter.timer);
+      waiter.reject(reason);
+    }
+    this.pending.clear();
+    this.onClose?.(reason);
+  }
+}
+
+/** Resolves once the socket is connected; rejects if it errors or closes first. */
+function connected(socket: Socket): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const done = (error?: Error): void => {
+      socket.off("connect", onConnect);
+      socket.off("error", done);
+      socket.off("close", onClose);
+      if (error) reject(error);
+      else resolve();
+    };
+    const onConnect = (): void => done();
+    const onClose = (): void => done(new Error("connection closed before it was established"));
+    socket.on("connect", onConnect);
+    socket.on("error", done);
+    socket.on("close", onClose);
+  });
 }

@@ -12,19 +12,42 @@ import { HavenError } from "../core/errors.js";
 import { checkGenerations, isValidGenerationId, NEW_COPY, type Generations } from "./generations.js";
 import { FileMetadataFile } from "./metadata-file.js";
 import { MetadataStore } from "./metadata-store.js";
+import { DEFAULT_REGION_BYTES } from "./region-bitmap.js";
 
 export const DATA_FILE = "data.raw";
 export const METADATA_FILE = "meta";
 
+/** Extents of the activity log: a write first records its extents here, on every in-sync copy. */
+export const ACTIVITY_EXTENT_BYTES = 4 * 1024 * 1024;
+
 export interface ReplicaMetadata {
   readonly volumeId: string;
+  /** This copy's own identity (16 hex digits), for logs and status. */
+  readonly copyId: string;
   readonly sizeBytes: number;
+  /** Granularity of the out-of-sync bitmaps. */
+  readonly regionBytes: number;
   readonly generations: Generations;
   /** The highest writer epoch this copy has accepted; lower ones are refused forever. */
   readonly highestEpoch: number;
   /** False from the first write after open until a clean close: a dirty copy needs its activity log resynced. */
   readonly cleanShutdown: boolean;
+  /**
+   * Regions written since each older generation, as encoded bitmaps (bitmap-codec.ts): a copy whose
+   * current generation is a key here misses exactly those regions (plus the activity log's extents).
+   */
+  readonly changedSince: Readonly<Record<string, string>>;
+  /** Extents (of ACTIVITY_EXTENT_BYTES) that may have writes in flight; resynced after a writer's crash. */
+  readonly activityLog: readonly number[];
+  /**
+   * Set on a copy being resynced: what it still misses (an encoded bitmap) as of the volume's
+   * generation `validFor`. Everything not in `remaining` was copied and flushed before this was saved.
+   */
+  readonly resync: { readonly validFor: string; readonly remaining: string } | null;
 }
+
+/** The fields a writer may change, all at once, in one durable save. */
+export type MetadataPatch = Partial<Pick<ReplicaMetadata, "generations" | "changedSince" | "activityLog" | "resync">>;
 
 export function parseReplicaMetadata(value: unknown): ReplicaMetadata {
   const v = value as Partial<ReplicaMetadata> | null;
@@ -33,8 +56,20 @@ export function parseReplicaMetadata(value: unknown): ReplicaMetadata {
     typeof v === "object" &&
     typeof v.volumeId === "string" &&
     isValidGenerationId(v.volumeId) &&
+    typeof v.copyId === "string" &&
+    isValidGenerationId(v.copyId) &&
     Number.isSafeInteger(v.sizeBytes) &&
     v.sizeBytes! > 0 &&
+    Number.isSafeInteger(v.regionBytes) &&
+    v.regionBytes! >= 4096 &&
+    (v.regionBytes! & (v.regionBytes! - 1)) === 0 &&
+    isChangedSince(v.changedSince) &&
+    Array.isArray(v.activityLog) &&
+    v.activityLog.every((extent) => Number.isSafeInteger(extent) && extent >= 0) &&
+    (v.resync === null ||
+      (typeof v.resync === "object" &&
+        isValidGenerationId(v.resync.validFor) &&
+        typeof v.resync.remaining === "string")) &&
     Number.isSafeInteger(v.highestEpoch) &&
     v.highestEpoch! >= 0 &&
     typeof v.cleanShutdown === "boolean" &&
@@ -45,11 +80,21 @@ export function parseReplicaMetadata(value: unknown): ReplicaMetadata {
   checkGenerations(generations);
   return {
     volumeId: v.volumeId!,
+    copyId: v.copyId!,
     sizeBytes: v.sizeBytes!,
+    regionBytes: v.regionBytes!,
     generations: { current: generations.current, bitmap: generations.bitmap, history: [...generations.history] },
     highestEpoch: v.highestEpoch!,
     cleanShutdown: v.cleanShutdown!,
+    changedSince: { ...v.changedSince },
+    activityLog: [...v.activityLog!],
+    resync: v.resync ? { validFor: v.resync.validFor, remaining: v.resync.remaining } : null,
   };
+}
+
+function isChangedSince(value: unknown): value is Record<string, string> {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) return false;
+  return Object.entries(value).every(([id, encoded]) => isValidGenerationId(id) && typeof encoded === "string");
 }
 
 export class ReplicaStore {
@@ -61,7 +106,10 @@ export class ReplicaStore {
   ) {}
 
   /** Creates a new, empty copy (a sparse data file and fresh metadata). Refuses an existing one. */
-  static async create(directory: string, options: { volumeId?: string; sizeBytes: number }): Promise<ReplicaStore> {
+  static async create(
+    directory: string,
+    options: { volumeId?: string; sizeBytes: number; regionBytes?: number },
+  ): Promise<ReplicaStore> {
     const volumeId = options.volumeId ?? randomBytes(8).toString("hex");
     if (!isValidGenerationId(volumeId))
       throw new HavenError("HAVEN_ERR_USAGE", `volume id "${volumeId}" must be 16 hex digits`);
@@ -74,10 +122,15 @@ export class ReplicaStore {
     const store = await MetadataStore.open(metaFile, parseReplicaMetadata);
     await store.save({
       volumeId,
+      copyId: randomBytes(8).toString("hex"),
       sizeBytes: options.sizeBytes,
+      regionBytes: options.regionBytes ?? DEFAULT_REGION_BYTES,
       generations: NEW_COPY,
       highestEpoch: 0,
       cleanShutdown: true,
+      changedSince: {},
+      activityLog: [],
+      resync: null,
     });
     return new ReplicaStore(directory, data, metaFile, store);
   }
@@ -130,9 +183,12 @@ export class ReplicaStore {
     }
   }
 
-  async setGenerations(generations: Generations): Promise<void> {
-    checkGenerations(generations);
-    await this.store.save({ ...this.metadata, generations });
+  /** A writer (admitted at `epoch`) durably changes generations, change bitmaps or activity log. */
+  async update(epoch: number, patch: MetadataPatch): Promise<ReplicaMetadata> {
+    await this.admitEpoch(epoch);
+    if (patch.generations) checkGenerations(patch.generations);
+    await this.store.save({ ...this.metadata, ...patch });
+    return this.metadata;
   }
 
   /** Flushes the data, records a clean shutdown and closes. */

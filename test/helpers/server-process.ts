@@ -30,21 +30,20 @@ export function tempDir(prefix = "haven-test-"): { path: string; remove(): void 
   return { path, remove: () => rmSync(path, { recursive: true, force: true }) };
 }
 
-/** Starts a server on an ephemeral TCP port and a unix socket in `dir`. */
-export async function startServer(options: {
-  dir: string;
-  file?: string;
-  size?: string;
-  name?: string;
-  extraArgs?: string[];
-}): Promise<ServerHandle> {
-  const file = options.file ?? join(options.dir, "disk.img");
-  const name = options.name ?? "disk";
-  const socketPath = join(options.dir, "nbd.sock");
-  const args = [HAVEN_BIN, "nbd", "serve", file, "--listen", "127.0.0.1:0", "--socket", socketPath, "--name", name];
-  if (options.size !== undefined) args.push("--size", options.size);
-  args.push(...(options.extraArgs ?? []));
-  const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] });
+export interface HavenProcess {
+  readonly process: ChildProcess;
+  /** Everything the process logged so far. */
+  log(): string;
+  /** Resolves when the log (from character `from` on) contains `text`; rejects on timeout or exit. */
+  waitForLog(text: string | RegExp, timeoutMs?: number, from?: number): Promise<void>;
+  /** Sends a signal (SIGTERM by default) and resolves with the exit code. */
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+  readonly exited: Promise<number | null>;
+}
+
+/** Starts `haven ARGS...` as a child process, collecting its output. */
+export function spawnHaven(args: string[]): HavenProcess {
+  const child = spawn(process.execPath, [HAVEN_BIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
   let output = "";
   const listeners = new Set<() => void>();
   const onOutput = (chunk: Buffer): void => {
@@ -55,13 +54,16 @@ export async function startServer(options: {
   child.stderr!.on("data", onOutput);
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
 
-  const waitForLog = (text: string | RegExp, timeoutMs = 20_000): Promise<void> =>
+  const waitForLog = (text: string | RegExp, timeoutMs = 20_000, from = 0): Promise<void> =>
     new Promise((resolve, reject) => {
-      const matches = (): boolean => (typeof text === "string" ? output.includes(text) : text.test(output));
+      const matches = (): boolean => {
+        const seen = output.slice(from);
+        return typeof text === "string" ? seen.includes(text) : text.test(seen);
+      };
       if (matches()) return resolve();
       const timer = setTimeout(() => {
         listeners.delete(check);
-        reject(new Error(`server log never showed ${String(text)}; log:\n${output}`));
+        reject(new Error(`log never showed ${String(text)}; log:\n${output}`));
       }, timeoutMs);
       const check = (): void => {
         if (matches()) {
@@ -75,27 +77,51 @@ export async function startServer(options: {
         if (!matches()) {
           clearTimeout(timer);
           listeners.delete(check);
-          reject(new Error(`server exited before logging ${String(text)}; log:\n${output}`));
+          reject(new Error(`process exited before logging ${String(text)}; log:\n${output}`));
         }
       });
     });
 
-  await waitForLog(/on 127\.0\.0\.1:(\d+)/);
-  await waitForLog(socketPath);
-  const port = Number(/on 127\.0\.0\.1:(\d+)/.exec(output)![1]);
   return {
     process: child,
+    log: () => output,
+    waitForLog,
+    exited,
+    stop: async (signal: NodeJS.Signals = "SIGTERM") => {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      return exited;
+    },
+  };
+}
+
+/** Starts a server on an ephemeral TCP port and a unix socket in `dir`. */
+export async function startServer(options: {
+  dir: string;
+  file?: string;
+  size?: string;
+  name?: string;
+  extraArgs?: string[];
+}): Promise<ServerHandle> {
+  const file = options.file ?? join(options.dir, "disk.img");
+  const name = options.name ?? "disk";
+  const socketPath = join(options.dir, "nbd.sock");
+  const args = ["nbd", "serve", file, "--listen", "127.0.0.1:0", "--socket", socketPath, "--name", name];
+  if (options.size !== undefined) args.push("--size", options.size);
+  args.push(...(options.extraArgs ?? []));
+  const child = spawnHaven(args);
+  await child.waitForLog(/on 127\.0\.0\.1:(\d+)/);
+  await child.waitForLog(socketPath);
+  const port = Number(/on 127\.0\.0\.1:(\d+)/.exec(child.log())![1]);
+  return {
+    process: child.process,
     port,
     socketPath,
     uri: `nbd://127.0.0.1:${port}/${name}`,
     file,
     name,
-    log: () => output,
-    waitForLog,
-    stop: async (signal: NodeJS.Signals = "SIGTERM") => {
-      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
-      return exited;
-    },
+    log: child.log,
+    waitForLog: (text, timeoutMs) => child.waitForLog(text, timeoutMs),
+    stop: child.stop,
   };
 }
 

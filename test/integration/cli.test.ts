@@ -84,7 +84,11 @@ test("replica serve serves an authenticated engine and exits 0 on SIGTERM", asyn
     });
     const port = await listening;
     const client = await ReplicaClient.connect("127.0.0.1", port, Buffer.from("a cluster secret of some length"));
-    await client.openReplica("00000000000000c1", { sizeBytes: 1024 * 1024 });
+    await client.openReplica("00000000000000c1", {
+      volumeId: "00000000000000c1",
+      sizeBytes: 1024 * 1024,
+      regionBytes: 64 * 1024,
+    });
     await client.request(FrameType.WRITE, { epoch: 1n, offset: 0n, payload: Buffer.alloc(4096, 0x33) });
     const read = await client.request(FrameType.READ, { offset: 0n, length: 4096 });
     assert.ok(read.payload.every((byte) => byte === 0x33));

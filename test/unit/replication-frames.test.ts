@@ -1,11 +1,29 @@
 // Replication frames: any frame round-trips however the stream is split, and bad input (garbage,
 // wrong magic or version, unknown types, huge lengths) is refused with a reason before buffering.
+// Their payloads (OPEN_REPLICA, SET_METADATA, metadata, BLOCK_STATUS extents) round-trip, and any
+// garbage in them is refused with a HavenError, never an assertion: the server's edge cannot be tripped.
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { encodeFrame, FrameDecoder, FrameError, type Frame } from "../../src/replica/protocol/frame-codec.js";
-import { FrameType, FRAME_HEADER_BYTES, FRAME_TYPE_NAMES } from "../../src/replica/protocol/constants.js";
+import {
+  EXTENT_RECORD_BYTES,
+  FrameType,
+  FRAME_HEADER_BYTES,
+  FRAME_TYPE_NAMES,
+} from "../../src/replica/protocol/constants.js";
+import {
+  decodeExtents,
+  encodeExtents,
+  encodeMetadataPatch,
+  encodeOpenRequest,
+  parseMetadata,
+  parseMetadataPatch,
+  parseOpenRequest,
+} from "../../src/replica/protocol/payloads.js";
+import { HavenError } from "../../src/core/errors.js";
+import type { MetadataPatch } from "../../src/replica/replica-store.js";
 import { newChallenge, proof, verifyProof } from "../../src/replica/protocol/auth.js";
 
 const frameArbitrary: fc.Arbitrary<Frame> = fc.record({
@@ -99,4 +117,107 @@ test("challenge-response proves the secret, and a wrong secret, role or challeng
   assert.ok(!verifyProof(secret, "replica-server", challenge, answer), "a proof cannot be reflected");
   assert.ok(!verifyProof(secret, "engine", newChallenge(), answer), "a proof cannot be replayed on a new challenge");
   assert.ok(!verifyProof(secret, "engine", challenge, answer.subarray(0, 16)));
+});
+
+const generationId = fc.stringMatching(/^[0-9a-f]{16}$/);
+const generationsArbitrary = fc.oneof(
+  fc.constant({ current: "", bitmap: "", history: [] as string[] }),
+  fc.record({
+    current: generationId,
+    bitmap: fc.oneof(fc.constant(""), generationId),
+    history: fc.array(generationId, { maxLength: 4 }),
+  }),
+);
+const encodedBitmap = fc.oneof(fc.constant(""), fc.constant("all"), fc.base64String({ minLength: 4 }));
+const patchArbitrary: fc.Arbitrary<MetadataPatch> = fc.record(
+  {
+    generations: generationsArbitrary,
+    changedSince: fc.dictionary(generationId, encodedBitmap, { maxKeys: 4 }),
+    activityLog: fc.array(fc.nat(), { maxLength: 20 }),
+    resync: fc.oneof(fc.constant(null), fc.record({ validFor: generationId, remaining: encodedBitmap })),
+  },
+  { requiredKeys: [] },
+);
+
+test("payloads round-trip: OPEN_REPLICA requests, metadata patches, BLOCK_STATUS extents", () => {
+  fc.assert(
+    fc.property(
+      fc.stringMatching(/^[a-z0-9][a-z0-9._-]{0,62}$/).filter((name) => name !== "." && name !== ".."),
+      fc.option(
+        fc.record({
+          volumeId: generationId,
+          sizeBytes: fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER }),
+          regionBytes: fc.integer({ min: 12, max: 30 }).map((bits) => 2 ** bits),
+        }),
+        { nil: undefined },
+      ),
+      (name, create) => {
+        const expected = { name, create: create && { ...create } };
+        assert.deepEqual(parseOpenRequest(encodeOpenRequest(name, create)), expected);
+      },
+    ),
+  );
+  fc.assert(
+    fc.property(patchArbitrary, (patch) => {
+      assert.deepEqual(parseMetadataPatch(encodeMetadataPatch(patch)), JSON.parse(JSON.stringify(patch)));
+    }),
+  );
+  fc.assert(
+    fc.property(
+      fc.array(fc.record({ length: fc.integer({ min: 1, max: 2 ** 40 }), hole: fc.boolean(), zero: fc.boolean() }), {
+        minLength: 1,
+        maxLength: 50,
+      }),
+      (extents) => {
+        const total = extents.reduce((sum, extent) => sum + extent.length, 0);
+        const encoded = encodeExtents(extents);
+        assert.equal(encoded.length, extents.length * EXTENT_RECORD_BYTES);
+        assert.deepEqual(
+          decodeExtents(encoded, total),
+          extents.map((extent) => ({ ...extent })),
+        );
+        if (total > 1) assert.throws(() => decodeExtents(encoded, total - 1), /cover more than/);
+      },
+    ),
+  );
+});
+
+test("payload parsers refuse any garbage with a HavenError, never an assertion or a crash", () => {
+  const jsonish = fc.oneof(
+    fc.json(),
+    fc.jsonValue().map((value) => JSON.stringify({ name: "vol", create: value })),
+    fc.jsonValue().map((value) => JSON.stringify({ generations: value })),
+    fc.jsonValue().map((value) => JSON.stringify({ changedSince: value, activityLog: value, resync: value })),
+    fc.uint8Array({ maxLength: 200 }).map((bytes) => Buffer.from(bytes).toString("latin1")),
+  );
+  fc.assert(
+    fc.property(jsonish, (text) => {
+      const payload = Buffer.from(text, "latin1");
+      for (const parse of [parseOpenRequest, parseMetadataPatch, parseMetadata]) {
+        try {
+          parse(payload);
+        } catch (error) {
+          assert.ok(error instanceof HavenError, `${parse.name} threw ${String(error)}`);
+        }
+      }
+    }),
+    { numRuns: 2000 },
+  );
+  fc.assert(
+    fc.property(fc.uint8Array({ maxLength: 100 }), fc.nat(), (bytes, asked) => {
+      try {
+        const extents = decodeExtents(Buffer.from(bytes), asked);
+        assert.ok(extents.length > 0 && extents.reduce((sum, e) => sum + e.length, 0) <= asked);
+      } catch (error) {
+        assert.ok(error instanceof HavenError);
+      }
+    }),
+  );
+  assert.throws(
+    () =>
+      parseMetadataPatch(
+        Buffer.from(JSON.stringify({ generations: { current: "", bitmap: "0123456789abcdef", history: [] } })),
+      ),
+    (e: unknown) => e instanceof HavenError && e.code === "HAVEN_ERR_INVALID_REQUEST" && /no past/.test(e.message),
+  );
 });

@@ -1,5 +1,6 @@
-// `haven replica serve`: serves the replicas in a directory to remote engines over the replication
-// protocol, in the foreground until SIGINT/SIGTERM. Every connection must prove the shared secret.
+// `haven replica serve`: serves the replicas in a directory (one sub-directory per volume name) to
+// remote engines over the replication protocol, in the foreground until SIGINT/SIGTERM. Every
+// connection must prove the shared secret.
 
 import { readFile, stat } from "node:fs/promises";
 import { HavenError } from "../../core/errors.js";
@@ -10,7 +11,7 @@ import { untilStopSignal } from "../signals.js";
 
 export const REPLICA_SERVE_USAGE = `usage: haven replica serve --dir DIR --listen HOST:PORT --secret-file FILE
 
-Serves the replicas in DIR (one sub-directory per volume id) to remote engines until SIGINT/SIGTERM.
+Serves the replicas in DIR (DIR/NAME/ holds volume NAME's copy) to remote engines until SIGINT/SIGTERM.
 
 options:
   --dir DIR            directory holding the replicas (created if missing)

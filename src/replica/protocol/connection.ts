@@ -1,10 +1,12 @@
 // A replication-protocol connection over a socket, used by both sides: frames in through the decoder,
-// frames out as single writes, and the mutual challenge-response handshake (auth.ts) at the start.
+// frames out as corked writes (payload pieces sent as they are, never concatenated), and the mutual
+// challenge-response handshake (auth.ts) at the start.
 
 import type { Socket } from "node:net";
+import { HavenError } from "../../core/errors.js";
 import { CHALLENGE_BYTES, newChallenge, proof, verifyProof } from "./auth.js";
 import { FrameType, ReplyStatus } from "./constants.js";
-import { encodeFrame, FrameDecoder, type Frame } from "./frame-codec.js";
+import { encodeFrame, encodeFrameHeader, FrameDecoder, type Frame } from "./frame-codec.js";
 
 export const AUTH_TIMEOUT_MS = 10_000;
 
@@ -27,7 +29,7 @@ export class FrameConnection {
   private waiters: Array<(frame: Frame | Error) => void> = [];
   private queued: Frame[] = [];
   private failure: Error | undefined;
-  onFrame: ((frame: Frame) => void) | undefined;
+  private onFrame: ((frame: Frame) => void) | undefined;
 
   constructor(readonly socket: Socket) {
     socket.on("data", (chunk: Buffer) => {
@@ -45,28 +47,56 @@ export class FrameConnection {
     socket.on("error", (error) => this.fail(error));
   }
 
-  send(f: Frame): void {
-    if (this.socket.destroyed) return;
-    for (const buffer of encodeFrame(f)) this.socket.write(buffer);
+  /** From now on every frame goes to `handler`, starting with any that arrived before this call. */
+  listen(handler: (frame: Frame) => void): void {
+    this.onFrame = handler;
+    for (const f of this.queued.splice(0)) handler(f);
   }
 
-  /** The next frame (only while no onFrame handler is set), or the reason the connection failed. */
+  send(f: Frame): void {
+    if (this.socket.destroyed || !this.socket.writable) return;
+    this.socket.cork();
+    for (const buffer of encodeFrame(f)) this.socket.write(buffer);
+    this.socket.uncork();
+  }
+
+  /** Sends a frame whose payload is `pieces` back to back, without copying them into one buffer. */
+  sendPieces(f: Omit<Frame, "payload">, pieces: readonly Buffer[]): void {
+    if (this.socket.destroyed || !this.socket.writable) return;
+    let payloadLength = 0;
+    for (const piece of pieces) payloadLength += piece.length;
+    this.socket.cork();
+    this.socket.write(encodeFrameHeader(f, payloadLength));
+    for (const piece of pieces) if (piece.length > 0) this.socket.write(piece);
+    this.socket.uncork();
+  }
+
+  /** The next frame (only while no listen() handler is set), or the reason the connection failed. */
   next(timeoutMs = AUTH_TIMEOUT_MS): Promise<Frame> {
     const ready = this.queued.shift();
     if (ready) return Promise.resolve(ready);
     if (this.failure) return Promise.reject(this.failure);
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`no frame within ${timeoutMs} ms`)), timeoutMs);
-      this.waiters.push((result) => {
+      const waiter = (result: Frame | Error): void => {
         clearTimeout(timer);
         if (result instanceof Error) reject(result);
         else resolve(result);
-      });
+      };
+      const timer = setTimeout(() => {
+        this.waiters = this.waiters.filter((w) => w !== waiter);
+        reject(new Error(`no frame within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.waiters.push(waiter);
     });
   }
 
   get failed(): Error | undefined {
     return this.failure;
+  }
+
+  /** Bytes received that do not yet make a whole frame (non-zero at close: the peer cut a frame short). */
+  get partialFrameBytes(): number {
+    return this.decoder.buffered;
   }
 
   private deliver(f: Frame): void {
@@ -104,16 +134,30 @@ export async function authenticateEngine(connection: FrameConnection, secret: Bu
   );
 }
 
-/** Engine side: answer the server's challenge and check the server's proof in turn. */
+/**
+ * Engine side: answer the server's challenge and check the server's proof in turn. A refusal or a
+ * proof that does not match is HAVEN_ERR_CONFIG (the secrets differ); anything else HAVEN_ERR_IO.
+ */
 export async function authenticateServer(connection: FrameConnection, secret: Buffer): Promise<void> {
   const hello = await connection.next();
   if (hello.type !== FrameType.HELLO || hello.payload.length !== CHALLENGE_BYTES) {
-    throw new Error(`expected HELLO with a ${CHALLENGE_BYTES}-byte challenge, got frame type ${hello.type}`);
+    throw new HavenError(
+      "HAVEN_ERR_IO",
+      `expected HELLO with a ${CHALLENGE_BYTES}-byte challenge, got frame type ${hello.type}`,
+    );
   }
   const ours = newChallenge();
   connection.send(frame(FrameType.AUTH, { payload: Buffer.concat([proof(secret, "engine", hello.payload), ours]) }));
   const reply = await connection.next();
-  if (reply.type !== FrameType.AUTH_OK) throw new Error(`replica server refused us: ${reply.payload.toString("utf8")}`);
+  if (reply.type !== FrameType.AUTH_OK) {
+    throw new HavenError(
+      "HAVEN_ERR_CONFIG",
+      `replica server refused us: ${reply.payload.toString("utf8").slice(0, 200)} (check --secret-file)`,
+    );
+  }
   if (!verifyProof(secret, "replica-server", ours, reply.payload))
-    throw new Error("replica server's proof does not match the shared secret");
+    throw new HavenError(
+      "HAVEN_ERR_CONFIG",
+      "replica server's proof does not match the shared secret (check --secret-file)",
+    );
 }

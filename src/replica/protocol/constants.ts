@@ -1,11 +1,52 @@
 // Every number of Haven's replication protocol (engine <-> replica server), in one place.
 // Frames are: a fixed 48-byte header (big-endian), then `payloadLength` bytes of payload.
+//
+// A connection: the server sends HELLO (a 32-byte challenge); the engine answers AUTH (its proof, then
+// its own challenge); the server answers AUTH_OK (its proof). Then the engine sends requests, each with
+// a fresh requestId, pipelined; every request gets exactly one REPLY with the same requestId, in any
+// order. The first request must be OPEN_REPLICA: one connection serves one copy.
+//
+// Requests (header fields not named are ignored and sent as zero; a request with a status, a flag it
+// does not take or a payload it does not take is refused with BAD_REQUEST):
+//   OPEN_REPLICA   payload: JSON { "name": volume name, "create"?: { "volumeId", "sizeBytes", "regionBytes" } };
+//                  opens DIR/NAME/, creating it when `create` is given and there is none (never overwriting).
+//                  Reply payload: the copy's metadata (JSON, ReplicaMetadata).
+//   READ           offset, length (at most MAX_READ_BYTES). Reply payload: the bytes.
+//   WRITE          epoch, offset, flags FUA; payload: the bytes (at most MAX_WRITE_BYTES).
+//   TRIM           epoch, offset, length, flags FUA.
+//   WRITE_ZEROES   epoch, offset, length, flags FUA.
+//   FLUSH          makes every write completed before it durable.
+//   GET_METADATA   reply payload: the copy's metadata (JSON).
+//   SET_METADATA   epoch; payload: JSON MetadataPatch (keys generations, changedSince, activityLog, resync).
+//                  Reply payload: the new metadata (JSON), durable before the reply.
+//   CHECKSUM       offset, length (at most MAX_CHECKSUM_BYTES, or one region); payload: u32 regionBytes.
+//                  Reply payload: one REGION_DIGEST_BYTES digest per region (the last may be partial).
+//   BLOCK_STATUS   offset, length (> 0). Reply payload: extents, EXTENT_RECORD_BYTES each:
+//                  u64 length | u8 flags (ExtentFlag) — consecutive from `offset`, at least one,
+//                  together covering at least the first byte and at most `length` bytes.
+//   PING           reply: empty.
+// A request from an epoch lower than the highest the copy has seen gets STALE_EPOCH and changes nothing.
+// A frame with a bad magic, another version, an unknown type or a payload over MAX_PAYLOAD_BYTES ends
+// its connection (the stream cannot be trusted past it). The server runs at most 64 requests / 64 MiB
+// per connection at once and stops reading the socket beyond that (replica-session.ts).
 
 export const FRAME_MAGIC = 0x4856_5250; // "HVRP"
-export const PROTOCOL_VERSION = 1;
+/** 2: copies are opened by volume name with a JSON OPEN_REPLICA; SET_METADATA, CHECKSUM, BLOCK_STATUS. */
+export const PROTOCOL_VERSION = 2;
 export const FRAME_HEADER_BYTES = 48;
 /** Largest payload a frame may carry: one maximum NBD write plus room for metadata. */
 export const MAX_PAYLOAD_BYTES = 32 * 1024 * 1024 + 64 * 1024;
+/** Largest READ and WRITE in one frame; the engine's side splits larger ones. */
+export const MAX_READ_BYTES = 32 * 1024 * 1024;
+export const MAX_WRITE_BYTES = 32 * 1024 * 1024;
+/** Most bytes one CHECKSUM frame may cover (bounds the server's work per request). */
+export const MAX_CHECKSUM_BYTES = 64 * 1024 * 1024;
+/** Largest checksum region a CHECKSUM frame may ask for (the server reads one region at a time). */
+export const MAX_CHECKSUM_REGION_BYTES = 64 * 1024 * 1024;
+/** Largest JSON payload of OPEN_REPLICA. */
+export const MAX_OPEN_PAYLOAD_BYTES = 4096;
+/** Bytes of one extent in a BLOCK_STATUS reply: u64 length, u8 flags. */
+export const EXTENT_RECORD_BYTES = 9;
 
 export const FrameType = {
   /** Server -> engine, first frame: a random challenge. */
@@ -24,6 +65,7 @@ export const FrameType = {
   SET_METADATA: 17,
   CHECKSUM: 18,
   PING: 19,
+  BLOCK_STATUS: 20,
   /** Reply to any request, same requestId; status 0 or an error code with a message payload. */
   REPLY: 100,
 } as const;
@@ -34,13 +76,19 @@ export const FRAME_TYPE_NAMES: Record<number, string> = Object.fromEntries(
 );
 
 export const FrameFlag = {
-  /** Durable before the reply (FUA). */
+  /** Durable before the reply (FUA): WRITE, TRIM, WRITE_ZEROES only. */
   FUA: 1 << 0,
-  /** OPEN_REPLICA: create the replica (size in `offset`) if it does not exist. */
-  CREATE: 1 << 1,
 } as const;
 
-/** Status codes carried in REPLY frames. */
+/** Flags of one extent in a BLOCK_STATUS reply; other bits must be zero. */
+export const ExtentFlag = {
+  /** Not allocated on the copy's disk. */
+  HOLE: 1 << 0,
+  /** Reads as zeroes. */
+  ZERO: 1 << 1,
+} as const;
+
+/** Status codes carried in REPLY frames; an error reply's payload is the reason, UTF-8. */
 export const ReplyStatus = {
   OK: 0,
   STALE_EPOCH: 1,

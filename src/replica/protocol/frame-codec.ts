@@ -22,7 +22,13 @@ export interface Frame {
 }
 
 export function encodeFrame(frame: Frame): Buffer[] {
-  assert.ok(frame.payload.length <= MAX_PAYLOAD_BYTES, "payload too large for a frame");
+  const header = encodeFrameHeader(frame, frame.payload.length);
+  return frame.payload.length > 0 ? [header, frame.payload] : [header];
+}
+
+/** The header of a frame whose payload (of `payloadLength` bytes) is sent separately, uncopied. */
+export function encodeFrameHeader(frame: Omit<Frame, "payload">, payloadLength: number): Buffer {
+  assert.ok(payloadLength <= MAX_PAYLOAD_BYTES, "payload too large for a frame");
   const header = Buffer.alloc(FRAME_HEADER_BYTES);
   header.writeUInt32BE(FRAME_MAGIC, 0);
   header.writeUInt16BE(PROTOCOL_VERSION, 4);
@@ -33,8 +39,8 @@ export function encodeFrame(frame: Frame): Buffer[] {
   header.writeBigUInt64BE(frame.epoch, 24);
   header.writeBigUInt64BE(frame.offset, 32);
   header.writeUInt32BE(frame.length >>> 0, 40);
-  header.writeUInt32BE(frame.payload.length, 44);
-  return frame.payload.length > 0 ? [header, frame.payload] : [header];
+  header.writeUInt32BE(payloadLength, 44);
+  return header;
 }
 
 export class FrameError extends Error {

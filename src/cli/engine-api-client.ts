@@ -1,0 +1,175 @@
+// The CLI's side of the engine's HTTP API (src/engine/api-server.ts): one call per route, each bounded
+// in time, and every failure turned into a coded HavenError. An error the engine answers with keeps its
+// code and message; an engine that cannot be reached, or an address that is not an engine API, is a
+// configuration error that names the address.
+
+import { request as httpRequest } from "node:http";
+import { ERRORS, HavenError, type ErrorCode } from "../core/errors.js";
+import type { VerifyStatus, VolumeStatus } from "../engine/status.js";
+import { parseHostPort } from "../util/units.js";
+
+/** How long one call may take, connecting included. */
+export const ENGINE_API_TIMEOUT_MS = 10_000;
+/** A status of a volume with a few copies is a few KiB; anything near this is not the engine API. */
+const MAX_RESPONSE_BYTES = 8 * 1024 * 1024;
+
+export class EngineApiClient {
+  /** The address as the operator typed it (HOST:PORT), for messages. */
+  readonly address: string;
+  private readonly host: string;
+  private readonly port: number;
+
+  /** `address` is HOST:PORT from `--api`; a malformed one is a usage error naming `what`. */
+  constructor(
+    address: string,
+    private readonly options: { readonly timeoutMs?: number; readonly what?: string } = {},
+  ) {
+    const { host, port } = parseHostPort(address, options.what ?? "--api");
+    this.address = address;
+    this.host = host;
+    this.port = port;
+  }
+
+  async status(): Promise<VolumeStatus> {
+    return checkVolumeStatus(await this.call("GET", "/v1/status"), this.address);
+  }
+
+  async startVerify(options: { repair: boolean }): Promise<VerifyStatus> {
+    return checkVerifyStatus(await this.call("POST", "/v1/verify", { repair: options.repair }), this.address);
+  }
+
+  async resolveSplitBrain(survivor: string): Promise<VolumeStatus> {
+    return checkVolumeStatus(await this.call("POST", "/v1/resolve-split-brain", { survivor }), this.address);
+  }
+
+  /** One request; resolves with the parsed JSON of a 2xx answer, rejects with a HavenError otherwise. */
+  private async call(method: "GET" | "POST", path: string, body?: unknown): Promise<unknown> {
+    const timeoutMs = this.options.timeoutMs ?? ENGINE_API_TIMEOUT_MS;
+    const { status, text } = await this.exchange(method, path, body, timeoutMs);
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      throw this.notTheApi(`HTTP ${status} with a body that is not JSON`);
+    }
+    if (status >= 200 && status < 300) return parsed;
+    const error = (parsed as { error?: { code?: unknown; message?: unknown } } | null)?.error;
+    if (typeof error?.code === "string" && Object.hasOwn(ERRORS, error.code) && typeof error.message === "string") {
+      throw new HavenError(error.code as ErrorCode, error.message);
+    }
+    throw this.notTheApi(`HTTP ${status} without a Haven error`);
+  }
+
+  /**
+   * The HTTP exchange itself, with node:http rather than fetch(): fetch refuses the ports browsers
+   * block (6000, 10080, ...), which an operator may well have given the engine API.
+   */
+  private exchange(
+    method: string,
+    path: string,
+    body: unknown,
+    timeoutMs: number,
+  ): Promise<{ status: number; text: string }> {
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    return new Promise((resolve, reject) => {
+      const unreachable = (reason: string, cause?: unknown): void =>
+        reject(
+          new HavenError("HAVEN_ERR_CONFIG", `cannot reach the engine API at ${this.address}: ${reason}`, { cause }),
+        );
+      const request = httpRequest(
+        {
+          host: this.host,
+          port: this.port,
+          path,
+          method,
+          agent: false,
+          headers: {
+            accept: "application/json",
+            ...(payload !== undefined && {
+              "content-type": "application/json",
+              "content-length": Buffer.byteLength(payload),
+            }),
+          },
+        },
+        (response) => {
+          const chunks: Buffer[] = [];
+          let received = 0;
+          response.on("data", (chunk: Buffer) => {
+            received += chunk.length;
+            if (received > MAX_RESPONSE_BYTES) {
+              request.destroy();
+              reject(this.notTheApi(`more than ${MAX_RESPONSE_BYTES} bytes to ${method} ${path}`));
+            } else chunks.push(chunk);
+          });
+          response.on("end", () =>
+            resolve({ status: response.statusCode ?? 0, text: Buffer.concat(chunks).toString("utf8") }),
+          );
+          response.on("error", (error) => unreachable(error.message, error));
+          // After "end" this is a no-op; before it, the answer was cut short.
+          response.on("close", () => unreachable("the connection closed before the whole answer arrived"));
+        },
+      );
+      // Bounds the whole exchange, connecting included, not just a silence on the socket.
+      const timer = setTimeout(() => request.destroy(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
+      request.on("error", (error) => unreachable(error.message, error));
+      request.on("close", () => clearTimeout(timer));
+      request.end(payload);
+    });
+  }
+
+  private notTheApi(what: string): HavenError {
+    return new HavenError(
+      "HAVEN_ERR_CONFIG",
+      `the engine API at ${this.address} answered ${what}; is that the engine's --api address?`,
+    );
+  }
+}
+
+// The answers are checked only as far as the CLI relies on them: enough that a wrong address or a
+// different version fails with a message instead of a TypeError deep in the renderer.
+
+function checkVolumeStatus(value: unknown, address: string): VolumeStatus {
+  const status = value as Partial<VolumeStatus> | null;
+  const ok =
+    typeof status === "object" &&
+    status !== null &&
+    typeof status.name === "string" &&
+    typeof status.state === "string" &&
+    Array.isArray(status.replicas) &&
+    Array.isArray(status.nbd) &&
+    typeof status.io === "object" &&
+    status.io !== null &&
+    (status.verify === null || isVerifyStatus(status.verify));
+  if (!ok) throw malformed(address, "volume status");
+  return status as VolumeStatus;
+}
+
+function checkVerifyStatus(value: unknown, address: string): VerifyStatus {
+  if (!isVerifyStatus(value)) throw malformed(address, "verify status");
+  return value;
+}
+
+function isVerifyStatus(value: unknown): value is VerifyStatus {
+  const verify = value as Partial<VerifyStatus> | null;
+  return (
+    typeof verify === "object" &&
+    verify !== null &&
+    typeof verify.state === "string" &&
+    typeof verify.doneBytes === "number" &&
+    typeof verify.totalBytes === "number" &&
+    Array.isArray(verify.mismatches)
+  );
+}
+
+function malformed(address: string, what: string): HavenError {
+  return new HavenError(
+    "HAVEN_ERR_CONFIG",
+    `the engine API at ${address} answered with a malformed ${what}; is the engine the same Haven version as this CLI?`,
+  );
+}
+
+/** The client for a command's `--api HOST:PORT`, which every `haven volume` command requires. */
+export function engineApiFromOption(value: string | boolean | undefined, usage: string): EngineApiClient {
+  if (typeof value !== "string") throw new HavenError("HAVEN_ERR_USAGE", `--api HOST:PORT is required\n\n${usage}`);
+  return new EngineApiClient(value);
+}

@@ -1,0 +1,1050 @@
+// The engine: one volume's single writer. It serves the volume as a BlockDevice (so the NBD front
+// serves it like a file) over one to four copies, local and remote alike, and keeps the rules of
+// DESIGN.md:
+// - rule 1: a write completes only when every in-sync copy applied it (FUA: made it durable); FLUSH
+//   completes only when every in-sync copy flushed;
+// - rule 2: a copy that fails leaves the in-sync set, and the volume moves to a new generation with a
+//   change bitmap since the old one, persisted on the remaining copies, before the failed write
+//   completes; the copy rejoins after an incremental resync of exactly those regions;
+// - rule 3: the activity log is persisted before writes go out, and resynced after a crash;
+// - rule 4: every mutation carries the engine's epoch; a copy answering "stale epoch" fences the engine;
+// - rule 5: copies are compared by generations when they (re)appear; split brain is refused and
+//   reported, and only an explicit choice of survivor resolves it.
+
+import { randomBytes } from "node:crypto";
+import { writeDataLength, type BlockDevice, type BlockDeviceCapabilities, type Extent } from "../block/device.js";
+import type { WriteData, WriteOptions, ZeroOptions } from "../block/device.js";
+import { HavenError } from "../core/errors.js";
+import { beginGenerationWithoutPeer, completeResyncAsSource, MAX_HISTORY } from "../replica/generations.js";
+import type { Generations } from "../replica/generations.js";
+import { decodeBitmap, encodeBitmap } from "../replica/bitmap-codec.js";
+import type { ReplicaOpener, ReplicaPort } from "../replica/port.js";
+import { RegionBitmap, DEFAULT_REGION_BYTES } from "../replica/region-bitmap.js";
+import { ACTIVITY_EXTENT_BYTES, type MetadataPatch, type ReplicaMetadata } from "../replica/replica-store.js";
+import { ActivityLog, DEFAULT_ACTIVITY_LOG_EXTENTS } from "./activity-log.js";
+import { systemClock, type Clock } from "./clock.js";
+import { RangeLocks } from "./range-locks.js";
+import { runResync, type ResyncSettings } from "./resync.js";
+import type { EngineControl, ReplicaState, ReplicaStatus, VerifyStatus, VolumeStatus } from "./status.js";
+import { Throttle } from "./throttle.js";
+import { runVerify } from "./verify.js";
+import { chooseSource, decideCopy, type Candidate } from "./sync-decision.js";
+
+export const MAX_REPLICAS = 4;
+/** Encoded change bitmaps kept per copy's metadata (a larger one is kept as "all regions"). */
+const MAX_ENCODED_BITMAP_BYTES = 10 * 1024;
+/** Change bitmaps kept (one per older generation a returning copy may be at). */
+const MAX_CHANGE_BITMAPS = MAX_HISTORY;
+
+export interface EngineOptions {
+  readonly name: string;
+  readonly locations: readonly string[];
+  readonly opener: ReplicaOpener;
+  /** Needed to create a new volume; checked against existing copies. */
+  readonly sizeBytes?: number;
+  readonly regionBytes?: number;
+  /** Default: one above the highest epoch any reachable copy has seen. */
+  readonly epoch?: number;
+  /** Names the copy whose data survives a split brain found at start. */
+  readonly survivor?: string;
+  readonly clock?: Clock;
+  readonly log?: (line: string) => void;
+  readonly resync?: Partial<ResyncSettings>;
+  /** How often unreachable or faulted copies are retried. */
+  readonly reconnectMs?: number;
+  /** How long start waits for every copy to be reachable. */
+  readonly startupWaitMs?: number;
+  /**
+   * Start even if some copies stay unreachable. Unsafe unless the caller knows a reachable copy is
+   * the newest (the control plane does, from etcd): an unreachable copy may hold writes the others
+   * lack, and would then come back as a split brain.
+   */
+  readonly allowDegradedStart?: boolean;
+  readonly activityLogExtents?: number;
+  /**
+   * Written data is flushed on every copy this long after it was written, even if the client never
+   * asks: a copy that drops out then misses only its last moments of writes, not everything since
+   * the client's last flush (0: only client flushes).
+   */
+  readonly writebackMs?: number;
+  /** Generation ids (16 hex digits); injected by the simulation for reproducible runs. */
+  readonly newId?: () => string;
+}
+
+export const DEFAULT_RESYNC: ResyncSettings = {
+  maxBytesPerSecond: 1024 * 1024 * 1024,
+  busyBytesPerSecond: 64 * 1024 * 1024,
+  busyWindowMs: 200,
+  chunkBytes: 1024 * 1024,
+  saveProgressMs: 2000,
+};
+
+/** One configured copy and what the engine knows about it. */
+export interface Slot {
+  readonly index: number;
+  readonly location: string;
+  port: ReplicaPort | undefined;
+  state: ReplicaState;
+  reason: string | null;
+  /** Regions it misses (resyncing, faulted); null when in sync or unknown. */
+  missing: RegionBitmap | null;
+  /** Regions written to it since its last completed flush (lost if its host crashes). */
+  unflushed: RegionBitmap;
+  /** Bumped whenever the copy is attached or dropped, so late completions of an old attachment are ignored. */
+  attachment: number;
+  resync: { mode: "incremental" | "full"; rule: string; total: number; done: number; rate: number } | null;
+  splitBrain: { volumeChangedBytes: number; copyChangedBytes: number } | null;
+  lastMetadata: ReplicaMetadata | null;
+}
+
+type Op = "WRITE" | "TRIM" | "WRITE_ZEROES";
+
+export class VolumeEngine implements BlockDevice, EngineControl {
+  readonly capabilities: BlockDeviceCapabilities = {
+    readOnly: false,
+    canTrim: true,
+    canWriteZeroes: true,
+    canFastZero: false,
+    canMultiConn: true,
+    rotational: false,
+  };
+  readonly clock: Clock;
+  readonly locks = new RangeLocks();
+  readonly throttle: Throttle;
+  readonly resyncSettings: ResyncSettings;
+  readonly slots: Slot[];
+  size = 0;
+  regionBytes = DEFAULT_REGION_BYTES;
+  volumeId = "";
+  epoch = 0;
+  generations: Generations = { current: "", bitmap: "", history: [] };
+  /** Regions written since each older generation: what a copy at that generation misses. */
+  readonly changedSince = new Map<string, RegionBitmap>();
+  activityLog!: ActivityLog;
+  /** Set when a copy reported a higher epoch: another engine took over; nothing completes any more. */
+  fenced: string | null = null;
+  nbdUris: string[] = [];
+  verifyStatus: VerifyStatus | null = null;
+  readonly io = { reads: 0, writes: 0, flushes: 0, bytesRead: 0, bytesWritten: 0, errors: 0 };
+
+  readonly log: (line: string) => void;
+  private readonly newId: () => string;
+  private stopping = false;
+  private reconnectTimer: { cancel(): void } | undefined;
+  private writebackTimer: { cancel(): void } | undefined;
+  private saveQueue: Promise<void> = Promise.resolve();
+  private saveWaiting: Promise<void> | null = null;
+  private readonly background = new Set<Promise<void>>();
+  private starting = true;
+  /** The copy that was in sync last when the volume lost them all. */
+  private lastInSync: Slot | undefined;
+
+  constructor(readonly options: EngineOptions) {
+    if (options.locations.length < 1 || options.locations.length > MAX_REPLICAS)
+      throw new HavenError(
+        "HAVEN_ERR_USAGE",
+        `a volume has 1 to ${MAX_REPLICAS} replicas, not ${options.locations.length}`,
+      );
+    if (new Set(options.locations).size !== options.locations.length)
+      throw new HavenError("HAVEN_ERR_USAGE", "the same replica location is given twice");
+    this.clock = options.clock ?? systemClock;
+    this.log = options.log ?? ((line) => process.stderr.write(`${line}\n`));
+    this.newId = options.newId ?? (() => randomBytes(8).toString("hex"));
+    this.resyncSettings = { ...DEFAULT_RESYNC, ...options.resync };
+    this.throttle = new Throttle(this.clock, this.resyncSettings);
+    this.slots = options.locations.map((location, index) => ({
+      index,
+      location,
+      port: undefined,
+      state: "connecting",
+      reason: null,
+      missing: null,
+      unflushed: new RegionBitmap(1),
+      attachment: 0,
+      resync: null,
+      splitBrain: null,
+      lastMetadata: null,
+    }));
+  }
+
+  // ---- start and stop ----------------------------------------------------------------------------
+
+  /** Opens the copies, picks the one the volume continues from, and makes the volume writable. */
+  async start(): Promise<void> {
+    const deadline = this.clock.now() + (this.options.startupWaitMs ?? 10_000);
+    const opened = new Map<Slot, ReplicaPort>();
+    const missing = new Set<Slot>();
+    for (;;) {
+      await Promise.all(
+        this.slots
+          .filter((slot) => !opened.has(slot) && !missing.has(slot))
+          .map(async (slot) => {
+            try {
+              opened.set(slot, await this.options.opener(slot.location, this.options.name, undefined));
+            } catch (error) {
+              if (error instanceof HavenError && error.code === "HAVEN_ERR_NOT_FOUND") missing.add(slot);
+              else slot.reason = message(error);
+            }
+          }),
+      );
+      if (opened.size + missing.size === this.slots.length || this.clock.now() >= deadline) break;
+      await this.clock.sleep(Math.min(500, this.options.reconnectMs ?? 2000));
+    }
+    // A copy missing from a location while others exist may be a disk not mounted, not a new one:
+    // only with the operator's consent is it created empty and rebuilt.
+    const absent = opened.size > 0 ? [...missing] : [];
+    for (const slot of absent) slot.reason ??= "no copy of the volume at this location";
+    const unreachable = [...this.slots.filter((slot) => !opened.has(slot) && !missing.has(slot)), ...absent];
+    if (unreachable.length > 0 && (opened.size === 0 || !this.options.allowDegradedStart)) {
+      await closeAll(opened.values());
+      const reasons = unreachable.map((s) => `${s.location}: ${s.reason ?? "no answer"}`).join("; ");
+      throw new HavenError(
+        "HAVEN_ERR_IO",
+        `${opened.size === 0 ? "no" : "not every"} copy of volume ${this.options.name} is reachable (${reasons}). ` +
+          (opened.size === 0
+            ? "Bring a copy back and start again."
+            : "A copy reachable now may be older than one that is not, so the engine does not pick one by itself; " +
+              "start with --degraded-start only if you know the reachable copies are the newest " +
+              "(missing copies are then created empty and rebuilt)."),
+      );
+    }
+    for (const slot of unreachable) this.log(`${slot.location}: ${slot.reason}; degraded start as asked`);
+    try {
+      await this.adopt(opened, missing);
+    } catch (error) {
+      await closeAll(opened.values());
+      throw error;
+    }
+    this.starting = false;
+    this.scheduleReconnect();
+  }
+
+  private async adopt(opened: Map<Slot, ReplicaPort>, missing: Set<Slot>): Promise<void> {
+    if (opened.size === 0) {
+      // A new volume: every copy is created empty, and empty copies are in sync with each other.
+      if (this.options.sizeBytes === undefined)
+        throw new HavenError(
+          "HAVEN_ERR_USAGE",
+          `volume ${this.options.name} has no copy yet: give --size to create it`,
+        );
+      const create = {
+        volumeId: randomBytes(8).toString("hex"),
+        sizeBytes: this.options.sizeBytes,
+        regionBytes: this.options.regionBytes ?? DEFAULT_REGION_BYTES,
+      };
+      for (const slot of missing) opened.set(slot, await this.options.opener(slot.location, this.options.name, create));
+      missing.clear();
+      this.log(`created volume ${this.options.name} (${create.volumeId}) with ${opened.size} copies`);
+    }
+    // Identity: the volume id most copies carry; others are foreign and refused.
+    const counts = new Map<string, number>();
+    for (const port of opened.values())
+      counts.set(port.metadata.volumeId, (counts.get(port.metadata.volumeId) ?? 0) + 1);
+    const ranked = [...counts].sort((a, b) => b[1] - a[1]);
+    if (ranked.length > 1 && ranked[0]![1] === ranked[1]![1])
+      throw new HavenError(
+        "HAVEN_ERR_CONFIG",
+        `the copies of ${this.options.name} belong to different volumes (${ranked.map(([id]) => id).join(", ")}); refusing to guess`,
+      );
+    const known = [...opened.values()][0]?.metadata;
+    this.volumeId = ranked[0]?.[0] ?? randomBytes(8).toString("hex");
+    this.size = known?.sizeBytes ?? this.options.sizeBytes ?? 0;
+    this.regionBytes = known?.regionBytes ?? this.options.regionBytes ?? DEFAULT_REGION_BYTES;
+    if (this.size <= 0)
+      throw new HavenError("HAVEN_ERR_USAGE", `volume ${this.options.name} has no copy yet: give --size to create it`);
+    if (this.options.sizeBytes !== undefined && this.options.sizeBytes !== this.size)
+      throw new HavenError(
+        "HAVEN_ERR_CONFIG",
+        `volume ${this.options.name} is ${this.size} bytes, --size says ${this.options.sizeBytes}; resizing is not supported`,
+      );
+    for (const slot of this.slots) slot.unflushed = new RegionBitmap(this.size, this.regionBytes);
+
+    const candidates: Candidate[] = [];
+    for (const [slot, port] of opened) {
+      const refusal = this.foreign(port.metadata);
+      slot.lastMetadata = port.metadata;
+      if (refusal) {
+        this.setState(slot, "refused", refusal);
+        await port.close();
+        opened.delete(slot);
+        continue;
+      }
+      candidates.push({ index: slot.index, local: port.local, metadata: port.metadata });
+    }
+    let source: Candidate | undefined;
+    if (this.options.survivor !== undefined) {
+      source = candidates.find((c) => this.slots[c.index]!.location === this.options.survivor);
+      if (source === undefined)
+        throw new HavenError(
+          "HAVEN_ERR_USAGE",
+          `--survivor ${this.options.survivor} is not a reachable copy of this volume`,
+        );
+      this.log(
+        `operator named ${this.options.survivor} the survivor: copies that diverged from it are rebuilt from it`,
+      );
+    } else if (candidates.length > 0) {
+      source = chooseSource(candidates);
+      if (source === undefined) {
+        const lines = candidates.map(
+          (c) => `${this.slots[c.index]!.location} (generation ${c.metadata.generations.current || "none"})`,
+        );
+        throw new HavenError(
+          "HAVEN_ERR_CONFIG",
+          `split brain: the copies of ${this.options.name} took writes apart (${lines.join(", ")}); ` +
+            `name the copy whose data survives with --survivor LOCATION (the others are rebuilt from it)`,
+        );
+      }
+    }
+
+    const maxEpoch = Math.max(0, ...[...opened.values()].map((p) => p.metadata.highestEpoch));
+    this.epoch = this.options.epoch ?? maxEpoch + 1;
+    if (this.epoch < maxEpoch)
+      throw new HavenError("HAVEN_ERR_READ_ONLY", `epoch ${this.epoch} is stale: a copy has seen epoch ${maxEpoch}`);
+
+    // The volume continues from the source's data and bookkeeping.
+    const sourceMeta = source?.metadata as ReplicaMetadata | undefined;
+    const alExtents = new Set<number>();
+    for (const port of opened.values()) for (const extent of port.metadata.activityLog) alExtents.add(extent);
+    this.activityLog = new ActivityLog(
+      ACTIVITY_EXTENT_BYTES,
+      this.options.activityLogExtents ?? DEFAULT_ACTIVITY_LOG_EXTENTS,
+    );
+    const crashed = this.bitmapOfExtents(alExtents);
+    if (sourceMeta) {
+      this.generations = sourceMeta.generations;
+      for (const [base, encoded] of Object.entries(sourceMeta.changedSince)) {
+        const bitmap = decodeBitmap(encoded, this.size, this.regionBytes);
+        orInto(bitmap, crashed);
+        this.changedSince.set(base, bitmap);
+      }
+      if (alExtents.size > 0)
+        this.log(
+          `rule 3: the last writer did not shut down cleanly; ${alExtents.size} activity-log extents are resynced`,
+        );
+    }
+    // This session writes under a new generation; copies still at the old one miss what the crashed
+    // writer may have had in flight.
+    const previous = this.generations.current;
+    const everyoneHere = opened.size === this.slots.length;
+    const newId = this.newId();
+    if (previous === "") this.generations = { current: newId, bitmap: "", history: [] };
+    else {
+      this.generations = everyoneHere
+        ? {
+            current: newId,
+            bitmap: this.generations.bitmap,
+            history: [previous, ...this.generations.history].slice(0, MAX_HISTORY),
+          }
+        : beginGenerationWithoutPeer(this.generations, newId);
+      this.addChangeBitmap(previous, crashed);
+    }
+
+    // Attach: the source and copies equal to it (minus crashed extents) are in sync; others resync.
+    for (const [slot, port] of opened) {
+      slot.port = port;
+      slot.attachment++;
+      this.watchLoss(slot);
+    }
+    const sourceSlot = source ? this.slots[source.index]! : undefined;
+    const inSync: Slot[] = [];
+    const toResync: { slot: Slot; decision: ReturnType<typeof decideCopy> }[] = [];
+    for (const [slot, port] of opened) {
+      if (sourceMeta === undefined || slot === sourceSlot) {
+        inSync.push(slot);
+        continue;
+      }
+      const decision = decideCopy(
+        { generations: sourceMeta.generations, changedSince: sourceMeta.changedSince },
+        port.metadata,
+      );
+      if (decision.kind === "in-sync" && crashed.count === 0) inSync.push(slot);
+      else if (decision.kind === "in-sync")
+        toResync.push({
+          slot,
+          decision: { kind: "incremental", base: previous, rule: "rule 3: activity log of a writer that crashed" },
+        });
+      else if ((decision.kind === "split-brain" || decision.kind === "refused") && this.options.survivor !== undefined)
+        toResync.push({
+          slot,
+          decision: { kind: "full", rule: `operator chose ${this.options.survivor} as survivor (${decision.rule})` },
+        });
+      else toResync.push({ slot, decision });
+    }
+    for (const slot of inSync) this.setState(slot, "in-sync", null);
+    await this.saveVolumeMetadata();
+    if (this.inSyncSlots().length === 0) throw new HavenError("HAVEN_ERR_IO", "no copy could be brought in sync");
+    this.log(
+      `volume ${this.options.name} (${this.volumeId}, ${this.size} bytes) at epoch ${this.epoch}, generation ${this.generations.current}; ` +
+        `in sync: ${inSync.map((s) => s.location).join(", ")}`,
+    );
+    for (const slot of missing) await this.createCopy(slot);
+    for (const { slot, decision } of toResync) this.beginResync(slot, decision, slot.lastMetadata!);
+  }
+
+  /** Why a copy cannot belong to this volume, or null. */
+  private foreign(meta: ReplicaMetadata): string | null {
+    if (meta.volumeId !== this.volumeId) return `foreign copy: it holds volume ${meta.volumeId}, not ${this.volumeId}`;
+    if (meta.sizeBytes !== this.size) return `copy is ${meta.sizeBytes} bytes, the volume ${this.size}`;
+    if (meta.regionBytes !== this.regionBytes)
+      return `copy tracks ${meta.regionBytes}-byte regions, the volume ${this.regionBytes}`;
+    return null;
+  }
+
+  /** Flushes every copy, empties the activity log, records a clean shutdown, and closes the copies. */
+  async stop(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    this.reconnectTimer?.cancel();
+    this.writebackTimer?.cancel();
+    for (const slot of this.slots) slot.attachment++; // stops resync and verify loops
+    await Promise.allSettled([...this.background]);
+    await this.locks.acquire(0, Number.MAX_SAFE_INTEGER, true); // waits for writes in flight
+    if (!this.fenced && this.inSyncSlots().length > 0) {
+      await this.flush().catch(() => undefined);
+      this.activityLog.clearIdle();
+      await this.saveVolumeMetadata().catch(() => undefined);
+    }
+    await closeAll(this.slots.map((s) => s.port).filter((p): p is ReplicaPort => p !== undefined));
+    for (const slot of this.slots) slot.port = undefined;
+  }
+
+  close(): Promise<void> {
+    return this.stop();
+  }
+
+  /**
+   * For the simulation: the writer dies on the spot. Nothing more is sent, saved or closed; what the
+   * copies received so far is what they keep.
+   */
+  crash(): void {
+    this.stopping = true;
+    this.fenced = "crashed";
+    this.reconnectTimer?.cancel();
+    this.writebackTimer?.cancel();
+    for (const slot of this.slots) slot.attachment++;
+  }
+
+  // ---- client I/O (BlockDevice) ------------------------------------------------------------------
+
+  async read(offset: number, target: Buffer): Promise<void> {
+    this.checkUsable();
+    this.throttle.noteClientIo();
+    for (;;) {
+      const slot = this.readSlot();
+      if (slot === undefined) throw this.noCopies("READ");
+      const attachment = slot.attachment;
+      try {
+        if (slot.port!.readInto) await slot.port!.readInto(offset, target);
+        else (await slot.port!.read(offset, target.length)).copy(target);
+        this.io.reads++;
+        this.io.bytesRead += target.length;
+        return;
+      } catch (error) {
+        if (isRangeError(error)) throw error;
+        this.checkFence(error);
+        await this.fault(slot, attachment, `read failed: ${message(error)}`, [{ offset, length: target.length }]);
+      }
+    }
+  }
+
+  zeroCopySource(offset: number, length: number): { fd: number; position: number } | undefined {
+    const slot = this.readSlot();
+    if (this.fenced || slot === undefined || !slot.port?.zeroCopySource) return undefined;
+    return slot.port.zeroCopySource(offset, length);
+  }
+
+  write(offset: number, data: WriteData, options?: WriteOptions): Promise<void> {
+    return this.mutate("WRITE", offset, writeDataLength(data), options?.fua === true, (port) =>
+      port.write(this.epoch, offset, data, options?.fua === true),
+    );
+  }
+
+  trim(offset: number, length: number, options?: WriteOptions): Promise<void> {
+    return this.mutate("TRIM", offset, length, options?.fua === true, (port) =>
+      port.trim(this.epoch, offset, length, options?.fua === true),
+    );
+  }
+
+  writeZeroes(offset: number, length: number, options?: ZeroOptions): Promise<void> {
+    if (options?.fastOnly)
+      return Promise.reject(
+        new HavenError("HAVEN_ERR_NOT_SUPPORTED", "fast zeroing is not offered by replicated volumes"),
+      );
+    return this.mutate("WRITE_ZEROES", offset, length, options?.fua === true, (port) =>
+      port.writeZeroes(this.epoch, offset, length, options?.fua === true),
+    );
+  }
+
+  async flush(): Promise<void> {
+    this.checkUsable();
+    this.throttle.noteClientIo();
+    const targets = this.receivingSlots();
+    const snapshots = targets.map((slot) => {
+      const before = slot.unflushed;
+      slot.unflushed = new RegionBitmap(this.size, this.regionBytes);
+      return { slot, attachment: slot.attachment, before, wasInSync: slot.state === "in-sync" };
+    });
+    const results = await Promise.allSettled(targets.map((slot) => slot.port!.flush()));
+    let flushedInSync = 0;
+    const faults: Promise<void>[] = [];
+    results.forEach((result, i) => {
+      const { slot, attachment, before, wasInSync } = snapshots[i]!;
+      if (result.status === "fulfilled") {
+        if (wasInSync) flushedInSync++;
+        return;
+      }
+      this.checkFence(result.reason);
+      orInto(slot.unflushed, before);
+      faults.push(this.fault(slot, attachment, `flush failed: ${message(result.reason)}`, []));
+    });
+    await Promise.all(faults);
+    if (flushedInSync === 0) throw this.noCopies("FLUSH");
+    this.io.flushes++;
+  }
+
+  async blockStatus(offset: number, length: number): Promise<Extent[]> {
+    this.checkUsable();
+    const slot = this.readSlot();
+    if (slot === undefined) throw this.noCopies("BLOCK_STATUS");
+    try {
+      return await slot.port!.blockStatus(offset, length);
+    } catch (error) {
+      if (isRangeError(error)) throw error;
+      return [{ length, hole: false, zero: false }];
+    }
+  }
+
+  async cache(): Promise<void> {}
+
+  /** Writes, trims and zeroing: to every copy that takes writes, under the rules at the top. */
+  private async mutate(
+    op: Op,
+    offset: number,
+    length: number,
+    fua: boolean,
+    send: (port: ReplicaPort) => Promise<void>,
+  ): Promise<void> {
+    this.checkUsable();
+    if (offset + length > this.size)
+      throw new HavenError(
+        "HAVEN_ERR_NO_SPACE",
+        `${op} of ${length} bytes at ${offset} is past the volume's end (${this.size})`,
+      );
+    this.throttle.noteClientIo();
+    const release = await this.locks.acquire(offset, length, false);
+    const logChange = this.activityLog.pin(offset, length, 3);
+    try {
+      // Extents leave the log only once what was written to them is durable on every copy.
+      if (logChange.changed) await this.saveVolumeMetadata();
+      if (logChange.evicted.length > 0) {
+        await this.flush();
+        this.activityLog.forget(logChange.evicted);
+      }
+      this.checkUsable();
+      for (const bitmap of this.changedSince.values()) bitmap.markRange(offset, length);
+      const targets = this.receivingSlots();
+      for (const slot of this.slots) if (!targets.includes(slot)) slot.missing?.markRange(offset, length);
+      const sent = targets.map((slot) => ({ slot, attachment: slot.attachment, wasInSync: slot.state === "in-sync" }));
+      for (const { slot } of sent) if (!fua) slot.unflushed.markRange(offset, length);
+      const results = await Promise.allSettled(sent.map(({ slot }) => send(slot.port!)));
+      let appliedInSync = 0;
+      const faults: Promise<void>[] = [];
+      results.forEach((result, i) => {
+        const { slot, attachment, wasInSync } = sent[i]!;
+        if (result.status === "fulfilled") {
+          if (wasInSync) appliedInSync++;
+          return;
+        }
+        if (isRangeError(result.reason)) throw result.reason;
+        this.checkFence(result.reason);
+        faults.push(this.fault(slot, attachment, `${op} failed: ${message(result.reason)}`, [{ offset, length }]));
+      });
+      await Promise.all(faults);
+      if (appliedInSync === 0) throw this.noCopies(op);
+      this.io.writes++;
+      this.io.bytesWritten += op === "WRITE" ? length : 0;
+      if (!fua) this.scheduleWriteback();
+    } catch (error) {
+      this.io.errors++;
+      throw error;
+    } finally {
+      this.activityLog.unpin(offset, length);
+      release();
+    }
+  }
+
+  private scheduleWriteback(): void {
+    const delay = this.options.writebackMs ?? 1000;
+    if (delay <= 0 || this.writebackTimer || this.stopping) return;
+    this.writebackTimer = this.clock.schedule(delay, () => {
+      this.writebackTimer = undefined;
+      if (this.stopping || this.fenced) return;
+      this.track(this.flush().catch((error: unknown) => this.log(`background flush failed: ${message(error)}`)));
+    });
+  }
+
+  // ---- faults and generations ----------------------------------------------------------------------
+
+  /**
+   * Takes a copy out of the set that receives writes (rule 2). The volume moves to a new generation
+   * with a change bitmap since the old one covering the writes in flight and the copy's unflushed
+   * ones; that is persisted on the remaining in-sync copies before this resolves.
+   */
+  async fault(
+    slot: Slot,
+    attachment: number,
+    reason: string,
+    ranges: { offset: number; length: number }[],
+  ): Promise<void> {
+    if (slot.attachment !== attachment || !(slot.state === "in-sync" || slot.state === "resyncing")) {
+      return this.saveQueueTail();
+    }
+    const missed = slot.missing ?? new RegionBitmap(this.size, this.regionBytes);
+    for (const range of [...ranges, ...this.locks.sharedRanges()]) missed.markRange(range.offset, range.length);
+    orInto(missed, slot.unflushed);
+    slot.missing = missed;
+    const port = slot.port;
+    if (slot.state === "in-sync" && this.inSyncSlots().length === 1) this.lastInSync = slot;
+    slot.port = undefined;
+    slot.attachment++;
+    slot.resync = null;
+    this.setState(slot, "faulted", reason);
+    void port?.close();
+
+    const since = new RegionBitmap(this.size, this.regionBytes);
+    orInto(since, missed);
+    this.addChangeBitmap(this.generations.current, since);
+    this.generations = beginGenerationWithoutPeer(this.generations, this.newId());
+    this.log(`volume now at generation ${this.generations.current} without ${slot.location}`);
+    this.scheduleReconnect();
+    await this.saveVolumeMetadata();
+  }
+
+  private addChangeBitmap(base: string, initial: RegionBitmap): void {
+    const existing = this.changedSince.get(base);
+    if (existing) orInto(existing, initial);
+    else this.changedSince.set(base, initial);
+    while (this.changedSince.size > MAX_CHANGE_BITMAPS) {
+      const oldest = this.changedSince.keys().next().value as string;
+      this.changedSince.delete(oldest);
+      this.log(`dropping the change bitmap since ${oldest}: a copy still there needs a full rebuild`);
+    }
+  }
+
+  /** The writer-owned metadata every in-sync copy carries. */
+  volumePatch(): MetadataPatch {
+    const changedSince: Record<string, string> = {};
+    for (const [base, bitmap] of this.changedSince)
+      changedSince[base] = encodeBitmap(bitmap, MAX_ENCODED_BITMAP_BYTES) || "";
+    return { generations: this.generations, changedSince, activityLog: this.activityLog.extents, resync: null };
+  }
+
+  /**
+   * Persists the volume's metadata on every in-sync copy; resolves when a save that started after the
+   * call has completed. Saves are serialized and coalesced. A copy failing the save is faulted, and
+   * the save repeats until it succeeded on every copy still in sync.
+   */
+  saveVolumeMetadata(): Promise<void> {
+    if (this.saveWaiting) return this.saveWaiting;
+    const next = this.saveQueue.then(async () => {
+      this.saveWaiting = null;
+      for (;;) {
+        const targets = this.inSyncSlots().map((slot) => ({ slot, attachment: slot.attachment }));
+        if (targets.length === 0) return;
+        const patch = this.volumePatch();
+        const results = await Promise.allSettled(
+          targets.map(({ slot }) => slot.port!.updateMetadata(this.epoch, patch)),
+        );
+        const failed = results.flatMap((result, i) => {
+          if (result.status === "fulfilled") {
+            targets[i]!.slot.lastMetadata = result.value;
+            return [];
+          }
+          this.checkFence(result.reason, false);
+          return [{ ...targets[i]!, reason: message(result.reason) }];
+        });
+        if (failed.length === 0) return;
+        for (const { slot, attachment, reason } of failed) {
+          // Not awaited: this loop is the save the fault waits for; it repeats below.
+          void this.fault(slot, attachment, `metadata save failed: ${reason}`, []);
+        }
+      }
+    });
+    this.saveWaiting = next;
+    this.saveQueue = next.catch(() => undefined);
+    return next;
+  }
+
+  private saveQueueTail(): Promise<void> {
+    return this.saveQueue;
+  }
+
+  // ---- copies coming and going -------------------------------------------------------------------------
+
+  private watchLoss(slot: Slot): void {
+    const port = slot.port!;
+    const attachment = slot.attachment;
+    port.onLost = (error) => {
+      if (slot.attachment === attachment) void this.fault(slot, attachment, `connection lost: ${message(error)}`, []);
+    };
+  }
+
+  private scheduleReconnect(): void {
+    if (this.stopping || this.starting || this.reconnectTimer) return;
+    const due = this.slots.some((s) => s.state === "connecting" || s.state === "faulted");
+    if (!due) return;
+    this.reconnectTimer = this.clock.schedule(this.options.reconnectMs ?? 2000, () => {
+      this.reconnectTimer = undefined;
+      this.track(this.reconnect());
+    });
+  }
+
+  private async reconnect(): Promise<void> {
+    const due = this.slots.filter((s) => (s.state === "connecting" || s.state === "faulted") && s.port === undefined);
+    await Promise.all(
+      due.map(async (slot) => {
+        const attachment = slot.attachment;
+        let port: ReplicaPort;
+        try {
+          port = await this.options.opener(slot.location, this.options.name, this.createOptions());
+        } catch (error) {
+          if (slot.reason === null || !slot.reason.includes(message(error)))
+            this.log(`${slot.location}: still unreachable: ${message(error)}`);
+          slot.reason = slot.state === "faulted" ? slot.reason : message(error);
+          return;
+        }
+        if (this.stopping || slot.attachment !== attachment || this.fenced) {
+          await port.close();
+          return;
+        }
+        this.attachReturning(slot, port);
+      }),
+    );
+    this.scheduleReconnect();
+  }
+
+  private createOptions(): { volumeId: string; sizeBytes: number; regionBytes: number } {
+    return { volumeId: this.volumeId, sizeBytes: this.size, regionBytes: this.regionBytes };
+  }
+
+  /** A copy that was away is back: compare generations and resync, or refuse it. */
+  private attachReturning(slot: Slot, port: ReplicaPort): void {
+    // The volume lost every copy, and the one that left last is back unchanged: it holds every
+    // acknowledged write (writes that failed on it failed for the client too), so it serves again.
+    const rejoinsAsLast =
+      this.inSyncSlots().length === 0 &&
+      this.lastInSync === slot &&
+      port.metadata.generations.current === slot.lastMetadata?.generations.current;
+    slot.lastMetadata = port.metadata;
+    const refusal = this.foreign(port.metadata);
+    if (refusal) {
+      this.setState(slot, "refused", refusal);
+      void port.close();
+      return;
+    }
+    slot.port = port;
+    slot.attachment++;
+    this.watchLoss(slot);
+    if (rejoinsAsLast) {
+      slot.missing = null;
+      slot.unflushed = new RegionBitmap(this.size, this.regionBytes);
+      this.setState(slot, "in-sync", null);
+      this.log(`${slot.location}: the last in-sync copy is back unchanged; the volume serves from it again`);
+      void this.saveVolumeMetadata();
+      return;
+    }
+    const decision = decideCopy(
+      { generations: this.generations, changedSince: Object.fromEntries(this.changedSince) },
+      port.metadata,
+    );
+    this.beginResync(slot, decision, port.metadata);
+  }
+
+  private async createCopy(slot: Slot): Promise<void> {
+    try {
+      const port = await this.options.opener(slot.location, this.options.name, this.createOptions());
+      slot.port = port;
+      slot.attachment++;
+      slot.lastMetadata = port.metadata;
+      this.watchLoss(slot);
+      this.beginResync(
+        slot,
+        decideCopy({ generations: this.generations, changedSince: {} }, port.metadata),
+        port.metadata,
+      );
+    } catch (error) {
+      this.setState(slot, "connecting", `cannot create the copy: ${message(error)}`);
+      this.scheduleReconnect();
+    }
+  }
+
+  beginResync(slot: Slot, decision: ReturnType<typeof decideCopy>, meta: ReplicaMetadata): void {
+    if (decision.kind === "split-brain" || decision.kind === "refused") {
+      slot.splitBrain = decision.kind === "split-brain" ? this.splitBrainSizes(meta) : null;
+      this.setState(slot, decision.kind, decision.rule);
+      void slot.port?.close();
+      slot.port = undefined;
+      slot.attachment++;
+      this.log(
+        `${slot.location}: ${decision.kind === "split-brain" ? "SPLIT BRAIN, refused until resolved" : "refused"}: ${decision.rule}`,
+      );
+      return;
+    }
+    if (decision.kind === "in-sync") {
+      this.log(`${slot.location}: in sync (${decision.rule})`);
+      void this.markInSync(slot, slot.attachment);
+      return;
+    }
+    let bitmap: RegionBitmap;
+    let mode: "incremental" | "full" = decision.kind;
+    const since = decision.kind === "incremental" ? this.changedSince.get(decision.base) : undefined;
+    if (since !== undefined) {
+      bitmap = new RegionBitmap(this.size, this.regionBytes);
+      orInto(bitmap, since);
+    } else {
+      mode = "full";
+      bitmap = new RegionBitmap(this.size, this.regionBytes);
+      bitmap.markRange(0, this.size);
+    }
+    // A resync interrupted earlier resumes from what it still missed, if the volume kept track since.
+    const resume = meta.resync;
+    if (resume && (resume.validFor === this.generations.current || this.changedSince.has(resume.validFor))) {
+      const remaining = decodeBitmap(resume.remaining, this.size, this.regionBytes);
+      const since = this.changedSince.get(resume.validFor);
+      if (since) orInto(remaining, since);
+      if (remaining.count < bitmap.count) {
+        this.log(`${slot.location}: resuming an interrupted resync (${remaining.bytes} of ${bitmap.bytes} bytes left)`);
+        bitmap = remaining;
+        mode = decision.kind === "full" ? "full" : "incremental";
+      }
+    }
+    if (slot.missing) orInto(bitmap, slot.missing);
+    for (const range of this.locks.sharedRanges()) bitmap.markRange(range.offset, range.length);
+    slot.missing = bitmap;
+    slot.unflushed = new RegionBitmap(this.size, this.regionBytes);
+    slot.resync = { mode, rule: decision.rule, total: bitmap.bytes, done: 0, rate: 0 };
+    this.setState(slot, "resyncing", null);
+    this.log(`${slot.location}: ${mode} resync of ${bitmap.bytes} bytes (${decision.rule})`);
+    this.track(runResync(this, slot, slot.attachment));
+  }
+
+  /** A copy that caught up: it takes the volume's generations and metadata and joins the in-sync set. */
+  async markInSync(slot: Slot, attachment: number): Promise<void> {
+    await this.locks.acquire(0, Number.MAX_SAFE_INTEGER, true).then(async (release) => {
+      try {
+        if (slot.attachment !== attachment || slot.port === undefined) return;
+        await slot.port.flush();
+        slot.lastMetadata = await slot.port.updateMetadata(this.epoch, this.volumePatch());
+        if (slot.attachment !== attachment) return;
+        slot.missing = null;
+        slot.resync = null;
+        slot.splitBrain = null;
+        this.setState(slot, "in-sync", null);
+        this.log(`${slot.location}: in sync at generation ${this.generations.current}`);
+        if (this.slots.every((s) => s.state === "in-sync")) {
+          this.changedSince.clear();
+          this.generations = completeResyncAsSource(this.generations);
+          this.log("every copy is in sync: change bitmaps dropped");
+          await this.saveVolumeMetadata();
+        }
+      } catch (error) {
+        this.checkFence(error, false);
+        void this.fault(slot, attachment, `joining the in-sync set failed: ${message(error)}`, []);
+      } finally {
+        release();
+      }
+    });
+  }
+
+  private splitBrainSizes(meta: ReplicaMetadata): { volumeChangedBytes: number; copyChangedBytes: number } {
+    const copyPast = new Set([meta.generations.bitmap, ...meta.generations.history].filter((id) => id !== ""));
+    const volumePast = new Set([this.generations.bitmap, ...this.generations.history].filter((id) => id !== ""));
+    const volumeSide = [...this.changedSince].find(([base]) => copyPast.has(base))?.[1];
+    const copySide = Object.entries(meta.changedSince).find(([base]) => volumePast.has(base))?.[1];
+    return {
+      volumeChangedBytes: volumeSide?.bytes ?? this.size,
+      copyChangedBytes: copySide === undefined ? this.size : decodeBitmap(copySide, this.size, this.regionBytes).bytes,
+    };
+  }
+
+  // ---- control (EngineControl) ---------------------------------------------------------------------
+
+  startVerify(options: { repair: boolean }): VerifyStatus {
+    if (this.verifyStatus?.state === "running")
+      throw new HavenError("HAVEN_ERR_CONFLICT", "a verify is already running");
+    this.checkUsable();
+    const status = runVerify(this, options.repair, (promise) => this.track(promise));
+    return status;
+  }
+
+  async resolveSplitBrain(survivor: string): Promise<VolumeStatus> {
+    const slot = this.slots.find((s) => s.location === survivor);
+    if (slot === undefined)
+      throw new HavenError("HAVEN_ERR_INVALID_REQUEST", `${survivor} is not a replica of this volume`);
+    const split = this.slots.filter((s) => s.state === "split-brain");
+    if (split.length === 0) throw new HavenError("HAVEN_ERR_INVALID_REQUEST", "no copy is in split brain");
+    if (slot.state === "split-brain")
+      throw new HavenError(
+        "HAVEN_ERR_INVALID_REQUEST",
+        `${survivor} is the side not being served: stop the engine and restart it with --survivor ${survivor} ` +
+          `(this discards the writes the running volume took since the split)`,
+      );
+    if (slot.state !== "in-sync")
+      throw new HavenError(
+        "HAVEN_ERR_INVALID_REQUEST",
+        `${survivor} is ${slot.state}: only an in-sync copy can be the survivor`,
+      );
+    for (const loser of split) {
+      const sizes = loser.splitBrain;
+      this.log(
+        `operator resolved the split brain: ${survivor} survives; ${loser.location} is rebuilt from it, discarding ` +
+          `${sizes?.copyChangedBytes ?? "?"} bytes of changes it took apart`,
+      );
+      loser.splitBrain = null;
+      this.setState(loser, "connecting", null);
+      loser.missing = new RegionBitmap(this.size, this.regionBytes);
+      loser.missing.markRange(0, this.size);
+      await this.openForRebuild(loser);
+    }
+    return this.status();
+  }
+
+  private async openForRebuild(slot: Slot): Promise<void> {
+    const port = await this.options.opener(slot.location, this.options.name, this.createOptions());
+    slot.port = port;
+    slot.attachment++;
+    slot.lastMetadata = port.metadata;
+    this.watchLoss(slot);
+    this.beginResync(
+      slot,
+      { kind: "full", rule: "operator named the survivor of a split brain" },
+      { ...port.metadata, resync: null },
+    );
+  }
+
+  status(): VolumeStatus {
+    return {
+      name: this.options.name,
+      volumeId: this.volumeId,
+      sizeBytes: this.size,
+      regionBytes: this.regionBytes,
+      epoch: this.epoch,
+      state: this.volumeState(),
+      generations: this.generations.current === "" ? null : this.generations,
+      replicas: this.slots.map((slot) => this.replicaStatus(slot)),
+      verify: this.verifyStatus,
+      io: { ...this.io },
+      nbd: this.nbdUris,
+    };
+  }
+
+  private replicaStatus(slot: Slot): ReplicaStatus {
+    const progress = slot.resync;
+    const left = progress ? Math.max(0, progress.total - progress.done) : 0;
+    return {
+      location: slot.location,
+      local: slot.port?.local ?? !slot.location.startsWith("tcp://"),
+      copyId: slot.lastMetadata?.copyId ?? null,
+      state: slot.state,
+      reason: slot.reason,
+      generations: slot.state === "in-sync" ? this.generations : (slot.lastMetadata?.generations ?? null),
+      outOfSyncBytes:
+        slot.state === "in-sync" ? 0 : slot.missing ? slot.missing.bytes : slot.state === "connecting" ? 0 : this.size,
+      resync: progress && {
+        mode: progress.mode,
+        doneBytes: progress.done,
+        totalBytes: progress.total,
+        bytesPerSecond: Math.round(progress.rate),
+        etaSeconds: progress.rate > 0 ? Math.ceil(left / progress.rate) : null,
+        rule: progress.rule,
+      },
+      splitBrain: slot.splitBrain,
+    };
+  }
+
+  private volumeState(): VolumeStatus["state"] {
+    if (this.starting) return "starting";
+    if (this.stopping) return "stopping";
+    if (this.fenced || this.inSyncSlots().length === 0) return "failed";
+    if (this.slots.every((s) => s.state === "in-sync")) return "healthy";
+    if (this.slots.some((s) => s.state === "resyncing")) return "resyncing";
+    return "degraded";
+  }
+
+  // ---- helpers -------------------------------------------------------------------------------------
+
+  inSyncSlots(): Slot[] {
+    return this.slots.filter((slot) => slot.state === "in-sync" && slot.port !== undefined);
+  }
+
+  /** Copies that get every write: the in-sync ones and those resyncing. */
+  private receivingSlots(): Slot[] {
+    return this.slots.filter((s) => (s.state === "in-sync" || s.state === "resyncing") && s.port !== undefined);
+  }
+
+  /** The in-sync copy reads come from: a local one when there is one. */
+  readSlot(): Slot | undefined {
+    const inSync = this.inSyncSlots();
+    return inSync.find((slot) => slot.port!.local) ?? inSync[0];
+  }
+
+  setState(slot: Slot, state: ReplicaState, reason: string | null): void {
+    if (slot.state !== state || slot.reason !== reason) {
+      if (state === "faulted") this.log(`${slot.location}: faulted: ${reason}`);
+    }
+    slot.state = state;
+    slot.reason = reason;
+  }
+
+  track(promise: Promise<void>): void {
+    const tracked = promise.catch((error: unknown) => this.log(`background task failed: ${message(error)}`));
+    this.background.add(tracked);
+    void tracked.finally(() => this.background.delete(tracked));
+  }
+
+  /** A copy refusing our epoch means another engine took over: stop completing anything (rule 4). */
+  checkFence(error: unknown, rethrow = true): void {
+    if (!(error instanceof HavenError && error.code === "HAVEN_ERR_READ_ONLY")) return;
+    if (!this.fenced) {
+      this.fenced = `a copy refused epoch ${this.epoch}: ${error.message}`;
+      this.log(`FENCED: ${this.fenced}; no further I/O completes`);
+    }
+    if (rethrow) throw new HavenError("HAVEN_ERR_IO", `volume fenced: ${this.fenced}`);
+  }
+
+  checkUsable(): void {
+    if (this.fenced) throw new HavenError("HAVEN_ERR_IO", `volume fenced: ${this.fenced}`);
+    if (this.stopping) throw new HavenError("HAVEN_ERR_SHUTTING_DOWN", `volume ${this.options.name} is stopping`);
+  }
+
+  private noCopies(op: string): HavenError {
+    return new HavenError("HAVEN_ERR_IO", `${op} failed: no in-sync copy of volume ${this.options.name} is left`);
+  }
+
+  private bitmapOfExtents(extents: Iterable<number>): RegionBitmap {
+    const bitmap = new RegionBitmap(this.size, this.regionBytes);
+    for (const extent of extents) {
+      const offset = extent * ACTIVITY_EXTENT_BYTES;
+      if (offset < this.size) bitmap.markRange(offset, Math.min(ACTIVITY_EXTENT_BYTES, this.size - offset));
+    }
+    return bitmap;
+  }
+}
+
+export function orInto(target: RegionBitmap, source: RegionBitmap): void {
+  for (const run of source.runs()) target.markRange(run.offset, run.length);
+}
+
+function isRangeError(error: unknown): boolean {
+  return (
+    error instanceof HavenError && (error.code === "HAVEN_ERR_OUT_OF_RANGE" || error.code === "HAVEN_ERR_NO_SPACE")
+  );
+}
+
+export function message(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+async function closeAll(ports: Iterable<ReplicaPort>): Promise<void> {
+  await Promise.allSettled([...ports].map((port) => port.close()));
+}

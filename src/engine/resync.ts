@@ -1,0 +1,164 @@
+// Resync and rebuild of one copy, in the background while clients keep writing: copies the regions
+// the copy misses from an in-sync copy, chunk by chunk. Each chunk holds an exclusive range lock, so
+// no client write to those bytes is in flight while the chunk is read and written (the client write
+// then goes to both copies after it). Throttled; progress is persisted on the copy so an interrupted
+// resync resumes where it was. A full rebuild copies only allocated extents and punches holes for the
+// rest, so a sparse volume rebuilds in the time its data takes.
+
+import { HavenError } from "../core/errors.js";
+import { encodeBitmap } from "../replica/bitmap-codec.js";
+import type { RegionBitmap, Run } from "../replica/region-bitmap.js";
+import type { Slot, VolumeEngine } from "./engine.js";
+import { message } from "./engine.js";
+import { RateMeter, type ThrottleSettings } from "./throttle.js";
+
+export interface ResyncSettings extends ThrottleSettings {
+  /** Bytes copied per step (and per range lock). */
+  readonly chunkBytes: number;
+  /** How often progress is made durable on the copy. */
+  readonly saveProgressMs: number;
+}
+
+/** Which side of a copy failed. */
+class SideError extends Error {
+  constructor(
+    readonly side: "source" | "target",
+    readonly inner: unknown,
+  ) {
+    super(message(inner));
+  }
+}
+
+export async function runResync(engine: VolumeEngine, slot: Slot, attachment: number): Promise<void> {
+  const bitmap = slot.missing!;
+  const progress = slot.resync!;
+  const settings = engine.resyncSettings;
+  const meter = new RateMeter(engine.clock);
+  meter.record(0);
+  const live = (): boolean => slot.attachment === attachment && engine.fenced === null;
+  let lastSave = engine.clock.now();
+  let cursor = 0;
+  const started = engine.clock.now();
+
+  while (live() && bitmap.count > 0) {
+    const run = nextRun(bitmap, cursor, settings.chunkBytes) ?? nextRun(bitmap, 0, settings.chunkBytes)!;
+    await engine.throttle.take(run.length);
+    const source = engine.readSlot();
+    if (!live()) return;
+    if (source === undefined) {
+      // No in-sync copy to copy from (the volume lost them all): wait for one to come back.
+      await engine.clock.sleep(engine.options.reconnectMs ?? 2000);
+      continue;
+    }
+    const release = await engine.locks.acquire(run.offset, run.length, true);
+    const sourceAttachment = source.attachment;
+    try {
+      if (!live() || source.port === undefined) continue;
+      await copyRun(engine, source, slot, run, progress.mode);
+      bitmap.clearRange(run.offset, run.length);
+      progress.done = Math.min(progress.total, progress.done + run.length);
+    } catch (error) {
+      const side = error instanceof SideError ? error : new SideError("target", error);
+      engine.checkFence(side.inner, false);
+      const failed = side.side === "source" ? source : slot;
+      const failedAttachment = side.side === "source" ? sourceAttachment : attachment;
+      await engine.fault(failed, failedAttachment, `resync ${side.side} failed: ${side.message}`, [run]);
+      if (side.side === "target") return;
+      continue;
+    } finally {
+      release();
+    }
+    meter.record(progress.done);
+    progress.rate = meter.bytesPerSecond();
+    cursor = run.offset + run.length;
+    if (engine.clock.now() - lastSave >= settings.saveProgressMs && bitmap.count > 0) {
+      lastSave = engine.clock.now();
+      await saveProgress(engine, slot, attachment, bitmap).catch(async (error: unknown) => {
+        engine.checkFence(error, false);
+        await engine.fault(slot, attachment, `saving resync progress failed: ${message(error)}`, []);
+      });
+    }
+  }
+  if (!live()) return;
+  const seconds = (engine.clock.now() - started) / 1000;
+  await engine.markInSync(slot, attachment);
+  if (slot.state === "in-sync") {
+    const rate = seconds > 0 ? ` (${Math.round(progress.total / seconds / 1048576)} MiB/s)` : "";
+    engine.log(
+      `${slot.location}: ${progress.mode} resync of ${progress.total} bytes done in ${seconds.toFixed(1)} s${rate}`,
+    );
+  }
+}
+
+/** The first run of marked regions at or after `from`, at most `maxBytes` long. */
+export function nextRun(bitmap: RegionBitmap, from: number, maxBytes: number): Run | undefined {
+  const firstRegion = Math.ceil(from / bitmap.regionBytes);
+  for (let region = firstRegion; region < bitmap.regionCount; region++) {
+    if (!bitmap.isSet(region)) {
+      if ((region & 31) === 0 && !hasAnyInWord(bitmap, region)) region += 31;
+      continue;
+    }
+    const regionsPerRun = Math.max(1, Math.floor(maxBytes / bitmap.regionBytes));
+    let end = region;
+    while (end < bitmap.regionCount && bitmap.isSet(end) && end - region < regionsPerRun) end++;
+    const offset = region * bitmap.regionBytes;
+    return { offset, length: Math.min(end * bitmap.regionBytes, bitmap.volumeBytes) - offset };
+  }
+  return undefined;
+}
+
+function hasAnyInWord(bitmap: RegionBitmap, region: number): boolean {
+  const last = Math.min(region + 32, bitmap.regionCount);
+  for (let r = region; r < last; r++) if (bitmap.isSet(r)) return true;
+  return false;
+}
+
+async function copyRun(
+  engine: VolumeEngine,
+  source: Slot,
+  target: Slot,
+  run: Run,
+  mode: "incremental" | "full",
+): Promise<void> {
+  const from = source.port!;
+  const to = target.port!;
+  const onSource = <T>(promise: Promise<T>): Promise<T> =>
+    promise.catch((error: unknown) => {
+      throw new SideError("source", error);
+    });
+  const onTarget = <T>(promise: Promise<T>): Promise<T> =>
+    promise.catch((error: unknown) => {
+      throw new SideError("target", error);
+    });
+  if (mode === "incremental") {
+    const data = await onSource(from.read(run.offset, run.length));
+    await onTarget(to.write(engine.epoch, run.offset, data, false));
+    return;
+  }
+  let at = run.offset;
+  const end = run.offset + run.length;
+  while (at < end) {
+    const extents = await onSource(from.blockStatus(at, end - at));
+    if (extents.length === 0) throw new SideError("source", new HavenError("HAVEN_ERR_IO", "empty block status"));
+    for (const extent of extents) {
+      const length = Math.min(extent.length, end - at);
+      if (extent.hole || extent.zero) await onTarget(to.writeZeroes(engine.epoch, at, length, false));
+      else {
+        const data = await onSource(from.read(at, length));
+        await onTarget(to.write(engine.epoch, at, data, false));
+      }
+      at += length;
+      if (at >= end) break;
+    }
+  }
+}
+
+async function saveProgress(engine: VolumeEngine, slot: Slot, attachment: number, bitmap: RegionBitmap): Promise<void> {
+  const port = slot.port;
+  if (port === undefined || slot.attachment !== attachment) return;
+  await port.flush();
+  const remaining = encodeBitmap(bitmap, 10 * 1024);
+  slot.lastMetadata = await port.updateMetadata(engine.epoch, {
+    resync: { validFor: engine.generations.current, remaining },
+  });
+}
