@@ -93,8 +93,19 @@ export class MetadataStore<T> {
   }
 
   /** Durably replaces the record; resolves only after the data is synced. Saves are serialized. */
-  save(value: T): Promise<void> {
+  async save(value: T): Promise<void> {
+    await this.modify(() => value);
+  }
+
+  /**
+   * Durably replaces the record with `change(newest)`, computed when the saves queued before it are
+   * done (so concurrent changes never overwrite each other); `undefined` from `change` saves nothing.
+   * Resolves with the newest record after it.
+   */
+  modify(change: (current: T | undefined) => T | undefined): Promise<T | undefined> {
     const run = this.saving.then(async () => {
+      const value = change(this.newest?.value);
+      if (value === undefined) return this.newest?.value;
       const sequence = (this.newest?.sequence ?? 0) + 1;
       const target = 1 - this.newestSlot;
       const slot = encodeSlot(sequence, this.validate(value));
@@ -102,8 +113,12 @@ export class MetadataStore<T> {
       await this.file.sync();
       this.newest = { sequence, value };
       this.newestSlot = target;
+      return value;
     });
-    this.saving = run.catch(() => undefined);
+    this.saving = run.then(
+      () => undefined,
+      () => undefined,
+    );
     return run;
   }
 }

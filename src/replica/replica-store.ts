@@ -172,22 +172,22 @@ export class ReplicaStore {
    */
   async admitEpoch(epoch: number): Promise<void> {
     const current = this.metadata;
-    if (epoch < current.highestEpoch) {
-      throw new HavenError(
-        "HAVEN_ERR_READ_ONLY",
-        `epoch ${epoch} is stale: this replica has seen epoch ${current.highestEpoch}`,
-      );
-    }
-    if (epoch > current.highestEpoch || current.cleanShutdown) {
-      await this.store.save({ ...current, highestEpoch: epoch, cleanShutdown: false });
-    }
+    checkEpoch(epoch, current);
+    if (epoch === current.highestEpoch && !current.cleanShutdown) return;
+    await this.store.modify((newest) => {
+      checkEpoch(epoch, newest!);
+      if (epoch === newest!.highestEpoch && !newest!.cleanShutdown) return undefined;
+      return { ...newest!, highestEpoch: epoch, cleanShutdown: false };
+    });
   }
 
   /** A writer (admitted at `epoch`) durably changes generations, change bitmaps or activity log. */
   async update(epoch: number, patch: MetadataPatch): Promise<ReplicaMetadata> {
-    await this.admitEpoch(epoch);
     if (patch.generations) checkGenerations(patch.generations);
-    await this.store.save({ ...this.metadata, ...patch });
+    await this.store.modify((newest) => {
+      checkEpoch(epoch, newest!);
+      return { ...newest!, ...patch, highestEpoch: epoch, cleanShutdown: false };
+    });
     return this.metadata;
   }
 
@@ -197,6 +197,15 @@ export class ReplicaStore {
     if (!this.metadata.cleanShutdown) await this.store.save({ ...this.metadata, cleanShutdown: true });
     await this.data.close();
     await this.metaFile.close();
+  }
+}
+
+function checkEpoch(epoch: number, current: ReplicaMetadata): void {
+  if (epoch < current.highestEpoch) {
+    throw new HavenError(
+      "HAVEN_ERR_READ_ONLY",
+      `epoch ${epoch} is stale: this replica has seen epoch ${current.highestEpoch}`,
+    );
   }
 }
 

@@ -70,3 +70,26 @@ test("a copy whose data file does not match its metadata, or whose metadata is g
     dir.remove();
   }
 });
+
+test("metadata changes and epoch admissions racing each other are all kept, and a stale one is refused", async () => {
+  const dir = tempDir("haven-replica-");
+  try {
+    const path = join(dir.path, "r");
+    const replica = await ReplicaStore.create(path, { sizeBytes: 1 << 24 });
+    const writes = [
+      replica.update(5, { activityLog: [1, 2] }),
+      replica.admitEpoch(6),
+      replica.update(6, { changedSince: { "00000000000000aa": "" } }),
+      replica.admitEpoch(6),
+    ];
+    await Promise.all(writes);
+    await assert.rejects(replica.update(5, { activityLog: [] }), /epoch 5 is stale/);
+    await replica.close();
+    const back = (await ReplicaStore.open(path)).metadata;
+    assert.deepEqual(back.activityLog, [1, 2], "the first patch survived the epoch bump queued after it");
+    assert.deepEqual(back.changedSince, { "00000000000000aa": "" });
+    assert.equal(back.highestEpoch, 6);
+  } finally {
+    dir.remove();
+  }
+});
