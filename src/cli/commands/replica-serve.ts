@@ -2,11 +2,11 @@
 // remote engines over the replication protocol, in the foreground until SIGINT/SIGTERM. Every
 // connection must prove the shared secret.
 
-import { readFile, stat } from "node:fs/promises";
 import { HavenError } from "../../core/errors.js";
 import { ReplicaServer } from "../../replica/replica-server.js";
 import { parseHostPort } from "../../util/units.js";
 import { parseCommandArgs } from "../args.js";
+import { readSecretFile } from "../secret.js";
 import { untilStopSignal } from "../signals.js";
 
 export const REPLICA_SERVE_USAGE = `usage: haven replica serve --dir DIR --listen HOST:PORT --secret-file FILE
@@ -40,16 +40,7 @@ export async function replicaServe(argv: string[]): Promise<number> {
       throw new HavenError("HAVEN_ERR_USAGE", `--${required} is required\n\n${REPLICA_SERVE_USAGE}`);
   }
   const { host, port } = parseHostPort(values.listen as string, "--listen");
-  const secretFile = values["secret-file"] as string;
-  let secret: Buffer;
-  try {
-    secret = Buffer.from((await readFile(secretFile, "utf8")).trim(), "utf8");
-  } catch (error) {
-    throw new HavenError("HAVEN_ERR_CONFIG", `cannot read --secret-file ${secretFile}: ${(error as Error).message}`);
-  }
-  if ((await stat(secretFile)).mode & 0o077) {
-    process.stderr.write(`haven: warning: ${secretFile} is readable by other users; chmod 600 it\n`);
-  }
+  const secret = await readSecretFile(values["secret-file"] as string);
   const log = (line: string): void => {
     process.stderr.write(`${new Date().toISOString()} ${line}\n`);
   };

@@ -2,7 +2,6 @@
 // replica servers) and serves it over NBD in the foreground until SIGINT/SIGTERM, with the engine's
 // HTTP API on --api-listen for `haven volume status`, verify and split-brain resolution.
 
-import { readFile, stat } from "node:fs/promises";
 import { HavenError } from "../../core/errors.js";
 import { EngineApiServer } from "../../engine/api-server.js";
 import { VolumeEngine, MAX_REPLICAS } from "../../engine/engine.js";
@@ -11,6 +10,7 @@ import { parseReplicaLocation, replicaOpener } from "../../replica/open-replica.
 import { isValidVolumeName } from "../../replica/port.js";
 import { formatBytes, parseHostPort, parseSize } from "../../util/units.js";
 import { parseCommandArgs } from "../args.js";
+import { readSecretFile } from "../secret.js";
 import { untilStopSignal } from "../signals.js";
 
 export const VOLUME_SERVE_USAGE = `usage: haven volume serve NAME --replica DIR|tcp://HOST:PORT ... (--listen HOST:PORT | --socket PATH) [options]
@@ -74,7 +74,7 @@ export async function volumeServe(argv: string[]): Promise<number> {
   const epoch = values.epoch === undefined ? undefined : parseCount(values.epoch as string, "--epoch");
   const api =
     typeof values["api-listen"] === "string" ? parseHostPort(values["api-listen"], "--api-listen") : undefined;
-  const secret = typeof values["secret-file"] === "string" ? await readSecret(values["secret-file"]) : undefined;
+  const secret = typeof values["secret-file"] === "string" ? await readSecretFile(values["secret-file"]) : undefined;
   const timeout =
     values["replica-timeout"] === undefined
       ? 10_000
@@ -139,17 +139,4 @@ function parseCount(text: string, flag: string): number {
   if (!/^\d{1,15}$/.test(text))
     throw new HavenError("HAVEN_ERR_USAGE", `${flag} must be a whole number, not "${text}"`);
   return Number(text);
-}
-
-async function readSecret(file: string): Promise<Buffer> {
-  let secret: Buffer;
-  try {
-    secret = Buffer.from((await readFile(file, "utf8")).trim(), "utf8");
-  } catch (error) {
-    throw new HavenError("HAVEN_ERR_CONFIG", `cannot read --secret-file ${file}: ${(error as Error).message}`);
-  }
-  if ((await stat(file)).mode & 0o077)
-    process.stderr.write(`haven: warning: ${file} is readable by other users; chmod 600 it\n`);
-  if (secret.length < 16) throw new HavenError("HAVEN_ERR_CONFIG", `the secret in ${file} must be at least 16 bytes`);
-  return secret;
 }
