@@ -196,7 +196,7 @@ test("main() routes the volume verbs and lists them when the verb is unknown", a
   assert.equal((await capture(() => main(["volume", "status", "--api", api]))).result, 0);
   const unknown = await capture(() => main(["volume", "frobnicate"]));
   assert.equal(unknown.result, 2);
-  assert.match(unknown.stderr, /known: status, verify, resolve-split-brain/);
+  assert.match(unknown.stderr, /known: serve, status, verify, resolve-split-brain/);
 });
 
 test("status usage errors: no --api, a bad address, a stray argument, a bad --watch interval", async () => {
