@@ -20,10 +20,13 @@ export class ActivityLog {
   ) {
     assert.ok(capacity >= 1, "the activity log needs room for at least one extent");
     for (const extent of initial) this.active.set(extent, 0);
+    this.persisted = new Set(initial);
   }
 
   /** Extents that left the log but are still persisted in it until their writes are durable everywhere. */
   private readonly leaving = new Set<number>();
+  /** Extents the persisted log holds: a write may go out only once its extents are among them. */
+  private persisted = new Set<number>();
 
   /** What the persisted log must hold: the active extents and those still leaving. */
   get extents(): number[] {
@@ -48,21 +51,28 @@ export class ActivityLog {
   pin(offset: number, length: number, prefetch = 0): { changed: boolean; evicted: number[] } {
     const wanted = this.extentsOf(offset, length);
     let changed = false;
+    let added = false;
     for (const extent of wanted) {
       const pins = this.active.get(extent);
-      if (pins === undefined) changed = true;
+      if (!this.persisted.has(extent)) changed = true;
+      if (pins === undefined) added = true;
       this.active.delete(extent);
       this.active.set(extent, (pins ?? 0) + 1);
     }
-    if (changed) {
+    if (added) {
       // Sequential writers: take the next extents too, so the log is persisted less often.
       const next = wanted[wanted.length - 1]! + 1;
       for (let extent = next; extent < next + prefetch && this.active.size < this.capacity; extent++) {
         if (!this.active.has(extent)) this.active.set(extent, 0);
       }
-      return { changed, evicted: this.evictIdle() };
+      return { changed: true, evicted: this.evictIdle() };
     }
     return { changed, evicted: [] };
+  }
+
+  /** Records what the log on disk holds now (the `extents` a completed save wrote). */
+  markPersisted(extents: readonly number[]): void {
+    this.persisted = new Set(extents);
   }
 
   forget(extents: readonly number[]): void {

@@ -663,6 +663,7 @@ export class VolumeEngine implements BlockDevice, EngineControl {
           this.checkFence(result.reason, false);
           return [{ ...targets[i]!, reason: message(result.reason) }];
         });
+        if (failed.length < targets.length) this.activityLog.markPersisted(patch.activityLog ?? []);
         if (failed.length === 0) return;
         for (const { slot, attachment, reason } of failed) {
           // Not awaited: this loop is the save the fault waits for; it repeats below.

@@ -77,8 +77,12 @@ test("the source is a copy every other is in sync with or behind, local first; d
 test("rule 3: the activity log pins extents, persists new ones, and lets idle ones leave only when told", () => {
   const log = new ActivityLog(1024, 2);
   assert.deepEqual(log.pin(0, 10), { changed: true, evicted: [] });
-  assert.deepEqual(log.pin(100, 10), { changed: false, evicted: [] }, "same extent: nothing to persist");
+  assert.deepEqual(log.pin(100, 10), { changed: true, evicted: [] }, "not persisted yet: this write waits too");
+  log.markPersisted(log.extents);
+  assert.deepEqual(log.pin(200, 10), { changed: false, evicted: [] }, "persisted: nothing to wait for");
+  log.unpin(200, 10);
   assert.deepEqual(log.pin(1024, 2048), { changed: true, evicted: [] }, "extents 1 and 2; 0 is pinned, cannot leave");
+  log.markPersisted(log.extents);
   assert.deepEqual(log.extents, [0, 1, 2]);
   log.unpin(0, 10);
   log.unpin(100, 10);
