@@ -7,6 +7,7 @@
  *   seekEnd(fd) -> number             size of a file or block device
  *   readNoWait(fd, buffer, position) / writeNoWait(...) -> bytes, or -1 if it would block
  *   sendFileReply(socketFd, header, fileFd, position, length) -> Promise<bytes sent>
+ *   lockExclusive(fd) -> boolean      flock(LOCK_EX|LOCK_NB); false when another holder has it
  *
  * Errors reject or throw an Error whose `code` is the errno name (EOPNOTSUPP, EINVAL, ...) so the
  * TypeScript side can map it to an NBD error without parsing messages.
@@ -20,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -348,6 +350,21 @@ static napi_value js_seek_end(napi_env env, napi_callback_info info) {
   return value;
 }
 
+static napi_value js_lock_exclusive(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, argv)) return NULL;
+  int64_t fd;
+  if (!get_int64(env, argv[0], &fd)) return NULL;
+  int locked = flock((int)fd, LOCK_EX | LOCK_NB) == 0;
+  if (!locked && errno != EWOULDBLOCK) {
+    napi_throw(env, make_error(env, "flock", errno));
+    return NULL;
+  }
+  napi_value value;
+  CHECK(napi_get_boolean(env, locked, &value));
+  return value;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor properties[] = {
     {"fallocate", NULL, js_fallocate, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -357,6 +374,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"sendFileReply", NULL, js_send_file_reply, NULL, NULL, NULL, napi_enumerable, NULL},
     {"readNoWait", NULL, js_read_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
     {"writeNoWait", NULL, js_write_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"lockExclusive", NULL, js_lock_exclusive, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   CHECK(napi_define_properties(env, exports, sizeof properties / sizeof properties[0], properties));
   napi_value flags;

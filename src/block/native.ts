@@ -23,6 +23,8 @@ export interface NativeIo {
    * fewer than asked when the socket filled up (the caller sends the rest).
    */
   sendFileReply(socketFd: number, header: Buffer, fileFd: number, position: number, length: number): Promise<number>;
+  /** flock(LOCK_EX|LOCK_NB): true when this file description now holds the lock, false if another does. */
+  lockExclusive(fd: number): boolean;
   readonly FALLOC: { readonly KEEP_SIZE: number; readonly PUNCH_HOLE: number; readonly ZERO_RANGE: number };
 }
 

@@ -2,6 +2,7 @@
 // with pwrite and made durable with fdatasync (the only I/O the metadata store does).
 
 import { open, type FileHandle } from "node:fs/promises";
+import { nativeIo } from "../block/native.js";
 import { SLOT_BYTES, type MetadataFile } from "./metadata-store.js";
 
 export class FileMetadataFile implements MetadataFile {
@@ -34,6 +35,14 @@ export class FileMetadataFile implements MetadataFile {
 
   sync(): Promise<void> {
     return this.handle.datasync();
+  }
+
+  /**
+   * Takes the copy for this process alone (an exclusive flock, released on close), so two engines or
+   * servers on one host can never write the same copy; false when another process holds it.
+   */
+  lockExclusive(): boolean {
+    return nativeIo().lockExclusive(this.handle.fd);
   }
 
   close(): Promise<void> {

@@ -119,6 +119,7 @@ export class ReplicaStore {
     }
     const data = await FileDevice.open(join(directory, DATA_FILE), { createSizeBytes: options.sizeBytes });
     const metaFile = await FileMetadataFile.open(join(directory, METADATA_FILE));
+    await lockOrRefuse(metaFile, directory);
     const store = await MetadataStore.open(metaFile, parseReplicaMetadata);
     await store.save({
       volumeId,
@@ -141,6 +142,7 @@ export class ReplicaStore {
       throw new HavenError("HAVEN_ERR_NOT_FOUND", `${directory} holds no replica (no ${METADATA_FILE} file)`);
     }
     const metaFile = await FileMetadataFile.open(join(directory, METADATA_FILE));
+    await lockOrRefuse(metaFile, directory);
     const store = await MetadataStore.open(metaFile, parseReplicaMetadata);
     const metadata = store.current?.value;
     if (metadata === undefined) {
@@ -191,6 +193,12 @@ export class ReplicaStore {
     return this.metadata;
   }
 
+  /** Closes the files without flushing or recording a clean shutdown: what a crash leaves behind. */
+  async abandon(): Promise<void> {
+    await this.data.close();
+    await this.metaFile.close();
+  }
+
   /** Flushes the data, records a clean shutdown and closes. */
   async close(): Promise<void> {
     await this.data.flush();
@@ -198,6 +206,15 @@ export class ReplicaStore {
     await this.data.close();
     await this.metaFile.close();
   }
+}
+
+async function lockOrRefuse(metaFile: FileMetadataFile, directory: string): Promise<void> {
+  if (metaFile.lockExclusive()) return;
+  await metaFile.close();
+  throw new HavenError(
+    "HAVEN_ERR_CONFLICT",
+    `${directory} is in use by another Haven process (engine or replica server)`,
+  );
 }
 
 function checkEpoch(epoch: number, current: ReplicaMetadata): void {

@@ -44,6 +44,7 @@ test("replicas refuse writes from any epoch lower than the highest they have see
       (e: unknown) => e instanceof HavenError && /epoch 4 is stale/.test(e.message),
     );
     // A crash (no clean close): the fence must still hold when the copy comes back.
+    await replica.abandon();
     const again = await ReplicaStore.open(path);
     assert.equal(again.metadata.highestEpoch, 5);
     assert.equal(again.metadata.cleanShutdown, false, "a crash is visible as a dirty shutdown");
