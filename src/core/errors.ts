@@ -44,6 +44,12 @@ export const ERRORS = {
   },
   HAVEN_ERR_TOO_LARGE: { summary: "request too large", exitCode: 1, httpStatus: 413, nbdErrno: NbdErrno.EOVERFLOW },
   HAVEN_ERR_IO: { summary: "I/O error on the backing store", exitCode: 1, httpStatus: 500, nbdErrno: NbdErrno.EIO },
+  HAVEN_ERR_UNAVAILABLE: {
+    summary: "a required service is unreachable",
+    exitCode: 1,
+    httpStatus: 503,
+    nbdErrno: NbdErrno.EIO,
+  },
   HAVEN_ERR_SHUTTING_DOWN: {
     summary: "the server is shutting down",
     exitCode: 1,

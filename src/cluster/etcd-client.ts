@@ -1,0 +1,349 @@
+// Haven's client for etcd v3, the store of the control plane's desired state and leases. It speaks the
+// JSON gateway over plain HTTP (no gRPC dependency): key-value reads and writes, transactions for
+// compare-and-swap (how a host takes a volume's primary key with a higher epoch), leases (how a host's
+// liveness is known), and prefix watches (how agents learn of changes). Keys and values are UTF-8 text.
+//
+// Every call is bounded by requestTimeoutMs across all endpoints, fails over to the next endpoint when
+// that is safe (see etcd-transport.ts), and fails with a HavenError: HAVEN_ERR_UNAVAILABLE when etcd
+// cannot be reached, HAVEN_ERR_NOT_FOUND for a lease etcd does not know, HAVEN_ERR_IO with etcd's own
+// message for anything else it refuses.
+
+import { HavenError } from "../core/errors.js";
+import {
+  asArray,
+  asObject,
+  booleanField,
+  encodeText,
+  headerRevision,
+  int64Field,
+  leaseField,
+  parseKeyValue,
+  prefixRange,
+  textField,
+  type JsonObject,
+  type KeyValue,
+  type LeaseId,
+  type WatchEvent,
+} from "./etcd-codec.js";
+import { EtcdTransport, type Repeatable } from "./etcd-transport.js";
+import { watchPrefix, type Watch, type WatchOptions } from "./etcd-watch.js";
+
+export type { KeyValue, LeaseId, WatchEvent } from "./etcd-codec.js";
+export type { Watch, WatchOptions } from "./etcd-watch.js";
+
+export interface EtcdClientOptions {
+  /** Bound on one call, across every endpoint it tries (default 5000). */
+  readonly requestTimeoutMs?: number;
+  /** Bound on connecting to one endpoint (default 1000, at most requestTimeoutMs). */
+  readonly connectTimeoutMs?: number;
+  /** Bound on one answer or one watch message (default 64 MiB). */
+  readonly maxResponseBytes?: number;
+}
+
+export type CompareResult = "equal" | "notEqual" | "greater" | "less";
+
+/** One condition of a transaction; a key that does not exist has revisions and version 0. */
+export type Compare =
+  | { readonly key: string; readonly target: "value"; readonly result: CompareResult; readonly value: string }
+  | {
+      readonly key: string;
+      readonly target: "version" | "createRevision" | "modRevision";
+      readonly result: CompareResult;
+      readonly value: number;
+    }
+  | { readonly key: string; readonly target: "lease"; readonly result: CompareResult; readonly value: LeaseId };
+
+export type TxnOperation =
+  | { readonly type: "put"; readonly key: string; readonly value: string; readonly lease?: LeaseId }
+  | { readonly type: "get"; readonly key: string }
+  | { readonly type: "getPrefix"; readonly prefix: string }
+  | { readonly type: "delete"; readonly key: string }
+  | { readonly type: "deletePrefix"; readonly prefix: string };
+
+export type TxnOperationResult =
+  | { readonly type: "put" }
+  | { readonly type: "get"; readonly kvs: KeyValue[] }
+  | { readonly type: "delete"; readonly deleted: number };
+
+export interface TxnResult {
+  /** True when every comparison held and the success branch ran. */
+  readonly succeeded: boolean;
+  /** The store's revision after the transaction. */
+  readonly revision: number;
+  /** One result per operation of the branch that ran. */
+  readonly results: TxnOperationResult[];
+}
+
+export interface Lease {
+  readonly id: LeaseId;
+  /** The TTL etcd granted, which may be longer than asked for (etcd has a minimum). */
+  readonly ttlSeconds: number;
+}
+
+export interface LeaseStatus {
+  /** Seconds left before the lease expires. */
+  readonly ttlSeconds: number;
+  readonly grantedTtlSeconds: number;
+  /** The keys attached to the lease. */
+  readonly keys: string[];
+}
+
+const COMPARE_TARGETS = {
+  version: ["VERSION", "version"],
+  createRevision: ["CREATE", "create_revision"],
+  modRevision: ["MOD", "mod_revision"],
+  value: ["VALUE", "value"],
+  lease: ["LEASE", "lease"],
+} as const;
+const COMPARE_RESULTS = { equal: "EQUAL", notEqual: "NOT_EQUAL", greater: "GREATER", less: "LESS" } as const;
+
+export class EtcdClient {
+  private readonly transport: EtcdTransport;
+  private readonly requestTimeoutMs: number;
+  private readonly maxResponseBytes: number;
+
+  constructor(endpoints: string[], options: EtcdClientOptions = {}) {
+    const limits = {
+      requestTimeoutMs: options.requestTimeoutMs ?? 5_000,
+      connectTimeoutMs: Math.min(options.connectTimeoutMs ?? 1_000, options.requestTimeoutMs ?? 5_000),
+      maxResponseBytes: options.maxResponseBytes ?? 64 * 1024 * 1024,
+    };
+    for (const [name, value] of Object.entries(limits)) {
+      if (!(Number.isSafeInteger(value) && value > 0)) {
+        throw new HavenError("HAVEN_ERR_CONFIG", `etcd client ${name} must be a whole number above 0, not ${value}`);
+      }
+    }
+    this.requestTimeoutMs = limits.requestTimeoutMs;
+    this.maxResponseBytes = limits.maxResponseBytes;
+    this.transport = new EtcdTransport(endpoints, limits);
+  }
+
+  get endpoints(): string[] {
+    return this.transport.endpointNames;
+  }
+
+  /** The key's current value and revisions, or undefined when it does not exist. */
+  async get(key: string): Promise<KeyValue | undefined> {
+    const what = `get "${key}"`;
+    const response = await this.call("/v3/kv/range", { key: encodeText(key) }, what, "read");
+    const kvs = asArray(response.kvs, what, "kvs").map((kv) => parseKeyValue(kv, what));
+    return kvs[0];
+  }
+
+  /** Every key starting with `prefix` (all keys for ""), in key order. */
+  async getPrefix(prefix: string): Promise<KeyValue[]> {
+    const what = `get prefix "${prefix}"`;
+    const response = await this.call("/v3/kv/range", prefixRange(prefix), what, "read");
+    return asArray(response.kvs, what, "kvs").map((kv) => parseKeyValue(kv, what));
+  }
+
+  /** Sets the key, attached to `lease` if given (HAVEN_ERR_NOT_FOUND when that lease has expired). */
+  async put(key: string, value: string, options: { lease?: LeaseId } = {}): Promise<{ revision: number }> {
+    const what = `put "${key}"`;
+    const response = await this.call("/v3/kv/put", putRequest(key, value, options.lease), what, "write");
+    return { revision: headerRevision(response, what) };
+  }
+
+  /** Deletes the key; resolves with whether it existed. */
+  async delete(key: string): Promise<boolean> {
+    const what = `delete "${key}"`;
+    const response = await this.call("/v3/kv/deleterange", { key: encodeText(key) }, what, "write");
+    return int64Field(response, "deleted", what) > 0;
+  }
+
+  /** Deletes every key starting with `prefix`; resolves with how many there were. */
+  async deletePrefix(prefix: string): Promise<number> {
+    const what = `delete prefix "${prefix}"`;
+    const response = await this.call("/v3/kv/deleterange", prefixRange(prefix), what, "write");
+    return int64Field(response, "deleted", what);
+  }
+
+  /**
+   * Compare-and-swap: puts the value only if the key is as expected, atomically. expectModRevision 0 means
+   * "the key must not exist"; expectValue compares the current value (a missing key never matches).
+   * Resolves with whether the put happened.
+   */
+  async putIf(
+    key: string,
+    value: string,
+    expect: { expectModRevision?: number; expectValue?: string; lease?: LeaseId },
+  ): Promise<boolean> {
+    const compare: Compare[] = [];
+    if (expect.expectModRevision !== undefined) {
+      compare.push({ key, target: "modRevision", result: "equal", value: expect.expectModRevision });
+    }
+    if (expect.expectValue !== undefined) {
+      compare.push({ key, target: "value", result: "equal", value: expect.expectValue });
+    }
+    if (compare.length === 0) {
+      throw new HavenError("HAVEN_ERR_INVALID_REQUEST", `putIf "${key}" needs expectModRevision or expectValue`);
+    }
+    const put: TxnOperation = {
+      type: "put",
+      key,
+      value,
+      ...(expect.lease === undefined ? {} : { lease: expect.lease }),
+    };
+    return (await this.txn(compare, [put], [])).succeeded;
+  }
+
+  /** Runs `success` if every comparison holds, otherwise `failure`, as one atomic step. */
+  async txn(compare: Compare[], success: TxnOperation[], failure: TxnOperation[]): Promise<TxnResult> {
+    const keys = [...compare, ...success, ...failure].map((item) => ("key" in item ? item.key : `${item.prefix}*`));
+    const what = `transaction on ${[...new Set(keys)].map((key) => `"${key}"`).join(", ")}`;
+    const body = {
+      compare: compare.map(compareRequest),
+      success: success.map(operationRequest),
+      failure: failure.map(operationRequest),
+    };
+    const response = await this.call("/v3/kv/txn", body, what, "write");
+    const succeeded = booleanField(response, "succeeded", what);
+    const ran = succeeded ? success : failure;
+    const responses = asArray(response.responses, what, "responses");
+    if (responses.length !== ran.length) {
+      throw new HavenError("HAVEN_ERR_IO", `etcd answered ${what} with ${responses.length} results for ${ran.length}`);
+    }
+    return {
+      succeeded,
+      revision: headerRevision(response, what),
+      results: ran.map((operation, index) => operationResult(operation, responses[index], what)),
+    };
+  }
+
+  /** Grants a lease that expires ttlSeconds after its last keepalive. */
+  async grantLease(ttlSeconds: number): Promise<Lease> {
+    if (!(Number.isSafeInteger(ttlSeconds) && ttlSeconds > 0)) {
+      throw new HavenError("HAVEN_ERR_INVALID_REQUEST", `lease TTL ${ttlSeconds} s is not a whole number above 0`);
+    }
+    const what = `grant a lease of ${ttlSeconds} s`;
+    const response = await this.call("/v3/lease/grant", { TTL: String(ttlSeconds) }, what, "write");
+    const id = leaseField(response, "ID", what);
+    if (id === undefined) throw new HavenError("HAVEN_ERR_IO", `etcd answered ${what} without a lease id`);
+    return { id, ttlSeconds: int64Field(response, "TTL", what) };
+  }
+
+  /**
+   * Renews the lease once; resolves with the seconds it now has left, 0 when it has already expired or
+   * was revoked (its keys are gone then).
+   */
+  async keepAliveOnce(leaseId: LeaseId): Promise<number> {
+    const what = `keep lease ${leaseId} alive`;
+    // A streaming endpoint: one request in the body, one {"result": ...} line back.
+    const response = await this.call("/v3/lease/keepalive", { ID: checkLeaseId(leaseId) }, what, "read");
+    return Math.max(0, int64Field(asObject(response.result, what, '"result"'), "TTL", what));
+  }
+
+  /** Revokes the lease, deleting its keys; HAVEN_ERR_NOT_FOUND when it had already expired. */
+  async revokeLease(leaseId: LeaseId): Promise<void> {
+    await this.call("/v3/lease/revoke", { ID: checkLeaseId(leaseId) }, `revoke lease ${leaseId}`, "write");
+  }
+
+  /** The lease's remaining TTL and keys, or undefined when it has expired or was revoked. */
+  async leaseTimeToLive(leaseId: LeaseId): Promise<LeaseStatus | undefined> {
+    const what = `time to live of lease ${leaseId}`;
+    const body = { ID: checkLeaseId(leaseId), keys: true };
+    const response = await this.call("/v3/lease/timetolive", body, what, "read");
+    const ttlSeconds = int64Field(response, "TTL", what);
+    if (ttlSeconds < 0) return undefined;
+    return {
+      ttlSeconds,
+      grantedTtlSeconds: int64Field(response, "grantedTTL", what),
+      keys: asArray(response.keys, what, "keys").map((key, index) => textField({ key }, "key", `${what} key ${index}`)),
+    };
+  }
+
+  /** The answering member's view: etcd version, store revision, leader and own member id. */
+  async status(): Promise<{ version: string; revision: number; leader: string; memberId: string }> {
+    const what = "status";
+    const response = await this.call("/v3/maintenance/status", {}, what, "read");
+    const header = asObject(response.header ?? {}, what, "the header");
+    return {
+      version: typeof response.version === "string" ? response.version : "unknown",
+      revision: headerRevision(response, what),
+      leader: String(response.leader ?? "0"),
+      memberId: String(header.member_id ?? "0"),
+    };
+  }
+
+  /**
+   * Watches every key under `prefix`: `onEvent` gets each PUT and DELETE in revision order. Await `ready`
+   * before relying on the watch; options.onClose hears when an established watch ends. There is no
+   * reconnect: after onClose, re-read and watch again from `revision + 1`.
+   */
+  watchPrefix(prefix: string, options: WatchOptions, onEvent: (event: WatchEvent) => void): Watch {
+    return watchPrefix(this.transport, prefix, options, onEvent, {
+      maxMessageBytes: this.maxResponseBytes,
+      createTimeoutMs: this.requestTimeoutMs,
+    });
+  }
+
+  private call(path: string, body: JsonObject, what: string, repeatable: Repeatable): Promise<JsonObject> {
+    return this.transport.call(path, body, what, repeatable);
+  }
+}
+
+function checkLeaseId(leaseId: LeaseId): string {
+  if (!/^-?\d{1,19}$/.test(leaseId) || BigInt(leaseId) === 0n) {
+    throw new HavenError("HAVEN_ERR_INVALID_REQUEST", `"${leaseId}" is not an etcd lease id`);
+  }
+  return leaseId;
+}
+
+function putRequest(key: string, value: string, lease: LeaseId | undefined): JsonObject {
+  return {
+    key: encodeText(key),
+    value: encodeText(value),
+    ...(lease === undefined ? {} : { lease: checkLeaseId(lease) }),
+  };
+}
+
+function compareRequest(compare: Compare): JsonObject {
+  const [target, field] = COMPARE_TARGETS[compare.target];
+  let value: string;
+  if (compare.target === "value") value = encodeText(compare.value);
+  else if (compare.target === "lease") value = checkLeaseId(compare.value);
+  else {
+    if (!(Number.isSafeInteger(compare.value) && compare.value >= 0)) {
+      throw new HavenError(
+        "HAVEN_ERR_INVALID_REQUEST",
+        `compare ${compare.target} of "${compare.key}" with ${compare.value}`,
+      );
+    }
+    value = String(compare.value);
+  }
+  return { key: encodeText(compare.key), target, result: COMPARE_RESULTS[compare.result], [field]: value };
+}
+
+function operationRequest(operation: TxnOperation): JsonObject {
+  switch (operation.type) {
+    case "put":
+      return { request_put: putRequest(operation.key, operation.value, operation.lease) };
+    case "get":
+      return { request_range: { key: encodeText(operation.key) } };
+    case "getPrefix":
+      return { request_range: prefixRange(operation.prefix) };
+    case "delete":
+      return { request_delete_range: { key: encodeText(operation.key) } };
+    case "deletePrefix":
+      return { request_delete_range: prefixRange(operation.prefix) };
+  }
+}
+
+function operationResult(operation: TxnOperation, raw: unknown, what: string): TxnOperationResult {
+  const response = asObject(raw, what, "a transaction result");
+  switch (operation.type) {
+    case "put":
+      asObject(response.response_put, what, '"response_put"');
+      return { type: "put" };
+    case "get":
+    case "getPrefix": {
+      const range = asObject(response.response_range, what, '"response_range"');
+      return { type: "get", kvs: asArray(range.kvs, what, "kvs").map((kv) => parseKeyValue(kv, what)) };
+    }
+    case "delete":
+    case "deletePrefix": {
+      const deleted = asObject(response.response_delete_range, what, '"response_delete_range"');
+      return { type: "delete", deleted: int64Field(deleted, "deleted", what) };
+    }
+  }
+}

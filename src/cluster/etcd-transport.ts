@@ -1,0 +1,280 @@
+// HTTP to etcd's JSON gateway, with failover between endpoints and every wait bounded.
+//
+// Each request opens its own TCP connection, so the client knows exactly whether a request could have
+// reached etcd: a failure before the connection opened proves it did not, and any request may then go
+// to the next endpoint. A failure after that leaves a write's outcome unknown, so only reads (which are
+// safe to repeat) fail over then; a write reports HAVEN_ERR_UNAVAILABLE saying the outcome is unknown,
+// because repeating a compare-and-swap elsewhere could report "lost" for a swap that won.
+
+import { request, type IncomingMessage } from "node:http";
+import { HavenError } from "../core/errors.js";
+import { parseHostPort } from "../util/units.js";
+import { GrpcCode, parseGatewayError, type JsonObject } from "./etcd-codec.js";
+
+export interface EtcdTransportOptions {
+  /** Bound on one call from start to answer, across every endpoint it tries. */
+  readonly requestTimeoutMs: number;
+  /** Bound on opening a connection to one endpoint, so a dead host costs this much, not the whole call. */
+  readonly connectTimeoutMs: number;
+  /** Bound on one answer (or one streamed message), so a runaway range cannot exhaust memory. */
+  readonly maxResponseBytes: number;
+}
+
+export interface Endpoint {
+  readonly host: string;
+  readonly port: number;
+  /** http://HOST:PORT, for messages. */
+  readonly name: string;
+}
+
+/** Whether a call may be repeated on another endpoint after it may have reached etcd. */
+export type Repeatable = "read" | "write";
+
+/** An open streaming response (a watch), with the endpoint that serves it. */
+export interface EtcdStream {
+  readonly endpoint: Endpoint;
+  readonly response: IncomingMessage;
+  /** Closes the connection; the response then ends with an error. */
+  close(): void;
+}
+
+/** A failed attempt on one endpoint; `connected` says whether the request may have reached etcd. */
+class AttemptFailure extends Error {
+  constructor(
+    readonly reason: string,
+    readonly connected: boolean,
+  ) {
+    super(reason);
+  }
+}
+
+/** Accepts "http://host:port" or "host:port"; etcd over TLS is not supported yet. */
+export function parseEndpoint(text: string): Endpoint {
+  const bare = text.startsWith("http://") ? text.slice("http://".length).replace(/\/$/, "") : text;
+  if (/^[a-z]+:\/\//i.test(bare) || bare.includes("/")) {
+    throw new HavenError("HAVEN_ERR_CONFIG", `etcd endpoint "${text}" is not http://HOST:PORT (TLS is not supported)`);
+  }
+  const { host, port } = parseHostPort(bare, "etcd endpoint");
+  if (port === 0) throw new HavenError("HAVEN_ERR_CONFIG", `etcd endpoint "${text}" has port 0`);
+  return { host, port, name: `http://${host.includes(":") ? `[${host}]` : host}:${port}` };
+}
+
+export class EtcdTransport {
+  private readonly endpoints: readonly Endpoint[];
+  /** Index of the endpoint that answered last; calls start there. */
+  private preferred = 0;
+
+  constructor(
+    endpoints: readonly string[],
+    private readonly options: EtcdTransportOptions,
+  ) {
+    if (endpoints.length === 0) throw new HavenError("HAVEN_ERR_CONFIG", "no etcd endpoints given");
+    this.endpoints = endpoints.map(parseEndpoint);
+  }
+
+  get endpointNames(): string[] {
+    return this.endpoints.map((endpoint) => endpoint.name);
+  }
+
+  /** POSTs `body` to `path` and returns etcd's JSON answer; `what` names the call in errors. */
+  async call(path: string, body: JsonObject, what: string, repeatable: Repeatable): Promise<JsonObject> {
+    const { stream, text } = await this.send(path, body, what, repeatable, false);
+    const parsed = safeJson(text!);
+    if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
+      throw new HavenError(
+        "HAVEN_ERR_IO",
+        `etcd at ${stream.endpoint.name} answered ${what} with ${text!.slice(0, 200) || "nothing"}`,
+      );
+    }
+    const error = parseGatewayError(parsed);
+    if (error !== undefined) throw etcdRefused(stream.endpoint, what, error);
+    return parsed as JsonObject;
+  }
+
+  /** POSTs `body` to a streaming `path` and returns the response once etcd accepted it. */
+  async stream(path: string, body: JsonObject, what: string): Promise<EtcdStream> {
+    return (await this.send(path, body, what, "read", true)).stream;
+  }
+
+  /**
+   * Tries the endpoints in turn from the preferred one until one answers HTTP 200, within one deadline.
+   * Unary answers are read fully while the deadline still runs; a stream's deadline ends with its headers.
+   */
+  private async send(
+    path: string,
+    body: JsonObject,
+    what: string,
+    repeatable: Repeatable,
+    streaming: boolean,
+  ): Promise<{ stream: EtcdStream; text: string | undefined }> {
+    const payload = Buffer.from(JSON.stringify(body), "utf8");
+    const deadlineAt = Date.now() + this.options.requestTimeoutMs;
+    const failures: string[] = [];
+    const count = this.endpoints.length;
+    let tried = 0;
+    for (; tried < count && Date.now() < deadlineAt; tried++) {
+      const index = (this.preferred + tried) % count;
+      const endpoint = this.endpoints[index]!;
+      let answer: { stream: EtcdStream; text: string | undefined };
+      try {
+        // A read leaves time for the endpoints after this one, so a hung member cannot use up the call; a
+        // write never moves on once sent, so it gets all the time left.
+        const shareMs = (deadlineAt - Date.now()) / (repeatable === "read" ? count - tried : 1);
+        answer = await this.attempt(endpoint, path, payload, Date.now() + shareMs, streaming, what);
+      } catch (error) {
+        if (!(error instanceof AttemptFailure)) throw error;
+        failures.push(`${endpoint.name}: ${error.reason}`);
+        if (error.connected && repeatable === "write") {
+          throw new HavenError(
+            "HAVEN_ERR_UNAVAILABLE",
+            `etcd at ${endpoint.name} failed during ${what} (${error.reason}); the write may or may not have been ` +
+              `applied: read the key back before retrying`,
+            { cause: error },
+          );
+        }
+        continue;
+      }
+      const status = answer.stream.response.statusCode;
+      if (status === 200) {
+        this.preferred = index;
+        return answer;
+      }
+      // etcd refused; only "unavailable" (no leader, a member cut off) is worth asking another member
+      // about, and only for a read.
+      const text = answer.text ?? "";
+      const error = parseGatewayError(safeJson(text));
+      if (error === undefined) {
+        throw new HavenError(
+          "HAVEN_ERR_IO",
+          `etcd at ${endpoint.name} answered ${what} with HTTP ${status}: ${text.slice(0, 200).trim()}` +
+            (status === 404 ? " (is it etcd 3.4 or later, whose JSON gateway serves /v3/?)" : ""),
+        );
+      }
+      if (error.grpcCode === GrpcCode.UNAVAILABLE && repeatable === "read") {
+        failures.push(`${endpoint.name}: ${error.message}`);
+        continue;
+      }
+      throw etcdRefused(endpoint, what, error);
+    }
+    const untried = count - tried;
+    const suffix = untried > 0 ? `; ${untried} more not tried within ${this.options.requestTimeoutMs} ms` : "";
+    throw new HavenError(
+      "HAVEN_ERR_UNAVAILABLE",
+      `etcd is unreachable for ${what}: ${failures.join("; ")}${suffix}; check that etcd runs at ` +
+        `${this.endpointNames.join(", ")}`,
+    );
+  }
+
+  /**
+   * One request to one endpoint. Resolves with the whole body, or for a stream that etcd accepted, as
+   * soon as the headers arrive; rejects with AttemptFailure when the connection fails or a bound passes.
+   */
+  private attempt(
+    endpoint: Endpoint,
+    path: string,
+    payload: Buffer,
+    deadlineAt: number,
+    streaming: boolean,
+    what: string,
+  ): Promise<{ stream: EtcdStream; text: string | undefined }> {
+    return new Promise((resolve, reject) => {
+      let connected = false;
+      let abortReason: string | undefined;
+      const controller = new AbortController();
+      const abort = (reason: string): void => {
+        abortReason ??= reason;
+        controller.abort();
+      };
+      const remainingMs = Math.max(1, deadlineAt - Date.now());
+      const connectTimer = setTimeout(
+        () => abort(`no connection within ${this.options.connectTimeoutMs} ms`),
+        Math.min(this.options.connectTimeoutMs, remainingMs),
+      );
+      const deadlineTimer = setTimeout(() => abort(`no answer within ${Math.round(remainingMs)} ms`), remainingMs);
+      const clearTimers = (): void => {
+        clearTimeout(connectTimer);
+        clearTimeout(deadlineTimer);
+      };
+      const fail = (reason: string): void => {
+        clearTimers();
+        reject(new AttemptFailure(abortReason ?? reason, connected));
+      };
+      const req = request({
+        host: endpoint.host,
+        port: endpoint.port,
+        path,
+        method: "POST",
+        agent: false,
+        signal: controller.signal,
+        headers: { "content-type": "application/json", "content-length": payload.length },
+      });
+      req.once("socket", (socket) => {
+        // A watch may stay quiet for hours: let the kernel notice a peer that vanished.
+        socket.setKeepAlive(true, 5_000);
+        socket.once("connect", () => {
+          connected = true;
+          clearTimeout(connectTimer);
+        });
+      });
+      // Before the headers, a failure is the attempt's; after them, the response reports it.
+      req.on("error", (error) => fail(error.message));
+      req.once("response", (response) => {
+        const stream: EtcdStream = { endpoint, response, close: () => abort("closed by the client") };
+        response.on("error", () => {
+          // Seen by the reader as a response that closed before it was complete.
+        });
+        if (streaming && response.statusCode === 200) {
+          clearTimers();
+          resolve({ stream, text: undefined });
+          return;
+        }
+        const chunks: Buffer[] = [];
+        let bytes = 0;
+        response.on("data", (chunk: Buffer) => {
+          bytes += chunk.length;
+          if (bytes <= this.options.maxResponseBytes) return void chunks.push(chunk);
+          clearTimers();
+          reject(
+            new HavenError(
+              "HAVEN_ERR_TOO_LARGE",
+              `etcd at ${endpoint.name} answered ${what} with more than ${this.options.maxResponseBytes} bytes; ` +
+                `ask for fewer keys at a time`,
+            ),
+          );
+          response.destroy();
+        });
+        response.once("close", () => {
+          if (!response.complete) return fail("the connection closed in the middle of the answer");
+          clearTimers();
+          resolve({ stream, text: Buffer.concat(chunks).toString("utf8") });
+        });
+      });
+      req.end(payload);
+    });
+  }
+}
+
+function safeJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Maps an error etcd answered with onto the registry, keeping etcd's own words. */
+export function etcdRefused(
+  endpoint: Endpoint,
+  what: string,
+  error: { message: string; grpcCode: number },
+): HavenError {
+  const detail = `etcd at ${endpoint.name} refused ${what}: ${error.message}`;
+  switch (error.grpcCode) {
+    case GrpcCode.NOT_FOUND:
+      return new HavenError("HAVEN_ERR_NOT_FOUND", detail);
+    case GrpcCode.UNAVAILABLE:
+      return new HavenError("HAVEN_ERR_UNAVAILABLE", detail);
+    default:
+      return new HavenError("HAVEN_ERR_IO", detail);
+  }
+}
