@@ -1,0 +1,469 @@
+// The agent's config file (`haven agent --config FILE`): which host this is, where etcd is, where the
+// agent listens, which directories hold its replicas, and optional timing overrides. The file is JSON
+// and untrusted: parseAgentConfig turns it into a typed AgentConfig or fails with HAVEN_ERR_CONFIG and a
+// message that names the file and the JSON path of the first problem ("agent.json: disks[1].path must be
+// an absolute path"). Unknown keys are refused, with a "did you mean" for near misses, because a
+// misspelt optional key would otherwise silently keep its default.
+//
+// {
+//   "host": { "name": "node1", "address": "10.0.0.1" },
+//   "etcd": { "endpoints": ["http://10.0.0.1:2379", "http://10.0.0.2:2379", "http://10.0.0.3:2379"] },
+//   "api": { "listen": "0.0.0.0:7480", "tokenFile": "/etc/haven/api.token" },
+//   "replication": { "listen": "0.0.0.0:7481", "secretFile": "/etc/haven/cluster.secret" },
+//   "nbd": { "listen": "0.0.0.0:10809" },
+//   "disks": [{ "name": "ssd0", "path": "/srv/haven/ssd0", "capacity": "500G" }],
+//   "timings": { "leaseTtlMs": 8000 }
+// }
+
+import { readFile, stat } from "node:fs/promises";
+import { isIP } from "node:net";
+import { isAbsolute, normalize } from "node:path";
+import { HavenError } from "../core/errors.js";
+import { parseEndpoint } from "../cluster/etcd-transport.js";
+import { parseHostPort, parseSize } from "../util/units.js";
+import { checkTimings, DEFAULT_TIMINGS, TIMING_NAMES, type Timings } from "./timings.js";
+
+export interface ListenAddress {
+  /** An IP address or host name; 0.0.0.0 or :: for every interface. */
+  readonly host: string;
+  readonly port: number;
+}
+
+export interface DiskConfig {
+  /** Unique on this host; a DNS label, as it appears in placement and in the CLI. */
+  readonly name: string;
+  /** An existing directory (usually a mount point) that holds one subdirectory per replica. */
+  readonly path: string;
+  /** How much of the disk Haven may use; absent means the file system's free space. */
+  readonly capacityBytes?: number;
+}
+
+export interface AgentConfig {
+  readonly host: {
+    /** The host's name in the cluster: a DNS label, unique among hosts. */
+    readonly name: string;
+    /** The IP address or DNS name other hosts and clients reach this host at (no port). */
+    readonly address: string;
+  };
+  /** etcd endpoints, normalised to http://HOST:PORT. */
+  readonly etcd: { readonly endpoints: readonly string[] };
+  /** The HTTP API, for the CLI and the dashboard, guarded by the bearer token in tokenFile. */
+  readonly api: { readonly listen: ListenAddress; readonly tokenFile: string };
+  /** The replica server and peer heartbeats, authenticated with the cluster secret in secretFile. */
+  readonly replication: { readonly listen: ListenAddress; readonly secretFile: string };
+  /** The NBD front of the volumes this host is primary for (one export per volume). */
+  readonly nbd: { readonly listen: ListenAddress };
+  readonly disks: readonly DiskConfig[];
+  /** DEFAULT_TIMINGS with the file's overrides, checked by checkTimings. */
+  readonly timings: Timings;
+}
+
+/** Bounds on the lists, so that a generated or corrupted file cannot make the agent do silly amounts of work. */
+export const MAX_ETCD_ENDPOINTS = 16;
+export const MAX_DISKS = 64;
+export const MAX_CONFIG_BYTES = 1024 * 1024;
+
+const TOP_KEYS = { required: ["host", "etcd", "api", "replication", "nbd", "disks"], optional: ["timings"] } as const;
+const HOST_KEYS = { required: ["name", "address"], optional: [] } as const;
+const ETCD_KEYS = { required: ["endpoints"], optional: [] } as const;
+const API_KEYS = { required: ["listen", "tokenFile"], optional: [] } as const;
+const REPLICATION_KEYS = { required: ["listen", "secretFile"], optional: [] } as const;
+const NBD_KEYS = { required: ["listen"], optional: [] } as const;
+const DISK_KEYS = { required: ["name", "path"], optional: ["capacity"] } as const;
+
+/** What to write when a key is missing: a hint at the expected value. */
+const EXAMPLES: Record<string, string> = {
+  host: '{ "name": "node1", "address": "10.0.0.1" }',
+  etcd: '{ "endpoints": ["http://10.0.0.1:2379"] }',
+  api: '{ "listen": "0.0.0.0:7480", "tokenFile": "/etc/haven/api.token" }',
+  replication: '{ "listen": "0.0.0.0:7481", "secretFile": "/etc/haven/cluster.secret" }',
+  nbd: '{ "listen": "0.0.0.0:10809" }',
+  "host.name": '"node1"',
+  "host.address": '"10.0.0.1"',
+  "etcd.endpoints": '["http://10.0.0.1:2379"]',
+  "api.listen": '"0.0.0.0:7480"',
+  "api.tokenFile": '"/etc/haven/api.token"',
+  "replication.listen": '"0.0.0.0:7481"',
+  "replication.secretFile": '"/etc/haven/cluster.secret"',
+  "nbd.listen": '"0.0.0.0:10809"',
+  disks: '[{ "name": "ssd0", "path": "/srv/haven/ssd0" }]',
+  "disks[].name": '"ssd0"',
+  "disks[].path": '"/srv/haven/ssd0"',
+};
+
+/** Parses and validates the text of an agent config file; `sourceName` names it in every error. */
+export function parseAgentConfig(text: string, sourceName: string): AgentConfig {
+  const fail: (path: string, problem: string) => never = (path, problem) => {
+    throw new HavenError("HAVEN_ERR_CONFIG", `${sourceName}: ${path === "" ? "" : `${path} `}${problem}`);
+  };
+  let json: unknown;
+  try {
+    json = JSON.parse(text.replace(/^\uFEFF/, ""));
+  } catch (error) {
+    fail("", `not valid JSON: ${jsonErrorWithLine((error as Error).message, text)}`);
+  }
+  const read = new Reader(fail);
+  const root = read.object(json, "", TOP_KEYS);
+
+  const hostObject = read.object(root.host, "host", HOST_KEYS);
+  const host = {
+    name: read.label(hostObject.name, "host.name"),
+    address: read.hostAddress(hostObject.address, "host.address"),
+  };
+
+  const etcdObject = read.object(root.etcd, "etcd", ETCD_KEYS);
+  const endpointList = read.array(etcdObject.endpoints, "etcd.endpoints", 1, MAX_ETCD_ENDPOINTS);
+  const endpoints: string[] = [];
+  endpointList.forEach((value, index) => {
+    const path = `etcd.endpoints[${index}]`;
+    const text = read.string(value, path);
+    let name = "";
+    try {
+      name = parseEndpoint(text).name;
+    } catch {
+      const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(text)?.[1];
+      fail(
+        path,
+        scheme !== undefined && scheme.toLowerCase() !== "http"
+          ? `"${text}" uses ${scheme}: etcd is reached over plain http://HOST:PORT (TLS is not supported yet)`
+          : `"${text}" is not an etcd endpoint: use http://HOST:PORT with a port from 1 to 65535`,
+      );
+    }
+    const earlier = endpoints.indexOf(name);
+    if (earlier >= 0) fail(path, `"${text}" repeats etcd.endpoints[${earlier}]`);
+    endpoints.push(name);
+  });
+
+  const apiObject = read.object(root.api, "api", API_KEYS);
+  const api = {
+    listen: read.listen(apiObject.listen, "api.listen"),
+    tokenFile: read.absolutePath(apiObject.tokenFile, "api.tokenFile"),
+  };
+  const replicationObject = read.object(root.replication, "replication", REPLICATION_KEYS);
+  const replication = {
+    listen: read.listen(replicationObject.listen, "replication.listen"),
+    secretFile: read.absolutePath(replicationObject.secretFile, "replication.secretFile"),
+  };
+  const nbdObject = read.object(root.nbd, "nbd", NBD_KEYS);
+  const nbd = { listen: read.listen(nbdObject.listen, "nbd.listen") };
+
+  const listens: [string, ListenAddress][] = [
+    ["api.listen", api.listen],
+    ["replication.listen", replication.listen],
+    ["nbd.listen", nbd.listen],
+  ];
+  listens.forEach(([path, listen], index) => {
+    for (const [otherPath, other] of listens.slice(0, index)) {
+      if (listen.port === other.port && hostsOverlap(listen.host, other.host)) {
+        fail(path, `"${formatListen(listen)}" uses the same port as ${otherPath} "${formatListen(other)}"`);
+      }
+    }
+  });
+  if (isLoopback(replication.listen.host) && !isLoopback(host.address)) {
+    fail(
+      "replication.listen",
+      `"${formatListen(replication.listen)}" is a loopback address, so other hosts could not reach ` +
+        `host.address "${host.address}"; listen on 0.0.0.0 or on that address`,
+    );
+  }
+
+  const diskList = read.array(root.disks, "disks", 1, MAX_DISKS);
+  const disks: DiskConfig[] = [];
+  diskList.forEach((value, index) => {
+    const path = `disks[${index}]`;
+    const diskObject = read.object(value, path, DISK_KEYS);
+    const name = read.label(diskObject.name, `${path}.name`);
+    const directory = read.absolutePath(diskObject.path, `${path}.path`);
+    disks.forEach((earlier, earlierIndex) => {
+      if (earlier.name === name) fail(`${path}.name`, `"${name}" is already the name of disks[${earlierIndex}]`);
+      if (earlier.path === directory) {
+        fail(`${path}.path`, `"${directory}" is already the path of disks[${earlierIndex}]`);
+      }
+      if (directory.startsWith(`${earlier.path}/`) || earlier.path.startsWith(`${directory}/`)) {
+        fail(`${path}.path`, `"${directory}" and disks[${earlierIndex}].path "${earlier.path}" must not be nested`);
+      }
+    });
+    const disk: DiskConfig = { name, path: directory };
+    if (diskObject.capacity !== undefined) {
+      const capacity = read.string(diskObject.capacity, `${path}.capacity`);
+      let capacityBytes = 0;
+      try {
+        capacityBytes = parseSize(capacity);
+      } catch {
+        fail(`${path}.capacity`, `"${capacity}" is not a size: use bytes or a unit such as 512M, 500G, 2T`);
+      }
+      disks.push({ ...disk, capacityBytes });
+    } else {
+      disks.push(disk);
+    }
+  });
+
+  const overrides: Partial<Record<keyof Timings, unknown>> =
+    root.timings === undefined
+      ? {}
+      : read.object(root.timings, "timings", { required: [], optional: TIMING_NAMES as readonly string[] });
+  const timings = checkTimings({ ...DEFAULT_TIMINGS, ...overrides } as Timings, sourceName);
+
+  return { host, etcd: { endpoints }, api, replication, nbd, disks, timings };
+}
+
+/**
+ * Reads and parses the config file, then checks that the files and directories it names exist (their
+ * content is read later, by whoever uses them). Every failure is HAVEN_ERR_CONFIG with the OS's reason.
+ */
+export async function loadAgentConfig(file: string): Promise<AgentConfig> {
+  let text: string;
+  try {
+    if ((await stat(file)).size > MAX_CONFIG_BYTES) {
+      throw new HavenError("HAVEN_ERR_CONFIG", `the agent config ${file} is larger than ${MAX_CONFIG_BYTES} bytes`);
+    }
+    text = await readFile(file, "utf8");
+  } catch (error) {
+    if (error instanceof HavenError) throw error;
+    throw new HavenError("HAVEN_ERR_CONFIG", `cannot read the agent config ${file}: ${osReason(error)}`, {
+      cause: error,
+    });
+  }
+  const config = parseAgentConfig(text, file);
+  const expected: [string, string, "file" | "directory"][] = [
+    ["api.tokenFile", config.api.tokenFile, "file"],
+    ["replication.secretFile", config.replication.secretFile, "file"],
+    ...config.disks.map((disk, index): [string, string, "directory"] => [
+      `disks[${index}].path`,
+      disk.path,
+      "directory",
+    ]),
+  ];
+  for (const [path, target, kind] of expected) {
+    let isKind: boolean;
+    try {
+      const stats = await stat(target);
+      isKind = kind === "file" ? stats.isFile() : stats.isDirectory();
+    } catch (error) {
+      throw new HavenError("HAVEN_ERR_CONFIG", `${file}: ${path} ${target}: ${osReason(error)}`, { cause: error });
+    }
+    if (!isKind) throw new HavenError("HAVEN_ERR_CONFIG", `${file}: ${path} ${target} is not a ${kind}`);
+  }
+  return config;
+}
+
+/** The config as file text that parseAgentConfig reads back to an equal config; timings only where not default. */
+export function formatAgentConfig(config: AgentConfig): string {
+  const timings: Partial<Record<keyof Timings, number>> = {};
+  for (const name of TIMING_NAMES) {
+    if (config.timings[name] !== DEFAULT_TIMINGS[name]) timings[name] = config.timings[name];
+  }
+  const file = {
+    host: { name: config.host.name, address: config.host.address },
+    etcd: { endpoints: [...config.etcd.endpoints] },
+    api: { listen: formatListen(config.api.listen), tokenFile: config.api.tokenFile },
+    replication: { listen: formatListen(config.replication.listen), secretFile: config.replication.secretFile },
+    nbd: { listen: formatListen(config.nbd.listen) },
+    disks: config.disks.map((disk) => ({
+      name: disk.name,
+      path: disk.path,
+      ...(disk.capacityBytes === undefined ? {} : { capacity: formatCapacity(disk.capacityBytes) }),
+    })),
+    ...(Object.keys(timings).length === 0 ? {} : { timings }),
+  };
+  return `${JSON.stringify(file, null, 2)}\n`;
+}
+
+export function formatListen(listen: ListenAddress): string {
+  return `${listen.host.includes(":") ? `[${listen.host}]` : listen.host}:${listen.port}`;
+}
+
+/** A DNS label (RFC 1123), lower case: host and disk names are keys in etcd and words on the CLI. */
+export function isValidLabel(name: string): boolean {
+  return /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/.test(name);
+}
+
+/** An IP address, or a DNS name of labels (any case) whose last label is not all digits. */
+export function isValidHostAddress(text: string): boolean {
+  if (isIP(text) !== 0) return true;
+  if (text.length > 253) return false;
+  const labels = text.replace(/\.$/, "").split(".");
+  return (
+    labels.every((label) => /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/i.test(label)) && !/^\d+$/.test(labels.at(-1)!)
+  );
+}
+
+/**
+ * The known key closest to `key`, if it is close enough to be a likely typo: the same but for case, a
+ * prefix of at least 3 characters either way, or within an edit distance of about one per four letters.
+ */
+export function suggestKey(key: string, known: readonly string[]): string | undefined {
+  const lower = key.toLowerCase();
+  let best: { name: string; distance: number } | undefined;
+  for (const name of known) {
+    const candidate = name.toLowerCase();
+    if (candidate === lower) return name;
+    const prefix = lower.length >= 3 && (candidate.startsWith(lower) || lower.startsWith(candidate));
+    const distance = prefix ? 0.5 : editDistance(lower, candidate);
+    if (distance <= Math.max(1, Math.floor(candidate.length / 4)) && (best === undefined || distance < best.distance)) {
+      best = { name, distance };
+    }
+  }
+  return best?.name;
+}
+
+class Reader {
+  constructor(private readonly fail: (path: string, problem: string) => never) {}
+
+  object(
+    value: unknown,
+    path: string,
+    keys: { readonly required: readonly string[]; readonly optional: readonly string[] },
+  ): Record<string, unknown> {
+    if (typeof value !== "object" || value === null || Array.isArray(value)) {
+      this.fail(path, `${path === "" ? "the top level " : ""}must be a JSON object, not ${describe(value)}`);
+    }
+    const object = value as Record<string, unknown>;
+    const known = [...keys.required, ...keys.optional];
+    const unknown = Object.keys(object).filter((key) => !known.includes(key));
+    if (unknown.length > 0) {
+      const where = path === "" ? "the top level" : path;
+      const named = unknown.map((key) => {
+        const suggestion = suggestKey(key, known);
+        return `"${key}"${suggestion === undefined ? "" : ` (did you mean "${suggestion}"?)`}`;
+      });
+      this.fail(
+        "",
+        `${where} has unknown ${unknown.length === 1 ? "key" : "keys"} ${named.join(", ")}; ` +
+          `known keys: ${known.join(", ")}`,
+      );
+    }
+    for (const key of keys.required) {
+      if (object[key] === undefined) {
+        const full = path === "" ? key : `${path}.${key}`;
+        const example = EXAMPLES[full] ?? EXAMPLES[full.replace(/^disks\[\d+\]/, "disks[]")];
+        this.fail(full, `is missing${example === undefined ? "" : `, e.g. ${example}`}`);
+      }
+    }
+    return object;
+  }
+
+  array(value: unknown, path: string, min: number, max: number): unknown[] {
+    if (!Array.isArray(value)) this.fail(path, `must be a JSON array, not ${describe(value)}`);
+    const array = value as unknown[];
+    if (array.length < min) this.fail(path, `must not be empty${EXAMPLES[path] ? `, e.g. ${EXAMPLES[path]}` : ""}`);
+    if (array.length > max) this.fail(path, `has ${array.length} entries; at most ${max} are allowed`);
+    return array;
+  }
+
+  string(value: unknown, path: string): string {
+    if (typeof value !== "string") this.fail(path, `must be a string, not ${describe(value)}`);
+    if (value === "") this.fail(path, "must not be empty");
+    return value as string;
+  }
+
+  label(value: unknown, path: string): string {
+    const name = this.string(value, path);
+    if (!isValidLabel(name)) {
+      this.fail(
+        path,
+        `"${name}" is not a valid name: use 1 to 63 lower-case letters, digits and '-', ` +
+          "starting and ending with a letter or digit",
+      );
+    }
+    return name;
+  }
+
+  hostAddress(value: unknown, path: string): string {
+    const address = this.string(value, path);
+    if (!isValidHostAddress(address)) {
+      this.fail(path, `"${address}" is not an IP address or a DNS name (give the address alone, without a port)`);
+    }
+    if (isWildcard(address)) this.fail(path, `"${address}" is not an address other hosts can reach`);
+    return address;
+  }
+
+  listen(value: unknown, path: string): ListenAddress {
+    const text = this.string(value, path);
+    let listen: ListenAddress = { host: "", port: 0 };
+    try {
+      listen = parseHostPort(text);
+    } catch {
+      this.fail(path, `"${text}" is not HOST:PORT (for example 0.0.0.0:7480)`);
+    }
+    if (!isValidHostAddress(listen.host))
+      this.fail(path, `"${text}": "${listen.host}" is not an IP address or a DNS name`);
+    // Port 0 would pick a new port at each start, but peers and clients find this host by the address
+    // it publishes in etcd, and must find it again after the agent restarts.
+    if (listen.port === 0) this.fail(path, `"${text}" must name a fixed port from 1 to 65535`);
+    return listen;
+  }
+
+  absolutePath(value: unknown, path: string): string {
+    const text = this.string(value, path);
+    if (!isAbsolute(text)) this.fail(path, `must be an absolute path, not "${text}"`);
+    if (text.includes("\0")) this.fail(path, "must not contain a NUL character");
+    const normalised = normalize(text);
+    return normalised.length > 1 ? normalised.replace(/\/+$/, "") : normalised;
+  }
+}
+
+/** The OS's reason without the "open '/path'" that Node appends, since the message names the path already. */
+function osReason(error: unknown): string {
+  return (error instanceof Error ? error.message : String(error)).replace(/, \w+ '[^']*'$/, "");
+}
+
+function describe(value: unknown): string {
+  if (value === undefined) return "nothing";
+  if (value === null) return "null";
+  if (Array.isArray(value)) return "an array";
+  if (typeof value === "object") return "an object";
+  if (typeof value === "string") return `the string ${JSON.stringify(value)}`;
+  return `the ${typeof value} ${String(value)}`;
+}
+
+function isWildcard(host: string): boolean {
+  return host === "0.0.0.0" || host === "::" || host === "[::]";
+}
+
+function isLoopback(host: string): boolean {
+  return host === "localhost" || host === "::1" || /^127\./.test(host);
+}
+
+function hostsOverlap(a: string, b: string): boolean {
+  return a === b || isWildcard(a) || isWildcard(b);
+}
+
+function formatCapacity(bytes: number): string {
+  for (const [unit, size] of [
+    ["T", 1024 ** 4],
+    ["G", 1024 ** 3],
+    ["M", 1024 ** 2],
+    ["K", 1024],
+  ] as const) {
+    if (bytes % size === 0) return `${bytes / size}${unit}`;
+  }
+  return String(bytes);
+}
+
+/** Adds line and column to JSON.parse's "at position N", which is all it gives. */
+function jsonErrorWithLine(message: string, text: string): string {
+  const match = /at position (\d+)/.exec(message);
+  if (!match) return message;
+  const before = text.replace(/^\uFEFF/, "").slice(0, Number(match[1]));
+  const line = before.split("\n").length;
+  const column = before.length - before.lastIndexOf("\n");
+  return `${message} (line ${line}, column ${column})`;
+}
+
+/** Edit distance counting an insertion, a deletion, a substitution or a swap of neighbours as one. */
+function editDistance(a: string, b: string): number {
+  const rows = Array.from({ length: a.length + 1 }, (_, i) =>
+    Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)),
+  );
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const row = rows[i]!;
+      row[j] = Math.min(rows[i - 1]![j]! + 1, row[j - 1]! + 1, rows[i - 1]![j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) {
+        row[j] = Math.min(row[j]!, rows[i - 2]![j - 2]! + 1);
+      }
+    }
+  }
+  return rows[a.length]![b.length]!;
+}
