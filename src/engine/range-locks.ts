@@ -20,18 +20,28 @@ export class RangeLocks {
     return [...this.holds].filter((h) => !h.exclusive).map((h) => ({ offset: h.offset, length: h.end - h.offset }));
   }
 
+  /** Takes the hold at once if nothing conflicts (the common case, without a promise); else undefined. */
+  tryAcquire(offset: number, length: number, exclusive: boolean): (() => void) | undefined {
+    const hold: Hold = { offset, end: offset + Math.max(length, 1), exclusive };
+    if (this.conflicts(hold)) return undefined;
+    this.holds.add(hold);
+    return () => this.release(hold);
+  }
+
   async acquire(offset: number, length: number, exclusive: boolean): Promise<() => void> {
     const hold: Hold = { offset, end: offset + Math.max(length, 1), exclusive };
     if (exclusive) this.waitingExclusive.add(hold);
     while (this.conflicts(hold)) await new Promise<void>((resolve) => this.waiters.push(resolve));
     this.waitingExclusive.delete(hold);
     this.holds.add(hold);
-    return () => {
-      if (!this.holds.delete(hold)) return;
-      const waiters = this.waiters;
-      this.waiters = [];
-      for (const wake of waiters) wake();
-    };
+    return () => this.release(hold);
+  }
+
+  private release(hold: Hold): void {
+    if (!this.holds.delete(hold) || this.waiters.length === 0) return;
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const wake of waiters) wake();
   }
 
   private conflicts(hold: Hold): boolean {

@@ -17,6 +17,8 @@ export interface ResyncSettings extends ThrottleSettings {
   readonly chunkBytes: number;
   /** How often progress is made durable on the copy. */
   readonly saveProgressMs: number;
+  /** Chunks copied at once (each under its own range lock). */
+  readonly parallelChunks: number;
 }
 
 /** Which side of a copy failed. */
@@ -36,48 +38,58 @@ export async function runResync(engine: VolumeEngine, slot: Slot, attachment: nu
   const meter = new RateMeter(engine.clock);
   meter.record(0);
   const live = (): boolean => slot.attachment === attachment && engine.fenced === null;
-  let lastSave = engine.clock.now();
-  let cursor = 0;
+  const shared = { cursor: 0, lastSave: engine.clock.now(), saving: false, inFlight: new Set<Run>() };
   const started = engine.clock.now();
 
+  /** The next run no other worker is copying: from the cursor on, then from the start again. */
+  const claim = (): Run | undefined => {
+    const busy = (run: Run): boolean =>
+      [...shared.inFlight].some(
+        (other) => other.offset < run.offset + run.length && run.offset < other.offset + other.length,
+      );
+    for (const from of [shared.cursor, 0]) {
+      let at = from;
+      for (let run = nextRun(bitmap, at, settings.chunkBytes); run; run = nextRun(bitmap, at, settings.chunkBytes)) {
+        if (!busy(run)) {
+          shared.cursor = run.offset + run.length;
+          return run;
+        }
+        at = run.offset + run.length;
+      }
+    }
+    return undefined;
+  };
+
+  const worker = async (): Promise<void> => {
+    while (live() && bitmap.count > 0) {
+      const run = claim();
+      if (run === undefined) return; // what is left is being copied by other workers
+      shared.inFlight.add(run);
+      try {
+        await engine.throttle.take(run.length);
+        if (!(await copyOne(engine, slot, attachment, run, progress.mode, live))) return;
+        bitmap.clearRange(run.offset, run.length);
+        progress.done = Math.min(progress.total, progress.done + run.length);
+      } finally {
+        shared.inFlight.delete(run);
+      }
+      meter.record(progress.done);
+      progress.rate = meter.bytesPerSecond();
+      if (!shared.saving && engine.clock.now() - shared.lastSave >= settings.saveProgressMs && bitmap.count > 0) {
+        shared.saving = true;
+        shared.lastSave = engine.clock.now();
+        await saveProgress(engine, slot, attachment, bitmap)
+          .catch(async (error: unknown) => {
+            engine.checkFence(error, false);
+            await engine.fault(slot, attachment, `saving resync progress failed: ${message(error)}`, []);
+          })
+          .finally(() => (shared.saving = false));
+      }
+    }
+  };
+
   while (live() && bitmap.count > 0) {
-    const run = nextRun(bitmap, cursor, settings.chunkBytes) ?? nextRun(bitmap, 0, settings.chunkBytes)!;
-    await engine.throttle.take(run.length);
-    const source = engine.readSlot();
-    if (!live()) return;
-    if (source === undefined) {
-      // No in-sync copy to copy from (the volume lost them all): wait for one to come back.
-      await engine.clock.sleep(engine.options.reconnectMs ?? 2000);
-      continue;
-    }
-    const release = await engine.locks.acquire(run.offset, run.length, true);
-    const sourceAttachment = source.attachment;
-    try {
-      if (!live() || source.port === undefined) continue;
-      await copyRun(engine, source, slot, run, progress.mode);
-      bitmap.clearRange(run.offset, run.length);
-      progress.done = Math.min(progress.total, progress.done + run.length);
-    } catch (error) {
-      const side = error instanceof SideError ? error : new SideError("target", error);
-      engine.checkFence(side.inner, false);
-      const failed = side.side === "source" ? source : slot;
-      const failedAttachment = side.side === "source" ? sourceAttachment : attachment;
-      await engine.fault(failed, failedAttachment, `resync ${side.side} failed: ${side.message}`, [run]);
-      if (side.side === "target") return;
-      continue;
-    } finally {
-      release();
-    }
-    meter.record(progress.done);
-    progress.rate = meter.bytesPerSecond();
-    cursor = run.offset + run.length;
-    if (engine.clock.now() - lastSave >= settings.saveProgressMs && bitmap.count > 0) {
-      lastSave = engine.clock.now();
-      await saveProgress(engine, slot, attachment, bitmap).catch(async (error: unknown) => {
-        engine.checkFence(error, false);
-        await engine.fault(slot, attachment, `saving resync progress failed: ${message(error)}`, []);
-      });
-    }
+    await Promise.all(Array.from({ length: Math.max(1, settings.parallelChunks) }, worker));
   }
   if (!live()) return;
   const seconds = (engine.clock.now() - started) / 1000;
@@ -87,6 +99,46 @@ export async function runResync(engine: VolumeEngine, slot: Slot, attachment: nu
     engine.log(
       `${slot.location}: ${progress.mode} resync of ${progress.total} bytes done in ${seconds.toFixed(1)} s${rate}`,
     );
+  }
+}
+
+/**
+ * Copies one run under an exclusive range lock. False when the resync must stop (the target failed,
+ * or it was detached); a failing source is faulted and the run is left for another try.
+ */
+async function copyOne(
+  engine: VolumeEngine,
+  slot: Slot,
+  attachment: number,
+  run: Run,
+  mode: "incremental" | "full",
+  live: () => boolean,
+): Promise<boolean> {
+  for (;;) {
+    const source = engine.readSlot();
+    if (!live()) return false;
+    if (source === undefined) {
+      // No in-sync copy to copy from (the volume lost them all): wait for one to come back.
+      await engine.clock.sleep(engine.options.reconnectMs ?? 2000);
+      continue;
+    }
+    const release = await engine.locks.acquire(run.offset, run.length, true);
+    const sourceAttachment = source.attachment;
+    try {
+      if (!live()) return false;
+      if (source.port === undefined) continue;
+      await copyRun(engine, source, slot, run, mode);
+      return true;
+    } catch (error) {
+      const side = error instanceof SideError ? error : new SideError("target", error);
+      engine.checkFence(side.inner, false);
+      const failed = side.side === "source" ? source : slot;
+      const failedAttachment = side.side === "source" ? sourceAttachment : attachment;
+      await engine.fault(failed, failedAttachment, `resync ${side.side} failed: ${side.message}`, [run]);
+      if (side.side === "target") return false;
+    } finally {
+      release();
+    }
   }
 }
 

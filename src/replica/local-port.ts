@@ -51,8 +51,8 @@ export class LocalReplicaPort implements ReplicaPort {
   }
 
   async write(epoch: number, offset: number, data: WriteData, fua: boolean): Promise<void> {
-    await this.store.admitEpoch(epoch);
-    await this.store.data.write(offset, data, { fua });
+    if (!this.store.admitted(epoch)) await this.store.admitEpoch(epoch);
+    return this.store.data.write(offset, data, { fua });
   }
 
   async trim(epoch: number, offset: number, length: number, fua: boolean): Promise<void> {

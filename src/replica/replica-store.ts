@@ -172,6 +172,12 @@ export class ReplicaStore {
    * Admits a writer's epoch: refused if lower than the highest seen; if higher, persisted (and the copy
    * marked dirty) before this resolves, so no write under it lands before the fence is durable.
    */
+  /** True when writes under `epoch` need no metadata save first (the usual case, checked without a promise). */
+  admitted(epoch: number): boolean {
+    const current = this.metadata;
+    return epoch === current.highestEpoch && !current.cleanShutdown;
+  }
+
   async admitEpoch(epoch: number): Promise<void> {
     const current = this.metadata;
     checkEpoch(epoch, current);

@@ -30,6 +30,8 @@ options:
   --survivor LOCATION     at start, after a split brain: the replica whose data survives (others are rebuilt)
   --resync-rate RATE      resync/rebuild ceiling per second when clients are idle (default 1G)
   --resync-busy-rate RATE ceiling while clients are doing I/O (default 64M)
+  --writeback MS          flush every replica this long after writes even if the client does not, so a
+                          replica that drops out resyncs only its last moments (default 5000; 0: never)
   --replica-timeout MS    a remote replica not answering within MS is faulted (default 10000)
   --startup-wait MS       how long start waits for every replica to be reachable (default 10000)
   --degraded-start        start even if some replicas stay unreachable. Only when you know the reachable
@@ -50,6 +52,7 @@ export async function volumeServe(argv: string[]): Promise<number> {
       "resync-rate": { type: "string" },
       "resync-busy-rate": { type: "string" },
       "replica-timeout": { type: "string" },
+      writeback: { type: "string" },
       "startup-wait": { type: "string" },
       "degraded-start": { type: "boolean" },
       help: { type: "boolean", short: "h" },
@@ -106,6 +109,7 @@ export async function volumeServe(argv: string[]): Promise<number> {
       startupWaitMs: parseCount(values["startup-wait"] as string, "--startup-wait"),
     }),
     allowDegradedStart: values["degraded-start"] === true,
+    ...(values.writeback !== undefined && { writebackMs: parseCount(values.writeback as string, "--writeback") }),
     log,
   });
   await engine.start();
