@@ -70,6 +70,12 @@ export class ActivityLog {
     return { changed, evicted: [] };
   }
 
+  /** A save of `extents` is under way: extents it drops no longer count as persisted, even before it lands. */
+  saving(extents: readonly number[]): void {
+    const next = new Set(extents);
+    for (const extent of this.persisted) if (!next.has(extent)) this.persisted.delete(extent);
+  }
+
   /** Records what the log on disk holds now (the `extents` a completed save wrote). */
   markPersisted(extents: readonly number[]): void {
     this.persisted = new Set(extents);

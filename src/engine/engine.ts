@@ -40,7 +40,7 @@ export const DEFAULT_WRITEBACK_MS = 5000;
 /** Encoded change bitmaps kept per copy's metadata (a larger one is kept as "all regions"). */
 const MAX_ENCODED_BITMAP_BYTES = 10 * 1024;
 /** Change bitmaps kept (one per older generation a returning copy may be at). */
-const MAX_CHANGE_BITMAPS = MAX_HISTORY;
+const MAX_CHANGE_BITMAPS = 4;
 
 export interface EngineOptions {
   readonly name: string;
@@ -97,6 +97,8 @@ export interface Slot {
   missing: RegionBitmap | null;
   /** Regions written to it since its last completed flush (lost if its host crashes). */
   unflushed: RegionBitmap;
+  /** Unflushed regions set aside by flushes still in flight (back into `unflushed` if they fail). */
+  readonly flushing: Set<RegionBitmap>;
   /** Bumped whenever the copy is attached or dropped, so late completions of an old attachment are ignored. */
   attachment: number;
   resync: { mode: "incremental" | "full"; rule: string; total: number; done: number; rate: number } | null;
@@ -143,6 +145,8 @@ export class VolumeEngine implements BlockDevice, EngineControl {
   private saveWaiting: Promise<void> | null = null;
   private readonly background = new Set<Promise<void>>();
   private starting = true;
+  /** The save recording the last copy that left, while it is under way. */
+  private transition: Promise<void> | null = null;
   /** The copy that was in sync last when the volume lost them all. */
   private lastInSync: Slot | undefined;
 
@@ -167,6 +171,7 @@ export class VolumeEngine implements BlockDevice, EngineControl {
       reason: null,
       missing: null,
       unflushed: new RegionBitmap(1),
+      flushing: new Set(),
       attachment: 0,
       resync: null,
       splitBrain: null,
@@ -377,6 +382,14 @@ export class VolumeEngine implements BlockDevice, EngineControl {
         });
       else toResync.push({ slot, decision });
     }
+    // Every copy reached takes the new epoch (so a dead engine's late requests are refused everywhere),
+    // and what a crashed writer left in the copies' caches is made durable before the log is emptied.
+    await Promise.all(
+      [...opened.values()].map(async (port) => {
+        await port.flush();
+        await port.updateMetadata(this.epoch, {});
+      }),
+    );
     for (const slot of inSync) this.setState(slot, "in-sync", null);
     await this.saveVolumeMetadata();
     if (this.inSyncSlots().length === 0) throw new HavenError("HAVEN_ERR_IO", "no copy could be brought in sync");
@@ -400,23 +413,29 @@ export class VolumeEngine implements BlockDevice, EngineControl {
   /** Flushes every copy, empties the activity log, records a clean shutdown, and closes the copies. */
   async stop(): Promise<void> {
     if (this.stopping) return;
-    this.stopping = true;
+    this.stopping = true; // new client I/O is refused; resync and verify stop at their next chunk
     this.reconnectTimer?.cancel();
     this.writebackTimer?.cancel();
-    for (const slot of this.slots) slot.attachment++; // stops resync and verify loops
-    await Promise.allSettled([...this.background]);
-    await this.locks.acquire(0, Number.MAX_SAFE_INTEGER, true); // waits for writes in flight
+    const release = await this.locks.acquire(0, Number.MAX_SAFE_INTEGER, true); // writes in flight finish
     if (!this.fenced && this.inSyncSlots().length > 0) {
-      await this.flush().catch(() => undefined);
+      // Durable everywhere first: only then may the activity log be emptied.
+      await this.flushCopies().catch(() => undefined);
       this.activityLog.clearIdle();
       await this.saveVolumeMetadata().catch(() => undefined);
     }
+    for (const slot of this.slots) slot.attachment++;
+    release();
+    await Promise.allSettled([...this.background]);
     await closeAll(this.slots.map((s) => s.port).filter((p): p is ReplicaPort => p !== undefined));
     for (const slot of this.slots) slot.port = undefined;
   }
 
   close(): Promise<void> {
     return this.stop();
+  }
+
+  get isStopping(): boolean {
+    return this.stopping;
   }
 
   /**
@@ -485,28 +504,40 @@ export class VolumeEngine implements BlockDevice, EngineControl {
   async flush(): Promise<void> {
     this.checkUsable();
     this.throttle.noteClientIo();
+    await this.flushCopies();
+    this.io.flushes++;
+  }
+
+  /** Flushes every copy that takes writes; a copy failing it is faulted. EIO if no in-sync copy flushed. */
+  private async flushCopies(): Promise<void> {
     const targets = this.receivingSlots();
+    const inFlight = this.locks.sharedRanges();
     const snapshots = targets.map((slot) => {
+      // What this flush may make durable: writes completed so far. Writes still in flight may land
+      // after it, so they stay marked; everything set aside stays visible to fault() until done.
       const before = slot.unflushed;
       slot.unflushed = new RegionBitmap(this.size, this.regionBytes);
+      for (const range of inFlight) slot.unflushed.markRange(range.offset, range.length);
+      slot.flushing.add(before);
       return { slot, attachment: slot.attachment, before, wasInSync: slot.state === "in-sync" };
     });
     const results = await Promise.allSettled(targets.map((slot) => slot.port!.flush()));
-    let flushedInSync = 0;
     const faults: Promise<void>[] = [];
     results.forEach((result, i) => {
-      const { slot, attachment, before, wasInSync } = snapshots[i]!;
-      if (result.status === "fulfilled") {
-        if (wasInSync) flushedInSync++;
-        return;
-      }
+      const { slot, attachment, before } = snapshots[i]!;
+      slot.flushing.delete(before);
+      if (result.status === "fulfilled") return;
       this.checkFence(result.reason);
       orInto(slot.unflushed, before);
       faults.push(this.fault(slot, attachment, `flush failed: ${message(result.reason)}`, []));
     });
     await Promise.all(faults);
+    if (this.transition) await this.transition;
+    const flushedInSync = snapshots.filter(
+      ({ slot, attachment, wasInSync }, i) =>
+        wasInSync && results[i]!.status === "fulfilled" && slot.attachment === attachment && slot.state === "in-sync",
+    ).length;
     if (flushedInSync === 0) throw this.noCopies("FLUSH");
-    this.io.flushes++;
   }
 
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
@@ -548,25 +579,29 @@ export class VolumeEngine implements BlockDevice, EngineControl {
         this.activityLog.forget(logChange.evicted);
       }
       this.checkUsable();
+      if (this.inSyncSlots().length === 0) throw this.noCopies(op);
       for (const bitmap of this.changedSince.values()) bitmap.markRange(offset, length);
       const targets = this.receivingSlots();
       for (const slot of this.slots) if (!targets.includes(slot)) slot.missing?.markRange(offset, length);
       const sent = targets.map((slot) => ({ slot, attachment: slot.attachment, wasInSync: slot.state === "in-sync" }));
       for (const { slot } of sent) if (!fua) slot.unflushed.markRange(offset, length);
       const results = await Promise.allSettled(sent.map(({ slot }) => send(slot.port!)));
-      let appliedInSync = 0;
       const faults: Promise<void>[] = [];
       results.forEach((result, i) => {
-        const { slot, attachment, wasInSync } = sent[i]!;
-        if (result.status === "fulfilled") {
-          if (wasInSync) appliedInSync++;
-          return;
-        }
+        const { slot, attachment } = sent[i]!;
+        if (result.status === "fulfilled") return;
         if (isRangeError(result.reason)) throw result.reason;
         this.checkFence(result.reason);
         faults.push(this.fault(slot, attachment, `${op} failed: ${message(result.reason)}`, [{ offset, length }]));
       });
       await Promise.all(faults);
+      if (this.transition) await this.transition;
+      // Counted after the faults settled: a copy that applied the write but was lost meanwhile
+      // does not hold it for the client any more.
+      const appliedInSync = sent.filter(
+        ({ slot, attachment, wasInSync }, i) =>
+          wasInSync && results[i]!.status === "fulfilled" && slot.attachment === attachment && slot.state === "in-sync",
+      ).length;
       if (appliedInSync === 0) throw this.noCopies(op);
       this.io.writes++;
       this.io.bytesWritten += op === "WRITE" ? length : 0;
@@ -609,6 +644,7 @@ export class VolumeEngine implements BlockDevice, EngineControl {
     const missed = slot.missing ?? new RegionBitmap(this.size, this.regionBytes);
     for (const range of [...ranges, ...this.locks.sharedRanges()]) missed.markRange(range.offset, range.length);
     orInto(missed, slot.unflushed);
+    for (const pending of slot.flushing) orInto(missed, pending);
     slot.missing = missed;
     const port = slot.port;
     if (slot.state === "in-sync" && this.inSyncSlots().length === 1) this.lastInSync = slot;
@@ -624,7 +660,15 @@ export class VolumeEngine implements BlockDevice, EngineControl {
     this.generations = beginGenerationWithoutPeer(this.generations, this.newId());
     this.log(`volume now at generation ${this.generations.current} without ${slot.location}`);
     this.scheduleReconnect();
-    await this.saveVolumeMetadata();
+    const saved = this.saveVolumeMetadata();
+    // Until this is on record, no write may complete: a write sent only to the remaining copies
+    // would otherwise be acknowledged while the copies still claim to be in sync with the one that left.
+    const transition = saved.catch(() => undefined);
+    this.transition = transition;
+    void transition.then(() => {
+      if (this.transition === transition) this.transition = null;
+    });
+    await saved;
   }
 
   private addChangeBitmap(base: string, initial: RegionBitmap): void {
@@ -659,6 +703,7 @@ export class VolumeEngine implements BlockDevice, EngineControl {
         const targets = this.inSyncSlots().map((slot) => ({ slot, attachment: slot.attachment }));
         if (targets.length === 0) return;
         const patch = this.volumePatch();
+        this.activityLog.saving(patch.activityLog ?? []);
         const results = await Promise.allSettled(
           targets.map(({ slot }) => slot.port!.updateMetadata(this.epoch, patch)),
         );
@@ -754,8 +799,14 @@ export class VolumeEngine implements BlockDevice, EngineControl {
     slot.attachment++;
     this.watchLoss(slot);
     if (rejoinsAsLast) {
-      slot.missing = null;
-      slot.unflushed = new RegionBitmap(this.size, this.regionBytes);
+      // What it missed (writes that failed on it, so failed for the client) may have landed on the
+      // others: they must take those regions back from it.
+      const missed = slot.missing;
+      if (missed) {
+        for (const other of this.slots) if (other !== slot && other.missing) orInto(other.missing, missed);
+        for (const bitmap of this.changedSince.values()) orInto(bitmap, missed);
+      }
+      slot.missing = null; // its unflushed regions stay tracked: they may still be lost with its host
       this.setState(slot, "in-sync", null);
       this.log(`${slot.location}: the last in-sync copy is back unchanged; the volume serves from it again`);
       void this.saveVolumeMetadata();

@@ -37,7 +37,7 @@ export async function runResync(engine: VolumeEngine, slot: Slot, attachment: nu
   const settings = engine.resyncSettings;
   const meter = new RateMeter(engine.clock);
   meter.record(0);
-  const live = (): boolean => slot.attachment === attachment && engine.fenced === null;
+  const live = (): boolean => slot.attachment === attachment && engine.fenced === null && !engine.isStopping;
   const shared = { cursor: 0, lastSave: engine.clock.now(), saving: false, inFlight: new Set<Run>() };
   const started = engine.clock.now();
 

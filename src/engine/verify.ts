@@ -51,6 +51,7 @@ async function verifyAll(engine: VolumeEngine, status: Mutable<VerifyStatus>): P
   const mismatches = status.mismatches as VerifyStatus["mismatches"][number][];
   for (let offset = 0; offset < engine.size; offset += VERIFY_CHUNK_BYTES) {
     if (engine.fenced) throw new HavenError("HAVEN_ERR_IO", engine.fenced);
+    if (engine.isStopping) throw new HavenError("HAVEN_ERR_SHUTTING_DOWN", "the volume is stopping");
     const length = Math.min(VERIFY_CHUNK_BYTES, engine.size - offset);
     await engine.throttle.take(length);
     const release = await engine.locks.acquire(offset, length, true);

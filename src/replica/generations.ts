@@ -17,7 +17,7 @@ export interface Generations {
 }
 
 /** How many older generations a copy remembers. */
-export const MAX_HISTORY = 4;
+export const MAX_HISTORY = 64;
 
 export const NEW_COPY: Generations = { current: "", bitmap: "", history: [] };
 
@@ -78,9 +78,6 @@ export function compareGenerations(local: Generations, peer: Generations): Compa
       "we moved on from the peer's current generation: incremental resync to the peer",
     );
   }
-  if (isId(local.bitmap) && local.bitmap === peer.bitmap) {
-    return decide({ kind: "split-brain" }, 5, "both copies took writes since the same generation");
-  }
   if (peer.history.includes(local.current)) {
     return decide(
       { kind: "sync", from: "peer", mode: "full" },
@@ -94,6 +91,9 @@ export function compareGenerations(local: Generations, peer: Generations): Compa
       6,
       "the peer's current generation is in our history: full resync to the peer",
     );
+  }
+  if (isId(local.bitmap) && local.bitmap === peer.bitmap) {
+    return decide({ kind: "split-brain" }, 5, "both copies took writes since the same generation");
   }
   const localPast = new Set([local.bitmap, ...local.history].filter(isId));
   if ([peer.bitmap, ...peer.history].some((id) => isId(id) && localPast.has(id))) {
