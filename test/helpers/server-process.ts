@@ -149,6 +149,7 @@ export function run(
       clearTimeout(timer);
       resolve({ code, stdout, stderr });
     });
+    child.stdin.on("error", () => undefined); // a tool that exits without reading its input: EPIPE is no failure
     child.stdin.end(options.input ?? "");
   });
 }

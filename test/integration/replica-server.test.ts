@@ -27,6 +27,7 @@ import { encodeFrame, type Frame } from "../../src/replica/protocol/frame-codec.
 import { proof } from "../../src/replica/protocol/auth.js";
 import type { CreateOptions } from "../../src/replica/port.js";
 import type { ReplicaMetadata } from "../../src/replica/replica-store.js";
+import { MAX_HISTORY } from "../../src/replica/generations.js";
 import { tempDir } from "../helpers/server-process.js";
 
 const SECRET = Buffer.from("correct horse battery staple, 2026");
@@ -341,7 +342,10 @@ describe("replica server", () => {
       [{ generations: "x" }, /"generations": must be an object/],
       [{ generations: { ...generations, current: "nothex" } }, /"current" and "bitmap" must be 16 hex/],
       [{ generations: { ...generations, extra: 1 } }, /unknown field "extra"/],
-      [{ generations: { ...generations, history: [GEN_B, GEN_B, GEN_B, GEN_B, GEN_B] } }, /more than 4 generations/],
+      [
+        { generations: { ...generations, history: Array<string>(MAX_HISTORY + 1).fill(GEN_B) } },
+        new RegExp(`more than ${MAX_HISTORY} generations`),
+      ],
       [{ generations: { current: "", bitmap: GEN_B, history: [] } }, /a copy without data has no past/],
       [{ generations: { ...generations, history: "none" } }, /"history" must be an array/],
       [{ changedSince: { nothex: "" } }, /"changedSince" key "nothex" is not a generation id/],
