@@ -208,9 +208,9 @@ async function copyRun(
 async function saveProgress(engine: VolumeEngine, slot: Slot, attachment: number, bitmap: RegionBitmap): Promise<void> {
   const port = slot.port;
   if (port === undefined || slot.attachment !== attachment) return;
-  await port.flush();
+  // Taken before the flush: only chunks copied by then are made durable by it (other workers go on).
   const remaining = encodeBitmap(bitmap, 10 * 1024);
-  slot.lastMetadata = await port.updateMetadata(engine.epoch, {
-    resync: { validFor: engine.generations.current, remaining },
-  });
+  const validFor = engine.generations.current;
+  await port.flush();
+  slot.lastMetadata = await port.updateMetadata(engine.epoch, { resync: { validFor, remaining } });
 }

@@ -526,3 +526,29 @@ test("rule 2: a write is acknowledged only once the copies that left before it a
   await w.heal();
   await w.checkConverged();
 });
+
+test("rule 2: a resync saves as done only chunks a flush made durable, even with chunks copied in parallel", async () => {
+  // Engine bug 17, found by seed 1594 once resync copied chunks in parallel: saveProgress() read the
+  // bitmap after its flush, so a chunk another worker finished during that flush counted as durable.
+  const resync = { chunkBytes: 64 * 1024, saveProgressMs: 0, parallelChunks: 2 };
+  const w = world([A, B], { resync, ...LOST_IN_FLIGHT });
+  await w.startEngine();
+  w.net.setLink(B.location, false);
+  await w.runFor(5);
+  await acked(w, w.write(0, 1)); // two regions B misses, copied by two workers
+  await acked(w, w.write(64, 1));
+  w.net.plans.get(B.location)!.script.push(
+    { outcome: "ok", delayMs: 10, kind: "WRITE" }, // block 0: lands while the progress flush is under way
+    { outcome: "ok", delayMs: 1, kind: "WRITE" }, // block 64: done first, its worker saves progress
+    { outcome: "ok", delayMs: 20, kind: "FLUSH" },
+    { outcome: "ok", delayMs: 100, kind: "FLUSH" }, // the flush before B joins the in-sync set
+  );
+  w.net.setLink(B.location, true);
+  assert.ok(await w.runUntil(() => w.net.disks.get(B.location)!.meta.resync !== null, 5_000), "progress saved");
+  await w.runFor(20);
+  w.powerLoss(B.location, false); // before B flushed block 0
+  w.net.powerOn(B.location);
+  w.net.setLink(B.location, true);
+  await w.heal();
+  await w.checkConverged();
+});

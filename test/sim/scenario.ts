@@ -382,7 +382,8 @@ export class World {
         const torn = this.rng.chance(0.5);
         this.net.powerLoss(copy.location, torn);
         this.log(`${copy.location}: power lost with the host${torn ? " (torn cache)" : ""}`);
-        if (this.lastInSync.has(copy.location)) cacheLost = true;
+        // Even a copy that just left the in-sync set may be the next source: its leaving may not be on record.
+        cacheLost = true;
       }
     }
     if (cacheLost) this.loseCache("the next engine may start from a copy that lost its cache");
