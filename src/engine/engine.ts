@@ -819,13 +819,18 @@ export class VolumeEngine implements BlockDevice, EngineControl {
     this.beginResync(slot, decision, port.metadata);
   }
 
+  /** Makes `port` the slot's copy: a new attachment, watched for loss. */
+  private attach(slot: Slot, port: ReplicaPort): void {
+    slot.port = port;
+    slot.attachment++;
+    slot.lastMetadata = port.metadata;
+    this.watchLoss(slot);
+  }
+
   private async createCopy(slot: Slot): Promise<void> {
     try {
       const port = await this.options.opener(slot.location, this.options.name, this.createOptions());
-      slot.port = port;
-      slot.attachment++;
-      slot.lastMetadata = port.metadata;
-      this.watchLoss(slot);
+      this.attach(slot, port);
       this.beginResync(
         slot,
         decideCopy({ generations: this.generations, changedSince: {} }, port.metadata),
@@ -970,10 +975,7 @@ export class VolumeEngine implements BlockDevice, EngineControl {
 
   private async openForRebuild(slot: Slot): Promise<void> {
     const port = await this.options.opener(slot.location, this.options.name, this.createOptions());
-    slot.port = port;
-    slot.attachment++;
-    slot.lastMetadata = port.metadata;
-    this.watchLoss(slot);
+    this.attach(slot, port);
     this.beginResync(
       slot,
       { kind: "full", rule: "operator named the survivor of a split brain" },
