@@ -2,6 +2,7 @@
  * haven_io: the few Linux file-system calls Node.js does not expose, for the file block device.
  *
  *   fallocate(fd, mode, offset, length) -> Promise<void>   (runs on the libuv thread pool)
+ *   startWriteback(fd, offset, length) -> Promise<void>  (sync_file_range WRITE, on the thread pool)
  *   seekData(fd, offset) -> number    lseek(SEEK_DATA); -1 when there is no data at or after offset
  *   seekHole(fd, offset) -> number    lseek(SEEK_HOLE); the file's end counts as a hole
  *   seekEnd(fd) -> number             size of a file or block device
@@ -87,38 +88,67 @@ static int get_int64(napi_env env, napi_value value, int64_t *out) {
   return 1;
 }
 
+/* A system call on a byte range of a file, run on the thread pool: fallocate, or sync_file_range. */
+typedef enum { RANGE_FALLOCATE, RANGE_WRITEBACK } range_op;
+
 typedef struct {
   napi_async_work work;
   napi_deferred deferred;
+  range_op op;
   int fd;
   int mode;
   int64_t offset;
   int64_t length;
   int err;
-} fallocate_job;
+} range_job;
 
-static void fallocate_execute(napi_env env, void *data) {
+static void range_execute(napi_env env, void *data) {
   (void)env;
-  fallocate_job *job = data;
+  range_job *job = data;
   int rc;
   do {
-    rc = fallocate(job->fd, job->mode, (off_t)job->offset, (off_t)job->length);
+    if (job->op == RANGE_FALLOCATE)
+      rc = fallocate(job->fd, job->mode, (off_t)job->offset, (off_t)job->length);
+    else
+      rc = sync_file_range(job->fd, (off64_t)job->offset, (off64_t)job->length, SYNC_FILE_RANGE_WRITE);
   } while (rc != 0 && errno == EINTR);
   job->err = rc == 0 ? 0 : errno;
 }
 
-static void fallocate_complete(napi_env env, napi_status status, void *data) {
-  fallocate_job *job = data;
+static void range_complete(napi_env env, napi_status status, void *data) {
+  range_job *job = data;
   if (status != napi_ok && job->err == 0) job->err = EIO;
   if (job->err == 0) {
     napi_value undefined;
     napi_get_undefined(env, &undefined);
     napi_resolve_deferred(env, job->deferred, undefined);
   } else {
-    napi_reject_deferred(env, job->deferred, make_error(env, "fallocate", job->err));
+    const char *syscall = job->op == RANGE_FALLOCATE ? "fallocate" : "sync_file_range";
+    napi_reject_deferred(env, job->deferred, make_error(env, syscall, job->err));
   }
   napi_delete_async_work(env, job->work);
   free(job);
+}
+
+static napi_value queue_range_job(napi_env env, range_op op, int64_t fd, int64_t mode, int64_t offset,
+                                  int64_t length) {
+  range_job *job = calloc(1, sizeof *job);
+  if (job == NULL) {
+    napi_throw_error(env, "ENOMEM", "out of memory");
+    return NULL;
+  }
+  job->op = op;
+  job->fd = (int)fd;
+  job->mode = (int)mode;
+  job->offset = offset;
+  job->length = length;
+  napi_value promise, name;
+  CHECK(napi_create_promise(env, &job->deferred, &promise));
+  CHECK(napi_create_string_utf8(env, op == RANGE_FALLOCATE ? "haven_fallocate" : "haven_writeback",
+                                NAPI_AUTO_LENGTH, &name));
+  CHECK(napi_create_async_work(env, NULL, name, range_execute, range_complete, job, &job->work));
+  CHECK(napi_queue_async_work(env, job->work));
+  return promise;
 }
 
 static napi_value js_fallocate(napi_env env, napi_callback_info info) {
@@ -128,21 +158,18 @@ static napi_value js_fallocate(napi_env env, napi_callback_info info) {
   if (!get_int64(env, argv[0], &fd) || !get_int64(env, argv[1], &mode) ||
       !get_int64(env, argv[2], &offset) || !get_int64(env, argv[3], &length))
     return NULL;
-  fallocate_job *job = calloc(1, sizeof *job);
-  if (job == NULL) {
-    napi_throw_error(env, "ENOMEM", "out of memory");
+  return queue_range_job(env, RANGE_FALLOCATE, fd, mode, offset, length);
+}
+
+/* startWriteback(fd, offset, length): sync_file_range(SYNC_FILE_RANGE_WRITE), starting the disk
+ * write of the range's dirty pages without waiting for it; a hint, not a durability point. */
+static napi_value js_start_writeback(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  if (!get_args(env, info, 3, argv)) return NULL;
+  int64_t fd, offset, length;
+  if (!get_int64(env, argv[0], &fd) || !get_int64(env, argv[1], &offset) || !get_int64(env, argv[2], &length))
     return NULL;
-  }
-  job->fd = (int)fd;
-  job->mode = (int)mode;
-  job->offset = offset;
-  job->length = length;
-  napi_value promise, name;
-  CHECK(napi_create_promise(env, &job->deferred, &promise));
-  CHECK(napi_create_string_utf8(env, "haven_fallocate", NAPI_AUTO_LENGTH, &name));
-  CHECK(napi_create_async_work(env, NULL, name, fallocate_execute, fallocate_complete, job, &job->work));
-  CHECK(napi_queue_async_work(env, job->work));
-  return promise;
+  return queue_range_job(env, RANGE_WRITEBACK, fd, 0, offset, length);
 }
 
 static napi_value seek(napi_env env, napi_callback_info info, int whence, const char *syscall) {
@@ -368,6 +395,7 @@ static napi_value js_lock_exclusive(napi_env env, napi_callback_info info) {
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor properties[] = {
     {"fallocate", NULL, js_fallocate, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"startWriteback", NULL, js_start_writeback, NULL, NULL, NULL, napi_enumerable, NULL},
     {"seekData", NULL, js_seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
     {"seekHole", NULL, js_seek_hole, NULL, NULL, NULL, napi_enumerable, NULL},
     {"seekEnd", NULL, js_seek_end, NULL, NULL, NULL, napi_enumerable, NULL},

@@ -210,6 +210,20 @@ export class FileDevice implements BlockDevice {
   }
 
   /**
+   * Starts the disk write of the range's dirty pages and returns without waiting for it to finish
+   * (sync_file_range). Not a durability point, only a way to keep the disk busy while more data is
+   * coming, so that a later flush has little left to do: a bulk copy (a rebuild) otherwise leaves the
+   * disk idle until its final flush, because the kernel starts writing back only past its dirty limit.
+   */
+  startWriteback(offset: number, length: number): Promise<void> {
+    const refused = this.refusal(() => this.checkOpen());
+    if (refused) return refused;
+    return this.native.startWriteback(this.fd, offset, length).catch((error: unknown) => {
+      throw fromSystemError(error, `start writeback of ${length} bytes at ${offset} of ${this.path}`);
+    });
+  }
+
+  /**
    * fdatasync, coalesced: a FLUSH that arrives while one is running waits for the next one, which
    * starts after the running one ends and so covers every write completed before this call.
    */

@@ -9,6 +9,8 @@ import { packageRoot } from "../util/repo-root.js";
 
 export interface NativeIo {
   fallocate(fd: number, mode: number, offset: number, length: number): Promise<void>;
+  /** sync_file_range(SYNC_FILE_RANGE_WRITE) on a pool thread: starts writing the range's dirty pages. */
+  startWriteback(fd: number, offset: number, length: number): Promise<void>;
   /** lseek(SEEK_DATA): the first data offset at or after `offset`, or -1 if there is none. */
   seekData(fd: number, offset: number): number;
   /** lseek(SEEK_HOLE): the first hole offset at or after `offset` (end of file counts), or -1. */

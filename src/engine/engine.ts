@@ -83,7 +83,7 @@ export const DEFAULT_RESYNC: ResyncSettings = {
   busyWindowMs: 200,
   chunkBytes: 1024 * 1024,
   saveProgressMs: 2000,
-  parallelChunks: 4,
+  parallelChunks: 8,
 };
 
 /** One configured copy and what the engine knows about it. */

@@ -46,6 +46,10 @@ export class LocalReplicaPort implements ReplicaPort {
     return this.store.data.read(offset, target);
   }
 
+  startWriteback(offset: number, length: number): Promise<void> {
+    return this.store.data.startWriteback(offset, length);
+  }
+
   zeroCopySource(offset: number, length: number): { fd: number; position: number } | undefined {
     return this.store.data.zeroCopySource(offset, length);
   }

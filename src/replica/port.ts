@@ -27,6 +27,8 @@ export interface ReplicaPort {
   trim(epoch: number, offset: number, length: number, fua: boolean): Promise<void>;
   writeZeroes(epoch: number, offset: number, length: number, fua: boolean): Promise<void>;
   flush(): Promise<void>;
+  /** Local copies: starts writing the range to disk without waiting (a bulk copy's hint, not a flush). */
+  startWriteback?(offset: number, length: number): Promise<void>;
   /** Durably changes the writer-owned metadata; resolves with the new metadata once it is synced. */
   updateMetadata(epoch: number, patch: MetadataPatch): Promise<ReplicaMetadata>;
   /** One digest of REGION_DIGEST_BYTES per region of `regionBytes` in [offset, offset+length), concatenated. */

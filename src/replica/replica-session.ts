@@ -21,7 +21,7 @@ import {
   ReplyStatus,
 } from "./protocol/constants.js";
 import { frame, type FrameConnection } from "./protocol/connection.js";
-import type { Frame } from "./protocol/frame-codec.js";
+import { payloadBytes, type Frame } from "./protocol/frame-codec.js";
 import { encodeExtents, encodeMetadata, parseMetadataPatch, parseOpenRequest } from "./protocol/payloads.js";
 
 export interface SessionLimits {
@@ -195,8 +195,8 @@ export class ReplicaSession {
     const allowedFlags = TAKES_FUA.has(type) ? FrameFlag.FUA : 0;
     if ((request.flags & ~allowedFlags) !== 0)
       throw invalid(`flags 0x${request.flags.toString(16)} are not valid for ${name}`);
-    if (!TAKES_PAYLOAD.has(type) && request.payload.length > 0)
-      throw invalid(`${name} takes no payload (got ${request.payload.length} bytes)`);
+    if (!TAKES_PAYLOAD.has(type) && payloadBytes(request) > 0)
+      throw invalid(`${name} takes no payload (got ${payloadBytes(request)} bytes)`);
     if (type === FrameType.PING) return Buffer.alloc(0);
     if (type === FrameType.OPEN_REPLICA) return this.open(request);
 
@@ -211,10 +211,10 @@ export class ReplicaSession {
         if (length > MAX_READ_BYTES) throw invalid(`READ of ${length} bytes exceeds the ${MAX_READ_BYTES}-byte limit`);
         return port.read(checkRange(port, name, offset, length), length);
       case FrameType.WRITE: {
-        const data = request.payload;
-        if (data.length > MAX_WRITE_BYTES)
-          throw invalid(`WRITE of ${data.length} bytes exceeds the ${MAX_WRITE_BYTES}-byte limit`);
-        await port.write(epochOf(request), checkRange(port, name, offset, data.length), data, fua);
+        const bytes = payloadBytes(request);
+        if (bytes > MAX_WRITE_BYTES) throw invalid(`WRITE of ${bytes} bytes exceeds the ${MAX_WRITE_BYTES}-byte limit`);
+        const data = request.pieces ?? [request.payload];
+        await port.write(epochOf(request), checkRange(port, name, offset, bytes), data, fua);
         return Buffer.alloc(0);
       }
       case FrameType.TRIM:
@@ -286,7 +286,7 @@ export class ReplicaSession {
 
 /** Bytes a request holds while it runs: its payload, plus the data a READ sends back. */
 function payloadCost(request: Frame): number {
-  return request.payload.length + (request.type === FrameType.READ ? Math.min(request.length, MAX_READ_BYTES) : 0);
+  return payloadBytes(request) + (request.type === FrameType.READ ? Math.min(request.length, MAX_READ_BYTES) : 0);
 }
 
 function invalid(reason: string): HavenError {

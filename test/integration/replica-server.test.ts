@@ -513,6 +513,7 @@ describe("replica server", () => {
       replies++;
     });
     connection.send(frame(FrameType.OPEN_REPLICA, { requestId: 1n, payload: Buffer.from('{"name":"vol-a"}') }));
+    await poll(() => replies === 1 || undefined, "the OPEN_REPLICA reply");
     const requests = 300;
     socket.pause(); // the engine stops reading: replies pile up on the server's side
     for (let id = 2; id < requests + 2; id++) {

@@ -8,6 +8,7 @@ import { readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import fc from "fast-check";
 import { FileDevice } from "../../src/block/file-device.js";
+import { nativeIo } from "../../src/block/native.js";
 import { HavenError } from "../../src/core/errors.js";
 import { tempDir } from "../helpers/server-process.js";
 
@@ -123,4 +124,20 @@ test("opening refuses to resize, to create without a size, and empty files", asy
   writeFileSync(join(dir.path, "empty.img"), "");
   await assert.rejects(FileDevice.open(join(dir.path, "empty.img")), /empty/);
   await assert.rejects(FileDevice.open(dir.path), /directory/);
+});
+
+test("start writeback is a hint on an open device and an error on a closed one or a bad descriptor", async () => {
+  const data = randomBytes(2 * MiB);
+  await device.write(4 * MiB, data);
+  await device.startWriteback(4 * MiB, 2 * MiB);
+  assert.ok(
+    readFileSync(path)
+      .subarray(4 * MiB, 6 * MiB)
+      .equals(data),
+    "the data is unchanged by it",
+  );
+  await assert.rejects(nativeIo().startWriteback(999_999, 0, 4096), /sync_file_range failed: Bad file descriptor/);
+  const other = await FileDevice.open(join(dir.path, "closed.img"), { createSizeBytes: MiB });
+  await other.close();
+  await assert.rejects(other.startWriteback(0, 4096), HavenError);
 });

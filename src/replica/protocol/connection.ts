@@ -1,6 +1,9 @@
 // A replication-protocol connection over a socket, used by both sides: frames in through the decoder,
 // frames out as corked writes (payload pieces sent as they are, never concatenated), and the mutual
-// challenge-response handshake (auth.ts) at the start.
+// challenge-response handshake (auth.ts) at the start. Every frame sent in one turn of the event loop
+// leaves in one writev: the socket is corked at the first and uncorked once the loop has handled the
+// I/O it was handling. Measured on 4 KiB writes at queue depth 32, a write syscall per frame cost the
+// engine and the replica server most of their CPU (loopback TCP does the receiver's work too).
 
 import type { Socket } from "node:net";
 import { HavenError } from "../../core/errors.js";
@@ -30,6 +33,7 @@ export class FrameConnection {
   private queued: Frame[] = [];
   private failure: Error | undefined;
   private onFrame: ((frame: Frame) => void) | undefined;
+  private corked = false;
 
   constructor(readonly socket: Socket) {
     socket.on("data", (chunk: Buffer) => {
@@ -55,9 +59,8 @@ export class FrameConnection {
 
   send(f: Frame): void {
     if (this.socket.destroyed || !this.socket.writable) return;
-    this.socket.cork();
+    this.corkUntilLater();
     for (const buffer of encodeFrame(f)) this.socket.write(buffer);
-    this.socket.uncork();
   }
 
   /** Sends a frame whose payload is `pieces` back to back, without copying them into one buffer. */
@@ -65,11 +68,22 @@ export class FrameConnection {
     if (this.socket.destroyed || !this.socket.writable) return;
     let payloadLength = 0;
     for (const piece of pieces) payloadLength += piece.length;
-    this.socket.cork();
+    this.corkUntilLater();
     this.socket.write(encodeFrameHeader(f, payloadLength));
     for (const piece of pieces) if (piece.length > 0) this.socket.write(piece);
-    this.socket.uncork();
   }
+
+  private corkUntilLater(): void {
+    if (this.corked) return;
+    this.corked = true;
+    this.socket.cork();
+    setImmediate(this.uncork);
+  }
+
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.socket.uncork();
+  };
 
   /** The next frame (only while no listen() handler is set), or the reason the connection failed. */
   next(timeoutMs = AUTH_TIMEOUT_MS): Promise<Frame> {
