@@ -53,7 +53,7 @@ const NOWAIT_READ_MAX_BYTES = 64 * 1024;
  * writes use the pool for the next INLINE_WRITE_BACKOFF_MS, bounding how often the loop can stall.
  */
 const INLINE_WRITE_MAX_BYTES = 64 * 1024;
-const INLINE_WRITE_SLOW_MS = 1;
+const INLINE_WRITE_SLOW_MS = 10;
 const INLINE_WRITE_BACKOFF_MS = 1000;
 
 export class FileDevice implements BlockDevice {

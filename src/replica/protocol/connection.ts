@@ -12,6 +12,8 @@ import { FrameType, ReplyStatus } from "./constants.js";
 import { encodeFrame, encodeFrameHeader, FrameDecoder, type Frame } from "./frame-codec.js";
 
 export const AUTH_TIMEOUT_MS = 10_000;
+/** Frames per writev at most while a turn of the event loop keeps sending. */
+const FRAMES_PER_WRITE = 4;
 
 export function frame(type: number, fields: Partial<Omit<Frame, "type">> = {}): Frame {
   return {
@@ -34,6 +36,7 @@ export class FrameConnection {
   private failure: Error | undefined;
   private onFrame: ((frame: Frame) => void) | undefined;
   private corked = false;
+  private corkedFrames = 0;
 
   constructor(readonly socket: Socket) {
     socket.on("data", (chunk: Buffer) => {
@@ -74,8 +77,16 @@ export class FrameConnection {
   }
 
   private corkUntilLater(): void {
-    if (this.corked) return;
+    if (this.corked) {
+      // A long batch goes out in parts, so the peer starts on the first frames while we make the rest.
+      if (++this.corkedFrames % FRAMES_PER_WRITE === 0) {
+        this.socket.uncork();
+        this.socket.cork();
+      }
+      return;
+    }
     this.corked = true;
+    this.corkedFrames = 1;
     this.socket.cork();
     setImmediate(this.uncork);
   }
