@@ -3,7 +3,9 @@
 // shared secret (mutual challenge-response); an unauthenticated peer gets a refusal and nothing else.
 // Each copy is opened once, as a LocalReplicaPort shared by every connection to it, so a remote engine
 // gets exactly the semantics of a local copy, epoch fence included: a deposed primary's writes are
-// refused. Requests are handled by one ReplicaSession per connection (replica-session.ts); malformed
+// refused. A copy is closed (its lock released) once the last connection to it has closed and every
+// request it started has finished, so the host's own engine can open it when this host becomes
+// primary; evict() forces that for a copy whose old primary may still be connected. Requests are handled by one ReplicaSession per connection (replica-session.ts); malformed
 // traffic ends only its own connection, with a logged reason.
 
 import { createServer, type Server, type Socket } from "node:net";
@@ -21,8 +23,8 @@ export interface ReplicaServerOptions {
 }
 
 export class ReplicaServer {
-  /** One open port per volume name, shared by every connection to that copy, until stop(). */
-  private readonly copies = new Map<string, Promise<LocalReplicaPort>>();
+  /** One open port per volume name, shared by every connection to that copy. */
+  private readonly copies = new Map<string, CopyEntry>();
   private readonly sockets = new Set<Socket>();
   private readonly sessions = new Set<ReplicaSession>();
   private server: Server | undefined;
@@ -60,8 +62,27 @@ export class ReplicaServer {
     this.stopping = true;
     for (const socket of this.sockets) socket.destroy();
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
-    for (const copy of this.copies.values()) await (await copy.catch(() => undefined))?.close();
+    for (const entry of this.copies.values()) {
+      await entry.closing;
+      await (await entry.port.catch(() => undefined))?.close();
+    }
     this.copies.clear();
+  }
+
+  /**
+   * Drops every connection to copy `name`, waits for the requests they started, and closes the copy,
+   * so that this host's own engine can open it. Resolves when the copy is closed (or was not open).
+   */
+  async evict(name: string): Promise<void> {
+    const sessions = [...this.sessions].filter((session) => session.copyName === name);
+    for (const session of sessions) session.destroy();
+    await Promise.all(sessions.map((session) => session.finished));
+    await this.copies.get(name)?.closing;
+  }
+
+  /** Names of the copies open now (for status and tests). */
+  openCopies(): string[] {
+    return [...this.copies.keys()];
   }
 
   private accept(socket: Socket): void {
@@ -75,9 +96,17 @@ export class ReplicaServer {
       () => {
         if (socket.destroyed) return log(`closed during authentication: ${connection.failed?.message ?? "?"}`);
         log("engine authenticated");
-        const session = new ReplicaSession(connection, (name, create) => this.openCopy(name, create), this.limits, log);
+        const session: ReplicaSession = new ReplicaSession(
+          connection,
+          (name, create) => this.openCopy(session, name, create),
+          this.limits,
+          log,
+        );
         this.sessions.add(session);
-        socket.on("close", () => this.sessions.delete(session));
+        void session.finished.then(() => {
+          this.sessions.delete(session);
+          this.release(session);
+        });
         session.start();
       },
       (error: unknown) => {
@@ -93,25 +122,58 @@ export class ReplicaServer {
    * The shared port of copy `name`, opening it (or creating it, with `create`) on first use. Never
    * overwrites: an existing copy is opened as it is, whatever `create` says (the engine checks identity).
    */
-  private async openCopy(name: string, create: CreateOptions | undefined): Promise<LocalReplicaPort> {
+  private async openCopy(
+    session: ReplicaSession,
+    name: string,
+    create: CreateOptions | undefined,
+  ): Promise<LocalReplicaPort> {
     for (;;) {
       if (this.stopping) throw new HavenError("HAVEN_ERR_SHUTTING_DOWN", "the replica server is shutting down");
-      let copy = this.copies.get(name);
-      if (copy === undefined) {
+      const entry = this.copies.get(name);
+      if (entry?.closing) {
+        // The last user just left: a new one waits for the close (and the lock) before opening again.
+        await entry.closing;
+        continue;
+      }
+      if (entry === undefined) {
         const opening = LocalReplicaPort.open(this.options.directory, name, create);
-        copy = opening;
-        this.copies.set(name, opening);
+        const created: CopyEntry = { port: opening, users: new Set([session]), closing: undefined };
+        this.copies.set(name, created);
         opening.catch(() => {
-          if (this.copies.get(name) === opening) this.copies.delete(name);
+          if (this.copies.get(name) === created) this.copies.delete(name);
         });
         return opening;
       }
+      entry.users.add(session);
       try {
-        return await copy;
+        return await entry.port;
       } catch (error) {
+        entry.users.delete(session);
         // Another connection's open (without `create`) found nothing: this one may create it.
         if (!(error instanceof HavenError && error.code === "HAVEN_ERR_NOT_FOUND" && create !== undefined)) throw error;
       }
     }
   }
+
+  /** A session is done: its copy closes when it was the last user. */
+  private release(session: ReplicaSession): void {
+    const name = session.copyName;
+    const entry = name === undefined ? undefined : this.copies.get(name);
+    if (name === undefined || entry === undefined || !entry.users.delete(session)) return;
+    if (entry.users.size > 0 || entry.closing || this.stopping) return;
+    entry.closing = entry.port
+      .then((port) => port.close())
+      .catch((error: unknown) => this.log(`closing copy "${name}" failed: ${(error as Error).message}`))
+      .finally(() => {
+        if (this.copies.get(name) === entry) this.copies.delete(name);
+      });
+  }
+}
+
+interface CopyEntry {
+  readonly port: Promise<LocalReplicaPort>;
+  /** Sessions that opened this copy and have not finished. */
+  readonly users: Set<ReplicaSession>;
+  /** Set once the last user left: the close under way. */
+  closing: Promise<void> | undefined;
 }

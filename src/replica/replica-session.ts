@@ -90,6 +90,10 @@ export class ReplicaSession {
   private peakInflightBytes = 0;
   private requestsStarted = 0;
   private refusals = 0;
+  private socketClosed = false;
+  private resolveFinished: () => void = () => undefined;
+  /** Resolves once the connection has closed and every request it started has finished. */
+  readonly finished = new Promise<void>((resolve) => (this.resolveFinished = resolve));
 
   constructor(
     private readonly connection: FrameConnection,
@@ -101,11 +105,30 @@ export class ReplicaSession {
   start(): void {
     const socket = this.connection.socket;
     socket.on("drain", () => this.pump());
-    socket.on("close", () => this.log(`closed: ${this.closingNote()}`));
+    socket.on("close", () => {
+      this.log(`closed: ${this.closingNote()}`);
+      this.socketClosed = true;
+      this.waiting.length = 0; // decoded but never started: nobody is left to answer
+      this.finishIfIdle();
+    });
     this.connection.listen((request) => {
       this.waiting.push(request);
       this.pump();
     });
+  }
+
+  /** The copy this connection opened (or is opening), if any. */
+  get copyName(): string | undefined {
+    return this.copy.kind === "none" ? undefined : this.copy.name;
+  }
+
+  /** Drops the connection; `finished` resolves once the requests it started are done. */
+  destroy(): void {
+    this.connection.socket.destroy();
+  }
+
+  private finishIfIdle(): void {
+    if (this.socketClosed && this.inflightRequests === 0) this.resolveFinished();
   }
 
   load(): SessionLoad {
@@ -165,6 +188,7 @@ export class ReplicaSession {
         this.inflightRequests--;
         this.inflightBytes -= cost;
         this.pump();
+        this.finishIfIdle();
       });
   }
 

@@ -1,0 +1,190 @@
+// The cluster's state in etcd: which keys exist, what their JSON values hold, and how to read them
+// back safely (values are checked, since any process with etcd access can write them). All keys live
+// under one prefix, so several clusters can share an etcd.
+//
+//   /haven/hosts/NAME            HostRecord, attached to the host's lease: present = the host is alive
+//   /haven/host-info/NAME        HostRecord, no lease: the hosts the cluster has ever had
+//   /haven/volumes/NAME          VolumeSpec: size and where the copies are (one host each)
+//   /haven/primary/NAME          PrimaryRecord: which host serves the volume, at which epoch
+//   /haven/replicas/NAME/HOST    ReplicaRecord: that host's copy, as the primary last recorded it
+//   /haven/events/SEQ            EventRecord; SEQ is a zero-padded millisecond time plus a random tail
+//
+// The rule that makes failover safe (issue 4): a copy is recorded "in-sync" only while it has every
+// acknowledged write, because the primary records a copy as out of sync *before* it acknowledges any
+// write the copy missed. So a standby may promote its copy exactly when its record says in-sync.
+
+import { randomBytes } from "node:crypto";
+import { HavenError } from "../core/errors.js";
+
+export const CLUSTER_PREFIX = "/haven/";
+
+export const keys = {
+  host: (name: string): string => `${CLUSTER_PREFIX}hosts/${name}`,
+  hosts: (): string => `${CLUSTER_PREFIX}hosts/`,
+  hostInfo: (name: string): string => `${CLUSTER_PREFIX}host-info/${name}`,
+  hostInfos: (): string => `${CLUSTER_PREFIX}host-info/`,
+  volume: (name: string): string => `${CLUSTER_PREFIX}volumes/${name}`,
+  volumes: (): string => `${CLUSTER_PREFIX}volumes/`,
+  primary: (volume: string): string => `${CLUSTER_PREFIX}primary/${volume}`,
+  primaries: (): string => `${CLUSTER_PREFIX}primary/`,
+  replica: (volume: string, host: string): string => `${CLUSTER_PREFIX}replicas/${volume}/${host}`,
+  replicasOf: (volume: string): string => `${CLUSTER_PREFIX}replicas/${volume}/`,
+  replicas: (): string => `${CLUSTER_PREFIX}replicas/`,
+  events: (): string => `${CLUSTER_PREFIX}events/`,
+  event: (sequence: string): string => `${CLUSTER_PREFIX}events/${sequence}`,
+} as const;
+
+export interface HostRecord {
+  readonly name: string;
+  /** Where other hosts and clients reach it (no port). */
+  readonly address: string;
+  readonly apiPort: number;
+  readonly replicationPort: number;
+  readonly nbdPort: number;
+  readonly disks: readonly { readonly name: string; readonly capacityBytes: number; readonly usedBytes: number }[];
+  /** ISO time the agent started. */
+  readonly startedAt: string;
+}
+
+export interface VolumeSpec {
+  readonly name: string;
+  readonly sizeBytes: number;
+  /** One copy per host, on the named disk of that host. */
+  readonly replicas: readonly { readonly host: string; readonly disk: string }[];
+  readonly createdAt: string;
+}
+
+export interface PrimaryRecord {
+  readonly host: string;
+  /** Every engine of the volume gets a higher epoch than the last; copies refuse lower ones. */
+  readonly epoch: number;
+  /** ISO time this host became primary. */
+  readonly since: string;
+  /** Why: "created", "failover: ...", "promoted by the operator (--force)", "switchover". */
+  readonly reason: string;
+}
+
+export type RecordedReplicaState = "in-sync" | "out-of-sync";
+
+export interface ReplicaRecord {
+  readonly state: RecordedReplicaState;
+  /** The engine's state for the copy when recorded (in-sync, resyncing, faulted, split-brain...). */
+  readonly detail: string;
+  readonly epoch: number;
+  readonly updatedAt: string;
+}
+
+export interface EventRecord {
+  readonly time: string;
+  readonly host: string;
+  readonly volume?: string;
+  /** A short kebab-case name: volume-created, failover, fenced, replica-out-of-sync... */
+  readonly kind: string;
+  readonly message: string;
+}
+
+/** An event key that sorts by time and does not collide between hosts. */
+export function eventSequence(now = Date.now()): string {
+  return `${String(now).padStart(15, "0")}-${randomBytes(4).toString("hex")}`;
+}
+
+// ---- reading values back -------------------------------------------------------------------------
+
+function bad(key: string, detail: string): HavenError {
+  return new HavenError("HAVEN_ERR_IO", `cluster state at ${key} is malformed: ${detail}`);
+}
+
+function object(text: string, key: string): Record<string, unknown> {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    throw bad(key, "not JSON");
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) throw bad(key, "not a JSON object");
+  return value as Record<string, unknown>;
+}
+
+function text(o: Record<string, unknown>, field: string, key: string): string {
+  const v = o[field];
+  if (typeof v !== "string") throw bad(key, `${field} is not a string`);
+  return v;
+}
+
+function count(o: Record<string, unknown>, field: string, key: string): number {
+  const v = o[field];
+  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 0) throw bad(key, `${field} is not a whole number`);
+  return v;
+}
+
+export function parseHostRecord(value: string, key: string): HostRecord {
+  const o = object(value, key);
+  const disks = o.disks;
+  if (!Array.isArray(disks)) throw bad(key, "disks is not a list");
+  return {
+    name: text(o, "name", key),
+    address: text(o, "address", key),
+    apiPort: count(o, "apiPort", key),
+    replicationPort: count(o, "replicationPort", key),
+    nbdPort: count(o, "nbdPort", key),
+    disks: disks.map((d: unknown, i) => {
+      const disk = typeof d === "object" && d !== null ? (d as Record<string, unknown>) : {};
+      return {
+        name: text(disk, "name", `${key} disks[${i}]`),
+        capacityBytes: count(disk, "capacityBytes", `${key} disks[${i}]`),
+        usedBytes: count(disk, "usedBytes", `${key} disks[${i}]`),
+      };
+    }),
+    startedAt: text(o, "startedAt", key),
+  };
+}
+
+export function parseVolumeSpec(value: string, key: string): VolumeSpec {
+  const o = object(value, key);
+  const replicas = o.replicas;
+  if (!Array.isArray(replicas) || replicas.length === 0) throw bad(key, "replicas is not a non-empty list");
+  return {
+    name: text(o, "name", key),
+    sizeBytes: count(o, "sizeBytes", key),
+    replicas: replicas.map((r: unknown, i) => {
+      const replica = typeof r === "object" && r !== null ? (r as Record<string, unknown>) : {};
+      return { host: text(replica, "host", `${key} replicas[${i}]`), disk: text(replica, "disk", `${key} replicas[${i}]`) };
+    }),
+    createdAt: text(o, "createdAt", key),
+  };
+}
+
+export function parsePrimaryRecord(value: string, key: string): PrimaryRecord {
+  const o = object(value, key);
+  return {
+    host: text(o, "host", key),
+    epoch: count(o, "epoch", key),
+    since: text(o, "since", key),
+    reason: text(o, "reason", key),
+  };
+}
+
+export function parseReplicaRecord(value: string, key: string): ReplicaRecord {
+  const o = object(value, key);
+  const state = text(o, "state", key);
+  if (state !== "in-sync" && state !== "out-of-sync") throw bad(key, `state "${state}" is not in-sync or out-of-sync`);
+  return { state, detail: text(o, "detail", key), epoch: count(o, "epoch", key), updatedAt: text(o, "updatedAt", key) };
+}
+
+export function parseEventRecord(value: string, key: string): EventRecord {
+  const o = object(value, key);
+  const volume = o.volume;
+  if (volume !== undefined && typeof volume !== "string") throw bad(key, "volume is not a string");
+  return {
+    time: text(o, "time", key),
+    host: text(o, "host", key),
+    ...(volume !== undefined && { volume }),
+    kind: text(o, "kind", key),
+    message: text(o, "message", key),
+  };
+}
+
+/** The last path segment of a key under `prefix` (a host or volume name). */
+export function nameUnder(prefix: string, key: string): string {
+  return key.slice(prefix.length);
+}
