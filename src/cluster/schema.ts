@@ -148,7 +148,10 @@ export function parseVolumeSpec(value: string, key: string): VolumeSpec {
     sizeBytes: count(o, "sizeBytes", key),
     replicas: replicas.map((r: unknown, i) => {
       const replica = typeof r === "object" && r !== null ? (r as Record<string, unknown>) : {};
-      return { host: text(replica, "host", `${key} replicas[${i}]`), disk: text(replica, "disk", `${key} replicas[${i}]`) };
+      return {
+        host: text(replica, "host", `${key} replicas[${i}]`),
+        disk: text(replica, "disk", `${key} replicas[${i}]`),
+      };
     }),
     createdAt: text(o, "createdAt", key),
   };

@@ -75,6 +75,19 @@ export interface EngineOptions {
   readonly writebackMs?: number;
   /** Generation ids (16 hex digits); injected by the simulation for reproducible runs. */
   readonly newId?: () => string;
+  /**
+   * The control plane's record of which copies hold every acknowledged write. A copy leaving the
+   * in-sync set is recorded before any write it missed completes (a failing record fences the
+   * engine: writes without the copy could then not be acknowledged safely); a copy joining it is
+   * recorded after it joined.
+   */
+  readonly recordCopyState?: (location: string, inSync: boolean, detail: string) => Promise<void>;
+  /**
+   * Asked with a fresh clock read before each write, trim, zeroing or flush completes: false means
+   * this host may no longer be primary (its cluster lease could expire elsewhere), and the engine
+   * fences itself instead of acknowledging.
+   */
+  readonly mayComplete?: () => boolean;
 }
 
 export const DEFAULT_RESYNC: ResyncSettings = {
@@ -226,6 +239,17 @@ export class VolumeEngine implements BlockDevice, EngineControl {
     } catch (error) {
       await closeAll(opened.values());
       throw error;
+    }
+    // The control plane learns each copy's state before the first write is acknowledged; a copy this
+    // start left behind (unreachable, older) must be on record as out of sync by then.
+    try {
+      await Promise.all(this.slots.map((slot) => this.recordCopy(slot.location, slot.state === "in-sync", slot.state)));
+    } catch (error) {
+      await this.stop();
+      throw new HavenError(
+        "HAVEN_ERR_UNAVAILABLE",
+        `cannot record the copies' states in the cluster: ${message(error)}`,
+      );
     }
     this.starting = false;
     this.scheduleReconnect();
@@ -505,6 +529,7 @@ export class VolumeEngine implements BlockDevice, EngineControl {
     this.checkUsable();
     this.throttle.noteClientIo();
     await this.flushCopies();
+    this.checkMayComplete();
     this.io.flushes++;
   }
 
@@ -603,6 +628,7 @@ export class VolumeEngine implements BlockDevice, EngineControl {
           wasInSync && results[i]!.status === "fulfilled" && slot.attachment === attachment && slot.state === "in-sync",
       ).length;
       if (appliedInSync === 0) throw this.noCopies(op);
+      this.checkMayComplete();
       this.io.writes++;
       this.io.bytesWritten += op === "WRITE" ? length : 0;
       if (!fua) this.scheduleWriteback();
@@ -660,7 +686,9 @@ export class VolumeEngine implements BlockDevice, EngineControl {
     this.generations = beginGenerationWithoutPeer(this.generations, this.newId());
     this.log(`volume now at generation ${this.generations.current} without ${slot.location}`);
     this.scheduleReconnect();
-    const saved = this.saveVolumeMetadata();
+    const saved = Promise.all([this.saveVolumeMetadata(), this.recordLeaving(slot.location, reason)]).then(
+      () => undefined,
+    );
     // Until this is on record, no write may complete: a write sent only to the remaining copies
     // would otherwise be acknowledged while the copies still claim to be in sync with the one that left.
     const transition = saved.catch(() => undefined);
@@ -905,6 +933,9 @@ export class VolumeEngine implements BlockDevice, EngineControl {
         slot.splitBrain = null;
         this.setState(slot, "in-sync", null);
         this.log(`${slot.location}: in sync at generation ${this.generations.current}`);
+        this.recordCopy(slot.location, true, "in-sync").catch((error: unknown) =>
+          this.log(`recording ${slot.location} as in sync failed: ${message(error)}`),
+        );
         if (this.slots.every((s) => s.state === "in-sync")) {
           this.changedSince.clear();
           this.generations = completeResyncAsSource(this.generations);
@@ -1061,6 +1092,43 @@ export class VolumeEngine implements BlockDevice, EngineControl {
     const tracked = promise.catch((error: unknown) => this.log(`background task failed: ${message(error)}`));
     this.background.add(tracked);
     void tracked.finally(() => this.background.delete(tracked));
+  }
+
+  /** The control plane's record that a copy left (see recordCopyState); a failure fences the engine. */
+  private async recordLeaving(location: string, reason: string): Promise<void> {
+    if (this.options.recordCopyState === undefined) return;
+    try {
+      await this.recordCopy(location, false, reason);
+    } catch (error) {
+      this.fence(`cannot record ${location} as out of sync in the cluster: ${message(error)}`);
+      throw error;
+    }
+  }
+
+  /** Records of one copy go out one after another, so a late "in-sync" never lands after an "out-of-sync". */
+  private readonly copyRecords = new Map<string, Promise<void>>();
+
+  private recordCopy(location: string, inSync: boolean, detail: string): Promise<void> {
+    const record = this.options.recordCopyState;
+    if (record === undefined) return Promise.resolve();
+    const previous = this.copyRecords.get(location) ?? Promise.resolve();
+    const next = previous.catch(() => undefined).then(() => record(location, inSync, detail));
+    this.copyRecords.set(location, next);
+    return next;
+  }
+
+  /** Stops completing anything from now on, for `reason` (a lost lease, a deposed primary). */
+  fence(reason: string): void {
+    if (this.fenced) return;
+    this.fenced = reason;
+    this.log(`FENCED: ${reason}; no further I/O completes`);
+  }
+
+  /** Before an acknowledgement: the control plane may have withdrawn this host's right to complete. */
+  private checkMayComplete(): void {
+    const gate = this.options.mayComplete;
+    if (gate !== undefined && !gate()) this.fence("this host can no longer prove it holds its cluster lease");
+    this.checkUsable();
   }
 
   /** A copy refusing our epoch means another engine took over: stop completing anything (rule 4). */

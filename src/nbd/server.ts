@@ -18,6 +18,8 @@ export type Listen =
 
 export interface NbdServerOptions {
   readonly exports: readonly NbdExport[];
+  /** Allow starting with no export, for a host agent that adds and removes volumes as it runs. */
+  readonly dynamicExports?: boolean;
   readonly limits?: Partial<NbdLimits>;
   readonly log?: (line: string) => void;
 }
@@ -30,23 +32,38 @@ export class NbdServer implements ExportCatalog {
   private readonly log: (line: string) => void;
   private nextConnectionId = 1;
   private stopping: Promise<void> | undefined;
+  private readonly exports: NbdExport[];
   /** Large READ reply buffers, reused across connections (see BufferPool for why). */
   private readonly bufferPool = new BufferPool(128 * 1024, 64 * 1024 * 1024);
 
-  constructor(private readonly options: NbdServerOptions) {
-    if (options.exports.length === 0)
+  constructor(options: NbdServerOptions) {
+    if (options.exports.length === 0 && !options.dynamicExports)
       throw new HavenError("HAVEN_ERR_CONFIG", "an NBD server needs at least one export");
+    this.exports = [...options.exports];
     this.limits = { ...DEFAULT_LIMITS, ...options.limits };
     this.log = options.log ?? ((line) => process.stderr.write(`${line}\n`));
   }
 
   find(name: string): NbdExport | undefined {
-    if (name === "") return this.options.exports[0];
-    return this.options.exports.find((exported) => exported.name === name);
+    if (name === "") return this.exports[0];
+    return this.exports.find((exported) => exported.name === name);
   }
 
   list(): readonly NbdExport[] {
-    return this.options.exports;
+    return this.exports;
+  }
+
+  /** Offers a new export to clients that connect from now on. */
+  addExport(exported: NbdExport): void {
+    if (this.find(exported.name) !== undefined)
+      throw new HavenError("HAVEN_ERR_CONFLICT", `export "${exported.name}" is already served`);
+    this.exports.push(exported);
+  }
+
+  /** Stops offering an export to new clients; connected ones see its device's errors once it stops. */
+  removeExport(name: string): void {
+    const at = this.exports.findIndex((exported) => exported.name === name);
+    if (at >= 0) this.exports.splice(at, 1);
   }
 
   get connectionCount(): number {
@@ -112,7 +129,7 @@ export class NbdServer implements ExportCatalog {
       for (const socket of this.sockets) socket.destroy();
     }
     await listenersClosed;
-    for (const exported of this.options.exports) {
+    for (const exported of this.exports) {
       try {
         await exported.device.flush();
       } catch (error) {

@@ -1,0 +1,470 @@
+// The host agent (`haven agent --config FILE`): one per host. It keeps the host's etcd lease, serves the
+// host's copies to other hosts' engines (replica server), and runs the engine and NBD export of every
+// volume the cluster records this host as primary for. Each healthCheckIntervalMs it reads the cluster
+// state and acts on decide()'s verdict per volume: serve, stop, promote its copy when the primary's
+// host is gone (compare-and-swap on the primary key, epoch + 1), or wait and say why. Every action and
+// every decision is an event in etcd.
+//
+// Safety comes from three places: the engine records a copy as out of sync in etcd before it
+// acknowledges any write the copy missed (so "in-sync" in etcd is a promise a standby can rely on); the
+// engine asks the lease keeper before each acknowledgement (a host that cannot prove its lease stops
+// completing writes before the lease can expire elsewhere); and every engine has a higher epoch than
+// the last, which the copies enforce, so a deposed primary's writes are refused by its peers.
+
+import { mkdir, rm, statfs } from "node:fs/promises";
+import { join } from "node:path";
+import { EtcdClient, type KeyValue, type LeaseId } from "../cluster/etcd-client.js";
+import {
+  eventSequence,
+  keys,
+  nameUnder,
+  parseHostRecord,
+  parsePrimaryRecord,
+  parseReplicaRecord,
+  parseVolumeSpec,
+  type EventRecord,
+  type HostRecord,
+  type PrimaryRecord,
+  type ReplicaRecord,
+  type VolumeSpec,
+} from "../cluster/schema.js";
+import { HavenError } from "../core/errors.js";
+import { VolumeEngine } from "../engine/engine.js";
+import { NbdServer } from "../nbd/server.js";
+import { replicaOpener } from "../replica/open-replica.js";
+import { ReplicaServer } from "../replica/replica-server.js";
+import type { AgentConfig } from "./config.js";
+import { decide, type Action } from "./decide.js";
+import { LeaseKeeper } from "./lease-keeper.js";
+
+/** A copy that does not answer within this is faulted (the volume carries on without it). */
+const REPLICA_TIMEOUT_MS = 3_000;
+/** How long a starting engine waits for copies that do not answer. */
+const STARTUP_WAIT_MS = 3_000;
+/** Between attempts to record a copy's state while etcd does not answer. */
+const RECORD_RETRY_MS = 200;
+
+interface Running {
+  readonly engine: VolumeEngine;
+  readonly epoch: number;
+  /** Copy location (as the engine names it) -> host name. */
+  readonly hostOf: ReadonlyMap<string, string>;
+}
+
+interface ClusterView {
+  readonly alive: Set<string>;
+  readonly hostInfo: Map<string, HostRecord>;
+  readonly volumes: Map<string, VolumeSpec>;
+  readonly primaries: Map<string, { record: PrimaryRecord; modRevision: number }>;
+  readonly replicas: Map<string, Map<string, ReplicaRecord>>;
+}
+
+export class Agent {
+  private readonly etcd: EtcdClient;
+  private readonly replicaServer: ReplicaServer;
+  private readonly nbd: NbdServer;
+  private readonly lease: LeaseKeeper;
+  private readonly running = new Map<string, Running>();
+  /** Volumes being started or stopped, so a slow start is not repeated by the next round. */
+  private readonly busy = new Set<string>();
+  private readonly primaryDeadSince = new Map<string, number>();
+  private readonly lastWaitReason = new Map<string, string>();
+  /** Volumes seen in the cluster while this agent ran: only their copies are removed on deletion. */
+  private readonly seenVolumes = new Set<string>();
+  private timer: NodeJS.Timeout | undefined;
+  private reconciling: Promise<void> | undefined;
+  private stopped = false;
+  private replicationPort = 0;
+  private nbdPort = 0;
+
+  constructor(
+    readonly config: AgentConfig,
+    private readonly secret: Buffer,
+    private readonly log: (line: string) => void,
+  ) {
+    this.etcd = new EtcdClient([...config.etcd.endpoints], { requestTimeoutMs: config.timings.renewTimeoutMs * 2 });
+    this.replicaServer = new ReplicaServer({
+      directory: this.diskPath,
+      secret,
+      log: (line) => log(`replica server: ${line}`),
+    });
+    this.nbd = new NbdServer({ exports: [], dynamicExports: true, log: (line) => log(`nbd: ${line}`) });
+    this.lease = new LeaseKeeper({
+      etcd: this.etcd,
+      timings: config.timings,
+      log,
+      onLost: (reason) => this.onLeaseLost(reason),
+      onRegained: (lease) => this.register(lease),
+    });
+  }
+
+  get name(): string {
+    return this.config.host.name;
+  }
+
+  /** Copies live on the first disk for now (placement names the disk; one replica server per host). */
+  private get diskPath(): string {
+    return this.config.disks[0]!.path;
+  }
+
+  async start(): Promise<void> {
+    await mkdir(this.diskPath, { recursive: true });
+    const { replication, nbd } = this.config;
+    this.replicationPort = portOf(await this.replicaServer.listen(replication.listen.host, replication.listen.port));
+    this.nbdPort = portOf(await this.nbd.listen({ kind: "tcp", host: nbd.listen.host, port: nbd.listen.port }));
+    await this.lease.start();
+    await this.event("agent-started", `agent up: replication on port ${this.replicationPort}, NBD on ${this.nbdPort}`);
+    this.schedule(0);
+  }
+
+  /** Stops every engine cleanly (flushing the copies), then gives the lease back so others take over at once. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    await this.reconciling;
+    for (const name of [...this.running.keys()]) await this.stopVolume(name, "the agent is stopping");
+    await this.event("agent-stopped", "agent stopped; its lease is revoked").catch(() => undefined);
+    await this.lease.stop(true);
+    await this.nbd.stop();
+    await this.replicaServer.stop();
+  }
+
+  /** Engines running here, by volume name (for the API and tests). */
+  engines(): ReadonlyMap<string, VolumeEngine> {
+    return new Map([...this.running].map(([name, running]) => [name, running.engine]));
+  }
+
+  // ---- the lease ---------------------------------------------------------------------------------
+
+  private async register(lease: LeaseId): Promise<void> {
+    const record = await this.hostRecord();
+    const value = JSON.stringify(record);
+    await this.etcd.put(keys.host(this.name), value, { lease });
+    await this.etcd.put(keys.hostInfo(this.name), value);
+    this.log(`registered as host ${this.name} (lease ${lease})`);
+  }
+
+  private async hostRecord(): Promise<HostRecord> {
+    const disks = await Promise.all(
+      this.config.disks.map(async (disk) => {
+        const fs = await statfs(disk.path).catch(() => undefined);
+        const free = fs ? fs.bavail * fs.bsize : 0;
+        return { name: disk.name, capacityBytes: disk.capacityBytes ?? free, usedBytes: 0 };
+      }),
+    );
+    return {
+      name: this.name,
+      address: this.config.host.address,
+      apiPort: this.config.api.listen.port,
+      replicationPort: this.replicationPort,
+      nbdPort: this.nbdPort,
+      disks,
+      startedAt: new Date().toISOString(),
+    };
+  }
+
+  private onLeaseLost(reason: string): void {
+    for (const [name, running] of this.running) {
+      running.engine.fence(`host ${this.name} lost its cluster lease (${reason})`);
+      this.track(this.stopVolume(name, `lease lost: ${reason}`));
+    }
+    this.track(this.event("fenced", `lease lost (${reason}): every volume here stopped completing writes`));
+  }
+
+  // ---- reconciling ---------------------------------------------------------------------------------
+
+  private schedule(delayMs = this.config.timings.healthCheckIntervalMs): void {
+    if (this.stopped) return;
+    this.timer = setTimeout(() => {
+      this.reconciling = this.reconcile()
+        .catch((error: unknown) => this.log(`reconcile: ${text(error)}`))
+        .finally(() => {
+          this.reconciling = undefined;
+          this.schedule();
+        });
+    }, delayMs);
+  }
+
+  /** Reads the cluster state once and acts on every volume. */
+  async reconcile(): Promise<void> {
+    const view = await this.readCluster();
+    const now = performance.now();
+    for (const [name, { record }] of view.primaries) {
+      if (view.alive.has(record.host)) this.primaryDeadSince.delete(name);
+      else if (!this.primaryDeadSince.has(name)) this.primaryDeadSince.set(name, now);
+    }
+    for (const spec of view.volumes.values()) {
+      this.seenVolumes.add(spec.name);
+      if (this.busy.has(spec.name)) continue;
+      const primary = view.primaries.get(spec.name);
+      const action = decide(
+        { spec, primary: primary?.record, replicas: view.replicas.get(spec.name) ?? new Map() },
+        {
+          me: this.name,
+          alive: view.alive,
+          holdsLease: this.lease.current !== undefined,
+          running: new Set(this.running.keys()),
+          now,
+          primaryDeadSince: this.primaryDeadSince,
+          failoverGraceMs: this.config.timings.failoverGraceMs,
+        },
+      );
+      await this.act(spec, action, view, primary?.modRevision ?? 0);
+    }
+    for (const name of [...this.running.keys()]) {
+      if (!view.volumes.has(name) && !this.busy.has(name)) await this.removeVolume(name);
+    }
+    for (const name of this.seenVolumes) {
+      if (!view.volumes.has(name) && !this.running.has(name)) await this.removeVolume(name);
+    }
+    for (const [name, running] of this.running) await this.healSplitBrain(name, running, view);
+  }
+
+  private async act(spec: VolumeSpec, action: Action, view: ClusterView, primaryRevision: number): Promise<void> {
+    const name = spec.name;
+    if (action.kind !== "wait") this.lastWaitReason.delete(name);
+    switch (action.kind) {
+      case "none":
+        return;
+      case "serve":
+        return this.guarded(name, () => this.startVolume(spec, action.epoch, view));
+      case "stop":
+        return this.guarded(name, () => this.stopVolume(name, action.reason));
+      case "wait":
+        if (this.lastWaitReason.get(name) !== action.reason) {
+          this.lastWaitReason.set(name, action.reason);
+          await this.event("failover-waiting", action.reason, name);
+        }
+        return;
+      case "promote": {
+        const record: PrimaryRecord = {
+          host: this.name,
+          epoch: action.epoch,
+          since: new Date().toISOString(),
+          reason: `failover: ${action.reason}`,
+        };
+        const won = await this.etcd.putIf(keys.primary(name), JSON.stringify(record), {
+          expectModRevision: primaryRevision,
+        });
+        if (!won) return; // another standby was faster, or the primary came back: next round decides again
+        await this.event("failover", `promoted to primary at epoch ${action.epoch}: ${action.reason}`, name);
+        return this.guarded(name, () => this.startVolume(spec, action.epoch, view));
+      }
+    }
+  }
+
+  private async guarded(name: string, work: () => Promise<void>): Promise<void> {
+    this.busy.add(name);
+    try {
+      await work();
+    } finally {
+      this.busy.delete(name);
+    }
+  }
+
+  private async readCluster(): Promise<ClusterView> {
+    const [hosts, infos, volumes, primaries, replicas] = await Promise.all([
+      this.etcd.getPrefix(keys.hosts()),
+      this.etcd.getPrefix(keys.hostInfos()),
+      this.etcd.getPrefix(keys.volumes()),
+      this.etcd.getPrefix(keys.primaries()),
+      this.etcd.getPrefix(keys.replicas()),
+    ]);
+    const view: ClusterView = {
+      alive: new Set(hosts.map((kv) => nameUnder(keys.hosts(), kv.key))),
+      hostInfo: new Map(),
+      volumes: new Map(),
+      primaries: new Map(),
+      replicas: new Map(),
+    };
+    for (const kv of infos) view.hostInfo.set(nameUnder(keys.hostInfos(), kv.key), parseHostRecord(kv.value, kv.key));
+    // A host's live record is newer than its info (ports change on restart).
+    for (const kv of hosts) view.hostInfo.set(nameUnder(keys.hosts(), kv.key), parseHostRecord(kv.value, kv.key));
+    for (const kv of volumes)
+      readable(
+        kv,
+        () => view.volumes.set(nameUnder(keys.volumes(), kv.key), parseVolumeSpec(kv.value, kv.key)),
+        this.log,
+      );
+    for (const kv of primaries) {
+      readable(
+        kv,
+        () =>
+          view.primaries.set(nameUnder(keys.primaries(), kv.key), {
+            record: parsePrimaryRecord(kv.value, kv.key),
+            modRevision: kv.modRevision,
+          }),
+        this.log,
+      );
+    }
+    for (const kv of replicas) {
+      const [volume, host] = nameUnder(keys.replicas(), kv.key).split("/");
+      if (volume === undefined || host === undefined) continue;
+      readable(
+        kv,
+        () => {
+          const perVolume = view.replicas.get(volume) ?? new Map<string, ReplicaRecord>();
+          perVolume.set(host, parseReplicaRecord(kv.value, kv.key));
+          view.replicas.set(volume, perVolume);
+        },
+        this.log,
+      );
+    }
+    return view;
+  }
+
+  // ---- one volume --------------------------------------------------------------------------------
+
+  private async startVolume(spec: VolumeSpec, epoch: number, view: ClusterView): Promise<void> {
+    const name = spec.name;
+    const hostOf = new Map<string, string>();
+    const locations: string[] = [];
+    for (const replica of spec.replicas) {
+      let location: string;
+      if (replica.host === this.name) location = this.diskPath;
+      else {
+        const info = view.hostInfo.get(replica.host);
+        if (info === undefined)
+          throw new HavenError("HAVEN_ERR_NOT_FOUND", `host ${replica.host} of volume ${name} is unknown`);
+        location = `tcp://${info.address}:${info.replicationPort}`;
+      }
+      hostOf.set(location, replica.host);
+      locations.push(location);
+    }
+    const mine = view.replicas.get(name)?.get(this.name);
+    // Our copy may be open in the replica server for the previous primary: close it first.
+    await this.replicaServer.evict(name);
+    const engine = new VolumeEngine({
+      name,
+      locations,
+      opener: replicaOpener({
+        secret: this.secret,
+        requestTimeoutMs: REPLICA_TIMEOUT_MS,
+        connectTimeoutMs: REPLICA_TIMEOUT_MS,
+      }),
+      sizeBytes: spec.sizeBytes,
+      epoch,
+      startupWaitMs: STARTUP_WAIT_MS,
+      // Safe only because etcd says our copy holds every acknowledged write (see decide.ts).
+      allowDegradedStart: mine?.state === "in-sync",
+      recordCopyState: (location, inSync, detail) =>
+        this.recordCopy(name, hostOf.get(location) ?? location, inSync, detail, epoch),
+      mayComplete: () => this.lease.mayComplete(),
+      log: (line) => this.log(`volume ${name}: ${line}`),
+    });
+    try {
+      await engine.start();
+    } catch (error) {
+      await this.event("volume-start-failed", `cannot start the engine: ${text(error)}`, name);
+      throw error;
+    }
+    const uri = `nbd://${this.config.host.address}:${this.nbdPort}/${name}`;
+    engine.nbdUris.push(uri);
+    this.nbd.addExport({ name, description: `Haven volume ${name}`, device: engine });
+    this.running.set(name, { engine, epoch, hostOf });
+    await this.event("volume-serving", `serving at epoch ${epoch} on ${uri}`, name);
+  }
+
+  private async stopVolume(name: string, reason: string): Promise<void> {
+    const running = this.running.get(name);
+    if (running === undefined) return;
+    this.running.delete(name);
+    this.nbd.removeExport(name);
+    await running.engine.stop().catch((error: unknown) => this.log(`volume ${name}: stop: ${text(error)}`));
+    await this.event("volume-stopped", `stopped serving: ${reason}`, name).catch(() => undefined);
+  }
+
+  /** The volume was deleted from the cluster: stop it and remove this host's copy. */
+  private async removeVolume(name: string): Promise<void> {
+    await this.stopVolume(name, "the volume was deleted");
+    await this.replicaServer.evict(name);
+    await rm(join(this.diskPath, name), { recursive: true, force: true });
+    this.seenVolumes.delete(name);
+    await this.event("copy-removed", `removed this host's copy (${join(this.diskPath, name)})`, name);
+  }
+
+  /**
+   * A copy that returns diverged while etcd records it out of sync never held an acknowledged write
+   * the volume lacks (the record came first), so it is rebuilt from the primary without asking.
+   */
+  private async healSplitBrain(name: string, running: Running, view: ClusterView): Promise<void> {
+    const status = running.engine.status();
+    const local = status.replicas.find((replica) => replica.local && replica.state === "in-sync");
+    if (local === undefined) return;
+    for (const replica of status.replicas) {
+      if (replica.state !== "split-brain") continue;
+      const host = running.hostOf.get(replica.location);
+      const record = host === undefined ? undefined : view.replicas.get(name)?.get(host);
+      if (record?.state !== "out-of-sync") continue;
+      await this.event(
+        "split-brain-resolved",
+        `${host}'s copy diverged while recorded out of sync (${record.detail}); rebuilding it from ${this.name}`,
+        name,
+      );
+      await running.engine.resolveSplitBrain(local.location).catch((error: unknown) => {
+        this.log(`volume ${name}: resolving the split brain failed: ${text(error)}`);
+      });
+    }
+  }
+
+  /** Records a copy's state, retrying while etcd does not answer and this host may still complete writes. */
+  private async recordCopy(
+    volume: string,
+    host: string,
+    inSync: boolean,
+    detail: string,
+    epoch: number,
+  ): Promise<void> {
+    const record: ReplicaRecord = {
+      state: inSync ? "in-sync" : "out-of-sync",
+      detail: detail.slice(0, 500),
+      epoch,
+      updatedAt: new Date().toISOString(),
+    };
+    for (;;) {
+      try {
+        await this.etcd.put(keys.replica(volume, host), JSON.stringify(record));
+        if (!inSync) await this.event("replica-out-of-sync", `${host}'s copy left the in-sync set: ${detail}`, volume);
+        return;
+      } catch (error) {
+        if (!this.lease.mayComplete())
+          throw new HavenError("HAVEN_ERR_UNAVAILABLE", `cannot record ${host}'s copy of ${volume}: ${text(error)}`);
+        await new Promise((resolve) => setTimeout(resolve, RECORD_RETRY_MS));
+      }
+    }
+  }
+
+  // ---- events ------------------------------------------------------------------------------------
+
+  async event(kind: string, message: string, volume?: string): Promise<void> {
+    const record: EventRecord = {
+      time: new Date().toISOString(),
+      host: this.name,
+      ...(volume !== undefined && { volume }),
+      kind,
+      message,
+    };
+    this.log(`event ${kind}${volume ? ` [${volume}]` : ""}: ${message}`);
+    await this.etcd.put(keys.event(eventSequence()), JSON.stringify(record));
+  }
+
+  private track(promise: Promise<void>): void {
+    promise.catch((error: unknown) => this.log(`background: ${text(error)}`));
+  }
+}
+
+function readable(kv: KeyValue, read: () => void, log: (line: string) => void): void {
+  try {
+    read();
+  } catch (error) {
+    log(`ignoring ${kv.key}: ${text(error)}`);
+  }
+}
+
+function portOf(address: string): number {
+  return Number(address.slice(address.lastIndexOf(":") + 1));
+}
+
+function text(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

@@ -1,0 +1,74 @@
+// What an agent does about one volume, decided from the cluster state it just read and what it runs:
+// pure, so every case (and every race between two standbys) is a unit test with no etcd and no clock.
+//
+// - This host is the recorded primary and holds its lease: serve the volume (start the engine).
+// - This host runs the volume but is not the recorded primary (deposed, or the volume was deleted): stop.
+// - The primary's host has no live lease: a standby whose copy is recorded in-sync takes over after
+//   the grace period, with an epoch one above the record's, by compare-and-swap on the primary key (so
+//   of two standbys racing, one wins). A standby whose copy is not in sync never promotes: the volume
+//   stays down and says why until a copy that is comes back or an operator forces a promotion.
+
+import type { PrimaryRecord, ReplicaRecord, VolumeSpec } from "../cluster/schema.js";
+
+export interface VolumeView {
+  readonly spec: VolumeSpec;
+  readonly primary: PrimaryRecord | undefined;
+  /** The copies' records by host. */
+  readonly replicas: ReadonlyMap<string, ReplicaRecord>;
+}
+
+export interface HostView {
+  readonly me: string;
+  readonly alive: ReadonlySet<string>;
+  /** This host holds its own lease right now (it may serve). */
+  readonly holdsLease: boolean;
+  /** Volumes whose engine runs here. */
+  readonly running: ReadonlySet<string>;
+  /** Monotonic ms now, and when this agent first saw each volume's primary host dead. */
+  readonly now: number;
+  readonly primaryDeadSince: ReadonlyMap<string, number>;
+  readonly failoverGraceMs: number;
+}
+
+export type Action =
+  | { readonly kind: "serve"; readonly epoch: number }
+  | { readonly kind: "stop"; readonly reason: string }
+  | { readonly kind: "promote"; readonly epoch: number; readonly reason: string }
+  | { readonly kind: "wait"; readonly reason: string }
+  | { readonly kind: "none" };
+
+export function decide(volume: VolumeView, host: HostView): Action {
+  const { spec, primary } = volume;
+  const name = spec.name;
+  const mine = spec.replicas.some((replica) => replica.host === host.me);
+  const running = host.running.has(name);
+  if (!host.holdsLease)
+    return running ? { kind: "stop", reason: "this host lost its cluster lease" } : { kind: "none" };
+  if (primary === undefined) return running ? { kind: "stop", reason: "the volume has no primary on record" } : none;
+  if (primary.host === host.me) {
+    if (!mine) return running ? { kind: "stop", reason: "this host holds no copy of the volume" } : none;
+    return running ? none : { kind: "serve", epoch: primary.epoch };
+  }
+  if (running) return { kind: "stop", reason: `${primary.host} is the primary now (epoch ${primary.epoch})` };
+  if (!mine || host.alive.has(primary.host)) return none;
+
+  const record = volume.replicas.get(host.me);
+  if (record?.state !== "in-sync") {
+    return {
+      kind: "wait",
+      reason:
+        `primary ${primary.host} is gone, but this host's copy is ${record ? `recorded ${record.state} (${record.detail})` : "not on record"}: ` +
+        "it may lack acknowledged writes, so it is not promoted",
+    };
+  }
+  const deadSince = host.primaryDeadSince.get(name) ?? host.now;
+  if (host.now - deadSince < host.failoverGraceMs)
+    return { kind: "wait", reason: "grace period after the primary's lease expired" };
+  return {
+    kind: "promote",
+    epoch: primary.epoch + 1,
+    reason: `primary ${primary.host}'s lease expired; this host's copy is recorded in sync`,
+  };
+}
+
+const none: Action = { kind: "none" };

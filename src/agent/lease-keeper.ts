@@ -1,0 +1,124 @@
+// The host's etcd lease: granted at start, renewed every renewIntervalMs (with renewRetries quick
+// retries, each bounded by renewTimeoutMs), and the fence that follows from it (timings.ts has the
+// model). The host may complete writes only while `mayComplete()` holds: its monotonic clock says less
+// than fenceAfterMs has passed since the *send* of the last keepalive etcd accepted. When that stops
+// holding, or etcd says the lease is gone, onLost fires once; the agent stops serving, and the keeper
+// grants a new lease and calls onRegained so the host can register again, as a new incarnation.
+
+import type { EtcdClient, LeaseId } from "../cluster/etcd-client.js";
+import { fenceDeadlineMs, type Timings } from "./timings.js";
+
+export interface LeaseKeeperOptions {
+  readonly etcd: EtcdClient;
+  readonly timings: Timings;
+  /** The lease was lost (expired, or not renewed in time): stop completing writes now. */
+  readonly onLost: (reason: string) => void;
+  /** A new lease is held (after start or after a loss): register the host's keys on it. */
+  readonly onRegained: (lease: LeaseId) => Promise<void>;
+  readonly log: (line: string) => void;
+  /** Monotonic milliseconds; injected by tests. */
+  readonly now?: () => number;
+}
+
+export class LeaseKeeper {
+  private lease: LeaseId | undefined;
+  private lastRenewSentAt = Number.NEGATIVE_INFINITY;
+  private timer: NodeJS.Timeout | undefined;
+  private stopped = false;
+  private held = false;
+  private readonly now: () => number;
+
+  constructor(private readonly options: LeaseKeeperOptions) {
+    this.now = options.now ?? (() => performance.now());
+  }
+
+  /** Grants the first lease and registers; resolves once the host holds it. */
+  async start(): Promise<void> {
+    await this.acquire();
+    this.schedule();
+  }
+
+  /** The lease id while it is held. */
+  get current(): LeaseId | undefined {
+    return this.held ? this.lease : undefined;
+  }
+
+  /** True while a write may still complete on this host (a fresh clock read each call). */
+  mayComplete(): boolean {
+    if (!this.held) return false;
+    if (this.now() < fenceDeadlineMs(this.lastRenewSentAt, this.options.timings)) return true;
+    this.lose(`no keepalive accepted for ${this.options.timings.fenceAfterMs} ms`);
+    return false;
+  }
+
+  /** Stops renewing; with `revoke`, also deletes the host's lease-bound keys at once (a clean exit). */
+  async stop(revoke: boolean): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    const lease = this.lease;
+    this.held = false;
+    if (revoke && lease !== undefined) await this.options.etcd.revokeLease(lease).catch(() => undefined);
+  }
+
+  private async acquire(): Promise<void> {
+    const ttlSeconds = Math.ceil(this.options.timings.leaseTtlMs / 1000);
+    const sentAt = this.now();
+    const lease = await this.options.etcd.grantLease(ttlSeconds);
+    this.lease = lease.id;
+    this.lastRenewSentAt = sentAt;
+    this.held = true;
+    await this.options.onRegained(lease.id);
+  }
+
+  private schedule(): void {
+    if (this.stopped) return;
+    this.timer = setTimeout(() => void this.tick(), this.options.timings.renewIntervalMs);
+  }
+
+  private async tick(): Promise<void> {
+    try {
+      if (this.held) await this.renew();
+      else
+        await this.acquire().catch((error: unknown) => this.options.log(`lease: cannot get a new one: ${text(error)}`));
+    } finally {
+      this.schedule();
+    }
+  }
+
+  /** One keepalive with its retries; a refusal (TTL 0) or running out of time loses the lease. */
+  private async renew(): Promise<void> {
+    const { timings, etcd } = this.options;
+    const lease = this.lease!;
+    for (let attempt = 0; attempt <= timings.renewRetries && !this.stopped; attempt++) {
+      const sentAt = this.now();
+      try {
+        const ttl = await withTimeout(etcd.keepAliveOnce(lease), timings.renewTimeoutMs);
+        if (ttl === 0) return this.lose("etcd says the lease has expired");
+        if (this.held && lease === this.lease) this.lastRenewSentAt = Math.max(this.lastRenewSentAt, sentAt);
+        return;
+      } catch (error) {
+        this.options.log(`lease: keepalive ${attempt + 1} failed: ${text(error)}`);
+      }
+      if (!this.mayComplete()) return;
+    }
+  }
+
+  private lose(reason: string): void {
+    if (!this.held) return;
+    this.held = false;
+    this.options.log(`lease lost: ${reason}`);
+    this.options.onLost(reason);
+  }
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+function text(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

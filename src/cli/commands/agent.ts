@@ -1,0 +1,47 @@
+// `haven agent --config FILE`: the host agent in the foreground until SIGINT/SIGTERM. The config is
+// validated before anything starts (config.ts, timings.ts); a clean stop flushes every volume served
+// here and gives the lease back, so a standby takes over at once instead of after the lease's TTL.
+
+import { HavenError } from "../../core/errors.js";
+import { Agent } from "../../agent/agent.js";
+import { loadAgentConfig } from "../../agent/config.js";
+import { parseCommandArgs } from "../args.js";
+import { readSecretFile } from "../secret.js";
+import { untilStopSignal } from "../signals.js";
+
+export const AGENT_USAGE = `usage: haven agent --config FILE
+
+Runs this host's agent: keeps its cluster lease in etcd, serves its copies to the other hosts, serves
+the volumes it is primary for over NBD, and fails volumes over to this host when their primary's host
+is gone and this host's copy is recorded in sync. Stops cleanly on SIGINT/SIGTERM.
+
+options:
+  --config FILE   the agent's JSON config (host, etcd, api, replication, nbd, disks, timings)`;
+
+export async function agentCommand(argv: string[]): Promise<number> {
+  const { values, positionals } = parseCommandArgs(
+    argv,
+    { config: { type: "string" }, help: { type: "boolean", short: "h" } },
+    AGENT_USAGE,
+  );
+  if (values.help) {
+    process.stdout.write(`${AGENT_USAGE}\n`);
+    return 0;
+  }
+  if (positionals.length > 0)
+    throw new HavenError("HAVEN_ERR_USAGE", `unexpected argument "${positionals[0]}"\n\n${AGENT_USAGE}`);
+  if (typeof values.config !== "string")
+    throw new HavenError("HAVEN_ERR_USAGE", `give --config FILE\n\n${AGENT_USAGE}`);
+  const config = await loadAgentConfig(values.config);
+  const secret = await readSecretFile(config.replication.secretFile);
+  const log = (line: string): void => {
+    process.stderr.write(`${new Date().toISOString()} ${config.host.name}: ${line}\n`);
+  };
+  const agent = new Agent(config, secret, log);
+  await agent.start();
+  const signal = await untilStopSignal();
+  log(`${signal}: stopping every volume served here, then giving the lease back`);
+  await agent.stop();
+  log("stopped cleanly");
+  return 0;
+}

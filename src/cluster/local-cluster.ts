@@ -1,0 +1,179 @@
+// A whole cluster on this machine, for trying Haven and for tests: one etcd and N agents on loopback,
+// each host with its own directory, disk directory and ports, started as background processes (their
+// own sessions, so they outlive the command that started them) with their logs in the cluster's
+// directory. cluster.json records what runs, so `haven cluster down` can stop exactly that.
+//
+//   DIR/cluster.json            pids, endpoint, hosts
+//   DIR/secret, DIR/token       the cluster secret and the API token (0600)
+//   DIR/etcd/ , DIR/etcd.log    etcd's data and log
+//   DIR/hosts/hN/agent.json     host hN's agent config; DIR/hosts/hN/agent.log its log
+//   DIR/hosts/hN/disk0/         host hN's copies
+
+import { spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, openSync, readFileSync, writeFileSync, closeSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { HavenError } from "../core/errors.js";
+import { packageRoot } from "../util/repo-root.js";
+import { EtcdClient } from "./etcd-client.js";
+import { keys } from "./schema.js";
+
+export interface LocalClusterOptions {
+  readonly dir: string;
+  readonly hosts: number;
+  /** etcd's client port is basePort, its peer port basePort+1; host i (from 1) uses basePort + 10i .. +2. */
+  readonly basePort: number;
+  /** Agent timing overrides written into each config (for tests wanting fast failover). */
+  readonly timings?: Record<string, number>;
+  readonly readyTimeoutMs?: number;
+}
+
+export interface LocalClusterState {
+  readonly dir: string;
+  readonly endpoint: string;
+  readonly etcdPid: number;
+  readonly agents: { readonly name: string; readonly pid: number; readonly config: string; readonly log: string }[];
+}
+
+export const CLUSTER_FILE = "cluster.json";
+
+export async function clusterUp(options: LocalClusterOptions): Promise<LocalClusterState> {
+  const dir = resolve(options.dir);
+  if (!(Number.isInteger(options.hosts) && options.hosts >= 1 && options.hosts <= 9))
+    throw new HavenError("HAVEN_ERR_USAGE", `--hosts must be 1 to 9, not ${options.hosts}`);
+  const existing = readClusterState(dir);
+  if (existing && existing.agents.some((agent) => alive(agent.pid)))
+    throw new HavenError(
+      "HAVEN_ERR_CONFLICT",
+      `a cluster is already running from ${dir}: run 'haven cluster down --dir ${dir}' first`,
+    );
+  mkdirSync(join(dir, "hosts"), { recursive: true });
+  const secretFile = join(dir, "secret");
+  const tokenFile = join(dir, "token");
+  for (const file of [secretFile, tokenFile])
+    if (!existsSync(file)) writeFileSync(file, `${randomBytes(24).toString("base64")}\n`, { mode: 0o600 });
+
+  const endpoint = `http://127.0.0.1:${options.basePort}`;
+  const peer = `http://127.0.0.1:${options.basePort + 1}`;
+  const etcdPid = spawnBackground(
+    "etcd",
+    [
+      "--name=haven",
+      `--data-dir=${join(dir, "etcd")}`,
+      `--listen-client-urls=${endpoint}`,
+      `--advertise-client-urls=${endpoint}`,
+      `--listen-peer-urls=${peer}`,
+      `--initial-advertise-peer-urls=${peer}`,
+      `--initial-cluster=haven=${peer}`,
+      "--logger=zap",
+      "--log-outputs=stderr",
+    ],
+    join(dir, "etcd.log"),
+  );
+  const etcd = new EtcdClient([endpoint], { requestTimeoutMs: 2000 });
+  const deadline = Date.now() + (options.readyTimeoutMs ?? 30_000);
+  await until(
+    deadline,
+    async () => (await etcd.status().catch(() => undefined)) !== undefined,
+    () => {
+      return `etcd did not answer on ${endpoint} (see ${join(dir, "etcd.log")})`;
+    },
+  );
+
+  const agents: LocalClusterState["agents"][number][] = [];
+  for (let i = 1; i <= options.hosts; i++) {
+    const name = `h${i}`;
+    const hostDir = join(dir, "hosts", name);
+    mkdirSync(join(hostDir, "disk0"), { recursive: true });
+    const port = options.basePort + 10 * i;
+    const config = {
+      host: { name, address: "127.0.0.1" },
+      etcd: { endpoints: [endpoint] },
+      api: { listen: `127.0.0.1:${port}`, tokenFile },
+      replication: { listen: `127.0.0.1:${port + 1}`, secretFile },
+      nbd: { listen: `127.0.0.1:${port + 2}` },
+      disks: [{ name: "disk0", path: join(hostDir, "disk0") }],
+      ...(options.timings && { timings: options.timings }),
+    };
+    const configFile = join(hostDir, "agent.json");
+    writeFileSync(configFile, `${JSON.stringify(config, null, 2)}\n`);
+    const log = join(hostDir, "agent.log");
+    const pid = spawnBackground(
+      process.execPath,
+      [join(packageRoot(), "bin", "haven.js"), "agent", "--config", configFile],
+      log,
+    );
+    agents.push({ name, pid, config: configFile, log });
+  }
+  const state: LocalClusterState = { dir, endpoint, etcdPid, agents };
+  writeFileSync(join(dir, CLUSTER_FILE), `${JSON.stringify(state, null, 2)}\n`);
+  await until(
+    deadline,
+    async () => {
+      const hosts = await etcd.getPrefix(keys.hosts()).catch(() => []);
+      return agents.every((agent) => hosts.some((kv) => kv.key === keys.host(agent.name)));
+    },
+    () => {
+      const dead = agents
+        .filter((agent) => !alive(agent.pid))
+        .map((agent) => `${agent.name} exited (see ${agent.log})`);
+      return `not every agent registered in time${dead.length > 0 ? `: ${dead.join("; ")}` : ""}`;
+    },
+  );
+  return state;
+}
+
+/** Stops the agents (each flushes its volumes and gives its lease back), then etcd. */
+export async function clusterDown(dir: string, timeoutMs = 20_000): Promise<LocalClusterState> {
+  const state = readClusterState(resolve(dir));
+  if (state === undefined) throw new HavenError("HAVEN_ERR_NOT_FOUND", `no cluster was started from ${resolve(dir)}`);
+  await Promise.all(state.agents.map((agent) => stopProcess(agent.pid, timeoutMs)));
+  await stopProcess(state.etcdPid, timeoutMs);
+  return state;
+}
+
+export function readClusterState(dir: string): LocalClusterState | undefined {
+  const file = join(dir, CLUSTER_FILE);
+  if (!existsSync(file)) return undefined;
+  try {
+    return JSON.parse(readFileSync(file, "utf8")) as LocalClusterState;
+  } catch {
+    throw new HavenError("HAVEN_ERR_CONFIG", `${file} is not the JSON 'haven cluster up' writes`);
+  }
+}
+
+function spawnBackground(command: string, args: string[], logFile: string): number {
+  const out = openSync(logFile, "a");
+  try {
+    const child = spawn(command, args, { detached: true, stdio: ["ignore", out, out] });
+    child.unref();
+    if (child.pid === undefined) throw new HavenError("HAVEN_ERR_IO", `cannot start ${command}`);
+    return child.pid;
+  } finally {
+    closeSync(out);
+  }
+}
+
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function stopProcess(pid: number, timeoutMs: number): Promise<void> {
+  if (!alive(pid)) return;
+  process.kill(pid, "SIGTERM");
+  const deadline = Date.now() + timeoutMs;
+  while (alive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  if (alive(pid)) process.kill(pid, "SIGKILL");
+}
+
+async function until(deadline: number, ready: () => Promise<boolean>, failure: () => string): Promise<void> {
+  while (!(await ready())) {
+    if (Date.now() > deadline) throw new HavenError("HAVEN_ERR_UNAVAILABLE", failure());
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}

@@ -1,0 +1,91 @@
+// decide(): what an agent does about one volume. Every branch, including the ones that keep data safe:
+// a copy not recorded in sync is never promoted, nothing is served without the lease, a deposed
+// primary stops, and promotion waits out the grace period with an epoch above the record's.
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { decide, type HostView, type VolumeView } from "../../src/agent/decide.js";
+import type { ReplicaRecord } from "../../src/cluster/schema.js";
+
+const record = (state: ReplicaRecord["state"], detail: string = state): ReplicaRecord => ({
+  state,
+  detail,
+  epoch: 3,
+  updatedAt: "2026-11-27T00:00:00Z",
+});
+
+function volume(primaryHost: string | undefined, replicas: Record<string, ReplicaRecord> = {}): VolumeView {
+  return {
+    spec: {
+      name: "v",
+      sizeBytes: 1 << 30,
+      replicas: [
+        { host: "a", disk: "d" },
+        { host: "b", disk: "d" },
+      ],
+      createdAt: "2026-11-27T00:00:00Z",
+    },
+    primary:
+      primaryHost === undefined
+        ? undefined
+        : { host: primaryHost, epoch: 3, since: "2026-11-27T00:00:00Z", reason: "created" },
+    replicas: new Map(Object.entries(replicas)),
+  };
+}
+
+function host(overrides: Partial<HostView> = {}): HostView {
+  return {
+    me: "b",
+    alive: new Set(["a", "b"]),
+    holdsLease: true,
+    running: new Set(),
+    now: 10_000,
+    primaryDeadSince: new Map(),
+    failoverGraceMs: 500,
+    ...overrides,
+  };
+}
+
+test("the recorded primary serves at the record's epoch, once", () => {
+  assert.deepEqual(decide(volume("b"), host()), { kind: "serve", epoch: 3 });
+  assert.deepEqual(decide(volume("b"), host({ running: new Set(["v"]) })), { kind: "none" });
+});
+
+test("without the lease nothing is served, and what runs stops", () => {
+  assert.deepEqual(decide(volume("b"), host({ holdsLease: false })), { kind: "none" });
+  assert.equal(decide(volume("b"), host({ holdsLease: false, running: new Set(["v"]) })).kind, "stop");
+});
+
+test("a deposed primary stops", () => {
+  const action = decide(volume("a"), host({ running: new Set(["v"]) }));
+  assert.equal(action.kind, "stop");
+  assert.match((action as { reason: string }).reason, /a is the primary now \(epoch 3\)/);
+});
+
+test("a live primary is left alone by its standbys", () => {
+  assert.deepEqual(decide(volume("a", { b: record("in-sync") }), host()), { kind: "none" });
+});
+
+test("a standby with an in-sync copy promotes after the grace period, one epoch up", () => {
+  const view = volume("a", { b: record("in-sync") });
+  const dead = { alive: new Set(["b"]), primaryDeadSince: new Map([["v", 9_800]]) };
+  assert.equal(decide(view, host(dead)).kind, "wait");
+  const action = decide(view, host({ ...dead, now: 10_300 }));
+  assert.equal(action.kind, "promote");
+  assert.equal((action as { epoch: number }).epoch, 4);
+});
+
+test("a copy recorded out of sync, or not on record, is never promoted", () => {
+  const dead = { alive: new Set(["b"]), primaryDeadSince: new Map([["v", 0]]) };
+  for (const view of [volume("a", { b: record("out-of-sync", "write failed") }), volume("a")]) {
+    const action = decide(view, host(dead));
+    assert.equal(action.kind, "wait");
+    assert.match((action as { reason: string }).reason, /not promoted/);
+  }
+});
+
+test("a host without a copy neither serves nor promotes", () => {
+  const stranger = host({ me: "c", alive: new Set(["c"]), primaryDeadSince: new Map([["v", 0]]) });
+  assert.deepEqual(decide(volume("a", { c: record("in-sync") }), stranger), { kind: "none" });
+  assert.deepEqual(decide(volume("c"), stranger), { kind: "none" });
+});
