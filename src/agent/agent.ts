@@ -41,6 +41,8 @@ import { LeaseKeeper } from "./lease-keeper.js";
 const REPLICA_TIMEOUT_MS = 3_000;
 /** How long a starting engine waits for copies that do not answer. */
 const STARTUP_WAIT_MS = 3_000;
+/** How long a starting engine waits for copies whose hosts hold no lease. */
+const DEAD_HOST_WAIT_MS = 300;
 /** Between attempts to record a copy's state while etcd does not answer. */
 const RECORD_RETRY_MS = 200;
 
@@ -344,7 +346,8 @@ export class Agent {
       }),
       sizeBytes: spec.sizeBytes,
       epoch,
-      startupWaitMs: STARTUP_WAIT_MS,
+      // A copy on a host without a lease will not answer: waiting for it only delays a failover.
+      startupWaitMs: spec.replicas.every((replica) => view.alive.has(replica.host)) ? STARTUP_WAIT_MS : DEAD_HOST_WAIT_MS,
       // Safe only because etcd says our copy holds every acknowledged write (see decide.ts).
       allowDegradedStart: mine?.state === "in-sync",
       recordCopyState: (location, inSync, detail) =>
