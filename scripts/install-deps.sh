@@ -32,6 +32,8 @@ fi
 if [[ ! -d node_modules || package-lock.json -nt node_modules/.package-lock.json ]]; then
   npm ci --no-audit --no-fund
 else
-  [[ -f build/Release/haven_io.node ]] || npm run install --silent
+  # The addon is rebuilt when its source changed since it was built (a pull that adds a function).
+  [[ build/Release/haven_io.node -nt native/haven_io.c && build/Release/haven_io.node -nt binding.gyp ]] ||
+    npm run install --silent
   npm run build --silent
 fi

@@ -11,9 +11,11 @@
 // completing writes before the lease can expire elsewhere); and every engine has a higher epoch than
 // the last, which the copies enforce, so a deposed primary's writes are refused by its peers.
 
+import { spawn, type ChildProcess } from "node:child_process";
 import { mkdir, rm, statfs } from "node:fs/promises";
+import { fileURLToPath } from "node:url";
 import { join } from "node:path";
-import { EtcdClient, type KeyValue, type LeaseId } from "../cluster/etcd-client.js";
+import { EtcdClient, type KeyValue, type LeaseId, type Watch } from "../cluster/etcd-client.js";
 import {
   eventSequence,
   keys,
@@ -32,6 +34,7 @@ import { HavenError } from "../core/errors.js";
 import { VolumeEngine } from "../engine/engine.js";
 import { NbdServer } from "../nbd/server.js";
 import { replicaOpener } from "../replica/open-replica.js";
+import type { ReplicaOpener } from "../replica/port.js";
 import { ReplicaServer } from "../replica/replica-server.js";
 import type { AgentConfig } from "./config.js";
 import { decide, type Action } from "./decide.js";
@@ -41,8 +44,6 @@ import { LeaseKeeper } from "./lease-keeper.js";
 const REPLICA_TIMEOUT_MS = 3_000;
 /** How long a starting engine waits for copies that do not answer. */
 const STARTUP_WAIT_MS = 3_000;
-/** How long a starting engine waits for copies whose hosts hold no lease. */
-const DEAD_HOST_WAIT_MS = 300;
 /** Between attempts to record a copy's state while etcd does not answer. */
 const RECORD_RETRY_MS = 200;
 
@@ -78,6 +79,11 @@ export class Agent {
   private stopped = false;
   private replicationPort = 0;
   private nbdPort = 0;
+  private watchdog: ChildProcess | undefined;
+  private watch: Watch | undefined;
+  /** Hosts holding a lease, as of the last reconcile: copies on other hosts are not waited for. */
+  private alive = new Set<string>();
+  private watchdogTimer: NodeJS.Timeout | undefined;
 
   constructor(
     readonly config: AgentConfig,
@@ -110,11 +116,13 @@ export class Agent {
   }
 
   async start(): Promise<void> {
+    this.startWatchdog();
     await mkdir(this.diskPath, { recursive: true });
     const { replication, nbd } = this.config;
     this.replicationPort = portOf(await this.replicaServer.listen(replication.listen.host, replication.listen.port));
     this.nbdPort = portOf(await this.nbd.listen({ kind: "tcp", host: nbd.listen.host, port: nbd.listen.port }));
     await this.lease.start();
+    this.startWatch();
     await this.event("agent-started", `agent up: replication on port ${this.replicationPort}, NBD on ${this.nbdPort}`);
     this.schedule(0);
   }
@@ -123,12 +131,30 @@ export class Agent {
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.timer);
+    this.watch?.cancel();
     await this.reconciling;
     for (const name of [...this.running.keys()]) await this.stopVolume(name, "the agent is stopping");
     await this.event("agent-stopped", "agent stopped; its lease is revoked").catch(() => undefined);
     await this.lease.stop(true);
     await this.nbd.stop();
     await this.replicaServer.stop();
+    clearInterval(this.watchdogTimer);
+    this.watchdog?.stdin?.end();
+  }
+
+  /** The watchdog process (watchdog-process.ts) kills this process if the event loop stops checking in. */
+  private startWatchdog(): void {
+    const { watchdogIntervalMs, watchdogTimeoutMs } = this.config.timings;
+    const script = fileURLToPath(new URL("./watchdog-process.js", import.meta.url));
+    const watchdog = spawn(process.execPath, [script, String(process.pid), String(watchdogTimeoutMs)], {
+      stdio: ["pipe", "inherit", "inherit"],
+    });
+    watchdog.stdin!.on("error", () => undefined);
+    watchdog.unref();
+    (watchdog.stdin as unknown as { unref?: () => void }).unref?.();
+    this.watchdog = watchdog;
+    this.watchdogTimer = setInterval(() => watchdog.stdin!.write("."), watchdogIntervalMs);
+    this.watchdogTimer.unref();
   }
 
   /** Engines running here, by volume name (for the API and tests). */
@@ -175,6 +201,34 @@ export class Agent {
 
   // ---- reconciling ---------------------------------------------------------------------------------
 
+  /**
+   * A host's lease expiring (its key deleted) or a primary record changing triggers a round at once,
+   * instead of at the next tick: failover starts as soon as etcd says the primary is gone.
+   */
+  private startWatch(): void {
+    if (this.stopped) return;
+    this.watch = this.etcd.watchPrefix(
+      keys.hosts(),
+      {
+        onClose: (reason) => {
+          if (reason !== undefined && !this.stopped) setTimeout(() => this.startWatch(), 1000).unref();
+        },
+      },
+      () => this.soon(),
+    );
+    this.watch.ready.catch((error: unknown) => {
+      this.log(`watching hosts failed: ${text(error)}; polling only`);
+      if (!this.stopped) setTimeout(() => this.startWatch(), 1000).unref();
+    });
+  }
+
+  /** A round as soon as the current one (if any) is done. */
+  private soon(): void {
+    if (this.stopped || this.reconciling) return;
+    clearTimeout(this.timer);
+    this.schedule(0);
+  }
+
   private schedule(delayMs = this.config.timings.healthCheckIntervalMs): void {
     if (this.stopped) return;
     this.timer = setTimeout(() => {
@@ -190,6 +244,7 @@ export class Agent {
   /** Reads the cluster state once and acts on every volume. */
   async reconcile(): Promise<void> {
     const view = await this.readCluster();
+    this.alive = view.alive;
     const now = performance.now();
     for (const [name, { record }] of view.primaries) {
       if (view.alive.has(record.host)) this.primaryDeadSince.delete(name);
@@ -339,15 +394,11 @@ export class Agent {
     const engine = new VolumeEngine({
       name,
       locations,
-      opener: replicaOpener({
-        secret: this.secret,
-        requestTimeoutMs: REPLICA_TIMEOUT_MS,
-        connectTimeoutMs: REPLICA_TIMEOUT_MS,
-      }),
+      opener: this.opener(hostOf),
       sizeBytes: spec.sizeBytes,
       epoch,
       // A copy on a host without a lease will not answer: waiting for it only delays a failover.
-      startupWaitMs: spec.replicas.every((replica) => view.alive.has(replica.host)) ? STARTUP_WAIT_MS : DEAD_HOST_WAIT_MS,
+      startupWaitMs: spec.replicas.every((replica) => view.alive.has(replica.host)) ? STARTUP_WAIT_MS : 0,
       // Safe only because etcd says our copy holds every acknowledged write (see decide.ts).
       allowDegradedStart: mine?.state === "in-sync",
       recordCopyState: (location, inSync, detail) =>
@@ -366,6 +417,25 @@ export class Agent {
     this.nbd.addExport({ name, description: `Haven volume ${name}`, device: engine });
     this.running.set(name, { engine, epoch, hostOf });
     await this.event("volume-serving", `serving at epoch ${epoch} on ${uri}`, name);
+  }
+
+  /**
+   * Opens copies as the engine asks, except on hosts that hold no lease: those fail at once instead of
+   * after a connect timeout (a partitioned host would otherwise delay every failover by it). The
+   * engine retries later, and gets through once the host is back.
+   */
+  private opener(hostOf: ReadonlyMap<string, string>): ReplicaOpener {
+    const open = replicaOpener({
+      secret: this.secret,
+      requestTimeoutMs: REPLICA_TIMEOUT_MS,
+      connectTimeoutMs: REPLICA_TIMEOUT_MS,
+    });
+    return (location, name, create) => {
+      const host = hostOf.get(location);
+      if (host !== undefined && host !== this.name && !this.alive.has(host))
+        return Promise.reject(new HavenError("HAVEN_ERR_UNAVAILABLE", `host ${host} holds no cluster lease`));
+      return open(location, name, create);
+    };
   }
 
   private async stopVolume(name: string, reason: string): Promise<void> {

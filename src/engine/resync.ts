@@ -226,7 +226,11 @@ async function copyRun(
  * flush took as long as its copying). A hint: if it fails, the flush that follows reports the problem.
  */
 async function startWriteback(to: ReplicaPort, offset: number, length: number): Promise<void> {
-  await to.startWriteback?.(offset, length).catch(() => undefined);
+  try {
+    await to.startWriteback?.(offset, length);
+  } catch {
+    // Only a hint (an old native addon without it throws at once): the flush after the copy decides.
+  }
 }
 
 /**
