@@ -72,7 +72,7 @@ export class Agent {
   private readonly busy = new Set<string>();
   private readonly primaryDeadSince = new Map<string, number>();
   private readonly lastWaitReason = new Map<string, string>();
-  /** Volumes seen in the cluster while this agent ran: only their copies are removed on deletion. */
+  /** Volumes with a copy on this host seen while this agent ran: only their copies are removed on deletion. */
   private readonly seenVolumes = new Set<string>();
   private timer: NodeJS.Timeout | undefined;
   private reconciling: Promise<void> | undefined;
@@ -251,7 +251,7 @@ export class Agent {
       else if (!this.primaryDeadSince.has(name)) this.primaryDeadSince.set(name, now);
     }
     for (const spec of view.volumes.values()) {
-      this.seenVolumes.add(spec.name);
+      if (spec.replicas.some((replica) => replica.host === this.name)) this.seenVolumes.add(spec.name);
       if (this.busy.has(spec.name)) continue;
       const primary = view.primaries.get(spec.name);
       const action = decide(

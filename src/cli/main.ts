@@ -1,20 +1,46 @@
-// The `haven` command line: routes "noun verb" to a command, and turns every error into a message
-// and the exit status that the error registry assigns.
+// The `haven` command line: routes "noun verb" (or a noun that is a command on its own, such as
+// `haven status`) to a command, and turns every error into a message and the exit status that the
+// error registry assigns.
 
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { HavenError } from "../core/errors.js";
 import { packageRoot } from "../util/repo-root.js";
+import { AGENT_USAGE, agentCommand } from "./commands/agent.js";
+import { CLUSTER_DOWN_USAGE, CLUSTER_UP_USAGE, clusterDownCommand, clusterUpCommand } from "./commands/cluster.js";
+import { EVENTS_USAGE, events } from "./commands/events.js";
+import { HOST_LIST_USAGE, hostList } from "./commands/host-list.js";
 import { NBD_SERVE_USAGE, nbdServe } from "./commands/nbd-serve.js";
 import { REPLICA_SERVE_USAGE, replicaServe } from "./commands/replica-serve.js";
+import { STATUS_USAGE, status } from "./commands/status.js";
+import { VOLUME_CREATE_USAGE, volumeCreate } from "./commands/volume-create.js";
+import { VOLUME_DELETE_USAGE, volumeDelete } from "./commands/volume-delete.js";
+import { VOLUME_LIST_USAGE, volumeList } from "./commands/volume-list.js";
 import { VOLUME_RESOLVE_SPLIT_BRAIN_USAGE, volumeResolveSplitBrain } from "./commands/volume-resolve-split-brain.js";
 import { VOLUME_SERVE_USAGE, volumeServe } from "./commands/volume-serve.js";
+import { VOLUME_SHOW_USAGE, volumeShow } from "./commands/volume-show.js";
 import { VOLUME_STATUS_USAGE, volumeStatus } from "./commands/volume-status.js";
 import { VOLUME_VERIFY_USAGE, volumeVerify } from "./commands/volume-verify.js";
 
-const USAGE = `usage: haven <noun> <verb> [options]
+const USAGE = `usage: haven <command> [options]
 
-commands:
+a local cluster (etcd and agents on this machine):
+  cluster up [--hosts N]            start etcd and N host agents in the background, and a context file
+  cluster down                      stop them (the data stays)
+
+a host:
+  agent --config FILE               run this host's agent: lease, replica server, engines, failover
+
+cluster commands (they find etcd by --etcd URL, $HAVEN_ETCD or a context file):
+  status                            the cluster at a glance: hosts alive or dead, volumes and their health
+  host list                         list the hosts, alive or dead, with their disks
+  volume create NAME --size SIZE    create a replicated volume on the live hosts and wait until it is served
+  volume delete NAME --yes          delete a volume and the data on every copy
+  volume list                       list the volumes: health, primary, copies, NBD URI
+  volume show NAME                  everything about one volume, including its NBD URI
+  events                            the cluster's events (--volume, --host, --limit, --follow)
+
+commands on this machine:
   nbd serve FILE                    serve a file or block device over NBD
   replica serve                     serve a directory of replicas to remote engines (replication protocol)
   volume serve NAME                 run a volume over its replicas and serve it over NBD
@@ -23,11 +49,28 @@ commands:
   volume resolve-split-brain NAME   end a split brain by naming the copy whose data survives
   version                           print Haven's version
 
-Run 'haven <noun> <verb> --help' for a command's options.`;
+Run 'haven <command> --help' for a command's options.`;
 
 type Command = (argv: string[]) => Promise<number>;
 
-const COMMANDS: Record<string, Record<string, { run: Command; usage: string }>> = {
+interface CommandEntry {
+  readonly run: Command;
+  readonly usage: string;
+}
+
+/** Nouns that are commands on their own: `haven status`, not `haven status show`. */
+const NOUN_COMMANDS: Record<string, CommandEntry> = {
+  status: { run: status, usage: STATUS_USAGE },
+  events: { run: events, usage: EVENTS_USAGE },
+  agent: { run: agentCommand, usage: AGENT_USAGE },
+};
+
+const COMMANDS: Record<string, Record<string, CommandEntry>> = {
+  cluster: {
+    up: { run: clusterUpCommand, usage: CLUSTER_UP_USAGE },
+    down: { run: clusterDownCommand, usage: CLUSTER_DOWN_USAGE },
+  },
+  host: { list: { run: hostList, usage: HOST_LIST_USAGE } },
   nbd: { serve: { run: nbdServe, usage: NBD_SERVE_USAGE } },
   replica: { serve: { run: replicaServe, usage: REPLICA_SERVE_USAGE } },
   volume: {
@@ -35,6 +78,10 @@ const COMMANDS: Record<string, Record<string, { run: Command; usage: string }>> 
     status: { run: volumeStatus, usage: VOLUME_STATUS_USAGE },
     verify: { run: volumeVerify, usage: VOLUME_VERIFY_USAGE },
     "resolve-split-brain": { run: volumeResolveSplitBrain, usage: VOLUME_RESOLVE_SPLIT_BRAIN_USAGE },
+    create: { run: volumeCreate, usage: VOLUME_CREATE_USAGE },
+    delete: { run: volumeDelete, usage: VOLUME_DELETE_USAGE },
+    list: { run: volumeList, usage: VOLUME_LIST_USAGE },
+    show: { run: volumeShow, usage: VOLUME_SHOW_USAGE },
   },
 };
 
@@ -50,9 +97,11 @@ export async function main(argv: string[]): Promise<number> {
       process.stdout.write(`${USAGE}\n`);
       return noun === undefined ? 2 : 0;
     }
-    const verbs = COMMANDS[noun];
+    const nounCommand = Object.hasOwn(NOUN_COMMANDS, noun) ? NOUN_COMMANDS[noun] : undefined;
+    if (nounCommand !== undefined) return await nounCommand.run(argv.slice(1));
+    const verbs = Object.hasOwn(COMMANDS, noun) ? COMMANDS[noun] : undefined;
     if (verbs === undefined) throw new HavenError("HAVEN_ERR_USAGE", `unknown command "${noun}"\n\n${USAGE}`);
-    const command = verb === undefined ? undefined : verbs[verb];
+    const command = verb === undefined || !Object.hasOwn(verbs, verb) ? undefined : verbs[verb];
     if (command === undefined) {
       const known = Object.keys(verbs).join(", ");
       throw new HavenError("HAVEN_ERR_USAGE", `unknown or missing verb for "${noun}" (known: ${known})\n\n${USAGE}`);

@@ -26,6 +26,8 @@ export interface LocalClusterOptions {
   /** Agent timing overrides written into each config (for tests wanting fast failover). */
   readonly timings?: Record<string, number>;
   readonly readyTimeoutMs?: number;
+  /** The etcd endpoint host NAME's agent uses (default: etcd's own); tests put a proxy they control here. */
+  readonly etcdEndpointOf?: (name: string) => string;
 }
 
 export interface LocalClusterState {
@@ -88,7 +90,7 @@ export async function clusterUp(options: LocalClusterOptions): Promise<LocalClus
     const port = options.basePort + 10 * i;
     const config = {
       host: { name, address: "127.0.0.1" },
-      etcd: { endpoints: [endpoint] },
+      etcd: { endpoints: [options.etcdEndpointOf?.(name) ?? endpoint] },
       api: { listen: `127.0.0.1:${port}`, tokenFile },
       replication: { listen: `127.0.0.1:${port + 1}`, secretFile },
       nbd: { listen: `127.0.0.1:${port + 2}` },

@@ -1,0 +1,226 @@
+// The operator's text for the cluster commands: `haven status`, `host list`, `volume list`, `volume show`
+// and `events`. Pure: the input is the view of src/cluster/cluster-view.ts (or an event record), the
+// output a string, so the same records always print the same way and tests need no etcd.
+//
+// Names, details and messages come from etcd, where any process with access can write them: control
+// characters are replaced so that they cannot move the cursor or recolor the terminal.
+
+import type { ClusterSummary, ClusterView, CopyView, HostView, VolumeView } from "../cluster/cluster-view.js";
+import type { EventRecord } from "../cluster/schema.js";
+import { formatBytes } from "../util/units.js";
+
+export interface ClusterRenderOptions {
+  /** ANSI colors for states (green: fine, yellow: on its way or reduced, red: needs the operator). */
+  readonly color?: boolean;
+}
+
+type Tone = "good" | "busy" | "bad";
+
+const ANSI: Record<Tone, string> = { good: "\x1b[32m", busy: "\x1b[33m", bad: "\x1b[31m" };
+const ANSI_RESET = "\x1b[0m";
+const COLUMN_GAP = "  ";
+const LABEL_COLUMNS = 12;
+
+const TONES: Record<string, Tone> = {
+  alive: "good",
+  dead: "bad",
+  unknown: "bad",
+  healthy: "good",
+  degraded: "busy",
+  down: "bad",
+  "in-sync": "good",
+  "out-of-sync": "bad",
+  unrecorded: "busy",
+};
+
+function printable<T>(value: T): T {
+  return JSON.parse(JSON.stringify(value), (_key, field: unknown) =>
+    // eslint-disable-next-line no-control-regex
+    typeof field === "string" ? field.replace(/[\x00-\x1f\x7f-\x9f]/g, "?") : field,
+  ) as T;
+}
+
+/** A cell; `toned` cells are colored by their word (see TONES). */
+interface Cell {
+  readonly text: string;
+  readonly toned?: boolean;
+}
+
+function table(
+  headings: readonly string[],
+  rows: readonly (readonly Cell[])[],
+  options: ClusterRenderOptions,
+): string[] {
+  const widths = headings.map((heading, column) =>
+    Math.max(heading.length, ...rows.map((row) => row[column]!.text.length)),
+  );
+  const line = (cells: readonly Cell[]): string =>
+    cells
+      .map((cell, column) => {
+        const padding = " ".repeat(widths[column]! - cell.text.length);
+        const tone = cell.toned ? TONES[cell.text] : undefined;
+        // Color the word, not the padding, so that columns line up with or without escapes.
+        const text = options.color && tone !== undefined ? `${ANSI[tone]}${cell.text}${ANSI_RESET}` : cell.text;
+        return `${text}${padding}`;
+      })
+      .join(COLUMN_GAP)
+      .trimEnd();
+  return [line(headings.map((text) => ({ text }))), ...rows.map(line)];
+}
+
+function paint(text: string, options: ClusterRenderOptions): string {
+  const tone = TONES[text];
+  return options.color && tone !== undefined ? `${ANSI[tone]}${text}${ANSI_RESET}` : text;
+}
+
+function field(label: string, value: string): string {
+  return `${label.padEnd(LABEL_COLUMNS)}${value}`;
+}
+
+function plural(count: number, word: string): string {
+  return `${count} ${word}${count === 1 ? "" : "s"}`;
+}
+
+/** "3 hosts (2 alive, 1 dead), 2 volumes (1 healthy, 1 down)"; only the counts that are not zero. */
+export function renderSummary(summary: ClusterSummary): string {
+  const part = (count: number, word: string, details: [number, string][]): string => {
+    const shown = details.filter(([n]) => n > 0).map(([n, what]) => `${n} ${what}`);
+    return `${plural(count, word)}${shown.length > 0 ? ` (${shown.join(", ")})` : ""}`;
+  };
+  const hosts = part(summary.hosts, "host", [
+    [summary.aliveHosts, "alive"],
+    [summary.hosts - summary.aliveHosts, "dead"],
+  ]);
+  const volumes = part(summary.volumes, "volume", [
+    [summary.healthyVolumes, "healthy"],
+    [summary.degradedVolumes, "degraded"],
+    [summary.downVolumes, "down"],
+  ]);
+  return `${hosts}, ${volumes}`;
+}
+
+function disks(host: HostView): string {
+  if (host.disks.length === 0) return "(no disks)";
+  return host.disks
+    .map((disk) => `${disk.name} ${formatBytes(disk.usedBytes)}/${formatBytes(disk.capacityBytes)}`)
+    .join(", ");
+}
+
+function primaryCell(volume: VolumeView): string {
+  const { primary } = volume;
+  if (primary === null) return "-";
+  return `${primary.host} (epoch ${primary.epoch}${primary.hostState === "alive" ? "" : `, ${primary.hostState}`})`;
+}
+
+function copyState(copy: CopyView): string {
+  return `${copy.host} ${copy.state}${copy.hostState === "alive" ? "" : ` (host ${copy.hostState})`}`;
+}
+
+function hostRows(hosts: readonly HostView[]): Cell[][] {
+  return hosts.map((host) => [
+    { text: host.name },
+    { text: host.state, toned: true },
+    { text: host.address },
+    { text: String(host.nbdPort) },
+    { text: String(host.copies) },
+    { text: disks(host) },
+  ]);
+}
+
+const HOST_HEADINGS = ["HOST", "STATE", "ADDRESS", "NBD PORT", "COPIES", "DISKS (USED/CAPACITY)"];
+
+function volumeRows(volumes: readonly VolumeView[]): Cell[][] {
+  return volumes.map((volume) => [
+    { text: volume.name },
+    { text: formatBytes(volume.sizeBytes) },
+    { text: volume.health, toned: true },
+    { text: primaryCell(volume) },
+    { text: volume.copies.map(copyState).join(", ") },
+    { text: volume.nbd ?? "-" },
+  ]);
+}
+
+const VOLUME_HEADINGS = ["VOLUME", "SIZE", "HEALTH", "PRIMARY", "COPIES", "NBD"];
+
+export function renderHostList(untrusted: readonly HostView[], options: ClusterRenderOptions = {}): string {
+  const hosts = printable(untrusted);
+  if (hosts.length === 0) return "no hosts have joined the cluster (start 'haven agent' on each host)\n";
+  return `${table(HOST_HEADINGS, hostRows(hosts), options).join("\n")}\n`;
+}
+
+export function renderVolumeList(untrusted: readonly VolumeView[], options: ClusterRenderOptions = {}): string {
+  const volumes = printable(untrusted);
+  if (volumes.length === 0) return "no volumes (create one with 'haven volume create NAME --size SIZE')\n";
+  return `${table(VOLUME_HEADINGS, volumeRows(volumes), options).join("\n")}\n`;
+}
+
+/** `haven status`: the summary line, then the hosts and the volumes. */
+export function renderStatus(untrusted: ClusterView, options: ClusterRenderOptions = {}): string {
+  const view = printable(untrusted);
+  return [
+    renderSummary(view.summary),
+    "",
+    renderHostList(view.hosts, options).trimEnd(),
+    "",
+    renderVolumeList(view.volumes, options),
+  ].join("\n");
+}
+
+function nbdLine(volume: VolumeView): string {
+  if (volume.nbd !== null) return volume.nbd;
+  if (volume.primary === null) return "(not served: the volume has no primary)";
+  return `(not served: primary host ${volume.primary.host} is ${volume.primary.hostState})`;
+}
+
+/** `haven volume show`: everything about one volume, including where clients connect. */
+export function renderVolume(untrusted: VolumeView, options: ClusterRenderOptions = {}): string {
+  const volume = printable(untrusted);
+  const { primary } = volume;
+  const lines = [
+    field("volume", volume.name),
+    field("size", `${formatBytes(volume.sizeBytes)} (${volume.sizeBytes} bytes)`),
+    field("health", paint(volume.health, options)),
+    field(
+      "primary",
+      primary === null
+        ? "-"
+        : `${primary.host} (${paint(primary.hostState, options)}), epoch ${primary.epoch}, since ${primary.since} ` +
+            `(${primary.reason})`,
+    ),
+    field("nbd", nbdLine(volume)),
+    field("created", volume.createdAt),
+    "",
+    ...table(
+      ["HOST", "DISK", "HOST STATE", "RECORDED", "DETAIL", "EPOCH", "UPDATED"],
+      volume.copies.map((copy) => [
+        { text: copy.host },
+        { text: copy.disk },
+        { text: copy.hostState, toned: true },
+        { text: copy.state, toned: true },
+        { text: copy.detail === "" ? "-" : copy.detail },
+        { text: copy.epoch === null ? "-" : String(copy.epoch) },
+        { text: copy.updatedAt ?? "-" },
+      ]),
+      options,
+    ),
+  ];
+  return `${lines.join("\n")}\n`;
+}
+
+const EVENT_HOST_COLUMNS = 12;
+const EVENT_VOLUME_COLUMNS = 12;
+const EVENT_KIND_COLUMNS = 20;
+
+/** One event per line: time, host, volume, kind, message (columns padded, never cut). */
+export function renderEvent(untrusted: EventRecord): string {
+  const event = printable(untrusted);
+  return [
+    event.time,
+    event.host.padEnd(EVENT_HOST_COLUMNS),
+    (event.volume ?? "-").padEnd(EVENT_VOLUME_COLUMNS),
+    event.kind.padEnd(EVENT_KIND_COLUMNS),
+    event.message,
+  ]
+    .join(COLUMN_GAP)
+    .concat("\n");
+}

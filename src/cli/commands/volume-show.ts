@@ -1,0 +1,45 @@
+// `haven volume show NAME`: everything the cluster records about one volume: size, health, primary
+// host, epoch and why it is primary, each copy's host, disk and recorded state, and the NBD URI where
+// clients connect.
+
+import { HavenError } from "../../core/errors.js";
+import { readClusterRecords } from "../../cluster/cluster-read.js";
+import { volumeView } from "../../cluster/cluster-view.js";
+import { parseCommandArgs } from "../args.js";
+import { renderVolume } from "../cluster-render.js";
+import { CLUSTER_OPTIONS, CLUSTER_OPTIONS_USAGE, connectCluster } from "../context.js";
+import { terminalRenderOptions } from "../terminal.js";
+import { volumeNameArgument } from "../volume-argument.js";
+
+export const VOLUME_SHOW_USAGE = `usage: haven volume show NAME [--json] [cluster options]
+
+Shows one volume: size, health, primary host and epoch, each copy's host, disk and recorded state,
+and the NBD URI clients connect to (nbd://ADDRESS:PORT/NAME on the primary's host).
+
+options:
+  --json               print the volume as JSON
+
+${CLUSTER_OPTIONS_USAGE}`;
+
+export async function volumeShow(argv: string[]): Promise<number> {
+  const { values, positionals } = parseCommandArgs(
+    argv,
+    { ...CLUSTER_OPTIONS, json: { type: "boolean" }, help: { type: "boolean", short: "h" } },
+    VOLUME_SHOW_USAGE,
+  );
+  if (values.help) {
+    process.stdout.write(`${VOLUME_SHOW_USAGE}\n`);
+    return 0;
+  }
+  const name = volumeNameArgument(positionals, VOLUME_SHOW_USAGE);
+  const records = await readClusterRecords(connectCluster(values));
+  const spec = records.volumes.get(name);
+  if (spec === undefined) {
+    throw new HavenError("HAVEN_ERR_NOT_FOUND", `no volume "${name}" in the cluster; 'haven volume list' shows them`);
+  }
+  const volume = volumeView(records, spec);
+  process.stdout.write(
+    values.json ? `${JSON.stringify(volume, null, 2)}\n` : renderVolume(volume, terminalRenderOptions()),
+  );
+  return 0;
+}

@@ -1,0 +1,131 @@
+// Reading the cluster's state out of etcd as typed records: hosts (live and known), volumes, primaries,
+// copies, and events. The state is read in one transaction, so it is one consistent snapshot (a volume
+// is never seen without the primary record created with it). Every value is checked by schema.ts.
+
+import { HavenError } from "../core/errors.js";
+import type { EtcdClient, KeyValue } from "./etcd-client.js";
+import {
+  keys,
+  nameUnder,
+  parseEventRecord,
+  parseHostRecord,
+  parsePrimaryRecord,
+  parseReplicaRecord,
+  parseVolumeSpec,
+  type EventRecord,
+  type HostRecord,
+  type PrimaryRecord,
+  type ReplicaRecord,
+  type VolumeSpec,
+} from "./schema.js";
+
+export interface ClusterRecords {
+  /** Hosts whose lease-bound record exists, by name. */
+  readonly liveHosts: ReadonlyMap<string, HostRecord>;
+  /** Every host the cluster has had (the permanent records), by name. */
+  readonly knownHosts: ReadonlyMap<string, HostRecord>;
+  /** By name, in name order. */
+  readonly volumes: ReadonlyMap<string, VolumeSpec>;
+  /** By volume name. */
+  readonly primaries: ReadonlyMap<string, PrimaryRecord>;
+  /** By volume name, then host name. */
+  readonly replicas: ReadonlyMap<string, ReadonlyMap<string, ReplicaRecord>>;
+  /** The etcd revision of the snapshot. */
+  readonly revision: number;
+}
+
+export interface StoredEvent {
+  /** The event's key; keys sort by time. */
+  readonly key: string;
+  /** The etcd revision that wrote it. */
+  readonly createRevision: number;
+  readonly event: EventRecord;
+}
+
+/** A record's name must be its key's, or one host or volume could pose as another. */
+function named<T extends { readonly name: string }>(record: T, name: string, key: string): T {
+  if (record.name !== name) {
+    throw new HavenError("HAVEN_ERR_IO", `cluster state at ${key} is malformed: it names "${record.name}"`);
+  }
+  return record;
+}
+
+function byName<T extends { readonly name: string }>(
+  kvs: readonly KeyValue[],
+  prefix: string,
+  parse: (value: string, key: string) => T,
+): Map<string, T> {
+  return new Map(
+    kvs.map((kv) => {
+      const name = nameUnder(prefix, kv.key);
+      return [name, named(parse(kv.value, kv.key), name, kv.key)];
+    }),
+  );
+}
+
+function replicasByVolume(kvs: readonly KeyValue[]): Map<string, Map<string, ReplicaRecord>> {
+  const replicas = new Map<string, Map<string, ReplicaRecord>>();
+  for (const kv of kvs) {
+    const [volume, host, ...rest] = nameUnder(keys.replicas(), kv.key).split("/");
+    if (volume === undefined || host === undefined || rest.length > 0) continue; // not a copy's key
+    const copies = replicas.get(volume) ?? new Map<string, ReplicaRecord>();
+    copies.set(host, parseReplicaRecord(kv.value, kv.key));
+    replicas.set(volume, copies);
+  }
+  return replicas;
+}
+
+/** The hosts, volumes, primaries and copies as of one revision. */
+export async function readClusterRecords(client: EtcdClient): Promise<ClusterRecords> {
+  const prefixes = [keys.hosts(), keys.hostInfos(), keys.volumes(), keys.primaries(), keys.replicas()];
+  const result = await client.txn(
+    [],
+    prefixes.map((prefix) => ({ type: "getPrefix", prefix })),
+    [],
+  );
+  const [hosts, hostInfos, volumes, primaries, replicas] = result.results.map((operation) =>
+    operation.type === "get" ? operation.kvs : [],
+  ) as [KeyValue[], KeyValue[], KeyValue[], KeyValue[], KeyValue[]];
+  return {
+    liveHosts: byName(hosts, keys.hosts(), parseHostRecord),
+    knownHosts: byName(hostInfos, keys.hostInfos(), parseHostRecord),
+    volumes: byName(volumes, keys.volumes(), parseVolumeSpec),
+    primaries: new Map(
+      primaries.map((kv) => [nameUnder(keys.primaries(), kv.key), parsePrimaryRecord(kv.value, kv.key)]),
+    ),
+    replicas: replicasByVolume(replicas),
+    revision: result.revision,
+  };
+}
+
+/** Checks and types one event as etcd stores it. */
+export function storedEvent(kv: KeyValue): StoredEvent {
+  return { key: kv.key, createRevision: kv.createRevision, event: parseEventRecord(kv.value, kv.key) };
+}
+
+/**
+ * Every event, oldest first. An event that does not parse is skipped and handed to `onMalformed`:
+ * events are the cluster's diary, and one bad entry must not hide the others.
+ */
+export async function readEvents(
+  client: EtcdClient,
+  onMalformed: (error: HavenError) => void = () => {},
+): Promise<StoredEvent[]> {
+  const events: StoredEvent[] = [];
+  for (const kv of await client.getPrefix(keys.events())) {
+    const parsed = tryStoredEvent(kv, onMalformed);
+    if (parsed !== undefined) events.push(parsed);
+  }
+  return events;
+}
+
+/** storedEvent, or undefined (and `onMalformed` told) when the value is not an event. */
+export function tryStoredEvent(kv: KeyValue, onMalformed: (error: HavenError) => void): StoredEvent | undefined {
+  try {
+    return storedEvent(kv);
+  } catch (error) {
+    if (!(error instanceof HavenError)) throw error;
+    onMalformed(error);
+    return undefined;
+  }
+}

@@ -1,0 +1,138 @@
+// The operator's model of the cluster, derived from the records in etcd: which hosts are alive, how
+// healthy each volume is, and where its clients connect. Pure, so that the CLI's text and JSON, the
+// API and the dashboard all agree, and the rules are unit-tested without etcd.
+//
+// A host is alive while its lease-bound record exists and dead when only its permanent record does.
+// A volume is:
+//   down      when no live host serves it: no primary record, or the primary's host is dead;
+//   degraded  when it is served but has less redundancy than its spec: a copy not recorded in-sync,
+//             or on a dead host (its record may still say in-sync until the primary's next write);
+//   healthy   otherwise.
+
+import type { ClusterRecords } from "./cluster-read.js";
+import type { HostRecord, PrimaryRecord, RecordedReplicaState, VolumeSpec } from "./schema.js";
+
+export type HostState = "alive" | "dead";
+export type VolumeHealth = "healthy" | "degraded" | "down";
+
+export interface HostView extends HostRecord {
+  readonly state: HostState;
+  /** How many volumes have a copy on this host. */
+  readonly copies: number;
+}
+
+export interface CopyView {
+  readonly host: string;
+  readonly disk: string;
+  readonly hostState: HostState | "unknown";
+  /** As the primary last recorded it; "unrecorded" when there is no record (yet). */
+  readonly state: RecordedReplicaState | "unrecorded";
+  readonly detail: string;
+  readonly epoch: number | null;
+  readonly updatedAt: string | null;
+}
+
+export interface VolumeView {
+  readonly name: string;
+  readonly sizeBytes: number;
+  readonly createdAt: string;
+  readonly health: VolumeHealth;
+  readonly primary: (PrimaryRecord & { readonly hostState: HostState | "unknown" }) | null;
+  readonly copies: readonly CopyView[];
+  /** Where clients connect, while a live host serves the volume. */
+  readonly nbd: string | null;
+}
+
+export interface ClusterSummary {
+  readonly hosts: number;
+  readonly aliveHosts: number;
+  readonly volumes: number;
+  readonly healthyVolumes: number;
+  readonly degradedVolumes: number;
+  readonly downVolumes: number;
+}
+
+export interface ClusterView {
+  readonly summary: ClusterSummary;
+  /** In name order. */
+  readonly hosts: readonly HostView[];
+  /** In name order. */
+  readonly volumes: readonly VolumeView[];
+}
+
+/** nbd://ADDRESS:PORT/NAME, with an IPv6 address in brackets. */
+export function nbdUri(host: Pick<HostRecord, "address" | "nbdPort">, volume: string): string {
+  const address = host.address.includes(":") ? `[${host.address}]` : host.address;
+  return `nbd://${address}:${host.nbdPort}/${volume}`;
+}
+
+function byName<T extends { readonly name: string }>(a: T, b: T): number {
+  return a.name < b.name ? -1 : a.name > b.name ? 1 : 0;
+}
+
+function hostState(records: ClusterRecords, name: string): HostState | "unknown" {
+  if (records.liveHosts.has(name)) return "alive";
+  return records.knownHosts.has(name) ? "dead" : "unknown";
+}
+
+export function volumeHealth(primaryAlive: boolean, copies: readonly CopyView[]): VolumeHealth {
+  if (!primaryAlive) return "down";
+  return copies.every((copy) => copy.state === "in-sync" && copy.hostState === "alive") ? "healthy" : "degraded";
+}
+
+export function volumeView(records: ClusterRecords, spec: VolumeSpec): VolumeView {
+  const recorded = records.replicas.get(spec.name);
+  const copies = spec.replicas.map(({ host, disk }): CopyView => {
+    const record = recorded?.get(host);
+    return {
+      host,
+      disk,
+      hostState: hostState(records, host),
+      state: record?.state ?? "unrecorded",
+      detail: record?.detail ?? "",
+      epoch: record?.epoch ?? null,
+      updatedAt: record?.updatedAt ?? null,
+    };
+  });
+  const primary = records.primaries.get(spec.name);
+  const server = primary === undefined ? undefined : records.liveHosts.get(primary.host);
+  return {
+    name: spec.name,
+    sizeBytes: spec.sizeBytes,
+    createdAt: spec.createdAt,
+    health: volumeHealth(server !== undefined, copies),
+    primary: primary === undefined ? null : { ...primary, hostState: hostState(records, primary.host) },
+    copies,
+    nbd: server === undefined ? null : nbdUri(server, spec.name),
+  };
+}
+
+export function clusterView(records: ClusterRecords): ClusterView {
+  const copies = new Map<string, number>();
+  for (const spec of records.volumes.values()) {
+    for (const { host } of spec.replicas) copies.set(host, (copies.get(host) ?? 0) + 1);
+  }
+  // A live host's record is the fresher one (its disks' usage); a dead host is known by its last one.
+  const hostRecords = new Map([...records.knownHosts, ...records.liveHosts]);
+  const hosts = [...hostRecords.values()]
+    .map((host): HostView => ({
+      ...host,
+      state: records.liveHosts.has(host.name) ? "alive" : "dead",
+      copies: copies.get(host.name) ?? 0,
+    }))
+    .sort(byName);
+  const volumes = [...records.volumes.values()].map((spec) => volumeView(records, spec)).sort(byName);
+  const count = (health: VolumeHealth): number => volumes.filter((volume) => volume.health === health).length;
+  return {
+    summary: {
+      hosts: hosts.length,
+      aliveHosts: hosts.filter((host) => host.state === "alive").length,
+      volumes: volumes.length,
+      healthyVolumes: count("healthy"),
+      degradedVolumes: count("degraded"),
+      downVolumes: count("down"),
+    },
+    hosts,
+    volumes,
+  };
+}

@@ -1,0 +1,33 @@
+// Helpers for tests that run a local cluster (haven cluster up's code): a base port whose whole range
+// is free, and waiting for a condition in the cluster's state.
+
+import { createServer } from "node:net";
+
+/** A base port for clusterUp with 2 hosts whose ports (base, +1, +10..12, +20..22) are free now. */
+export async function freeBasePort(): Promise<number> {
+  for (;;) {
+    const base = 30_000 + 100 * Math.floor(Math.random() * 300);
+    const free = await Promise.all(
+      [0, 1, 10, 11, 12, 20, 21, 22].map(
+        (offset) =>
+          new Promise<boolean>((resolve) => {
+            const server = createServer();
+            server.once("error", () => resolve(false));
+            server.listen(base + offset, "127.0.0.1", () => server.close(() => resolve(true)));
+          }),
+      ),
+    );
+    if (free.every(Boolean)) return base;
+  }
+}
+
+/** Polls `probe` until it gives a value (errors count as not yet), or fails naming `what`. */
+export async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe().catch(() => undefined);
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}

@@ -1,0 +1,192 @@
+// Failover with real processes: `haven cluster up` starts a real etcd and two agents (fast timings),
+// `haven volume create` places a two-copy volume, fio writes it with crc32c verification headers, and
+// then the tests kill -9 the primary host's agent (its engine and NBD front die with it). The standby
+// must promote its copy at a higher epoch, serve it on its own NBD URI, and fio must verify every
+// write it was acknowledged. The old primary's return must resync it incrementally into a standby. A
+// standby whose copy is recorded out of sync must never promote, and says why.
+
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, type ChildProcess } from "node:child_process";
+import { closeSync, openSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { alive, clusterDown, clusterUp, type LocalClusterState } from "../../src/cluster/local-cluster.js";
+import { EtcdClient } from "../../src/cluster/etcd-client.js";
+import { keys, parseEventRecord, parsePrimaryRecord, parseReplicaRecord } from "../../src/cluster/schema.js";
+import { FAST_TIMINGS } from "../../src/agent/timings.js";
+import { haveEtcd } from "../helpers/etcd.js";
+import { haveTool, run, tempDir } from "../helpers/server-process.js";
+import { freeBasePort, until } from "../helpers/cluster.js";
+
+const VOLUME = "failover";
+const skip = !haveEtcd() || !haveTool("fio") ? "needs etcd and fio" : false;
+
+describe("agent failover", { skip }, () => {
+  const dir = tempDir("haven-failover-");
+  const context = join(dir.path, "context.json");
+  let cluster: LocalClusterState;
+  let etcd: EtcdClient;
+  const env = { ...process.env, HAVEN_CONTEXT: context };
+  const haven = (args: string[]) => run(process.execPath, ["bin/haven.js", ...args], { env, timeoutMs: 60_000 });
+
+  const primary = async () => {
+    const kv = await etcd.get(keys.primary(VOLUME));
+    return kv ? parsePrimaryRecord(kv.value, kv.key) : undefined;
+  };
+  const replica = async (host: string) => {
+    const kv = await etcd.get(keys.replica(VOLUME, host));
+    return kv ? parseReplicaRecord(kv.value, kv.key) : undefined;
+  };
+  const events = async (kind: string) =>
+    (await etcd.getPrefix(keys.events()))
+      .map((kv) => parseEventRecord(kv.value, kv.key))
+      .filter((event) => event.kind === kind && event.volume === VOLUME);
+  const nbdUri = (host: string) => {
+    const index = Number(host.slice(1));
+    return `nbd://127.0.0.1:${basePort + 10 * index + 2}/${VOLUME}`;
+  };
+  const agentOf = (host: string) => cluster.agents.find((agent) => agent.name === host)!;
+  /** Agents started again by the tests, by host: their pids replace the ones cluster up recorded. */
+  const restarted = new Map<string, ChildProcess>();
+  const pidOf = (host: string) => restarted.get(host)?.pid ?? agentOf(host).pid;
+  const restartAgent = (host: string) => {
+    const log = openSync(agentOf(host).log, "a");
+    const child = spawn(process.execPath, ["bin/haven.js", "agent", "--config", agentOf(host).config], {
+      stdio: ["ignore", log, log],
+    });
+    closeSync(log);
+    restarted.set(host, child);
+  };
+  const fio = (uri: string, extra: string[]) =>
+    run(
+      "fio",
+      [
+        "--name=failover",
+        "--ioengine=nbd",
+        `--uri=${uri}`,
+        "--bs=4k",
+        "--size=32M",
+        "--iodepth=16",
+        "--rw=randwrite",
+        "--verify=crc32c",
+        "--randrepeat=1",
+        "--verify_state_save=0",
+        "--output-format=terse",
+        ...extra,
+      ],
+      { timeoutMs: 120_000 },
+    );
+  let basePort = 0;
+
+  before(async () => {
+    basePort = await freeBasePort();
+    cluster = await clusterUp({
+      dir: join(dir.path, "cluster"),
+      hosts: 2,
+      basePort,
+      timings: { ...FAST_TIMINGS },
+    });
+    etcd = new EtcdClient([cluster.endpoint]);
+    const created = await haven([
+      "volume",
+      "create",
+      VOLUME,
+      "--size",
+      "64M",
+      "--replicas",
+      "2",
+      "--etcd",
+      cluster.endpoint,
+    ]);
+    assert.equal(created.code, 0, created.stderr);
+  });
+
+  after(async () => {
+    for (const child of restarted.values()) child.kill("SIGKILL");
+    if (cluster) await clusterDown(cluster.dir, 10_000).catch(() => undefined);
+    dir.remove();
+  });
+
+  /** Takes the primary's agent away with `signal`; the standby must promote and verify every acknowledged write. */
+  const failover = async (signal: NodeJS.Signals): Promise<string> => {
+    const first = (await primary())!;
+    const standby = first.host === "h1" ? "h2" : "h1";
+    const written = await fio(nbdUri(first.host), ["--do_verify=0"]);
+    assert.equal(written.code, 0, written.stderr);
+    const victim = pidOf(first.host);
+    process.kill(victim, signal);
+    const promoted = await until("the standby to promote", async () => {
+      const now = await primary();
+      return now && now.host === standby ? now : undefined;
+    });
+    assert.equal(promoted.epoch, first.epoch + 1);
+    assert.match(promoted.reason, /lease expired/);
+    await until("the new primary to serve", async () =>
+      (await events("volume-serving")).some(
+        (e) => e.host === standby && / epoch /.test(e.message) && e.message.includes(`epoch ${promoted.epoch}`),
+      )
+        ? true
+        : undefined,
+    );
+    assert.equal(
+      (await replica(first.host))?.state,
+      "out-of-sync",
+      "the old primary's copy is on record as out of sync",
+    );
+    const verified = await fio(nbdUri(standby), ["--verify_only"]);
+    assert.equal(verified.code, 0, `${verified.stdout}\n${verified.stderr}`);
+    return first.host;
+  };
+
+  test("SIGSTOP of the primary's agent: its watchdog kills it, the standby promotes, SIGCONT does no harm", async () => {
+    const stopped = await failover("SIGSTOP");
+    await until("the watchdog to kill the frozen agent", async () => (alive(pidOf(stopped)) ? undefined : true));
+    assert.match(readFileSync(agentOf(stopped).log, "utf8"), /watchdog: agent \d+ silent for \d+ ms; killing it/);
+    try {
+      process.kill(pidOf(stopped), "SIGCONT");
+    } catch {
+      // gone, as it should be
+    }
+    restartAgent(stopped);
+    await until("the old primary to rejoin in sync", async () =>
+      (await replica(stopped))?.state === "in-sync" ? true : undefined,
+    );
+  });
+
+  test("kill -9 of the primary's agent: the standby promotes at a higher epoch and every acknowledged write verifies", async () => {
+    await failover("SIGKILL");
+  });
+
+  test("the old primary returns as a standby and resyncs incrementally", async () => {
+    const now = (await primary())!;
+    const returning = now.host === "h1" ? "h2" : "h1";
+    restartAgent(returning);
+    await until("the returning copy to be in sync", async () =>
+      (await replica(returning))?.state === "in-sync" ? true : undefined,
+    );
+    assert.equal((await primary())?.host, now.host, "no failback by itself");
+  });
+
+  test("a standby whose copy is recorded out of sync is never promoted, and says why", async () => {
+    const now = (await primary())!;
+    const standby = now.host === "h1" ? "h2" : "h1";
+    // Take the standby away; the primary records its copy out of sync before the next write completes.
+    process.kill(pidOf(standby), "SIGKILL");
+    const wrote = await fio(nbdUri(now.host), ["--do_verify=0", "--size=4M"]);
+    assert.equal(wrote.code, 0, wrote.stderr);
+    await until("the standby's copy on record as out of sync", async () =>
+      (await replica(standby))?.state === "out-of-sync" ? true : undefined,
+    );
+    // Now the primary dies too, and only the stale standby comes back.
+    process.kill(pidOf(now.host), "SIGKILL");
+    restartAgent(standby);
+    const waiting = await until("the standby to explain why it does not promote", async () => {
+      const found = (await events("failover-waiting")).filter(
+        (e) => e.host === standby && /not promoted/.test(e.message),
+      );
+      return found.length > 0 ? found : undefined;
+    });
+    assert.match(waiting[0]!.message, /may lack acknowledged writes/);
+    assert.equal((await primary())?.host, now.host, "the primary record still names the dead host");
+  });
+});

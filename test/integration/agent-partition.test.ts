@@ -1,0 +1,114 @@
+// A primary cut off from etcd (its agent reaches etcd through a TCP proxy the test controls) while its
+// replication link stays up: it must stop acknowledging writes before the standby is promoted (the
+// fence fires before the lease can expire), no write may be acknowledged by both, every write the old
+// primary acknowledged must be readable from the new one, and once the link heals the old primary
+// comes back as a standby whose copy resyncs into the in-sync set.
+
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { clusterDown, clusterUp, type LocalClusterState } from "../../src/cluster/local-cluster.js";
+import { EtcdClient } from "../../src/cluster/etcd-client.js";
+import { keys, parsePrimaryRecord, parseReplicaRecord } from "../../src/cluster/schema.js";
+import { FAST_TIMINGS } from "../../src/agent/timings.js";
+import { haveEtcd } from "../helpers/etcd.js";
+import { haveTool, run, tempDir } from "../helpers/server-process.js";
+import { TcpProxy } from "../helpers/tcp-proxy.js";
+import { freeBasePort, until } from "../helpers/cluster.js";
+
+const VOLUME = "cut";
+const skip = !haveEtcd() || !haveTool("qemu-io") ? "needs etcd and qemu-io" : false;
+
+describe("primary partitioned from etcd", { skip }, () => {
+  const dir = tempDir("haven-partition-");
+  let cluster: LocalClusterState;
+  let etcd: EtcdClient;
+  let basePort = 0;
+  const proxies = new Map<string, TcpProxy>();
+
+  const primary = async () => {
+    const kv = await etcd.get(keys.primary(VOLUME));
+    return kv ? parsePrimaryRecord(kv.value, kv.key) : undefined;
+  };
+  const uri = (host: string) => `nbd://127.0.0.1:${basePort + 10 * Number(host.slice(1)) + 2}/${VOLUME}`;
+  const write = async (host: string, n: number): Promise<boolean> =>
+    (await run("qemu-io", ["-f", "raw", "-c", `write -P ${n % 256} ${n * 4096} 4k`, uri(host)], { timeoutMs: 20_000 }))
+      .code === 0;
+  const readBack = async (host: string, n: number): Promise<boolean> =>
+    (
+      await run("qemu-io", ["-f", "raw", "-c", `read -P ${n % 256} ${n * 4096} 4k`, uri(host)], { timeoutMs: 20_000 })
+    ).stdout.includes("read 4096/4096");
+
+  before(async () => {
+    basePort = await freeBasePort();
+    for (const host of ["h1", "h2"]) {
+      const proxy = new TcpProxy("127.0.0.1", basePort);
+      await proxy.start();
+      proxies.set(host, proxy);
+    }
+    cluster = await clusterUp({
+      dir: join(dir.path, "cluster"),
+      hosts: 2,
+      basePort,
+      timings: { ...FAST_TIMINGS },
+      etcdEndpointOf: (name) => `http://127.0.0.1:${proxies.get(name)!.port}`,
+    });
+    etcd = new EtcdClient([cluster.endpoint]);
+    const created = await run(
+      process.execPath,
+      ["bin/haven.js", "volume", "create", VOLUME, "--size", "64M", "--replicas", "2", "--etcd", cluster.endpoint],
+      { timeoutMs: 60_000 },
+    );
+    assert.equal(created.code, 0, created.stderr);
+  });
+
+  after(async () => {
+    if (cluster) await clusterDown(cluster.dir, 10_000).catch(() => undefined);
+    for (const proxy of proxies.values()) await proxy.stop();
+    dir.remove();
+  });
+
+  test("the old primary stops acknowledging before the new one is promoted, and nothing it acknowledged is lost", async () => {
+    const old = (await primary())!;
+    const standby = old.host === "h1" ? "h2" : "h1";
+    const acknowledged: { n: number; at: number }[] = [];
+    let n = 1;
+    for (; n <= 5; n++) assert.ok(await write(old.host, n), `write ${n} before the cut`);
+    for (let i = 1; i <= 5; i++) acknowledged.push({ n: i, at: Date.now() });
+    proxies.get(old.host)!.cut();
+    const cutAt = Date.now();
+    // Keep writing to the old primary until it refuses; each success is an acknowledged write.
+    for (;;) {
+      const ok = await write(old.host, n);
+      if (!ok) break;
+      acknowledged.push({ n, at: Date.now() });
+      n++;
+      assert.ok(Date.now() - cutAt < 20_000, "the old primary kept acknowledging writes for 20 s after losing etcd");
+    }
+    const promoted = await until("the standby to promote", async () => {
+      const now = await primary();
+      return now && now.host === standby ? now : undefined;
+    });
+    const lastAck = Math.max(...acknowledged.map((a) => a.at));
+    assert.ok(
+      lastAck < Date.parse(promoted.since),
+      `the old primary acknowledged a write at ${new Date(lastAck).toISOString()}, after the promotion at ${promoted.since}`,
+    );
+    assert.equal(promoted.epoch, old.epoch + 1);
+    await until("the new primary to serve", async () => ((await write(standby, 1000)) ? true : undefined));
+    for (const { n: written } of acknowledged)
+      assert.ok(await readBack(standby, written), `acknowledged write ${written} is lost`);
+    assert.equal(await write(old.host, 2000), false, "the old primary takes no writes any more");
+
+    proxies.get(old.host)!.restore();
+    await until(
+      "the old primary's copy to resync into the in-sync set",
+      async () => {
+        const kv = await etcd.get(keys.replica(VOLUME, old.host));
+        return kv && parseReplicaRecord(kv.value, kv.key).state === "in-sync" ? true : undefined;
+      },
+      60_000,
+    );
+    assert.equal((await primary())?.host, standby, "the healed host does not take the volume back");
+  });
+});
