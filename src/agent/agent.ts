@@ -44,6 +44,8 @@ import { LeaseKeeper } from "./lease-keeper.js";
 const REPLICA_TIMEOUT_MS = 3_000;
 /** How long a starting engine waits for copies that do not answer. */
 const STARTUP_WAIT_MS = 3_000;
+/** Appended to the primary record's reason when its host starts the engine again. */
+const RESTARTED = "; engine (re)started at a new epoch";
 /** Between attempts to record a copy's state while etcd does not answer. */
 const RECORD_RETRY_MS = 200;
 
@@ -283,8 +285,19 @@ export class Agent {
     switch (action.kind) {
       case "none":
         return;
-      case "serve":
-        return this.guarded(name, () => this.startVolume(spec, action.epoch, view));
+      case "serve": {
+        // Every engine gets an epoch above the last one's, even on the same host after a restart:
+        // copies then refuse anything a previous incarnation might still send.
+        const previous = view.primaries.get(name)!.record;
+        const epoch = action.epoch + 1;
+        const reason = previous.reason.endsWith(RESTARTED) ? previous.reason : `${previous.reason}${RESTARTED}`;
+        const record: PrimaryRecord = { ...previous, epoch, reason };
+        const ours = await this.etcd.putIf(keys.primary(name), JSON.stringify(record), {
+          expectModRevision: primaryRevision,
+        });
+        if (!ours) return; // the record changed meanwhile: decide again next round
+        return this.guarded(name, () => this.startVolume(spec, epoch, view));
+      }
       case "stop":
         return this.guarded(name, () => this.stopVolume(name, action.reason));
       case "wait":
