@@ -16,6 +16,7 @@ import { STATUS_USAGE, status } from "./commands/status.js";
 import { VOLUME_CREATE_USAGE, volumeCreate } from "./commands/volume-create.js";
 import { VOLUME_DELETE_USAGE, volumeDelete } from "./commands/volume-delete.js";
 import { VOLUME_LIST_USAGE, volumeList } from "./commands/volume-list.js";
+import { VOLUME_PROMOTE_USAGE, volumePromote } from "./commands/volume-promote.js";
 import { VOLUME_RESOLVE_SPLIT_BRAIN_USAGE, volumeResolveSplitBrain } from "./commands/volume-resolve-split-brain.js";
 import { VOLUME_SERVE_USAGE, volumeServe } from "./commands/volume-serve.js";
 import { VOLUME_SHOW_USAGE, volumeShow } from "./commands/volume-show.js";
@@ -36,6 +37,7 @@ cluster commands (they find etcd by --etcd URL, $HAVEN_ETCD or a context file):
   host list                         list the hosts, alive or dead, with their disks
   volume create NAME --size SIZE    create a replicated volume on the live hosts and wait until it is served
   volume delete NAME --yes          delete a volume and the data on every copy
+  volume promote NAME --host H      make H's copy primary when none is in sync (--force; may lose writes)
   volume list                       list the volumes: health, primary, copies, NBD URI
   volume show NAME                  everything about one volume, including its NBD URI
   events                            the cluster's events (--volume, --host, --limit, --follow)
@@ -81,6 +83,7 @@ const COMMANDS: Record<string, Record<string, CommandEntry>> = {
     create: { run: volumeCreate, usage: VOLUME_CREATE_USAGE },
     delete: { run: volumeDelete, usage: VOLUME_DELETE_USAGE },
     list: { run: volumeList, usage: VOLUME_LIST_USAGE },
+    promote: { run: volumePromote, usage: VOLUME_PROMOTE_USAGE },
     show: { run: volumeShow, usage: VOLUME_SHOW_USAGE },
   },
 };

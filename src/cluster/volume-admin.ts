@@ -133,3 +133,77 @@ export async function deleteVolume(client: EtcdClient, name: string, options: Ad
   }
   return spec;
 }
+
+/**
+ * The operator's way out when a volume is down and no copy on a live host is recorded in sync: makes
+ * `host` the primary at a higher epoch and records its copy in sync, in one transaction that holds only
+ * if the primary record is still the one read. Refused while the recorded primary's host is alive (that
+ * would make two writers) and for a host without a copy or without a lease. Writes the copies recorded
+ * out of sync may have had that `host` lacks are lost; the event says which copies those are.
+ */
+export async function forcePromote(
+  client: EtcdClient,
+  name: string,
+  host: string,
+  options: AdminOptions,
+): Promise<PrimaryRecord> {
+  const records = await readClusterRecords(client);
+  const spec = records.volumes.get(name);
+  if (spec === undefined)
+    throw new HavenError("HAVEN_ERR_NOT_FOUND", `no volume "${name}" in the cluster; 'haven volume list' shows them`);
+  if (!spec.replicas.some((replica) => replica.host === host))
+    throw new HavenError(
+      "HAVEN_ERR_USAGE",
+      `host ${host} holds no copy of volume ${name} (copies: ${copyList(spec)}); promote a host that does`,
+    );
+  if (!records.liveHosts.has(host))
+    throw new HavenError("HAVEN_ERR_UNAVAILABLE", `host ${host} holds no cluster lease: start its agent first`);
+  const current = records.primaries.get(name);
+  if (current !== undefined && records.liveHosts.has(current.host))
+    throw new HavenError(
+      "HAVEN_ERR_CONFLICT",
+      `volume ${name}'s primary ${current.host} is alive; promoting another host would make two writers. ` +
+        "--force is only for a volume whose primary's host is gone",
+    );
+  const kv = await client.get(keys.primary(name));
+  const now = (options.now ?? (() => new Date()))();
+  const epoch = (current?.epoch ?? 0) + 1;
+  const stale = [...(records.replicas.get(name) ?? new Map<string, ReplicaRecord>())]
+    .filter(([other, record]) => other !== host && record.state === "in-sync")
+    .map(([other]) => other);
+  const lost = spec.replicas.map((replica) => replica.host).filter((other) => other !== host && !stale.includes(other));
+  const primary: PrimaryRecord = {
+    host,
+    epoch,
+    since: now.toISOString(),
+    reason: `promoted by the operator (--force) via ${options.actor}`,
+  };
+  const replica: ReplicaRecord = {
+    state: "in-sync",
+    detail: "forced in sync by the operator",
+    epoch,
+    updatedAt: now.toISOString(),
+  };
+  const event: EventRecord = {
+    time: now.toISOString(),
+    host: options.actor,
+    volume: name,
+    kind: "forced-promotion",
+    message:
+      `${host} forced to primary at epoch ${epoch}` +
+      (current ? ` (was ${current.host}, epoch ${current.epoch})` : "") +
+      `; writes only ${[...lost, ...stale].join(", ") || "other copies"} had are lost if they had any`,
+  };
+  const result = await client.txn(
+    [{ key: keys.primary(name), target: "modRevision", result: "equal", value: kv?.modRevision ?? 0 }],
+    [
+      put(keys.primary(name), primary),
+      put(keys.replica(name, host), replica),
+      put(keys.event(eventSequence(now.getTime())), event),
+    ],
+    [],
+  );
+  if (!result.succeeded)
+    throw new HavenError("HAVEN_ERR_CONFLICT", `volume ${name}'s primary changed meanwhile; look again and retry`);
+  return primary;
+}

@@ -188,5 +188,18 @@ describe("agent failover", { skip }, () => {
     });
     assert.match(waiting[0]!.message, /may lack acknowledged writes/);
     assert.equal((await primary())?.host, now.host, "the primary record still names the dead host");
+
+    // The operator's way out: refused without --force (nothing changes), then forced and logged.
+    const refused = await haven(["volume", "promote", VOLUME, "--host", standby, "--etcd", cluster.endpoint]);
+    assert.equal(refused.code, 2, refused.stderr);
+    assert.match(refused.stderr, /may lose acknowledged writes.*nothing was changed/);
+    assert.equal((await primary())?.host, now.host);
+    const forced = await haven(["volume", "promote", VOLUME, "--host", standby, "--force", "--etcd", cluster.endpoint]);
+    assert.equal(forced.code, 0, forced.stderr);
+    await until("the forced primary to serve", async () =>
+      (await run("qemu-io", ["-f", "raw", "-c", "read 0 4k", nbdUri(standby)])).code === 0 ? true : undefined,
+    );
+    assert.equal((await events("forced-promotion")).length, 1);
+    assert.match((await primary())!.reason, /--force/);
   });
 });

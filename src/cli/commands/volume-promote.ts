@@ -1,0 +1,53 @@
+// `haven volume promote NAME --host HOST --force`: the explicit, logged way to bring back a volume that
+// is down because no copy on a live host is recorded in sync. It may lose acknowledged writes (those
+// only the unreachable copies had), so it refuses without --force and says what it risks.
+
+import { hostname } from "node:os";
+import { HavenError } from "../../core/errors.js";
+import { forcePromote } from "../../cluster/volume-admin.js";
+import { parseCommandArgs } from "../args.js";
+import { CLUSTER_OPTIONS, CLUSTER_OPTIONS_USAGE, connectCluster } from "../context.js";
+import { volumeNameArgument } from "../volume-argument.js";
+
+export const VOLUME_PROMOTE_USAGE = `usage: haven volume promote NAME --host HOST --force [cluster options]
+
+Makes HOST's copy the volume's primary at a higher epoch, even though it is not recorded in sync. Only
+for a volume that is down (its primary's host is gone) with no in-sync copy on a live host: writes that
+only the other copies had are lost. Refused while the recorded primary's host is alive.
+
+options:
+  --host HOST   the host whose copy becomes the primary (it must hold a copy and a cluster lease)
+  --force       confirm that acknowledged writes may be lost
+
+${CLUSTER_OPTIONS_USAGE}`;
+
+export async function volumePromote(argv: string[]): Promise<number> {
+  const { values, positionals } = parseCommandArgs(
+    argv,
+    {
+      ...CLUSTER_OPTIONS,
+      host: { type: "string" },
+      force: { type: "boolean" },
+      help: { type: "boolean", short: "h" },
+    },
+    VOLUME_PROMOTE_USAGE,
+  );
+  if (values.help) {
+    process.stdout.write(`${VOLUME_PROMOTE_USAGE}\n`);
+    return 0;
+  }
+  const name = volumeNameArgument(positionals, VOLUME_PROMOTE_USAGE);
+  if (typeof values.host !== "string")
+    throw new HavenError("HAVEN_ERR_USAGE", `give --host HOST\n\n${VOLUME_PROMOTE_USAGE}`);
+  if (values.force !== true)
+    throw new HavenError(
+      "HAVEN_ERR_USAGE",
+      `promoting ${values.host} without an in-sync record may lose acknowledged writes that only other copies ` +
+        `had; nothing was changed. To go ahead: haven volume promote ${name} --host ${values.host} --force`,
+    );
+  const primary = await forcePromote(connectCluster(values), name, values.host, { actor: `cli@${hostname()}` });
+  process.stdout.write(
+    `volume ${name}: ${primary.host} is the primary at epoch ${primary.epoch}; its agent starts serving it\n`,
+  );
+  return 0;
+}
