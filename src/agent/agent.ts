@@ -186,7 +186,7 @@ export class Agent {
       name: this.name,
       address: this.config.host.address,
       apiPort: this.config.api.listen.port,
-      replicationPort: this.replicationPort,
+      replicationPort: this.config.replication.advertisePort ?? this.replicationPort,
       nbdPort: this.nbdPort,
       disks,
       startedAt: new Date().toISOString(),

@@ -50,7 +50,12 @@ export interface AgentConfig {
   /** The HTTP API, for the CLI and the dashboard, guarded by the bearer token in tokenFile. */
   readonly api: { readonly listen: ListenAddress; readonly tokenFile: string };
   /** The replica server and peer heartbeats, authenticated with the cluster secret in secretFile. */
-  readonly replication: { readonly listen: ListenAddress; readonly secretFile: string };
+  readonly replication: {
+    readonly listen: ListenAddress;
+    readonly secretFile: string;
+    /** The port other hosts reach the replica server at, when a port forward stands between (default: listen's). */
+    readonly advertisePort?: number;
+  };
   /** The NBD front of the volumes this host is primary for (one export per volume). */
   readonly nbd: { readonly listen: ListenAddress };
   readonly disks: readonly DiskConfig[];
@@ -67,7 +72,7 @@ const TOP_KEYS = { required: ["host", "etcd", "api", "replication", "nbd", "disk
 const HOST_KEYS = { required: ["name", "address"], optional: [] } as const;
 const ETCD_KEYS = { required: ["endpoints"], optional: [] } as const;
 const API_KEYS = { required: ["listen", "tokenFile"], optional: [] } as const;
-const REPLICATION_KEYS = { required: ["listen", "secretFile"], optional: [] } as const;
+const REPLICATION_KEYS = { required: ["listen", "secretFile"], optional: ["advertisePort"] } as const;
 const NBD_KEYS = { required: ["listen"], optional: [] } as const;
 const DISK_KEYS = { required: ["name", "path"], optional: ["capacity"] } as const;
 
@@ -143,6 +148,9 @@ export function parseAgentConfig(text: string, sourceName: string): AgentConfig 
   const replication = {
     listen: read.listen(replicationObject.listen, "replication.listen"),
     secretFile: read.absolutePath(replicationObject.secretFile, "replication.secretFile"),
+    ...(replicationObject.advertisePort !== undefined && {
+      advertisePort: read.port(replicationObject.advertisePort, "replication.advertisePort"),
+    }),
   };
   const nbdObject = read.object(root.nbd, "nbd", NBD_KEYS);
   const nbd = { listen: read.listen(nbdObject.listen, "nbd.listen") };
@@ -257,7 +265,11 @@ export function formatAgentConfig(config: AgentConfig): string {
     host: { name: config.host.name, address: config.host.address },
     etcd: { endpoints: [...config.etcd.endpoints] },
     api: { listen: formatListen(config.api.listen), tokenFile: config.api.tokenFile },
-    replication: { listen: formatListen(config.replication.listen), secretFile: config.replication.secretFile },
+    replication: {
+      listen: formatListen(config.replication.listen),
+      secretFile: config.replication.secretFile,
+      ...(config.replication.advertisePort !== undefined && { advertisePort: config.replication.advertisePort }),
+    },
     nbd: { listen: formatListen(config.nbd.listen) },
     disks: config.disks.map((disk) => ({
       name: disk.name,
@@ -392,6 +404,12 @@ class Reader {
     // it publishes in etcd, and must find it again after the agent restarts.
     if (listen.port === 0) this.fail(path, `"${text}" must name a fixed port from 1 to 65535`);
     return listen;
+  }
+
+  port(value: unknown, path: string): number {
+    if (!(typeof value === "number" && Number.isInteger(value) && value >= 1 && value <= 65535))
+      this.fail(path, `must be a port number from 1 to 65535, not ${describe(value)}`);
+    return value;
   }
 
   absolutePath(value: unknown, path: string): string {

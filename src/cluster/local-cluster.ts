@@ -28,6 +28,8 @@ export interface LocalClusterOptions {
   readonly readyTimeoutMs?: number;
   /** The etcd endpoint host NAME's agent uses (default: etcd's own); tests put a proxy they control here. */
   readonly etcdEndpointOf?: (name: string) => string;
+  /** The replication port host NAME advertises to the others (default: its own); tests put a proxy here. */
+  readonly replicationPortOf?: (name: string) => number | undefined;
 }
 
 export interface LocalClusterState {
@@ -92,7 +94,11 @@ export async function clusterUp(options: LocalClusterOptions): Promise<LocalClus
       host: { name, address: "127.0.0.1" },
       etcd: { endpoints: [options.etcdEndpointOf?.(name) ?? endpoint] },
       api: { listen: `127.0.0.1:${port}`, tokenFile },
-      replication: { listen: `127.0.0.1:${port + 1}`, secretFile },
+      replication: {
+        listen: `127.0.0.1:${port + 1}`,
+        secretFile,
+        ...(options.replicationPortOf?.(name) !== undefined && { advertisePort: options.replicationPortOf(name) }),
+      },
       nbd: { listen: `127.0.0.1:${port + 2}` },
       disks: [{ name: "disk0", path: join(hostDir, "disk0") }],
       ...(options.timings && { timings: options.timings }),

@@ -112,3 +112,89 @@ describe("primary partitioned from etcd", { skip }, () => {
     assert.equal((await primary())?.host, standby, "the healed host does not take the volume back");
   });
 });
+
+describe("replication link cut while both hosts keep their leases", { skip }, () => {
+  const dir = tempDir("haven-link-cut-");
+  let cluster: LocalClusterState;
+  let etcd: EtcdClient;
+  let basePort = 0;
+  const links = new Map<string, TcpProxy>();
+
+  const primary = async () => {
+    const kv = await etcd.get(keys.primary(VOLUME));
+    return kv ? parsePrimaryRecord(kv.value, kv.key) : undefined;
+  };
+  const recorded = async (host: string) => {
+    const kv = await etcd.get(keys.replica(VOLUME, host));
+    return kv ? parseReplicaRecord(kv.value, kv.key).state : undefined;
+  };
+  const uri = (host: string) => `nbd://127.0.0.1:${basePort + 10 * Number(host.slice(1)) + 2}/${VOLUME}`;
+  const qemuIo = async (host: string, command: string): Promise<boolean> =>
+    (await run("qemu-io", ["-f", "raw", "-c", command, uri(host)], { timeoutMs: 20_000 })).code === 0;
+
+  before(async () => {
+    basePort = await freeBasePort();
+    // Each host's replica server is reached by the other through a proxy: the replication link.
+    for (const [host, index] of [
+      ["h1", 1],
+      ["h2", 2],
+    ] as const) {
+      const proxy = new TcpProxy("127.0.0.1", basePort + 10 * index + 1);
+      await proxy.start();
+      links.set(host, proxy);
+    }
+    cluster = await clusterUp({
+      dir: join(dir.path, "cluster"),
+      hosts: 2,
+      basePort,
+      timings: { ...FAST_TIMINGS },
+      replicationPortOf: (name) => links.get(name)!.port,
+    });
+    etcd = new EtcdClient([cluster.endpoint]);
+    const created = await run(
+      process.execPath,
+      ["bin/haven.js", "volume", "create", VOLUME, "--size", "64M", "--replicas", "2", "--etcd", cluster.endpoint],
+      { timeoutMs: 60_000 },
+    );
+    assert.equal(created.code, 0, created.stderr);
+  });
+
+  after(async () => {
+    if (cluster) await clusterDown(cluster.dir, 10_000).catch(() => undefined);
+    for (const proxy of links.values()) await proxy.stop();
+    dir.remove();
+  });
+
+  test("the primary carries on degraded, no failover happens, and the copy resyncs when the link heals", async () => {
+    const first = (await primary())!;
+    const standby = first.host === "h1" ? "h2" : "h1";
+    assert.ok(await qemuIo(first.host, "write -P 0x11 0 1M"));
+    links.get(standby)!.cut();
+    assert.ok(await qemuIo(first.host, "write -P 0x22 1M 1M"), "writes go on without the standby's copy");
+    await until("the standby's copy on record as out of sync", async () =>
+      (await recorded(standby)) === "out-of-sync" ? true : undefined,
+    );
+    // Three lease lifetimes with both hosts in quorum: the primary record must not move.
+    const watchUntil = Date.now() + 3 * FAST_TIMINGS.leaseTtlMs;
+    while (Date.now() < watchUntil) {
+      const now = await primary();
+      assert.equal(now?.host, first.host, "a cut replication link caused a failover");
+      assert.equal(now?.epoch, first.epoch);
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    assert.ok(await qemuIo(first.host, "write -P 0x33 2M 1M"));
+    links.get(standby)!.restore();
+    await until(
+      "the standby's copy to resync into the in-sync set",
+      async () => ((await recorded(standby)) === "in-sync" ? true : undefined),
+      60_000,
+    );
+    for (const [pattern, offset] of [
+      ["0x11", "0"],
+      ["0x22", "1M"],
+      ["0x33", "2M"],
+    ])
+      assert.ok(await qemuIo(first.host, `read -P ${pattern} ${offset} 1M`), `data at ${offset} reads back`);
+    assert.equal((await primary())?.host, first.host);
+  });
+});

@@ -395,3 +395,17 @@ test("loading reads the file and checks that the files and disks it names exist"
   await writeFile(file, " ".repeat(1024 * 1024 + 1));
   await refused(/^the agent config .*agent\.json is larger than 1048576 bytes$/);
 });
+
+test("replication.advertisePort is optional, a port, and round-trips", () => {
+  assert.equal(parseAgentConfig(JSON.stringify(goodFile()), "agent.json").replication.advertisePort, undefined);
+  const text = variant((file) => (at(file, "replication").advertisePort = 17481));
+  const config = parseAgentConfig(text, "agent.json");
+  assert.equal(config.replication.advertisePort, 17481);
+  assert.equal(parseAgentConfig(formatAgentConfig(config), "agent.json").replication.advertisePort, 17481);
+  for (const bad of [0, 65536, 1.5, "7481"]) {
+    assert.match(
+      refusal(variant((file) => (at(file, "replication").advertisePort = bad))),
+      /agent\.json: replication\.advertisePort must be a port number from 1 to 65535/,
+    );
+  }
+});
