@@ -13,7 +13,9 @@
 
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdir, rm, statfs } from "node:fs/promises";
+import { monitorEventLoopDelay, type IntervalHistogram } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
+import { AgentApiServer, type AgentView, type HostHealth } from "./api-server.js";
 import { join } from "node:path";
 import { EtcdClient, type KeyValue, type LeaseId, type Watch } from "../cluster/etcd-client.js";
 import {
@@ -64,7 +66,7 @@ interface ClusterView {
   readonly replicas: Map<string, Map<string, ReplicaRecord>>;
 }
 
-export class Agent {
+export class Agent implements AgentView {
   private readonly etcd: EtcdClient;
   private readonly replicaServer: ReplicaServer;
   private readonly nbd: NbdServer;
@@ -82,6 +84,8 @@ export class Agent {
   private replicationPort = 0;
   private nbdPort = 0;
   private watchdog: ChildProcess | undefined;
+  private readonly api: AgentApiServer;
+  private readonly lag: IntervalHistogram = monitorEventLoopDelay({ resolution: 20 });
   private watch: Watch | undefined;
   /** Hosts holding a lease, as of the last reconcile: copies on other hosts are not waited for. */
   private alive = new Set<string>();
@@ -90,8 +94,10 @@ export class Agent {
   constructor(
     readonly config: AgentConfig,
     private readonly secret: Buffer,
+    apiToken: string,
     private readonly log: (line: string) => void,
   ) {
+    this.api = new AgentApiServer(this, apiToken);
     this.etcd = new EtcdClient([...config.etcd.endpoints], { requestTimeoutMs: config.timings.renewTimeoutMs * 2 });
     this.replicaServer = new ReplicaServer({
       directory: this.diskPath,
@@ -123,6 +129,8 @@ export class Agent {
     const { replication, nbd } = this.config;
     this.replicationPort = portOf(await this.replicaServer.listen(replication.listen.host, replication.listen.port));
     this.nbdPort = portOf(await this.nbd.listen({ kind: "tcp", host: nbd.listen.host, port: nbd.listen.port }));
+    this.lag.enable();
+    this.log(`API on http://${await this.api.listen(this.config.api.listen.host, this.config.api.listen.port)}`);
     await this.lease.start();
     this.startWatch();
     await this.event("agent-started", `agent up: replication on port ${this.replicationPort}, NBD on ${this.nbdPort}`);
@@ -140,6 +148,8 @@ export class Agent {
     await this.lease.stop(true);
     await this.nbd.stop();
     await this.replicaServer.stop();
+    await this.api.stop();
+    this.lag.disable();
     clearInterval(this.watchdogTimer);
     this.watchdog?.stdin?.end();
   }
@@ -157,6 +167,18 @@ export class Agent {
     this.watchdog = watchdog;
     this.watchdogTimer = setInterval(() => watchdog.stdin!.write("."), watchdogIntervalMs);
     this.watchdogTimer.unref();
+  }
+
+  /** This host's health, for the API: the lease, the event loop's worst lag lately, what it serves. */
+  health(): HostHealth {
+    const lagMs = this.lag.max / 1e6;
+    this.lag.reset();
+    return {
+      name: this.name,
+      leaseHeld: this.lease.current !== undefined,
+      eventLoopLagMs: Math.round(lagMs),
+      volumes: [...this.running.keys()],
+    };
   }
 
   /** Engines running here, by volume name (for the API and tests). */

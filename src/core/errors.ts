@@ -50,6 +50,12 @@ export const ERRORS = {
     httpStatus: 503,
     nbdErrno: NbdErrno.EIO,
   },
+  HAVEN_ERR_UNAUTHORIZED: {
+    summary: "missing or wrong credentials",
+    exitCode: 2,
+    httpStatus: 401,
+    nbdErrno: NbdErrno.EPERM,
+  },
   HAVEN_ERR_SHUTTING_DOWN: {
     summary: "the server is shutting down",
     exitCode: 1,

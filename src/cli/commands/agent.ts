@@ -2,6 +2,7 @@
 // validated before anything starts (config.ts, timings.ts); a clean stop flushes every volume served
 // here and gives the lease back, so a standby takes over at once instead of after the lease's TTL.
 
+import { readFile } from "node:fs/promises";
 import { HavenError } from "../../core/errors.js";
 import { Agent } from "../../agent/agent.js";
 import { loadAgentConfig } from "../../agent/config.js";
@@ -34,10 +35,16 @@ export async function agentCommand(argv: string[]): Promise<number> {
     throw new HavenError("HAVEN_ERR_USAGE", `give --config FILE\n\n${AGENT_USAGE}`);
   const config = await loadAgentConfig(values.config);
   const secret = await readSecretFile(config.replication.secretFile);
+  const token = (await readFile(config.api.tokenFile, "utf8")).trim();
+  if (token.length < 16)
+    throw new HavenError(
+      "HAVEN_ERR_CONFIG",
+      `${values.config}: the API token in ${config.api.tokenFile} must be at least 16 characters`,
+    );
   const log = (line: string): void => {
     process.stderr.write(`${new Date().toISOString()} ${config.host.name}: ${line}\n`);
   };
-  const agent = new Agent(config, secret, log);
+  const agent = new Agent(config, secret, token, log);
   await agent.start();
   const signal = await untilStopSignal();
   log(`${signal}: stopping every volume served here, then giving the lease back`);

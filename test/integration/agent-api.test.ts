@@ -1,0 +1,89 @@
+// The agent's HTTP API over real HTTP: every request needs the bearer token (none, a wrong one and a
+// malformed header are 401 and reveal nothing), bodies are validated (400 with the field named), an
+// unknown volume or endpoint is 404, and every error is JSON with the registry code.
+
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { AgentApiServer, type HostHealth } from "../../src/agent/api-server.js";
+import { FakeEngineControl, healthyStatus } from "../helpers/fake-engine.js";
+
+const TOKEN = "a-token-of-more-than-16-characters";
+const engine = new FakeEngineControl(healthyStatus());
+const health: HostHealth = { name: "h1", leaseHeld: true, eventLoopLagMs: 3, volumes: ["vol"] };
+const server = new AgentApiServer({ health: () => health, engines: () => new Map([["vol", engine]]) }, TOKEN);
+let base = "";
+
+before(async () => {
+  base = await server.listen("127.0.0.1", 0);
+});
+after(() => server.stop());
+
+async function call(
+  method: string,
+  path: string,
+  options: { token?: string | null; body?: unknown; authorization?: string } = {},
+): Promise<{ status: number; json: Record<string, unknown> }> {
+  const headers: Record<string, string> = {};
+  const token = options.token === undefined ? TOKEN : options.token;
+  if (options.authorization !== undefined) headers.authorization = options.authorization;
+  else if (token !== null) headers.authorization = `Bearer ${token}`;
+  if (options.body !== undefined) headers["content-type"] = "application/json";
+  const response = await fetch(`${base}${path}`, {
+    method,
+    headers,
+    ...(options.body !== undefined && { body: JSON.stringify(options.body) }),
+  });
+  return { status: response.status, json: (await response.json()) as Record<string, unknown> };
+}
+
+const errorCode = (json: Record<string, unknown>) => (json.error as { code: string }).code;
+
+test("without the right bearer token every endpoint is 401 and says nothing else", async () => {
+  for (const options of [{ token: null }, { token: "wrong-token-wrong-token" }, { authorization: `Basic ${TOKEN}` }]) {
+    for (const [method, path] of [
+      ["GET", "/v1/host"],
+      ["GET", "/v1/volumes/vol"],
+      ["POST", "/v1/volumes/vol/verify"],
+      ["GET", "/v1/nothing"],
+    ] as const) {
+      const { status, json } = await call(method, path, options);
+      assert.equal(status, 401, `${method} ${path}`);
+      assert.equal(errorCode(json), "HAVEN_ERR_UNAUTHORIZED");
+    }
+  }
+  assert.equal(engine.verifyRequests.length, 0, "no verify started without the token");
+});
+
+test("with it: host health, the volumes served here, one volume's status", async () => {
+  assert.deepEqual((await call("GET", "/v1/host")).json, health);
+  const list = await call("GET", "/v1/volumes");
+  assert.equal(list.status, 200);
+  assert.equal((list.json as unknown as { name: string }[])[0]!.name, healthyStatus().name);
+  const one = await call("GET", "/v1/volumes/vol");
+  assert.equal(one.status, 200);
+  assert.equal(one.json.state, "healthy");
+});
+
+test("unknown volumes and endpoints are 404 with the registry code", async () => {
+  const missing = await call("GET", "/v1/volumes/elsewhere");
+  assert.equal(missing.status, 404);
+  assert.equal(errorCode(missing.json), "HAVEN_ERR_NOT_FOUND");
+  assert.match((missing.json.error as { message: string }).message, /not served on this host/);
+  assert.equal((await call("GET", "/v1/whatever")).status, 404);
+});
+
+test("a verify body is validated; a good one starts the verify, a second one while it runs is a conflict", async () => {
+  for (const body of [{}, { repair: "yes" }, { repair: true, extra: 1 }]) {
+    const { status, json } = await call("POST", "/v1/volumes/vol/verify", { body });
+    assert.equal(status, 400, JSON.stringify(body));
+    assert.equal(errorCode(json), "HAVEN_ERR_INVALID_REQUEST");
+  }
+  assert.equal(engine.verifyRequests.length, 0);
+  const started = await call("POST", "/v1/volumes/vol/verify", { body: { repair: true } });
+  assert.equal(started.status, 200);
+  assert.deepEqual(engine.verifyRequests, [{ repair: true }]);
+  engine.current = { ...engine.current, verify: { ...engine.current.verify!, state: "running" } };
+  const again = await call("POST", "/v1/volumes/vol/verify", { body: { repair: false } });
+  assert.equal(again.status, 409);
+  assert.equal(errorCode(again.json), "HAVEN_ERR_CONFLICT");
+});
