@@ -17,15 +17,11 @@ import { monitorEventLoopDelay, type IntervalHistogram } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { AgentApiServer, type AgentView, type HostHealth } from "./api-server.js";
 import { join } from "node:path";
-import { EtcdClient, type KeyValue, type LeaseId, type Watch } from "../cluster/etcd-client.js";
+import { readClusterRecords } from "../cluster/cluster-read.js";
+import { EtcdClient, type LeaseId, type Watch } from "../cluster/etcd-client.js";
 import {
   eventSequence,
   keys,
-  nameUnder,
-  parseHostRecord,
-  parsePrimaryRecord,
-  parseReplicaRecord,
-  parseVolumeSpec,
   type EventRecord,
   type HostRecord,
   type PrimaryRecord,
@@ -354,55 +350,20 @@ export class Agent implements AgentView {
     }
   }
 
+  /** One consistent snapshot of the cluster (cluster-read.ts); malformed records are logged and left out. */
   private async readCluster(): Promise<ClusterView> {
-    const [hosts, infos, volumes, primaries, replicas] = await Promise.all([
-      this.etcd.getPrefix(keys.hosts()),
-      this.etcd.getPrefix(keys.hostInfos()),
-      this.etcd.getPrefix(keys.volumes()),
-      this.etcd.getPrefix(keys.primaries()),
-      this.etcd.getPrefix(keys.replicas()),
-    ]);
-    const view: ClusterView = {
-      alive: new Set(hosts.map((kv) => nameUnder(keys.hosts(), kv.key))),
-      hostInfo: new Map(),
-      volumes: new Map(),
-      primaries: new Map(),
-      replicas: new Map(),
+    const records = await readClusterRecords(this.etcd, (error) => this.log(`ignoring: ${error.message}`));
+    const primaries = new Map<string, { record: PrimaryRecord; modRevision: number }>();
+    for (const [name, record] of records.primaries)
+      primaries.set(name, { record, modRevision: records.primaryRevisions.get(name)! });
+    return {
+      alive: new Set(records.liveHosts.keys()),
+      // A host's live record is newer than its permanent one (ports change on restart).
+      hostInfo: new Map([...records.knownHosts, ...records.liveHosts]),
+      volumes: new Map(records.volumes),
+      primaries,
+      replicas: new Map([...records.replicas].map(([name, copies]) => [name, new Map(copies)])),
     };
-    for (const kv of infos) view.hostInfo.set(nameUnder(keys.hostInfos(), kv.key), parseHostRecord(kv.value, kv.key));
-    // A host's live record is newer than its info (ports change on restart).
-    for (const kv of hosts) view.hostInfo.set(nameUnder(keys.hosts(), kv.key), parseHostRecord(kv.value, kv.key));
-    for (const kv of volumes)
-      readable(
-        kv,
-        () => view.volumes.set(nameUnder(keys.volumes(), kv.key), parseVolumeSpec(kv.value, kv.key)),
-        this.log,
-      );
-    for (const kv of primaries) {
-      readable(
-        kv,
-        () =>
-          view.primaries.set(nameUnder(keys.primaries(), kv.key), {
-            record: parsePrimaryRecord(kv.value, kv.key),
-            modRevision: kv.modRevision,
-          }),
-        this.log,
-      );
-    }
-    for (const kv of replicas) {
-      const [volume, host] = nameUnder(keys.replicas(), kv.key).split("/");
-      if (volume === undefined || host === undefined) continue;
-      readable(
-        kv,
-        () => {
-          const perVolume = view.replicas.get(volume) ?? new Map<string, ReplicaRecord>();
-          perVolume.set(host, parseReplicaRecord(kv.value, kv.key));
-          view.replicas.set(volume, perVolume);
-        },
-        this.log,
-      );
-    }
-    return view;
   }
 
   // ---- one volume --------------------------------------------------------------------------------
@@ -558,14 +519,6 @@ export class Agent implements AgentView {
 
   private track(promise: Promise<void>): void {
     promise.catch((error: unknown) => this.log(`background: ${text(error)}`));
-  }
-}
-
-function readable(kv: KeyValue, read: () => void, log: (line: string) => void): void {
-  try {
-    read();
-  } catch (error) {
-    log(`ignoring ${kv.key}: ${text(error)}`);
   }
 }
 

@@ -28,6 +28,8 @@ export interface ClusterRecords {
   readonly volumes: ReadonlyMap<string, VolumeSpec>;
   /** By volume name. */
   readonly primaries: ReadonlyMap<string, PrimaryRecord>;
+  /** Each primary record's etcd mod revision, for compare-and-swap on it. */
+  readonly primaryRevisions: ReadonlyMap<string, number>;
   /** By volume name, then host name. */
   readonly replicas: ReadonlyMap<string, ReadonlyMap<string, ReplicaRecord>>;
   /** The etcd revision of the snapshot. */
@@ -50,33 +52,54 @@ function named<T extends { readonly name: string }>(record: T, name: string, key
   return record;
 }
 
+/** What to do with a malformed record: throw (the default), or skip it after reporting it. */
+type OnMalformed = ((error: HavenError) => void) | undefined;
+
+function parsed<T>(parse: () => T, onMalformed: OnMalformed): T | undefined {
+  if (onMalformed === undefined) return parse();
+  try {
+    return parse();
+  } catch (error) {
+    if (!(error instanceof HavenError)) throw error;
+    onMalformed(error);
+    return undefined;
+  }
+}
+
 function byName<T extends { readonly name: string }>(
   kvs: readonly KeyValue[],
   prefix: string,
   parse: (value: string, key: string) => T,
+  onMalformed: OnMalformed,
 ): Map<string, T> {
-  return new Map(
-    kvs.map((kv) => {
-      const name = nameUnder(prefix, kv.key);
-      return [name, named(parse(kv.value, kv.key), name, kv.key)];
-    }),
-  );
+  const records = new Map<string, T>();
+  for (const kv of kvs) {
+    const name = nameUnder(prefix, kv.key);
+    const record = parsed(() => named(parse(kv.value, kv.key), name, kv.key), onMalformed);
+    if (record !== undefined) records.set(name, record);
+  }
+  return records;
 }
 
-function replicasByVolume(kvs: readonly KeyValue[]): Map<string, Map<string, ReplicaRecord>> {
+function replicasByVolume(kvs: readonly KeyValue[], onMalformed: OnMalformed): Map<string, Map<string, ReplicaRecord>> {
   const replicas = new Map<string, Map<string, ReplicaRecord>>();
   for (const kv of kvs) {
     const [volume, host, ...rest] = nameUnder(keys.replicas(), kv.key).split("/");
     if (volume === undefined || host === undefined || rest.length > 0) continue; // not a copy's key
+    const record = parsed(() => parseReplicaRecord(kv.value, kv.key), onMalformed);
+    if (record === undefined) continue;
     const copies = replicas.get(volume) ?? new Map<string, ReplicaRecord>();
-    copies.set(host, parseReplicaRecord(kv.value, kv.key));
+    copies.set(host, record);
     replicas.set(volume, copies);
   }
   return replicas;
 }
 
-/** The hosts, volumes, primaries and copies as of one revision. */
-export async function readClusterRecords(client: EtcdClient): Promise<ClusterRecords> {
+/**
+ * The hosts, volumes, primaries and copies as of one revision. A malformed record throws, unless
+ * `onMalformed` is given: then it is reported and left out (an agent must go on with the rest).
+ */
+export async function readClusterRecords(client: EtcdClient, onMalformed?: OnMalformed): Promise<ClusterRecords> {
   const prefixes = [keys.hosts(), keys.hostInfos(), keys.volumes(), keys.primaries(), keys.replicas()];
   const result = await client.txn(
     [],
@@ -86,14 +109,21 @@ export async function readClusterRecords(client: EtcdClient): Promise<ClusterRec
   const [hosts, hostInfos, volumes, primaries, replicas] = result.results.map((operation) =>
     operation.type === "get" ? operation.kvs : [],
   ) as [KeyValue[], KeyValue[], KeyValue[], KeyValue[], KeyValue[]];
+  const primaryRecords = new Map<string, PrimaryRecord>();
+  const primaryRevisions = new Map<string, number>();
+  for (const kv of primaries) {
+    const record = parsed(() => parsePrimaryRecord(kv.value, kv.key), onMalformed);
+    if (record === undefined) continue;
+    primaryRecords.set(nameUnder(keys.primaries(), kv.key), record);
+    primaryRevisions.set(nameUnder(keys.primaries(), kv.key), kv.modRevision);
+  }
   return {
-    liveHosts: byName(hosts, keys.hosts(), parseHostRecord),
-    knownHosts: byName(hostInfos, keys.hostInfos(), parseHostRecord),
-    volumes: byName(volumes, keys.volumes(), parseVolumeSpec),
-    primaries: new Map(
-      primaries.map((kv) => [nameUnder(keys.primaries(), kv.key), parsePrimaryRecord(kv.value, kv.key)]),
-    ),
-    replicas: replicasByVolume(replicas),
+    liveHosts: byName(hosts, keys.hosts(), parseHostRecord, onMalformed),
+    knownHosts: byName(hostInfos, keys.hostInfos(), parseHostRecord, onMalformed),
+    volumes: byName(volumes, keys.volumes(), parseVolumeSpec, onMalformed),
+    primaries: primaryRecords,
+    primaryRevisions,
+    replicas: replicasByVolume(replicas, onMalformed),
     revision: result.revision,
   };
 }

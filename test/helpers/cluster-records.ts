@@ -63,6 +63,7 @@ export function clusterRecords(options: {
     knownHosts: new Map(all.map((host) => [host.name, host])),
     volumes,
     primaries,
+    primaryRevisions: new Map([...primaries.keys()].map((name) => [name, 1])),
     replicas,
     revision: 1,
   };
