@@ -22,6 +22,10 @@ import { EtcdClient, type LeaseId, type Watch } from "../cluster/etcd-client.js"
 import {
   eventSequence,
   keys,
+  nameUnder,
+  parseHandoverRecord,
+  parseReplicaRecord,
+  type HandoverRecord,
   type EventRecord,
   type HostRecord,
   type PrimaryRecord,
@@ -82,7 +86,9 @@ export class Agent implements AgentView {
   private watchdog: ChildProcess | undefined;
   private readonly api: AgentApiServer;
   private readonly lag: IntervalHistogram = monitorEventLoopDelay({ resolution: 20 });
-  private watch: Watch | undefined;
+  private readonly watches = new Map<string, Watch>();
+  /** A change arrived during a round: run another right after it. */
+  private again = false;
   /** Hosts holding a lease, as of the last reconcile: copies on other hosts are not waited for. */
   private alive = new Set<string>();
   private watchdogTimer: NodeJS.Timeout | undefined;
@@ -128,7 +134,7 @@ export class Agent implements AgentView {
     this.lag.enable();
     this.log(`API on http://${await this.api.listen(this.config.api.listen.host, this.config.api.listen.port)}`);
     await this.lease.start();
-    this.startWatch();
+    for (const prefix of [keys.hosts(), keys.primaries(), keys.handovers()]) this.startWatch(prefix);
     await this.event("agent-started", `agent up: replication on port ${this.replicationPort}, NBD on ${this.nbdPort}`);
     this.schedule(0);
   }
@@ -137,7 +143,7 @@ export class Agent implements AgentView {
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.timer);
-    this.watch?.cancel();
+    for (const watch of this.watches.values()) watch.cancel();
     await this.reconciling;
     for (const name of [...this.running.keys()]) await this.stopVolume(name, "the agent is stopping");
     await this.event("agent-stopped", "agent stopped; its lease is revoked").catch(() => undefined);
@@ -222,29 +228,32 @@ export class Agent implements AgentView {
   // ---- reconciling ---------------------------------------------------------------------------------
 
   /**
-   * A host's lease expiring (its key deleted) or a primary record changing triggers a round at once,
-   * instead of at the next tick: failover starts as soon as etcd says the primary is gone.
+   * A host's lease expiring (its key deleted), a primary record changing or a switchover asked for
+   * triggers a round at once, instead of at the next tick: failover starts as soon as etcd says the
+   * primary is gone, and a switchover's new primary starts as soon as the record names it.
    */
-  private startWatch(): void {
+  private startWatch(prefix: string): void {
     if (this.stopped) return;
-    this.watch = this.etcd.watchPrefix(
-      keys.hosts(),
-      {
-        onClose: (reason) => {
-          if (reason !== undefined && !this.stopped) setTimeout(() => this.startWatch(), 1000).unref();
-        },
-      },
-      () => this.soon(),
+    const retry = (): void => {
+      if (!this.stopped) setTimeout(() => this.startWatch(prefix), 1000).unref();
+    };
+    const watch = this.etcd.watchPrefix(prefix, { onClose: (reason) => reason !== undefined && retry() }, () =>
+      this.soon(),
     );
-    this.watch.ready.catch((error: unknown) => {
-      this.log(`watching hosts failed: ${text(error)}; polling only`);
-      if (!this.stopped) setTimeout(() => this.startWatch(), 1000).unref();
+    this.watches.set(prefix, watch);
+    watch.ready.catch((error: unknown) => {
+      this.log(`watching ${prefix} failed: ${text(error)}; polling only`);
+      retry();
     });
   }
 
   /** A round as soon as the current one (if any) is done. */
   private soon(): void {
-    if (this.stopped || this.reconciling) return;
+    if (this.stopped) return;
+    if (this.reconciling) {
+      this.again = true;
+      return;
+    }
     clearTimeout(this.timer);
     this.schedule(0);
   }
@@ -256,7 +265,9 @@ export class Agent implements AgentView {
         .catch((error: unknown) => this.log(`reconcile: ${text(error)}`))
         .finally(() => {
           this.reconciling = undefined;
-          this.schedule();
+          const again = this.again;
+          this.again = false;
+          this.schedule(again ? 0 : undefined);
         });
     }, delayMs);
   }
@@ -295,6 +306,73 @@ export class Agent implements AgentView {
       if (!view.volumes.has(name) && !this.running.has(name)) await this.removeVolume(name);
     }
     for (const [name, running] of this.running) await this.healSplitBrain(name, running, view);
+    for (const kv of await this.etcd.getPrefix(keys.handovers())) {
+      const name = nameUnder(keys.handovers(), kv.key);
+      if (!this.running.has(name) || this.busy.has(name)) continue;
+      const primary = view.primaries.get(name);
+      if (primary?.record.host !== this.name) continue;
+      let handover: HandoverRecord;
+      try {
+        handover = parseHandoverRecord(kv.value, kv.key);
+      } catch (error) {
+        await this.etcd.delete(kv.key);
+        this.log(`dropped a malformed switchover request: ${text(error)}`);
+        continue;
+      }
+      await this.guarded(name, () => this.handOver(name, handover, view, primary.modRevision));
+    }
+  }
+
+  /**
+   * A switchover away from this host: the engine stops cleanly (every copy flushed, so the target
+   * misses nothing), and only if the target's copy is still recorded in sync afterwards does the
+   * primary record pass to it, at a higher epoch, in one transaction with the request's removal.
+   * Otherwise the request is dropped with its reason, and the next round serves the volume again here.
+   */
+  private async handOver(
+    name: string,
+    handover: HandoverRecord,
+    view: ClusterView,
+    primaryRevision: number,
+  ): Promise<void> {
+    const refuse = async (reason: string): Promise<void> => {
+      await this.etcd.delete(keys.handover(name));
+      await this.event("switchover-refused", `switchover to ${handover.to} refused: ${reason}`, name);
+    };
+    if (!view.alive.has(handover.to)) return refuse(`${handover.to} holds no cluster lease`);
+    if (view.replicas.get(name)?.get(handover.to)?.state !== "in-sync")
+      return refuse(`${handover.to}'s copy is not recorded in sync`);
+    const epoch = this.running.get(name)!.epoch;
+    const started = performance.now();
+    await this.stopVolume(name, `switchover to ${handover.to}`);
+    const stoppedMs = Math.round(performance.now() - started);
+    const recorded = await this.etcd.get(keys.replica(name, handover.to));
+    if (recorded === undefined || parseReplicaRecord(recorded.value, recorded.key).state !== "in-sync")
+      return refuse(`${handover.to}'s copy left the in-sync set while the engine stopped`);
+    const record: PrimaryRecord = {
+      host: handover.to,
+      epoch: epoch + 1,
+      since: new Date().toISOString(),
+      reason: `switchover from ${this.name} asked by ${handover.requestedBy}`,
+    };
+    const event: EventRecord = {
+      time: record.since,
+      host: this.name,
+      volume: name,
+      kind: "switchover",
+      message: `handed over to ${handover.to} at epoch ${record.epoch}; the engine here stopped cleanly in ${stoppedMs} ms`,
+    };
+    const result = await this.etcd.txn(
+      [{ key: keys.primary(name), target: "modRevision", result: "equal", value: primaryRevision }],
+      [
+        { type: "put", key: keys.primary(name), value: JSON.stringify(record) },
+        { type: "delete", key: keys.handover(name) },
+        { type: "put", key: keys.event(eventSequence()), value: JSON.stringify(event) },
+      ],
+      [],
+    );
+    if (!result.succeeded) return refuse("the primary record changed meanwhile");
+    this.log(`event switchover [${name}]: ${event.message}`);
   }
 
   private async act(spec: VolumeSpec, action: Action, view: ClusterView, primaryRevision: number): Promise<void> {

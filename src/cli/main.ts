@@ -9,6 +9,7 @@ import { packageRoot } from "../util/repo-root.js";
 import { AGENT_USAGE, agentCommand } from "./commands/agent.js";
 import { CLUSTER_DOWN_USAGE, CLUSTER_UP_USAGE, clusterDownCommand, clusterUpCommand } from "./commands/cluster.js";
 import { EVENTS_USAGE, events } from "./commands/events.js";
+import { HOST_DRAIN_USAGE, hostDrain } from "./commands/host-drain.js";
 import { HOST_LIST_USAGE, hostList } from "./commands/host-list.js";
 import { NBD_SERVE_USAGE, nbdServe } from "./commands/nbd-serve.js";
 import { REPLICA_SERVE_USAGE, replicaServe } from "./commands/replica-serve.js";
@@ -17,6 +18,7 @@ import { VOLUME_CREATE_USAGE, volumeCreate } from "./commands/volume-create.js";
 import { VOLUME_DELETE_USAGE, volumeDelete } from "./commands/volume-delete.js";
 import { VOLUME_LIST_USAGE, volumeList } from "./commands/volume-list.js";
 import { VOLUME_PROMOTE_USAGE, volumePromote } from "./commands/volume-promote.js";
+import { VOLUME_SWITCHOVER_USAGE, volumeSwitchover } from "./commands/volume-switchover.js";
 import { VOLUME_RESOLVE_SPLIT_BRAIN_USAGE, volumeResolveSplitBrain } from "./commands/volume-resolve-split-brain.js";
 import { VOLUME_SERVE_USAGE, volumeServe } from "./commands/volume-serve.js";
 import { VOLUME_SHOW_USAGE, volumeShow } from "./commands/volume-show.js";
@@ -35,9 +37,11 @@ a host:
 cluster commands (they find etcd by --etcd URL, $HAVEN_ETCD or a context file):
   status                            the cluster at a glance: hosts alive or dead, volumes and their health
   host list                         list the hosts, alive or dead, with their disks
+  host drain HOST                   move every volume's primary off HOST (switchovers, no write lost)
   volume create NAME --size SIZE    create a replicated volume on the live hosts and wait until it is served
   volume delete NAME --yes          delete a volume and the data on every copy
   volume promote NAME --host H      make H's copy primary when none is in sync (--force; may lose writes)
+  volume switchover NAME --to H    move the primary to H with no write lost (a planned move)
   volume list                       list the volumes: health, primary, copies, NBD URI
   volume show NAME                  everything about one volume, including its NBD URI
   events                            the cluster's events (--volume, --host, --limit, --follow)
@@ -72,7 +76,7 @@ const COMMANDS: Record<string, Record<string, CommandEntry>> = {
     up: { run: clusterUpCommand, usage: CLUSTER_UP_USAGE },
     down: { run: clusterDownCommand, usage: CLUSTER_DOWN_USAGE },
   },
-  host: { list: { run: hostList, usage: HOST_LIST_USAGE } },
+  host: { list: { run: hostList, usage: HOST_LIST_USAGE }, drain: { run: hostDrain, usage: HOST_DRAIN_USAGE } },
   nbd: { serve: { run: nbdServe, usage: NBD_SERVE_USAGE } },
   replica: { serve: { run: replicaServe, usage: REPLICA_SERVE_USAGE } },
   volume: {
@@ -84,6 +88,7 @@ const COMMANDS: Record<string, Record<string, CommandEntry>> = {
     delete: { run: volumeDelete, usage: VOLUME_DELETE_USAGE },
     list: { run: volumeList, usage: VOLUME_LIST_USAGE },
     promote: { run: volumePromote, usage: VOLUME_PROMOTE_USAGE },
+    switchover: { run: volumeSwitchover, usage: VOLUME_SWITCHOVER_USAGE },
     show: { run: volumeShow, usage: VOLUME_SHOW_USAGE },
   },
 };

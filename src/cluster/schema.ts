@@ -7,6 +7,7 @@
 //   /haven/volumes/NAME          VolumeSpec: size and where the copies are (one host each)
 //   /haven/primary/NAME          PrimaryRecord: which host serves the volume, at which epoch
 //   /haven/replicas/NAME/HOST    ReplicaRecord: that host's copy, as the primary last recorded it
+//   /haven/handover/NAME         HandoverRecord: a planned move of the primary, asked by an operator
 //   /haven/events/SEQ            EventRecord; SEQ is a zero-padded millisecond time plus a random tail
 //
 // The rule that makes failover safe (issue 4): a copy is recorded "in-sync" only while it has every
@@ -30,6 +31,8 @@ export const keys = {
   replica: (volume: string, host: string): string => `${CLUSTER_PREFIX}replicas/${volume}/${host}`,
   replicasOf: (volume: string): string => `${CLUSTER_PREFIX}replicas/${volume}/`,
   replicas: (): string => `${CLUSTER_PREFIX}replicas/`,
+  handover: (volume: string): string => `${CLUSTER_PREFIX}handover/${volume}`,
+  handovers: (): string => `${CLUSTER_PREFIX}handover/`,
   events: (): string => `${CLUSTER_PREFIX}events/`,
   event: (sequence: string): string => `${CLUSTER_PREFIX}events/${sequence}`,
 } as const;
@@ -72,6 +75,18 @@ export interface ReplicaRecord {
   readonly detail: string;
   readonly epoch: number;
   readonly updatedAt: string;
+}
+
+/** A switchover asked for: the primary's agent stops the engine cleanly, then hands the record over. */
+export interface HandoverRecord {
+  readonly to: string;
+  readonly requestedBy: string;
+  readonly requestedAt: string;
+}
+
+export function parseHandoverRecord(value: string, key: string): HandoverRecord {
+  const o = object(value, key);
+  return { to: text(o, "to", key), requestedBy: text(o, "requestedBy", key), requestedAt: text(o, "requestedAt", key) };
 }
 
 export interface EventRecord {

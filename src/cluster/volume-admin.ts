@@ -14,6 +14,7 @@ import {
   keys,
   parseVolumeSpec,
   type EventRecord,
+  type HandoverRecord,
   type PrimaryRecord,
   type ReplicaRecord,
   type VolumeSpec,
@@ -206,4 +207,69 @@ export async function forcePromote(
   if (!result.succeeded)
     throw new HavenError("HAVEN_ERR_CONFLICT", `volume ${name}'s primary changed meanwhile; look again and retry`);
   return primary;
+}
+
+export interface SwitchoverRequest {
+  readonly from: string;
+  readonly to: string;
+  readonly epoch: number;
+}
+
+/**
+ * Asks the primary's agent to move volume `name` to `to` (a planned move, with no write lost): it
+ * stops the engine cleanly (every copy flushed), then hands the primary record over at a higher epoch,
+ * and `to`'s agent starts serving. Refused unless `to` is alive, holds a copy recorded in sync, and
+ * the primary is alive; one switchover at a time per volume.
+ */
+export async function requestSwitchover(
+  client: EtcdClient,
+  name: string,
+  to: string,
+  options: AdminOptions,
+): Promise<SwitchoverRequest> {
+  const records = await readClusterRecords(client);
+  const spec = records.volumes.get(name);
+  if (spec === undefined)
+    throw new HavenError("HAVEN_ERR_NOT_FOUND", `no volume "${name}" in the cluster; 'haven volume list' shows them`);
+  const primary = records.primaries.get(name);
+  if (primary === undefined || !records.liveHosts.has(primary.host))
+    throw new HavenError(
+      "HAVEN_ERR_UNAVAILABLE",
+      `volume ${name} has no live primary to hand over from${primary ? ` (${primary.host} is gone)` : ""}`,
+    );
+  if (primary.host === to) throw new HavenError("HAVEN_ERR_USAGE", `${to} is already the primary of volume ${name}`);
+  if (!spec.replicas.some((replica) => replica.host === to))
+    throw new HavenError("HAVEN_ERR_USAGE", `host ${to} holds no copy of volume ${name} (copies: ${copyList(spec)})`);
+  if (!records.liveHosts.has(to))
+    throw new HavenError("HAVEN_ERR_UNAVAILABLE", `host ${to} holds no cluster lease: start its agent first`);
+  const state = records.replicas.get(name)?.get(to);
+  if (state?.state !== "in-sync")
+    throw new HavenError(
+      "HAVEN_ERR_CONFLICT",
+      `${to}'s copy of volume ${name} is ${state ? `recorded ${state.state} (${state.detail})` : "not on record"}: ` +
+        "a switchover to it could lose writes; wait until it is in sync",
+    );
+  const now = (options.now ?? (() => new Date()))();
+  const handover: HandoverRecord = { to, requestedBy: options.actor, requestedAt: now.toISOString() };
+  const event: EventRecord = {
+    time: now.toISOString(),
+    host: options.actor,
+    volume: name,
+    kind: "switchover-requested",
+    message: `switchover of ${name} from ${primary.host} to ${to} requested`,
+  };
+  const result = await client.txn(
+    [
+      { key: keys.handover(name), target: "createRevision", result: "equal", value: 0 },
+      { key: keys.primary(name), target: "modRevision", result: "equal", value: records.primaryRevisions.get(name)! },
+    ],
+    [put(keys.handover(name), handover), put(keys.event(eventSequence(now.getTime())), event)],
+    [],
+  );
+  if (!result.succeeded)
+    throw new HavenError(
+      "HAVEN_ERR_CONFLICT",
+      `volume ${name} has a switchover under way already, or its primary just changed; look again and retry`,
+    );
+  return { from: primary.host, to, epoch: primary.epoch };
 }

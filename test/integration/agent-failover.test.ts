@@ -167,6 +167,33 @@ describe("agent failover", { skip }, () => {
     assert.equal((await primary())?.host, now.host, "no failback by itself");
   });
 
+  test("a switchover moves the primary to the standby with no acknowledged write lost", async () => {
+    const before = (await primary())!;
+    const target = before.host === "h1" ? "h2" : "h1";
+    const written = await fio(nbdUri(before.host), ["--do_verify=0"]);
+    assert.equal(written.code, 0, written.stderr);
+    const refused = await haven(["volume", "switchover", VOLUME, "--to", before.host, "--etcd", cluster.endpoint]);
+    assert.equal(refused.code, 2, "a switchover to the primary itself is refused");
+    const moved = await haven(["volume", "switchover", VOLUME, "--to", target, "--etcd", cluster.endpoint]);
+    assert.equal(moved.code, 0, moved.stderr);
+    assert.match(moved.stdout, new RegExp(`served by ${target} at epoch \\d+; paused \\d+ ms`));
+    const after = (await primary())!;
+    assert.equal(after.host, target);
+    assert.ok(after.epoch > before.epoch, "the new primary runs at a higher epoch");
+    assert.match(after.reason, /switchover from/);
+    const verified = await fio(nbdUri(target), ["--verify_only"]);
+    assert.equal(verified.code, 0, `${verified.stdout}\n${verified.stderr}`);
+    assert.equal((await replica(before.host))?.state, "in-sync", "the old primary's copy stays in sync");
+
+    // Draining the new primary's host moves the volume back.
+    const drained = await haven(["host", "drain", target, "--etcd", cluster.endpoint]);
+    assert.equal(drained.code, 0, drained.stderr);
+    assert.match(drained.stdout, new RegExp(`${VOLUME}: moved to ${before.host}`));
+    assert.equal((await primary())?.host, before.host);
+    const unknown = await haven(["host", "drain", "nosuchhost", "--etcd", cluster.endpoint]);
+    assert.equal(unknown.code, 3, unknown.stderr);
+  });
+
   test("a standby whose copy is recorded out of sync is never promoted, and says why", async () => {
     const now = (await primary())!;
     const standby = now.host === "h1" ? "h2" : "h1";
