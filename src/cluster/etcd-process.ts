@@ -21,6 +21,11 @@ export interface EtcdProcessOptions {
   /** The etcd executable (default "etcd" on PATH). */
   readonly binary?: string;
   readonly startTimeoutMs?: number;
+  /**
+   * Members of a multi-member cluster, NAME=PEER_URL,... including this one (then give clientPort and
+   * peerPort). Default: a cluster of this member alone.
+   */
+  readonly initialCluster?: string;
   readonly stopTimeoutMs?: number;
 }
 
@@ -84,7 +89,7 @@ async function startOnce(
       `--advertise-client-urls=${endpoint}`,
       `--listen-peer-urls=${peerUrl}`,
       `--initial-advertise-peer-urls=${peerUrl}`,
-      `--initial-cluster=${name}=${peerUrl}`,
+      `--initial-cluster=${options.initialCluster ?? `${name}=${peerUrl}`}`,
       "--initial-cluster-state=new",
       "--logger=zap",
       "--log-outputs=stderr",

@@ -26,6 +26,8 @@ export interface LocalClusterOptions {
   /** Agent timing overrides written into each config (for tests wanting fast failover). */
   readonly timings?: Record<string, number>;
   readonly readyTimeoutMs?: number;
+  /** An etcd that runs already (several members, a witness): cluster up then starts only the agents. */
+  readonly etcdEndpoints?: readonly string[];
   /** The etcd endpoint host NAME's agent uses (default: etcd's own); tests put a proxy they control here. */
   readonly etcdEndpointOf?: (name: string) => string;
   /** The replication port host NAME advertises to the others (default: its own); tests put a proxy here. */
@@ -57,24 +59,28 @@ export async function clusterUp(options: LocalClusterOptions): Promise<LocalClus
   for (const file of [secretFile, tokenFile])
     if (!existsSync(file)) writeFileSync(file, `${randomBytes(24).toString("base64")}\n`, { mode: 0o600 });
 
-  const endpoint = `http://127.0.0.1:${options.basePort}`;
+  const endpoints = options.etcdEndpoints ?? [`http://127.0.0.1:${options.basePort}`];
+  const endpoint = endpoints[0]!;
   const peer = `http://127.0.0.1:${options.basePort + 1}`;
-  const etcdPid = spawnBackground(
-    "etcd",
-    [
-      "--name=haven",
-      `--data-dir=${join(dir, "etcd")}`,
-      `--listen-client-urls=${endpoint}`,
-      `--advertise-client-urls=${endpoint}`,
-      `--listen-peer-urls=${peer}`,
-      `--initial-advertise-peer-urls=${peer}`,
-      `--initial-cluster=haven=${peer}`,
-      "--logger=zap",
-      "--log-outputs=stderr",
-    ],
-    join(dir, "etcd.log"),
-  );
-  const etcd = new EtcdClient([endpoint], { requestTimeoutMs: 2000 });
+  const etcdPid =
+    options.etcdEndpoints !== undefined
+      ? 0
+      : spawnBackground(
+          "etcd",
+          [
+            "--name=haven",
+            `--data-dir=${join(dir, "etcd")}`,
+            `--listen-client-urls=${endpoint}`,
+            `--advertise-client-urls=${endpoint}`,
+            `--listen-peer-urls=${peer}`,
+            `--initial-advertise-peer-urls=${peer}`,
+            `--initial-cluster=haven=${peer}`,
+            "--logger=zap",
+            "--log-outputs=stderr",
+          ],
+          join(dir, "etcd.log"),
+        );
+  const etcd = new EtcdClient([...endpoints], { requestTimeoutMs: 2000 });
   const deadline = Date.now() + (options.readyTimeoutMs ?? 30_000);
   await until(
     deadline,
@@ -92,7 +98,7 @@ export async function clusterUp(options: LocalClusterOptions): Promise<LocalClus
     const port = options.basePort + 10 * i;
     const config = {
       host: { name, address: "127.0.0.1" },
-      etcd: { endpoints: [options.etcdEndpointOf?.(name) ?? endpoint] },
+      etcd: { endpoints: options.etcdEndpointOf ? [options.etcdEndpointOf(name)] : [...endpoints] },
       api: { listen: `127.0.0.1:${port}`, tokenFile },
       replication: {
         listen: `127.0.0.1:${port + 1}`,
@@ -136,7 +142,7 @@ export async function clusterDown(dir: string, timeoutMs = 20_000): Promise<Loca
   const state = readClusterState(resolve(dir));
   if (state === undefined) throw new HavenError("HAVEN_ERR_NOT_FOUND", `no cluster was started from ${resolve(dir)}`);
   await Promise.all(state.agents.map((agent) => stopProcess(agent.pid, timeoutMs)));
-  await stopProcess(state.etcdPid, timeoutMs);
+  if (state.etcdPid > 0) await stopProcess(state.etcdPid, timeoutMs); // 0: an etcd cluster up did not start
   return state;
 }
 

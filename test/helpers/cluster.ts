@@ -3,12 +3,15 @@
 
 import { createServer } from "node:net";
 
-/** A base port for clusterUp with 2 hosts whose ports (base, +1, +10..12, +20..22) are free now. */
+/**
+ * A base port for clusterUp with 2 hosts whose ports (base, +1, +10..12, +20..22) are free now, and
+ * also +50..52 and +60..62 (for tests that run their own etcd members there).
+ */
 export async function freeBasePort(): Promise<number> {
   for (;;) {
     const base = 30_000 + 100 * Math.floor(Math.random() * 300);
     const free = await Promise.all(
-      [0, 1, 10, 11, 12, 20, 21, 22].map(
+      [0, 1, 10, 11, 12, 20, 21, 22, 50, 51, 52, 60, 61, 62].map(
         (offset) =>
           new Promise<boolean>((resolve) => {
             const server = createServer();
