@@ -25,7 +25,9 @@ import {
   nameUnder,
   parseHandoverRecord,
   parseReplicaRecord,
+  type CopyHealth,
   type HandoverRecord,
+  type HostHealthRecord,
   type EventRecord,
   type HostRecord,
   type PrimaryRecord,
@@ -171,6 +173,55 @@ export class Agent implements AgentView {
     this.watchdogTimer.unref();
   }
 
+  /**
+   * This round's health check, on the host's lease (it goes when the host does): event-loop lag
+   * against its limit, each served volume's engine state and each copy's state with resync progress,
+   * and what is wrong, in words. `haven status` shows it.
+   */
+  private async publishHealth(): Promise<void> {
+    const lease = this.lease.current;
+    if (lease === undefined) return;
+    const health = this.health();
+    const problems: string[] = [];
+    if (health.eventLoopLagMs > this.config.timings.eventLoopLagLimitMs)
+      problems.push(
+        `event loop stalled ${health.eventLoopLagMs} ms (limit ${this.config.timings.eventLoopLagLimitMs})`,
+      );
+    const copies: CopyHealth[] = [];
+    for (const [name, running] of this.running) {
+      const status = running.engine.status();
+      if (status.state === "failed") problems.push(`volume ${name}: the engine failed (no in-sync copy, or fenced)`);
+      for (const replica of status.replicas) {
+        const host = running.hostOf.get(replica.location) ?? replica.location;
+        if (replica.state === "faulted" || replica.state === "split-brain" || replica.state === "refused")
+          problems.push(
+            `volume ${name}: ${host}'s copy is ${replica.state}${replica.reason ? ` (${replica.reason})` : ""}`,
+          );
+        const resync = replica.resync;
+        copies.push({
+          volume: name,
+          host,
+          state: replica.state,
+          resync:
+            resync === null
+              ? null
+              : {
+                  percent: resync.totalBytes > 0 ? Math.min(100, (100 * resync.doneBytes) / resync.totalBytes) : 0,
+                  bytesPerSecond: Math.round(resync.bytesPerSecond),
+                  etaSeconds: resync.etaSeconds === null ? null : Math.round(resync.etaSeconds),
+                },
+        });
+      }
+    }
+    const record: HostHealthRecord = {
+      checkedAt: new Date().toISOString(),
+      eventLoopLagMs: health.eventLoopLagMs,
+      problems: problems.map((problem) => problem.slice(0, 300)),
+      copies,
+    };
+    await this.etcd.put(keys.health(this.name), JSON.stringify(record), { lease });
+  }
+
   /** This host's health, for the API: the lease, the event loop's worst lag lately, what it serves. */
   health(): HostHealth {
     const lagMs = this.lag.max / 1e6;
@@ -306,6 +357,7 @@ export class Agent implements AgentView {
       if (!view.volumes.has(name) && !this.running.has(name)) await this.removeVolume(name);
     }
     for (const [name, running] of this.running) await this.healSplitBrain(name, running, view);
+    await this.publishHealth();
     for (const kv of await this.etcd.getPrefix(keys.handovers())) {
       const name = nameUnder(keys.handovers(), kv.key);
       if (!this.running.has(name) || this.busy.has(name)) continue;

@@ -31,6 +31,7 @@ const TONES: Record<string, Tone> = {
   "in-sync": "good",
   "out-of-sync": "bad",
   unrecorded: "busy",
+  ok: "good",
 };
 
 function printable<T>(value: T): T {
@@ -112,8 +113,28 @@ function primaryCell(volume: VolumeView): string {
   return `${primary.host} (epoch ${primary.epoch}${primary.hostState === "alive" ? "" : `, ${primary.hostState}`})`;
 }
 
+/** "resyncing  42% [########............] 80.0 MiB/s, 12 s left": a picture, then the numbers. */
+export function resyncText(resync: NonNullable<CopyView["resync"]>): string {
+  const width = 20;
+  const filled = Math.round((resync.percent / 100) * width);
+  const eta = resync.etaSeconds === null ? "" : `, ${resync.etaSeconds} s left`;
+  return (
+    `resyncing ${resync.percent.toFixed(0).padStart(3)}% [${"#".repeat(filled)}${".".repeat(width - filled)}] ` +
+    `${formatBytes(resync.bytesPerSecond)}/s${eta}`
+  );
+}
+
 function copyState(copy: CopyView): string {
-  return `${copy.host} ${copy.state}${copy.hostState === "alive" ? "" : ` (host ${copy.hostState})`}`;
+  const state = copy.resync === null ? copy.state : `resyncing ${copy.resync.percent.toFixed(0)}%`;
+  return `${copy.host} ${state}${copy.hostState === "alive" ? "" : ` (host ${copy.hostState})`}`;
+}
+
+/** "ok", the first problem (and how many more), or "-" for a host without a check (dead, or not yet). */
+function healthText(host: HostView): string {
+  if (host.health === null) return "-";
+  const [first, ...rest] = host.health.problems;
+  if (first === undefined) return "ok";
+  return rest.length > 0 ? `${first} (+${rest.length} more)` : first;
 }
 
 function hostRows(hosts: readonly HostView[]): Cell[][] {
@@ -124,10 +145,11 @@ function hostRows(hosts: readonly HostView[]): Cell[][] {
     { text: String(host.nbdPort) },
     { text: String(host.copies) },
     { text: disks(host) },
+    { text: healthText(host), toned: true },
   ]);
 }
 
-const HOST_HEADINGS = ["HOST", "STATE", "ADDRESS", "NBD PORT", "COPIES", "DISKS (USED/CAPACITY)"];
+const HOST_HEADINGS = ["HOST", "STATE", "ADDRESS", "NBD PORT", "COPIES", "DISKS (USED/CAPACITY)", "HEALTH"];
 
 function volumeRows(volumes: readonly VolumeView[]): Cell[][] {
   return volumes.map((volume) => [
@@ -197,7 +219,7 @@ export function renderVolume(untrusted: VolumeView, options: ClusterRenderOption
         { text: copy.disk },
         { text: copy.hostState, toned: true },
         { text: copy.state, toned: true },
-        { text: copy.detail === "" ? "-" : copy.detail },
+        { text: copy.resync !== null ? resyncText(copy.resync) : copy.detail === "" ? "-" : copy.detail },
         { text: copy.epoch === null ? "-" : String(copy.epoch) },
         { text: copy.updatedAt ?? "-" },
       ]),

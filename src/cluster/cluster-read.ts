@@ -8,11 +8,13 @@ import {
   keys,
   nameUnder,
   parseEventRecord,
+  parseHostHealthRecord,
   parseHostRecord,
   parsePrimaryRecord,
   parseReplicaRecord,
   parseVolumeSpec,
   type EventRecord,
+  type HostHealthRecord,
   type HostRecord,
   type PrimaryRecord,
   type ReplicaRecord,
@@ -32,6 +34,8 @@ export interface ClusterRecords {
   readonly primaryRevisions: ReadonlyMap<string, number>;
   /** By volume name, then host name. */
   readonly replicas: ReadonlyMap<string, ReadonlyMap<string, ReplicaRecord>>;
+  /** Each live host's latest health check, by host name. */
+  readonly health: ReadonlyMap<string, HostHealthRecord>;
   /** The etcd revision of the snapshot. */
   readonly revision: number;
 }
@@ -100,15 +104,20 @@ function replicasByVolume(kvs: readonly KeyValue[], onMalformed: OnMalformed): M
  * `onMalformed` is given: then it is reported and left out (an agent must go on with the rest).
  */
 export async function readClusterRecords(client: EtcdClient, onMalformed?: OnMalformed): Promise<ClusterRecords> {
-  const prefixes = [keys.hosts(), keys.hostInfos(), keys.volumes(), keys.primaries(), keys.replicas()];
+  const prefixes = [keys.hosts(), keys.hostInfos(), keys.volumes(), keys.primaries(), keys.replicas(), keys.healths()];
   const result = await client.txn(
     [],
     prefixes.map((prefix) => ({ type: "getPrefix", prefix })),
     [],
   );
-  const [hosts, hostInfos, volumes, primaries, replicas] = result.results.map((operation) =>
+  const [hosts, hostInfos, volumes, primaries, replicas, healths] = result.results.map((operation) =>
     operation.type === "get" ? operation.kvs : [],
-  ) as [KeyValue[], KeyValue[], KeyValue[], KeyValue[], KeyValue[]];
+  ) as [KeyValue[], KeyValue[], KeyValue[], KeyValue[], KeyValue[], KeyValue[]];
+  const health = new Map<string, HostHealthRecord>();
+  for (const kv of healths) {
+    const record = parsed(() => parseHostHealthRecord(kv.value, kv.key), onMalformed);
+    if (record !== undefined) health.set(nameUnder(keys.healths(), kv.key), record);
+  }
   const primaryRecords = new Map<string, PrimaryRecord>();
   const primaryRevisions = new Map<string, number>();
   for (const kv of primaries) {
@@ -124,6 +133,7 @@ export async function readClusterRecords(client: EtcdClient, onMalformed?: OnMal
     primaries: primaryRecords,
     primaryRevisions,
     replicas: replicasByVolume(replicas, onMalformed),
+    health,
     revision: result.revision,
   };
 }

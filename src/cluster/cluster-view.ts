@@ -10,7 +10,7 @@
 //   healthy   otherwise.
 
 import type { ClusterRecords } from "./cluster-read.js";
-import type { HostRecord, PrimaryRecord, RecordedReplicaState, VolumeSpec } from "./schema.js";
+import type { CopyHealth, HostRecord, PrimaryRecord, RecordedReplicaState, VolumeSpec } from "./schema.js";
 
 export type HostState = "alive" | "dead";
 export type VolumeHealth = "healthy" | "degraded" | "down";
@@ -19,6 +19,12 @@ export interface HostView extends HostRecord {
   readonly state: HostState;
   /** How many volumes have a copy on this host. */
   readonly copies: number;
+  /** Its latest health check, while it is alive. */
+  readonly health: {
+    readonly checkedAt: string;
+    readonly eventLoopLagMs: number;
+    readonly problems: readonly string[];
+  } | null;
 }
 
 export interface CopyView {
@@ -30,6 +36,8 @@ export interface CopyView {
   readonly detail: string;
   readonly epoch: number | null;
   readonly updatedAt: string | null;
+  /** While the primary resyncs this copy, as its host's latest health check says. */
+  readonly resync: CopyHealth["resync"];
 }
 
 export interface VolumeView {
@@ -82,8 +90,11 @@ export function volumeHealth(primaryAlive: boolean, copies: readonly CopyView[])
 
 export function volumeView(records: ClusterRecords, spec: VolumeSpec): VolumeView {
   const recorded = records.replicas.get(spec.name);
+  const primaryHost = records.primaries.get(spec.name)?.host;
+  const seen = primaryHost === undefined ? undefined : records.health.get(primaryHost)?.copies;
   const copies = spec.replicas.map(({ host, disk }): CopyView => {
     const record = recorded?.get(host);
+    const live = seen?.find((copy) => copy.volume === spec.name && copy.host === host);
     return {
       host,
       disk,
@@ -92,6 +103,7 @@ export function volumeView(records: ClusterRecords, spec: VolumeSpec): VolumeVie
       detail: record?.detail ?? "",
       epoch: record?.epoch ?? null,
       updatedAt: record?.updatedAt ?? null,
+      resync: live?.resync ?? null,
     };
   });
   const primary = records.primaries.get(spec.name);
@@ -107,6 +119,13 @@ export function volumeView(records: ClusterRecords, spec: VolumeSpec): VolumeVie
   };
 }
 
+function hostHealth(records: ClusterRecords, name: string): HostView["health"] {
+  const record = records.liveHosts.has(name) ? records.health.get(name) : undefined;
+  return record === undefined
+    ? null
+    : { checkedAt: record.checkedAt, eventLoopLagMs: record.eventLoopLagMs, problems: record.problems };
+}
+
 export function clusterView(records: ClusterRecords): ClusterView {
   const copies = new Map<string, number>();
   for (const spec of records.volumes.values()) {
@@ -119,6 +138,7 @@ export function clusterView(records: ClusterRecords): ClusterView {
       ...host,
       state: records.liveHosts.has(host.name) ? "alive" : "dead",
       copies: copies.get(host.name) ?? 0,
+      health: hostHealth(records, host.name),
     }))
     .sort(byName);
   const volumes = [...records.volumes.values()].map((spec) => volumeView(records, spec)).sort(byName);

@@ -7,6 +7,7 @@
 //   /haven/volumes/NAME          VolumeSpec: size and where the copies are (one host each)
 //   /haven/primary/NAME          PrimaryRecord: which host serves the volume, at which epoch
 //   /haven/replicas/NAME/HOST    ReplicaRecord: that host's copy, as the primary last recorded it
+//   /haven/health/HOST           HostHealthRecord, attached to the host's lease: its latest health check
 //   /haven/handover/NAME         HandoverRecord: a planned move of the primary, asked by an operator
 //   /haven/events/SEQ            EventRecord; SEQ is a zero-padded millisecond time plus a random tail
 //
@@ -31,6 +32,8 @@ export const keys = {
   replica: (volume: string, host: string): string => `${CLUSTER_PREFIX}replicas/${volume}/${host}`,
   replicasOf: (volume: string): string => `${CLUSTER_PREFIX}replicas/${volume}/`,
   replicas: (): string => `${CLUSTER_PREFIX}replicas/`,
+  health: (host: string): string => `${CLUSTER_PREFIX}health/${host}`,
+  healths: (): string => `${CLUSTER_PREFIX}health/`,
   handover: (volume: string): string => `${CLUSTER_PREFIX}handover/${volume}`,
   handovers: (): string => `${CLUSTER_PREFIX}handover/`,
   events: (): string => `${CLUSTER_PREFIX}events/`,
@@ -75,6 +78,68 @@ export interface ReplicaRecord {
   readonly detail: string;
   readonly epoch: number;
   readonly updatedAt: string;
+}
+
+/** A copy as the engine serving its volume sees it now (published by the primary's host). */
+export interface CopyHealth {
+  readonly volume: string;
+  readonly host: string;
+  /** The engine's state for the copy: in-sync, resyncing, faulted, split-brain, connecting, refused. */
+  readonly state: string;
+  /** While resyncing: how far, how fast, and how long to go. */
+  readonly resync: {
+    readonly percent: number;
+    readonly bytesPerSecond: number;
+    readonly etaSeconds: number | null;
+  } | null;
+}
+
+/** A host's latest health check, every healthCheckIntervalMs. */
+export interface HostHealthRecord {
+  readonly checkedAt: string;
+  /** The worst event-loop delay since the previous check. */
+  readonly eventLoopLagMs: number;
+  /** What is wrong, in words; empty when nothing is. */
+  readonly problems: readonly string[];
+  readonly copies: readonly CopyHealth[];
+}
+
+export function parseHostHealthRecord(value: string, key: string): HostHealthRecord {
+  const o = object(value, key);
+  const problems = o.problems;
+  const copies = o.copies;
+  if (!Array.isArray(problems) || problems.some((p) => typeof p !== "string"))
+    throw bad(key, "problems is not a list of strings");
+  if (!Array.isArray(copies)) throw bad(key, "copies is not a list");
+  return {
+    checkedAt: text(o, "checkedAt", key),
+    eventLoopLagMs: count(o, "eventLoopLagMs", key),
+    problems: problems as string[],
+    copies: copies.map((c: unknown, i) => {
+      const copy = typeof c === "object" && c !== null ? (c as Record<string, unknown>) : {};
+      const where = `${key} copies[${i}]`;
+      const resync = copy.resync;
+      let parsedResync: CopyHealth["resync"] = null;
+      if (resync !== null && resync !== undefined) {
+        const r = typeof resync === "object" ? (resync as Record<string, unknown>) : {};
+        const percent = r.percent;
+        if (typeof percent !== "number" || !(percent >= 0 && percent <= 100))
+          throw bad(where, "resync.percent is not 0 to 100");
+        const eta = r.etaSeconds;
+        parsedResync = {
+          percent,
+          bytesPerSecond: count(r, "bytesPerSecond", where),
+          etaSeconds: eta === null || eta === undefined ? null : count(r, "etaSeconds", where),
+        };
+      }
+      return {
+        volume: text(copy, "volume", where),
+        host: text(copy, "host", where),
+        state: text(copy, "state", where),
+        resync: parsedResync,
+      };
+    }),
+  };
 }
 
 /** A switchover asked for: the primary's agent stops the engine cleanly, then hands the record over. */

@@ -65,6 +65,7 @@ export function clusterRecords(options: {
     primaries,
     primaryRevisions: new Map([...primaries.keys()].map((name) => [name, 1])),
     replicas,
+    health: new Map(),
     revision: 1,
   };
 }

@@ -2,6 +2,7 @@
 // is free, and waiting for a condition in the cluster's state.
 
 import { createServer } from "node:net";
+import { checkTimings, FAST_TIMINGS, type Timings } from "../../src/agent/timings.js";
 
 /**
  * A base port for clusterUp with 2 hosts whose ports (base, +1, +10..12, +20..22) are free now, and
@@ -34,3 +35,13 @@ export async function until<T>(what: string, probe: () => Promise<T | undefined>
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
 }
+
+/**
+ * Fast failover for tests, with more slack than FAST_TIMINGS: a test machine runs etcd, two agents,
+ * fio and the test at once on two CPUs, and a 500 ms watchdog can fire on a busy one (seen when two test
+ * runs overlapped). Checked by the same rules as any config.
+ */
+export const TEST_TIMINGS: Timings = checkTimings(
+  { ...FAST_TIMINGS, leaseTtlMs: 3_000, fenceAfterMs: 1_500, watchdogTimeoutMs: 1_000 },
+  "test timings",
+);

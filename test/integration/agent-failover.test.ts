@@ -13,10 +13,9 @@ import { join } from "node:path";
 import { alive, clusterDown, clusterUp, type LocalClusterState } from "../../src/cluster/local-cluster.js";
 import { EtcdClient } from "../../src/cluster/etcd-client.js";
 import { keys, parseEventRecord, parsePrimaryRecord, parseReplicaRecord } from "../../src/cluster/schema.js";
-import { FAST_TIMINGS } from "../../src/agent/timings.js";
 import { haveEtcd } from "../helpers/etcd.js";
 import { haveTool, run, tempDir } from "../helpers/server-process.js";
-import { freeBasePort, until } from "../helpers/cluster.js";
+import { freeBasePort, until, TEST_TIMINGS } from "../helpers/cluster.js";
 
 const VOLUME = "failover";
 const skip = !haveEtcd() || !haveTool("fio") ? "needs etcd and fio" : false;
@@ -84,7 +83,7 @@ describe("agent failover", { skip }, () => {
       dir: join(dir.path, "cluster"),
       hosts: 2,
       basePort,
-      timings: { ...FAST_TIMINGS },
+      timings: { ...TEST_TIMINGS },
     });
     etcd = new EtcdClient([cluster.endpoint]);
     const created = await haven([
@@ -165,6 +164,18 @@ describe("agent failover", { skip }, () => {
       (await replica(returning))?.state === "in-sync" ? true : undefined,
     );
     assert.equal((await primary())?.host, now.host, "no failback by itself");
+    // Both hosts publish health checks, and haven status shows them.
+    const hosts = await until("both hosts' health checks in haven status", async () => {
+      const status = await haven(["status", "--json", "--etcd", cluster.endpoint]);
+      const view = JSON.parse(status.stdout) as { hosts: { name: string; health: { problems: string[] } | null }[] };
+      return view.hosts.every((host) => host.health !== null && host.health.problems.length === 0)
+        ? view.hosts
+        : undefined;
+    });
+    assert.deepEqual(
+      hosts.map((host) => host.name),
+      ["h1", "h2"],
+    );
   });
 
   test("a switchover moves the primary to the standby with no acknowledged write lost", async () => {

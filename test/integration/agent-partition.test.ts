@@ -10,11 +10,10 @@ import { join } from "node:path";
 import { clusterDown, clusterUp, type LocalClusterState } from "../../src/cluster/local-cluster.js";
 import { EtcdClient } from "../../src/cluster/etcd-client.js";
 import { keys, parsePrimaryRecord, parseReplicaRecord } from "../../src/cluster/schema.js";
-import { FAST_TIMINGS } from "../../src/agent/timings.js";
 import { haveEtcd } from "../helpers/etcd.js";
 import { haveTool, run, tempDir } from "../helpers/server-process.js";
 import { TcpProxy } from "../helpers/tcp-proxy.js";
-import { freeBasePort, until } from "../helpers/cluster.js";
+import { freeBasePort, until, TEST_TIMINGS } from "../helpers/cluster.js";
 
 const VOLUME = "cut";
 const skip = !haveEtcd() || !haveTool("qemu-io") ? "needs etcd and qemu-io" : false;
@@ -50,7 +49,7 @@ describe("primary partitioned from etcd", { skip }, () => {
       dir: join(dir.path, "cluster"),
       hosts: 2,
       basePort,
-      timings: { ...FAST_TIMINGS },
+      timings: { ...TEST_TIMINGS },
       etcdEndpointOf: (name) => `http://127.0.0.1:${proxies.get(name)!.port}`,
     });
     etcd = new EtcdClient([cluster.endpoint]);
@@ -147,7 +146,7 @@ describe("replication link cut while both hosts keep their leases", { skip }, ()
       dir: join(dir.path, "cluster"),
       hosts: 2,
       basePort,
-      timings: { ...FAST_TIMINGS },
+      timings: { ...TEST_TIMINGS },
       replicationPortOf: (name) => links.get(name)!.port,
     });
     etcd = new EtcdClient([cluster.endpoint]);
@@ -175,7 +174,7 @@ describe("replication link cut while both hosts keep their leases", { skip }, ()
       (await recorded(standby)) === "out-of-sync" ? true : undefined,
     );
     // Three lease lifetimes with both hosts in quorum: the primary record must not move.
-    const watchUntil = Date.now() + 3 * FAST_TIMINGS.leaseTtlMs;
+    const watchUntil = Date.now() + 3 * TEST_TIMINGS.leaseTtlMs;
     while (Date.now() < watchUntil) {
       const now = await primary();
       assert.equal(now?.host, first.host, "a cut replication link caused a failover");

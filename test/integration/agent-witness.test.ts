@@ -7,12 +7,11 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { FAST_TIMINGS } from "../../src/agent/timings.js";
 import { EtcdClient } from "../../src/cluster/etcd-client.js";
 import { startEtcd, type EtcdProcess } from "../../src/cluster/etcd-process.js";
 import { clusterDown, clusterUp, type LocalClusterState } from "../../src/cluster/local-cluster.js";
 import { keys, parsePrimaryRecord } from "../../src/cluster/schema.js";
-import { freeBasePort, until } from "../helpers/cluster.js";
+import { freeBasePort, until, TEST_TIMINGS } from "../helpers/cluster.js";
 import { haveEtcd } from "../helpers/etcd.js";
 import { haveTool, run, tempDir } from "../helpers/server-process.js";
 
@@ -57,7 +56,7 @@ describe("two hosts and a witness", { skip }, () => {
       dir: join(dir.path, "cluster"),
       hosts: 2,
       basePort,
-      timings: { ...FAST_TIMINGS },
+      timings: { ...TEST_TIMINGS },
       etcdEndpoints: endpoints,
     });
     const created = await run(

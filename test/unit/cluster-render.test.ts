@@ -62,10 +62,10 @@ test("status: the summary, a host table and a volume table with health, primary,
     [
       "3 hosts (2 alive, 1 dead), 3 volumes (1 healthy, 1 degraded, 1 down)",
       "",
-      "HOST   STATE  ADDRESS   NBD PORT  COPIES  DISKS (USED/CAPACITY)",
-      "node1  alive  10.0.0.1  10809     3       ssd0 10.0 GiB/100.0 GiB",
-      "node2  alive  10.0.0.2  10809     2       ssd0 0 B/100.0 GiB, hdd0 512.0 GiB/1.00 TiB",
-      "node3  dead   10.0.0.3  10809     1       (no disks)",
+      "HOST   STATE  ADDRESS   NBD PORT  COPIES  DISKS (USED/CAPACITY)                        HEALTH",
+      "node1  alive  10.0.0.1  10809     3       ssd0 10.0 GiB/100.0 GiB                      -",
+      "node2  alive  10.0.0.2  10809     2       ssd0 0 B/100.0 GiB, hdd0 512.0 GiB/1.00 TiB  -",
+      "node3  dead   10.0.0.3  10809     1       (no disks)                                   -",
       "",
       "VOLUME  SIZE      HEALTH    PRIMARY                COPIES                                    NBD",
       "db      10.0 GiB  degraded  node2 (epoch 3)        node2 out-of-sync, node1 in-sync          nbd://10.0.0.2:10809/db",
@@ -146,4 +146,52 @@ test("an event is one line: time, host, volume (or -), kind, message", () => {
     renderEvent({ time: TIME, host: "cli@admin-laptop", kind: "host-joined", message: "m" }),
     `${TIME}  cli@admin-laptop  -             host-joined           m\n`,
   );
+});
+
+test("health checks: each live host's verdict, and a resyncing copy's progress as a bar with rate and time left", () => {
+  const withHealth = {
+    ...records,
+    health: new Map([
+      ["node1", { checkedAt: TIME, eventLoopLagMs: 3, problems: [], copies: [] }],
+      [
+        "node2",
+        {
+          checkedAt: TIME,
+          eventLoopLagMs: 1500,
+          problems: ["event loop stalled 1500 ms (limit 1000)", "volume db: node1's copy is faulted"],
+          copies: [
+            { volume: "db", host: "node2", state: "in-sync", resync: null },
+            {
+              volume: "db",
+              host: "node1",
+              state: "resyncing",
+              resync: { percent: 42, bytesPerSecond: 80 * 1024 * 1024, etaSeconds: 12 },
+            },
+          ],
+        },
+      ],
+      // A dead host's last check is not shown: it says nothing about now.
+      ["node3", { checkedAt: TIME, eventLoopLagMs: 0, problems: ["stale"], copies: [] }],
+    ]),
+  };
+  const view = clusterView(withHealth);
+  const hosts = renderStatus(view).split("\n");
+  assert.match(
+    hosts.find((line) => line.startsWith("node1"))!,
+    / ok$/,
+  );
+  assert.match(
+    hosts.find((line) => line.startsWith("node2"))!,
+    / event loop stalled 1500 ms \(limit 1000\) \(\+1 more\)$/,
+  );
+  assert.match(
+    hosts.find((line) => line.startsWith("node3"))!,
+    / -$/,
+  );
+  assert.match(
+    hosts.find((line) => line.startsWith("db "))!,
+    /node1 resyncing 42%/,
+  );
+  const shown = renderVolume(volumeView(withHealth, withHealth.volumes.get("db")!));
+  assert.match(shown, /resyncing {2}42% \[########\.{12}\] 80\.0 MiB\/s, 12 s left/);
 });
