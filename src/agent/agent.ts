@@ -182,6 +182,7 @@ export class Agent implements AgentView {
     const lease = this.lease.current;
     if (lease === undefined) return;
     const health = this.health();
+    this.lag.reset(); // each check covers the time since the previous one; API reads do not reset it
     const problems: string[] = [];
     if (health.eventLoopLagMs > this.config.timings.eventLoopLagLimitMs)
       problems.push(
@@ -222,10 +223,9 @@ export class Agent implements AgentView {
     await this.etcd.put(keys.health(this.name), JSON.stringify(record), { lease });
   }
 
-  /** This host's health, for the API: the lease, the event loop's worst lag lately, what it serves. */
+  /** This host's health, for the API: the lease, the event loop's worst lag since the last check, what it serves. */
   health(): HostHealth {
     const lagMs = this.lag.max / 1e6;
-    this.lag.reset();
     return {
       name: this.name,
       leaseHeld: this.lease.current !== undefined,

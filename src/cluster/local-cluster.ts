@@ -43,6 +43,12 @@ export interface LocalClusterState {
 
 export const CLUSTER_FILE = "cluster.json";
 
+/** Host NAME's (hI's) ports in a local cluster: API at basePort+10*I, replication +1, NBD +2. */
+export function localHostPorts(basePort: number, name: string): { api: number; replication: number; nbd: number } {
+  const api = basePort + 10 * Number(name.slice(1));
+  return { api, replication: api + 1, nbd: api + 2 };
+}
+
 export async function clusterUp(options: LocalClusterOptions): Promise<LocalClusterState> {
   const dir = resolve(options.dir);
   if (!(Number.isInteger(options.hosts) && options.hosts >= 1 && options.hosts <= 9))
@@ -95,17 +101,17 @@ export async function clusterUp(options: LocalClusterOptions): Promise<LocalClus
     const name = `h${i}`;
     const hostDir = join(dir, "hosts", name);
     mkdirSync(join(hostDir, "disk0"), { recursive: true });
-    const port = options.basePort + 10 * i;
+    const ports = localHostPorts(options.basePort, name);
     const config = {
       host: { name, address: "127.0.0.1" },
       etcd: { endpoints: options.etcdEndpointOf ? [options.etcdEndpointOf(name)] : [...endpoints] },
-      api: { listen: `127.0.0.1:${port}`, tokenFile },
+      api: { listen: `127.0.0.1:${ports.api}`, tokenFile },
       replication: {
-        listen: `127.0.0.1:${port + 1}`,
+        listen: `127.0.0.1:${ports.replication}`,
         secretFile,
         ...(options.replicationPortOf?.(name) !== undefined && { advertisePort: options.replicationPortOf(name) }),
       },
-      nbd: { listen: `127.0.0.1:${port + 2}` },
+      nbd: { listen: `127.0.0.1:${ports.nbd}` },
       disks: [{ name: "disk0", path: join(hostDir, "disk0") }],
       ...(options.timings && { timings: options.timings }),
     };

@@ -3,6 +3,16 @@
 
 import { createServer } from "node:net";
 import { checkTimings, FAST_TIMINGS, type Timings } from "../../src/agent/timings.js";
+import type { EtcdClient } from "../../src/cluster/etcd-client.js";
+import { localHostPorts } from "../../src/cluster/local-cluster.js";
+import {
+  keys,
+  parsePrimaryRecord,
+  parseReplicaRecord,
+  type PrimaryRecord,
+  type ReplicaRecord,
+} from "../../src/cluster/schema.js";
+import { run } from "./server-process.js";
 
 /**
  * A base port for clusterUp with 2 hosts whose ports (base, +1, +10..12, +20..22) are free now, and
@@ -45,3 +55,33 @@ export const TEST_TIMINGS: Timings = checkTimings(
   { ...FAST_TIMINGS, leaseTtlMs: 3_000, fenceAfterMs: 1_500, watchdogTimeoutMs: 1_000 },
   "test timings",
 );
+
+/**
+ * What the agent tests ask of one volume in a local cluster: its primary and copy records in etcd, a
+ * host's NBD URI, and a qemu-io command against it (true when qemu-io succeeded).
+ */
+export class VolumeProbe {
+  constructor(
+    private readonly etcd: EtcdClient,
+    private readonly volume: string,
+    private readonly basePort: number,
+  ) {}
+
+  async primary(): Promise<PrimaryRecord | undefined> {
+    const kv = await this.etcd.get(keys.primary(this.volume));
+    return kv ? parsePrimaryRecord(kv.value, kv.key) : undefined;
+  }
+
+  async replica(host: string): Promise<ReplicaRecord | undefined> {
+    const kv = await this.etcd.get(keys.replica(this.volume, host));
+    return kv ? parseReplicaRecord(kv.value, kv.key) : undefined;
+  }
+
+  uri(host: string): string {
+    return `nbd://127.0.0.1:${localHostPorts(this.basePort, host).nbd}/${this.volume}`;
+  }
+
+  async qemuIo(host: string, command: string): Promise<boolean> {
+    return (await run("qemu-io", ["-f", "raw", "-c", command, this.uri(host)], { timeoutMs: 20_000 })).code === 0;
+  }
+}

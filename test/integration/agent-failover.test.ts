@@ -12,10 +12,10 @@ import { closeSync, openSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { alive, clusterDown, clusterUp, type LocalClusterState } from "../../src/cluster/local-cluster.js";
 import { EtcdClient } from "../../src/cluster/etcd-client.js";
-import { keys, parseEventRecord, parsePrimaryRecord, parseReplicaRecord } from "../../src/cluster/schema.js";
+import { keys, parseEventRecord } from "../../src/cluster/schema.js";
 import { haveEtcd } from "../helpers/etcd.js";
 import { haveTool, run, tempDir } from "../helpers/server-process.js";
-import { freeBasePort, until, TEST_TIMINGS } from "../helpers/cluster.js";
+import { freeBasePort, until, TEST_TIMINGS, VolumeProbe } from "../helpers/cluster.js";
 
 const VOLUME = "failover";
 const skip = !haveEtcd() || !haveTool("fio") ? "needs etcd and fio" : false;
@@ -28,22 +28,14 @@ describe("agent failover", { skip }, () => {
   const env = { ...process.env, HAVEN_CONTEXT: context };
   const haven = (args: string[]) => run(process.execPath, ["bin/haven.js", ...args], { env, timeoutMs: 60_000 });
 
-  const primary = async () => {
-    const kv = await etcd.get(keys.primary(VOLUME));
-    return kv ? parsePrimaryRecord(kv.value, kv.key) : undefined;
-  };
-  const replica = async (host: string) => {
-    const kv = await etcd.get(keys.replica(VOLUME, host));
-    return kv ? parseReplicaRecord(kv.value, kv.key) : undefined;
-  };
+  let probe: VolumeProbe;
+  const primary = () => probe.primary();
+  const replica = (host: string) => probe.replica(host);
   const events = async (kind: string) =>
     (await etcd.getPrefix(keys.events()))
       .map((kv) => parseEventRecord(kv.value, kv.key))
       .filter((event) => event.kind === kind && event.volume === VOLUME);
-  const nbdUri = (host: string) => {
-    const index = Number(host.slice(1));
-    return `nbd://127.0.0.1:${basePort + 10 * index + 2}/${VOLUME}`;
-  };
+  const nbdUri = (host: string) => probe.uri(host);
   const agentOf = (host: string) => cluster.agents.find((agent) => agent.name === host)!;
   /** Agents started again by the tests, by host: their pids replace the ones cluster up recorded. */
   const restarted = new Map<string, ChildProcess>();
@@ -86,6 +78,7 @@ describe("agent failover", { skip }, () => {
       timings: { ...TEST_TIMINGS },
     });
     etcd = new EtcdClient([cluster.endpoint]);
+    probe = new VolumeProbe(etcd, VOLUME, basePort);
     const created = await haven([
       "volume",
       "create",

@@ -7,13 +7,13 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { clusterDown, clusterUp, type LocalClusterState } from "../../src/cluster/local-cluster.js";
+import { clusterDown, clusterUp, localHostPorts, type LocalClusterState } from "../../src/cluster/local-cluster.js";
 import { EtcdClient } from "../../src/cluster/etcd-client.js";
-import { keys, parsePrimaryRecord, parseReplicaRecord } from "../../src/cluster/schema.js";
+import { keys, parseReplicaRecord } from "../../src/cluster/schema.js";
 import { haveEtcd } from "../helpers/etcd.js";
 import { haveTool, run, tempDir } from "../helpers/server-process.js";
 import { TcpProxy } from "../helpers/tcp-proxy.js";
-import { freeBasePort, until, TEST_TIMINGS } from "../helpers/cluster.js";
+import { freeBasePort, until, TEST_TIMINGS, VolumeProbe } from "../helpers/cluster.js";
 
 const VOLUME = "cut";
 const skip = !haveEtcd() || !haveTool("qemu-io") ? "needs etcd and qemu-io" : false;
@@ -25,17 +25,14 @@ describe("primary partitioned from etcd", { skip }, () => {
   let basePort = 0;
   const proxies = new Map<string, TcpProxy>();
 
-  const primary = async () => {
-    const kv = await etcd.get(keys.primary(VOLUME));
-    return kv ? parsePrimaryRecord(kv.value, kv.key) : undefined;
-  };
-  const uri = (host: string) => `nbd://127.0.0.1:${basePort + 10 * Number(host.slice(1)) + 2}/${VOLUME}`;
-  const write = async (host: string, n: number): Promise<boolean> =>
-    (await run("qemu-io", ["-f", "raw", "-c", `write -P ${n % 256} ${n * 4096} 4k`, uri(host)], { timeoutMs: 20_000 }))
-      .code === 0;
+  let probe: VolumeProbe;
+  const primary = () => probe.primary();
+  const write = (host: string, n: number): Promise<boolean> => probe.qemuIo(host, `write -P ${n % 256} ${n * 4096} 4k`);
   const readBack = async (host: string, n: number): Promise<boolean> =>
     (
-      await run("qemu-io", ["-f", "raw", "-c", `read -P ${n % 256} ${n * 4096} 4k`, uri(host)], { timeoutMs: 20_000 })
+      await run("qemu-io", ["-f", "raw", "-c", `read -P ${n % 256} ${n * 4096} 4k`, probe.uri(host)], {
+        timeoutMs: 20_000,
+      })
     ).stdout.includes("read 4096/4096");
 
   before(async () => {
@@ -53,6 +50,7 @@ describe("primary partitioned from etcd", { skip }, () => {
       etcdEndpointOf: (name) => `http://127.0.0.1:${proxies.get(name)!.port}`,
     });
     etcd = new EtcdClient([cluster.endpoint]);
+    probe = new VolumeProbe(etcd, VOLUME, basePort);
     const created = await run(
       process.execPath,
       ["bin/haven.js", "volume", "create", VOLUME, "--size", "64M", "--replicas", "2", "--etcd", cluster.endpoint],
@@ -119,26 +117,16 @@ describe("replication link cut while both hosts keep their leases", { skip }, ()
   let basePort = 0;
   const links = new Map<string, TcpProxy>();
 
-  const primary = async () => {
-    const kv = await etcd.get(keys.primary(VOLUME));
-    return kv ? parsePrimaryRecord(kv.value, kv.key) : undefined;
-  };
-  const recorded = async (host: string) => {
-    const kv = await etcd.get(keys.replica(VOLUME, host));
-    return kv ? parseReplicaRecord(kv.value, kv.key).state : undefined;
-  };
-  const uri = (host: string) => `nbd://127.0.0.1:${basePort + 10 * Number(host.slice(1)) + 2}/${VOLUME}`;
-  const qemuIo = async (host: string, command: string): Promise<boolean> =>
-    (await run("qemu-io", ["-f", "raw", "-c", command, uri(host)], { timeoutMs: 20_000 })).code === 0;
+  let probe: VolumeProbe;
+  const primary = () => probe.primary();
+  const recorded = async (host: string) => (await probe.replica(host))?.state;
+  const qemuIo = (host: string, command: string) => probe.qemuIo(host, command);
 
   before(async () => {
     basePort = await freeBasePort();
     // Each host's replica server is reached by the other through a proxy: the replication link.
-    for (const [host, index] of [
-      ["h1", 1],
-      ["h2", 2],
-    ] as const) {
-      const proxy = new TcpProxy("127.0.0.1", basePort + 10 * index + 1);
+    for (const host of ["h1", "h2"]) {
+      const proxy = new TcpProxy("127.0.0.1", localHostPorts(basePort, host).replication);
       await proxy.start();
       links.set(host, proxy);
     }
@@ -150,6 +138,7 @@ describe("replication link cut while both hosts keep their leases", { skip }, ()
       replicationPortOf: (name) => links.get(name)!.port,
     });
     etcd = new EtcdClient([cluster.endpoint]);
+    probe = new VolumeProbe(etcd, VOLUME, basePort);
     const created = await run(
       process.execPath,
       ["bin/haven.js", "volume", "create", VOLUME, "--size", "64M", "--replicas", "2", "--etcd", cluster.endpoint],

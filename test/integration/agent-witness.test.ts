@@ -10,8 +10,7 @@ import { join } from "node:path";
 import { EtcdClient } from "../../src/cluster/etcd-client.js";
 import { startEtcd, type EtcdProcess } from "../../src/cluster/etcd-process.js";
 import { clusterDown, clusterUp, type LocalClusterState } from "../../src/cluster/local-cluster.js";
-import { keys, parsePrimaryRecord } from "../../src/cluster/schema.js";
-import { freeBasePort, until, TEST_TIMINGS } from "../helpers/cluster.js";
+import { freeBasePort, until, TEST_TIMINGS, VolumeProbe } from "../helpers/cluster.js";
 import { haveEtcd } from "../helpers/etcd.js";
 import { haveTool, run, tempDir } from "../helpers/server-process.js";
 
@@ -25,13 +24,9 @@ describe("two hosts and a witness", { skip }, () => {
   let etcd: EtcdClient;
   let basePort = 0;
 
-  const uri = (host: string) => `nbd://127.0.0.1:${basePort + 10 * Number(host.slice(1)) + 2}/${VOLUME}`;
-  const primary = async () => {
-    const kv = await etcd.get(keys.primary(VOLUME));
-    return kv ? parsePrimaryRecord(kv.value, kv.key) : undefined;
-  };
-  const qemuIo = async (host: string, command: string): Promise<boolean> =>
-    (await run("qemu-io", ["-f", "raw", "-c", command, uri(host)], { timeoutMs: 20_000 })).code === 0;
+  let probe: VolumeProbe;
+  const primary = () => probe.primary();
+  const qemuIo = (host: string, command: string) => probe.qemuIo(host, command);
 
   before(async () => {
     basePort = await freeBasePort();
@@ -52,6 +47,7 @@ describe("two hosts and a witness", { skip }, () => {
     names.forEach((name, i) => members.set(name, started[i]!));
     const endpoints = started.map((member) => member.endpoint);
     etcd = new EtcdClient(endpoints);
+    probe = new VolumeProbe(etcd, VOLUME, basePort);
     cluster = await clusterUp({
       dir: join(dir.path, "cluster"),
       hosts: 2,
