@@ -219,6 +219,8 @@ export class Agent implements AgentView {
       eventLoopLagMs: health.eventLoopLagMs,
       problems: problems.map((problem) => problem.slice(0, 300)),
       copies,
+      disks: [],
+      links: [],
     };
     await this.etcd.put(keys.health(this.name), JSON.stringify(record), { lease });
   }

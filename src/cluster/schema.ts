@@ -94,6 +94,26 @@ export interface CopyHealth {
   } | null;
 }
 
+/** One disk's latest probe: a small write and fsync in its directory, and its free space. */
+export interface DiskHealth {
+  readonly name: string;
+  readonly ok: boolean;
+  /** What failed, or "ok". */
+  readonly detail: string;
+  /** How long the probe's write and fsync took; null when it failed. */
+  readonly probeMs: number | null;
+}
+
+/** The heartbeat over the replication link to one peer host (a PING to its replica server). */
+export interface LinkHealth {
+  readonly peer: string;
+  readonly up: boolean;
+  /** The latest heartbeat's round trip; null while none has been answered. */
+  readonly rttMs: number | null;
+  /** Why it is down, or "ok". */
+  readonly detail: string;
+}
+
 /** A host's latest health check, every healthCheckIntervalMs. */
 export interface HostHealthRecord {
   readonly checkedAt: string;
@@ -102,6 +122,8 @@ export interface HostHealthRecord {
   /** What is wrong, in words; empty when nothing is. */
   readonly problems: readonly string[];
   readonly copies: readonly CopyHealth[];
+  readonly disks: readonly DiskHealth[];
+  readonly links: readonly LinkHealth[];
 }
 
 export function parseHostHealthRecord(value: string, key: string): HostHealthRecord {
@@ -111,6 +133,10 @@ export function parseHostHealthRecord(value: string, key: string): HostHealthRec
   if (!Array.isArray(problems) || problems.some((p) => typeof p !== "string"))
     throw bad(key, "problems is not a list of strings");
   if (!Array.isArray(copies)) throw bad(key, "copies is not a list");
+  const disks = o.disks ?? [];
+  const links = o.links ?? [];
+  if (!Array.isArray(disks)) throw bad(key, "disks is not a list");
+  if (!Array.isArray(links)) throw bad(key, "links is not a list");
   return {
     checkedAt: text(o, "checkedAt", key),
     eventLoopLagMs: count(o, "eventLoopLagMs", key),
@@ -139,7 +165,43 @@ export function parseHostHealthRecord(value: string, key: string): HostHealthRec
         resync: parsedResync,
       };
     }),
+    disks: disks.map((d: unknown, i) => {
+      const disk = member(d);
+      const where = `${key} disks[${i}]`;
+      return {
+        name: text(disk, "name", where),
+        ok: flag(disk, "ok", where),
+        detail: text(disk, "detail", where),
+        probeMs: disk.probeMs === null || disk.probeMs === undefined ? null : amount(disk, "probeMs", where),
+      };
+    }),
+    links: links.map((l: unknown, i) => {
+      const link = member(l);
+      const where = `${key} links[${i}]`;
+      return {
+        peer: text(link, "peer", where),
+        up: flag(link, "up", where),
+        rttMs: link.rttMs === null || link.rttMs === undefined ? null : amount(link, "rttMs", where),
+        detail: text(link, "detail", where),
+      };
+    }),
   };
+}
+
+function member(value: unknown): Record<string, unknown> {
+  return typeof value === "object" && value !== null ? (value as Record<string, unknown>) : {};
+}
+
+function amount(o: Record<string, unknown>, field: string, key: string): number {
+  const v = o[field];
+  if (typeof v !== "number" || !Number.isFinite(v) || v < 0) throw bad(key, `${field} is not a number >= 0`);
+  return v;
+}
+
+function flag(o: Record<string, unknown>, field: string, key: string): boolean {
+  const v = o[field];
+  if (typeof v !== "boolean") throw bad(key, `${field} is not true or false`);
+  return v;
 }
 
 /** A switchover asked for: the primary's agent stops the engine cleanly, then hands the record over. */

@@ -152,7 +152,7 @@ test("health checks: each live host's verdict, and a resyncing copy's progress a
   const withHealth = {
     ...records,
     health: new Map([
-      ["node1", { checkedAt: TIME, eventLoopLagMs: 3, problems: [], copies: [] }],
+      ["node1", { checkedAt: TIME, eventLoopLagMs: 3, problems: [], copies: [], disks: [], links: [] }],
       [
         "node2",
         {
@@ -168,10 +168,12 @@ test("health checks: each live host's verdict, and a resyncing copy's progress a
               resync: { percent: 42, bytesPerSecond: 80 * 1024 * 1024, etaSeconds: 12 },
             },
           ],
+          disks: [],
+          links: [],
         },
       ],
       // A dead host's last check is not shown: it says nothing about now.
-      ["node3", { checkedAt: TIME, eventLoopLagMs: 0, problems: ["stale"], copies: [] }],
+      ["node3", { checkedAt: TIME, eventLoopLagMs: 0, problems: ["stale"], copies: [], disks: [], links: [] }],
     ]),
   };
   const view = clusterView(withHealth);
