@@ -26,6 +26,7 @@ import {
   parseHandoverRecord,
   parseReplicaRecord,
   type CopyHealth,
+  type DiskHealth,
   type HandoverRecord,
   type HostHealthRecord,
   type EventRecord,
@@ -43,6 +44,9 @@ import { ReplicaServer } from "../replica/replica-server.js";
 import type { AgentConfig } from "./config.js";
 import { decide, type Action } from "./decide.js";
 import { LeaseKeeper } from "./lease-keeper.js";
+import { BackgroundProbe, probeDisk, probeNbdFront } from "./health-probes.js";
+import { PeerLinks, type PeerAddress } from "./peer-links.js";
+import { replicaPinger } from "./replica-pinger.js";
 
 /** A copy that does not answer within this is faulted (the volume carries on without it). */
 const REPLICA_TIMEOUT_MS = 3_000;
@@ -52,6 +56,10 @@ const STARTUP_WAIT_MS = 3_000;
 const RESTARTED = "; engine (re)started at a new epoch";
 /** Between attempts to record a copy's state while etcd does not answer. */
 const RECORD_RETRY_MS = 200;
+/** A disk probe (write + fsync) or NBD front probe still running after this is reported as hung. */
+const PROBE_TIMEOUT_MS = 5_000;
+/** A keepalive last accepted this many renew intervals ago means etcd is hard to reach. */
+const ETCD_SLOW_RENEWS = 2;
 
 interface Running {
   readonly engine: VolumeEngine;
@@ -94,6 +102,12 @@ export class Agent implements AgentView {
   /** Hosts holding a lease, as of the last reconcile: copies on other hosts are not waited for. */
   private alive = new Set<string>();
   private watchdogTimer: NodeJS.Timeout | undefined;
+  private readonly links: PeerLinks;
+  private readonly diskProbes: { readonly name: string; readonly probe: BackgroundProbe<DiskHealth> }[];
+  private readonly nbdProbe: BackgroundProbe<{ problems: string[]; missing: string[] }>;
+  /** Each disk's verdict at the previous check, so a change is an event. */
+  private readonly diskWasOk = new Map<string, boolean>();
+  private latestDisks: readonly DiskHealth[] = [];
 
   constructor(
     readonly config: AgentConfig,
@@ -116,6 +130,27 @@ export class Agent implements AgentView {
       onLost: (reason) => this.onLeaseLost(reason),
       onRegained: (lease) => this.register(lease),
     });
+    const { peerHeartbeatIntervalMs, peerHeartbeatMissLimit } = config.timings;
+    this.links = new PeerLinks({
+      intervalMs: peerHeartbeatIntervalMs,
+      missLimit: peerHeartbeatMissLimit,
+      connect: replicaPinger(secret, (line) => log(`heartbeat: ${line}`)),
+      onChange: ({ peer, up, detail }) =>
+        this.track(
+          this.event(
+            up ? "link-up" : "link-down",
+            `replication link to ${peer} ${up ? "is up again" : "is down"}: ${detail}`,
+          ),
+        ),
+    });
+    this.diskProbes = config.disks.map((disk) => ({
+      name: disk.name,
+      probe: new BackgroundProbe(() => probeDisk(disk), PROBE_TIMEOUT_MS),
+    }));
+    this.nbdProbe = new BackgroundProbe(
+      () => probeNbdFront(config.host.address, this.nbdPort, [...this.running.keys()], PROBE_TIMEOUT_MS),
+      PROBE_TIMEOUT_MS * 2,
+    );
   }
 
   get name(): string {
@@ -146,6 +181,7 @@ export class Agent implements AgentView {
     this.stopped = true;
     clearTimeout(this.timer);
     for (const watch of this.watches.values()) watch.cancel();
+    this.links.stop();
     await this.reconciling;
     for (const name of [...this.running.keys()]) await this.stopVolume(name, "the agent is stopping");
     await this.event("agent-stopped", "agent stopped; its lease is revoked").catch(() => undefined);
@@ -174,20 +210,75 @@ export class Agent implements AgentView {
   }
 
   /**
+   * The disks' latest probes (a write and fsync each, in the background); a disk that fails or stops
+   * failing is an event. A failed disk keeps this host from promoting its copies (decide.ts).
+   */
+  private checkDisks(): DiskHealth[] {
+    const disks = this.diskProbes.map(({ name, probe }) => {
+      const health = probe.poll((runningMs) => ({
+        name,
+        ok: false,
+        detail: `probe write and fsync hung for ${runningMs} ms`,
+        probeMs: null,
+      }));
+      return health ?? { name, ok: true, detail: "first probe running", probeMs: null };
+    });
+    for (const disk of disks) {
+      const was = this.diskWasOk.get(disk.name);
+      this.diskWasOk.set(disk.name, disk.ok);
+      if (was === disk.ok || (was === undefined && disk.ok)) continue;
+      this.track(
+        this.event(
+          disk.ok ? "disk-ok" : "disk-failed",
+          `disk ${disk.name}: ${disk.ok ? "probe ok again" : disk.detail}`,
+        ),
+      );
+    }
+    this.latestDisks = disks;
+    return disks;
+  }
+
+  /**
+   * The NBD front's latest probe (a client handshake that lists exports); an export missing for a
+   * volume whose engine runs here is put back, since clients could not reach the volume otherwise.
+   */
+  private checkNbdFront(): string[] {
+    const result = this.nbdProbe.poll((runningMs) => ({
+      problems: [`the NBD front has not answered a handshake for ${runningMs} ms`],
+      missing: [],
+    }));
+    if (result === undefined) return [];
+    for (const name of result.missing) {
+      const running = this.running.get(name);
+      if (running === undefined || this.nbd.find(name) !== undefined) continue;
+      this.nbd.addExport({ name, description: `Haven volume ${name}`, device: running.engine });
+      this.track(this.event("nbd-export-restored", "the NBD front had lost this volume's export; restored", name));
+    }
+    return result.problems;
+  }
+
+  /**
    * This round's health check, on the host's lease (it goes when the host does): event-loop lag
-   * against its limit, each served volume's engine state and each copy's state with resync progress,
-   * and what is wrong, in words. `haven status` shows it.
+   * against its limit, etcd reachability (the age of the last accepted keepalive), the disks' and
+   * NBD front's probes, the heartbeat of every replication link, each served volume's engine state and
+   * each copy's state with resync progress, and what is wrong, in words. `haven status` shows it.
    */
   private async publishHealth(): Promise<void> {
     const lease = this.lease.current;
     if (lease === undefined) return;
     const health = this.health();
     this.lag.reset(); // each check covers the time since the previous one; API reads do not reset it
+    const { eventLoopLagLimitMs, renewIntervalMs } = this.config.timings;
     const problems: string[] = [];
-    if (health.eventLoopLagMs > this.config.timings.eventLoopLagLimitMs)
-      problems.push(
-        `event loop stalled ${health.eventLoopLagMs} ms (limit ${this.config.timings.eventLoopLagLimitMs})`,
-      );
+    if (health.eventLoopLagMs > eventLoopLagLimitMs)
+      problems.push(`event loop stalled ${health.eventLoopLagMs} ms (limit ${eventLoopLagLimitMs})`);
+    if (health.lastKeepaliveAgoMs > ETCD_SLOW_RENEWS * renewIntervalMs)
+      problems.push(`etcd accepted the last lease keepalive ${health.lastKeepaliveAgoMs} ms ago`);
+    const disks = this.checkDisks();
+    for (const disk of disks) if (!disk.ok) problems.push(`disk ${disk.name}: ${disk.detail}`);
+    problems.push(...this.checkNbdFront());
+    const links = this.links.health();
+    for (const link of links) if (!link.up) problems.push(`replication link to ${link.peer} down: ${link.detail}`);
     const copies: CopyHealth[] = [];
     for (const [name, running] of this.running) {
       const status = running.engine.status();
@@ -219,8 +310,8 @@ export class Agent implements AgentView {
       eventLoopLagMs: health.eventLoopLagMs,
       problems: problems.map((problem) => problem.slice(0, 300)),
       copies,
-      disks: [],
-      links: [],
+      disks,
+      links,
     };
     await this.etcd.put(keys.health(this.name), JSON.stringify(record), { lease });
   }
@@ -231,8 +322,11 @@ export class Agent implements AgentView {
     return {
       name: this.name,
       leaseHeld: this.lease.current !== undefined,
+      lastKeepaliveAgoMs: Math.round(this.lease.lastAcceptedAgoMs()),
       eventLoopLagMs: Math.round(lagMs),
       volumes: [...this.running.keys()],
+      disks: this.latestDisks,
+      links: this.links.health(),
     };
   }
 
@@ -329,6 +423,8 @@ export class Agent implements AgentView {
   async reconcile(): Promise<void> {
     const view = await this.readCluster();
     this.alive = view.alive;
+    this.links.setPeers(this.peers(view));
+    const failedDisk = this.latestDisks.find((disk) => !disk.ok && disk.name === this.config.disks[0]!.name);
     const now = performance.now();
     for (const [name, { record }] of view.primaries) {
       if (view.alive.has(record.host)) this.primaryDeadSince.delete(name);
@@ -348,6 +444,8 @@ export class Agent implements AgentView {
           now,
           primaryDeadSince: this.primaryDeadSince,
           failoverGraceMs: this.config.timings.failoverGraceMs,
+          diskProblem: failedDisk && `disk ${failedDisk.name} failed its health check (${failedDisk.detail})`,
+          linkUp: (host) => this.links.isUp(host),
         },
       );
       await this.act(spec, action, view, primary?.modRevision ?? 0);
@@ -471,6 +569,20 @@ export class Agent implements AgentView {
         return this.guarded(name, () => this.startVolume(spec, action.epoch, view));
       }
     }
+  }
+
+  /** The hosts this one shares a volume with: one heartbeat link each, to its replica server. */
+  private peers(view: ClusterView): Map<string, PeerAddress> {
+    const peers = new Map<string, PeerAddress>();
+    for (const spec of view.volumes.values()) {
+      if (!spec.replicas.some((replica) => replica.host === this.name)) continue;
+      for (const { host } of spec.replicas) {
+        const info = view.hostInfo.get(host);
+        if (host === this.name || info === undefined) continue;
+        peers.set(host, { address: info.address, port: info.replicationPort });
+      }
+    }
+    return peers;
   }
 
   private async guarded(name: string, work: () => Promise<void>): Promise<void> {

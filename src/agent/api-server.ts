@@ -3,7 +3,7 @@
 // request bodies are validated by JSON schema, and every error is JSON with the registry code:
 // { "error": { "code": "HAVEN_ERR_...", "message": "..." } }.
 //
-//   GET  /v1/host                   this host: name, lease held, event-loop lag, volumes served here
+//   GET  /v1/host                   this host: lease, etcd reachability, event-loop lag, disks, links, volumes
 //   GET  /v1/volumes                the engines running here, with their status
 //   GET  /v1/volumes/:name          one engine's status (404 when not served here)
 //   POST /v1/volumes/:name/verify   { "repair": boolean }: starts an online verify
@@ -11,13 +11,19 @@
 import { timingSafeEqual, createHash } from "node:crypto";
 import Fastify, { type FastifyInstance, type FastifyReply } from "fastify";
 import { HavenError } from "../core/errors.js";
+import type { DiskHealth, LinkHealth } from "../cluster/schema.js";
 import type { EngineControl, VolumeStatus } from "../engine/status.js";
 
 export interface HostHealth {
   readonly name: string;
   readonly leaseHeld: boolean;
+  /** Since the send of the last keepalive etcd accepted: how reachable etcd is from here. */
+  readonly lastKeepaliveAgoMs: number;
   readonly eventLoopLagMs: number;
   readonly volumes: readonly string[];
+  /** The disks' latest probes and the replication links' heartbeats. */
+  readonly disks: readonly DiskHealth[];
+  readonly links: readonly LinkHealth[];
 }
 
 /** What the API asks of the agent. */

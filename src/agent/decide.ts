@@ -7,6 +7,10 @@
 //   the grace period, with an epoch one above the record's, by compare-and-swap on the primary key (so
 //   of two standbys racing, one wins). A standby whose copy is not in sync never promotes: the volume
 //   stays down and says why until a copy that is comes back or an operator forces a promotion.
+// - A standby whose own disk fails its health check does not promote either: its copy would fault on
+//   the first write. The failover's reason says whether the old primary also stopped answering the
+//   heartbeats over the replication link (host or network gone) or still answers them (cut off from
+//   etcd only, so it has fenced itself: the lease rule, not the heartbeat, is what makes this safe).
 
 import type { PrimaryRecord, ReplicaRecord, VolumeSpec } from "../cluster/schema.js";
 
@@ -28,6 +32,10 @@ export interface HostView {
   readonly now: number;
   readonly primaryDeadSince: ReadonlyMap<string, number>;
   readonly failoverGraceMs: number;
+  /** Why this host's disk for copies is unusable, when its latest probe failed. */
+  readonly diskProblem?: string | undefined;
+  /** Whether the heartbeat link to a host is up; undefined when there is none. */
+  readonly linkUp?: (host: string) => boolean | undefined;
 }
 
 export type Action =
@@ -61,13 +69,25 @@ export function decide(volume: VolumeView, host: HostView): Action {
         "it may lack acknowledged writes, so it is not promoted",
     };
   }
+  if (host.diskProblem !== undefined)
+    return {
+      kind: "wait",
+      reason: `primary ${primary.host} is gone, but this host's ${host.diskProblem}: it does not take over`,
+    };
   const deadSince = host.primaryDeadSince.get(name) ?? host.now;
   if (host.now - deadSince < host.failoverGraceMs)
     return { kind: "wait", reason: "grace period after the primary's lease expired" };
+  const link = host.linkUp?.(primary.host);
+  const heartbeat =
+    link === undefined
+      ? ""
+      : link
+        ? ` (${primary.host} still answers heartbeats over the replication link: it is cut off from etcd and has fenced itself)`
+        : ` (${primary.host} stopped answering heartbeats over the replication link too)`;
   return {
     kind: "promote",
     epoch: primary.epoch + 1,
-    reason: `primary ${primary.host}'s lease expired; this host's copy is recorded in sync`,
+    reason: `primary ${primary.host}'s lease expired${heartbeat}; this host's copy is recorded in sync`,
   };
 }
 

@@ -51,6 +51,11 @@ export class LeaseKeeper {
     return false;
   }
 
+  /** How long ago (ms) the last keepalive etcd accepted was sent; Infinity before the first. */
+  lastAcceptedAgoMs(): number {
+    return this.now() - this.lastRenewSentAt;
+  }
+
   /** Stops renewing; with `revoke`, also deletes the host's lease-bound keys at once (a clean exit). */
   async stop(revoke: boolean): Promise<void> {
     this.stopped = true;

@@ -137,6 +137,17 @@ function healthText(host: HostView): string {
   return rest.length > 0 ? `${first} (+${rest.length} more)` : first;
 }
 
+/** "h2 up 0.4 ms, h3 DOWN": each replication link's heartbeat, "-" without a check or a link. */
+function linksText(host: HostView): string {
+  const links = host.health?.links ?? [];
+  if (links.length === 0) return "-";
+  return links
+    .map((link) =>
+      link.up ? `${link.peer} up${link.rttMs === null ? "" : ` ${link.rttMs.toFixed(1)} ms`}` : `${link.peer} DOWN`,
+    )
+    .join(", ");
+}
+
 function hostRows(hosts: readonly HostView[]): Cell[][] {
   return hosts.map((host) => [
     { text: host.name },
@@ -145,11 +156,12 @@ function hostRows(hosts: readonly HostView[]): Cell[][] {
     { text: String(host.nbdPort) },
     { text: String(host.copies) },
     { text: disks(host) },
+    { text: linksText(host) },
     { text: healthText(host), toned: true },
   ]);
 }
 
-const HOST_HEADINGS = ["HOST", "STATE", "ADDRESS", "NBD PORT", "COPIES", "DISKS (USED/CAPACITY)", "HEALTH"];
+const HOST_HEADINGS = ["HOST", "STATE", "ADDRESS", "NBD PORT", "COPIES", "DISKS (USED/CAPACITY)", "LINKS", "HEALTH"];
 
 function volumeRows(volumes: readonly VolumeView[]): Cell[][] {
   return volumes.map((volume) => [

@@ -10,7 +10,15 @@
 //   healthy   otherwise.
 
 import type { ClusterRecords } from "./cluster-read.js";
-import type { CopyHealth, HostRecord, PrimaryRecord, RecordedReplicaState, VolumeSpec } from "./schema.js";
+import type {
+  CopyHealth,
+  DiskHealth,
+  HostRecord,
+  LinkHealth,
+  PrimaryRecord,
+  RecordedReplicaState,
+  VolumeSpec,
+} from "./schema.js";
 
 export type HostState = "alive" | "dead";
 export type VolumeHealth = "healthy" | "degraded" | "down";
@@ -24,6 +32,8 @@ export interface HostView extends HostRecord {
     readonly checkedAt: string;
     readonly eventLoopLagMs: number;
     readonly problems: readonly string[];
+    readonly disks: readonly DiskHealth[];
+    readonly links: readonly LinkHealth[];
   } | null;
 }
 
@@ -123,7 +133,13 @@ function hostHealth(records: ClusterRecords, name: string): HostView["health"] {
   const record = records.liveHosts.has(name) ? records.health.get(name) : undefined;
   return record === undefined
     ? null
-    : { checkedAt: record.checkedAt, eventLoopLagMs: record.eventLoopLagMs, problems: record.problems };
+    : {
+        checkedAt: record.checkedAt,
+        eventLoopLagMs: record.eventLoopLagMs,
+        problems: record.problems,
+        disks: record.disks,
+        links: record.links,
+      };
 }
 
 export function clusterView(records: ClusterRecords): ClusterView {

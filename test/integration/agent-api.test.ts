@@ -9,7 +9,15 @@ import { FakeEngineControl, healthyStatus } from "../helpers/fake-engine.js";
 
 const TOKEN = "a-token-of-more-than-16-characters";
 const engine = new FakeEngineControl(healthyStatus());
-const health: HostHealth = { name: "h1", leaseHeld: true, eventLoopLagMs: 3, volumes: ["vol"] };
+const health: HostHealth = {
+  name: "h1",
+  leaseHeld: true,
+  lastKeepaliveAgoMs: 120,
+  eventLoopLagMs: 3,
+  volumes: ["vol"],
+  disks: [{ name: "d0", ok: true, detail: "ok", probeMs: 1.25 }],
+  links: [{ peer: "h2", up: false, rttMs: null, detail: "4 heartbeats missed in a row (connection refused)" }],
+};
 const server = new AgentApiServer({ health: () => health, engines: () => new Map([["vol", engine]]) }, TOKEN);
 let base = "";
 

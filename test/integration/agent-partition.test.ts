@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { clusterDown, clusterUp, localHostPorts, type LocalClusterState } from "../../src/cluster/local-cluster.js";
 import { EtcdClient } from "../../src/cluster/etcd-client.js";
-import { keys, parseReplicaRecord } from "../../src/cluster/schema.js";
+import { keys, parseEventRecord, parseHostHealthRecord, parseReplicaRecord } from "../../src/cluster/schema.js";
 import { haveEtcd } from "../helpers/etcd.js";
 import { haveTool, run, tempDir } from "../helpers/server-process.js";
 import { TcpProxy } from "../helpers/tcp-proxy.js";
@@ -121,6 +121,10 @@ describe("replication link cut while both hosts keep their leases", { skip }, ()
   const primary = () => probe.primary();
   const recorded = async (host: string) => (await probe.replica(host))?.state;
   const qemuIo = (host: string, command: string) => probe.qemuIo(host, command);
+  const linkEvents = async (kind: string) =>
+    (await etcd.getPrefix(keys.events()))
+      .map((kv) => parseEventRecord(kv.value, kv.key))
+      .filter((e) => e.kind === kind);
 
   before(async () => {
     basePort = await freeBasePort();
@@ -162,6 +166,17 @@ describe("replication link cut while both hosts keep their leases", { skip }, ()
     await until("the standby's copy on record as out of sync", async () =>
       (await recorded(standby)) === "out-of-sync" ? true : undefined,
     );
+    // The heartbeats over the cut link stop: the primary's health check says so, and so do the events.
+    const link = await until("the primary to report its link to the standby down", async () => {
+      const kv = await etcd.get(keys.health(first.host));
+      const found = kv && parseHostHealthRecord(kv.value, kv.key).links.find((l) => l.peer === standby);
+      return found && !found.up ? found : undefined;
+    });
+    assert.match(link.detail, /heartbeats missed in a row/);
+    assert.ok(
+      (await linkEvents("link-down")).some((e) => e.host === first.host && e.message.includes(standby)),
+      "a link-down event",
+    );
     // Three lease lifetimes with both hosts in quorum: the primary record must not move.
     const watchUntil = Date.now() + 3 * TEST_TIMINGS.leaseTtlMs;
     while (Date.now() < watchUntil) {
@@ -176,6 +191,11 @@ describe("replication link cut while both hosts keep their leases", { skip }, ()
       "the standby's copy to resync into the in-sync set",
       async () => ((await recorded(standby)) === "in-sync" ? true : undefined),
       60_000,
+    );
+    await until("a link-up event from the primary", async () =>
+      (await linkEvents("link-up")).some((e) => e.host === first.host && e.message.includes(standby))
+        ? true
+        : undefined,
     );
     for (const [pattern, offset] of [
       ["0x11", "0"],

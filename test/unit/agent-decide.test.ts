@@ -89,3 +89,26 @@ test("a host without a copy neither serves nor promotes", () => {
   assert.deepEqual(decide(volume("a", { c: record("in-sync") }), stranger), { kind: "none" });
   assert.deepEqual(decide(volume("c"), stranger), { kind: "none" });
 });
+
+test("a standby whose disk failed its health check does not promote, and says why", () => {
+  const gone = host({ alive: new Set(["b"]), primaryDeadSince: new Map([["v", 0]]) });
+  const action = decide(volume("a", { b: record("in-sync") }), {
+    ...gone,
+    diskProblem: "disk d failed its health check (EIO)",
+  });
+  assert.equal(action.kind, "wait");
+  assert.match((action as { reason: string }).reason, /disk d failed its health check \(EIO\): it does not take over/);
+  assert.equal(decide(volume("a", { b: record("in-sync") }), gone).kind, "promote");
+});
+
+test("a failover says whether the old primary still answered heartbeats over the replication link", () => {
+  const gone = host({ alive: new Set(["b"]), primaryDeadSince: new Map([["v", 0]]) });
+  const reason = (linkUp: boolean | undefined): string => {
+    const action = decide(volume("a", { b: record("in-sync") }), { ...gone, linkUp: () => linkUp });
+    assert.equal(action.kind, "promote");
+    return (action as { reason: string }).reason;
+  };
+  assert.match(reason(true), /a still answers heartbeats over the replication link: it is cut off from etcd/);
+  assert.match(reason(false), /a stopped answering heartbeats over the replication link too/);
+  assert.doesNotMatch(reason(undefined), /heartbeat/);
+});

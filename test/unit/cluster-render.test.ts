@@ -62,10 +62,10 @@ test("status: the summary, a host table and a volume table with health, primary,
     [
       "3 hosts (2 alive, 1 dead), 3 volumes (1 healthy, 1 degraded, 1 down)",
       "",
-      "HOST   STATE  ADDRESS   NBD PORT  COPIES  DISKS (USED/CAPACITY)                        HEALTH",
-      "node1  alive  10.0.0.1  10809     3       ssd0 10.0 GiB/100.0 GiB                      -",
-      "node2  alive  10.0.0.2  10809     2       ssd0 0 B/100.0 GiB, hdd0 512.0 GiB/1.00 TiB  -",
-      "node3  dead   10.0.0.3  10809     1       (no disks)                                   -",
+      "HOST   STATE  ADDRESS   NBD PORT  COPIES  DISKS (USED/CAPACITY)                        LINKS  HEALTH",
+      "node1  alive  10.0.0.1  10809     3       ssd0 10.0 GiB/100.0 GiB                      -      -",
+      "node2  alive  10.0.0.2  10809     2       ssd0 0 B/100.0 GiB, hdd0 512.0 GiB/1.00 TiB  -      -",
+      "node3  dead   10.0.0.3  10809     1       (no disks)                                   -      -",
       "",
       "VOLUME  SIZE      HEALTH    PRIMARY                COPIES                                    NBD",
       "db      10.0 GiB  degraded  node2 (epoch 3)        node2 out-of-sync, node1 in-sync          nbd://10.0.0.2:10809/db",
@@ -152,7 +152,20 @@ test("health checks: each live host's verdict, and a resyncing copy's progress a
   const withHealth = {
     ...records,
     health: new Map([
-      ["node1", { checkedAt: TIME, eventLoopLagMs: 3, problems: [], copies: [], disks: [], links: [] }],
+      [
+        "node1",
+        {
+          checkedAt: TIME,
+          eventLoopLagMs: 3,
+          problems: [],
+          copies: [],
+          disks: [],
+          links: [
+            { peer: "node2", up: true, rttMs: 0.42, detail: "ok" },
+            { peer: "node3", up: false, rttMs: null, detail: "4 heartbeats missed in a row (refused)" },
+          ],
+        },
+      ],
       [
         "node2",
         {
@@ -180,7 +193,7 @@ test("health checks: each live host's verdict, and a resyncing copy's progress a
   const hosts = renderStatus(view).split("\n");
   assert.match(
     hosts.find((line) => line.startsWith("node1"))!,
-    / ok$/,
+    / node2 up 0\.4 ms, node3 DOWN +ok$/,
   );
   assert.match(
     hosts.find((line) => line.startsWith("node2"))!,
