@@ -177,12 +177,12 @@ export async function authenticateServer(connection: FrameConnection, secret: Bu
   if (reply.type !== FrameType.AUTH_OK) {
     throw new HavenError(
       "HAVEN_ERR_CONFIG",
-      `replica server refused us: ${reply.payload.toString("utf8").slice(0, 200)} (check --secret-file)`,
+      `replica server refused us: ${reply.payload.toString("utf8").slice(0, 200)} (check the secret file: --secret-file, or replication.secretFile in an agent config)`,
     );
   }
   if (!verifyProof(secret, "replica-server", ours, reply.payload))
     throw new HavenError(
       "HAVEN_ERR_CONFIG",
-      "replica server's proof does not match the shared secret (check --secret-file)",
+      "replica server's proof does not match the shared secret (check the secret file: --secret-file, or replication.secretFile in an agent config)",
     );
 }
