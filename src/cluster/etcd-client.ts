@@ -42,16 +42,25 @@ export interface EtcdClientOptions {
 
 export type CompareResult = "equal" | "notEqual" | "greater" | "less";
 
+/**
+ * What a condition looks at: one key, or every key under a prefix. A prefix holds only if the condition
+ * holds for each of its keys; an empty prefix compares like a missing key (revisions and version 0, and
+ * a value never matches). Deleted keys leave no trace in a prefix, so "nothing under it changed" needs
+ * more than a modRevision condition when a deletion matters.
+ */
+export type CompareSubject = { readonly key: string } | { readonly prefix: string };
+
 /** One condition of a transaction; a key that does not exist has revisions and version 0. */
-export type Compare =
-  | { readonly key: string; readonly target: "value"; readonly result: CompareResult; readonly value: string }
-  | {
-      readonly key: string;
-      readonly target: "version" | "createRevision" | "modRevision";
-      readonly result: CompareResult;
-      readonly value: number;
-    }
-  | { readonly key: string; readonly target: "lease"; readonly result: CompareResult; readonly value: LeaseId };
+export type Compare = CompareSubject &
+  (
+    | { readonly target: "value"; readonly result: CompareResult; readonly value: string }
+    | {
+        readonly target: "version" | "createRevision" | "modRevision";
+        readonly result: CompareResult;
+        readonly value: number;
+      }
+    | { readonly target: "lease"; readonly result: CompareResult; readonly value: LeaseId }
+  );
 
 export type TxnOperation =
   | { readonly type: "put"; readonly key: string; readonly value: string; readonly lease?: LeaseId }
@@ -72,6 +81,23 @@ export interface TxnResult {
   readonly revision: number;
   /** One result per operation of the branch that ran. */
   readonly results: TxnOperationResult[];
+}
+
+/** One page of a range read. */
+export interface RangePage {
+  /** The keys read, in key order (values "" when read keys only). */
+  readonly kvs: KeyValue[];
+  /** How many keys the whole range holds at `revision`, however many were read. */
+  readonly count: number;
+  /** The store revision the page was read at. */
+  readonly revision: number;
+}
+
+export interface RangeOptions {
+  /** Read at most this many keys, the first in key order (default: every key). */
+  readonly limit?: number;
+  /** Read keys and revisions only, not values (each value reads as ""). */
+  readonly keysOnly?: boolean;
 }
 
 export interface Lease {
@@ -137,6 +163,31 @@ export class EtcdClient {
     return asArray(response.kvs, what, "kvs").map((kv) => parseKeyValue(kv, what));
   }
 
+  /**
+   * The first keys starting with `prefix`, in key order, and how many there are in all; one consistent
+   * read. With keysOnly and a small limit, a way to find a boundary key without reading every value.
+   */
+  async getPrefixPage(prefix: string, options: RangeOptions = {}): Promise<RangePage> {
+    const what = `get prefix "${prefix}"`;
+    const body: JsonObject = { ...prefixRange(prefix) };
+    if (options.limit !== undefined) {
+      if (!(Number.isSafeInteger(options.limit) && options.limit > 0)) {
+        throw new HavenError(
+          "HAVEN_ERR_INVALID_REQUEST",
+          `${what}: limit ${options.limit} is not a whole number above 0`,
+        );
+      }
+      body.limit = String(options.limit);
+    }
+    if (options.keysOnly === true) body.keys_only = true;
+    const response = await this.call("/v3/kv/range", body, what, "read");
+    return {
+      kvs: asArray(response.kvs, what, "kvs").map((kv) => parseKeyValue(kv, what)),
+      count: int64Field(response, "count", what),
+      revision: headerRevision(response, what),
+    };
+  }
+
   /** Sets the key, attached to `lease` if given (HAVEN_ERR_NOT_FOUND when that lease has expired). */
   async put(key: string, value: string, options: { lease?: LeaseId } = {}): Promise<{ revision: number }> {
     const what = `put "${key}"`;
@@ -155,6 +206,16 @@ export class EtcdClient {
   async deletePrefix(prefix: string): Promise<number> {
     const what = `delete prefix "${prefix}"`;
     const response = await this.call("/v3/kv/deleterange", prefixRange(prefix), what, "write");
+    return int64Field(response, "deleted", what);
+  }
+
+  /**
+   * Deletes every key from `from` up to but not including `to` (in byte order); resolves with how many
+   * there were. A key written meanwhile at or after `to` is never touched.
+   */
+  async deleteRange(from: string, to: string): Promise<number> {
+    const what = `delete from "${from}" to "${to}"`;
+    const response = await this.call("/v3/kv/deleterange", keyRange(from, to, what), what, "write");
     return int64Field(response, "deleted", what);
   }
 
@@ -297,6 +358,14 @@ function putRequest(key: string, value: string, lease: LeaseId | undefined): Jso
   };
 }
 
+/** The [from, to) range as etcd takes it; an empty or backward range is refused as a mistake. */
+function keyRange(from: string, to: string, what: string): { key: string; range_end: string } {
+  if (from === "" || Buffer.compare(Buffer.from(from, "utf8"), Buffer.from(to, "utf8")) >= 0) {
+    throw new HavenError("HAVEN_ERR_INVALID_REQUEST", `${what}: the range must start at a key before its end`);
+  }
+  return { key: encodeText(from), range_end: encodeText(to) };
+}
+
 function compareRequest(compare: Compare): JsonObject {
   const [target, field] = COMPARE_TARGETS[compare.target];
   let value: string;
@@ -306,12 +375,13 @@ function compareRequest(compare: Compare): JsonObject {
     if (!(Number.isSafeInteger(compare.value) && compare.value >= 0)) {
       throw new HavenError(
         "HAVEN_ERR_INVALID_REQUEST",
-        `compare ${compare.target} of "${compare.key}" with ${compare.value}`,
+        `compare ${compare.target} of ${"key" in compare ? `"${compare.key}"` : `prefix "${compare.prefix}"`} with ${compare.value}`,
       );
     }
     value = String(compare.value);
   }
-  return { key: encodeText(compare.key), target, result: COMPARE_RESULTS[compare.result], [field]: value };
+  const subject = "key" in compare ? { key: encodeText(compare.key) } : prefixRange(compare.prefix);
+  return { ...subject, target, result: COMPARE_RESULTS[compare.result], [field]: value };
 }
 
 function operationRequest(operation: TxnOperation): JsonObject {

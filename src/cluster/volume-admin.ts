@@ -3,6 +3,11 @@
 // record per copy (a new copy is all zeroes on every host, so every copy has every acknowledged write),
 // and disappears with them. The agents act on the change: the primary's agent creates the copies and
 // serves the volume; when the spec goes, each agent stops the engine and removes its copy.
+//
+// Creation places the copies on a snapshot of the cluster and must not over-promise a disk: two
+// creates that read the same snapshot could each put a copy on a disk with room for one. So the
+// transaction holds only if no volume spec was written since the snapshot, and a create that loses
+// re-reads and places again (a bounded number of times).
 
 import { HavenError } from "../core/errors.js";
 import { formatBytes } from "../util/units.js";
@@ -33,6 +38,9 @@ export interface CreatedVolume {
   readonly revision: number;
 }
 
+/** How many times a create re-reads and places again when other volumes were created meanwhile. */
+const MAX_CREATE_ATTEMPTS = 5;
+
 function put(key: string, value: object): TxnOperation {
   return { type: "put", key, value: JSON.stringify(value) };
 }
@@ -49,53 +57,71 @@ function alreadyExists(name: string, createdAt: string | undefined): HavenError 
   );
 }
 
-/** Places a new volume's copies on the live hosts and records it; HAVEN_ERR_CONFLICT if the name is taken. */
+/**
+ * Places a new volume's copies on the live hosts and records it; HAVEN_ERR_CONFLICT if the name is taken,
+ * or if other volumes kept being created while this one was placed.
+ */
 export async function createVolume(
   client: EtcdClient,
   request: { readonly name: string; readonly sizeBytes: number; readonly copies: number },
   options: AdminOptions,
 ): Promise<CreatedVolume> {
-  const records = await readClusterRecords(client);
-  const existing = records.volumes.get(request.name);
-  if (existing !== undefined) throw alreadyExists(request.name, existing.createdAt);
-  const placement = placeReplicas(
-    [...records.liveHosts.values()],
-    [...records.volumes.values()],
-    request.sizeBytes,
-    request.copies,
-  );
-
   const now = (options.now ?? (() => new Date()))();
   const time = now.toISOString();
-  const spec: VolumeSpec = { name: request.name, sizeBytes: request.sizeBytes, replicas: placement, createdAt: time };
-  const primary: PrimaryRecord = { host: placement[0]!.host, epoch: 1, since: time, reason: "created" };
-  const replica: ReplicaRecord = { state: "in-sync", detail: "new", epoch: 1, updatedAt: time };
-  const event: EventRecord = {
-    time,
-    host: options.actor,
-    volume: spec.name,
-    kind: "volume-created",
-    message:
-      `volume ${spec.name} created: ${formatBytes(spec.sizeBytes)}, copies on ${copyList(spec)}, ` +
-      `primary ${primary.host}`,
-  };
-  const result = await client.txn(
-    [{ key: keys.volume(spec.name), target: "createRevision", result: "equal", value: 0 }],
-    [
-      put(keys.volume(spec.name), spec),
-      put(keys.primary(spec.name), primary),
-      ...placement.map(({ host }) => put(keys.replica(spec.name, host), replica)),
-      put(keys.event(eventSequence(now.getTime())), event),
-    ],
-    [{ type: "get", key: keys.volume(spec.name) }],
-  );
-  if (!result.succeeded) {
-    // Someone created it between the read and the transaction.
+  for (let attempt = 1; attempt <= MAX_CREATE_ATTEMPTS; attempt++) {
+    const records = await readClusterRecords(client);
+    const existing = records.volumes.get(request.name);
+    if (existing !== undefined) throw alreadyExists(request.name, existing.createdAt);
+    const placement = placeReplicas(
+      [...records.liveHosts.values()],
+      [...records.volumes.values()],
+      request.sizeBytes,
+      request.copies,
+      records.health,
+    );
+
+    const spec: VolumeSpec = { name: request.name, sizeBytes: request.sizeBytes, replicas: placement, createdAt: time };
+    const primary: PrimaryRecord = { host: placement[0]!.host, epoch: 1, since: time, reason: "created" };
+    const replica: ReplicaRecord = { state: "in-sync", detail: "new", epoch: 1, updatedAt: time };
+    const event: EventRecord = {
+      time,
+      host: options.actor,
+      volume: spec.name,
+      kind: "volume-created",
+      message:
+        `volume ${spec.name} created: ${formatBytes(spec.sizeBytes)}, copies on ${copyList(spec)}, ` +
+        `primary ${primary.host}`,
+    };
+    // The space placement counted as promised comes from the volume specs alone, so the placement holds
+    // exactly while no spec was written since the snapshot (a spec deleted meanwhile only frees space,
+    // and the compare does not see deletions). Hosts are not compared: a host whose lease ends between
+    // the read and the write may still get a copy, just as if it had died a moment after the creation,
+    // which the agents handle; that over-promises no disk. The same goes for a disk that fails meanwhile.
+    const result = await client.txn(
+      [
+        { key: keys.volume(spec.name), target: "createRevision", result: "equal", value: 0 },
+        { prefix: keys.volumes(), target: "modRevision", result: "less", value: records.revision + 1 },
+      ],
+      [
+        put(keys.volume(spec.name), spec),
+        put(keys.primary(spec.name), primary),
+        ...placement.map(({ host }) => put(keys.replica(spec.name, host), replica)),
+        put(keys.event(eventSequence(now.getTime())), event),
+      ],
+      [{ type: "get", key: keys.volume(spec.name) }],
+    );
+    if (result.succeeded) return { spec, primary, revision: result.revision };
     const found = result.results[0];
     const kv = found?.type === "get" ? found.kvs[0] : undefined;
-    throw alreadyExists(spec.name, kv === undefined ? undefined : parseVolumeSpec(kv.value, kv.key).createdAt);
+    // Someone created it between the read and the transaction.
+    if (kv !== undefined) throw alreadyExists(spec.name, parseVolumeSpec(kv.value, kv.key).createdAt);
+    // Another volume was created meanwhile: place again on what is promised now.
   }
-  return { spec, primary, revision: result.revision };
+  throw new HavenError(
+    "HAVEN_ERR_CONFLICT",
+    `the cluster changed while volume "${request.name}" was being placed (other volumes were created ` +
+      `${MAX_CREATE_ATTEMPTS} times in a row); run it again`,
+  );
 }
 
 /** Removes a volume from the desired state; HAVEN_ERR_NOT_FOUND when there is none of that name. */

@@ -145,6 +145,78 @@ describe("etcd client", { skip: !haveEtcd() && "etcd is not installed" }, () => 
     assert.equal(await etcd.deletePrefix("del/many/"), 0);
   });
 
+  test("deleteRange removes the keys from `from` up to but not including `to`, and refuses a backward range", async () => {
+    for (const key of ["dr/1", "dr/2", "dr/2a", "dr/3", "dr/4"]) await etcd.put(key, key);
+    assert.equal(await etcd.deleteRange("dr/", "dr/3"), 3);
+    assert.deepEqual(
+      (await etcd.getPrefix("dr/")).map((kv) => kv.key),
+      ["dr/3", "dr/4"],
+    );
+    assert.equal(await etcd.deleteRange("dr/", "dr/3"), 0);
+    await assert.rejects(etcd.deleteRange("dr/4", "dr/3"), failsWith("HAVEN_ERR_INVALID_REQUEST", /must start/));
+    await assert.rejects(etcd.deleteRange("dr/3", "dr/3"), failsWith("HAVEN_ERR_INVALID_REQUEST", /must start/));
+    assert.equal((await etcd.getPrefix("dr/")).length, 2);
+  });
+
+  test("a page read gives the first keys in order, keys only when asked, and how many the prefix holds in all", async () => {
+    for (const key of ["pg/c", "pg/a", "pg/b", "pg/d", "pg0"]) await etcd.put(key, `value of ${key}`);
+    const page = await etcd.getPrefixPage("pg/", { keysOnly: true, limit: 2 });
+    assert.deepEqual(
+      page.kvs.map((kv) => [kv.key, kv.value]),
+      [
+        ["pg/a", ""],
+        ["pg/b", ""],
+      ],
+    );
+    assert.equal(page.count, 4);
+    assert.ok(page.kvs[0]!.createRevision > 0 && page.revision >= page.kvs[0]!.modRevision);
+    const all = await etcd.getPrefixPage("pg/");
+    assert.deepEqual(
+      all.kvs.map((kv) => kv.value),
+      ["value of pg/a", "value of pg/b", "value of pg/c", "value of pg/d"],
+    );
+    assert.deepEqual(await etcd.getPrefixPage("pg/none/", { limit: 1 }), { kvs: [], count: 0, revision: all.revision });
+    await assert.rejects(etcd.getPrefixPage("pg/", { limit: 0 }), failsWith("HAVEN_ERR_INVALID_REQUEST", /limit 0/));
+  });
+
+  test("a condition on a prefix holds only if it holds for every key under it; an empty prefix is a missing key", async () => {
+    const first = await etcd.put("cp/a", "1");
+    await etcd.put("cp/b", "2");
+    const seen = (await etcd.status()).revision;
+    const unchanged = { prefix: "cp/", target: "modRevision", result: "less", value: seen + 1 } as const;
+    const put = { type: "put", key: "cp/marker", value: "x" } as const;
+    assert.equal((await etcd.txn([unchanged], [put], [])).succeeded, true, "nothing under cp/ changed");
+    // The marker itself changed cp/ since `seen`: the same condition now fails, and a change under a
+    // neighbouring prefix does not count.
+    await etcd.put("cp0", "outside");
+    assert.equal((await etcd.txn([unchanged], [put], [])).succeeded, false);
+    assert.equal(
+      (
+        await etcd.txn(
+          [{ prefix: "cp/", target: "createRevision", result: "greater", value: first.revision - 1 }],
+          [],
+          [],
+        )
+      ).succeeded,
+      true,
+      "every key under cp/ was created at or after cp/a",
+    );
+    const empty = { prefix: "cp/none/", target: "modRevision", result: "equal", value: 0 } as const;
+    assert.equal((await etcd.txn([empty], [], [])).succeeded, true);
+    const anyValue = { prefix: "cp/none/", target: "value", result: "notEqual", value: "x" } as const;
+    assert.equal((await etcd.txn([anyValue], [], [])).succeeded, false, "a value never matches a missing key");
+  });
+
+  test("deleting keys under a prefix leaves its modRevision condition holding: deletions leave no trace", async () => {
+    for (const key of ["tr/1", "tr/2", "tr/3"]) await etcd.put(key, key);
+    const seen = (await etcd.status()).revision;
+    const unchanged = { prefix: "tr/", target: "modRevision", result: "less", value: seen + 1 } as const;
+    assert.equal(await etcd.deleteRange("tr/1", "tr/3"), 2);
+    assert.equal((await etcd.txn([unchanged], [], [])).succeeded, true);
+    await etcd.put("tr/1", "again");
+    assert.equal((await etcd.txn([unchanged], [], [])).succeeded, false);
+  });
+
   test("a create-only putIf succeeds once; a second finds the key and changes nothing", async () => {
     assert.equal(await etcd.putIf("cas/primary", "node1 epoch 1", { expectModRevision: 0 }), true);
     assert.equal(await etcd.putIf("cas/primary", "node2 epoch 1", { expectModRevision: 0 }), false);

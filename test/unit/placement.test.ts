@@ -1,14 +1,15 @@
 // Placement of a new volume's copies: one copy per live host, on the disk with the most free space
 // after what existing copies were promised, load spread by copy count then free space, ties by name,
-// and a refusal that says which hosts do not qualify and why. A property test checks the promises
-// over random clusters: distinct hosts, every choice fits, the count is met exactly when it can be.
+// and a refusal that says which hosts do not qualify and why; a disk that failed its host's latest
+// health check is never chosen. A property test checks the promises over random clusters: distinct
+// hosts, every choice fits on a healthy disk, the count is met exactly when it can be.
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { HavenError } from "../../src/core/errors.js";
 import { placeReplicas } from "../../src/cluster/placement.js";
-import type { HostRecord, VolumeSpec } from "../../src/cluster/schema.js";
+import type { DiskHealth, HostHealthRecord, HostRecord, VolumeSpec } from "../../src/cluster/schema.js";
 
 const GiB = 1024 ** 3;
 
@@ -35,6 +36,15 @@ function volume(name: string, sizeGiB: number, replicas: [string, string][]): Vo
     replicas: replicas.map(([h, disk]) => ({ host: h, disk })),
     createdAt: "2024-01-01T00:00:00.000Z",
   };
+}
+
+/** A health check of one host that found `failed` disks failed (disk -> detail) and `ok` disks fine. */
+function health(failed: Record<string, string>, ok: string[] = []): HostHealthRecord {
+  const disks: DiskHealth[] = [
+    ...Object.entries(failed).map(([name, detail]) => ({ name, ok: false, detail, probeMs: null })),
+    ...ok.map((name) => ({ name, ok: true, detail: "ok", probeMs: 3 })),
+  ];
+  return { checkedAt: "2024-01-01T00:00:00.000Z", eventLoopLagMs: 1, problems: [], copies: [], disks, links: [] };
 }
 
 function noSpace(message: RegExp) {
@@ -116,6 +126,61 @@ test("an over-full disk (used above capacity) is reported with 0 free, not a neg
   assert.throws(() => placeReplicas([host("a", [["d", 10, 12]])], [], GiB, 1), noSpace(/most free: d, 0 B\)/));
 });
 
+test("a disk that failed its health check is never chosen, even with the most free space", () => {
+  const hosts = [
+    host("a", [
+      ["d0", 500, 0],
+      ["d1", 100, 0],
+    ]),
+    host("b", [["d0", 900, 0]]),
+  ];
+  const checks = new Map([
+    ["a", health({ d0: "fsync failed: EIO" }, ["d1"])],
+    ["b", health({}, ["d0"])],
+  ]);
+  assert.deepEqual(placeReplicas(hosts, [], GiB, 2, checks), [
+    { host: "b", disk: "d0" },
+    { host: "a", disk: "d1" },
+  ]);
+});
+
+test("a host whose every disk failed is refused, saying which disk failed its health check and why", () => {
+  const hosts = [host("a", [["d0", 100, 0]]), host("b", [["d0", 100, 0]])];
+  const checks = new Map([["b", health({ d0: "write timed out after 5000 ms" })]]);
+  assert.deepEqual(placeReplicas(hosts, [], GiB, 1, checks), [{ host: "a", disk: "d0" }]);
+  assert.throws(
+    () => placeReplicas(hosts, [], GiB, 2, checks),
+    noSpace(
+      /only 1 of 2 live hosts qualifies: b has no usable disk: disk d0 failed its health check \(write timed out after 5000 ms\)$/,
+    ),
+  );
+});
+
+test("a failed disk beside one too small: the refusal gives both reasons", () => {
+  const hosts = [
+    host("a", [
+      ["d0", 100, 0],
+      ["d1", 2, 0],
+    ]),
+  ];
+  assert.throws(
+    () => placeReplicas(hosts, [], 5 * GiB, 1, new Map([["a", health({ d0: "EIO" })]])),
+    noSpace(
+      /a has no disk with 5\.00 GiB free \(most free: d1, 2\.00 GiB\), and disk d0 failed its health check \(EIO\)$/,
+    ),
+  );
+});
+
+test("a disk with no probe yet counts as healthy; a failed disk the host does not report, or another host's, changes nothing", () => {
+  const hosts = [host("a", [["d0", 100, 0]])];
+  const checks = new Map([
+    ["a", health({ d9: "gone" })],
+    ["z", health({ d0: "EIO" })],
+  ]);
+  assert.deepEqual(placeReplicas(hosts, [], GiB, 1, checks), [{ host: "a", disk: "d0" }]);
+  assert.deepEqual(placeReplicas(hosts, [], GiB, 1, new Map([["a", health({})]])), [{ host: "a", disk: "d0" }]);
+});
+
 const clusterArbitrary = fc
   .uniqueArray(fc.constantFrom("a", "b", "c", "d", "e", "f", "g"), { minLength: 0, maxLength: 7 })
   .chain((names) =>
@@ -144,14 +209,25 @@ const clusterArbitrary = fc
         }),
         { maxLength: 6 },
       ),
+      failed: fc.uniqueArray(
+        fc.tuple(fc.constantFrom("a", "b", "c", "d", "e", "f", "g"), fc.constantFrom("d0", "d1", "d2")),
+        { selector: ([h, disk]) => `${h}/${disk}`, maxLength: 6 },
+      ),
       sizeGiB: fc.integer({ min: 1, max: 32 }),
       count: fc.integer({ min: 1, max: 4 }),
     }),
   );
 
-test("property: distinct hosts, every choice fits, and the count is met exactly when enough hosts can take it", () => {
+test("property: distinct hosts, every choice fits on a healthy disk, and the count is met exactly when enough hosts can take it", () => {
   fc.assert(
-    fc.property(clusterArbitrary, ({ hosts, existing, sizeGiB, count }) => {
+    fc.property(clusterArbitrary, ({ hosts, existing, failed, sizeGiB, count }) => {
+      const checks = new Map<string, HostHealthRecord>();
+      for (const [h, disk] of failed) {
+        const record = checks.get(h) ?? health({});
+        checks.set(h, { ...record, disks: [...record.disks, { name: disk, ok: false, detail: "EIO", probeMs: null }] });
+      }
+      const healthy = (h: HostRecord): HostRecord["disks"] =>
+        h.disks.filter((d) => !failed.some(([fh, fd]) => fh === h.name && fd === d.name));
       const specs = existing.map((v, i) => volume(`v${i}`, v.sizeGiB, v.replicas));
       const sizeBytes = sizeGiB * GiB;
       const free = (h: HostRecord, disk: string): number => {
@@ -161,10 +237,10 @@ test("property: distinct hosts, every choice fits, and the count is met exactly 
           .reduce((sum, s) => sum + s.sizeBytes, 0);
         return d.capacityBytes - d.usedBytes - promised;
       };
-      const qualifying = hosts.filter((h) => h.disks.some((d) => free(h, d.name) >= sizeBytes));
+      const qualifying = hosts.filter((h) => healthy(h).some((d) => free(h, d.name) >= sizeBytes));
       let chosen;
       try {
-        chosen = placeReplicas(hosts, specs, sizeBytes, count);
+        chosen = placeReplicas(hosts, specs, sizeBytes, count, checks);
       } catch (error) {
         assert.ok(error instanceof HavenError && error.code === "HAVEN_ERR_NO_SPACE", String(error));
         assert.ok(qualifying.length < count, `refused although ${qualifying.length} hosts qualify for ${count}`);
@@ -178,11 +254,15 @@ test("property: distinct hosts, every choice fits, and the count is met exactly 
         const h = hosts.find((x) => x.name === choice.host);
         assert.ok(h !== undefined, `${choice.host} is one of the live hosts`);
         assert.ok(free(h, choice.disk) >= sizeBytes, `${choice.host}/${choice.disk} fits`);
-        // The disk is the host's best: no other disk of it has more free space.
-        for (const other of h.disks) assert.ok(free(h, other.name) <= free(h, choice.disk));
+        assert.ok(
+          healthy(h).some((d) => d.name === choice.disk),
+          `${choice.host}/${choice.disk} did not fail its check`,
+        );
+        // The disk is the host's best healthy one: no other has more free space.
+        for (const other of healthy(h)) assert.ok(free(h, other.name) <= free(h, choice.disk));
       }
       // Same input, same answer.
-      assert.deepEqual(placeReplicas([...hosts].reverse(), specs, sizeBytes, count), chosen);
+      assert.deepEqual(placeReplicas([...hosts].reverse(), specs, sizeBytes, count, checks), chosen);
     }),
     { numRuns: 500 },
   );
