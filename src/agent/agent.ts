@@ -66,6 +66,8 @@ interface Running {
   readonly epoch: number;
   /** Copy location (as the engine names it) -> host name. */
   readonly hostOf: ReadonlyMap<string, string>;
+  /** A 4 KiB read through the engine each round: what is wrong, or undefined when it completed. */
+  readonly liveness: BackgroundProbe<string | undefined>;
 }
 
 interface ClusterView {
@@ -283,6 +285,10 @@ export class Agent implements AgentView {
     for (const [name, running] of this.running) {
       const status = running.engine.status();
       if (status.state === "failed") problems.push(`volume ${name}: the engine failed (no in-sync copy, or fenced)`);
+      else {
+        const stuck = running.liveness.poll((ms) => `the engine has not completed a 4 KiB read for ${ms} ms`);
+        if (stuck !== undefined) problems.push(`volume ${name}: ${stuck}`);
+      }
       for (const replica of status.replicas) {
         const host = running.hostOf.get(replica.location) ?? replica.location;
         if (replica.state === "faulted" || replica.state === "split-brain" || replica.state === "refused")
@@ -655,7 +661,8 @@ export class Agent implements AgentView {
     const uri = `nbd://${this.config.host.address}:${this.nbdPort}/${name}`;
     engine.nbdUris.push(uri);
     this.nbd.addExport({ name, description: `Haven volume ${name}`, device: engine });
-    this.running.set(name, { engine, epoch, hostOf });
+    const liveness = new BackgroundProbe(() => engineAnswers(engine), PROBE_TIMEOUT_MS);
+    this.running.set(name, { engine, epoch, hostOf, liveness });
     await this.event("volume-serving", `serving at epoch ${epoch} on ${uri}`, name);
   }
 
@@ -763,6 +770,16 @@ export class Agent implements AgentView {
 
   private track(promise: Promise<void>): void {
     promise.catch((error: unknown) => this.log(`background: ${text(error)}`));
+  }
+}
+
+/** Reads the volume's first 4 KiB through the engine: undefined when that works, else what failed. */
+async function engineAnswers(engine: VolumeEngine): Promise<string | undefined> {
+  try {
+    await engine.read(0, Buffer.allocUnsafe(4096));
+    return undefined;
+  } catch (error) {
+    return `a 4 KiB read through the engine failed: ${text(error)}`;
   }
 }
 

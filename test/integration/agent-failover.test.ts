@@ -8,11 +8,12 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
-import { closeSync, openSync, readFileSync } from "node:fs";
+import { closeSync, mkdirSync, openSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { alive, clusterDown, clusterUp, type LocalClusterState } from "../../src/cluster/local-cluster.js";
 import { EtcdClient } from "../../src/cluster/etcd-client.js";
-import { keys, parseEventRecord } from "../../src/cluster/schema.js";
+import { keys, parseEventRecord, parseHostHealthRecord } from "../../src/cluster/schema.js";
+import { DISK_PROBE_FILE } from "../../src/agent/health-probes.js";
 import { haveEtcd } from "../helpers/etcd.js";
 import { haveTool, run, tempDir } from "../helpers/server-process.js";
 import { freeBasePort, until, TEST_TIMINGS, VolumeProbe } from "../helpers/cluster.js";
@@ -31,10 +32,11 @@ describe("agent failover", { skip }, () => {
   let probe: VolumeProbe;
   const primary = () => probe.primary();
   const replica = (host: string) => probe.replica(host);
-  const events = async (kind: string) =>
+  /** Events of `kind` about the volume, or about no volume with `volume` null. */
+  const events = async (kind: string, volume: string | null = VOLUME) =>
     (await etcd.getPrefix(keys.events()))
       .map((kv) => parseEventRecord(kv.value, kv.key))
-      .filter((event) => event.kind === kind && event.volume === VOLUME);
+      .filter((event) => event.kind === kind && (event.volume ?? null) === volume);
   const nbdUri = (host: string) => probe.uri(host);
   const agentOf = (host: string) => cluster.agents.find((agent) => agent.name === host)!;
   /** Agents started again by the tests, by host: their pids replace the ones cluster up recorded. */
@@ -196,6 +198,46 @@ describe("agent failover", { skip }, () => {
     assert.equal((await primary())?.host, before.host);
     const unknown = await haven(["host", "drain", "nosuchhost", "--etcd", cluster.endpoint]);
     assert.equal(unknown.code, 3, unknown.stderr);
+  });
+
+  test("a standby whose disk fails its health check does not take over until the disk is back", async () => {
+    const now = (await primary())!;
+    const standby = now.host === "h1" ? "h2" : "h1";
+    await until("the standby in sync", async () => ((await replica(standby))?.state === "in-sync" ? true : undefined));
+    // A directory where the probe file goes: the probe's open-for-write fails as on a broken disk.
+    const probeFile = join(dir.path, "cluster", "hosts", standby, "disk0", DISK_PROBE_FILE);
+    rmSync(probeFile, { force: true });
+    mkdirSync(probeFile);
+    const failed = await until("the standby's health check to report its disk", async () => {
+      const kv = await etcd.get(keys.health(standby));
+      const disk = kv && parseHostHealthRecord(kv.value, kv.key).disks.find((d) => !d.ok);
+      return disk ?? undefined;
+    });
+    assert.match(failed.detail, /EISDIR/);
+    assert.ok((await events("disk-failed", null)).some((e) => e.host === standby));
+
+    process.kill(pidOf(now.host), "SIGKILL");
+    await until("the standby to say why it does not take over", async () =>
+      (await events("failover-waiting")).some((e) => e.host === standby && /failed its health check/.test(e.message))
+        ? true
+        : undefined,
+    );
+    assert.equal((await primary())?.host, now.host, "no promotion onto a failing disk");
+
+    rmSync(probeFile, { recursive: true });
+    const promoted = await until("the standby to promote once its disk is back", async () => {
+      const record = await primary();
+      return record?.host === standby ? record : undefined;
+    });
+    assert.equal(promoted.epoch, now.epoch + 1);
+    assert.ok((await events("disk-ok", null)).some((e) => e.host === standby));
+    await until("the new primary to serve", async () =>
+      (await run("qemu-io", ["-f", "raw", "-c", "read 0 4k", nbdUri(standby)])).code === 0 ? true : undefined,
+    );
+    restartAgent(now.host);
+    await until("the old primary to rejoin in sync", async () =>
+      (await replica(now.host))?.state === "in-sync" ? true : undefined,
+    );
   });
 
   test("a standby whose copy is recorded out of sync is never promoted, and says why", async () => {
