@@ -18,6 +18,7 @@ import { fileURLToPath } from "node:url";
 import { AgentApiServer, type AgentView, type HostHealth } from "./api-server.js";
 import { join } from "node:path";
 import { readClusterRecords } from "../cluster/cluster-read.js";
+import { trimEvents } from "../cluster/event-retention.js";
 import { EtcdClient, type LeaseId, type Watch } from "../cluster/etcd-client.js";
 import {
   eventSequence,
@@ -58,6 +59,8 @@ const RESTARTED = "; engine (re)started at a new epoch";
 const RECORD_RETRY_MS = 200;
 /** A disk probe (write + fsync) or NBD front probe still running after this is reported as hung. */
 const PROBE_TIMEOUT_MS = 5_000;
+/** How often each agent trims the event log to its retention (cheap: keys only, range deletes). */
+const EVENT_TRIM_INTERVAL_MS = 10 * 60 * 1000;
 /** A keepalive last accepted this many renew intervals ago means etcd is hard to reach. */
 const ETCD_SLOW_RENEWS = 2;
 
@@ -110,6 +113,7 @@ export class Agent implements AgentView {
   /** Each disk's verdict at the previous check, so a change is an event. */
   private readonly diskWasOk = new Map<string, boolean>();
   private latestDisks: readonly DiskHealth[] = [];
+  private eventTrimTimer: NodeJS.Timeout | undefined;
 
   constructor(
     readonly config: AgentConfig,
@@ -176,6 +180,17 @@ export class Agent implements AgentView {
     for (const prefix of [keys.hosts(), keys.primaries(), keys.handovers()]) this.startWatch(prefix);
     await this.event("agent-started", `agent up: replication on port ${this.replicationPort}, NBD on ${this.nbdPort}`);
     this.schedule(0);
+    this.trimEventsNow();
+    this.eventTrimTimer = setInterval(() => this.trimEventsNow(), EVENT_TRIM_INTERVAL_MS);
+    this.eventTrimTimer.unref();
+  }
+
+  /** Keeps the event log within the configured retention; every agent does it, and doing it twice is harmless. */
+  private trimEventsNow(): void {
+    trimEvents(this.etcd, this.config.events).then(
+      (deleted) => deleted > 0 && this.log(`event log trimmed: ${deleted} events past retention deleted`),
+      (error: unknown) => this.log(`trimming the event log: ${text(error)}`),
+    );
   }
 
   /** Stops every engine cleanly (flushing the copies), then gives the lease back so others take over at once. */
@@ -184,6 +199,7 @@ export class Agent implements AgentView {
     clearTimeout(this.timer);
     for (const watch of this.watches.values()) watch.cancel();
     this.links.stop();
+    clearInterval(this.eventTrimTimer);
     await this.reconciling;
     for (const name of [...this.running.keys()]) await this.stopVolume(name, "the agent is stopping");
     await this.event("agent-stopped", "agent stopped; its lease is revoked").catch(() => undefined);

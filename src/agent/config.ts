@@ -12,7 +12,8 @@
 //   "replication": { "listen": "0.0.0.0:7481", "secretFile": "/etc/haven/cluster.secret" },
 //   "nbd": { "listen": "0.0.0.0:10809" },
 //   "disks": [{ "name": "ssd0", "path": "/srv/haven/ssd0", "capacity": "500G" }],
-//   "timings": { "leaseTtlMs": 8000 }
+//   "timings": { "leaseTtlMs": 8000 },
+//   "events": { "maxAgeDays": 14, "maxCount": 100000 }
 // }
 
 import { readFile, stat } from "node:fs/promises";
@@ -21,6 +22,7 @@ import { isAbsolute, normalize } from "node:path";
 import { HavenError } from "../core/errors.js";
 import { parseEndpoint } from "../cluster/etcd-transport.js";
 import { parseHostPort, parseSize } from "../util/units.js";
+import { DEFAULT_EVENT_RETENTION, type EventRetention } from "../cluster/event-retention.js";
 import { checkTimings, DEFAULT_TIMINGS, TIMING_NAMES, type Timings } from "./timings.js";
 
 export interface ListenAddress {
@@ -61,6 +63,8 @@ export interface AgentConfig {
   readonly disks: readonly DiskConfig[];
   /** DEFAULT_TIMINGS with the file's overrides, checked by checkTimings. */
   readonly timings: Timings;
+  /** How long the cluster keeps its events; every agent trims them (DEFAULT_EVENT_RETENTION). */
+  readonly events: EventRetention;
 }
 
 /** Bounds on the lists, so that a generated or corrupted file cannot make the agent do silly amounts of work. */
@@ -68,7 +72,15 @@ export const MAX_ETCD_ENDPOINTS = 16;
 export const MAX_DISKS = 64;
 export const MAX_CONFIG_BYTES = 1024 * 1024;
 
-const TOP_KEYS = { required: ["host", "etcd", "api", "replication", "nbd", "disks"], optional: ["timings"] } as const;
+const TOP_KEYS = {
+  required: ["host", "etcd", "api", "replication", "nbd", "disks"],
+  optional: ["timings", "events"],
+} as const;
+const DAY_MS = 24 * 60 * 60 * 1000;
+const EVENTS_KEYS = { required: [], optional: ["maxAgeDays", "maxCount"] } as const;
+/** Bounds on the event retention: at least a day and a thousand events, so an operator can still look back. */
+const EVENT_MAX_AGE_DAYS = { min: 1, max: 3650 };
+const EVENT_MAX_COUNT = { min: 1_000, max: 10_000_000 };
 const HOST_KEYS = { required: ["name", "address"], optional: [] } as const;
 const ETCD_KEYS = { required: ["endpoints"], optional: [] } as const;
 const API_KEYS = { required: ["listen", "tokenFile"], optional: [] } as const;
@@ -212,7 +224,19 @@ export function parseAgentConfig(text: string, sourceName: string): AgentConfig 
       : read.object(root.timings, "timings", { required: [], optional: TIMING_NAMES as readonly string[] });
   const timings = checkTimings({ ...DEFAULT_TIMINGS, ...overrides } as Timings, sourceName);
 
-  return { host, etcd: { endpoints }, api, replication, nbd, disks, timings };
+  const eventsObject = root.events === undefined ? {} : read.object(root.events, "events", EVENTS_KEYS);
+  const events: EventRetention = {
+    maxAgeMs:
+      eventsObject.maxAgeDays === undefined
+        ? DEFAULT_EVENT_RETENTION.maxAgeMs
+        : read.integer(eventsObject.maxAgeDays, "events.maxAgeDays", EVENT_MAX_AGE_DAYS) * DAY_MS,
+    maxCount:
+      eventsObject.maxCount === undefined
+        ? DEFAULT_EVENT_RETENTION.maxCount
+        : read.integer(eventsObject.maxCount, "events.maxCount", EVENT_MAX_COUNT),
+  };
+
+  return { host, etcd: { endpoints }, api, replication, nbd, disks, timings, events };
 }
 
 /**
@@ -277,6 +301,10 @@ export function formatAgentConfig(config: AgentConfig): string {
       ...(disk.capacityBytes === undefined ? {} : { capacity: formatCapacity(disk.capacityBytes) }),
     })),
     ...(Object.keys(timings).length === 0 ? {} : { timings }),
+    ...(config.events.maxAgeMs === DEFAULT_EVENT_RETENTION.maxAgeMs &&
+    config.events.maxCount === DEFAULT_EVENT_RETENTION.maxCount
+      ? {}
+      : { events: { maxAgeDays: config.events.maxAgeMs / DAY_MS, maxCount: config.events.maxCount } }),
   };
   return `${JSON.stringify(file, null, 2)}\n`;
 }
@@ -404,6 +432,12 @@ class Reader {
     // it publishes in etcd, and must find it again after the agent restarts.
     if (listen.port === 0) this.fail(path, `"${text}" must name a fixed port from 1 to 65535`);
     return listen;
+  }
+
+  integer(value: unknown, path: string, bounds: { readonly min: number; readonly max: number }): number {
+    if (!(typeof value === "number" && Number.isInteger(value) && value >= bounds.min && value <= bounds.max))
+      this.fail(path, `must be a whole number from ${bounds.min} to ${bounds.max}, not ${describe(value)}`);
+    return value;
   }
 
   port(value: unknown, path: string): number {

@@ -164,7 +164,7 @@ describe("cluster commands against a real etcd", { skip: !haveEtcd() && "etcd is
     assert.equal(text.code, 0, text.stderr);
     assert.match(text.stdout, /^4 hosts \(3 alive, 1 dead\), 2 volumes \(2 healthy\)\n/);
     assert.match(text.stdout, /^node4 {2}dead {3}127\.0\.0\.1/m);
-    assert.match(text.stdout, /^node1 {2}alive {2}127\.0\.0\.1 .* ssd0 10\.0 GiB\/100\.0 GiB {2}-$/m);
+    assert.match(text.stdout, /^node1 {2}alive {2}127\.0\.0\.1 .* ssd0 10\.0 GiB\/100\.0 GiB {2}- +-$/m);
     assert.match(
       text.stdout,
       new RegExp(`^web .*healthy .*node2 \\(epoch 1\\) .*nbd://127\\.0\\.0\\.1:${nbdPort}/web$`, "m"),

@@ -17,6 +17,7 @@ import {
   type AgentConfig,
 } from "../../src/agent/config.js";
 import { DEFAULT_TIMINGS, FAST_TIMINGS, TIMING_NAMES } from "../../src/agent/timings.js";
+import { DEFAULT_EVENT_RETENTION } from "../../src/cluster/event-retention.js";
 
 type Json = Record<string, unknown>;
 
@@ -68,8 +69,34 @@ test("a good config parses to typed, normalised values with the default timings"
       { name: "hdd1", path: "/srv/haven/hdd1" },
     ],
     timings: DEFAULT_TIMINGS,
+    events: DEFAULT_EVENT_RETENTION,
   };
   assert.deepEqual(config, expected);
+});
+
+test("event retention is optional, bounded, and round-trips", () => {
+  const config = parseAgentConfig(
+    variant((file) => (file.events = { maxAgeDays: 3, maxCount: 5_000 })),
+    "agent.json",
+  );
+  assert.deepEqual(config.events, { maxAgeMs: 3 * 24 * 60 * 60 * 1000, maxCount: 5_000 });
+  assert.deepEqual(parseAgentConfig(formatAgentConfig(config), "written.json"), config);
+  assert.deepEqual(
+    parseAgentConfig(
+      variant((file) => (file.events = {})),
+      "a",
+    ).events,
+    DEFAULT_EVENT_RETENTION,
+  );
+  assert.match(
+    refusal(variant((file) => (file.events = { maxAgeDays: 0 }))),
+    /agent\.json: events\.maxAgeDays must be a whole number from 1 to 3650, not the number 0/,
+  );
+  assert.match(
+    refusal(variant((file) => (file.events = { maxCount: 10 }))),
+    /events\.maxCount must be a whole number from 1000/,
+  );
+  assert.match(refusal(variant((file) => (file.events = { maxAge: 3 }))), /events/);
 });
 
 test("timings in the file override the defaults one by one", () => {
@@ -166,7 +193,7 @@ test("unknown keys are refused by name, with a suggestion for near misses", () =
       }),
     ),
     'agent.json: the top level has unknown key "disk" (did you mean "disks"?); ' +
-      "known keys: host, etcd, api, replication, nbd, disks, timings",
+      "known keys: host, etcd, api, replication, nbd, disks, timings, events",
   );
   assert.equal(
     refusal(variant((file) => (at(file, "host").adress = "x"))),
