@@ -11,7 +11,7 @@
 
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, openSync, readFileSync, writeFileSync, closeSync } from "node:fs";
+import { existsSync, mkdirSync, openSync, readdirSync, readFileSync, writeFileSync, closeSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { HavenError } from "../core/errors.js";
 import { packageRoot } from "../util/repo-root.js";
@@ -147,9 +147,35 @@ export async function clusterUp(options: LocalClusterOptions): Promise<LocalClus
 export async function clusterDown(dir: string, timeoutMs = 20_000): Promise<LocalClusterState> {
   const state = readClusterState(resolve(dir));
   if (state === undefined) throw new HavenError("HAVEN_ERR_NOT_FOUND", `no cluster was started from ${resolve(dir)}`);
-  await Promise.all(state.agents.map((agent) => stopProcess(agent.pid, timeoutMs)));
+  // An agent restarted by hand has another pid than the one recorded: find it by its config file.
+  const pids = new Set(state.agents.map((agent) => agent.pid));
+  for (const pid of agentProcesses(state.agents.map((agent) => agent.config))) pids.add(pid);
+  await Promise.all([...pids].map((pid) => stopProcess(pid, timeoutMs)));
   if (state.etcdPid > 0) await stopProcess(state.etcdPid, timeoutMs); // 0: an etcd cluster up did not start
   return state;
+}
+
+/** Processes running `haven agent --config FILE` for one of `configs` (read from /proc; Linux only). */
+function agentProcesses(configs: readonly string[]): number[] {
+  let entries: string[];
+  try {
+    entries = readdirSync("/proc");
+  } catch {
+    return [];
+  }
+  const found: number[] = [];
+  for (const entry of entries) {
+    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
+    let args: string[];
+    try {
+      args = readFileSync(`/proc/${entry}/cmdline`, "utf8").split("\0");
+    } catch {
+      continue; // gone meanwhile, or not ours to read
+    }
+    const at = args.indexOf("--config");
+    if (at > 0 && args[at - 1] === "agent" && configs.includes(args[at + 1] ?? "")) found.push(Number(entry));
+  }
+  return found;
 }
 
 export function readClusterState(dir: string): LocalClusterState | undefined {

@@ -1,9 +1,10 @@
 # A client for failover tests that keeps a ledger of what the server acknowledged (libnbd).
 #
-#   nbd_ledger.py write URI BLOCKS SEED   writes 4 KiB blocks at random, at most QUEUE_DEPTH at a time and
+#   nbd_ledger.py write URI BLOCKS SEED FIRST_SEQ
+#                                         writes 4 KiB blocks at random, at most QUEUE_DEPTH at a time and
 #                                         never two at once to one block, until the connection fails or
 #                                         the process is killed. Each block's bytes are (block, seq) as two
-#                                         big-endian u64s, repeated. Prints "sent B S" before a write goes
+#                                         big-endian u64s, repeated; seq counts up from FIRST_SEQ. Prints "sent B S" before a write goes
 #                                         out and "ack B S" once the server acknowledged it, flushed each
 #                                         time, and "end REASON" when the connection fails.
 #   nbd_ledger.py read URI B1,B2,...      prints "B S" for each listed block as read back (S = 0 for zeroes,
@@ -31,12 +32,12 @@ def decode(block, data):
     return seq
 
 
-def write(uri, blocks, seed):
+def write(uri, blocks, seed, first_seq):
     rng = random.Random(seed)
     h = nbd.NBD()
     h.connect_uri(uri)
     inflight = {}
-    seq = 0
+    seq = first_seq - 1
     out = sys.stdout
     try:
         while True:
@@ -71,6 +72,6 @@ def read(uri, blocks):
 
 if __name__ == "__main__":
     if sys.argv[1] == "write":
-        write(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        write(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
     else:
         read(sys.argv[2], [int(b) for b in sys.argv[3].split(",") if b])
