@@ -699,6 +699,22 @@ export class VolumeEngine implements BlockDevice, EngineControl {
     await saved;
   }
 
+  /**
+   * fault() for a copy lost outside any client request (a dropped connection, a failed metadata save):
+   * nobody waits for it, and if the record of the copy leaving fails, fault() has fenced the engine
+   * already, so the failure is logged here rather than left unhandled.
+   */
+  private faultInBackground(
+    slot: Slot,
+    attachment: number,
+    reason: string,
+    ranges: { offset: number; length: number }[],
+  ): void {
+    this.fault(slot, attachment, reason, ranges).catch((error: unknown) =>
+      this.log(`${slot.location}: recording that it left failed: ${message(error)}`),
+    );
+  }
+
   private addChangeBitmap(base: string, initial: RegionBitmap): void {
     const existing = this.changedSince.get(base);
     if (existing) orInto(existing, initial);
@@ -747,7 +763,7 @@ export class VolumeEngine implements BlockDevice, EngineControl {
         if (failed.length === 0) return;
         for (const { slot, attachment, reason } of failed) {
           // Not awaited: this loop is the save the fault waits for; it repeats below.
-          void this.fault(slot, attachment, `metadata save failed: ${reason}`, []);
+          this.faultInBackground(slot, attachment, `metadata save failed: ${reason}`, []);
         }
       }
     });
@@ -766,7 +782,8 @@ export class VolumeEngine implements BlockDevice, EngineControl {
     const port = slot.port!;
     const attachment = slot.attachment;
     port.onLost = (error) => {
-      if (slot.attachment === attachment) void this.fault(slot, attachment, `connection lost: ${message(error)}`, []);
+      if (slot.attachment === attachment)
+        this.faultInBackground(slot, attachment, `connection lost: ${message(error)}`, []);
     };
   }
 
@@ -944,7 +961,7 @@ export class VolumeEngine implements BlockDevice, EngineControl {
         }
       } catch (error) {
         this.checkFence(error, false);
-        void this.fault(slot, attachment, `joining the in-sync set failed: ${message(error)}`, []);
+        this.faultInBackground(slot, attachment, `joining the in-sync set failed: ${message(error)}`, []);
       } finally {
         release();
       }

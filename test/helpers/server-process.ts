@@ -27,7 +27,9 @@ export interface ServerHandle {
 
 export function tempDir(prefix = "haven-test-"): { path: string; remove(): void } {
   const path = mkdtempSync(join(tmpdir(), prefix));
-  return { path, remove: () => rmSync(path, { recursive: true, force: true }) };
+  // HAVEN_KEEP_TEST_DIRS=1 keeps them (logs, copies) for a post-mortem of a failed test.
+  const keep = process.env.HAVEN_KEEP_TEST_DIRS === "1";
+  return { path, remove: () => (keep ? undefined : rmSync(path, { recursive: true, force: true })) };
 }
 
 export interface HavenProcess {

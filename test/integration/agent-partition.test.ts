@@ -1,8 +1,10 @@
-// A primary cut off from etcd (its agent reaches etcd through a TCP proxy the test controls) while its
-// replication link stays up: it must stop acknowledging writes before the standby is promoted (the
-// fence fires before the lease can expire), no write may be acknowledged by both, every write the old
-// primary acknowledged must be readable from the new one, and once the link heals the old primary
-// comes back as a standby whose copy resyncs into the in-sync set.
+// A primary cut off from etcd (its agent reaches etcd through a TCP proxy the test controls), first with
+// its replication links up, then with them cut too (each host's replica server is reached through a
+// proxy as well): it must stop acknowledging writes before the standby is promoted (the fence fires
+// before the lease can expire), no write may be acknowledged by both, every write the old primary
+// acknowledged must be readable from the new one, the failover must say whether the old primary still
+// answered heartbeats, and once the partition heals the old primary comes back as a standby whose copy
+// resyncs into the in-sync set.
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
@@ -24,6 +26,8 @@ describe("primary partitioned from etcd", { skip }, () => {
   let etcd: EtcdClient;
   let basePort = 0;
   const proxies = new Map<string, TcpProxy>();
+  /** Each host's replica server, as the other host reaches it: the replication links. */
+  const links = new Map<string, TcpProxy>();
 
   let probe: VolumeProbe;
   const primary = () => probe.primary();
@@ -41,6 +45,9 @@ describe("primary partitioned from etcd", { skip }, () => {
       const proxy = new TcpProxy("127.0.0.1", basePort);
       await proxy.start();
       proxies.set(host, proxy);
+      const link = new TcpProxy("127.0.0.1", localHostPorts(basePort, host).replication);
+      await link.start();
+      links.set(host, link);
     }
     cluster = await clusterUp({
       dir: join(dir.path, "cluster"),
@@ -48,6 +55,7 @@ describe("primary partitioned from etcd", { skip }, () => {
       basePort,
       timings: { ...TEST_TIMINGS },
       etcdEndpointOf: (name) => `http://127.0.0.1:${proxies.get(name)!.port}`,
+      replicationPortOf: (name) => links.get(name)!.port,
     });
     etcd = new EtcdClient([cluster.endpoint]);
     probe = new VolumeProbe(etcd, VOLUME, basePort);
@@ -61,18 +69,25 @@ describe("primary partitioned from etcd", { skip }, () => {
 
   after(async () => {
     if (cluster) await clusterDown(cluster.dir, 10_000).catch(() => undefined);
-    for (const proxy of proxies.values()) await proxy.stop();
+    for (const proxy of [...proxies.values(), ...links.values()]) await proxy.stop();
     dir.remove();
   });
 
-  test("the old primary stops acknowledging before the new one is promoted, and nothing it acknowledged is lost", async () => {
+  /**
+   * Cuts the primary off (`cut`), writes to it until it refuses, and checks the promotion that follows:
+   * nothing acknowledged after it, nothing acknowledged lost. Returns the promotion's reason.
+   */
+  const partition = async (
+    cut: (old: string, standby: string) => void,
+    heal: (old: string, standby: string) => void,
+  ) => {
     const old = (await primary())!;
     const standby = old.host === "h1" ? "h2" : "h1";
     const acknowledged: { n: number; at: number }[] = [];
     let n = 1;
     for (; n <= 5; n++) assert.ok(await write(old.host, n), `write ${n} before the cut`);
     for (let i = 1; i <= 5; i++) acknowledged.push({ n: i, at: Date.now() });
-    proxies.get(old.host)!.cut();
+    cut(old.host, standby);
     const cutAt = Date.now();
     // Keep writing to the old primary until it refuses; each success is an acknowledged write.
     for (;;) {
@@ -97,7 +112,7 @@ describe("primary partitioned from etcd", { skip }, () => {
       assert.ok(await readBack(standby, written), `acknowledged write ${written} is lost`);
     assert.equal(await write(old.host, 2000), false, "the old primary takes no writes any more");
 
-    proxies.get(old.host)!.restore();
+    heal(old.host, standby);
     await until(
       "the old primary's copy to resync into the in-sync set",
       async () => {
@@ -107,6 +122,28 @@ describe("primary partitioned from etcd", { skip }, () => {
       60_000,
     );
     assert.equal((await primary())?.host, standby, "the healed host does not take the volume back");
+    return promoted.reason;
+  };
+
+  test("cut from etcd only: the old primary stops acknowledging before the new one is promoted, nothing it acknowledged is lost", async () => {
+    const reason = await partition(
+      (old) => proxies.get(old)!.cut(),
+      (old) => proxies.get(old)!.restore(),
+    );
+    assert.match(reason, /still answers heartbeats over the replication link: it is cut off from etcd/);
+  });
+
+  test("cut from etcd and from its peer: the same, and the failover says the heartbeats stopped too", async () => {
+    const both = (old: string, standby: string, action: "cut" | "restore") => {
+      proxies.get(old)![action]();
+      links.get(old)![action](); // the standby's heartbeats to the old primary
+      links.get(standby)![action](); // the old primary's engine and heartbeats to the standby
+    };
+    const reason = await partition(
+      (old, standby) => both(old, standby, "cut"),
+      (old, standby) => both(old, standby, "restore"),
+    );
+    assert.match(reason, /stopped answering heartbeats over the replication link too/);
   });
 });
 
