@@ -12,6 +12,7 @@
 // the last, which the copies enforce, so a deposed primary's writes are refused by its peers.
 
 import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync } from "node:fs";
 import { mkdir, rm, statfs } from "node:fs/promises";
 import { monitorEventLoopDelay, type IntervalHistogram } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
@@ -26,6 +27,7 @@ import {
   nameUnder,
   parseHandoverRecord,
   parseReplicaRecord,
+  parseVolumeSpec,
   type CopyHealth,
   type DiskHealth,
   type HandoverRecord,
@@ -113,6 +115,8 @@ export class Agent implements AgentView {
   /** Each disk's verdict at the previous check, so a change is an event. */
   private readonly diskWasOk = new Map<string, boolean>();
   private latestDisks: readonly DiskHealth[] = [];
+  /** The volumes as of the last reconcile: where this host's copies are placed. */
+  private volumes: ReadonlyMap<string, VolumeSpec> = new Map();
   private eventTrimTimer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -124,7 +128,7 @@ export class Agent implements AgentView {
     this.api = new AgentApiServer(this, apiToken);
     this.etcd = new EtcdClient([...config.etcd.endpoints], { requestTimeoutMs: config.timings.renewTimeoutMs * 2 });
     this.replicaServer = new ReplicaServer({
-      directory: this.diskPath,
+      directory: (volume) => this.copyDirectory(volume),
       secret,
       log: (line) => log(`replica server: ${line}`),
     });
@@ -163,14 +167,42 @@ export class Agent implements AgentView {
     return this.config.host.name;
   }
 
-  /** Copies live on the first disk for now (placement names the disk; one replica server per host). */
-  private get diskPath(): string {
-    return this.config.disks[0]!.path;
+  /**
+   * The directory of this host's copy of `volume`: the disk the cluster placed it on (read from etcd
+   * when this agent has not seen the volume yet, as right after its creation), else a disk that holds
+   * it already. Refused, with the reason, for a volume that has no copy here.
+   */
+  private async copyDirectory(volume: string): Promise<string> {
+    let spec = this.volumes.get(volume);
+    if (spec === undefined) {
+      const kv = await this.etcd.get(keys.volume(volume)).catch(() => undefined);
+      if (kv !== undefined) spec = parseVolumeSpec(kv.value, kv.key);
+    }
+    const placed = spec?.replicas.find((replica) => replica.host === this.name);
+    if (placed !== undefined) {
+      const disk = this.config.disks.find((candidate) => candidate.name === placed.disk);
+      if (disk === undefined)
+        throw new HavenError(
+          "HAVEN_ERR_CONFIG",
+          `volume ${volume}'s copy on ${this.name} is placed on disk ${placed.disk}, which this host's config does not list`,
+        );
+      return disk.path;
+    }
+    const holding = this.config.disks.find((disk) => existsSync(join(disk.path, volume)));
+    if (holding !== undefined) return holding.path;
+    throw new HavenError("HAVEN_ERR_NOT_FOUND", `host ${this.name} holds no copy of volume ${volume}`);
+  }
+
+  /** Why the disk holding this host's copy of the volume is unusable, when its latest probe failed. */
+  private diskProblemFor(spec: VolumeSpec): string | undefined {
+    const placed = spec.replicas.find((replica) => replica.host === this.name);
+    const failed = this.latestDisks.find((disk) => !disk.ok && disk.name === placed?.disk);
+    return failed && `disk ${failed.name} failed its health check (${failed.detail})`;
   }
 
   async start(): Promise<void> {
     this.startWatchdog();
-    await mkdir(this.diskPath, { recursive: true });
+    for (const disk of this.config.disks) await mkdir(disk.path, { recursive: true });
     const { replication, nbd } = this.config;
     this.replicationPort = portOf(await this.replicaServer.listen(replication.listen.host, replication.listen.port));
     this.nbdPort = portOf(await this.nbd.listen({ kind: "tcp", host: nbd.listen.host, port: nbd.listen.port }));
@@ -445,8 +477,8 @@ export class Agent implements AgentView {
   async reconcile(): Promise<void> {
     const view = await this.readCluster();
     this.alive = view.alive;
+    this.volumes = view.volumes;
     this.links.setPeers(this.peers(view));
-    const failedDisk = this.latestDisks.find((disk) => !disk.ok && disk.name === this.config.disks[0]!.name);
     const now = performance.now();
     for (const [name, { record }] of view.primaries) {
       if (view.alive.has(record.host)) this.primaryDeadSince.delete(name);
@@ -466,7 +498,7 @@ export class Agent implements AgentView {
           now,
           primaryDeadSince: this.primaryDeadSince,
           failoverGraceMs: this.config.timings.failoverGraceMs,
-          diskProblem: failedDisk && `disk ${failedDisk.name} failed its health check (${failedDisk.detail})`,
+          diskProblem: this.diskProblemFor(spec),
           linkUp: (host) => this.links.isUp(host),
         },
       );
@@ -640,7 +672,7 @@ export class Agent implements AgentView {
     const locations: string[] = [];
     for (const replica of spec.replicas) {
       let location: string;
-      if (replica.host === this.name) location = this.diskPath;
+      if (replica.host === this.name) location = await this.copyDirectory(name);
       else {
         const info = view.hostInfo.get(replica.host);
         if (info === undefined)
@@ -714,9 +746,13 @@ export class Agent implements AgentView {
   private async removeVolume(name: string): Promise<void> {
     await this.stopVolume(name, "the volume was deleted");
     await this.replicaServer.evict(name);
-    await rm(join(this.diskPath, name), { recursive: true, force: true });
+    for (const disk of this.config.disks) {
+      const directory = join(disk.path, name);
+      if (!existsSync(directory)) continue;
+      await rm(directory, { recursive: true, force: true });
+      await this.event("copy-removed", `removed this host's copy (${directory})`, name);
+    }
     this.seenVolumes.delete(name);
-    await this.event("copy-removed", `removed this host's copy (${join(this.diskPath, name)})`, name);
   }
 
   /**

@@ -32,6 +32,8 @@ export interface LocalClusterOptions {
   readonly etcdEndpointOf?: (name: string) => string;
   /** The replication port host NAME advertises to the others (default: its own); tests put a proxy here. */
   readonly replicationPortOf?: (name: string) => number | undefined;
+  /** Each host's disks (directories under its host directory); default one, disk0, with the file system's space. */
+  readonly disks?: readonly { readonly name: string; readonly capacity?: string }[];
 }
 
 export interface LocalClusterState {
@@ -100,7 +102,8 @@ export async function clusterUp(options: LocalClusterOptions): Promise<LocalClus
   for (let i = 1; i <= options.hosts; i++) {
     const name = `h${i}`;
     const hostDir = join(dir, "hosts", name);
-    mkdirSync(join(hostDir, "disk0"), { recursive: true });
+    const disks = (options.disks ?? [{ name: "disk0" }]).map((disk) => ({ ...disk, path: join(hostDir, disk.name) }));
+    for (const disk of disks) mkdirSync(disk.path, { recursive: true });
     const ports = localHostPorts(options.basePort, name);
     const config = {
       host: { name, address: "127.0.0.1" },
@@ -112,7 +115,7 @@ export async function clusterUp(options: LocalClusterOptions): Promise<LocalClus
         ...(options.replicationPortOf?.(name) !== undefined && { advertisePort: options.replicationPortOf(name) }),
       },
       nbd: { listen: `127.0.0.1:${ports.nbd}` },
-      disks: [{ name: "disk0", path: join(hostDir, "disk0") }],
+      disks,
       ...(options.timings && { timings: options.timings }),
     };
     const configFile = join(hostDir, "agent.json");

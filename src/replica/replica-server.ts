@@ -1,12 +1,14 @@
-// The replica server: serves the copies in one directory (DIR/<volume name>/) to remote engines over
+// The replica server: serves the copies in a directory (DIR/<volume name>/) to remote engines over
 // the replication protocol (protocol/constants.ts). Every connection must first prove it knows the
 // shared secret (mutual challenge-response); an unauthenticated peer gets a refusal and nothing else.
 // Each copy is opened once, as a LocalReplicaPort shared by every connection to it, so a remote engine
 // gets exactly the semantics of a local copy, epoch fence included: a deposed primary's writes are
 // refused. A copy is closed (its lock released) once the last connection to it has closed and every
 // request it started has finished, so the host's own engine can open it when this host becomes
-// primary; evict() forces that for a copy whose old primary may still be connected. Requests are handled by one ReplicaSession per connection (replica-session.ts); malformed
-// traffic ends only its own connection, with a logged reason.
+// primary; evict() forces that for a copy whose old primary may still be connected. Requests are
+// handled by one ReplicaSession per connection (replica-session.ts); malformed traffic ends only its
+// own connection, with a logged reason. A host agent with several disks gives a function instead of one
+// directory: it names the disk that holds (or is to hold) each volume's copy.
 
 import { createServer, type Server, type Socket } from "node:net";
 import { HavenError } from "../core/errors.js";
@@ -16,7 +18,8 @@ import { authenticateEngine, FrameConnection } from "./protocol/connection.js";
 import { DEFAULT_SESSION_LIMITS, ReplicaSession, type SessionLimits, type SessionLoad } from "./replica-session.js";
 
 export interface ReplicaServerOptions {
-  readonly directory: string;
+  /** Where copies live: one directory, or the directory for each volume (throws a HavenError to refuse). */
+  readonly directory: string | ((volume: string) => string | Promise<string>);
   readonly secret: Buffer;
   readonly log?: (line: string) => void;
   readonly limits?: Partial<SessionLimits>;
@@ -136,7 +139,9 @@ export class ReplicaServer {
         continue;
       }
       if (entry === undefined) {
-        const opening = LocalReplicaPort.open(this.options.directory, name, create);
+        const { directory } = this.options;
+        const opening = (async () =>
+          LocalReplicaPort.open(typeof directory === "string" ? directory : await directory(name), name, create))();
         const created: CopyEntry = { port: opening, users: new Set([session]), closing: undefined };
         this.copies.set(name, created);
         opening.catch(() => {
