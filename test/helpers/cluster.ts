@@ -1,10 +1,12 @@
 // Helpers for tests that run a local cluster (haven cluster up's code): a base port whose whole range
 // is free, and waiting for a condition in the cluster's state.
 
+import { spawn, type ChildProcess } from "node:child_process";
+import { closeSync, openSync } from "node:fs";
 import { createServer } from "node:net";
 import { checkTimings, FAST_TIMINGS, type Timings } from "../../src/agent/timings.js";
 import type { EtcdClient } from "../../src/cluster/etcd-client.js";
-import { localHostPorts } from "../../src/cluster/local-cluster.js";
+import { localHostPorts, type LocalClusterState } from "../../src/cluster/local-cluster.js";
 import {
   keys,
   parsePrimaryRecord,
@@ -84,4 +86,55 @@ export class VolumeProbe {
   async qemuIo(host: string, command: string): Promise<boolean> {
     return (await run("qemu-io", ["-f", "raw", "-c", command, this.uri(host)], { timeoutMs: 20_000 })).code === 0;
   }
+}
+
+/**
+ * The agents of a local cluster as a test kills and restarts them: the pid each host's agent runs
+ * under now (restarts replace the one cluster up recorded), a restart with the same config and log,
+ * and cleanup of the restarted ones.
+ */
+export class ClusterAgents {
+  private readonly restarted = new Map<string, ChildProcess>();
+
+  constructor(private readonly cluster: () => LocalClusterState) {}
+
+  agent(host: string): LocalClusterState["agents"][number] {
+    const found = this.cluster().agents.find((agent) => agent.name === host);
+    if (found === undefined) throw new Error(`no agent for host ${host}`);
+    return found;
+  }
+
+  pid(host: string): number {
+    return this.restarted.get(host)?.pid ?? this.agent(host).pid;
+  }
+
+  /** Starts host's agent again (the previous one must be gone), appending to its log. */
+  restart(host: string): void {
+    const { log, config } = this.agent(host);
+    const out = openSync(log, "a");
+    const child = spawn(process.execPath, ["bin/haven.js", "agent", "--config", config], {
+      stdio: ["ignore", out, out],
+    });
+    closeSync(out);
+    this.restarted.set(host, child);
+  }
+
+  /** The pids of the agents restarted so far. */
+  restartedPids(): number[] {
+    return [...this.restarted.values()].map((child) => child.pid!);
+  }
+
+  killRestarted(): void {
+    for (const child of this.restarted.values()) child.kill("SIGKILL");
+  }
+}
+
+/** `haven volume create` against the cluster at `endpoint`; fails the test when it does not succeed. */
+export async function createTestVolume(endpoint: string, name: string, size: string, copies = 2): Promise<void> {
+  const created = await run(
+    process.execPath,
+    ["bin/haven.js", "volume", "create", name, "--size", size, "--replicas", String(copies), "--etcd", endpoint],
+    { timeoutMs: 60_000 },
+  );
+  if (created.code !== 0) throw new Error(`volume create ${name} failed: ${created.stderr}`);
 }

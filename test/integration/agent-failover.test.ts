@@ -7,8 +7,7 @@
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
-import { closeSync, mkdirSync, openSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { alive, clusterDown, clusterUp, type LocalClusterState } from "../../src/cluster/local-cluster.js";
 import { EtcdClient } from "../../src/cluster/etcd-client.js";
@@ -16,7 +15,7 @@ import { keys, parseEventRecord, parseHostHealthRecord } from "../../src/cluster
 import { DISK_PROBE_FILE } from "../../src/agent/health-probes.js";
 import { haveEtcd } from "../helpers/etcd.js";
 import { haveTool, run, tempDir } from "../helpers/server-process.js";
-import { freeBasePort, until, TEST_TIMINGS, VolumeProbe } from "../helpers/cluster.js";
+import { ClusterAgents, createTestVolume, freeBasePort, until, TEST_TIMINGS, VolumeProbe } from "../helpers/cluster.js";
 
 const VOLUME = "failover";
 const skip = !haveEtcd() || !haveTool("fio") ? "needs etcd and fio" : false;
@@ -38,18 +37,7 @@ describe("agent failover", { skip }, () => {
       .map((kv) => parseEventRecord(kv.value, kv.key))
       .filter((event) => event.kind === kind && (event.volume ?? null) === volume);
   const nbdUri = (host: string) => probe.uri(host);
-  const agentOf = (host: string) => cluster.agents.find((agent) => agent.name === host)!;
-  /** Agents started again by the tests, by host: their pids replace the ones cluster up recorded. */
-  const restarted = new Map<string, ChildProcess>();
-  const pidOf = (host: string) => restarted.get(host)?.pid ?? agentOf(host).pid;
-  const restartAgent = (host: string) => {
-    const log = openSync(agentOf(host).log, "a");
-    const child = spawn(process.execPath, ["bin/haven.js", "agent", "--config", agentOf(host).config], {
-      stdio: ["ignore", log, log],
-    });
-    closeSync(log);
-    restarted.set(host, child);
-  };
+  const agents = new ClusterAgents(() => cluster);
   const fio = (uri: string, extra: string[]) =>
     run(
       "fio",
@@ -81,22 +69,11 @@ describe("agent failover", { skip }, () => {
     });
     etcd = new EtcdClient([cluster.endpoint]);
     probe = new VolumeProbe(etcd, VOLUME, basePort);
-    const created = await haven([
-      "volume",
-      "create",
-      VOLUME,
-      "--size",
-      "64M",
-      "--replicas",
-      "2",
-      "--etcd",
-      cluster.endpoint,
-    ]);
-    assert.equal(created.code, 0, created.stderr);
+    await createTestVolume(cluster.endpoint, VOLUME, "64M");
   });
 
   after(async () => {
-    for (const child of restarted.values()) child.kill("SIGKILL");
+    agents.killRestarted();
     if (cluster) await clusterDown(cluster.dir, 10_000).catch(() => undefined);
     dir.remove();
   });
@@ -107,7 +84,7 @@ describe("agent failover", { skip }, () => {
     const standby = first.host === "h1" ? "h2" : "h1";
     const written = await fio(nbdUri(first.host), ["--do_verify=0"]);
     assert.equal(written.code, 0, written.stderr);
-    const victim = pidOf(first.host);
+    const victim = agents.pid(first.host);
     process.kill(victim, signal);
     const promoted = await until("the standby to promote", async () => {
       const now = await primary();
@@ -134,14 +111,14 @@ describe("agent failover", { skip }, () => {
 
   test("SIGSTOP of the primary's agent: its watchdog kills it, the standby promotes, SIGCONT does no harm", async () => {
     const stopped = await failover("SIGSTOP");
-    await until("the watchdog to kill the frozen agent", async () => (alive(pidOf(stopped)) ? undefined : true));
-    assert.match(readFileSync(agentOf(stopped).log, "utf8"), /watchdog: agent \d+ silent for \d+ ms; killing it/);
+    await until("the watchdog to kill the frozen agent", async () => (alive(agents.pid(stopped)) ? undefined : true));
+    assert.match(readFileSync(agents.agent(stopped).log, "utf8"), /watchdog: agent \d+ silent for \d+ ms; killing it/);
     try {
-      process.kill(pidOf(stopped), "SIGCONT");
+      process.kill(agents.pid(stopped), "SIGCONT");
     } catch {
       // gone, as it should be
     }
-    restartAgent(stopped);
+    agents.restart(stopped);
     await until("the old primary to rejoin in sync", async () =>
       (await replica(stopped))?.state === "in-sync" ? true : undefined,
     );
@@ -154,7 +131,7 @@ describe("agent failover", { skip }, () => {
   test("the old primary returns as a standby and resyncs incrementally", async () => {
     const now = (await primary())!;
     const returning = now.host === "h1" ? "h2" : "h1";
-    restartAgent(returning);
+    agents.restart(returning);
     await until("the returning copy to be in sync", async () =>
       (await replica(returning))?.state === "in-sync" ? true : undefined,
     );
@@ -216,7 +193,7 @@ describe("agent failover", { skip }, () => {
     assert.match(failed.detail, /EISDIR/);
     assert.ok((await events("disk-failed", null)).some((e) => e.host === standby));
 
-    process.kill(pidOf(now.host), "SIGKILL");
+    process.kill(agents.pid(now.host), "SIGKILL");
     await until("the standby to say why it does not take over", async () =>
       (await events("failover-waiting")).some((e) => e.host === standby && /failed its health check/.test(e.message))
         ? true
@@ -234,7 +211,7 @@ describe("agent failover", { skip }, () => {
     await until("the new primary to serve", async () =>
       (await run("qemu-io", ["-f", "raw", "-c", "read 0 4k", nbdUri(standby)])).code === 0 ? true : undefined,
     );
-    restartAgent(now.host);
+    agents.restart(now.host);
     await until("the old primary to rejoin in sync", async () =>
       (await replica(now.host))?.state === "in-sync" ? true : undefined,
     );
@@ -244,15 +221,15 @@ describe("agent failover", { skip }, () => {
     const now = (await primary())!;
     const standby = now.host === "h1" ? "h2" : "h1";
     // Take the standby away; the primary records its copy out of sync before the next write completes.
-    process.kill(pidOf(standby), "SIGKILL");
+    process.kill(agents.pid(standby), "SIGKILL");
     const wrote = await fio(nbdUri(now.host), ["--do_verify=0", "--size=4M"]);
     assert.equal(wrote.code, 0, wrote.stderr);
     await until("the standby's copy on record as out of sync", async () =>
       (await replica(standby))?.state === "out-of-sync" ? true : undefined,
     );
     // Now the primary dies too, and only the stale standby comes back.
-    process.kill(pidOf(now.host), "SIGKILL");
-    restartAgent(standby);
+    process.kill(agents.pid(now.host), "SIGKILL");
+    agents.restart(standby);
     const waiting = await until("the standby to explain why it does not promote", async () => {
       const found = (await events("failover-waiting")).filter(
         (e) => e.host === standby && /not promoted/.test(e.message),

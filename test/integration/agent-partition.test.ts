@@ -15,7 +15,7 @@ import { keys, parseEventRecord, parseHostHealthRecord, parseReplicaRecord } fro
 import { haveEtcd } from "../helpers/etcd.js";
 import { haveTool, run, tempDir } from "../helpers/server-process.js";
 import { TcpProxy } from "../helpers/tcp-proxy.js";
-import { freeBasePort, until, TEST_TIMINGS, VolumeProbe } from "../helpers/cluster.js";
+import { createTestVolume, freeBasePort, until, TEST_TIMINGS, VolumeProbe } from "../helpers/cluster.js";
 
 const VOLUME = "cut";
 const skip = !haveEtcd() || !haveTool("qemu-io") ? "needs etcd and qemu-io" : false;
@@ -59,12 +59,7 @@ describe("primary partitioned from etcd", { skip }, () => {
     });
     etcd = new EtcdClient([cluster.endpoint]);
     probe = new VolumeProbe(etcd, VOLUME, basePort);
-    const created = await run(
-      process.execPath,
-      ["bin/haven.js", "volume", "create", VOLUME, "--size", "64M", "--replicas", "2", "--etcd", cluster.endpoint],
-      { timeoutMs: 60_000 },
-    );
-    assert.equal(created.code, 0, created.stderr);
+    await createTestVolume(cluster.endpoint, VOLUME, "64M");
   });
 
   after(async () => {
@@ -180,12 +175,7 @@ describe("replication link cut while both hosts keep their leases", { skip }, ()
     });
     etcd = new EtcdClient([cluster.endpoint]);
     probe = new VolumeProbe(etcd, VOLUME, basePort);
-    const created = await run(
-      process.execPath,
-      ["bin/haven.js", "volume", "create", VOLUME, "--size", "64M", "--replicas", "2", "--etcd", cluster.endpoint],
-      { timeoutMs: 60_000 },
-    );
-    assert.equal(created.code, 0, created.stderr);
+    await createTestVolume(cluster.endpoint, VOLUME, "64M");
   });
 
   after(async () => {

@@ -9,15 +9,14 @@
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
-import { closeSync, openSync } from "node:fs";
+import { spawn } from "node:child_process";
 import { join } from "node:path";
 import { alive, clusterDown, clusterUp, type LocalClusterState } from "../../src/cluster/local-cluster.js";
 import { EtcdClient } from "../../src/cluster/etcd-client.js";
 import { packageRoot } from "../../src/util/repo-root.js";
 import { haveEtcd } from "../helpers/etcd.js";
 import { run, tempDir } from "../helpers/server-process.js";
-import { freeBasePort, until, TEST_TIMINGS, VolumeProbe } from "../helpers/cluster.js";
+import { ClusterAgents, createTestVolume, freeBasePort, until, TEST_TIMINGS, VolumeProbe } from "../helpers/cluster.js";
 
 const VOLUME = "ledger";
 const SIZE_BYTES = 64 * 1024 * 1024;
@@ -85,7 +84,7 @@ describe("kill -9 of the primary at a random moment under write load", { skip },
   let cluster: LocalClusterState;
   let etcd: EtcdClient;
   let probe: VolumeProbe;
-  const restarted = new Map<string, ChildProcess>();
+  const agents = new ClusterAgents(() => cluster);
   const ledger = new Ledger();
   const seed = Number(process.env.HAVEN_KILL_SEED ?? Math.floor(Math.random() * 2 ** 31));
   let state = seed;
@@ -95,43 +94,16 @@ describe("kill -9 of the primary at a random moment under write load", { skip },
     return state / 2 ** 31;
   };
 
-  const agentOf = (host: string) => cluster.agents.find((agent) => agent.name === host)!;
-  const pidOf = (host: string) => restarted.get(host)?.pid ?? agentOf(host).pid;
-  const restartAgent = (host: string) => {
-    const log = openSync(agentOf(host).log, "a");
-    const child = spawn(process.execPath, ["bin/haven.js", "agent", "--config", agentOf(host).config], {
-      stdio: ["ignore", log, log],
-    });
-    closeSync(log);
-    restarted.set(host, child);
-  };
-
   before(async () => {
     const basePort = await freeBasePort();
     cluster = await clusterUp({ dir: join(dir.path, "cluster"), hosts: 2, basePort, timings: { ...TEST_TIMINGS } });
     etcd = new EtcdClient([cluster.endpoint]);
     probe = new VolumeProbe(etcd, VOLUME, basePort);
-    const created = await run(
-      process.execPath,
-      [
-        "bin/haven.js",
-        "volume",
-        "create",
-        VOLUME,
-        "--size",
-        String(SIZE_BYTES),
-        "--replicas",
-        "2",
-        "--etcd",
-        cluster.endpoint,
-      ],
-      { timeoutMs: 60_000 },
-    );
-    assert.equal(created.code, 0, created.stderr);
+    await createTestVolume(cluster.endpoint, VOLUME, String(SIZE_BYTES));
   });
 
   after(async () => {
-    for (const child of restarted.values()) child.kill("SIGKILL");
+    agents.killRestarted();
     if (cluster) await clusterDown(cluster.dir, 10_000).catch(() => undefined);
     dir.remove();
   });
@@ -162,7 +134,7 @@ describe("kill -9 of the primary at a random moment under write load", { skip },
       );
       const delayMs = Math.floor(200 + random() * 1_500);
       await new Promise((resolve) => setTimeout(resolve, delayMs));
-      process.kill(pidOf(first.host), "SIGKILL");
+      process.kill(agents.pid(first.host), "SIGKILL");
 
       const promoted = await until("the standby to promote", async () => {
         const now = await probe.primary();
@@ -202,12 +174,12 @@ describe("kill -9 of the primary at a random moment under write load", { skip },
           `on ${thisRound.blocks.size} blocks, ${blocks.length} blocks in all verified through ${standby} ` +
           `(writer: ${thisRound.end ?? "killed"})\n`,
       );
-      restartAgent(first.host);
+      agents.restart(first.host);
     }
   });
 
   test("cluster down also stops the agents restarted by hand", async () => {
-    const pids = [...restarted.values()].map((child) => child.pid!);
+    const pids = agents.restartedPids();
     assert.ok(pids.length > 0);
     await clusterDown(cluster.dir, 10_000);
     await until("the restarted agents to exit", async () => (pids.every((pid) => !alive(pid)) ? true : undefined));

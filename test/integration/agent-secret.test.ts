@@ -6,16 +6,15 @@
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { closeSync, openSync, readFileSync, writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { clusterDown, clusterUp, type LocalClusterState } from "../../src/cluster/local-cluster.js";
 import { EtcdClient } from "../../src/cluster/etcd-client.js";
 import { keys, parseHostHealthRecord } from "../../src/cluster/schema.js";
 import { haveEtcd } from "../helpers/etcd.js";
-import { haveTool, run, tempDir } from "../helpers/server-process.js";
-import { freeBasePort, until, TEST_TIMINGS, VolumeProbe } from "../helpers/cluster.js";
+import { haveTool, tempDir } from "../helpers/server-process.js";
+import { ClusterAgents, createTestVolume, freeBasePort, until, TEST_TIMINGS, VolumeProbe } from "../helpers/cluster.js";
 
 const VOLUME = "secret";
 const skip = !haveEtcd() || !haveTool("qemu-io") ? "needs etcd and qemu-io" : false;
@@ -25,17 +24,7 @@ describe("a host with the wrong cluster secret", { skip }, () => {
   let cluster: LocalClusterState;
   let etcd: EtcdClient;
   let probe: VolumeProbe;
-  const restarted = new Map<string, ChildProcess>();
-  const agentOf = (host: string) => cluster.agents.find((agent) => agent.name === host)!;
-  const pidOf = (host: string) => restarted.get(host)?.pid ?? agentOf(host).pid;
-  const restartAgent = (host: string) => {
-    const log = openSync(agentOf(host).log, "a");
-    const child = spawn(process.execPath, ["bin/haven.js", "agent", "--config", agentOf(host).config], {
-      stdio: ["ignore", log, log],
-    });
-    closeSync(log);
-    restarted.set(host, child);
-  };
+  const agents = new ClusterAgents(() => cluster);
   const link = async (from: string, to: string) => {
     const kv = await etcd.get(keys.health(from));
     return kv && parseHostHealthRecord(kv.value, kv.key).links.find((l) => l.peer === to);
@@ -46,16 +35,11 @@ describe("a host with the wrong cluster secret", { skip }, () => {
     cluster = await clusterUp({ dir: join(dir.path, "cluster"), hosts: 2, basePort, timings: { ...TEST_TIMINGS } });
     etcd = new EtcdClient([cluster.endpoint]);
     probe = new VolumeProbe(etcd, VOLUME, basePort);
-    const created = await run(
-      process.execPath,
-      ["bin/haven.js", "volume", "create", VOLUME, "--size", "16M", "--replicas", "2", "--etcd", cluster.endpoint],
-      { timeoutMs: 60_000 },
-    );
-    assert.equal(created.code, 0, created.stderr);
+    await createTestVolume(cluster.endpoint, VOLUME, "16M");
   });
 
   after(async () => {
-    for (const child of restarted.values()) child.kill("SIGKILL");
+    agents.killRestarted();
     if (cluster) await clusterDown(cluster.dir, 10_000).catch(() => undefined);
     dir.remove();
   });
@@ -67,7 +51,7 @@ describe("a host with the wrong cluster secret", { skip }, () => {
       (await link(primary, other))?.up ? true : undefined,
     );
 
-    const configFile = agentOf(other).config;
+    const configFile = agents.agent(other).config;
     const original = readFileSync(configFile, "utf8");
     const config = JSON.parse(original) as { replication: { secretFile: string } };
     const wrongSecret = join(dir.path, "wrong.secret");
@@ -76,9 +60,9 @@ describe("a host with the wrong cluster secret", { skip }, () => {
       configFile,
       JSON.stringify({ ...config, replication: { ...config.replication, secretFile: wrongSecret } }),
     );
-    process.kill(pidOf(other), "SIGKILL");
+    process.kill(agents.pid(other), "SIGKILL");
     assert.ok(await probe.qemuIo(primary, "write -P 0x5a 0 1M"), "the primary writes on without the other copy");
-    restartAgent(other);
+    agents.restart(other);
 
     const refused = /refused us|does not match the shared secret/;
     const outgoing = await until("the primary's link to the host to be down", async () => {
@@ -102,8 +86,8 @@ describe("a host with the wrong cluster secret", { skip }, () => {
 
     // The right secret back: the same host rejoins and its copy resyncs.
     writeFileSync(configFile, original);
-    process.kill(pidOf(other), "SIGKILL");
-    restartAgent(other);
+    process.kill(agents.pid(other), "SIGKILL");
+    agents.restart(other);
     await until(
       "the copy to resync into the in-sync set",
       async () => ((await probe.replica(other))?.state === "in-sync" ? true : undefined),

@@ -10,20 +10,12 @@ import { createServer, type AddressInfo, type Server, type Socket } from "node:n
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { HavenError, type ErrorCode } from "../../src/core/errors.js";
+import { HavenError } from "../../src/core/errors.js";
 import { EtcdClient, type WatchEvent } from "../../src/cluster/etcd-client.js";
 import { startEtcd } from "../../src/cluster/etcd-process.js";
 import { haveEtcd, startTestEtcd, type TestEtcd } from "../helpers/etcd.js";
 import { tempDir } from "../helpers/server-process.js";
-
-const failsWith =
-  (code: ErrorCode, message: RegExp) =>
-  (error: unknown): boolean => {
-    assert.ok(error instanceof HavenError, `expected a HavenError, got ${String(error)}`);
-    assert.equal(error.code, code, error.message);
-    assert.match(error.message, message);
-    return true;
-  };
+import { failsWith } from "../helpers/errors.js";
 
 /** Collects a watch's events and lets a test wait, bounded, until one it expects has arrived. */
 class EventLog {

@@ -5,24 +5,15 @@
 
 import { after, before, beforeEach, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { HavenError, type ErrorCode } from "../../src/core/errors.js";
 import { readClusterRecords } from "../../src/cluster/cluster-read.js";
 import { EtcdClient, type Compare, type TxnOperation, type TxnResult } from "../../src/cluster/etcd-client.js";
 import { keys, CLUSTER_PREFIX, type HostRecord, type VolumeSpec } from "../../src/cluster/schema.js";
 import { createVolume } from "../../src/cluster/volume-admin.js";
 import { GiB, hostRecord, TIME } from "../helpers/cluster-records.js";
 import { haveEtcd, startTestEtcd, type TestEtcd } from "../helpers/etcd.js";
+import { failsWith } from "../helpers/errors.js";
 
 const options = { actor: "test@volume-admin" };
-
-const failsWith =
-  (code: ErrorCode, message: RegExp) =>
-  (error: unknown): boolean => {
-    assert.ok(error instanceof HavenError, `expected a HavenError, got ${String(error)}`);
-    assert.equal(error.code, code, error.message);
-    assert.match(error.message, message);
-    return true;
-  };
 
 /** A client that runs `before` ahead of each transaction that writes a volume spec (a create's). */
 class InterferingClient extends EtcdClient {

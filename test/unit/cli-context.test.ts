@@ -6,18 +6,9 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { HavenError, type ErrorCode } from "../../src/core/errors.js";
 import { defaultContextPath, resolveCluster, writeContext } from "../../src/cli/context.js";
 import { tempDir } from "../helpers/server-process.js";
-
-function failsWith(code: ErrorCode, message: RegExp) {
-  return (error: unknown): boolean => {
-    assert.ok(error instanceof HavenError, String(error));
-    assert.equal(error.code, code, error.message);
-    assert.match(error.message, message);
-    return true;
-  };
-}
+import { failsWith } from "../helpers/errors.js";
 
 /** Runs `body` with a temporary XDG_CONFIG_HOME and no other configuration in its environment. */
 function withConfigHome(body: (dir: string, env: NodeJS.ProcessEnv) => void): void {
