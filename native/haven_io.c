@@ -9,6 +9,7 @@
  *   readNoWait(fd, buffer, position) / writeNoWait(...) -> bytes, or -1 if it would block
  *   sendFileReply(socketFd, header, fileFd, position, length) -> Promise<bytes sent>
  *   lockExclusive(fd) -> boolean      flock(LOCK_EX|LOCK_NB); false when another holder has it
+ *   copyRange(fdIn, posIn, fdOut, posOut, length) -> Promise<bytes>  (copy_file_range, thread pool)
  *
  * Errors reject or throw an Error whose `code` is the errno name (EOPNOTSUPP, EINVAL, ...) so the
  * TypeScript side can map it to an NBD error without parsing messages.
@@ -54,6 +55,8 @@ static const char *errno_name(int err) {
     case ECONNRESET: return "ECONNRESET";
     case ETIMEDOUT: return "ETIMEDOUT";
     case ESPIPE: return "ESPIPE";
+    case EXDEV: return "EXDEV";
+    case ENOSYS: return "ENOSYS";
     default: return "EUNKNOWN";
   }
 }
@@ -170,6 +173,75 @@ static napi_value js_start_writeback(napi_env env, napi_callback_info info) {
   if (!get_int64(env, argv[0], &fd) || !get_int64(env, argv[1], &offset) || !get_int64(env, argv[2], &length))
     return NULL;
   return queue_range_job(env, RANGE_WRITEBACK, fd, 0, offset, length);
+}
+
+/* copyRange(fdIn, positionIn, fdOut, positionOut, length): copy_file_range(2) on the thread pool,
+ * repeated until `length` bytes are copied; the data moves inside the kernel, from one page cache to
+ * the other, without a round trip through a user buffer. Resolves with the bytes copied (fewer when
+ * the source ended); rejects with the errno (EXDEV, EINVAL, ENOSYS: the caller copies by hand). */
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  int fd_in, fd_out;
+  int64_t position_in, position_out, length, copied;
+  int err;
+} copy_job;
+
+static void copy_execute(napi_env env, void *data) {
+  (void)env;
+  copy_job *job = data;
+  while (job->copied < job->length) {
+    loff_t in = (loff_t)(job->position_in + job->copied);
+    loff_t out = (loff_t)(job->position_out + job->copied);
+    ssize_t n = copy_file_range(job->fd_in, &in, job->fd_out, &out, (size_t)(job->length - job->copied), 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      job->err = errno;
+      return;
+    }
+    if (n == 0) return; /* the source ended */
+    job->copied += n;
+  }
+}
+
+static void copy_complete(napi_env env, napi_status status, void *data) {
+  copy_job *job = data;
+  if (status != napi_ok && job->err == 0) job->err = EIO;
+  if (job->err == 0) {
+    napi_value copied;
+    napi_create_int64(env, job->copied, &copied);
+    napi_resolve_deferred(env, job->deferred, copied);
+  } else {
+    napi_reject_deferred(env, job->deferred, make_error(env, "copy_file_range", job->err));
+  }
+  napi_delete_async_work(env, job->work);
+  free(job);
+}
+
+static napi_value js_copy_range(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  if (!get_args(env, info, 5, argv)) return NULL;
+  int64_t fd_in, position_in, fd_out, position_out, length;
+  if (!get_int64(env, argv[0], &fd_in) || !get_int64(env, argv[1], &position_in) ||
+      !get_int64(env, argv[2], &fd_out) || !get_int64(env, argv[3], &position_out) ||
+      !get_int64(env, argv[4], &length))
+    return NULL;
+  copy_job *job = calloc(1, sizeof *job);
+  if (job == NULL) {
+    napi_throw_error(env, "ENOMEM", "out of memory");
+    return NULL;
+  }
+  job->fd_in = (int)fd_in;
+  job->fd_out = (int)fd_out;
+  job->position_in = position_in;
+  job->position_out = position_out;
+  job->length = length;
+  napi_value promise, name;
+  CHECK(napi_create_promise(env, &job->deferred, &promise));
+  CHECK(napi_create_string_utf8(env, "haven_copy_range", NAPI_AUTO_LENGTH, &name));
+  CHECK(napi_create_async_work(env, NULL, name, copy_execute, copy_complete, job, &job->work));
+  CHECK(napi_queue_async_work(env, job->work));
+  return promise;
 }
 
 static napi_value seek(napi_env env, napi_callback_info info, int whence, const char *syscall) {
@@ -403,6 +475,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"readNoWait", NULL, js_read_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
     {"writeNoWait", NULL, js_write_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
     {"lockExclusive", NULL, js_lock_exclusive, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"copyRange", NULL, js_copy_range, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   CHECK(napi_define_properties(env, exports, sizeof properties / sizeof properties[0], properties));
   napi_value flags;

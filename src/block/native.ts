@@ -25,6 +25,11 @@ export interface NativeIo {
    * fewer than asked when the socket filled up (the caller sends the rest).
    */
   sendFileReply(socketFd: number, header: Buffer, fileFd: number, position: number, length: number): Promise<number>;
+  /**
+   * copy_file_range(2) on a pool thread, repeated until done: the bytes copied (fewer if the source
+   * ended). Rejects with the errno's name in `code` (EXDEV, EINVAL, ENOSYS when it cannot be used).
+   */
+  copyRange(fdIn: number, positionIn: number, fdOut: number, positionOut: number, length: number): Promise<number>;
   /** flock(LOCK_EX|LOCK_NB): true when this file description now holds the lock, false if another does. */
   lockExclusive(fd: number): boolean;
   readonly FALLOC: { readonly KEEP_SIZE: number; readonly PUNCH_HOLE: number; readonly ZERO_RANGE: number };

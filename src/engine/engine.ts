@@ -94,7 +94,9 @@ export const DEFAULT_RESYNC: ResyncSettings = {
   maxBytesPerSecond: 1024 * 1024 * 1024,
   busyBytesPerSecond: 64 * 1024 * 1024,
   busyWindowMs: 200,
-  chunkBytes: 1024 * 1024,
+  // 4 MiB: a rebuild between local copies runs at about the disk's rate with it (0.83x-0.96x of fio's
+  // sequential write rate in bench/replication) and at 0.75x-0.82x with 1 MiB chunks.
+  chunkBytes: 4 * 1024 * 1024,
   saveProgressMs: 2000,
   parallelChunks: 8,
 };

@@ -210,13 +210,37 @@ async function copyRun(
       const length = Math.min(extent.length, end - at);
       if (extent.hole || extent.zero) await zeroWhereNeeded(engine.epoch, to, at, length, onTarget);
       else {
-        const data = await onSource(read(at, length));
-        await onTarget(to.write(engine.epoch, at, data, false));
+        if (!(await copyInKernel(engine.epoch, from, to, at, length))) {
+          const data = await onSource(read(at, length));
+          await onTarget(to.write(engine.epoch, at, data, false));
+        }
         await startWriteback(to, at, length);
       }
       at += length;
       if (at >= end) break;
     }
+  }
+}
+
+/**
+ * Between two local copies, copies the bytes inside the kernel (copy_file_range: one copy instead of
+ * two through a buffer). False when that is not possible or fails, and the caller copies by hand, which
+ * also tells a failing source from a failing target (a failed kernel copy could be either).
+ */
+async function copyInKernel(
+  epoch: number,
+  from: ReplicaPort,
+  to: ReplicaPort,
+  offset: number,
+  length: number,
+): Promise<boolean> {
+  const source = from.zeroCopySource?.(offset, length);
+  if (source === undefined || to.copyFrom === undefined) return false;
+  try {
+    await to.copyFrom(epoch, offset, source, length);
+    return true;
+  } catch {
+    return false;
   }
 }
 

@@ -54,6 +54,16 @@ export class LocalReplicaPort implements ReplicaPort {
     return this.store.data.zeroCopySource(offset, length);
   }
 
+  async copyFrom(
+    epoch: number,
+    offset: number,
+    source: { fd: number; position: number },
+    length: number,
+  ): Promise<void> {
+    if (!this.store.admitted(epoch)) await this.store.admitEpoch(epoch);
+    return this.store.data.copyFrom(source, offset, length);
+  }
+
   async write(epoch: number, offset: number, data: WriteData, fua: boolean): Promise<void> {
     if (!this.store.admitted(epoch)) await this.store.admitEpoch(epoch);
     return this.store.data.write(offset, data, { fua });

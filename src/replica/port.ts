@@ -27,6 +27,11 @@ export interface ReplicaPort {
   trim(epoch: number, offset: number, length: number, fua: boolean): Promise<void>;
   writeZeroes(epoch: number, offset: number, length: number, fua: boolean): Promise<void>;
   flush(): Promise<void>;
+  /**
+   * Local copies: writes `length` bytes from another local copy's file (its zeroCopySource) at
+   * `offset`, inside the kernel. A rebuild's fast path; on failure the caller copies by hand.
+   */
+  copyFrom?(epoch: number, offset: number, source: { fd: number; position: number }, length: number): Promise<void>;
   /** Local copies: starts writing the range to disk without waiting (a bulk copy's hint, not a flush). */
   startWriteback?(offset: number, length: number): Promise<void>;
   /** Durably changes the writer-owned metadata; resolves with the new metadata once it is synced. */

@@ -141,3 +141,32 @@ test("start writeback is a hint on an open device and an error on a closed one o
   await other.close();
   await assert.rejects(other.startWriteback(0, 4096), HavenError);
 });
+
+test("copyFrom copies another file's bytes inside the kernel, and refuses what does not fit", async () => {
+  const sourcePath = join(dir.path, "source.img");
+  const bytes = randomBytes(3 * MiB);
+  writeFileSync(sourcePath, bytes);
+  const source = await FileDevice.open(sourcePath);
+  try {
+    const from = source.zeroCopySource(MiB, 2 * MiB)!;
+    await device.copyFrom(from, 8 * MiB, 2 * MiB);
+    assert.ok(
+      readFileSync(path)
+        .subarray(8 * MiB, 10 * MiB)
+        .equals(bytes.subarray(MiB, 3 * MiB)),
+    );
+    // The source ends before the length asked: an error, not a silent short copy.
+    await assert.rejects(device.copyFrom({ fd: from.fd, position: 2 * MiB }, 0, 2 * MiB), (error: unknown) => {
+      assert.ok(error instanceof HavenError);
+      assert.match(error.message, /the source ended after 1048576 of 2097152 bytes/);
+      return true;
+    });
+    await assert.rejects(device.copyFrom(from, 15 * MiB, 2 * MiB), (error: unknown) => {
+      assert.ok(error instanceof HavenError);
+      assert.equal(error.code, "HAVEN_ERR_OUT_OF_RANGE");
+      return true;
+    });
+  } finally {
+    await source.close();
+  }
+});
