@@ -180,7 +180,7 @@ export class Agent implements AgentView {
       const kv = await this.etcd.get(keys.volume(volume)).catch(() => undefined);
       if (kv !== undefined) spec = parseVolumeSpec(kv.value, kv.key);
     }
-    const placed = spec?.replicas.find((replica) => replica.host === this.name);
+    const placed = spec && this.placedHere(spec);
     if (placed !== undefined) {
       const disk = this.config.disks.find((candidate) => candidate.name === placed.disk);
       if (disk === undefined)
@@ -195,9 +195,14 @@ export class Agent implements AgentView {
     throw new HavenError("HAVEN_ERR_NOT_FOUND", `host ${this.name} holds no copy of volume ${volume}`);
   }
 
+  /** This host's copy of the volume as placed (host and disk), if the volume has one here. */
+  private placedHere(spec: VolumeSpec): VolumeSpec["replicas"][number] | undefined {
+    return spec.replicas.find((replica) => replica.host === this.name);
+  }
+
   /** Why the disk holding this host's copy of the volume is unusable, when its latest probe failed. */
   private diskProblemFor(spec: VolumeSpec): string | undefined {
-    const placed = spec.replicas.find((replica) => replica.host === this.name);
+    const placed = this.placedHere(spec);
     const failed = this.latestDisks.find((disk) => !disk.ok && disk.name === placed?.disk);
     return failed && `disk ${failed.name} failed its health check (${failed.detail})`;
   }
@@ -329,7 +334,7 @@ export class Agent implements AgentView {
     const disks = this.checkDisks();
     for (const disk of disks) if (!disk.ok) problems.push(`disk ${disk.name}: ${disk.detail}`);
     problems.push(...this.checkNbdFront());
-    const links = this.links.health();
+    const links = health.links;
     for (const link of links) if (!link.up) problems.push(`replication link to ${link.peer} down: ${link.detail}`);
     const copies: CopyHealth[] = [];
     for (const [name, running] of this.running) {
@@ -487,7 +492,7 @@ export class Agent implements AgentView {
       else if (!this.primaryDeadSince.has(name)) this.primaryDeadSince.set(name, now);
     }
     for (const spec of view.volumes.values()) {
-      if (spec.replicas.some((replica) => replica.host === this.name)) this.seenVolumes.add(spec.name);
+      if (this.placedHere(spec) !== undefined) this.seenVolumes.add(spec.name);
       if (this.busy.has(spec.name)) continue;
       const primary = view.primaries.get(spec.name);
       const action = decide(
@@ -635,7 +640,7 @@ export class Agent implements AgentView {
   private peers(view: ClusterView): Map<string, PeerAddress> {
     const peers = new Map<string, PeerAddress>();
     for (const spec of view.volumes.values()) {
-      if (!spec.replicas.some((replica) => replica.host === this.name)) continue;
+      if (this.placedHere(spec) === undefined) continue;
       for (const { host } of spec.replicas) {
         const info = view.hostInfo.get(host);
         if (host === this.name || info === undefined) continue;

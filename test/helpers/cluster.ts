@@ -9,8 +9,10 @@ import type { EtcdClient } from "../../src/cluster/etcd-client.js";
 import { localHostPorts, type LocalClusterState } from "../../src/cluster/local-cluster.js";
 import {
   keys,
+  parseEventRecord,
   parsePrimaryRecord,
   parseReplicaRecord,
+  type EventRecord,
   type PrimaryRecord,
   type ReplicaRecord,
 } from "../../src/cluster/schema.js";
@@ -72,6 +74,13 @@ export class VolumeProbe {
   async primary(): Promise<PrimaryRecord | undefined> {
     const kv = await this.etcd.get(keys.primary(this.volume));
     return kv ? parsePrimaryRecord(kv.value, kv.key) : undefined;
+  }
+
+  /** The events of `kind` about the volume, or about no volume at all when `volume` is null. */
+  async events(kind: string, volume: string | null = this.volume): Promise<EventRecord[]> {
+    return (await this.etcd.getPrefix(keys.events()))
+      .map((kv) => parseEventRecord(kv.value, kv.key))
+      .filter((event) => event.kind === kind && (event.volume ?? null) === volume);
   }
 
   async replica(host: string): Promise<ReplicaRecord | undefined> {

@@ -11,7 +11,7 @@ import { mkdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { alive, clusterDown, clusterUp, type LocalClusterState } from "../../src/cluster/local-cluster.js";
 import { EtcdClient } from "../../src/cluster/etcd-client.js";
-import { keys, parseEventRecord, parseHostHealthRecord } from "../../src/cluster/schema.js";
+import { keys, parseHostHealthRecord } from "../../src/cluster/schema.js";
 import { DISK_PROBE_FILE } from "../../src/agent/health-probes.js";
 import { haveEtcd } from "../helpers/etcd.js";
 import { haveTool, run, tempDir } from "../helpers/server-process.js";
@@ -31,11 +31,7 @@ describe("agent failover", { skip }, () => {
   let probe: VolumeProbe;
   const primary = () => probe.primary();
   const replica = (host: string) => probe.replica(host);
-  /** Events of `kind` about the volume, or about no volume with `volume` null. */
-  const events = async (kind: string, volume: string | null = VOLUME) =>
-    (await etcd.getPrefix(keys.events()))
-      .map((kv) => parseEventRecord(kv.value, kv.key))
-      .filter((event) => event.kind === kind && (event.volume ?? null) === volume);
+  const events = (kind: string, volume?: string | null) => probe.events(kind, volume);
   const nbdUri = (host: string) => probe.uri(host);
   const agents = new ClusterAgents(() => cluster);
   const fio = (uri: string, extra: string[]) =>

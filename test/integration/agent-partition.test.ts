@@ -4,14 +4,15 @@
 // before the lease can expire), no write may be acknowledged by both, every write the old primary
 // acknowledged must be readable from the new one, the failover must say whether the old primary still
 // answered heartbeats, and once the partition heals the old primary comes back as a standby whose copy
-// resyncs into the in-sync set.
+// resyncs into the in-sync set. Last, only the replication link is cut while both hosts keep their
+// leases: the primary carries on degraded, no failover happens, and the copy resyncs once it heals.
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { clusterDown, clusterUp, localHostPorts, type LocalClusterState } from "../../src/cluster/local-cluster.js";
 import { EtcdClient } from "../../src/cluster/etcd-client.js";
-import { keys, parseEventRecord, parseHostHealthRecord, parseReplicaRecord } from "../../src/cluster/schema.js";
+import { keys, parseHostHealthRecord, parseReplicaRecord } from "../../src/cluster/schema.js";
 import { haveEtcd } from "../helpers/etcd.js";
 import { haveTool, run, tempDir } from "../helpers/server-process.js";
 import { TcpProxy } from "../helpers/tcp-proxy.js";
@@ -20,7 +21,7 @@ import { createTestVolume, freeBasePort, until, TEST_TIMINGS, VolumeProbe } from
 const VOLUME = "cut";
 const skip = !haveEtcd() || !haveTool("qemu-io") ? "needs etcd and qemu-io" : false;
 
-describe("primary partitioned from etcd", { skip }, () => {
+describe("partitions between a primary, etcd and its peer", { skip }, () => {
   const dir = tempDir("haven-partition-");
   let cluster: LocalClusterState;
   let etcd: EtcdClient;
@@ -31,6 +32,9 @@ describe("primary partitioned from etcd", { skip }, () => {
 
   let probe: VolumeProbe;
   const primary = () => probe.primary();
+  const recorded = async (host: string) => (await probe.replica(host))?.state;
+  const qemuIo = (host: string, command: string) => probe.qemuIo(host, command);
+  const linkEvents = (kind: string) => probe.events(kind, null);
   const write = (host: string, n: number): Promise<boolean> => probe.qemuIo(host, `write -P ${n % 256} ${n * 4096} 4k`);
   const readBack = async (host: string, n: number): Promise<boolean> =>
     (
@@ -139,49 +143,6 @@ describe("primary partitioned from etcd", { skip }, () => {
       (old, standby) => both(old, standby, "restore"),
     );
     assert.match(reason, /stopped answering heartbeats over the replication link too/);
-  });
-});
-
-describe("replication link cut while both hosts keep their leases", { skip }, () => {
-  const dir = tempDir("haven-link-cut-");
-  let cluster: LocalClusterState;
-  let etcd: EtcdClient;
-  let basePort = 0;
-  const links = new Map<string, TcpProxy>();
-
-  let probe: VolumeProbe;
-  const primary = () => probe.primary();
-  const recorded = async (host: string) => (await probe.replica(host))?.state;
-  const qemuIo = (host: string, command: string) => probe.qemuIo(host, command);
-  const linkEvents = async (kind: string) =>
-    (await etcd.getPrefix(keys.events()))
-      .map((kv) => parseEventRecord(kv.value, kv.key))
-      .filter((e) => e.kind === kind);
-
-  before(async () => {
-    basePort = await freeBasePort();
-    // Each host's replica server is reached by the other through a proxy: the replication link.
-    for (const host of ["h1", "h2"]) {
-      const proxy = new TcpProxy("127.0.0.1", localHostPorts(basePort, host).replication);
-      await proxy.start();
-      links.set(host, proxy);
-    }
-    cluster = await clusterUp({
-      dir: join(dir.path, "cluster"),
-      hosts: 2,
-      basePort,
-      timings: { ...TEST_TIMINGS },
-      replicationPortOf: (name) => links.get(name)!.port,
-    });
-    etcd = new EtcdClient([cluster.endpoint]);
-    probe = new VolumeProbe(etcd, VOLUME, basePort);
-    await createTestVolume(cluster.endpoint, VOLUME, "64M");
-  });
-
-  after(async () => {
-    if (cluster) await clusterDown(cluster.dir, 10_000).catch(() => undefined);
-    for (const proxy of links.values()) await proxy.stop();
-    dir.remove();
   });
 
   test("the primary carries on degraded, no failover happens, and the copy resyncs when the link heals", async () => {
