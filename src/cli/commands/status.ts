@@ -2,13 +2,9 @@
 // its address and disks) and each volume (size, primary and epoch, each copy's recorded state, health,
 // and where clients connect).
 
-import { HavenError } from "../../core/errors.js";
-import { readClusterRecords } from "../../cluster/cluster-read.js";
-import { clusterView } from "../../cluster/cluster-view.js";
-import { parseCommandArgs } from "../args.js";
 import { renderStatus } from "../cluster-render.js";
-import { CLUSTER_OPTIONS, CLUSTER_OPTIONS_USAGE, connectCluster } from "../context.js";
-import { terminalRenderOptions } from "../terminal.js";
+import { clusterReport } from "../cluster-report.js";
+import { CLUSTER_OPTIONS_USAGE } from "../context.js";
 
 export const STATUS_USAGE = `usage: haven status [--json] [cluster options]
 
@@ -24,21 +20,6 @@ options:
 
 ${CLUSTER_OPTIONS_USAGE}`;
 
-export async function status(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommandArgs(
-    argv,
-    { ...CLUSTER_OPTIONS, json: { type: "boolean" }, help: { type: "boolean", short: "h" } },
-    STATUS_USAGE,
-  );
-  if (values.help) {
-    process.stdout.write(`${STATUS_USAGE}\n`);
-    return 0;
-  }
-  if (positionals.length > 0)
-    throw new HavenError("HAVEN_ERR_USAGE", `unexpected argument "${positionals[0]}"\n\n${STATUS_USAGE}`);
-  const view = clusterView(await readClusterRecords(connectCluster(values)));
-  process.stdout.write(
-    values.json ? `${JSON.stringify(view, null, 2)}\n` : renderStatus(view, terminalRenderOptions()),
-  );
-  return 0;
+export function status(argv: string[]): Promise<number> {
+  return clusterReport(argv, STATUS_USAGE, (view) => view, renderStatus);
 }

@@ -1,0 +1,33 @@
+// The read-only cluster reports (`haven status`, `host list`, `volume list`): the same command shape,
+// once. Each takes only the cluster options and --json, reads one consistent snapshot of the cluster,
+// and prints its part of the view as JSON or as a table.
+
+import { HavenError } from "../core/errors.js";
+import { readClusterRecords } from "../cluster/cluster-read.js";
+import { clusterView, type ClusterView } from "../cluster/cluster-view.js";
+import { parseCommandArgs } from "./args.js";
+import type { ClusterRenderOptions } from "./cluster-render.js";
+import { CLUSTER_OPTIONS, connectCluster } from "./context.js";
+import { terminalRenderOptions } from "./terminal.js";
+
+export async function clusterReport<T>(
+  argv: string[],
+  usage: string,
+  part: (view: ClusterView) => T,
+  render: (part: T, options: ClusterRenderOptions) => string,
+): Promise<number> {
+  const { values, positionals } = parseCommandArgs(
+    argv,
+    { ...CLUSTER_OPTIONS, json: { type: "boolean" }, help: { type: "boolean", short: "h" } },
+    usage,
+  );
+  if (values.help) {
+    process.stdout.write(`${usage}\n`);
+    return 0;
+  }
+  if (positionals.length > 0)
+    throw new HavenError("HAVEN_ERR_USAGE", `unexpected argument "${positionals[0]}"\n\n${usage}`);
+  const shown = part(clusterView(await readClusterRecords(connectCluster(values))));
+  process.stdout.write(values.json ? `${JSON.stringify(shown, null, 2)}\n` : render(shown, terminalRenderOptions()));
+  return 0;
+}
