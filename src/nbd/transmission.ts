@@ -22,6 +22,7 @@ import type { Negotiated } from "./handshake.js";
 import type { NbdLimits } from "./export.js";
 import type { BufferPool } from "../util/buffer-pool.js";
 import { ChunkQueue } from "../util/chunk-queue.js";
+import { SlabReader } from "../util/slab-reader.js";
 import { ReplyWriter, type FileSource } from "./reply-writer.js";
 import {
   blockStatusChunk,
@@ -87,7 +88,9 @@ export class TransmissionSession {
   /** Resolves when the connection is gone. */
   readonly closed: Promise<string>;
 
-  private readonly received = new ChunkQueue();
+  /** Reads into recycled memory (see SlabReader); undefined until start(), or where Node.js cannot. */
+  private reader: SlabReader | undefined;
+  private readonly received = new ChunkQueue((pieces) => this.reader?.release(pieces));
   private readonly replies: ReplyWriter;
   private pendingWrite: Request | undefined;
   private inflightRequests = 0;
@@ -115,11 +118,11 @@ export class TransmissionSession {
 
   start(): void {
     const socket = this.socket;
-    socket.on("data", (chunk: Buffer) => {
-      if (this.ending !== undefined) return; // after DISC or a fatal error, input is ignored
+    const onChunk = (chunk: Buffer): void => {
+      if (this.ending !== undefined) return this.reader?.release(chunk); // after DISC or a fatal error, input is ignored
       this.received.push(chunk);
       this.pump();
-    });
+    };
     socket.on("drain", () => this.pump());
     socket.on("end", () => this.finish(this.partialRequestNote("client closed the connection")));
     socket.on("error", (error) => this.finish(`socket error: ${error.message}`));
@@ -127,7 +130,10 @@ export class TransmissionSession {
       this.ending ??= this.partialRequestNote("connection closed");
       this.resolveClosed(this.ending);
     });
+    // What arrived with the handshake comes first; attach() then delivers what the socket buffered.
     for (const chunk of this.session.leftover) this.received.push(chunk);
+    this.reader = SlabReader.attach(socket, onChunk);
+    if (this.reader === undefined) socket.on("data", onChunk);
     // The client may have gone while the handshake was finishing, before these listeners existed.
     if (socket.destroyed) {
       this.ending ??= "connection closed during the handshake";
@@ -216,9 +222,15 @@ export class TransmissionSession {
     };
   }
 
+  /** A WRITE's payload, once nothing needs it any more (its memory is the socket reader's to reuse). */
+  private releasePayload(payload: Buffer[] | undefined): void {
+    if (payload !== undefined) this.reader?.release(payload);
+  }
+
   private dispatch(request: Request, payload: Buffer[] | undefined): void {
     this.counters.requests++;
     if (request.type === Command.DISC) {
+      this.releasePayload(payload);
       this.finish("client sent DISC");
       this.closeIfIdle();
       return;
@@ -231,6 +243,7 @@ export class TransmissionSession {
       if (this.refusalsLogged++ < 100) {
         this.log(`${COMMAND_NAMES[request.type] ?? `command #${request.type}`} refused: ${refusal.reason}`);
       }
+      this.releasePayload(payload);
       this.sendError(request, refusal.errno, refusal.reason);
       return;
     }
@@ -240,6 +253,7 @@ export class TransmissionSession {
     this.execute(request, payload)
       .catch((error: unknown) => this.failRequest(request, error))
       .finally(() => {
+        this.releasePayload(payload);
         this.inflightRequests--;
         this.inflightBytes -= payloadBytes;
         if (this.ending !== undefined || this.shuttingDown) this.closeIfIdle();

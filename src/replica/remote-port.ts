@@ -119,7 +119,9 @@ export class RemoteReplicaPort implements ReplicaPort {
       const chunk = slicePieces(pieces, at, Math.min(MAX_WRITE_BYTES, length - at));
       writes.push(this.call(FrameType.WRITE, { epoch: BigInt(epoch), offset: BigInt(offset + at), flags }, chunk));
     }
-    await Promise.all(writes);
+    // Every part settles before this does: the caller may reuse the data's memory once it has.
+    const settled = await Promise.allSettled(writes);
+    for (const result of settled) if (result.status === "rejected") throw result.reason;
   }
 
   trim(epoch: number, offset: number, length: number, fua: boolean): Promise<void> {

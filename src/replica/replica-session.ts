@@ -21,7 +21,7 @@ import {
   ReplyStatus,
 } from "./protocol/constants.js";
 import { frame, type FrameConnection } from "./protocol/connection.js";
-import { payloadBytes, type Frame } from "./protocol/frame-codec.js";
+import { payloadBytes, releaseFrame, type Frame } from "./protocol/frame-codec.js";
 import { encodeExtents, encodeMetadata, parseMetadataPatch, parseOpenRequest } from "./protocol/payloads.js";
 
 export interface SessionLimits {
@@ -185,6 +185,7 @@ export class ReplicaSession {
         (error: unknown) => this.refuse(request, error),
       )
       .finally(() => {
+        releaseFrame(request);
         this.inflightRequests--;
         this.inflightBytes -= cost;
         this.pump();

@@ -1,9 +1,13 @@
 // Bytes received from a socket, kept as the chunks they arrived in until a parser takes them.
 // Taking copies only when a requested run spans chunks; payloads can be taken as slices, uncopied.
+// With a `release` callback (a SlabReader's), bytes taken with take() are handed back at once: the
+// caller parses them on the spot. Bytes taken with takePieces() are the caller's to release.
 
 export class ChunkQueue {
   private chunks: Buffer[] = [];
   private total = 0;
+
+  constructor(private readonly release?: (pieces: readonly Buffer[] | Buffer) => void) {}
 
   get length(): number {
     return this.total;
@@ -14,19 +18,34 @@ export class ChunkQueue {
     this.total += chunk.length;
   }
 
-  /** The next `bytes` bytes as one Buffer (a slice when they sit in one chunk, else a copy). */
+  /**
+   * The next `bytes` bytes as one Buffer (a slice when they sit in one chunk, else a copy). With a
+   * `release` callback, a slice is valid only until the socket reads again: use it before returning.
+   */
   take(bytes: number): Buffer {
     const first = this.chunks[0];
     if (first !== undefined && first.length >= bytes) {
       this.consume(bytes);
-      return first.subarray(0, bytes);
+      const slice = first.subarray(0, bytes);
+      this.release?.(slice);
+      return slice;
     }
     const result = Buffer.allocUnsafe(bytes);
     let filled = 0;
-    for (const piece of this.takePieces(bytes)) {
+    const pieces = this.takePieces(bytes);
+    for (const piece of pieces) {
       piece.copy(result, filled);
       filled += piece.length;
     }
+    this.release?.(pieces);
+    return result;
+  }
+
+  /** The next `bytes` bytes as a Buffer of their own (always a copy), the queue's slices released. */
+  takeCopy(bytes: number): Buffer {
+    const pieces = this.takePieces(bytes);
+    const result = Buffer.concat(pieces, bytes);
+    this.release?.(pieces);
     return result;
   }
 

@@ -11,8 +11,10 @@ import {
   FrameDecoder,
   FrameError,
   payloadBytes,
+  releaseFrame,
   type Frame,
 } from "../../src/replica/protocol/frame-codec.js";
+import { frame } from "../../src/replica/protocol/connection.js";
 import {
   EXTENT_RECORD_BYTES,
   FrameType,
@@ -235,4 +237,36 @@ test("payload parsers refuse any garbage with a HavenError, never an assertion o
       ),
     (e: unknown) => e instanceof HavenError && e.code === "HAVEN_ERR_INVALID_REQUEST" && /no past/.test(e.message),
   );
+});
+
+test("with a release callback, only WRITE payloads stay in the socket's memory, until the frame is released", () => {
+  const released: Buffer[] = [];
+  const decoder = new FrameDecoder(undefined, (pieces) => {
+    for (const piece of Buffer.isBuffer(pieces) ? [pieces] : pieces) released.push(piece);
+  });
+  const write = Buffer.alloc(1000, 7);
+  const metadata = Buffer.from('{"x":1}');
+  const stream = Buffer.concat([
+    ...encodeFrame(frame(FrameType.WRITE, { offset: 4096n, epoch: 3n, payload: write })),
+    ...encodeFrame(frame(FrameType.SET_METADATA, { payload: metadata })),
+  ]);
+  // Split so that each header and each payload spans chunks.
+  const frames = [
+    ...decoder.push(stream.subarray(0, 30)),
+    ...decoder.push(stream.subarray(30, 600)),
+    ...decoder.push(stream.subarray(600)),
+  ];
+  assert.equal(frames.length, 2);
+  const releasedBytes = (): number => released.reduce((sum, piece) => sum + piece.length, 0);
+  // Headers (48 bytes each) and the SET_METADATA payload, copied out, are released at once.
+  assert.equal(releasedBytes(), 2 * FRAME_HEADER_BYTES + metadata.length);
+  // The socket's memory is reused once released: the metadata payload, a copy, must not change with
+  // it; the WRITE's pieces are views of it until released.
+  stream.fill(0xee);
+  assert.ok(frames[1]!.payload.equals(metadata), "the SET_METADATA payload was not copied out");
+  assert.ok(Buffer.concat(frames[0]!.pieces as Buffer[]).equals(Buffer.alloc(write.length, 0xee)));
+  releaseFrame(frames[0]!);
+  assert.equal(releasedBytes(), stream.length);
+  releaseFrame(frames[0]!); // twice is harmless
+  assert.equal(releasedBytes(), stream.length);
 });

@@ -8,7 +8,8 @@
 import type { Socket } from "node:net";
 import { HavenError } from "../../core/errors.js";
 import { CHALLENGE_BYTES, newChallenge, proof, verifyProof } from "./auth.js";
-import { FrameType, ReplyStatus } from "./constants.js";
+import { SlabReader, type SlabReaderStats } from "../../util/slab-reader.js";
+import { FrameType, MAX_PAYLOAD_BYTES, ReplyStatus } from "./constants.js";
 import { encodeFrame, encodeFrameHeader, FrameDecoder, type Frame } from "./frame-codec.js";
 
 export const AUTH_TIMEOUT_MS = 10_000;
@@ -30,7 +31,9 @@ export function frame(type: number, fields: Partial<Omit<Frame, "type">> = {}): 
 }
 
 export class FrameConnection {
-  private readonly decoder = new FrameDecoder();
+  private readonly decoder: FrameDecoder;
+  /** Reads into recycled memory (see SlabReader); undefined where Node.js cannot, and 'data' is used. */
+  private readonly reader: SlabReader | undefined;
   private waiters: Array<(frame: Frame | Error) => void> = [];
   private queued: Frame[] = [];
   private failure: Error | undefined;
@@ -39,7 +42,8 @@ export class FrameConnection {
   private corkedFrames = 0;
 
   constructor(readonly socket: Socket) {
-    socket.on("data", (chunk: Buffer) => {
+    const onChunk = (chunk: Buffer): void => {
+      if (socket.destroyed) return;
       let frames: Frame[];
       try {
         frames = this.decoder.push(chunk);
@@ -49,7 +53,11 @@ export class FrameConnection {
         return;
       }
       for (const f of frames) this.deliver(f);
-    });
+    };
+    // Chunks attach() delivers before it returns are not slab memory: releasing them is not needed.
+    this.decoder = new FrameDecoder(MAX_PAYLOAD_BYTES, (pieces) => this.reader?.release(pieces));
+    this.reader = SlabReader.attach(socket, onChunk);
+    if (this.reader === undefined) socket.on("data", onChunk);
     socket.on("close", () => this.fail(new Error("connection closed")));
     socket.on("error", (error) => this.fail(error));
   }
@@ -113,6 +121,11 @@ export class FrameConnection {
       }, timeoutMs);
       this.waiters.push(waiter);
     });
+  }
+
+  /** How the socket is read: into recycled slabs (with their numbers), or with 'data' events. */
+  get slabStats(): SlabReaderStats | undefined {
+    return this.reader?.stats;
   }
 
   get failed(): Error | undefined {

@@ -8,7 +8,14 @@
 
 import assert from "node:assert/strict";
 import { ChunkQueue } from "../../util/chunk-queue.js";
-import { FRAME_HEADER_BYTES, FRAME_MAGIC, FRAME_TYPE_NAMES, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION } from "./constants.js";
+import {
+  FRAME_HEADER_BYTES,
+  FRAME_MAGIC,
+  FRAME_TYPE_NAMES,
+  FrameType,
+  MAX_PAYLOAD_BYTES,
+  PROTOCOL_VERSION,
+} from "./constants.js";
 
 export interface Frame {
   readonly type: number;
@@ -34,7 +41,9 @@ export function payloadBytes(frame: Frame): number {
 /**
  * A frame as the decoder gives it: the payload stays in the socket chunks it arrived in, and is joined
  * into one Buffer only if someone asks for `payload`. A 1 MiB WRITE arrives in a dozen chunks and goes
- * to the disk with one writev of them, saving a copy of every byte.
+ * to the disk with one writev of them, saving a copy of every byte. When the socket reads into
+ * recycled slabs (SlabReader), a WRITE's pieces are views of a slab: whoever handles the frame calls
+ * release() once it no longer needs them. Every other frame's payload is a copy of its own.
  */
 class DecodedFrame implements Frame {
   private joined: Buffer | undefined;
@@ -48,6 +57,7 @@ class DecodedFrame implements Frame {
     readonly offset: bigint,
     readonly length: number,
     readonly pieces: readonly Buffer[],
+    private releasePieces: ((pieces: readonly Buffer[]) => void) | undefined,
   ) {}
 
   get payload(): Buffer {
@@ -56,6 +66,18 @@ class DecodedFrame implements Frame {
     }
     return this.joined;
   }
+
+  /** The payload's memory may be reused from now on (a no-op for a payload that is a copy). */
+  release(): void {
+    const release = this.releasePieces;
+    this.releasePieces = undefined;
+    release?.(this.pieces);
+  }
+}
+
+/** Hands a frame's payload memory back to the socket's reader once the frame is handled. */
+export function releaseFrame(frame: Frame): void {
+  if (frame instanceof DecodedFrame) frame.release();
 }
 
 export function encodeFrame(frame: Frame): Buffer[] {
@@ -89,16 +111,36 @@ export class FrameError extends Error {
 
 const NO_PIECES: readonly Buffer[] = [Buffer.alloc(0)];
 
+interface FrameHeader {
+  readonly type: number;
+  readonly flags: number;
+  readonly status: number;
+  readonly requestId: bigint;
+  readonly epoch: bigint;
+  readonly offset: bigint;
+  readonly length: number;
+  readonly payloadLength: number;
+}
+
 /** Feed it bytes as they arrive; it returns the frames completed so far, or throws a FrameError. */
 export class FrameDecoder {
-  private readonly queue = new ChunkQueue();
-  private header: Buffer | undefined;
+  private readonly queue: ChunkQueue;
+  private header: FrameHeader | undefined;
 
-  constructor(private readonly maxPayloadBytes = MAX_PAYLOAD_BYTES) {}
+  /**
+   * `release`: the socket reader's, when chunks are views of recycled slabs (SlabReader). Header bytes
+   * are then parsed on arrival, and only WRITE payloads stay in the slabs (see DecodedFrame).
+   */
+  constructor(
+    private readonly maxPayloadBytes = MAX_PAYLOAD_BYTES,
+    private readonly release?: (pieces: readonly Buffer[] | Buffer) => void,
+  ) {
+    this.queue = new ChunkQueue(release);
+  }
 
   /** Bytes received but not yet part of a complete frame. */
   get buffered(): number {
-    return this.queue.length + (this.header?.length ?? 0);
+    return this.queue.length + (this.header === undefined ? 0 : FRAME_HEADER_BYTES);
   }
 
   push(chunk: Buffer): Frame[] {
@@ -107,29 +149,34 @@ export class FrameDecoder {
     for (;;) {
       if (this.header === undefined) {
         if (this.queue.length < FRAME_HEADER_BYTES) return frames;
-        this.header = this.queue.take(FRAME_HEADER_BYTES);
-        this.checkHeader(this.header);
+        this.header = this.parseHeader(this.queue.take(FRAME_HEADER_BYTES));
       }
-      const payloadLength = this.header.readUInt32BE(44);
-      if (this.queue.length < payloadLength) return frames;
       const header = this.header;
+      if (this.queue.length < header.payloadLength) return frames;
       this.header = undefined;
       frames.push(
         new DecodedFrame(
-          header.readUInt16BE(6),
-          header.readUInt32BE(8),
-          header.readUInt32BE(12),
-          header.readBigUInt64BE(16),
-          header.readBigUInt64BE(24),
-          header.readBigUInt64BE(32),
-          header.readUInt32BE(40),
-          payloadLength === 0 ? NO_PIECES : this.queue.takePieces(payloadLength),
+          header.type,
+          header.flags,
+          header.status,
+          header.requestId,
+          header.epoch,
+          header.offset,
+          header.length,
+          ...this.takePayload(header),
         ),
       );
     }
   }
 
-  private checkHeader(header: Buffer): void {
+  private takePayload(header: FrameHeader): [readonly Buffer[], ((pieces: readonly Buffer[]) => void) | undefined] {
+    if (header.payloadLength === 0) return [NO_PIECES, undefined];
+    if (this.release === undefined) return [this.queue.takePieces(header.payloadLength), undefined];
+    if (header.type === FrameType.WRITE) return [this.queue.takePieces(header.payloadLength), this.release];
+    return [[this.queue.takeCopy(header.payloadLength)], undefined];
+  }
+
+  private parseHeader(header: Buffer): FrameHeader {
     const magic = header.readUInt32BE(0);
     if (magic !== FRAME_MAGIC) throw new FrameError(`bad frame magic 0x${magic.toString(16)}`);
     const version = header.readUInt16BE(4);
@@ -142,5 +189,15 @@ export class FrameDecoder {
     if (payloadLength > this.maxPayloadBytes) {
       throw new FrameError(`frame payload of ${payloadLength} bytes exceeds the ${this.maxPayloadBytes}-byte limit`);
     }
+    return {
+      type,
+      flags: header.readUInt32BE(8),
+      status: header.readUInt32BE(12),
+      requestId: header.readBigUInt64BE(16),
+      epoch: header.readBigUInt64BE(24),
+      offset: header.readBigUInt64BE(32),
+      length: header.readUInt32BE(40),
+      payloadLength,
+    };
   }
 }
