@@ -10,6 +10,7 @@
  *   sendFileReply(socketFd, header, fileFd, position, length) -> Promise<bytes sent>
  *   lockExclusive(fd) -> boolean      flock(LOCK_EX|LOCK_NB); false when another holder has it
  *   copyRange(fdIn, posIn, fdOut, posOut, length) -> Promise<bytes>  (copy_file_range, thread pool)
+ *   writeSegments(fd, buffers, position, segmentBytes) -> Promise<bytes>  (pwritev per segment, pool)
  *
  * Errors reject or throw an Error whose `code` is the errno name (EOPNOTSUPP, EINVAL, ...) so the
  * TypeScript side can map it to an NBD error without parsing messages.
@@ -17,8 +18,10 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/falloc.h>
 #include <node_api.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -309,6 +312,165 @@ static napi_value js_read_nowait(napi_env env, napi_callback_info info) { return
 static napi_value js_write_nowait(napi_env env, napi_callback_info info) { return nowait_io(env, info, 1); }
 
 /*
+ * writeSegments(fd, buffers, position, segmentBytes) -> Promise<number>
+ * On a thread-pool thread: writes the buffers back to back from `position`, one pwritev per aligned
+ * segment of `segmentBytes` of the file (the first and last may be shorter). Why not one pwritev:
+ * Linux sizes the page-cache folios a buffered write creates by the write's length, and on ext4 a
+ * later 4 KiB write into a 1 MiB folio walks all 256 of its block heads (measured here: 14 us per
+ * 4 KiB write against 5 us in 64 KiB folios), and the kernel counts the whole folio dirty. Keeping
+ * writes to 64 KiB keeps folios at 64 KiB, in one pool job. Resolves with the bytes written (all of
+ * them); rejects with the errno's name in `code` and the bytes written before the failure in
+ * `bytesWritten`. The buffers are kept alive by references until the job completes.
+ */
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  napi_ref *refs;
+  struct iovec *iov;
+  uint32_t count;
+  int fd;
+  int64_t position;
+  int64_t segment;
+  int64_t total;
+  int64_t written;
+  int err;
+} segments_job;
+
+static void segments_execute(napi_env env, void *data) {
+  (void)env;
+  segments_job *job = data;
+  uint32_t index = 0;
+  size_t skip = 0; /* bytes of iov[index] already written */
+  while (job->written < job->total) {
+    int64_t at = job->position + job->written;
+    int64_t boundary = (at / job->segment + 1) * job->segment;
+    int64_t want = boundary - at;
+    if (want > job->total - job->written) want = job->total - job->written;
+    struct iovec parts[IOV_MAX < 1024 ? IOV_MAX : 1024];
+    int used = 0;
+    int64_t gathered = 0;
+    uint32_t i = index;
+    size_t offset = skip;
+    while (gathered < want && i < job->count && used < (int)(sizeof parts / sizeof parts[0])) {
+      size_t available = job->iov[i].iov_len - offset;
+      size_t take = (int64_t)available > want - gathered ? (size_t)(want - gathered) : available;
+      if (take > 0) {
+        parts[used].iov_base = (char *)job->iov[i].iov_base + offset;
+        parts[used].iov_len = take;
+        used++;
+        gathered += (int64_t)take;
+      }
+      if (take == available) {
+        i++;
+        offset = 0;
+      } else {
+        offset += take;
+      }
+    }
+    ssize_t n = pwritev(job->fd, parts, used, (off_t)at);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      job->err = errno;
+      return;
+    }
+    if (n == 0) {
+      job->err = EIO;
+      return;
+    }
+    job->written += n;
+    /* Advance the cursor over what was written (a short write resumes mid-segment). */
+    size_t left = (size_t)n;
+    while (left > 0) {
+      size_t available = job->iov[index].iov_len - skip;
+      if (left >= available) {
+        left -= available;
+        index++;
+        skip = 0;
+      } else {
+        skip += left;
+        left = 0;
+      }
+    }
+    while (index < job->count && job->iov[index].iov_len == skip) {
+      index++;
+      skip = 0;
+    }
+  }
+}
+
+static void segments_complete(napi_env env, napi_status status, void *data) {
+  segments_job *job = data;
+  if (status != napi_ok && job->err == 0) job->err = EIO;
+  napi_value written;
+  napi_create_int64(env, job->written, &written);
+  if (job->err == 0) {
+    napi_resolve_deferred(env, job->deferred, written);
+  } else {
+    napi_value error = make_error(env, "pwritev", job->err);
+    napi_set_named_property(env, error, "bytesWritten", written);
+    napi_reject_deferred(env, job->deferred, error);
+  }
+  for (uint32_t i = 0; i < job->count; i++) napi_delete_reference(env, job->refs[i]);
+  napi_delete_async_work(env, job->work);
+  free(job->refs);
+  free(job->iov);
+  free(job);
+}
+
+static napi_value js_write_segments(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  if (!get_args(env, info, 4, argv)) return NULL;
+  int64_t fd, position, segment;
+  uint32_t count;
+  bool is_array;
+  if (!get_int64(env, argv[0], &fd) || !get_int64(env, argv[2], &position) || !get_int64(env, argv[3], &segment))
+    return NULL;
+  if (napi_is_array(env, argv[1], &is_array) != napi_ok || !is_array ||
+      napi_get_array_length(env, argv[1], &count) != napi_ok || count == 0 || segment < 4096) {
+    napi_throw_type_error(env, "EHAVEN_ARGS", "expected a non-empty array of Buffers and a segment of at least 4096 bytes");
+    return NULL;
+  }
+  segments_job *job = calloc(1, sizeof *job);
+  if (job != NULL) {
+    job->refs = calloc(count, sizeof *job->refs);
+    job->iov = calloc(count, sizeof *job->iov);
+  }
+  if (job == NULL || job->refs == NULL || job->iov == NULL) {
+    if (job != NULL) { free(job->refs); free(job->iov); free(job); }
+    napi_throw_error(env, "ENOMEM", "out of memory");
+    return NULL;
+  }
+  job->count = count;
+  job->fd = (int)fd;
+  job->position = position;
+  job->segment = segment;
+  for (uint32_t i = 0; i < count; i++) {
+    napi_value element;
+    void *bytes;
+    size_t length;
+    if (napi_get_element(env, argv[1], i, &element) != napi_ok ||
+        napi_get_buffer_info(env, element, &bytes, &length) != napi_ok ||
+        napi_create_reference(env, element, 1, &job->refs[i]) != napi_ok) {
+      for (uint32_t j = 0; j < i; j++) napi_delete_reference(env, job->refs[j]);
+      free(job->refs);
+      free(job->iov);
+      free(job);
+      napi_throw_type_error(env, "EHAVEN_ARGS", "expected an array of Buffers");
+      return NULL;
+    }
+    job->iov[i].iov_base = bytes;
+    job->iov[i].iov_len = length;
+    job->total += (int64_t)length;
+  }
+  napi_value promise, name;
+  CHECK(napi_create_promise(env, &job->deferred, &promise));
+  CHECK(napi_create_string_utf8(env, "haven_write_segments", NAPI_AUTO_LENGTH, &name));
+  CHECK(napi_create_async_work(env, NULL, name, segments_execute, segments_complete, job, &job->work));
+  CHECK(napi_queue_async_work(env, job->work));
+  return promise;
+}
+
+/*
  * sendFileReply(socketFd, header, fileFd, position, length) -> Promise<number>
  * On a thread-pool thread: sends `header`, then `length` bytes of the file from `position` with
  * sendfile(2), which hands page-cache pages to the socket without copying them through user space.
@@ -476,6 +638,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"writeNoWait", NULL, js_write_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
     {"lockExclusive", NULL, js_lock_exclusive, NULL, NULL, NULL, napi_enumerable, NULL},
     {"copyRange", NULL, js_copy_range, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"writeSegments", NULL, js_write_segments, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   CHECK(napi_define_properties(env, exports, sizeof properties / sizeof properties[0], properties));
   napi_value flags;

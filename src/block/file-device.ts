@@ -53,6 +53,15 @@ const NOWAIT_READ_MAX_BYTES = 64 * 1024;
  * writes use the pool for the next INLINE_WRITE_BACKOFF_MS, bounding how often the loop can stall.
  */
 const INLINE_WRITE_MAX_BYTES = 64 * 1024;
+/**
+ * Writes larger than this go to the file in aligned pieces of this size. Linux sizes the page-cache
+ * folios a buffered write creates by the write's length: one 1 MiB pwrite leaves 1 MiB folios, and on
+ * ext4 every later 4 KiB write into such a folio walks all 256 of its block heads (measured on this
+ * project's test machine: 14 us per random 4 KiB write, against 5 us in 64 KiB folios), the whole
+ * folio counts as dirty, and a flush holds its lock for longer. 64 KiB pieces cost large writes
+ * about a tenth of their page-cache speed and keep small writes three times cheaper.
+ */
+const WRITE_SEGMENT_BYTES = 64 * 1024;
 const INLINE_WRITE_SLOW_MS = 10;
 const INLINE_WRITE_BACKOFF_MS = 1000;
 
@@ -157,12 +166,13 @@ export class FileDevice implements BlockDevice {
       this.checkRange(offset, length);
     });
     if (refused) return refused;
+    const pieces = Buffer.isBuffer(data) ? [data] : data;
     const written =
-      length <= INLINE_WRITE_MAX_BYTES && performance.now() >= this.inlineWritesPausedUntilMs
-        ? this.writeInline(offset, Buffer.isBuffer(data) ? [data] : data, length)
-        : Buffer.isBuffer(data)
-          ? this.writeOne(offset, data)
-          : this.writeMany(offset, data, length);
+      length > WRITE_SEGMENT_BYTES
+        ? this.writeSegments(offset, pieces, length)
+        : performance.now() >= this.inlineWritesPausedUntilMs && length <= INLINE_WRITE_MAX_BYTES
+          ? this.writeInline(offset, pieces, length)
+          : this.writeMany(offset, pieces, length);
     return options.fua ? written.then(() => this.flush()) : written;
   }
 
@@ -178,6 +188,16 @@ export class FileDevice implements BlockDevice {
     if (finished - started > INLINE_WRITE_SLOW_MS) this.inlineWritesPausedUntilMs = finished + INLINE_WRITE_BACKOFF_MS;
     if (bytesWritten === length) return Promise.resolve();
     return this.writeMany(offset + bytesWritten, skipBytes(pieces, bytesWritten), length - bytesWritten);
+  }
+
+  /** A large write in aligned segments of WRITE_SEGMENT_BYTES, in one thread-pool job (see the constant). */
+  private writeSegments(offset: number, pieces: readonly Buffer[], length: number): Promise<void> {
+    return this.native.writeSegments(this.fd, pieces, offset, WRITE_SEGMENT_BYTES).then(
+      () => undefined,
+      (error: unknown) => {
+        throw fromSystemError(error, `write ${length} bytes at ${offset} to ${this.path}`);
+      },
+    );
   }
 
   private writeMany(offset: number, pieces: readonly Buffer[], length: number): Promise<void> {

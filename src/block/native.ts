@@ -30,6 +30,12 @@ export interface NativeIo {
    * ended). Rejects with the errno's name in `code` (EXDEV, EINVAL, ENOSYS when it cannot be used).
    */
   copyRange(fdIn: number, positionIn: number, fdOut: number, positionOut: number, length: number): Promise<number>;
+  /**
+   * pwritev of `buffers` from `position` on a pool thread, one call per aligned segment of
+   * `segmentBytes`, repeated until all is written: resolves with the bytes written. Rejects with the
+   * errno's name in `code` and the bytes written before the failure in `bytesWritten`.
+   */
+  writeSegments(fd: number, buffers: readonly Buffer[], position: number, segmentBytes: number): Promise<number>;
   /** flock(LOCK_EX|LOCK_NB): true when this file description now holds the lock, false if another does. */
   lockExclusive(fd: number): boolean;
   readonly FALLOC: { readonly KEEP_SIZE: number; readonly PUNCH_HOLE: number; readonly ZERO_RANGE: number };

@@ -170,3 +170,42 @@ test("copyFrom copies another file's bytes inside the kernel, and refuses what d
     await source.close();
   }
 });
+
+test("large writes land whole however they are cut into pieces and wherever they start", async () => {
+  await fc.assert(
+    fc.asyncProperty(
+      fc.integer({ min: 0, max: 8 * MiB }),
+      fc.array(fc.integer({ min: 1, max: 200_000 }), { minLength: 1, maxLength: 12 }),
+      async (offset, sizes) => {
+        const pieces = sizes.map((size) => randomBytes(size));
+        const data = Buffer.concat(pieces);
+        if (data.length <= 64 * 1024) pieces.push(randomBytes(64 * 1024)); // always past one segment
+        const whole = Buffer.concat(pieces);
+        await device.write(offset, pieces);
+        const back = Buffer.alloc(whole.length);
+        await device.read(offset, back);
+        assert.ok(
+          back.equals(whole),
+          `${whole.length} bytes written at ${offset} in ${pieces.length} pieces read back wrong`,
+        );
+      },
+    ),
+    { numRuns: 25 },
+  );
+});
+
+test("a large write of thousands of tiny pieces lands whole (more than one system call's worth)", async () => {
+  const pieces = Array.from({ length: 5000 }, (_, i) => Buffer.alloc(37, i % 251));
+  const whole = Buffer.concat(pieces);
+  await device.write(3 * MiB + 123, pieces);
+  assert.ok(
+    readFileSync(path)
+      .subarray(3 * MiB + 123, 3 * MiB + 123 + whole.length)
+      .equals(whole),
+  );
+});
+
+test("writeSegments reports a failing descriptor with the errno's name", async () => {
+  await assert.rejects(nativeIo().writeSegments(987654, [Buffer.alloc(128 * 1024)], 0, 64 * 1024), { code: "EBADF" });
+  assert.throws(() => nativeIo().writeSegments(1, [], 0, 64 * 1024), /non-empty array/);
+});
