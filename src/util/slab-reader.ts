@@ -23,7 +23,7 @@
 import type { Socket } from "node:net";
 
 export interface SlabReaderOptions {
-  /** Size of each slab. */
+  /** Size of the largest slab: the first is FIRST_SLAB_BYTES (or this, if smaller), each next one twice the last. */
   readonly slabBytes?: number;
   /** At most this many slabs per socket; past it, reads get fresh buffers. */
   readonly maxSlabs?: number;
@@ -32,6 +32,11 @@ export interface SlabReaderOptions {
 }
 
 export const DEFAULT_SLAB_BYTES = 4 * 1024 * 1024;
+/**
+ * A connection that only ever carries small frames (a heartbeat, replies) stays in one slab this
+ * size, read into again and again; busy ones grow to more and larger slabs.
+ */
+export const FIRST_SLAB_BYTES = 256 * 1024;
 export const DEFAULT_MAX_SLABS = 8;
 export const DEFAULT_READ_BYTES = 64 * 1024;
 
@@ -51,6 +56,8 @@ interface NodeReadFields {
 
 export interface SlabReaderStats {
   readonly slabs: number;
+  /** Bytes of all slabs together. */
+  readonly slabBytes: number;
   /** Reads that got a fresh buffer because every slab was pinned. */
   readonly unpooledReads: number;
 }
@@ -67,7 +74,7 @@ export class SlabReader {
   private constructor(options: SlabReaderOptions) {
     this.slabBytes = options.slabBytes ?? DEFAULT_SLAB_BYTES;
     this.maxSlabs = options.maxSlabs ?? DEFAULT_MAX_SLABS;
-    this.readBytes = Math.min(options.readBytes ?? DEFAULT_READ_BYTES, this.slabBytes);
+    this.readBytes = Math.min(options.readBytes ?? DEFAULT_READ_BYTES, this.slabBytes, FIRST_SLAB_BYTES);
   }
 
   /**
@@ -107,7 +114,9 @@ export class SlabReader {
   }
 
   get stats(): SlabReaderStats {
-    return { slabs: this.slabs.length, unpooledReads: this.unpooledReads };
+    let slabBytes = 0;
+    for (const slab of this.slabs) slabBytes += slab.memory.length;
+    return { slabs: this.slabs.length, slabBytes, unpooledReads: this.unpooledReads };
   }
 
   private releaseOne(piece: Buffer): void {
@@ -120,7 +129,7 @@ export class SlabReader {
   /** The memory the next read fills: the rest of the current slab, a released slab, or a new one. */
   private nextReadBuffer(): Buffer {
     let slab = this.current;
-    if (slab === undefined || slab.filled + this.readBytes > this.slabBytes) {
+    if (slab === undefined || slab.filled + this.readBytes > slab.memory.length) {
       slab = this.slabs.find((candidate) => candidate.unreleased === 0);
       if (slab !== undefined) slab.filled = 0;
       else if (this.slabs.length < this.maxSlabs) slab = this.newSlab();
@@ -142,7 +151,8 @@ export class SlabReader {
   }
 
   private newSlab(): Slab {
-    const slab: Slab = { memory: Buffer.allocUnsafeSlow(this.slabBytes), filled: 0, unreleased: 0 };
+    const bytes = Math.min(this.slabBytes, FIRST_SLAB_BYTES * 2 ** this.slabs.length);
+    const slab: Slab = { memory: Buffer.allocUnsafeSlow(Math.max(bytes, this.readBytes)), filled: 0, unreleased: 0 };
     this.slabs.push(slab);
     this.bySlabMemory.set(slab.memory.buffer, slab);
     return slab;
