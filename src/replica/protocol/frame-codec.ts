@@ -111,16 +111,8 @@ export class FrameError extends Error {
 
 const NO_PIECES: readonly Buffer[] = [Buffer.alloc(0)];
 
-interface FrameHeader {
-  readonly type: number;
-  readonly flags: number;
-  readonly status: number;
-  readonly requestId: bigint;
-  readonly epoch: bigint;
-  readonly offset: bigint;
-  readonly length: number;
-  readonly payloadLength: number;
-}
+/** A frame's header fields, parsed the moment its 48 bytes arrive (they may be read into again). */
+type FrameHeader = Omit<Frame, "payload" | "pieces"> & { readonly payloadLength: number };
 
 /** Feed it bytes as they arrive; it returns the frames completed so far, or throws a FrameError. */
 export class FrameDecoder {
