@@ -1,20 +1,27 @@
 // A replication-protocol connection over a socket, used by both sides: frames in through the decoder,
 // frames out as corked writes (payload pieces sent as they are, never concatenated), and the mutual
-// challenge-response handshake (auth.ts) at the start. Every frame sent in one turn of the event loop
-// leaves in one writev: the socket is corked at the first and uncorked once the loop has handled the
-// I/O it was handling. Measured on 4 KiB writes at queue depth 32, a write syscall per frame cost the
-// engine and the replica server most of their CPU (loopback TCP does the receiver's work too).
+// challenge-response handshake (auth.ts) at the start. Frames sent in one turn of the event loop
+// leave together: the socket is corked at the first and uncorked once the loop has handled the I/O it
+// was handling, or whenever BYTES_PER_WRITE are queued. Measured on 4 KiB writes at queue depth 32, a
+// write syscall per frame cost the engine and the replica server most of their CPU (loopback TCP does
+// the receiver's work too).
 
 import type { Socket } from "node:net";
 import { HavenError } from "../../core/errors.js";
 import { CHALLENGE_BYTES, newChallenge, proof, verifyProof } from "./auth.js";
 import { SlabReader, type SlabReaderStats } from "../../util/slab-reader.js";
-import { FrameType, MAX_PAYLOAD_BYTES, ReplyStatus } from "./constants.js";
+import { FRAME_HEADER_BYTES, FrameType, MAX_PAYLOAD_BYTES, ReplyStatus } from "./constants.js";
 import { encodeFrame, encodeFrameHeader, FrameDecoder, type Frame } from "./frame-codec.js";
 
 export const AUTH_TIMEOUT_MS = 10_000;
-/** Frames per writev at most while a turn of the event loop keeps sending. */
-const FRAMES_PER_WRITE = 4;
+/**
+ * While a turn of the event loop keeps sending, a writev goes out whenever this many bytes are queued:
+ * a 1 MiB WRITE leaves at once, 4 KiB ones in batches of about fifteen. Against a batch of four
+ * frames, the same 4 KiB write rate through a remote copy left the two CPUs 50% idle instead of 30%.
+ */
+const BYTES_PER_WRITE = 64 * 1024;
+/** Payloads up to this size are copied behind their header and sent as one buffer. */
+const SMALL_PAYLOAD_BYTES = 16 * 1024;
 
 export function frame(type: number, fields: Partial<Omit<Frame, "type">> = {}): Frame {
   return {
@@ -39,7 +46,7 @@ export class FrameConnection {
   private failure: Error | undefined;
   private onFrame: ((frame: Frame) => void) | undefined;
   private corked = false;
-  private corkedFrames = 0;
+  private corkedBytes = 0;
 
   constructor(readonly socket: Socket) {
     const onChunk = (chunk: Buffer): void => {
@@ -71,32 +78,48 @@ export class FrameConnection {
   send(f: Frame): void {
     if (this.socket.destroyed || !this.socket.writable) return;
     this.corkUntilLater();
-    for (const buffer of encodeFrame(f)) this.socket.write(buffer);
+    let bytes = 0;
+    for (const buffer of encodeFrame(f)) {
+      this.socket.write(buffer);
+      bytes += buffer.length;
+    }
+    this.sent(bytes);
   }
 
-  /** Sends a frame whose payload is `pieces` back to back, without copying them into one buffer. */
+  /**
+   * Sends a frame whose payload is `pieces` back to back. A small payload goes out with its header
+   * as one buffer (one socket write instead of two); a large one is not copied.
+   */
   sendPieces(f: Omit<Frame, "payload">, pieces: readonly Buffer[]): void {
     if (this.socket.destroyed || !this.socket.writable) return;
     let payloadLength = 0;
     for (const piece of pieces) payloadLength += piece.length;
     this.corkUntilLater();
-    this.socket.write(encodeFrameHeader(f, payloadLength));
-    for (const piece of pieces) if (piece.length > 0) this.socket.write(piece);
+    const header = encodeFrameHeader(f, payloadLength);
+    if (payloadLength <= SMALL_PAYLOAD_BYTES) {
+      this.socket.write(Buffer.concat([header, ...pieces], FRAME_HEADER_BYTES + payloadLength));
+    } else {
+      this.socket.write(header);
+      for (const piece of pieces) if (piece.length > 0) this.socket.write(piece);
+    }
+    this.sent(FRAME_HEADER_BYTES + payloadLength);
   }
 
   private corkUntilLater(): void {
-    if (this.corked) {
-      // A long batch goes out in parts, so the peer starts on the first frames while we make the rest.
-      if (++this.corkedFrames % FRAMES_PER_WRITE === 0) {
-        this.socket.uncork();
-        this.socket.cork();
-      }
-      return;
-    }
+    if (this.corked) return;
     this.corked = true;
-    this.corkedFrames = 1;
+    this.corkedBytes = 0;
     this.socket.cork();
     setImmediate(this.uncork);
+  }
+
+  /** A long batch goes out in parts, so the peer starts on the first frames while we make the rest. */
+  private sent(bytes: number): void {
+    this.corkedBytes += bytes;
+    if (this.corkedBytes < BYTES_PER_WRITE) return;
+    this.corkedBytes = 0;
+    this.socket.uncork();
+    this.socket.cork();
   }
 
   private readonly uncork = (): void => {

@@ -88,7 +88,7 @@ export function encodeFrame(frame: Frame): Buffer[] {
 /** The header of a frame whose payload (of `payloadLength` bytes) is sent separately, uncopied. */
 export function encodeFrameHeader(frame: Omit<Frame, "payload">, payloadLength: number): Buffer {
   assert.ok(payloadLength <= MAX_PAYLOAD_BYTES, "payload too large for a frame");
-  const header = Buffer.alloc(FRAME_HEADER_BYTES);
+  const header = Buffer.allocUnsafe(FRAME_HEADER_BYTES); // every byte is written below
   header.writeUInt32BE(FRAME_MAGIC, 0);
   header.writeUInt16BE(PROTOCOL_VERSION, 4);
   header.writeUInt16BE(frame.type, 6);
