@@ -15,7 +15,7 @@ import { decodeBitmap } from "../../src/replica/bitmap-codec.js";
 import { ACTIVITY_EXTENT_BYTES } from "../../src/replica/replica-store.js";
 import { decodeBlock } from "./oracle.js";
 import { fixedConfig, runSchedule, World, type ClientOp, type WorldConfig } from "./scenario.js";
-import { BLOCK_BYTES, DEFAULT_NETWORK, type CopySpec } from "./sim-copy.js";
+import { BLOCK_BYTES, DEFAULT_NETWORK, SimReplicaPort, type CopySpec } from "./sim-copy.js";
 
 const env = process.env;
 const steps = Number(env.HAVEN_SIM_STEPS ?? 100);
@@ -551,4 +551,33 @@ test("rule 2: a resync saves as done only chunks a flush made durable, even with
   w.net.setLink(B.location, true);
   await w.heal();
   await w.checkConverged();
+});
+
+test("the writeback timer makes writes durable on every copy without a client FLUSH, one copy at a time", async () => {
+  // Counts flushes in flight across the engine's copies.
+  const original = SimReplicaPort.prototype.flush;
+  let inFlight = 0;
+  let most = 0;
+  SimReplicaPort.prototype.flush = function (this: SimReplicaPort): Promise<void> {
+    most = Math.max(most, ++inFlight);
+    return original.call(this).finally(() => inFlight--);
+  };
+  try {
+    const w = world([B, C], { writebackMs: 500 });
+    await w.startEngine();
+    const write = w.write(100, 1);
+    await acked(w, write);
+    const durableEverywhere = (): boolean =>
+      [B, C].every((copy) => holds(w, copy.location, 100, true) === stampOf(write));
+    assert.ok(!durableEverywhere(), "a plain write was durable before any flush: the test shows nothing");
+    most = 0; // starting the engine flushes too
+    assert.ok(await w.runUntil(durableEverywhere, 5_000), "the writeback timer never made the write durable");
+    assert.equal(most, 1, "background writeback flushed copies at the same time");
+    // A client's FLUSH still goes to every copy at once.
+    await acked(w, w.write(200, 1));
+    await acked(w, w.flush());
+    assert.equal(most, 2, "a client's FLUSH went to the copies one at a time");
+  } finally {
+    SimReplicaPort.prototype.flush = original;
+  }
 });
