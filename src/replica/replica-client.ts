@@ -128,8 +128,9 @@ export class ReplicaClient {
     const requestId = this.nextRequestId++;
     return new Promise((resolve, reject) => {
       this.pending.set(requestId, { type, resolve, reject, deadline: performance.now() + this.requestTimeoutMs });
-      if (pieces === undefined) this.connection.send(frame(type, { ...fields, requestId }));
-      else this.connection.sendPieces(header(type, fields, requestId), pieces);
+      const request = frame(type, fields, requestId);
+      if (pieces === undefined) this.connection.send(request);
+      else this.connection.sendPieces(request, pieces);
     });
   }
 
@@ -180,19 +181,6 @@ export class ReplicaClient {
     this.pending.clear();
     this.onClose?.(reason);
   }
-}
-
-/** A payload-less frame with `fields` set, built directly (no spreads: this is every write's path). */
-function header(type: number, fields: RequestFields, requestId: bigint): Omit<Frame, "payload"> {
-  return {
-    type,
-    flags: fields.flags ?? 0,
-    status: fields.status ?? 0,
-    requestId,
-    epoch: fields.epoch ?? 0n,
-    offset: fields.offset ?? 0n,
-    length: fields.length ?? 0,
-  };
 }
 
 /** Resolves once the socket is connected; rejects if it errors or closes first. */

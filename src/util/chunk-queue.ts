@@ -30,15 +30,7 @@ export class ChunkQueue {
       this.release?.(slice);
       return slice;
     }
-    const result = Buffer.allocUnsafe(bytes);
-    let filled = 0;
-    const pieces = this.takePieces(bytes);
-    for (const piece of pieces) {
-      piece.copy(result, filled);
-      filled += piece.length;
-    }
-    this.release?.(pieces);
-    return result;
+    return this.takeCopy(bytes);
   }
 
   /** The next `bytes` bytes as a Buffer of their own (always a copy), the queue's slices released. */

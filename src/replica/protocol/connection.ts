@@ -9,7 +9,7 @@
 import type { Socket } from "node:net";
 import { HavenError } from "../../core/errors.js";
 import { CHALLENGE_BYTES, newChallenge, proof, verifyProof } from "./auth.js";
-import { SlabReader, type SlabReaderStats } from "../../util/slab-reader.js";
+import { SlabReader } from "../../util/slab-reader.js";
 import { FRAME_HEADER_BYTES, FrameType, MAX_PAYLOAD_BYTES, ReplyStatus } from "./constants.js";
 import { encodeFrame, encodeFrameHeader, FrameDecoder, type Frame } from "./frame-codec.js";
 
@@ -23,17 +23,26 @@ const BYTES_PER_WRITE = 64 * 1024;
 /** Payloads up to this size are copied behind their header and sent as one buffer. */
 const SMALL_PAYLOAD_BYTES = 16 * 1024;
 
-export function frame(type: number, fields: Partial<Omit<Frame, "type">> = {}): Frame {
+const NO_PAYLOAD = Buffer.alloc(0);
+
+/**
+ * A frame with `fields` set and every other field zero; `requestId`, when given, is the request's id.
+ * Built field by field (no object spreads): every request and every reply is made here.
+ */
+export function frame(
+  type: number,
+  fields: Partial<Omit<Frame, "type">> = {},
+  requestId: bigint = fields.requestId ?? 0n,
+): Frame {
   return {
     type,
-    flags: 0,
-    status: 0,
-    requestId: 0n,
-    epoch: 0n,
-    offset: 0n,
-    length: 0,
-    payload: Buffer.alloc(0),
-    ...fields,
+    flags: fields.flags ?? 0,
+    status: fields.status ?? 0,
+    requestId,
+    epoch: fields.epoch ?? 0n,
+    offset: fields.offset ?? 0n,
+    length: fields.length ?? 0,
+    payload: fields.payload ?? NO_PAYLOAD,
   };
 }
 
@@ -144,11 +153,6 @@ export class FrameConnection {
       }, timeoutMs);
       this.waiters.push(waiter);
     });
-  }
-
-  /** How the socket is read: into recycled slabs (with their numbers), or with 'data' events. */
-  get slabStats(): SlabReaderStats | undefined {
-    return this.reader?.stats;
   }
 
   get failed(): Error | undefined {
