@@ -27,7 +27,7 @@ const verdict = (ok) => (ok ? "PASS" : "FAIL");
  *   workloads: [{ name, metric }],
  *   throughput: { [config]: { status, values: { [wl]: number }, cells: { [wl]: string } } },
  *   processes: [{ label, peakKib, idleKib, cpuSeconds, wallSeconds, topThreads }],
- *   resync: null | { skipped?, disk, rebuild, incremental, full, targets },
+ *   resync: null | { skipped?, rounds, disk, rebuild, incremental, full, targets },
  *   notes: [string],
  * }
  */
@@ -93,9 +93,10 @@ export function renderReport(results) {
     const header = ["resync", "bytes", "time", "rate", "ratio", "target"];
     const rows = [];
     const none = "n/a";
-    const { disk, rebuild, incremental, full, targets } = resync;
+    const { rounds, disk, rebuild, incremental, full, targets } = resync;
+    const median = rounds.length > 1 ? `, median of ${rounds.length}` : "";
     rows.push([
-      "disk: fio seq write 1M, then fsync",
+      `disk: fio seq write 1M, then fsync${median}`,
       disk ? mib(disk.bytes) : none,
       disk ? secs(disk.seconds) : none,
       disk ? mbps(disk.bytesPerSecond) : none,
@@ -104,7 +105,7 @@ export function renderReport(results) {
     ]);
     const rebuildRatio = rebuild && disk ? rebuild.bytesPerSecond / disk.bytesPerSecond : undefined;
     rows.push([
-      `full rebuild, local copy (${rebuild ? mib(rebuild.volumeBytes) : "?"} volume)`,
+      `full rebuild, local copy (${rebuild ? mib(rebuild.volumeBytes) : "?"} volume${median})`,
       rebuild ? `${mib(rebuild.allocatedBytes)} data` : none,
       rebuild ? secs(rebuild.seconds) : none,
       rebuild ? mbps(rebuild.bytesPerSecond) : none,
@@ -137,6 +138,10 @@ export function renderReport(results) {
       `<= ${targets.incrementalVsFull.toFixed(2)} ${incRatio === undefined ? "" : verdict(incRatio <= targets.incrementalVsFull)}`.trimEnd(),
     ]);
     lines.push(...table(header, rows, 1));
+    if (rounds.length > 0) {
+      const each = rounds.map((r) => `${secs(r.diskSeconds)} / ${secs(r.rebuildSeconds)} (${r.ratio.toFixed(2)}x)`);
+      lines.push(`  rounds, disk / rebuild time (rebuild rate / disk rate): ${each.join(", ")}`);
+    }
     lines.push(
       "  time: from the engine's log line starting the resync to the one saying it is done (the copy",
       "  flushed and marked in sync); the engine's own 'done in S s' excludes that final flush:",
