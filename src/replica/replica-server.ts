@@ -115,7 +115,7 @@ export class ReplicaServer {
       (error: unknown) => {
         log(`refused: ${(error as Error).message}`);
         socket.pause(); // nothing more from this peer is read
-        socket.end();
+        connection.end(); // the refusal goes out first
         setTimeout(() => socket.destroy(), 1000).unref();
       },
     );

@@ -87,19 +87,29 @@ export function encodeFrame(frame: Frame): Buffer[] {
 
 /** The header of a frame whose payload (of `payloadLength` bytes) is sent separately, uncopied. */
 export function encodeFrameHeader(frame: Omit<Frame, "payload">, payloadLength: number): Buffer {
-  assert.ok(payloadLength <= MAX_PAYLOAD_BYTES, "payload too large for a frame");
   const header = Buffer.allocUnsafe(FRAME_HEADER_BYTES); // every byte is written below
-  header.writeUInt32BE(FRAME_MAGIC, 0);
-  header.writeUInt16BE(PROTOCOL_VERSION, 4);
-  header.writeUInt16BE(frame.type, 6);
-  header.writeUInt32BE(frame.flags >>> 0, 8);
-  header.writeUInt32BE(frame.status >>> 0, 12);
-  header.writeBigUInt64BE(frame.requestId, 16);
-  header.writeBigUInt64BE(frame.epoch, 24);
-  header.writeBigUInt64BE(frame.offset, 32);
-  header.writeUInt32BE(frame.length >>> 0, 40);
-  header.writeUInt32BE(payloadLength, 44);
+  writeFrameHeader(header, 0, frame, payloadLength);
   return header;
+}
+
+/** Writes a frame's header into `target` at `at` (FRAME_HEADER_BYTES bytes). */
+export function writeFrameHeader(
+  target: Buffer,
+  at: number,
+  frame: Omit<Frame, "payload">,
+  payloadLength: number,
+): void {
+  assert.ok(payloadLength <= MAX_PAYLOAD_BYTES, "payload too large for a frame");
+  target.writeUInt32BE(FRAME_MAGIC, at);
+  target.writeUInt16BE(PROTOCOL_VERSION, at + 4);
+  target.writeUInt16BE(frame.type, at + 6);
+  target.writeUInt32BE(frame.flags >>> 0, at + 8);
+  target.writeUInt32BE(frame.status >>> 0, at + 12);
+  target.writeBigUInt64BE(frame.requestId, at + 16);
+  target.writeBigUInt64BE(frame.epoch, at + 24);
+  target.writeBigUInt64BE(frame.offset, at + 32);
+  target.writeUInt32BE(frame.length >>> 0, at + 40);
+  target.writeUInt32BE(payloadLength, at + 44);
 }
 
 export class FrameError extends Error {
