@@ -19,3 +19,28 @@ export function parseCommandArgs<T extends OptionSpec>(
     throw new HavenError("HAVEN_ERR_USAGE", `${message}\n\n${usage}`);
   }
 }
+
+const HELP_OPTION = { help: { type: "boolean", short: "h" } } as const satisfies OptionSpec;
+
+/**
+ * parseCommandArgs with -h/--help added: prints `usage` and returns undefined when help was asked for
+ * (the command then exits 0), else the parsed options and arguments.
+ */
+export function parseCommand<T extends OptionSpec>(
+  argv: string[],
+  options: T,
+  usage: string,
+): { values: Record<string, string | boolean | undefined>; positionals: string[] } | undefined {
+  const parsed = parseCommandArgs(argv, { ...options, ...HELP_OPTION }, usage);
+  if (parsed.values.help) {
+    process.stdout.write(`${usage}\n`);
+    return undefined;
+  }
+  return parsed;
+}
+
+/** For commands that take options only: any argument is a usage error naming it. */
+export function refuseArguments(positionals: readonly string[], usage: string): void {
+  if (positionals.length > 0)
+    throw new HavenError("HAVEN_ERR_USAGE", `unexpected argument "${positionals[0]}"\n\n${usage}`);
+}

@@ -2,10 +2,9 @@
 // once. Each takes only the cluster options and --json, reads one consistent snapshot of the cluster,
 // and prints its part of the view as JSON or as a table.
 
-import { HavenError } from "../core/errors.js";
 import { readClusterRecords } from "../cluster/cluster-read.js";
 import { clusterView, type ClusterView } from "../cluster/cluster-view.js";
-import { parseCommandArgs } from "./args.js";
+import { parseCommand, refuseArguments } from "./args.js";
 import type { ClusterRenderOptions } from "./cluster-render.js";
 import { CLUSTER_OPTIONS, connectCluster } from "./context.js";
 import { terminalRenderOptions } from "./terminal.js";
@@ -16,17 +15,10 @@ export async function clusterReport<T>(
   part: (view: ClusterView) => T,
   render: (part: T, options: ClusterRenderOptions) => string,
 ): Promise<number> {
-  const { values, positionals } = parseCommandArgs(
-    argv,
-    { ...CLUSTER_OPTIONS, json: { type: "boolean" }, help: { type: "boolean", short: "h" } },
-    usage,
-  );
-  if (values.help) {
-    process.stdout.write(`${usage}\n`);
-    return 0;
-  }
-  if (positionals.length > 0)
-    throw new HavenError("HAVEN_ERR_USAGE", `unexpected argument "${positionals[0]}"\n\n${usage}`);
+  const parsed = parseCommand(argv, { ...CLUSTER_OPTIONS, json: { type: "boolean" } }, usage);
+  if (parsed === undefined) return 0; // --help was printed
+  const { values, positionals } = parsed;
+  refuseArguments(positionals, usage);
   const shown = part(clusterView(await readClusterRecords(connectCluster(values))));
   process.stdout.write(values.json ? `${JSON.stringify(shown, null, 2)}\n` : render(shown, terminalRenderOptions()));
   return 0;

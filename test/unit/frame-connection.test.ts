@@ -24,6 +24,18 @@ async function pair(): Promise<{ server: Server; sender: FrameConnection; receiv
   return { server, sender: new FrameConnection(socket), receiver };
 }
 
+/** Runs `body` with a fresh pair and closes it afterwards. */
+async function withPair(body: (sender: FrameConnection, receiver: Socket) => Promise<void>): Promise<void> {
+  const { server, sender, receiver } = await pair();
+  try {
+    await body(sender, receiver);
+  } finally {
+    sender.socket.destroy();
+    receiver.destroy();
+    server.close();
+  }
+}
+
 /** Every frame the receiver gets until `count` have arrived. */
 async function receive(receiver: Socket, count: number): Promise<Frame[]> {
   const decoder = new FrameDecoder();
@@ -43,14 +55,13 @@ const payloadOf = (id: number, length: number): Buffer => {
 };
 
 test("small frames sent in one turn leave in one socket write; the sender's buffers are copied", async () => {
-  const { server, sender, receiver } = await pair();
-  const writes: number[] = [];
-  const write = sender.socket.write.bind(sender.socket);
-  sender.socket.write = ((chunk: Buffer, ...rest: never[]) => {
-    writes.push(chunk.length);
-    return write(chunk, ...rest);
-  }) as typeof sender.socket.write;
-  try {
+  await withPair(async (sender, receiver) => {
+    const writes: number[] = [];
+    const write = sender.socket.write.bind(sender.socket);
+    sender.socket.write = ((chunk: Buffer, ...rest: never[]) => {
+      writes.push(chunk.length);
+      return write(chunk, ...rest);
+    }) as typeof sender.socket.write;
     const arriving = receive(receiver, 10);
     const payloads = Array.from({ length: 10 }, (_, id) => payloadOf(id, 4096));
     for (let id = 0; id < 10; id++)
@@ -62,16 +73,11 @@ test("small frames sent in one turn leave in one socket write; the sender's buff
       assert.equal(f.requestId, BigInt(id));
       assert.deepEqual(f.payload, payloadOf(id, 4096));
     }
-  } finally {
-    sender.socket.destroy();
-    receiver.destroy();
-    server.close();
-  }
+  });
 });
 
 test("a mix of small and large frames arrives complete and in order, through a stalled reader", async () => {
-  const { server, sender, receiver } = await pair();
-  try {
+  await withPair(async (sender, receiver) => {
     // Sizes from a header alone to 1 MiB, over several turns, with the receiver not reading until
     // megabytes are queued: batch buffers then wait on the socket, and one refilled too early would
     // send another frame's bytes.
@@ -96,25 +102,16 @@ test("a mix of small and large frames arrives complete and in order, through a s
       assert.equal(f.requestId, BigInt(frames[i]!.id), `frame ${i} out of order`);
       assert.ok(f.payload.equals(payloadOf(frames[i]!.id, frames[i]!.length)), `frame ${i}'s payload differs`);
     }
-  } finally {
-    sender.socket.destroy();
-    receiver.destroy();
-    server.close();
-  }
+  });
 });
 
 test("end() sends what is batched before closing", async () => {
-  const { server, sender, receiver } = await pair();
-  try {
+  await withPair(async (sender, receiver) => {
     const arriving = receive(receiver, 1);
     sender.send(frame(FrameType.REPLY, { requestId: 9n, status: 6, payload: Buffer.from("wrong secret") }));
     sender.end();
     const [reply] = await arriving;
     assert.equal(reply!.requestId, 9n);
     assert.equal(reply!.payload.toString(), "wrong secret");
-  } finally {
-    sender.socket.destroy();
-    receiver.destroy();
-    server.close();
-  }
+  });
 });

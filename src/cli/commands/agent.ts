@@ -6,7 +6,7 @@ import { readFile } from "node:fs/promises";
 import { HavenError } from "../../core/errors.js";
 import { Agent } from "../../agent/agent.js";
 import { loadAgentConfig } from "../../agent/config.js";
-import { parseCommandArgs } from "../args.js";
+import { parseCommand, refuseArguments } from "../args.js";
 import { readSecretFile } from "../secret.js";
 import { untilStopSignal } from "../signals.js";
 
@@ -20,17 +20,10 @@ options:
   --config FILE   the agent's JSON config (host, etcd, api, replication, nbd, disks, timings)`;
 
 export async function agentCommand(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommandArgs(
-    argv,
-    { config: { type: "string" }, help: { type: "boolean", short: "h" } },
-    AGENT_USAGE,
-  );
-  if (values.help) {
-    process.stdout.write(`${AGENT_USAGE}\n`);
-    return 0;
-  }
-  if (positionals.length > 0)
-    throw new HavenError("HAVEN_ERR_USAGE", `unexpected argument "${positionals[0]}"\n\n${AGENT_USAGE}`);
+  const parsed = parseCommand(argv, { config: { type: "string" } }, AGENT_USAGE);
+  if (parsed === undefined) return 0; // --help was printed
+  const { values, positionals } = parsed;
+  refuseArguments(positionals, AGENT_USAGE);
   if (typeof values.config !== "string")
     throw new HavenError("HAVEN_ERR_USAGE", `give --config FILE\n\n${AGENT_USAGE}`);
   const config = await loadAgentConfig(values.config);

@@ -5,7 +5,7 @@ import { homedir } from "node:os";
 import { isAbsolute, join } from "node:path";
 import { HavenError } from "../../core/errors.js";
 import { clusterDown, clusterUp } from "../../cluster/local-cluster.js";
-import { parseCommandArgs } from "../args.js";
+import { parseCommand, refuseArguments } from "../args.js";
 import { defaultContextPath, readContext, writeContext } from "../context.js";
 
 export const CLUSTER_UP_USAGE = `usage: haven cluster up [--hosts N] [--dir DIR] [--base-port PORT] [--context FILE]
@@ -45,22 +45,19 @@ function contextPath(flag: string | boolean | undefined): string {
 }
 
 export async function clusterUpCommand(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommandArgs(
+  const parsed = parseCommand(
     argv,
     {
       hosts: { type: "string" },
       dir: { type: "string" },
       "base-port": { type: "string" },
       context: { type: "string" },
-      help: { type: "boolean", short: "h" },
     },
     CLUSTER_UP_USAGE,
   );
-  if (values.help) {
-    process.stdout.write(`${CLUSTER_UP_USAGE}\n`);
-    return 0;
-  }
-  if (positionals.length > 0) throw usage(`unexpected argument "${positionals[0]}"`, CLUSTER_UP_USAGE);
+  if (parsed === undefined) return 0; // --help was printed
+  const { values, positionals } = parsed;
+  refuseArguments(positionals, CLUSTER_UP_USAGE);
   const hosts = wholeNumber(values.hosts, "--hosts", 3, CLUSTER_UP_USAGE);
   const basePort = wholeNumber(values["base-port"], "--base-port", 17400, CLUSTER_UP_USAGE);
   if (basePort < 1024 || basePort + 10 * hosts + 2 > 65535)
@@ -83,16 +80,10 @@ export async function clusterUpCommand(argv: string[]): Promise<number> {
 }
 
 export async function clusterDownCommand(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommandArgs(
-    argv,
-    { dir: { type: "string" }, context: { type: "string" }, help: { type: "boolean", short: "h" } },
-    CLUSTER_DOWN_USAGE,
-  );
-  if (values.help) {
-    process.stdout.write(`${CLUSTER_DOWN_USAGE}\n`);
-    return 0;
-  }
-  if (positionals.length > 0) throw usage(`unexpected argument "${positionals[0]}"`, CLUSTER_DOWN_USAGE);
+  const parsed = parseCommand(argv, { dir: { type: "string" }, context: { type: "string" } }, CLUSTER_DOWN_USAGE);
+  if (parsed === undefined) return 0; // --help was printed
+  const { values, positionals } = parsed;
+  refuseArguments(positionals, CLUSTER_DOWN_USAGE);
   const context = readContext(contextPath(values.context), true);
   const dir = typeof values.dir === "string" ? values.dir : (context?.clusterDir ?? defaultClusterDir());
   const state = await clusterDown(dir);

@@ -6,7 +6,7 @@ import { HavenError } from "../../core/errors.js";
 import { readEvents, tryStoredEvent, type StoredEvent } from "../../cluster/cluster-read.js";
 import type { EtcdClient } from "../../cluster/etcd-client.js";
 import { keys } from "../../cluster/schema.js";
-import { parseCommandArgs } from "../args.js";
+import { parseCommand, refuseArguments } from "../args.js";
 import { renderEvent } from "../cluster-render.js";
 import { CLUSTER_OPTIONS, CLUSTER_OPTIONS_USAGE, connectCluster } from "../context.js";
 import { abortOnStopSignal, pause } from "../poll.js";
@@ -58,7 +58,7 @@ const warnMalformed = (error: HavenError): void => {
 };
 
 export async function events(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommandArgs(
+  const parsed = parseCommand(
     argv,
     {
       ...CLUSTER_OPTIONS,
@@ -67,16 +67,12 @@ export async function events(argv: string[]): Promise<number> {
       limit: { type: "string" },
       follow: { type: "boolean" },
       json: { type: "boolean" },
-      help: { type: "boolean", short: "h" },
     },
     EVENTS_USAGE,
   );
-  if (values.help) {
-    process.stdout.write(`${EVENTS_USAGE}\n`);
-    return 0;
-  }
-  if (positionals.length > 0)
-    throw new HavenError("HAVEN_ERR_USAGE", `unexpected argument "${positionals[0]}"\n\n${EVENTS_USAGE}`);
+  if (parsed === undefined) return 0; // --help was printed
+  const { values, positionals } = parsed;
+  refuseArguments(positionals, EVENTS_USAGE);
   const filter: Filter = { volume: values.volume as string | undefined, host: values.host as string | undefined };
   const limit = parseLimit(values.limit as string | undefined);
   const client = connectCluster(values);

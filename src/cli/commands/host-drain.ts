@@ -6,7 +6,7 @@ import { hostname } from "node:os";
 import { HavenError } from "../../core/errors.js";
 import { readClusterRecords } from "../../cluster/cluster-read.js";
 import { requestSwitchover } from "../../cluster/volume-admin.js";
-import { parseCommandArgs } from "../args.js";
+import { parseCommand } from "../args.js";
 import { CLUSTER_OPTIONS, CLUSTER_OPTIONS_USAGE, connectCluster } from "../context.js";
 import { waitForSwitchover } from "../switchover-wait.js";
 
@@ -19,15 +19,9 @@ no such host stay on HOST and are listed; the command then exits 1.
 ${CLUSTER_OPTIONS_USAGE}`;
 
 export async function hostDrain(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommandArgs(
-    argv,
-    { ...CLUSTER_OPTIONS, help: { type: "boolean", short: "h" } },
-    HOST_DRAIN_USAGE,
-  );
-  if (values.help) {
-    process.stdout.write(`${HOST_DRAIN_USAGE}\n`);
-    return 0;
-  }
+  const parsed = parseCommand(argv, { ...CLUSTER_OPTIONS }, HOST_DRAIN_USAGE);
+  if (parsed === undefined) return 0; // --help was printed
+  const { values, positionals } = parsed;
   if (positionals.length !== 1) throw new HavenError("HAVEN_ERR_USAGE", `give one HOST\n\n${HOST_DRAIN_USAGE}`);
   const host = positionals[0]!;
   const client = connectCluster(values);

@@ -6,7 +6,7 @@ import { FileDevice } from "../../block/file-device.js";
 import { HavenError } from "../../core/errors.js";
 import { NbdServer, type Listen } from "../../nbd/server.js";
 import { formatBytes, parseHostPort, parseSize } from "../../util/units.js";
-import { parseCommandArgs } from "../args.js";
+import { parseCommand } from "../args.js";
 import { untilStopSignal } from "../signals.js";
 
 export const NBD_SERVE_USAGE = `usage: haven nbd serve FILE [options]
@@ -22,7 +22,7 @@ options:
   --read-only          refuse writes (EPERM)`;
 
 export async function nbdServe(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommandArgs(
+  const parsed = parseCommand(
     argv,
     {
       size: { type: "string" },
@@ -31,14 +31,11 @@ export async function nbdServe(argv: string[]): Promise<number> {
       name: { type: "string" },
       description: { type: "string" },
       "read-only": { type: "boolean" },
-      help: { type: "boolean", short: "h" },
     },
     NBD_SERVE_USAGE,
   );
-  if (values.help) {
-    process.stdout.write(`${NBD_SERVE_USAGE}\n`);
-    return 0;
-  }
+  if (parsed === undefined) return 0; // --help was printed
+  const { values, positionals } = parsed;
   if (positionals.length !== 1) {
     throw new HavenError(
       "HAVEN_ERR_USAGE",

@@ -5,7 +5,7 @@
 import { HavenError } from "../../core/errors.js";
 import { ReplicaServer } from "../../replica/replica-server.js";
 import { parseHostPort } from "../../util/units.js";
-import { parseCommandArgs } from "../args.js";
+import { parseCommand, refuseArguments } from "../args.js";
 import { readSecretFile } from "../secret.js";
 import { untilStopSignal } from "../signals.js";
 
@@ -19,22 +19,18 @@ options:
   --secret-file FILE   the cluster's shared secret (at least 16 bytes); engines must prove they know it`;
 
 export async function replicaServe(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommandArgs(
+  const parsed = parseCommand(
     argv,
     {
       dir: { type: "string" },
       listen: { type: "string" },
       "secret-file": { type: "string" },
-      help: { type: "boolean", short: "h" },
     },
     REPLICA_SERVE_USAGE,
   );
-  if (values.help) {
-    process.stdout.write(`${REPLICA_SERVE_USAGE}\n`);
-    return 0;
-  }
-  if (positionals.length > 0)
-    throw new HavenError("HAVEN_ERR_USAGE", `unexpected argument "${positionals[0]}"\n\n${REPLICA_SERVE_USAGE}`);
+  if (parsed === undefined) return 0; // --help was printed
+  const { values, positionals } = parsed;
+  refuseArguments(positionals, REPLICA_SERVE_USAGE);
   for (const required of ["dir", "listen", "secret-file"]) {
     if (typeof values[required] !== "string")
       throw new HavenError("HAVEN_ERR_USAGE", `--${required} is required\n\n${REPLICA_SERVE_USAGE}`);

@@ -8,7 +8,7 @@ import { readClusterRecords } from "../../cluster/cluster-read.js";
 import { volumeView } from "../../cluster/cluster-view.js";
 import { createVolume } from "../../cluster/volume-admin.js";
 import { formatBytes, parseSize } from "../../util/units.js";
-import { parseCommandArgs } from "../args.js";
+import { parseCommand } from "../args.js";
 import { renderVolume } from "../cluster-render.js";
 import { CLUSTER_OPTIONS, CLUSTER_OPTIONS_USAGE, connectCluster } from "../context.js";
 import { abortOnStopSignal } from "../poll.js";
@@ -76,7 +76,7 @@ function parseWaitSeconds(text: string | undefined): number {
 }
 
 export async function volumeCreate(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommandArgs(
+  const parsed = parseCommand(
     argv,
     {
       ...CLUSTER_OPTIONS,
@@ -85,14 +85,11 @@ export async function volumeCreate(argv: string[]): Promise<number> {
       "no-wait": { type: "boolean" },
       "wait-timeout": { type: "string" },
       json: { type: "boolean" },
-      help: { type: "boolean", short: "h" },
     },
     VOLUME_CREATE_USAGE,
   );
-  if (values.help) {
-    process.stdout.write(`${VOLUME_CREATE_USAGE}\n`);
-    return 0;
-  }
+  if (parsed === undefined) return 0; // --help was printed
+  const { values, positionals } = parsed;
   const name = volumeNameArgument(positionals, VOLUME_CREATE_USAGE);
   const sizeBytes = parseVolumeSize(values.size as string | undefined);
   const copies = parseCopies(values.replicas as string | undefined);

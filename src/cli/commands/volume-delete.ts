@@ -5,7 +5,7 @@ import { hostname } from "node:os";
 import { HavenError } from "../../core/errors.js";
 import { deleteVolume } from "../../cluster/volume-admin.js";
 import { keys, parseVolumeSpec } from "../../cluster/schema.js";
-import { parseCommandArgs } from "../args.js";
+import { parseCommand } from "../args.js";
 import { CLUSTER_OPTIONS, CLUSTER_OPTIONS_USAGE, connectCluster } from "../context.js";
 import { volumeNameArgument } from "../volume-argument.js";
 
@@ -20,15 +20,9 @@ options:
 ${CLUSTER_OPTIONS_USAGE}`;
 
 export async function volumeDelete(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommandArgs(
-    argv,
-    { ...CLUSTER_OPTIONS, yes: { type: "boolean" }, help: { type: "boolean", short: "h" } },
-    VOLUME_DELETE_USAGE,
-  );
-  if (values.help) {
-    process.stdout.write(`${VOLUME_DELETE_USAGE}\n`);
-    return 0;
-  }
+  const parsed = parseCommand(argv, { ...CLUSTER_OPTIONS, yes: { type: "boolean" } }, VOLUME_DELETE_USAGE);
+  if (parsed === undefined) return 0; // --help was printed
+  const { values, positionals } = parsed;
   const name = volumeNameArgument(positionals, VOLUME_DELETE_USAGE);
   const client = connectCluster(values);
   if (values.yes !== true) {

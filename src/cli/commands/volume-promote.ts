@@ -5,7 +5,7 @@
 import { hostname } from "node:os";
 import { HavenError } from "../../core/errors.js";
 import { forcePromote } from "../../cluster/volume-admin.js";
-import { parseCommandArgs } from "../args.js";
+import { parseCommand } from "../args.js";
 import { CLUSTER_OPTIONS, CLUSTER_OPTIONS_USAGE, connectCluster } from "../context.js";
 import { volumeNameArgument } from "../volume-argument.js";
 
@@ -22,20 +22,17 @@ options:
 ${CLUSTER_OPTIONS_USAGE}`;
 
 export async function volumePromote(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommandArgs(
+  const parsed = parseCommand(
     argv,
     {
       ...CLUSTER_OPTIONS,
       host: { type: "string" },
       force: { type: "boolean" },
-      help: { type: "boolean", short: "h" },
     },
     VOLUME_PROMOTE_USAGE,
   );
-  if (values.help) {
-    process.stdout.write(`${VOLUME_PROMOTE_USAGE}\n`);
-    return 0;
-  }
+  if (parsed === undefined) return 0; // --help was printed
+  const { values, positionals } = parsed;
   const name = volumeNameArgument(positionals, VOLUME_PROMOTE_USAGE);
   if (typeof values.host !== "string")
     throw new HavenError("HAVEN_ERR_USAGE", `give --host HOST\n\n${VOLUME_PROMOTE_USAGE}`);

@@ -5,7 +5,7 @@
 
 import { HavenError } from "../../core/errors.js";
 import { renderVolumeStatus } from "../../engine/status-render.js";
-import { parseCommandArgs } from "../args.js";
+import { parseCommand } from "../args.js";
 import { engineApiFromOption } from "../engine-api-client.js";
 import { terminalRenderOptions } from "../terminal.js";
 
@@ -23,15 +23,9 @@ options:
 
 export async function volumeResolveSplitBrain(argv: string[]): Promise<number> {
   const usage = VOLUME_RESOLVE_SPLIT_BRAIN_USAGE;
-  const { values, positionals } = parseCommandArgs(
-    argv,
-    { survivor: { type: "string" }, api: { type: "string" }, help: { type: "boolean", short: "h" } },
-    usage,
-  );
-  if (values.help) {
-    process.stdout.write(`${usage}\n`);
-    return 0;
-  }
+  const parsed = parseCommand(argv, { survivor: { type: "string" }, api: { type: "string" } }, usage);
+  if (parsed === undefined) return 0; // --help was printed
+  const { values, positionals } = parsed;
   if (positionals.length !== 1)
     throw new HavenError("HAVEN_ERR_USAGE", `expected exactly one volume NAME, got ${positionals.length}\n\n${usage}`);
   const name = positionals[0]!;

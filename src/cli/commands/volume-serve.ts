@@ -9,7 +9,7 @@ import { NbdServer, type Listen } from "../../nbd/server.js";
 import { parseReplicaLocation, replicaOpener } from "../../replica/open-replica.js";
 import { isValidVolumeName } from "../../replica/port.js";
 import { formatBytes, parseHostPort, parseSize } from "../../util/units.js";
-import { parseCommandArgs } from "../args.js";
+import { parseCommand } from "../args.js";
 import { readSecretFile } from "../secret.js";
 import { untilStopSignal } from "../signals.js";
 
@@ -38,7 +38,7 @@ options:
                           ones are the newest: an unreachable one may hold writes they lack (split brain)`;
 
 export async function volumeServe(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommandArgs(
+  const parsed = parseCommand(
     argv,
     {
       replica: { type: "string", multiple: true },
@@ -55,14 +55,11 @@ export async function volumeServe(argv: string[]): Promise<number> {
       writeback: { type: "string" },
       "startup-wait": { type: "string" },
       "degraded-start": { type: "boolean" },
-      help: { type: "boolean", short: "h" },
     },
     VOLUME_SERVE_USAGE,
   );
-  if (values.help) {
-    process.stdout.write(`${VOLUME_SERVE_USAGE}\n`);
-    return 0;
-  }
+  if (parsed === undefined) return 0; // --help was printed
+  const { values, positionals } = parsed;
   const usage = (text: string): HavenError => new HavenError("HAVEN_ERR_USAGE", `${text}\n\n${VOLUME_SERVE_USAGE}`);
   if (positionals.length !== 1) throw usage(`expected exactly one volume NAME, got ${positionals.length}`);
   const name = positionals[0]!;

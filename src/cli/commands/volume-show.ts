@@ -5,7 +5,7 @@
 import { HavenError } from "../../core/errors.js";
 import { readClusterRecords } from "../../cluster/cluster-read.js";
 import { volumeView } from "../../cluster/cluster-view.js";
-import { parseCommandArgs } from "../args.js";
+import { parseCommand } from "../args.js";
 import { renderVolume } from "../cluster-render.js";
 import { CLUSTER_OPTIONS, CLUSTER_OPTIONS_USAGE, connectCluster } from "../context.js";
 import { terminalRenderOptions } from "../terminal.js";
@@ -22,15 +22,9 @@ options:
 ${CLUSTER_OPTIONS_USAGE}`;
 
 export async function volumeShow(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommandArgs(
-    argv,
-    { ...CLUSTER_OPTIONS, json: { type: "boolean" }, help: { type: "boolean", short: "h" } },
-    VOLUME_SHOW_USAGE,
-  );
-  if (values.help) {
-    process.stdout.write(`${VOLUME_SHOW_USAGE}\n`);
-    return 0;
-  }
+  const parsed = parseCommand(argv, { ...CLUSTER_OPTIONS, json: { type: "boolean" } }, VOLUME_SHOW_USAGE);
+  if (parsed === undefined) return 0; // --help was printed
+  const { values, positionals } = parsed;
   const name = volumeNameArgument(positionals, VOLUME_SHOW_USAGE);
   const records = await readClusterRecords(connectCluster(values));
   const spec = records.volumes.get(name);

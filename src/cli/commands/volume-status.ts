@@ -4,7 +4,7 @@
 import { HavenError } from "../../core/errors.js";
 import { renderVolumeStatus } from "../../engine/status-render.js";
 import type { VolumeStatus } from "../../engine/status.js";
-import { parseCommandArgs } from "../args.js";
+import { parseCommand } from "../args.js";
 import { engineApiFromOption } from "../engine-api-client.js";
 import { abortOnStopSignal, pause } from "../poll.js";
 import { CLEAR_SCREEN, isTerminal, terminalRenderOptions } from "../terminal.js";
@@ -28,20 +28,17 @@ export async function volumeStatus(argv: string[]): Promise<number> {
   // parseArgs has no optional option values: "--watch=5" becomes "--watch 5", and the one positional
   // this command takes is --watch's SECONDS.
   const args = argv.flatMap((arg) => (arg.startsWith("--watch=") ? ["--watch", arg.slice("--watch=".length)] : [arg]));
-  const { values, positionals } = parseCommandArgs(
+  const parsed = parseCommand(
     args,
     {
       api: { type: "string" },
       json: { type: "boolean" },
       watch: { type: "boolean" },
-      help: { type: "boolean", short: "h" },
     },
     VOLUME_STATUS_USAGE,
   );
-  if (values.help) {
-    process.stdout.write(`${VOLUME_STATUS_USAGE}\n`);
-    return 0;
-  }
+  if (parsed === undefined) return 0; // --help was printed
+  const { values, positionals } = parsed;
   const watch = values.watch === true;
   if (positionals.length > (watch ? 1 : 0))
     throw new HavenError("HAVEN_ERR_USAGE", `unexpected argument "${positionals.at(-1)}"\n\n${VOLUME_STATUS_USAGE}`);

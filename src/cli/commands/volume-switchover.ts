@@ -5,7 +5,7 @@
 import { hostname } from "node:os";
 import { HavenError } from "../../core/errors.js";
 import { requestSwitchover } from "../../cluster/volume-admin.js";
-import { parseCommandArgs } from "../args.js";
+import { parseCommand } from "../args.js";
 import { CLUSTER_OPTIONS, CLUSTER_OPTIONS_USAGE, connectCluster } from "../context.js";
 import { waitForSwitchover } from "../switchover-wait.js";
 import { volumeNameArgument } from "../volume-argument.js";
@@ -23,21 +23,18 @@ options:
 ${CLUSTER_OPTIONS_USAGE}`;
 
 export async function volumeSwitchover(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommandArgs(
+  const parsed = parseCommand(
     argv,
     {
       ...CLUSTER_OPTIONS,
       to: { type: "string" },
       "no-wait": { type: "boolean" },
       "wait-timeout": { type: "string" },
-      help: { type: "boolean", short: "h" },
     },
     VOLUME_SWITCHOVER_USAGE,
   );
-  if (values.help) {
-    process.stdout.write(`${VOLUME_SWITCHOVER_USAGE}\n`);
-    return 0;
-  }
+  if (parsed === undefined) return 0; // --help was printed
+  const { values, positionals } = parsed;
   const name = volumeNameArgument(positionals, VOLUME_SWITCHOVER_USAGE);
   if (typeof values.to !== "string")
     throw new HavenError("HAVEN_ERR_USAGE", `give --to HOST\n\n${VOLUME_SWITCHOVER_USAGE}`);

@@ -5,7 +5,7 @@
 import { HavenError } from "../../core/errors.js";
 import { formatVerifyProgress, renderVerifyStatus } from "../../engine/status-render.js";
 import type { VerifyStatus } from "../../engine/status.js";
-import { parseCommandArgs } from "../args.js";
+import { parseCommand, refuseArguments } from "../args.js";
 import { engineApiFromOption } from "../engine-api-client.js";
 import { abortOnStopSignal, pause } from "../poll.js";
 import { CLEAR_TO_END_OF_LINE, isTerminal, terminalRenderOptions } from "../terminal.js";
@@ -31,22 +31,18 @@ const DEFAULT_POLL_INTERVAL_MS = 1000;
 const EXIT_INTERRUPTED = 130;
 
 export async function volumeVerify(argv: string[], options: VolumeVerifyOptions = {}): Promise<number> {
-  const { values, positionals } = parseCommandArgs(
+  const parsed = parseCommand(
     argv,
     {
       api: { type: "string" },
       repair: { type: "boolean" },
       wait: { type: "boolean" },
-      help: { type: "boolean", short: "h" },
     },
     VOLUME_VERIFY_USAGE,
   );
-  if (values.help) {
-    process.stdout.write(`${VOLUME_VERIFY_USAGE}\n`);
-    return 0;
-  }
-  if (positionals.length > 0)
-    throw new HavenError("HAVEN_ERR_USAGE", `unexpected argument "${positionals[0]}"\n\n${VOLUME_VERIFY_USAGE}`);
+  if (parsed === undefined) return 0; // --help was printed
+  const { values, positionals } = parsed;
+  refuseArguments(positionals, VOLUME_VERIFY_USAGE);
   const client = engineApiFromOption(values.api, VOLUME_VERIFY_USAGE);
   const repair = values.repair === true;
   const started = await client.startVerify({ repair });
