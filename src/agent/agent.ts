@@ -806,8 +806,11 @@ export class Agent implements AgentView {
     };
     for (;;) {
       try {
+        const before = inSync ? await this.etcd.get(keys.replica(volume, host)) : undefined;
         await this.etcd.put(keys.replica(volume, host), JSON.stringify(record));
         if (!inSync) await this.event("replica-out-of-sync", `${host}'s copy left the in-sync set: ${detail}`, volume);
+        else if (before !== undefined && recordedOutOfSync(before.value, before.key))
+          await this.event("replica-in-sync", `${host}'s copy is back in the in-sync set: ${detail}`, volume);
         return;
       } catch (error) {
         if (!this.lease.mayComplete())
@@ -852,4 +855,13 @@ function portOf(address: string): number {
 
 function text(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
+}
+
+/** Whether a stored replica record says out of sync (an unreadable one does not: no event is better than a wrong one). */
+function recordedOutOfSync(value: string, key: string): boolean {
+  try {
+    return parseReplicaRecord(value, key).state === "out-of-sync";
+  } catch {
+    return false;
+  }
 }

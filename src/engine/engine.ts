@@ -15,6 +15,7 @@ import { randomBytes } from "node:crypto";
 import { writeDataLength, type BlockDevice, type BlockDeviceCapabilities, type Extent } from "../block/device.js";
 import type { WriteData, WriteOptions, ZeroOptions } from "../block/device.js";
 import { HavenError } from "../core/errors.js";
+import { formatBytes } from "../util/units.js";
 import { beginGenerationWithoutPeer, completeResyncAsSource, MAX_HISTORY } from "../replica/generations.js";
 import type { Generations } from "../replica/generations.js";
 import { decodeBitmap, encodeBitmap } from "../replica/bitmap-codec.js";
@@ -967,12 +968,15 @@ export class VolumeEngine implements BlockDevice, EngineControl {
         await slot.port.flush();
         slot.lastMetadata = await slot.port.updateMetadata(this.epoch, this.volumePatch());
         if (slot.attachment !== attachment) return;
+        const caughtUp = slot.resync
+          ? `caught up by ${slot.resync.mode === "full" ? "a full" : "an incremental"} resync of ${formatBytes(slot.resync.total)}`
+          : "in-sync";
         slot.missing = null;
         slot.resync = null;
         slot.splitBrain = null;
         this.setState(slot, "in-sync", null);
         this.log(`${slot.location}: in sync at generation ${this.generations.current}`);
-        this.recordCopy(slot.location, true, "in-sync").catch((error: unknown) =>
+        this.recordCopy(slot.location, true, caughtUp).catch((error: unknown) =>
           this.log(`recording ${slot.location} as in sync failed: ${message(error)}`),
         );
         if (this.slots.every((s) => s.state === "in-sync")) {

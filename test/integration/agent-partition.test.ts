@@ -174,12 +174,20 @@ describe("partitions between a primary, etcd and its peer", { skip }, () => {
       await new Promise((resolve) => setTimeout(resolve, 200));
     }
     assert.ok(await qemuIo(first.host, "write -P 0x33 2M 1M"));
+    const restoredAt = new Date().toISOString();
     links.get(standby)!.restore();
     await until(
       "the standby's copy to resync into the in-sync set",
       async () => ((await recorded(standby)) === "in-sync" ? true : undefined),
       60_000,
     );
+    // The event log says so too, with how the copy caught up (the missed writes only, not a rebuild).
+    const back = await until("a replica-in-sync event for the standby", async () =>
+      (await probe.events("replica-in-sync")).find(
+        (e) => e.host === first.host && e.time >= restoredAt && e.message.startsWith(`${standby}'s`),
+      ),
+    );
+    assert.match(back.message, /back in the in-sync set: caught up by an incremental resync of /);
     await until("a link-up event from the primary", async () =>
       (await linkEvents("link-up")).some((e) => e.host === first.host && e.message.includes(standby))
         ? true
