@@ -335,7 +335,8 @@ export class Agent implements AgentView {
     for (const disk of disks) if (!disk.ok) problems.push(`disk ${disk.name}: ${disk.detail}`);
     problems.push(...this.checkNbdFront());
     const links = health.links;
-    for (const link of links) if (!link.up) problems.push(`replication link to ${link.peer} down: ${link.detail}`);
+    for (const link of links)
+      if (!link.up && !link.starting) problems.push(`replication link to ${link.peer} down: ${link.detail}`);
     const copies: CopyHealth[] = [];
     for (const [name, running] of this.running) {
       const status = running.engine.status();

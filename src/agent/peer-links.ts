@@ -91,6 +91,7 @@ export class LinkTracker {
       up: this.upNow,
       rttMs: this.lastRttMs === null ? null : Math.round(this.lastRttMs * 100) / 100,
       detail: this.upNow ? "ok" : this.detail(),
+      ...(!this.everDecided && { starting: true }),
     };
   }
 

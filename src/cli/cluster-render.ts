@@ -6,7 +6,7 @@
 // characters are replaced so that they cannot move the cursor or recolor the terminal.
 
 import type { ClusterSummary, ClusterView, CopyView, HostView, VolumeView } from "../cluster/cluster-view.js";
-import type { EventRecord } from "../cluster/schema.js";
+import type { EventRecord, LinkHealth } from "../cluster/schema.js";
 import { formatBytes } from "../util/units.js";
 
 export interface ClusterRenderOptions {
@@ -141,11 +141,12 @@ function healthText(host: HostView): string {
 function linksText(host: HostView): string {
   const links = host.health?.links ?? [];
   if (links.length === 0) return "-";
-  return links
-    .map((link) =>
-      link.up ? `${link.peer} up${link.rttMs === null ? "" : ` ${link.rttMs.toFixed(1)} ms`}` : `${link.peer} DOWN`,
-    )
-    .join(", ");
+  return links.map(linkText).join(", ");
+}
+
+function linkText(link: LinkHealth): string {
+  if (link.up) return `${link.peer} up${link.rttMs === null ? "" : ` ${link.rttMs.toFixed(1)} ms`}`;
+  return link.starting ? `${link.peer} starting` : `${link.peer} DOWN`;
 }
 
 function hostRows(hosts: readonly HostView[]): Cell[][] {

@@ -112,6 +112,11 @@ export interface LinkHealth {
   readonly rttMs: number | null;
   /** Why it is down, or "ok". */
   readonly detail: string;
+  /**
+   * No verdict yet: nothing answered since the agent started and fewer than the miss limit of
+   * heartbeats missed. Shown as "starting", not as a problem. Absent in records of older agents.
+   */
+  readonly starting?: boolean;
 }
 
 /** A host's latest health check, every healthCheckIntervalMs. */
@@ -183,6 +188,7 @@ export function parseHostHealthRecord(value: string, key: string): HostHealthRec
         up: flag(link, "up", where),
         rttMs: link.rttMs === null || link.rttMs === undefined ? null : amount(link, "rttMs", where),
         detail: text(link, "detail", where),
+        ...(link.starting !== undefined && flag(link, "starting", where) && { starting: true }),
       };
     }),
   };

@@ -163,6 +163,7 @@ test("health checks: each live host's verdict, and a resyncing copy's progress a
           links: [
             { peer: "node2", up: true, rttMs: 0.42, detail: "ok" },
             { peer: "node3", up: false, rttMs: null, detail: "4 heartbeats missed in a row (refused)" },
+            { peer: "node4", up: false, rttMs: null, detail: "0 heartbeats missed in a row", starting: true },
           ],
         },
       ],
@@ -193,7 +194,7 @@ test("health checks: each live host's verdict, and a resyncing copy's progress a
   const hosts = renderStatus(view).split("\n");
   assert.match(
     hosts.find((line) => line.startsWith("node1"))!,
-    / node2 up 0\.4 ms, node3 DOWN +ok$/,
+    / node2 up 0\.4 ms, node3 DOWN, node4 starting +ok$/,
   );
   assert.match(
     hosts.find((line) => line.startsWith("node2"))!,

@@ -23,6 +23,7 @@ const good: HostHealthRecord = {
   links: [
     { peer: "h2", up: true, rttMs: 0.42, detail: "ok" },
     { peer: "h3", up: false, rttMs: null, detail: "4 heartbeats missed in a row (connection refused)" },
+    { peer: "h4", up: false, rttMs: null, detail: "0 heartbeats missed in a row", starting: true },
   ],
 };
 
@@ -56,6 +57,10 @@ test("each malformed field of a health record is refused, naming the key and the
     ],
     [{ links: [{ peer: "h2", up: 1, rttMs: null, detail: "ok" }] }, /links\[0\] is malformed: up is not true or false/],
     [{ links: [{ peer: "h2", up: true, rttMs: null }] }, /links\[0\] is malformed: detail is not a string/],
+    [
+      { links: [{ peer: "h2", up: false, rttMs: null, detail: "0 missed", starting: "yes" }] },
+      /links\[0\] is malformed: starting is not true or false/,
+    ],
     [{ problems: [1] }, /problems is not a list of strings/],
   ];
   for (const [change, message] of cases) {

@@ -37,14 +37,17 @@ test("an answer between ticks resets the count: misses must be consecutive", () 
   assert.equal(link.tick()?.up, false);
 });
 
-test("a peer that never answers is reported down once missLimit periods have passed", () => {
+test("a peer that never answers is starting until missLimit periods have passed, then down", () => {
   const link = new LinkTracker("h3", 2);
+  assert.equal(link.health().starting, true, "no verdict before the first heartbeat");
   link.failed("authentication failed");
   assert.equal(link.tick(), undefined);
+  assert.equal(link.health().starting, true, "one miss of two: still no verdict");
   const change = link.tick();
   assert.equal(change?.up, false);
   assert.match(change!.detail, /authentication failed/);
   assert.deepEqual(link.health().rttMs, null);
+  assert.equal(link.health().starting, undefined, "down is a verdict");
 });
 
 /** A peer the test answers for: connect and ping succeed while `reachable`. */
