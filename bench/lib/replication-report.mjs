@@ -28,6 +28,8 @@ const verdict = (ok) => (ok ? "PASS" : "FAIL");
  *   throughput: { [config]: { status, values: { [wl]: number }, cells: { [wl]: string } } },
  *   processes: [{ label, peakKib, idleKib, cpuSeconds, wallSeconds, topThreads }],
  *   resync: null | { skipped?, rounds, disk, rebuild, incremental, full, targets },
+ *   ceiling: null | { skipped, workload, modes: [{ mode, config }], rounds: [{ round, [mode]: B/s }],
+ *                     median: null | { [mode]: B/s } },
  *   notes: [string],
  * }
  */
@@ -64,6 +66,7 @@ export function renderReport(results) {
     }
     for (const r of ratios) lines.push(`  ${r.title.padEnd(11)} = ${r.legend}`);
     lines.push("");
+    if (results.ceiling) lines.push(...renderCeiling(results.ceiling, results), "");
 
     // Where the CPU went: is the engine's event loop (main thread) the limit?
     const shown = configs.filter((c) => Object.keys(throughput[c.name]?.cpu ?? {}).length > 0);
@@ -178,4 +181,56 @@ export function renderReport(results) {
 
   if (results.notes.length > 0) lines.push("notes:", ...results.notes.map((n) => `  ${n}`), "");
   return `${lines.join("\n").trimEnd()}\n`;
+}
+
+/**
+ * Part 3: the ratios a minimal C pipeline reaches on this machine for the same workload, next to the
+ * engine's; a target above the pipeline's ratio is out of reach here for any engine.
+ */
+function renderCeiling(ceiling, { configs, ratios, throughput }) {
+  const { workload, modes, rounds, median } = ceiling;
+  const head = `ceiling for ${workload} on this machine (part 3, bench/reference/copy-pipeline.c)`;
+  if (ceiling.skipped) return [`${head}: ${ceiling.skipped}`];
+  if (!median) return [`${head}: no result (see the notes)`];
+  const one = modes[0];
+  // Part 1 keeps MB/s (10^6 bytes per second); the pipeline reports bytes per second.
+  const engineValue = (config) => {
+    const value = throughput[config]?.values[workload];
+    return value === undefined ? undefined : value * 1e6;
+  };
+  const rows = modes.map(({ mode, config }, i) => {
+    const title = configs.find((c) => c.name === config)?.title ?? config;
+    const engine = engineValue(config);
+    const engineOne = engineValue(one.config);
+    if (i === 0) return [title, mbps(median[mode]), "", engine === undefined ? "n/a" : mbps(engine), "", ""];
+    const pipelineRatio = median[mode] / median[one.mode];
+    const engineRatio = engine !== undefined && engineOne !== undefined ? engine / engineOne : undefined;
+    return [
+      title,
+      mbps(median[mode]),
+      `${pipelineRatio.toFixed(2)}x`,
+      engine === undefined ? "n/a" : mbps(engine),
+      engineRatio === undefined ? "n/a" : `${engineRatio.toFixed(2)}x`,
+      engineRatio === undefined ? "n/a" : `${Math.round((100 * engineRatio) / pipelineRatio)}%`,
+    ];
+  });
+  const lines = [
+    `${head}: the same bytes`,
+    `moved with no protocol, no metadata and no checks; median of ${rounds.length} round${rounds.length === 1 ? "" : "s"}; ratios against one copy:`,
+    ...table(["copies", "pipeline", "ratio", "engine", "ratio", "engine/pipeline"], rows, 1).map((l) => `  ${l}`),
+    `  rounds (${modes.map((m) => m.mode).join(" / ")}, MB/s): ${rounds
+      .map((r) => modes.map((m) => (r[m.mode] / 1e6).toFixed(0)).join(" / "))
+      .join(", ")}`,
+  ];
+  for (const ratio of ratios.filter((r) => r.targets?.[workload] !== undefined)) {
+    const mode = modes.find((m) => m.config === ratio.over);
+    if (!mode) continue;
+    const reachable = median[mode.mode] / median[one.mode];
+    const target = ratio.targets[workload];
+    if (reachable < target)
+      lines.push(
+        `  ${ratio.title} target ${target.toFixed(2)}x is above what the pipeline reaches here (${reachable.toFixed(2)}x): out of reach on this machine`,
+      );
+  }
+  return lines;
 }
