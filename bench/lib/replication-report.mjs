@@ -193,25 +193,25 @@ function renderCeiling(ceiling, { configs, ratios, throughput }) {
   if (ceiling.skipped) return [`${head}: ${ceiling.skipped}`];
   if (!median) return [`${head}: no result (see the notes)`];
   const one = modes[0];
+  const pipelineRatio = (mode) => median[mode] / median[one.mode];
   // Part 1 keeps MB/s (10^6 bytes per second); the pipeline reports bytes per second.
   const engineValue = (config) => {
     const value = throughput[config]?.values[workload];
     return value === undefined ? undefined : value * 1e6;
   };
+  const engineOne = engineValue(one.config);
   const rows = modes.map(({ mode, config }, i) => {
     const title = configs.find((c) => c.name === config)?.title ?? config;
     const engine = engineValue(config);
-    const engineOne = engineValue(one.config);
     if (i === 0) return [title, mbps(median[mode]), "", engine === undefined ? "n/a" : mbps(engine), "", ""];
-    const pipelineRatio = median[mode] / median[one.mode];
     const engineRatio = engine !== undefined && engineOne !== undefined ? engine / engineOne : undefined;
     return [
       title,
       mbps(median[mode]),
-      `${pipelineRatio.toFixed(2)}x`,
+      `${pipelineRatio(mode).toFixed(2)}x`,
       engine === undefined ? "n/a" : mbps(engine),
       engineRatio === undefined ? "n/a" : `${engineRatio.toFixed(2)}x`,
-      engineRatio === undefined ? "n/a" : `${Math.round((100 * engineRatio) / pipelineRatio)}%`,
+      engineRatio === undefined ? "n/a" : `${Math.round((100 * engineRatio) / pipelineRatio(mode))}%`,
     ];
   });
   const lines = [
@@ -225,7 +225,7 @@ function renderCeiling(ceiling, { configs, ratios, throughput }) {
   for (const ratio of ratios.filter((r) => r.targets?.[workload] !== undefined)) {
     const mode = modes.find((m) => m.config === ratio.over);
     if (!mode) continue;
-    const reachable = median[mode.mode] / median[one.mode];
+    const reachable = pipelineRatio(mode.mode);
     const target = ratio.targets[workload];
     if (reachable < target)
       lines.push(

@@ -56,19 +56,18 @@ static double now_seconds(void) {
   return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
-static void read_fully(int fd, char *buffer, long bytes, const char *what) {
+/** Returns 0 once `bytes` are read, -1 if the peer closed the connection first; dies on an error. */
+static int read_fully(int fd, char *buffer, long bytes, const char *what) {
   for (long done = 0; done < bytes;) {
     ssize_t n = read(fd, buffer + done, (size_t)(bytes - done));
-    if (n == 0) {
-      errno = 0;
-      die("%s: connection closed", what);
-    }
+    if (n == 0) return -1;
     if (n < 0) {
       if (errno == EINTR) continue;
       die("%s: read", what);
     }
     done += n;
   }
+  return 0;
 }
 
 /** Returns 0 once all bytes are sent, -1 if the peer went away (the normal end of the client). */
@@ -147,13 +146,7 @@ static void run_remote(int fd, int file, long file_blocks) {
   char *block = aligned_alloc(4096, BLOCK_BYTES);
   if (block == NULL) die("aligned_alloc");
   for (long k = 0;; k++) {
-    for (long done = 0; done < BLOCK_BYTES;) {
-      ssize_t n = read(fd, block + done, (size_t)(BLOCK_BYTES - done));
-      if (n == 0) _exit(0);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) die("remote: read");
-      done += n;
-    }
+    if (read_fully(fd, block, BLOCK_BYTES, "remote") != 0) _exit(0); /* the receiver is done */
     write_block(file, block, (k % file_blocks) * BLOCK_BYTES);
     if (k + 1 == file_blocks && fdatasync(file) != 0) die("remote: fdatasync");
     if (write_fully(fd, "k", 1) != 0) _exit(0);
@@ -302,7 +295,10 @@ int main(int argc, char **argv) {
       started = now_seconds();
     }
     if (counted_from >= 0 && now_seconds() - started >= seconds) break;
-    read_fully(client_fd, buffers[k % IN_FLIGHT], BLOCK_BYTES, "client");
+    if (read_fully(client_fd, buffers[k % IN_FLIGHT], BLOCK_BYTES, "client") != 0) {
+      errno = 0;
+      die("client: connection closed");
+    }
     pthread_mutex_lock(&state.lock);
     state.received = k + 1;
     pthread_cond_broadcast(&state.changed);
