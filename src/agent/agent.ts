@@ -38,7 +38,7 @@ import {
   type ReplicaRecord,
   type VolumeSpec,
 } from "../cluster/schema.js";
-import { HavenError } from "../core/errors.js";
+import { HavenError, errorMessage } from "../core/errors.js";
 import { VolumeEngine } from "../engine/engine.js";
 import { NbdServer } from "../nbd/server.js";
 import { replicaOpener } from "../replica/open-replica.js";
@@ -228,7 +228,7 @@ export class Agent implements AgentView {
   private trimEventsNow(): void {
     trimEvents(this.etcd, this.config.events).then(
       (deleted) => deleted > 0 && this.log(`event log trimmed: ${deleted} events past retention deleted`),
-      (error: unknown) => this.log(`trimming the event log: ${text(error)}`),
+      (error: unknown) => this.log(`trimming the event log: ${errorMessage(error)}`),
     );
   }
 
@@ -451,7 +451,7 @@ export class Agent implements AgentView {
     );
     this.watches.set(prefix, watch);
     watch.ready.catch((error: unknown) => {
-      this.log(`watching ${prefix} failed: ${text(error)}; polling only`);
+      this.log(`watching ${prefix} failed: ${errorMessage(error)}; polling only`);
       retry();
     });
   }
@@ -471,7 +471,7 @@ export class Agent implements AgentView {
     if (this.stopped) return;
     this.timer = setTimeout(() => {
       this.reconciling = this.reconcile()
-        .catch((error: unknown) => this.log(`reconcile: ${text(error)}`))
+        .catch((error: unknown) => this.log(`reconcile: ${errorMessage(error)}`))
         .finally(() => {
           this.reconciling = undefined;
           const again = this.again;
@@ -530,7 +530,7 @@ export class Agent implements AgentView {
         handover = parseHandoverRecord(kv.value, kv.key);
       } catch (error) {
         await this.etcd.delete(kv.key);
-        this.log(`dropped a malformed switchover request: ${text(error)}`);
+        this.log(`dropped a malformed switchover request: ${errorMessage(error)}`);
         continue;
       }
       await this.guarded(name, () => this.handOver(name, handover, view, primary.modRevision));
@@ -715,7 +715,7 @@ export class Agent implements AgentView {
     try {
       await engine.start();
     } catch (error) {
-      await this.event("volume-start-failed", `cannot start the engine: ${text(error)}`, name);
+      await this.event("volume-start-failed", `cannot start the engine: ${errorMessage(error)}`, name);
       throw error;
     }
     const uri = `nbd://${this.config.host.address}:${this.nbdPort}/${name}`;
@@ -750,7 +750,7 @@ export class Agent implements AgentView {
     if (running === undefined) return;
     this.running.delete(name);
     this.nbd.removeExport(name);
-    await running.engine.stop().catch((error: unknown) => this.log(`volume ${name}: stop: ${text(error)}`));
+    await running.engine.stop().catch((error: unknown) => this.log(`volume ${name}: stop: ${errorMessage(error)}`));
     await this.event("volume-stopped", `stopped serving: ${reason}`, name).catch(() => undefined);
   }
 
@@ -786,7 +786,7 @@ export class Agent implements AgentView {
         name,
       );
       await running.engine.resolveSplitBrain(local.location).catch((error: unknown) => {
-        this.log(`volume ${name}: resolving the split brain failed: ${text(error)}`);
+        this.log(`volume ${name}: resolving the split brain failed: ${errorMessage(error)}`);
       });
     }
   }
@@ -815,7 +815,10 @@ export class Agent implements AgentView {
         return;
       } catch (error) {
         if (!this.lease.mayComplete())
-          throw new HavenError("HAVEN_ERR_UNAVAILABLE", `cannot record ${host}'s copy of ${volume}: ${text(error)}`);
+          throw new HavenError(
+            "HAVEN_ERR_UNAVAILABLE",
+            `cannot record ${host}'s copy of ${volume}: ${errorMessage(error)}`,
+          );
         await new Promise((resolve) => setTimeout(resolve, RECORD_RETRY_MS));
       }
     }
@@ -836,7 +839,7 @@ export class Agent implements AgentView {
   }
 
   private track(promise: Promise<void>): void {
-    promise.catch((error: unknown) => this.log(`background: ${text(error)}`));
+    promise.catch((error: unknown) => this.log(`background: ${errorMessage(error)}`));
   }
 }
 
@@ -846,16 +849,12 @@ async function engineAnswers(engine: VolumeEngine): Promise<string | undefined> 
     await engine.read(0, Buffer.allocUnsafe(4096));
     return undefined;
   } catch (error) {
-    return `a 4 KiB read through the engine failed: ${text(error)}`;
+    return `a 4 KiB read through the engine failed: ${errorMessage(error)}`;
   }
 }
 
 function portOf(address: string): number {
   return Number(address.slice(address.lastIndexOf(":") + 1));
-}
-
-function text(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }
 
 /** Whether a stored replica record says out of sync (an unreadable one does not: no event is better than a wrong one). */

@@ -19,7 +19,7 @@
 import { readFile, stat } from "node:fs/promises";
 import { isIP } from "node:net";
 import { isAbsolute, normalize } from "node:path";
-import { HavenError } from "../core/errors.js";
+import { HavenError, errorMessage } from "../core/errors.js";
 import { parseEndpoint } from "../cluster/etcd-transport.js";
 import { parseHostPort, parseSize } from "../util/units.js";
 import { DEFAULT_EVENT_RETENTION, type EventRetention } from "../cluster/event-retention.js";
@@ -457,7 +457,7 @@ class Reader {
 
 /** The OS's reason without the "open '/path'" that Node appends, since the message names the path already. */
 function osReason(error: unknown): string {
-  return (error instanceof Error ? error.message : String(error)).replace(/, \w+ '[^']*'$/, "");
+  return errorMessage(error).replace(/, \w+ '[^']*'$/, "");
 }
 
 function describe(value: unknown): string {

@@ -13,6 +13,7 @@ import { open } from "node:fs/promises";
 import { join } from "node:path";
 import type { DiskHealth } from "../cluster/schema.js";
 import { IHAVEOPT, NBD_MAGIC, Option, OPTION_REPLY_MAGIC, OptionReply, HandshakeFlag } from "../nbd/constants.js";
+import { errorMessage } from "../core/errors.js";
 
 /** The probe file in each disk's directory (rewritten in place each round). */
 export const DISK_PROBE_FILE = ".haven-health-probe";
@@ -41,7 +42,7 @@ export async function probeDisk(disk: { readonly name: string; readonly path: st
     await write();
     return { name: disk.name, ok: true, detail: "ok", probeMs: Math.round((performance.now() - started) * 100) / 100 };
   } catch (error) {
-    const message = error instanceof Error ? error.message : String(error);
+    const message = errorMessage(error);
     return { name: disk.name, ok: false, detail: `probe write in ${disk.path} failed: ${message}`, probeMs: null };
   }
 }
@@ -120,7 +121,7 @@ export async function probeNbdFront(
   try {
     listed = await listNbdExports(host, port, timeoutMs);
   } catch (error) {
-    const message = error instanceof Error ? error.message : String(error);
+    const message = errorMessage(error);
     return { problems: [`the NBD front on ${host}:${port} does not answer a handshake: ${message}`], missing: [] };
   }
   const missing = served.filter((name) => !listed.includes(name));

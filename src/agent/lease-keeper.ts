@@ -7,6 +7,7 @@
 
 import type { EtcdClient, LeaseId } from "../cluster/etcd-client.js";
 import { fenceDeadlineMs, type Timings } from "./timings.js";
+import { errorMessage } from "../core/errors.js";
 
 export interface LeaseKeeperOptions {
   readonly etcd: EtcdClient;
@@ -84,7 +85,9 @@ export class LeaseKeeper {
     try {
       if (this.held) await this.renew();
       else
-        await this.acquire().catch((error: unknown) => this.options.log(`lease: cannot get a new one: ${text(error)}`));
+        await this.acquire().catch((error: unknown) =>
+          this.options.log(`lease: cannot get a new one: ${errorMessage(error)}`),
+        );
     } finally {
       this.schedule();
     }
@@ -102,7 +105,7 @@ export class LeaseKeeper {
         if (this.held && lease === this.lease) this.lastRenewSentAt = Math.max(this.lastRenewSentAt, sentAt);
         return;
       } catch (error) {
-        this.options.log(`lease: keepalive ${attempt + 1} failed: ${text(error)}`);
+        this.options.log(`lease: keepalive ${attempt + 1} failed: ${errorMessage(error)}`);
       }
       if (!this.mayComplete()) return;
     }
@@ -122,8 +125,4 @@ function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
     timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
   });
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-function text(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }

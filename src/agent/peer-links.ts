@@ -12,6 +12,7 @@
 // The tracking of one link (LinkTracker) is pure: ticks and answers in, verdicts out.
 
 import type { LinkHealth } from "../cluster/schema.js";
+import { errorMessage } from "../core/errors.js";
 
 /** Where a peer's replica server listens. */
 export interface PeerAddress {
@@ -201,7 +202,7 @@ export class PeerLinks {
       const change = tracker.answered(this.now() - sentAt);
       if (change) this.options.onChange(change);
     } catch (error) {
-      tracker.failed(error instanceof Error ? error.message : String(error));
+      tracker.failed(errorMessage(error));
       link.pinger?.close();
       link.pinger = undefined;
     }

@@ -2,7 +2,7 @@
 // usage errors with the command's own help text, never silently ignored.
 
 import { parseArgs, type ParseArgsConfig } from "node:util";
-import { HavenError } from "../core/errors.js";
+import { HavenError, errorMessage } from "../core/errors.js";
 
 export type OptionSpec = NonNullable<ParseArgsConfig["options"]>;
 
@@ -15,7 +15,7 @@ export function parseCommandArgs<T extends OptionSpec>(
     const { values, positionals } = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
     return { values: values as Record<string, string | boolean | undefined>, positionals };
   } catch (error) {
-    const message = error instanceof Error ? error.message : String(error);
+    const message = errorMessage(error);
     throw new HavenError("HAVEN_ERR_USAGE", `${message}\n\n${usage}`);
   }
 }

@@ -6,7 +6,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { createServer, type AddressInfo } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
-import { HavenError } from "../core/errors.js";
+import { HavenError, errorMessage } from "../core/errors.js";
 import { EtcdClient } from "./etcd-client.js";
 
 export interface EtcdProcessOptions {
@@ -158,7 +158,7 @@ async function startOnce(
       await probe.status();
       break;
     } catch (error) {
-      lastError = error instanceof Error ? error.message : String(error);
+      lastError = errorMessage(error);
     }
     if (Date.now() >= deadlineAt) {
       await stop();

@@ -14,7 +14,7 @@
 import { randomBytes } from "node:crypto";
 import { writeDataLength, type BlockDevice, type BlockDeviceCapabilities, type Extent } from "../block/device.js";
 import type { WriteData, WriteOptions, ZeroOptions } from "../block/device.js";
-import { HavenError } from "../core/errors.js";
+import { HavenError, errorMessage } from "../core/errors.js";
 import { formatBytes } from "../util/units.js";
 import { beginGenerationWithoutPeer, completeResyncAsSource, MAX_HISTORY } from "../replica/generations.js";
 import type { Generations } from "../replica/generations.js";
@@ -211,7 +211,7 @@ export class VolumeEngine implements BlockDevice, EngineControl {
               opened.set(slot, await this.options.opener(slot.location, this.options.name, undefined));
             } catch (error) {
               if (error instanceof HavenError && error.code === "HAVEN_ERR_NOT_FOUND") missing.add(slot);
-              else slot.reason = message(error);
+              else slot.reason = errorMessage(error);
             }
           }),
       );
@@ -251,7 +251,7 @@ export class VolumeEngine implements BlockDevice, EngineControl {
       await this.stop();
       throw new HavenError(
         "HAVEN_ERR_UNAVAILABLE",
-        `cannot record the copies' states in the cluster: ${message(error)}`,
+        `cannot record the copies' states in the cluster: ${errorMessage(error)}`,
       );
     }
     this.starting = false;
@@ -338,7 +338,7 @@ export class VolumeEngine implements BlockDevice, EngineControl {
     const maxEpoch = Math.max(0, ...[...opened.values()].map((p) => p.metadata.highestEpoch));
     this.epoch = this.options.epoch ?? maxEpoch + 1;
     if (this.epoch < maxEpoch)
-      throw new HavenError("HAVEN_ERR_READ_ONLY", `epoch ${this.epoch} is stale: a copy has seen epoch ${maxEpoch}`);
+      throw new HavenError("HAVEN_ERR_STALE_EPOCH", `epoch ${this.epoch} is stale: a copy has seen epoch ${maxEpoch}`);
 
     // The volume continues from the source's data and bookkeeping.
     const sourceMeta = source?.metadata as ReplicaMetadata | undefined;
@@ -495,7 +495,7 @@ export class VolumeEngine implements BlockDevice, EngineControl {
       } catch (error) {
         if (isRangeError(error)) throw error;
         this.checkFence(error);
-        await this.fault(slot, attachment, `read failed: ${message(error)}`, [{ offset, length: target.length }]);
+        await this.fault(slot, attachment, `read failed: ${errorMessage(error)}`, [{ offset, length: target.length }]);
       }
     }
   }
@@ -575,7 +575,7 @@ export class VolumeEngine implements BlockDevice, EngineControl {
       if (result.status === "fulfilled") return;
       this.checkFence(result.reason);
       orInto(slot.unflushed, before);
-      faults.push(this.fault(slot, attachment, `flush failed: ${message(result.reason)}`, []));
+      faults.push(this.fault(slot, attachment, `flush failed: ${errorMessage(result.reason)}`, []));
     });
     await Promise.all(faults);
     if (this.transition) await this.transition;
@@ -638,7 +638,7 @@ export class VolumeEngine implements BlockDevice, EngineControl {
         if (result.status === "fulfilled") return;
         if (isRangeError(result.reason)) throw result.reason;
         this.checkFence(result.reason);
-        faults.push(this.fault(slot, attachment, `${op} failed: ${message(result.reason)}`, [{ offset, length }]));
+        faults.push(this.fault(slot, attachment, `${op} failed: ${errorMessage(result.reason)}`, [{ offset, length }]));
       });
       await Promise.all(faults);
       if (this.transition) await this.transition;
@@ -669,7 +669,7 @@ export class VolumeEngine implements BlockDevice, EngineControl {
       this.writebackTimer = undefined;
       if (this.stopping || this.fenced) return;
       this.track(
-        this.writebackFlush().catch((error: unknown) => this.log(`background flush failed: ${message(error)}`)),
+        this.writebackFlush().catch((error: unknown) => this.log(`background flush failed: ${errorMessage(error)}`)),
       );
     });
   }
@@ -734,7 +734,7 @@ export class VolumeEngine implements BlockDevice, EngineControl {
     ranges: { offset: number; length: number }[],
   ): void {
     this.fault(slot, attachment, reason, ranges).catch((error: unknown) =>
-      this.log(`${slot.location}: recording that it left failed: ${message(error)}`),
+      this.log(`${slot.location}: recording that it left failed: ${errorMessage(error)}`),
     );
   }
 
@@ -780,7 +780,7 @@ export class VolumeEngine implements BlockDevice, EngineControl {
             return [];
           }
           this.checkFence(result.reason, false);
-          return [{ ...targets[i]!, reason: message(result.reason) }];
+          return [{ ...targets[i]!, reason: errorMessage(result.reason) }];
         });
         if (failed.length < targets.length) this.activityLog.markPersisted(patch.activityLog ?? []);
         if (failed.length === 0) return;
@@ -806,7 +806,7 @@ export class VolumeEngine implements BlockDevice, EngineControl {
     const attachment = slot.attachment;
     port.onLost = (error) => {
       if (slot.attachment === attachment)
-        this.faultInBackground(slot, attachment, `connection lost: ${message(error)}`, []);
+        this.faultInBackground(slot, attachment, `connection lost: ${errorMessage(error)}`, []);
     };
   }
 
@@ -829,9 +829,9 @@ export class VolumeEngine implements BlockDevice, EngineControl {
         try {
           port = await this.options.opener(slot.location, this.options.name, this.createOptions());
         } catch (error) {
-          if (slot.reason === null || !slot.reason.includes(message(error)))
-            this.log(`${slot.location}: still unreachable: ${message(error)}`);
-          slot.reason = slot.state === "faulted" ? slot.reason : message(error);
+          if (slot.reason === null || !slot.reason.includes(errorMessage(error)))
+            this.log(`${slot.location}: still unreachable: ${errorMessage(error)}`);
+          slot.reason = slot.state === "faulted" ? slot.reason : errorMessage(error);
           return;
         }
         if (this.stopping || slot.attachment !== attachment || this.fenced) {
@@ -905,7 +905,7 @@ export class VolumeEngine implements BlockDevice, EngineControl {
         port.metadata,
       );
     } catch (error) {
-      this.setState(slot, "connecting", `cannot create the copy: ${message(error)}`);
+      this.setState(slot, "connecting", `cannot create the copy: ${errorMessage(error)}`);
       this.scheduleReconnect();
     }
   }
@@ -977,7 +977,7 @@ export class VolumeEngine implements BlockDevice, EngineControl {
         this.setState(slot, "in-sync", null);
         this.log(`${slot.location}: in sync at generation ${this.generations.current}`);
         this.recordCopy(slot.location, true, caughtUp).catch((error: unknown) =>
-          this.log(`recording ${slot.location} as in sync failed: ${message(error)}`),
+          this.log(`recording ${slot.location} as in sync failed: ${errorMessage(error)}`),
         );
         if (this.slots.every((s) => s.state === "in-sync")) {
           this.changedSince.clear();
@@ -987,7 +987,7 @@ export class VolumeEngine implements BlockDevice, EngineControl {
         }
       } catch (error) {
         this.checkFence(error, false);
-        this.faultInBackground(slot, attachment, `joining the in-sync set failed: ${message(error)}`, []);
+        this.faultInBackground(slot, attachment, `joining the in-sync set failed: ${errorMessage(error)}`, []);
       } finally {
         release();
       }
@@ -1132,7 +1132,7 @@ export class VolumeEngine implements BlockDevice, EngineControl {
   }
 
   track(promise: Promise<void>): void {
-    const tracked = promise.catch((error: unknown) => this.log(`background task failed: ${message(error)}`));
+    const tracked = promise.catch((error: unknown) => this.log(`background task failed: ${errorMessage(error)}`));
     this.background.add(tracked);
     void tracked.finally(() => this.background.delete(tracked));
   }
@@ -1143,7 +1143,7 @@ export class VolumeEngine implements BlockDevice, EngineControl {
     try {
       await this.recordCopy(location, false, reason);
     } catch (error) {
-      this.fence(`cannot record ${location} as out of sync in the cluster: ${message(error)}`);
+      this.fence(`cannot record ${location} as out of sync in the cluster: ${errorMessage(error)}`);
       throw error;
     }
   }
@@ -1176,16 +1176,16 @@ export class VolumeEngine implements BlockDevice, EngineControl {
 
   /** A copy refusing our epoch means another engine took over: stop completing anything (rule 4). */
   checkFence(error: unknown, rethrow = true): void {
-    if (!(error instanceof HavenError && error.code === "HAVEN_ERR_READ_ONLY")) return;
+    if (!(error instanceof HavenError && error.code === "HAVEN_ERR_STALE_EPOCH")) return;
     if (!this.fenced) {
       this.fenced = `a copy refused epoch ${this.epoch}: ${error.message}`;
       this.log(`FENCED: ${this.fenced}; no further I/O completes`);
     }
-    if (rethrow) throw new HavenError("HAVEN_ERR_IO", `volume fenced: ${this.fenced}`);
+    if (rethrow) throw new HavenError("HAVEN_ERR_FENCED", `volume fenced: ${this.fenced}`);
   }
 
   checkUsable(): void {
-    if (this.fenced) throw new HavenError("HAVEN_ERR_IO", `volume fenced: ${this.fenced}`);
+    if (this.fenced) throw new HavenError("HAVEN_ERR_FENCED", `volume fenced: ${this.fenced}`);
     if (this.stopping) throw new HavenError("HAVEN_ERR_SHUTTING_DOWN", `volume ${this.options.name} is stopping`);
   }
 
@@ -1211,10 +1211,6 @@ function isRangeError(error: unknown): boolean {
   return (
     error instanceof HavenError && (error.code === "HAVEN_ERR_OUT_OF_RANGE" || error.code === "HAVEN_ERR_NO_SPACE")
   );
-}
-
-export function message(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }
 
 async function closeAll(ports: Iterable<ReplicaPort>): Promise<void> {

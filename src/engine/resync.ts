@@ -5,12 +5,11 @@
 // resync resumes where it was. A full rebuild copies only allocated extents and punches holes for the
 // rest, so a sparse volume rebuilds in the time its data takes.
 
-import { HavenError } from "../core/errors.js";
+import { HavenError, errorMessage } from "../core/errors.js";
 import { encodeBitmap } from "../replica/bitmap-codec.js";
 import type { ReplicaPort } from "../replica/port.js";
 import type { RegionBitmap, Run } from "../replica/region-bitmap.js";
 import type { Slot, VolumeEngine } from "./engine.js";
-import { message } from "./engine.js";
 import { RateMeter, type ThrottleSettings } from "./throttle.js";
 
 export interface ResyncSettings extends ThrottleSettings {
@@ -28,7 +27,7 @@ class SideError extends Error {
     readonly side: "source" | "target",
     readonly inner: unknown,
   ) {
-    super(message(inner));
+    super(errorMessage(inner));
   }
 }
 
@@ -85,7 +84,7 @@ export async function runResync(engine: VolumeEngine, slot: Slot, attachment: nu
         await saveProgress(engine, slot, attachment, bitmap)
           .catch(async (error: unknown) => {
             engine.checkFence(error, false);
-            await engine.fault(slot, attachment, `saving resync progress failed: ${message(error)}`, []);
+            await engine.fault(slot, attachment, `saving resync progress failed: ${errorMessage(error)}`, []);
           })
           .finally(() => (shared.saving = false));
       }

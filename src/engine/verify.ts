@@ -3,10 +3,9 @@
 // look different mid-compare. Mismatching regions are reported; with repair they are copied from the
 // primary (the copy reads come from) to the copies that differ, and each repair is logged.
 
-import { HavenError } from "../core/errors.js";
+import { HavenError, errorMessage } from "../core/errors.js";
 import { REGION_DIGEST_BYTES } from "../replica/port.js";
 import type { Slot, VolumeEngine } from "./engine.js";
-import { message } from "./engine.js";
 import type { VerifyStatus } from "./status.js";
 
 const VERIFY_CHUNK_BYTES = 4 * 1024 * 1024;
@@ -37,7 +36,7 @@ export function runVerify(engine: VolumeEngine, repair: boolean, track: (work: P
       },
       (error: unknown) => {
         status.state = "failed";
-        status.error = message(error);
+        status.error = errorMessage(error);
         status.finishedAt = new Date().toISOString();
         engine.log(`verify failed: ${status.error}`);
       },
@@ -102,7 +101,7 @@ async function verifyAll(engine: VolumeEngine, status: Mutable<VerifyStatus>): P
       }
       for (const entry of digests) {
         if ("error" in entry)
-          failed.push({ slot: entry.slot, attachment: entry.slot.attachment, reason: message(entry.error) });
+          failed.push({ slot: entry.slot, attachment: entry.slot.attachment, reason: errorMessage(entry.error) });
       }
       status.doneBytes = offset + length;
     } finally {

@@ -6,7 +6,8 @@
 
 import type { Socket } from "node:net";
 import { AssertionError } from "node:assert";
-import { HavenError } from "../core/errors.js";
+import { errorMessage } from "../core/errors.js";
+import { nbdErrnoOf } from "./errno.js";
 import type { Extent } from "../block/device.js";
 import {
   AllocationState,
@@ -450,9 +451,8 @@ export class TransmissionSession {
       return;
     }
     this.counters.errors++;
-    const haven = error instanceof HavenError ? error : undefined;
-    const errno = haven?.nbdErrno ?? NbdErrno.EIO;
-    const message = error instanceof Error ? error.message : String(error);
+    const errno = nbdErrnoOf(error);
+    const message = errorMessage(error);
     this.log(`${COMMAND_NAMES[request.type]} of ${request.length} bytes at ${request.offset} failed: ${message}`);
     this.sendError(request, errno, message);
   }

@@ -1,7 +1,7 @@
 // A replica as the engine sees it: one interface whether the copy is a directory on a local disk or
 // a replica server across the network, so the engine never cares which (DESIGN.md: local RAID1 and
 // network RAID are the same mechanism). Every mutating call carries the writer's epoch and is refused
-// (HAVEN_ERR_READ_ONLY, "stale epoch") below the highest epoch the copy has seen.
+// (HAVEN_ERR_STALE_EPOCH) below the highest epoch the copy has seen.
 
 import type { Extent, WriteData } from "../block/device.js";
 import type { MetadataPatch, ReplicaMetadata } from "./replica-store.js";

@@ -38,7 +38,7 @@ export interface RemoteReplicaOptions {
 const MAX_RANGE_BYTES = 2 ** 31;
 
 const CODE_FOR_STATUS: Record<number, ErrorCode> = {
-  [ReplyStatus.STALE_EPOCH]: "HAVEN_ERR_READ_ONLY",
+  [ReplyStatus.STALE_EPOCH]: "HAVEN_ERR_STALE_EPOCH",
   [ReplyStatus.NO_SUCH_REPLICA]: "HAVEN_ERR_NOT_FOUND",
   [ReplyStatus.OUT_OF_RANGE]: "HAVEN_ERR_OUT_OF_RANGE",
   [ReplyStatus.IO_ERROR]: "HAVEN_ERR_IO",

@@ -7,7 +7,7 @@
 // cannot exhaust the server's memory; decoded frames wait in order until there is room.
 
 import { AssertionError } from "node:assert";
-import { HavenError, type ErrorCode } from "../core/errors.js";
+import { HavenError, type ErrorCode, errorMessage } from "../core/errors.js";
 import type { LocalReplicaPort } from "./local-port.js";
 import type { CreateOptions } from "./port.js";
 import {
@@ -201,7 +201,7 @@ export class ReplicaSession {
       });
       return;
     }
-    const message = error instanceof Error ? error.message : String(error);
+    const message = errorMessage(error);
     const status = statusFor(error);
     if (++this.refusals <= MAX_REFUSALS_LOGGED) {
       this.log(`${FRAME_TYPE_NAMES[request.type]} #${request.requestId} refused (${STATUS_NAMES[status]}): ${message}`);
@@ -336,7 +336,8 @@ function checkRange(port: LocalReplicaPort, what: string, offset: bigint, length
 
 /** The reply status for each error code a request can fail with; anything else is a bad request. */
 const STATUS_FOR_ERROR: Partial<Record<ErrorCode, number>> = {
-  HAVEN_ERR_READ_ONLY: ReplyStatus.STALE_EPOCH,
+  HAVEN_ERR_STALE_EPOCH: ReplyStatus.STALE_EPOCH,
+  HAVEN_ERR_READ_ONLY: ReplyStatus.IO_ERROR,
   HAVEN_ERR_OUT_OF_RANGE: ReplyStatus.OUT_OF_RANGE,
   HAVEN_ERR_NOT_FOUND: ReplyStatus.NO_SUCH_REPLICA,
   HAVEN_ERR_IO: ReplyStatus.IO_ERROR,

@@ -226,7 +226,7 @@ async function lockOrRefuse(metaFile: FileMetadataFile, directory: string): Prom
 function checkEpoch(epoch: number, current: ReplicaMetadata): void {
   if (epoch < current.highestEpoch) {
     throw new HavenError(
-      "HAVEN_ERR_READ_ONLY",
+      "HAVEN_ERR_STALE_EPOCH",
       `epoch ${epoch} is stale: this replica has seen epoch ${current.highestEpoch}`,
     );
   }

@@ -106,10 +106,10 @@ async function checkContract(open: Opener, referenceDir: string, name: string, l
     // Refusals come back as the same error codes.
     await assert.rejects(
       port.write(1, 0, Buffer.alloc(4096, 1), false),
-      havenError("HAVEN_ERR_READ_ONLY", /epoch 1 is stale/),
+      havenError("HAVEN_ERR_STALE_EPOCH", /epoch 1 is stale/),
     );
-    await assert.rejects(port.trim(1, 0, 4096, false), havenError("HAVEN_ERR_READ_ONLY", /stale/));
-    await assert.rejects(port.updateMetadata(1, { activityLog: [] }), havenError("HAVEN_ERR_READ_ONLY", /stale/));
+    await assert.rejects(port.trim(1, 0, 4096, false), havenError("HAVEN_ERR_STALE_EPOCH", /stale/));
+    await assert.rejects(port.updateMetadata(1, { activityLog: [] }), havenError("HAVEN_ERR_STALE_EPOCH", /stale/));
     assert.ok((await port.read(0, 2 * MiB)).equals(first.subarray(0, 2 * MiB)), "refused writes changed nothing");
     await assert.rejects(port.read(SIZE - 10, 20), havenError("HAVEN_ERR_OUT_OF_RANGE", /past/));
     await assert.rejects(port.write(2, SIZE - 1, Buffer.alloc(2), false), havenError("HAVEN_ERR_OUT_OF_RANGE", /past/));

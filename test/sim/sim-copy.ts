@@ -2,7 +2,7 @@
 // copies, of RemoteReplicaPort's connection handling) on virtual time:
 // - SimDisk is one copy's persistent state: durable blocks, a volatile write cache of writes not yet
 //   flushed (reads see it), metadata saved atomically (durable at once), and the epoch fence: a
-//   mutation with an epoch below the highest seen is refused with HAVEN_ERR_READ_ONLY. A power loss
+//   mutation with an epoch below the highest seen is refused with HAVEN_ERR_STALE_EPOCH. A power loss
 //   drops the cache, or (a torn cache) leaves each cached block at any version it had since its last
 //   flush, as a disk writing back its cache in any order would.
 // - SimReplicaPort implements ReplicaPort over a SimDisk. Every operation completes after a random
@@ -133,7 +133,7 @@ export class SimDisk {
     if (epoch < this.meta.highestEpoch) {
       this.fenceRefusals++;
       throw new HavenError(
-        "HAVEN_ERR_READ_ONLY",
+        "HAVEN_ERR_STALE_EPOCH",
         `epoch ${epoch} is stale: this replica has seen epoch ${this.meta.highestEpoch}`,
       );
     }
@@ -339,7 +339,7 @@ export interface FaultPlan {
 
 interface Pending {
   readonly what: string;
-  /** For mutations: applies it (may throw the fence's HAVEN_ERR_READ_ONLY). */
+  /** For mutations: applies it (may throw the fence's HAVEN_ERR_STALE_EPOCH). */
   readonly apply: (() => void) | undefined;
   readonly reject: (error: unknown) => void;
   timer: { cancel(): void } | undefined;
