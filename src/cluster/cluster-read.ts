@@ -3,7 +3,8 @@
 // is never seen without the primary record created with it). Every value is checked by schema.ts.
 
 import { HavenError } from "../core/errors.js";
-import type { EtcdClient, KeyValue } from "./etcd-client.js";
+import type { KeyValue } from "./etcd-client.js";
+import type { ClusterStore } from "./store.js";
 import {
   keys,
   nameUnder,
@@ -103,7 +104,7 @@ function replicasByVolume(kvs: readonly KeyValue[], onMalformed: OnMalformed): M
  * The hosts, volumes, primaries and copies as of one revision. A malformed record throws, unless
  * `onMalformed` is given: then it is reported and left out (an agent must go on with the rest).
  */
-export async function readClusterRecords(client: EtcdClient, onMalformed?: OnMalformed): Promise<ClusterRecords> {
+export async function readClusterRecords(client: ClusterStore, onMalformed?: OnMalformed): Promise<ClusterRecords> {
   const prefixes = [keys.hosts(), keys.hostInfos(), keys.volumes(), keys.primaries(), keys.replicas(), keys.healths()];
   const result = await client.txn(
     [],
@@ -148,7 +149,7 @@ export function storedEvent(kv: KeyValue): StoredEvent {
  * events are the cluster's diary, and one bad entry must not hide the others.
  */
 export async function readEvents(
-  client: EtcdClient,
+  client: ClusterStore,
   onMalformed: (error: HavenError) => void = () => {},
 ): Promise<StoredEvent[]> {
   const events: StoredEvent[] = [];

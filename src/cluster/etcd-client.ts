@@ -9,6 +9,7 @@
 // message for anything else it refuses.
 
 import { HavenError } from "../core/errors.js";
+import type { ClusterStore } from "./store.js";
 import {
   asArray,
   asObject,
@@ -123,7 +124,7 @@ const COMPARE_TARGETS = {
 } as const;
 const COMPARE_RESULTS = { equal: "EQUAL", notEqual: "NOT_EQUAL", greater: "GREATER", less: "LESS" } as const;
 
-export class EtcdClient {
+export class EtcdClient implements ClusterStore {
   private readonly transport: EtcdTransport;
   private readonly requestTimeoutMs: number;
   private readonly maxResponseBytes: number;

@@ -10,7 +10,7 @@
 // did before or after it; two trims of the same excess delete it once.
 
 import { HavenError } from "../core/errors.js";
-import type { EtcdClient } from "./etcd-client.js";
+import type { ClusterStore } from "./store.js";
 import { keys } from "./schema.js";
 
 export interface EventRetention {
@@ -41,7 +41,7 @@ function justAfter(key: string): string {
  * Deletes the events older than `now - maxAgeMs`, then the oldest beyond the newest maxCount; resolves
  * with how many were deleted.
  */
-export async function trimEvents(etcd: EtcdClient, policy: EventRetention, now = Date.now()): Promise<number> {
+export async function trimEvents(etcd: ClusterStore, policy: EventRetention, now = Date.now()): Promise<number> {
   for (const [name, value] of Object.entries(policy)) {
     if (!(Number.isSafeInteger(value) && value >= 0)) {
       throw new HavenError(
@@ -55,7 +55,7 @@ export async function trimEvents(etcd: EtcdClient, policy: EventRetention, now =
   return byAge + (await trimToCount(etcd, policy.maxCount));
 }
 
-async function trimToCount(etcd: EtcdClient, maxCount: number): Promise<number> {
+async function trimToCount(etcd: ClusterStore, maxCount: number): Promise<number> {
   let deleted = 0;
   for (let round = 0; round < MAX_COUNT_ROUNDS; round++) {
     const counted = await etcd.getPrefixPage(keys.events(), { keysOnly: true, limit: 1 });

@@ -12,7 +12,8 @@
 import { HavenError } from "../core/errors.js";
 import { formatBytes } from "../util/units.js";
 import { readClusterRecords } from "./cluster-read.js";
-import type { EtcdClient, TxnOperation } from "./etcd-client.js";
+import type { TxnOperation } from "./etcd-client.js";
+import type { ClusterStore } from "./store.js";
 import { placeReplicas } from "./placement.js";
 import {
   eventSequence,
@@ -62,7 +63,7 @@ function alreadyExists(name: string, createdAt: string | undefined): HavenError 
  * or if other volumes kept being created while this one was placed.
  */
 export async function createVolume(
-  client: EtcdClient,
+  client: ClusterStore,
   request: { readonly name: string; readonly sizeBytes: number; readonly copies: number },
   options: AdminOptions,
 ): Promise<CreatedVolume> {
@@ -125,7 +126,7 @@ export async function createVolume(
 }
 
 /** Removes a volume from the desired state; HAVEN_ERR_NOT_FOUND when there is none of that name. */
-export async function deleteVolume(client: EtcdClient, name: string, options: AdminOptions): Promise<VolumeSpec> {
+export async function deleteVolume(client: ClusterStore, name: string, options: AdminOptions): Promise<VolumeSpec> {
   const notFound = (): HavenError =>
     new HavenError("HAVEN_ERR_NOT_FOUND", `no volume "${name}" in the cluster; 'haven volume list' shows them`);
   const kv = await client.get(keys.volume(name));
@@ -169,7 +170,7 @@ export async function deleteVolume(client: EtcdClient, name: string, options: Ad
  * out of sync may have had that `host` lacks are lost; the event says which copies those are.
  */
 export async function forcePromote(
-  client: EtcdClient,
+  client: ClusterStore,
   name: string,
   host: string,
   options: AdminOptions,
@@ -248,7 +249,7 @@ export interface SwitchoverRequest {
  * the primary is alive; one switchover at a time per volume.
  */
 export async function requestSwitchover(
-  client: EtcdClient,
+  client: ClusterStore,
   name: string,
   to: string,
   options: AdminOptions,

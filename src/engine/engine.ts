@@ -23,7 +23,7 @@ import type { ReplicaOpener, ReplicaPort } from "../replica/port.js";
 import { RegionBitmap, DEFAULT_REGION_BYTES } from "../replica/region-bitmap.js";
 import { ACTIVITY_EXTENT_BYTES, type MetadataPatch, type ReplicaMetadata } from "../replica/replica-store.js";
 import { ActivityLog, DEFAULT_ACTIVITY_LOG_EXTENTS } from "./activity-log.js";
-import { systemClock, type Clock } from "./clock.js";
+import { systemClock, type Clock } from "../util/clock.js";
 import { RangeLocks } from "./range-locks.js";
 import { runResync, type ResyncSettings } from "./resync.js";
 import type { EngineControl, ReplicaState, ReplicaStatus, VerifyStatus, VolumeStatus } from "./status.js";

@@ -1,7 +1,7 @@
 // Pace of background copies (resync, rebuild, verify): a byte budget per second, cut to a smaller
 // one while clients are doing I/O, so background work never starves the VM. Clock injected.
 
-import type { Clock } from "./clock.js";
+import type { Clock } from "../util/clock.js";
 
 export interface ThrottleSettings {
   /** Ceiling in bytes per second when clients are idle (0: unlimited). */

@@ -4,7 +4,7 @@
 // real I/O or real timers), then jumping virtual time to the next timer and firing every timer due at
 // that instant, in the order they were set. The same seed therefore replays the same interleaving.
 
-import type { Clock } from "../../src/engine/clock.js";
+import type { Clock } from "../../src/util/clock.js";
 
 interface Timer {
   readonly at: number;

@@ -10,7 +10,7 @@ import { RangeLocks } from "../../src/engine/range-locks.js";
 import { chooseSource, decideCopy } from "../../src/engine/sync-decision.js";
 import { Throttle, RateMeter } from "../../src/engine/throttle.js";
 import { nextRun } from "../../src/engine/resync.js";
-import type { Clock } from "../../src/engine/clock.js";
+import type { Clock } from "../../src/util/clock.js";
 import { ALL_REGIONS, decodeBitmap, encodeBitmap } from "../../src/replica/bitmap-codec.js";
 import { beginGenerationWithoutPeer, type Generations } from "../../src/replica/generations.js";
 import { RegionBitmap } from "../../src/replica/region-bitmap.js";

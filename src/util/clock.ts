@@ -1,4 +1,4 @@
-// Time, injected: the engine and its resync read the clock and sleep only through this, so the
+// Time, injected: the engine, its resync and the agent read the clock and sleep only through this, so the
 // simulation can run thousands of schedules on virtual time.
 
 export interface Clock {
