@@ -11,6 +11,10 @@
 //   the first write. The failover's reason says whether the old primary also stopped answering the
 //   heartbeats over the replication link (host or network gone) or still answers them (cut off from
 //   etcd only, so it has fenced itself: the lease rule, not the heartbeat, is what makes this safe).
+//
+// The grace period's timer is part of the decision's input: deadPrimaries() computes, from the previous
+// round's timers and this round's view, since when each volume's primary host has been seen dead, and
+// decide() reads it. Both are pure; the agent only keeps the map between rounds.
 
 import type { PrimaryRecord, ReplicaRecord, VolumeSpec } from "../cluster/schema.js";
 
@@ -92,3 +96,21 @@ export function decide(volume: VolumeView, host: HostView): Action {
 }
 
 const none: Action = { kind: "none" };
+
+/**
+ * Since when (monotonic ms) this agent has seen each volume's primary host without a lease: kept from
+ * the previous round for a primary still dead, started now for one newly dead, dropped for one alive.
+ */
+export function deadPrimaries(
+  previous: ReadonlyMap<string, number>,
+  primaryHosts: ReadonlyMap<string, string>,
+  alive: ReadonlySet<string>,
+  now: number,
+): Map<string, number> {
+  const next = new Map<string, number>();
+  for (const [volume, host] of primaryHosts) {
+    if (alive.has(host)) continue;
+    next.set(volume, previous.get(volume) ?? now);
+  }
+  return next;
+}

@@ -5,12 +5,14 @@
 // holding, or etcd says the lease is gone, onLost fires once; the agent stops serving, and the keeper
 // grants a new lease and calls onRegained so the host can register again, as a new incarnation.
 
-import type { EtcdClient, LeaseId } from "../cluster/etcd-client.js";
+import type { LeaseId } from "../cluster/etcd-client.js";
+import type { ClusterStore } from "../cluster/store.js";
+import { systemClock, type Clock } from "../util/clock.js";
 import { fenceDeadlineMs, type Timings } from "./timings.js";
 import { errorMessage } from "../core/errors.js";
 
 export interface LeaseKeeperOptions {
-  readonly etcd: EtcdClient;
+  readonly etcd: ClusterStore;
   readonly timings: Timings;
   /** The lease was lost (expired, or not renewed in time): stop completing writes now. */
   readonly onLost: (reason: string) => void;
@@ -19,12 +21,14 @@ export interface LeaseKeeperOptions {
   readonly log: (line: string) => void;
   /** Monotonic milliseconds; injected by tests. */
   readonly now?: () => number;
+  /** Timers; the system clock unless injected. */
+  readonly clock?: Clock;
 }
 
 export class LeaseKeeper {
   private lease: LeaseId | undefined;
   private lastRenewSentAt = Number.NEGATIVE_INFINITY;
-  private timer: NodeJS.Timeout | undefined;
+  private timer: { cancel(): void } | undefined;
   private stopped = false;
   private held = false;
   private readonly now: () => number;
@@ -60,7 +64,7 @@ export class LeaseKeeper {
   /** Stops renewing; with `revoke`, also deletes the host's lease-bound keys at once (a clean exit). */
   async stop(revoke: boolean): Promise<void> {
     this.stopped = true;
-    clearTimeout(this.timer);
+    this.timer?.cancel();
     const lease = this.lease;
     this.held = false;
     if (revoke && lease !== undefined) await this.options.etcd.revokeLease(lease).catch(() => undefined);
@@ -78,7 +82,10 @@ export class LeaseKeeper {
 
   private schedule(): void {
     if (this.stopped) return;
-    this.timer = setTimeout(() => void this.tick(), this.options.timings.renewIntervalMs);
+    this.timer = (this.options.clock ?? systemClock).schedule(
+      this.options.timings.renewIntervalMs,
+      () => void this.tick(),
+    );
   }
 
   private async tick(): Promise<void> {
@@ -100,7 +107,11 @@ export class LeaseKeeper {
     for (let attempt = 0; attempt <= timings.renewRetries && !this.stopped; attempt++) {
       const sentAt = this.now();
       try {
-        const ttl = await withTimeout(etcd.keepAliveOnce(lease), timings.renewTimeoutMs);
+        const ttl = await withTimeout(
+          etcd.keepAliveOnce(lease),
+          timings.renewTimeoutMs,
+          this.options.clock ?? systemClock,
+        );
         if (ttl === 0) return this.lose("etcd says the lease has expired");
         if (this.held && lease === this.lease) this.lastRenewSentAt = Math.max(this.lastRenewSentAt, sentAt);
         return;
@@ -119,10 +130,10 @@ export class LeaseKeeper {
   }
 }
 
-function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
+function withTimeout<T>(promise: Promise<T>, ms: number, clock: Clock): Promise<T> {
+  let timer: { cancel(): void } | undefined;
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+    timer = clock.schedule(ms, () => reject(new Error(`no answer within ${ms} ms`)));
   });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+  return Promise.race([promise, timeout]).finally(() => timer?.cancel());
 }

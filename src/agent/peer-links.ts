@@ -13,6 +13,7 @@
 
 import type { LinkHealth } from "../cluster/schema.js";
 import { errorMessage } from "../core/errors.js";
+import { systemClock, type Clock } from "../util/clock.js";
 
 /** Where a peer's replica server listens. */
 export interface PeerAddress {
@@ -107,13 +108,14 @@ export interface PeerLinksOptions {
   readonly connect: PingerFactory;
   readonly onChange: (change: LinkChange) => void;
   /** Monotonic milliseconds. */
-  readonly now?: () => number;
+  /** Time and timers; the system clock unless a test or the simulation injects one. */
+  readonly clock?: Clock;
 }
 
 interface Link {
   readonly tracker: LinkTracker;
   readonly at: PeerAddress;
-  readonly timer: NodeJS.Timeout;
+  timer: { cancel(): void };
   pinger: Pinger | undefined;
   /** A connect or a PING is under way: the next tick does not start another. */
   busy: boolean;
@@ -123,10 +125,10 @@ interface Link {
 /** The heartbeat links of this host: one per peer, kept in step with setPeers(). */
 export class PeerLinks {
   private readonly links = new Map<string, Link>();
-  private readonly now: () => number;
+  private readonly clock: Clock;
 
   constructor(private readonly options: PeerLinksOptions) {
-    this.now = options.now ?? (() => performance.now());
+    this.clock = options.clock ?? systemClock;
   }
 
   /** Starts links to new peers, drops links to peers no longer listed, reconnects peers that moved. */
@@ -152,17 +154,23 @@ export class PeerLinks {
   }
 
   private add(peer: string, at: PeerAddress): void {
-    const timer = setInterval(() => this.beat(link), this.options.intervalMs);
-    timer.unref();
     const link: Link = {
       tracker: new LinkTracker(peer, this.options.missLimit),
       at,
-      timer,
+      timer: { cancel: () => undefined },
       pinger: undefined,
       busy: false,
       closed: false,
     };
     this.links.set(peer, link);
+    const every = (): void => {
+      link.timer = this.clock.schedule(this.options.intervalMs, () => {
+        if (link.closed) return;
+        this.beat(link);
+        every();
+      });
+    };
+    every();
     this.beat(link, false);
   }
 
@@ -171,7 +179,7 @@ export class PeerLinks {
     if (link === undefined) return;
     this.links.delete(peer);
     link.closed = true;
-    clearInterval(link.timer);
+    link.timer.cancel();
     link.pinger?.close();
   }
 
@@ -196,10 +204,10 @@ export class PeerLinks {
         link.pinger = await this.options.connect(tracker.peer, link.at, timeoutMs);
         if (link.closed) return link.pinger.close();
       }
-      const sentAt = this.now();
+      const sentAt = this.clock.now();
       await link.pinger.ping();
       if (link.closed) return;
-      const change = tracker.answered(this.now() - sentAt);
+      const change = tracker.answered(this.clock.now() - sentAt);
       if (change) this.options.onChange(change);
     } catch (error) {
       tracker.failed(errorMessage(error));

@@ -5,6 +5,8 @@
 import { readFile } from "node:fs/promises";
 import { HavenError } from "../../core/errors.js";
 import { Agent } from "../../agent/agent.js";
+import { AgentApiServer } from "../../agent/api-server.js";
+import { realWorld } from "../../agent/real-world.js";
 import { loadAgentConfig } from "../../agent/config.js";
 import { parseCommand, refuseArguments } from "../args.js";
 import { readSecretFile } from "../secret.js";
@@ -37,10 +39,16 @@ export async function agentCommand(argv: string[]): Promise<number> {
   const log = (line: string): void => {
     process.stderr.write(`${new Date().toISOString()} ${config.host.name}: ${line}\n`);
   };
-  const agent = new Agent(config, secret, token, log);
+  // The replica server asks the agent where a volume's copy lives; the agent exists once the world does.
+  let agent: Agent | undefined;
+  const world = realWorld(config, secret, log, (volume) => agent!.copyDirectory(volume));
+  agent = new Agent(config, world, log);
+  const api = new AgentApiServer(agent, token);
+  log(`API on ${await api.listen(config.api.listen.host, config.api.listen.port)}`);
   await agent.start();
   const signal = await untilStopSignal();
   log(`${signal}: stopping every volume served here, then giving the lease back`);
+  await api.stop();
   await agent.stop();
   log("stopped cleanly");
   return 0;

@@ -1,0 +1,100 @@
+// The records of which copies of a volume hold every acknowledged write ("in-sync" in the store), as the
+// volume's engine reports them. A standby promotes only a copy recorded in sync (decide.ts), so these
+// records are the promise failover relies on, and only the volume's current primary may write them:
+// each write is a transaction conditioned on the primary record being exactly the one this engine
+// started under (its modRevision). A deposed primary that wakes up late (frozen past its lease, then
+// resumed) and tries to record the new primary's copy as out of sync is refused, logged and reported
+// as a stale epoch, which fences its engine; it never overwrites the new primary's records.
+//
+// A record that leaves the in-sync set must land before the write that made the copy leave is
+// acknowledged (the engine waits for it). While the store does not answer, the write is retried as long
+// as this host may still complete writes; past that the engine fences (no acknowledgement without the
+// record). A retry after an answer was lost is harmless: the same record is written again under the
+// same condition.
+
+import type { ClusterStore } from "../cluster/store.js";
+import { keys, parseReplicaRecord, type ReplicaRecord } from "../cluster/schema.js";
+import { HavenError, errorMessage } from "../core/errors.js";
+import type { Clock } from "../util/clock.js";
+import type { EventLog } from "./event-log.js";
+
+/** Between attempts to record a copy's state while the store does not answer. */
+export const RECORD_RETRY_MS = 200;
+
+/** The role a copy record is written under: this engine's primary record, as it was written. */
+export interface PrimaryRole {
+  readonly volume: string;
+  readonly epoch: number;
+  /** The modRevision of the primary record this engine started under. */
+  readonly primaryRevision: number;
+}
+
+export interface CopyRecorderOptions {
+  readonly store: ClusterStore;
+  readonly clock: Clock;
+  readonly wallTime: () => Date;
+  readonly events: EventLog;
+  readonly log: (line: string) => void;
+  /** Whether this host may still complete writes (a record may be retried only while it may). */
+  readonly mayRetry: () => boolean;
+}
+
+export class CopyRecorder {
+  constructor(private readonly options: CopyRecorderOptions) {}
+
+  /** Records `host`'s copy of the role's volume as in sync or not; rejects when the role is gone. */
+  async record(role: PrimaryRole, host: string, inSync: boolean, detail: string): Promise<void> {
+    const { store, clock, wallTime, events } = this.options;
+    const { volume, epoch, primaryRevision } = role;
+    const record: ReplicaRecord = {
+      state: inSync ? "in-sync" : "out-of-sync",
+      detail: detail.slice(0, 500),
+      epoch,
+      updatedAt: wallTime().toISOString(),
+    };
+    const key = keys.replica(volume, host);
+    for (;;) {
+      let result;
+      try {
+        result = await store.txn(
+          [{ key: keys.primary(volume), target: "modRevision", result: "equal", value: primaryRevision }],
+          [
+            { type: "get", key },
+            { type: "put", key, value: JSON.stringify(record) },
+          ],
+          [],
+        );
+      } catch (error) {
+        if (!this.options.mayRetry())
+          throw new HavenError(
+            "HAVEN_ERR_UNAVAILABLE",
+            `cannot record ${host}'s copy of ${volume} as ${record.state}: ${errorMessage(error)}`,
+          );
+        await clock.sleep(RECORD_RETRY_MS);
+        continue;
+      }
+      if (!result.succeeded) {
+        const message =
+          `refused to record ${host}'s copy as ${record.state} at epoch ${epoch}: the volume's primary ` +
+          "record changed since this engine started (another host took over, or it was handed over)";
+        events.note("copy-record-refused", message, volume);
+        throw new HavenError("HAVEN_ERR_STALE_EPOCH", `volume ${volume}: ${message}`);
+      }
+      const before = result.results[0];
+      const was = before?.type === "get" ? before.kvs[0] : undefined;
+      if (!inSync) events.note("replica-out-of-sync", `${host}'s copy left the in-sync set: ${detail}`, volume);
+      else if (was !== undefined && recordedOutOfSync(was.value, was.key))
+        events.note("replica-in-sync", `${host}'s copy is back in the in-sync set: ${detail}`, volume);
+      return;
+    }
+  }
+}
+
+/** Whether a stored replica record says out of sync (an unreadable one does not: no event is better than a wrong one). */
+function recordedOutOfSync(value: string, key: string): boolean {
+  try {
+    return parseReplicaRecord(value, key).state === "out-of-sync";
+  } catch {
+    return false;
+  }
+}

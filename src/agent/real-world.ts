@@ -1,0 +1,105 @@
+// The agent's real world (world.ts): etcd over the network, the replica server and the NBD front on
+// TCP, copies as directories on the host's disks, heartbeats over authenticated replication
+// connections, probes that write to the disks and shake hands with the NBD front, and a watchdog
+// process that kills the agent when its event loop stops checking in.
+
+import { spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import { mkdir, rm, statfs } from "node:fs/promises";
+import { join } from "node:path";
+import { monitorEventLoopDelay } from "node:perf_hooks";
+import { fileURLToPath } from "node:url";
+import { EtcdClient } from "../cluster/etcd-client.js";
+import { eventSequence } from "../cluster/schema.js";
+import { NbdServer } from "../nbd/server.js";
+import { replicaOpener } from "../replica/open-replica.js";
+import { ReplicaServer } from "../replica/replica-server.js";
+import { systemClock } from "../util/clock.js";
+import type { AgentConfig } from "./config.js";
+import { probeDisk, probeNbdFront } from "./health-probes.js";
+import { replicaPinger } from "./replica-pinger.js";
+import type { AgentWorld, Watchdog } from "./world.js";
+
+/** A copy that does not answer within this is faulted (the volume carries on without it). */
+const REPLICA_TIMEOUT_MS = 3_000;
+/** An NBD front probe still running after this is reported as hung. */
+const NBD_PROBE_TIMEOUT_MS = 5_000;
+
+export function realWorld(
+  config: AgentConfig,
+  secret: Buffer,
+  log: (line: string) => void,
+  /** The directory of this host's copy of a volume (the agent knows where the cluster placed it). */
+  copyDirectory: (volume: string) => Promise<string>,
+): AgentWorld {
+  const replicaServer = new ReplicaServer({
+    directory: copyDirectory,
+    secret,
+    log: (line) => log(`replica server: ${line}`),
+  });
+  const nbd = new NbdServer({ exports: [], dynamicExports: true, log: (line) => log(`nbd: ${line}`) });
+  let nbdPort = 0;
+  const lag = monitorEventLoopDelay({ resolution: 20 });
+  lag.enable();
+  return {
+    store: new EtcdClient([...config.etcd.endpoints], { requestTimeoutMs: config.timings.renewTimeoutMs * 2 }),
+    clock: systemClock,
+    wallTime: () => new Date(),
+    eventId: () => eventSequence(),
+    replicaService: {
+      listen: async (host, port) => portOf(await replicaServer.listen(host, port)),
+      evict: (volume) => replicaServer.evict(volume),
+      stop: () => replicaServer.stop(),
+    },
+    nbd: {
+      listen: async (host, port) => (nbdPort = portOf(await nbd.listen({ kind: "tcp", host, port }))),
+      addExport: (entry) => nbd.addExport(entry),
+      removeExport: (name) => nbd.removeExport(name),
+      has: (name) => nbd.find(name) !== undefined,
+      stop: () => nbd.stop(),
+    },
+    storage: {
+      prepare: async (diskPath) => void (await mkdir(diskPath, { recursive: true })),
+      holds: (diskPath, volume) => existsSync(join(diskPath, volume)),
+      remove: async (diskPath, volume) => {
+        const directory = join(diskPath, volume);
+        if (!existsSync(directory)) return false;
+        await rm(directory, { recursive: true, force: true });
+        return true;
+      },
+      freeBytes: async (diskPath) => {
+        const fs = await statfs(diskPath).catch(() => undefined);
+        return fs ? fs.bavail * fs.bsize : 0;
+      },
+    },
+    opener: replicaOpener({ secret, requestTimeoutMs: REPLICA_TIMEOUT_MS, connectTimeoutMs: REPLICA_TIMEOUT_MS }),
+    pinger: replicaPinger(secret, (line) => log(`heartbeat: ${line}`)),
+    probeDisk,
+    probeNbdFront: (served) => probeNbdFront(config.host.address, nbdPort, served, NBD_PROBE_TIMEOUT_MS),
+    startWatchdog: (timeoutMs) => startWatchdogProcess(timeoutMs),
+    eventLoopLag: {
+      maxMs: () => lag.max / 1e6,
+      reset: () => lag.reset(),
+      stop: () => lag.disable(),
+    },
+  };
+}
+
+/** The watchdog process (watchdog-process.ts): kills this process if the event loop stops kicking it. */
+function startWatchdogProcess(timeoutMs: number): Watchdog {
+  const script = fileURLToPath(new URL("./watchdog-process.js", import.meta.url));
+  const watchdog = spawn(process.execPath, [script, String(process.pid), String(timeoutMs)], {
+    stdio: ["pipe", "inherit", "inherit"],
+  });
+  watchdog.stdin!.on("error", () => undefined);
+  watchdog.unref();
+  (watchdog.stdin as unknown as { unref?: () => void }).unref?.();
+  return {
+    kick: () => watchdog.stdin!.write("."),
+    stop: () => watchdog.stdin!.end(),
+  };
+}
+
+function portOf(address: string): number {
+  return Number(address.slice(address.lastIndexOf(":") + 1));
+}

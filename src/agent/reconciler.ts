@@ -1,0 +1,252 @@
+// One reconcile round: read the cluster once (one consistent snapshot), decide per volume (decide.ts,
+// pure), act on each verdict, remove deleted volumes' copies, heal copies that came back diverged,
+// publish this host's health, and carry out switchovers asked of this host. Every action that takes or
+// uses a role is conditioned in the store on the record it was decided from:
+// - serve: the primary record is rewritten at epoch + 1 only if it is still the one read (modRevision);
+// - promote: the same compare-and-swap, so of two standbys racing only one wins;
+// - copy records and switchovers: only while the primary record is the one the engine started under.
+
+import { readClusterRecords } from "../cluster/cluster-read.js";
+import type { TxnResult } from "../cluster/etcd-client.js";
+import {
+  keys,
+  nameUnder,
+  parseHandoverRecord,
+  type HandoverRecord,
+  type HostRecord,
+  type PrimaryRecord,
+  type ReplicaRecord,
+  type VolumeSpec,
+} from "../cluster/schema.js";
+import { errorMessage } from "../core/errors.js";
+import type { AgentConfig } from "./config.js";
+import { deadPrimaries, decide, type Action } from "./decide.js";
+import type { EventLog } from "./event-log.js";
+import type { HealthReporter } from "./health.js";
+import type { PeerAddress, PeerLinks } from "./peer-links.js";
+import { handOver } from "./switchover.js";
+import type { VolumeLifecycle } from "./volume-lifecycle.js";
+import type { AgentWorld } from "./world.js";
+
+/** Appended to the primary record's reason when its host starts the engine again. */
+const RESTARTED = "; engine (re)started at a new epoch";
+
+/** The cluster as one round read it. */
+export interface ClusterView {
+  readonly alive: ReadonlySet<string>;
+  readonly hostInfo: ReadonlyMap<string, HostRecord>;
+  readonly volumes: ReadonlyMap<string, VolumeSpec>;
+  readonly primaries: ReadonlyMap<string, { readonly record: PrimaryRecord; readonly modRevision: number }>;
+  readonly replicas: ReadonlyMap<string, ReadonlyMap<string, ReplicaRecord>>;
+}
+
+export interface ReconcilerOptions {
+  readonly config: AgentConfig;
+  readonly world: AgentWorld;
+  readonly events: EventLog;
+  readonly volumes: VolumeLifecycle;
+  readonly health: HealthReporter;
+  readonly links: PeerLinks;
+  /** Whether this host holds its lease now. */
+  readonly holdsLease: () => boolean;
+  readonly log: (line: string) => void;
+}
+
+export class Reconciler {
+  /** The failover timers: since when each volume's primary host has been seen dead (decide.ts). */
+  private deadSince: ReadonlyMap<string, number> = new Map();
+  private readonly lastWaitReason = new Map<string, string>();
+  /** Volumes with a copy on this host seen while this agent ran: only their copies are removed on deletion. */
+  private readonly seenVolumes = new Set<string>();
+  /** The view of the last round (where this host's copies are placed, who is alive). */
+  private last: ClusterView = {
+    alive: new Set(),
+    hostInfo: new Map(),
+    volumes: new Map(),
+    primaries: new Map(),
+    replicas: new Map(),
+  };
+
+  constructor(private readonly options: ReconcilerOptions) {}
+
+  get me(): string {
+    return this.options.config.host.name;
+  }
+
+  /** The cluster as of the last round. */
+  get view(): ClusterView {
+    return this.last;
+  }
+
+  /** This host's copy of the volume as placed (host and disk), if the volume has one here. */
+  placedHere(spec: VolumeSpec): VolumeSpec["replicas"][number] | undefined {
+    return spec.replicas.find((replica) => replica.host === this.me);
+  }
+
+  /** Reads the cluster state once and acts on every volume. */
+  async round(): Promise<void> {
+    const { world, volumes, health, links } = this.options;
+    const view = await this.readCluster();
+    this.last = view;
+    links.setPeers(this.peers(view));
+    const now = world.clock.now();
+    const primaryHosts = new Map([...view.primaries].map(([name, { record }]) => [name, record.host]));
+    this.deadSince = deadPrimaries(this.deadSince, primaryHosts, view.alive, now);
+    for (const spec of view.volumes.values()) {
+      if (this.placedHere(spec) !== undefined) this.seenVolumes.add(spec.name);
+      if (volumes.isBusy(spec.name)) continue;
+      const primary = view.primaries.get(spec.name);
+      const action = decide(
+        { spec, primary: primary?.record, replicas: view.replicas.get(spec.name) ?? new Map() },
+        {
+          me: this.me,
+          alive: view.alive,
+          holdsLease: this.options.holdsLease(),
+          running: new Set(volumes.names()),
+          now,
+          primaryDeadSince: this.deadSince,
+          failoverGraceMs: this.options.config.timings.failoverGraceMs,
+          diskProblem: health.diskProblem(this.placedHere(spec)?.disk),
+          linkUp: (host) => links.isUp(host),
+        },
+      );
+      await this.act(spec, action, view, primary?.modRevision ?? 0);
+    }
+    for (const name of volumes.names()) {
+      if (!view.volumes.has(name) && !volumes.isBusy(name)) await this.removeVolume(name);
+    }
+    for (const name of this.seenVolumes) {
+      if (!view.volumes.has(name) && volumes.get(name) === undefined) await this.removeVolume(name);
+    }
+    for (const name of volumes.names()) await volumes.healSplitBrain(name, view.replicas.get(name));
+    await health.publish();
+    await this.handOvers(view);
+  }
+
+  private async removeVolume(name: string): Promise<void> {
+    await this.options.volumes.remove(name);
+    this.seenVolumes.delete(name);
+  }
+
+  /** Switchovers asked of volumes this host serves as their primary. */
+  private async handOvers(view: ClusterView): Promise<void> {
+    const { world, volumes, events, log } = this.options;
+    for (const kv of await world.store.getPrefix(keys.handovers())) {
+      const name = nameUnder(keys.handovers(), kv.key);
+      const running = volumes.get(name);
+      if (running === undefined || volumes.isBusy(name)) continue;
+      if (view.primaries.get(name)?.record.host !== this.me) continue;
+      let handover: HandoverRecord;
+      try {
+        handover = parseHandoverRecord(kv.value, kv.key);
+      } catch (error) {
+        await world.store.delete(kv.key);
+        log(`dropped a malformed switchover request: ${errorMessage(error)}`);
+        continue;
+      }
+      const context = {
+        me: this.me,
+        store: world.store,
+        clock: world.clock,
+        wallTime: world.wallTime,
+        events,
+        volumes,
+        log,
+      };
+      const target = {
+        targetAlive: view.alive.has(handover.to),
+        targetInSync: view.replicas.get(name)?.get(handover.to)?.state === "in-sync",
+      };
+      await volumes.guarded(name, () => handOver(context, name, handover, target));
+    }
+  }
+
+  private async act(spec: VolumeSpec, action: Action, view: ClusterView, primaryRevision: number): Promise<void> {
+    const { world, volumes, events } = this.options;
+    const name = spec.name;
+    if (action.kind !== "wait") this.lastWaitReason.delete(name);
+    const context = { alive: view.alive, hostInfo: view.hostInfo, mine: view.replicas.get(name)?.get(this.me) };
+    switch (action.kind) {
+      case "none":
+        return;
+      case "serve": {
+        // Every engine gets an epoch above the last one's, even on the same host after a restart:
+        // copies then refuse anything a previous incarnation might still send.
+        const previous = view.primaries.get(name)!.record;
+        const epoch = action.epoch + 1;
+        const reason = previous.reason.endsWith(RESTARTED) ? previous.reason : `${previous.reason}${RESTARTED}`;
+        const record: PrimaryRecord = { ...previous, epoch, reason };
+        const taken = await this.takePrimary(name, record, primaryRevision);
+        if (taken === undefined) return; // the record changed meanwhile: decide again next round
+        return volumes.guarded(name, () =>
+          volumes.start(spec, { volume: name, epoch, primaryRevision: taken.revision }, context),
+        );
+      }
+      case "stop":
+        return volumes.guarded(name, () => volumes.stop(name, action.reason));
+      case "wait":
+        if (this.lastWaitReason.get(name) !== action.reason) {
+          this.lastWaitReason.set(name, action.reason);
+          await events.event("failover-waiting", action.reason, name);
+        }
+        return;
+      case "promote": {
+        const record: PrimaryRecord = {
+          host: this.me,
+          epoch: action.epoch,
+          since: world.wallTime().toISOString(),
+          reason: `failover: ${action.reason}`,
+        };
+        const won = await this.takePrimary(name, record, primaryRevision);
+        if (won === undefined) return; // another standby was faster, or the primary came back: next round decides again
+        await events.event("failover", `promoted to primary at epoch ${action.epoch}: ${action.reason}`, name);
+        return volumes.guarded(name, () =>
+          volumes.start(spec, { volume: name, epoch: action.epoch, primaryRevision: won.revision }, context),
+        );
+      }
+    }
+  }
+
+  /** Writes the primary record if it is still at `modRevision`; the result carries the new record's revision. */
+  private async takePrimary(name: string, record: PrimaryRecord, modRevision: number): Promise<TxnResult | undefined> {
+    const key = keys.primary(name);
+    const result = await this.options.world.store.txn(
+      [{ key, target: "modRevision", result: "equal", value: modRevision }],
+      [{ type: "put", key, value: JSON.stringify(record) }],
+      [],
+    );
+    return result.succeeded ? result : undefined;
+  }
+
+  /** The hosts this one shares a volume with: one heartbeat link each, to its replica server. */
+  private peers(view: ClusterView): Map<string, PeerAddress> {
+    const peers = new Map<string, PeerAddress>();
+    for (const spec of view.volumes.values()) {
+      if (this.placedHere(spec) === undefined) continue;
+      for (const { host } of spec.replicas) {
+        const info = view.hostInfo.get(host);
+        if (host === this.me || info === undefined) continue;
+        peers.set(host, { address: info.address, port: info.replicationPort });
+      }
+    }
+    return peers;
+  }
+
+  /** One consistent snapshot of the cluster (cluster-read.ts); malformed records are logged and left out. */
+  private async readCluster(): Promise<ClusterView> {
+    const records = await readClusterRecords(this.options.world.store, (error) =>
+      this.options.log(`ignoring: ${error.message}`),
+    );
+    const primaries = new Map<string, { record: PrimaryRecord; modRevision: number }>();
+    for (const [name, record] of records.primaries)
+      primaries.set(name, { record, modRevision: records.primaryRevisions.get(name)! });
+    return {
+      alive: new Set(records.liveHosts.keys()),
+      // A host's live record is newer than its permanent one (ports change on restart).
+      hostInfo: new Map([...records.knownHosts, ...records.liveHosts]),
+      volumes: new Map(records.volumes),
+      primaries,
+      replicas: new Map([...records.replicas].map(([name, copies]) => [name, new Map(copies)])),
+    };
+  }
+}

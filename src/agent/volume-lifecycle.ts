@@ -1,0 +1,225 @@
+// The volumes this host serves: the owner of the running engines. It starts a volume's engine at the
+// epoch the agent just took in the store (over the volume's copies: this host's directory, other hosts'
+// replica servers), exports it on the NBD front, stops it (cleanly, or because the host lost its role),
+// removes this host's copy when the volume is deleted, and rebuilds a copy that came back diverged while
+// it was recorded out of sync. `busy` keeps a slow start or stop from being repeated by the next round.
+
+import type { HostRecord, ReplicaRecord, VolumeSpec } from "../cluster/schema.js";
+import { HavenError, errorMessage } from "../core/errors.js";
+import { VolumeEngine, type EngineOptions } from "../engine/engine.js";
+import type { ReplicaOpener } from "../replica/port.js";
+import type { AgentConfig } from "./config.js";
+import type { CopyRecorder, PrimaryRole } from "./copy-records.js";
+import type { EventLog } from "./event-log.js";
+import { BackgroundProbe } from "./health-probes.js";
+import type { AgentWorld } from "./world.js";
+
+/** How long a starting engine waits for copies that do not answer. */
+const STARTUP_WAIT_MS = 3_000;
+/** A 4 KiB read through an engine still running after this is reported as stuck. */
+const LIVENESS_TIMEOUT_MS = 5_000;
+
+export interface Running {
+  readonly engine: VolumeEngine;
+  readonly role: PrimaryRole;
+  /** Copy location (as the engine names it) -> host name. */
+  readonly hostOf: ReadonlyMap<string, string>;
+  /** A 4 KiB read through the engine each round: what is wrong, or undefined when it completed. */
+  readonly liveness: BackgroundProbe<string | undefined>;
+}
+
+/** What starting a volume needs to know of the cluster, as of the round that decided it. */
+export interface StartContext {
+  readonly alive: ReadonlySet<string>;
+  readonly hostInfo: ReadonlyMap<string, HostRecord>;
+  /** This host's copy's record. */
+  readonly mine: ReplicaRecord | undefined;
+}
+
+export interface VolumeLifecycleOptions {
+  readonly config: AgentConfig;
+  readonly world: AgentWorld;
+  readonly events: EventLog;
+  readonly copies: CopyRecorder;
+  readonly log: (line: string) => void;
+  /** Whether this host may complete writes now (its lease is proven). */
+  readonly mayComplete: () => boolean;
+  /** Hosts holding a lease as of the last round: copies on other hosts are not waited for. */
+  readonly alive: () => ReadonlySet<string>;
+  /** The port the NBD front listens on (known once it listens). */
+  readonly nbdPort: () => number;
+  /** The directory of this host's copy of a volume. */
+  readonly copyDirectory: (volume: string) => Promise<string>;
+  /** Engine options a test or the simulation adds (writeback, resync pacing, ids). */
+  readonly engineOptions?: Partial<EngineOptions>;
+}
+
+export class VolumeLifecycle {
+  private readonly running = new Map<string, Running>();
+  private readonly busy = new Set<string>();
+
+  constructor(private readonly options: VolumeLifecycleOptions) {}
+
+  get(name: string): Running | undefined {
+    return this.running.get(name);
+  }
+
+  names(): string[] {
+    return [...this.running.keys()];
+  }
+
+  entries(): IterableIterator<[string, Running]> {
+    return this.running.entries();
+  }
+
+  isBusy(name: string): boolean {
+    return this.busy.has(name);
+  }
+
+  /** Runs `work` with the volume marked busy, so no other round starts or stops it meanwhile. */
+  async guarded(name: string, work: () => Promise<void>): Promise<void> {
+    this.busy.add(name);
+    try {
+      await work();
+    } finally {
+      this.busy.delete(name);
+    }
+  }
+
+  /** Starts the volume's engine under `role` and exports it. */
+  async start(spec: VolumeSpec, role: PrimaryRole, context: StartContext): Promise<void> {
+    const { config, world, events, copies } = this.options;
+    const name = spec.name;
+    const me = config.host.name;
+    const hostOf = new Map<string, string>();
+    const locations: string[] = [];
+    for (const replica of spec.replicas) {
+      let location: string;
+      if (replica.host === me) location = await this.options.copyDirectory(name);
+      else {
+        const info = context.hostInfo.get(replica.host);
+        if (info === undefined)
+          throw new HavenError("HAVEN_ERR_NOT_FOUND", `host ${replica.host} of volume ${name} is unknown`);
+        location = `tcp://${info.address}:${info.replicationPort}`;
+      }
+      hostOf.set(location, replica.host);
+      locations.push(location);
+    }
+    // Our copy may be open in the replica server for the previous primary: close it first.
+    await world.replicaService.evict(name);
+    const engine = new VolumeEngine({
+      name,
+      locations,
+      opener: this.leaseAwareOpener(hostOf),
+      sizeBytes: spec.sizeBytes,
+      epoch: role.epoch,
+      clock: world.clock,
+      // A copy on a host without a lease will not answer: waiting for it only delays a failover.
+      startupWaitMs: spec.replicas.every((replica) => context.alive.has(replica.host)) ? STARTUP_WAIT_MS : 0,
+      // Safe only because the store says our copy holds every acknowledged write (see decide.ts).
+      allowDegradedStart: context.mine?.state === "in-sync",
+      recordCopyState: (location, inSync, detail) =>
+        copies.record(role, hostOf.get(location) ?? location, inSync, detail),
+      mayComplete: this.options.mayComplete,
+      log: (line) => this.options.log(`volume ${name}: ${line}`),
+      ...this.options.engineOptions,
+    });
+    try {
+      await engine.start();
+    } catch (error) {
+      await events.event("volume-start-failed", `cannot start the engine: ${errorMessage(error)}`, name);
+      throw error;
+    }
+    const uri = `nbd://${config.host.address}:${this.options.nbdPort()}/${name}`;
+    engine.nbdUris.push(uri);
+    world.nbd.addExport({ name, description: `Haven volume ${name}`, device: engine });
+    const liveness = new BackgroundProbe(
+      () => engineAnswers(engine),
+      LIVENESS_TIMEOUT_MS,
+      () => world.clock.now(),
+    );
+    this.running.set(name, { engine, role, hostOf, liveness });
+    await events.event("volume-serving", `serving at epoch ${role.epoch} on ${uri}`, name);
+  }
+
+  /** Stops the volume's engine (flushing every copy it can reach) and withdraws its export. */
+  async stop(name: string, reason: string): Promise<void> {
+    const running = this.running.get(name);
+    if (running === undefined) return;
+    this.running.delete(name);
+    this.options.world.nbd.removeExport(name);
+    await running.engine
+      .stop()
+      .catch((error: unknown) => this.options.log(`volume ${name}: stop: ${errorMessage(error)}`));
+    await this.options.events.event("volume-stopped", `stopped serving: ${reason}`, name).catch(() => undefined);
+  }
+
+  /** Fences every engine at once (nothing more completes), then stops them in the background. */
+  fenceAll(reason: string): void {
+    for (const [name, running] of this.running) {
+      running.engine.fence(reason);
+      this.options.events.track(this.stop(name, reason));
+    }
+  }
+
+  /** The volume was deleted from the cluster: stop it and remove this host's copy from every disk. */
+  async remove(name: string): Promise<void> {
+    const { config, world, events } = this.options;
+    await this.stop(name, "the volume was deleted");
+    await world.replicaService.evict(name);
+    for (const disk of config.disks) {
+      if (await world.storage.remove(disk.path, name))
+        await events.event("copy-removed", `removed this host's copy (on disk ${disk.name}, ${disk.path})`, name);
+    }
+  }
+
+  /**
+   * A copy that returns diverged while the store records it out of sync never held an acknowledged
+   * write the volume lacks (the record came first), so it is rebuilt from the primary without asking.
+   */
+  async healSplitBrain(name: string, recorded: ReadonlyMap<string, ReplicaRecord> | undefined): Promise<void> {
+    const running = this.running.get(name);
+    if (running === undefined) return;
+    const status = running.engine.status();
+    const local = status.replicas.find((replica) => replica.local && replica.state === "in-sync");
+    if (local === undefined) return;
+    for (const replica of status.replicas) {
+      if (replica.state !== "split-brain") continue;
+      const host = running.hostOf.get(replica.location);
+      const record = host === undefined ? undefined : recorded?.get(host);
+      if (record?.state !== "out-of-sync") continue;
+      await this.options.events.event(
+        "split-brain-resolved",
+        `${host}'s copy diverged while recorded out of sync (${record.detail}); rebuilding it from ${this.options.config.host.name}`,
+        name,
+      );
+      await running.engine.resolveSplitBrain(local.location).catch((error: unknown) => {
+        this.options.log(`volume ${name}: resolving the split brain failed: ${errorMessage(error)}`);
+      });
+    }
+  }
+
+  /**
+   * Opens copies as the engine asks, except on hosts that hold no lease: those fail at once instead of
+   * after a connect timeout (a partitioned host would otherwise delay every failover by it). The
+   * engine retries later, and gets through once the host is back.
+   */
+  private leaseAwareOpener(hostOf: ReadonlyMap<string, string>): ReplicaOpener {
+    return (location, name, create) => {
+      const host = hostOf.get(location);
+      if (host !== undefined && host !== this.options.config.host.name && !this.options.alive().has(host))
+        return Promise.reject(new HavenError("HAVEN_ERR_UNAVAILABLE", `host ${host} holds no cluster lease`));
+      return this.options.world.opener(location, name, create);
+    };
+  }
+}
+
+/** Reads the volume's first 4 KiB through the engine: undefined when that works, else what failed. */
+async function engineAnswers(engine: VolumeEngine): Promise<string | undefined> {
+  try {
+    await engine.read(0, Buffer.allocUnsafe(4096));
+    return undefined;
+  } catch (error) {
+    return `a 4 KiB read through the engine failed: ${errorMessage(error)}`;
+  }
+}
