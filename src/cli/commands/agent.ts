@@ -40,9 +40,8 @@ export async function agentCommand(argv: string[]): Promise<number> {
     process.stderr.write(`${new Date().toISOString()} ${config.host.name}: ${line}\n`);
   };
   // The replica server asks the agent where a volume's copy lives; the agent exists once the world does.
-  let agent: Agent | undefined;
-  const world = realWorld(config, secret, log, (volume) => agent!.copyDirectory(volume));
-  agent = new Agent(config, world, log);
+  const world = realWorld(config, secret, log, (volume) => agent.copyDirectory(volume));
+  const agent = new Agent(config, world, log);
   const api = new AgentApiServer(agent, token);
   log(`API on ${await api.listen(config.api.listen.host, config.api.listen.port)}`);
   await agent.start();
