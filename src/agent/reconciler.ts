@@ -7,7 +7,7 @@
 // - copy records and switchovers: only while the primary record is the one the engine started under.
 
 import { readClusterRecords } from "../cluster/cluster-read.js";
-import type { TxnResult } from "../cluster/etcd-client.js";
+import type { Compare, TxnResult } from "../cluster/etcd-client.js";
 import {
   keys,
   nameUnder,
@@ -38,6 +38,8 @@ export interface ClusterView {
   readonly volumes: ReadonlyMap<string, VolumeSpec>;
   readonly primaries: ReadonlyMap<string, { readonly record: PrimaryRecord; readonly modRevision: number }>;
   readonly replicas: ReadonlyMap<string, ReadonlyMap<string, ReplicaRecord>>;
+  /** Each copy record's modRevision, by volume then host. */
+  readonly replicaRevisions: ReadonlyMap<string, ReadonlyMap<string, number>>;
 }
 
 export interface ReconcilerOptions {
@@ -65,6 +67,7 @@ export class Reconciler {
     volumes: new Map(),
     primaries: new Map(),
     replicas: new Map(),
+    replicaRevisions: new Map(),
   };
 
   constructor(private readonly options: ReconcilerOptions) {}
@@ -197,7 +200,10 @@ export class Reconciler {
           since: world.wallTime().toISOString(),
           reason: `failover: ${action.reason}`,
         };
-        const won = await this.takePrimary(name, record, primaryRevision);
+        // The copy must still be recorded as it was read (in sync): a late record that it left the
+        // in-sync set, written just before, makes the promotion fail and the next round decide again.
+        const copyRevision = view.replicaRevisions.get(name)?.get(this.me) ?? 0;
+        const won = await this.takePrimary(name, record, primaryRevision, copyRevision);
         if (won === undefined) return; // another standby was faster, or the primary came back: next round decides again
         await events.event("failover", `promoted to primary at epoch ${action.epoch}: ${action.reason}`, name);
         return volumes.guarded(name, () =>
@@ -208,10 +214,19 @@ export class Reconciler {
   }
 
   /** Writes the primary record if it is still at `modRevision`; the result carries the new record's revision. */
-  private async takePrimary(name: string, record: PrimaryRecord, modRevision: number): Promise<TxnResult | undefined> {
+  private async takePrimary(
+    name: string,
+    record: PrimaryRecord,
+    modRevision: number,
+    copyRevision?: number,
+  ): Promise<TxnResult | undefined> {
     const key = keys.primary(name);
+    const copyUnchanged: Compare[] =
+      copyRevision === undefined
+        ? []
+        : [{ key: keys.replica(name, this.me), target: "modRevision", result: "equal", value: copyRevision }];
     const result = await this.options.world.store.txn(
-      [{ key, target: "modRevision", result: "equal", value: modRevision }],
+      [{ key, target: "modRevision", result: "equal", value: modRevision }, ...copyUnchanged],
       [{ type: "put", key, value: JSON.stringify(record) }],
       [],
     );
@@ -247,6 +262,7 @@ export class Reconciler {
       volumes: new Map(records.volumes),
       primaries,
       replicas: new Map([...records.replicas].map(([name, copies]) => [name, new Map(copies)])),
+      replicaRevisions: records.replicaRevisions,
     };
   }
 }

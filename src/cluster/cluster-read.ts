@@ -35,6 +35,8 @@ export interface ClusterRecords {
   readonly primaryRevisions: ReadonlyMap<string, number>;
   /** By volume name, then host name. */
   readonly replicas: ReadonlyMap<string, ReadonlyMap<string, ReplicaRecord>>;
+  /** Each copy record's etcd mod revision, by volume then host, for conditions on it. */
+  readonly replicaRevisions: ReadonlyMap<string, ReadonlyMap<string, number>>;
   /** Each live host's latest health check, by host name. */
   readonly health: ReadonlyMap<string, HostHealthRecord>;
   /** The etcd revision of the snapshot. */
@@ -86,7 +88,11 @@ function byName<T extends { readonly name: string }>(
   return records;
 }
 
-function replicasByVolume(kvs: readonly KeyValue[], onMalformed: OnMalformed): Map<string, Map<string, ReplicaRecord>> {
+function replicasByVolume(
+  kvs: readonly KeyValue[],
+  onMalformed: OnMalformed,
+  revisions: Map<string, Map<string, number>>,
+): Map<string, Map<string, ReplicaRecord>> {
   const replicas = new Map<string, Map<string, ReplicaRecord>>();
   for (const kv of kvs) {
     const [volume, host, ...rest] = nameUnder(keys.replicas(), kv.key).split("/");
@@ -96,6 +102,9 @@ function replicasByVolume(kvs: readonly KeyValue[], onMalformed: OnMalformed): M
     const copies = replicas.get(volume) ?? new Map<string, ReplicaRecord>();
     copies.set(host, record);
     replicas.set(volume, copies);
+    const copyRevisions = revisions.get(volume) ?? new Map<string, number>();
+    copyRevisions.set(host, kv.modRevision);
+    revisions.set(volume, copyRevisions);
   }
   return replicas;
 }
@@ -127,13 +136,15 @@ export async function readClusterRecords(client: ClusterStore, onMalformed?: OnM
     primaryRecords.set(nameUnder(keys.primaries(), kv.key), record);
     primaryRevisions.set(nameUnder(keys.primaries(), kv.key), kv.modRevision);
   }
+  const replicaRevisions = new Map<string, Map<string, number>>();
   return {
     liveHosts: byName(hosts, keys.hosts(), parseHostRecord, onMalformed),
     knownHosts: byName(hostInfos, keys.hostInfos(), parseHostRecord, onMalformed),
     volumes: byName(volumes, keys.volumes(), parseVolumeSpec, onMalformed),
     primaries: primaryRecords,
     primaryRevisions,
-    replicas: replicasByVolume(replicas, onMalformed),
+    replicas: replicasByVolume(replicas, onMalformed, replicaRevisions),
+    replicaRevisions,
     health,
     revision: result.revision,
   };

@@ -65,6 +65,9 @@ export function clusterRecords(options: {
     primaries,
     primaryRevisions: new Map([...primaries.keys()].map((name) => [name, 1])),
     replicas,
+    replicaRevisions: new Map(
+      [...replicas].map(([name, copies]) => [name, new Map([...copies.keys()].map((host) => [host, 1]))]),
+    ),
     health: new Map(),
     revision: 1,
   };
