@@ -28,6 +28,9 @@ import { handOver } from "./switchover.js";
 import type { VolumeLifecycle } from "./volume-lifecycle.js";
 import type { AgentWorld } from "./world.js";
 
+/** After an engine failed to start, the first retry waits this long; each further one twice as long. */
+const MIN_START_BACKOFF_MS = 1_000;
+const MAX_START_BACKOFF_MS = 30_000;
 /** Appended to the primary record's reason when its host starts the engine again. */
 const RESTARTED = "; engine (re)started at a new epoch";
 
@@ -58,6 +61,8 @@ export class Reconciler {
   /** The failover timers: since when each volume's primary host has been seen dead (decide.ts). */
   private deadSince: ReadonlyMap<string, number> = new Map();
   private readonly lastWaitReason = new Map<string, string>();
+  /** Volumes whose engine failed to start here, and when the next attempt may be made. */
+  private readonly startBackoff = new Map<string, { untilMs: number; delayMs: number }>();
   /** Volumes with a copy on this host seen while this agent ran: only their copies are removed on deletion. */
   private readonly seenVolumes = new Set<string>();
   /** The view of the last round (where this host's copies are placed, who is alive). */
@@ -113,7 +118,25 @@ export class Reconciler {
           linkUp: (host) => links.isUp(host),
         },
       );
-      await this.act(spec, action, view, primary?.modRevision ?? 0);
+      if (action.kind === "serve" || action.kind === "promote") {
+        const backoff = this.startBackoff.get(spec.name);
+        if (backoff !== undefined && now < backoff.untilMs) continue;
+      }
+      try {
+        await this.act(spec, action, view, primary?.modRevision ?? 0);
+        if (volumes.get(spec.name) !== undefined) this.startBackoff.delete(spec.name);
+      } catch (error) {
+        // One volume's failure must not hold back the others, nor be retried at once (each serve
+        // takes a new epoch): the next attempt waits, twice as long each time, up to a bound.
+        const delayMs = Math.min(
+          MAX_START_BACKOFF_MS,
+          2 * (this.startBackoff.get(spec.name)?.delayMs ?? MIN_START_BACKOFF_MS / 2),
+        );
+        this.startBackoff.set(spec.name, { untilMs: now + delayMs, delayMs });
+        this.options.log(
+          `volume ${spec.name}: ${action.kind} failed (next attempt in ${delayMs} ms): ${errorMessage(error)}`,
+        );
+      }
     }
     for (const name of volumes.names()) {
       if (!view.volumes.has(name) && !volumes.isBusy(name)) await this.removeVolume(name);

@@ -88,7 +88,7 @@ export class VolumeLifecycle {
 
   /** Starts the volume's engine under `role` and exports it. */
   async start(spec: VolumeSpec, role: PrimaryRole, context: StartContext): Promise<void> {
-    const { config, world, events, copies } = this.options;
+    const { config, world, events } = this.options;
     const name = spec.name;
     const me = config.host.name;
     const hostOf = new Map<string, string>();
@@ -107,9 +107,59 @@ export class VolumeLifecycle {
     }
     // Our copy may be open in the replica server for the previous primary: close it first.
     await world.replicaService.evict(name);
-    const engine = new VolumeEngine({
-      name,
+    let engine = this.newEngine(spec, role, context, hostOf, locations);
+    try {
+      await engine.start();
+    } catch (error) {
+      // Copies that took writes apart, found at start. If this host's copy is recorded in sync it holds
+      // every acknowledged write (a copy leaves that record before any write it misses is acknowledged):
+      // what the others hold beyond it was never acknowledged, so they are rebuilt from it, as
+      // healSplitBrain does for a copy that returns diverged while the engine runs.
+      const splitBrain = error instanceof HavenError && error.message.startsWith("split brain");
+      if (!splitBrain || context.mine?.state !== "in-sync") {
+        await events.event("volume-start-failed", `cannot start the engine: ${errorMessage(error)}`, name);
+        throw error;
+      }
+      const survivor = [...hostOf].find(([, host]) => host === me)![0];
+      await events.event(
+        "split-brain-resolved",
+        `${error.message.split(";")[0]}; ${me}'s copy is recorded in sync, so it survives and the others are rebuilt from it`,
+        name,
+      );
+      engine = this.newEngine(spec, role, context, hostOf, locations, survivor);
+      try {
+        await engine.start();
+      } catch (again) {
+        await events.event("volume-start-failed", `cannot start the engine: ${errorMessage(again)}`, name);
+        throw again;
+      }
+    }
+    const uri = `nbd://${config.host.address}:${this.options.nbdPort()}/${name}`;
+    engine.nbdUris.push(uri);
+    world.nbd.addExport({ name, description: `Haven volume ${name}`, device: engine });
+    const served = engine;
+    const liveness = new BackgroundProbe(
+      () => engineAnswers(served),
+      LIVENESS_TIMEOUT_MS,
+      () => world.clock.now(),
+    );
+    this.running.set(name, { engine, role, hostOf, liveness });
+    await events.event("volume-serving", `serving at epoch ${role.epoch} on ${uri}`, name);
+  }
+
+  private newEngine(
+    spec: VolumeSpec,
+    role: PrimaryRole,
+    context: StartContext,
+    hostOf: ReadonlyMap<string, string>,
+    locations: string[],
+    survivor?: string,
+  ): VolumeEngine {
+    const { world, copies } = this.options;
+    return new VolumeEngine({
+      name: spec.name,
       locations,
+      ...(survivor !== undefined && { survivor }),
       opener: this.leaseAwareOpener(hostOf),
       sizeBytes: spec.sizeBytes,
       epoch: role.epoch,
@@ -121,25 +171,9 @@ export class VolumeLifecycle {
       recordCopyState: (location, inSync, detail) =>
         copies.record(role, hostOf.get(location) ?? location, inSync, detail),
       mayComplete: this.options.mayComplete,
-      log: (line) => this.options.log(`volume ${name}: ${line}`),
+      log: (line) => this.options.log(`volume ${spec.name}: ${line}`),
       ...this.options.engineOptions,
     });
-    try {
-      await engine.start();
-    } catch (error) {
-      await events.event("volume-start-failed", `cannot start the engine: ${errorMessage(error)}`, name);
-      throw error;
-    }
-    const uri = `nbd://${config.host.address}:${this.options.nbdPort()}/${name}`;
-    engine.nbdUris.push(uri);
-    world.nbd.addExport({ name, description: `Haven volume ${name}`, device: engine });
-    const liveness = new BackgroundProbe(
-      () => engineAnswers(engine),
-      LIVENESS_TIMEOUT_MS,
-      () => world.clock.now(),
-    );
-    this.running.set(name, { engine, role, hostOf, liveness });
-    await events.event("volume-serving", `serving at epoch ${role.epoch} on ${uri}`, name);
   }
 
   /** Stops the volume's engine (flushing every copy it can reach) and withdraws its export. */

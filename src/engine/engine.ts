@@ -569,14 +569,19 @@ export class VolumeEngine implements BlockDevice, EngineControl {
       ? await settleInTurn(targets.map((slot) => () => slot.port!.flush()))
       : await Promise.allSettled(targets.map((slot) => slot.port!.flush()));
     const faults: Promise<void>[] = [];
-    results.forEach((result, i) => {
-      const { slot, attachment, before } = snapshots[i]!;
-      slot.flushing.delete(before);
-      if (result.status === "fulfilled") return;
-      this.checkFence(result.reason);
-      orInto(slot.unflushed, before);
-      faults.push(this.fault(slot, attachment, `flush failed: ${errorMessage(result.reason)}`, []));
-    });
+    try {
+      results.forEach((result, i) => {
+        const { slot, attachment, before } = snapshots[i]!;
+        slot.flushing.delete(before);
+        if (result.status === "fulfilled") return;
+        this.checkFence(result.reason);
+        orInto(slot.unflushed, before);
+        faults.push(this.fault(slot, attachment, `flush failed: ${errorMessage(result.reason)}`, []));
+      });
+    } catch (error) {
+      handledAnyway(faults);
+      throw error;
+    }
     await Promise.all(faults);
     if (this.transition) await this.transition;
     const flushedInSync = snapshots.filter(
@@ -633,13 +638,20 @@ export class VolumeEngine implements BlockDevice, EngineControl {
       for (const { slot } of sent) if (!fua) slot.unflushed.markRange(offset, length);
       const results = await Promise.allSettled(sendRemoteFirst(sent, send));
       const faults: Promise<void>[] = [];
-      results.forEach((result, i) => {
-        const { slot, attachment } = sent[i]!;
-        if (result.status === "fulfilled") return;
-        if (isRangeError(result.reason)) throw result.reason;
-        this.checkFence(result.reason);
-        faults.push(this.fault(slot, attachment, `${op} failed: ${errorMessage(result.reason)}`, [{ offset, length }]));
-      });
+      try {
+        results.forEach((result, i) => {
+          const { slot, attachment } = sent[i]!;
+          if (result.status === "fulfilled") return;
+          if (isRangeError(result.reason)) throw result.reason;
+          this.checkFence(result.reason);
+          faults.push(
+            this.fault(slot, attachment, `${op} failed: ${errorMessage(result.reason)}`, [{ offset, length }]),
+          );
+        });
+      } catch (error) {
+        handledAnyway(faults);
+        throw error;
+      }
       await Promise.all(faults);
       if (this.transition) await this.transition;
       // Counted after the faults settled: a copy that applied the write but was lost meanwhile
@@ -877,6 +889,11 @@ export class VolumeEngine implements BlockDevice, EngineControl {
       slot.missing = null; // its unflushed regions stay tracked: they may still be lost with its host
       this.setState(slot, "in-sync", null);
       this.log(`${slot.location}: the last in-sync copy is back unchanged; the volume serves from it again`);
+      // It was recorded out of sync when it left; without this record no copy of the volume would be
+      // recorded in sync, and a failover could promote nothing (found by the control-plane simulation).
+      this.recordCopy(slot.location, true, "the last in-sync copy came back unchanged").catch((error: unknown) =>
+        this.log(`recording ${slot.location} as in sync failed: ${errorMessage(error)}`),
+      );
       void this.saveVolumeMetadata();
       return;
     }
@@ -1283,4 +1300,13 @@ function runWaitingLocalWrites(): void {
   const writes = waitingLocalWrites;
   waitingLocalWrites = [];
   for (const write of writes) write();
+}
+
+/**
+ * Faults already under way when a request fails for another reason (a stale epoch, a range error on
+ * another copy): they run on, and their own failure (the engine fences itself in fault()) must not
+ * become an unhandled rejection that kills the process (found by the control-plane simulation).
+ */
+function handledAnyway(faults: readonly Promise<void>[]): void {
+  for (const fault of faults) fault.catch(() => undefined);
 }

@@ -1,0 +1,649 @@
+// The control-plane simulation: 2 to 5 REAL agents (src/agent/, each in sim-host.ts's world) over the
+// simulated store (sim-store.ts) and the engine simulation's copies (sim-copy.ts), running the REAL
+// engines, all on one virtual clock, driven by one seed. A client writes and reads every volume through
+// the NBD front of the host the store records as its primary, while the seed injects faults:
+//   agent killed (and restarted later), agent paused (SIGSTOP; its watchdog kills it past
+//   watchdogTimeoutMs), agent and watchdog paused together (nothing kills it), a host cut off from the
+//   store, two hosts cut off from each other, store answers lost after the write was applied, slow
+//   store answers, store leader changes, failing or hanging copy disks, operator switchovers; every
+//   host's clock drifts within the bound timings.ts assumes.
+// After every turn of the world it checks:
+//   (1) one writer: no engine acknowledges a write once an engine of a higher epoch has started serving
+//       the volume (so at most one engine per volume accepts writes, at any epoch);
+//   (2) no promotion of a copy not recorded in sync: at the instant the store applies a failover's new
+//       primary record, the new primary's copy record says in-sync;
+//   (3) no acknowledged write lost: every read returns a value the oracle (oracle.ts) allows, and after
+//       healing every block the client touched reads back as allowed;
+//   (4) liveness: once every fault is healed (agents restarted or resumed, partitions and the store
+//       healed), every volume has a primary serving within LIVENESS_BOUND_MS, with every copy back in sync
+//       in the engine and in the store.
+// A violation throws SimViolation naming the seed, the rule and the last events; the same seed replays
+// it exactly (`npm run sim -- --seed N --trace`).
+
+import { createVolume } from "../../src/cluster/volume-admin.js";
+import { keys, type PrimaryRecord } from "../../src/cluster/schema.js";
+import { DEFAULT_TIMINGS, type Timings } from "../../src/agent/timings.js";
+import type { EngineOptions, VolumeEngine } from "../../src/engine/engine.js";
+import { errorMessage } from "../../src/core/errors.js";
+import { Oracle, blockPattern, decodeBlock, stampName, type WriteToken } from "./oracle.js";
+import { Rng } from "./rng.js";
+import { SimClock, SimDriver } from "./sim-clock.js";
+import { BLOCK_BYTES, DEFAULT_NETWORK, SimNetwork, type CopySpec } from "./sim-copy.js";
+import { SimHost, copyKey } from "./sim-host.js";
+import { SimStore, type AppliedOperation } from "./sim-store.js";
+
+const MiB = 1024 * 1024;
+const VOLUME_BYTES = 4 * MiB;
+/** Blocks the client writes to (a small set, so writes and reads meet). */
+const HOT_BLOCKS = 48;
+const MAX_CLIENT_OPS = 4;
+/** Virtual time allowed, once every fault is healed, until every volume serves with every copy in sync. */
+export const LIVENESS_BOUND_MS = 90_000;
+const EVENTS_KEPT = 60;
+/** How long a supervisor waits before it starts an agent that exited again. */
+const RESTART_DELAY_MS = 2_000;
+/** Wall-clock time of the simulation's virtual time 0 (records carry dates). */
+const WALL_EPOCH_MS = Date.UTC(2026, 0, 1);
+
+export class SimViolation extends Error {
+  override readonly name = "SimViolation";
+}
+
+/** A deliberate bug, to show the simulation catches it (cluster-simulation.test.ts). */
+export type PlantedBug = "none";
+
+export interface ClusterSimOptions {
+  readonly seed: number;
+  /** Every event is passed here as it happens (replay). */
+  readonly trace?: (line: string) => void;
+  /** Fault steps (each 200 ms to 2 s of virtual time). */
+  readonly faultSteps?: number;
+}
+
+interface ClientOp {
+  readonly volume: string;
+  readonly kind: "write" | "read" | "flush";
+  readonly block: number;
+  readonly host: SimHost;
+  readonly engine: VolumeEngine;
+  readonly write?: WriteToken;
+  done: boolean;
+}
+
+export interface ClusterSimStats {
+  hosts: number;
+  volumes: number;
+  acked: number;
+  failedWrites: number;
+  reads: number;
+  faults: Record<string, number>;
+  failovers: number;
+  virtualMs: number;
+}
+
+export class ClusterSim {
+  readonly rng: Rng;
+  readonly clock = new SimClock();
+  readonly driver: SimDriver;
+  readonly store: SimStore;
+  readonly net: SimNetwork;
+  readonly timings: Timings = DEFAULT_TIMINGS;
+  readonly hostNames: string[];
+  readonly volumeNames: string[];
+  private readonly replicasPerVolume: number;
+  /** The running incarnation of each host, or undefined while it is dead. */
+  private readonly hosts = new Map<string, SimHost | undefined>();
+  private readonly incarnations = new Map<string, number>();
+  private nextOwner = 1;
+  /** Host pairs that cannot reach each other ("a|b", sorted). */
+  private readonly cut = new Set<string>();
+  private readonly oracles = new Map<string, Oracle>();
+  private readonly ops = new Set<ClientOp>();
+  private readonly busyBlocks = new Map<string, Set<number>>();
+  /** Per volume, the highest epoch of an engine that has started serving. */
+  private readonly servingEpoch = new Map<string, number>();
+  private readonly engineEpoch = new WeakMap<VolumeEngine, number>();
+  /** Each copy record as of the store's applied log (key -> value), for rule 2. */
+  private readonly copyRecords = new Map<string, string>();
+  private appliedSeen = 0;
+  /** Each volume's primary host as of the store's applied log. */
+  private readonly primaryHosts = new Map<string, string>();
+  private failure: SimViolation | undefined;
+  private readonly events: string[] = [];
+  private idCounter = 0;
+  private step = 0;
+  readonly stats: ClusterSimStats;
+
+  constructor(readonly options: ClusterSimOptions) {
+    this.rng = new Rng(options.seed);
+    this.driver = new SimDriver(this.clock, () => this.afterSettle());
+    const hostCount = this.rng.int(2, 5);
+    this.hostNames = Array.from({ length: hostCount }, (_, i) => `h${i + 1}`);
+    this.volumeNames = Array.from({ length: this.rng.int(1, 2) }, (_, i) => `vol${i + 1}`);
+    this.replicasPerVolume = Math.min(hostCount, this.rng.pick([2, 2, 3]));
+    this.store = new SimStore({
+      clock: this.clock,
+      rng: this.rng.fork(),
+      onTrace: (line) => this.options.trace?.(`store ${line}`),
+    });
+    const copies: CopySpec[] = [];
+    for (const host of this.hostNames)
+      for (const volume of this.volumeNames) copies.push({ location: copyKey(host, volume), local: false });
+    this.net = new SimNetwork(
+      this.clock,
+      this.rng.fork(),
+      copies,
+      { ...DEFAULT_NETWORK, randomErrorRate: 0, lateDeliveryAfterDisconnect: false },
+      (line) => this.note(`net: ${line}`),
+      (error) => this.violation("copy model", error.message),
+    );
+    this.stats = {
+      hosts: hostCount,
+      volumes: this.volumeNames.length,
+      acked: 0,
+      failedWrites: 0,
+      reads: 0,
+      faults: {},
+      failovers: 0,
+      virtualMs: 0,
+    };
+  }
+
+  async run(): Promise<ClusterSimStats> {
+    for (const name of this.hostNames) this.startHost(name);
+    await this.until("every host registered", () => this.liveHosts().length === this.hostNames.length, 20_000);
+    const operator = this.store.client("operator");
+    for (const volume of this.volumeNames) {
+      const created = await this.driver.drive(
+        createVolume(
+          operator,
+          { name: volume, sizeBytes: VOLUME_BYTES, copies: this.replicasPerVolume },
+          {
+            actor: "operator",
+            now: () => new Date(WALL_EPOCH_MS + this.clock.now()),
+          },
+        ),
+        30_000,
+      );
+      if (created.state !== "fulfilled")
+        throw this.violation(
+          "setup",
+          `volume ${volume} was not created: ${created.state === "rejected" ? errorMessage(created.error) : "pending"}`,
+        );
+      this.oracles.set(volume, new Oracle());
+      this.busyBlocks.set(volume, new Set());
+    }
+    await this.until(
+      "every volume served",
+      () => this.volumeNames.every((v) => this.servingHost(v) !== undefined),
+      30_000,
+    );
+
+    const steps = this.options.faultSteps ?? 30;
+    for (this.step = 1; this.step <= steps; this.step++) {
+      if (this.rng.chance(0.35)) this.injectFault();
+      this.clientTurn();
+      await this.driver.runFor(this.rng.int(200, 2_000));
+      this.check();
+    }
+    this.step = steps + 1;
+    await this.heal();
+    await this.finalCheck();
+    this.stats.virtualMs = Math.round(this.clock.now());
+    await this.shutdown();
+    return this.stats;
+  }
+
+  // ---- hosts ---------------------------------------------------------------------------------------
+
+  private startHost(name: string): SimHost {
+    const incarnation = (this.incarnations.get(name) ?? 0) + 1;
+    this.incarnations.set(name, incarnation);
+    const engineOptions: Partial<EngineOptions> = {
+      newId: () => (++this.idCounter).toString(16).padStart(16, "0"),
+      writebackMs: 1_000,
+      reconnectMs: 500,
+      resync: { chunkBytes: 256 * 1024, saveProgressMs: 300, parallelChunks: 2 },
+    };
+    const host = new SimHost({
+      name,
+      incarnation,
+      owner: this.nextOwner++,
+      clock: this.clock,
+      rate: 1 + (this.rng.float() * 2 - 1) * 0.01,
+      rng: this.rng.fork(),
+      store: this.store,
+      net: this.net,
+      timings: this.timings,
+      wallEpochMs: WALL_EPOCH_MS,
+      engineOptions,
+      reaches: (other) => this.reaches(name, other),
+      hostNamed: (other) => this.hosts.get(other),
+      onServing: (serving, volume, engine) => this.onServing(serving, volume, engine),
+      log: (line) => this.note(line),
+      newId: () => (++this.idCounter).toString(16).padStart(16, "0"),
+    });
+    this.hosts.set(name, host);
+    host.clock.run(() => {
+      host.agent.start().then(
+        () => (host.started = true),
+        (error: unknown) => {
+          // The process exits; its supervisor (systemd's Restart=on-failure) starts it again.
+          this.note(`${name}: agent start failed: ${errorMessage(error)}`);
+          if (this.hosts.get(name) !== host) return;
+          this.killHost(name, "the agent exited");
+          this.clock.schedule(RESTART_DELAY_MS, () => this.hosts.get(name) === undefined && this.startHost(name));
+        },
+      );
+    });
+    return host;
+  }
+
+  private killHost(name: string, why: string): void {
+    const host = this.hosts.get(name);
+    if (host === undefined) return;
+    this.note(`FAULT kill ${name} (${why})`);
+    host.clock.kill();
+    this.store.crashHost(name);
+    this.net.killOwner(host.options.owner);
+    this.hosts.set(name, undefined);
+    for (const op of this.ops) if (op.host === host) this.settle(op, false, new Error("the host died"));
+  }
+
+  private reaches(a: string, b: string): boolean {
+    if (a === b) return true;
+    return !this.cut.has(a < b ? `${a}|${b}` : `${b}|${a}`);
+  }
+
+  private liveHosts(): SimHost[] {
+    return [...this.hosts.values()].filter((host): host is SimHost => host !== undefined && host.started);
+  }
+
+  /** The host the store records as the volume's primary, if it runs and exports the volume. */
+  private servingHost(volume: string): SimHost | undefined {
+    const kv = this.store.readKey(keys.primary(volume));
+    if (kv === undefined) return undefined;
+    const record = JSON.parse(kv.value) as PrimaryRecord;
+    const host = this.hosts.get(record.host);
+    return host !== undefined && host.exports.has(volume) ? host : undefined;
+  }
+
+  private onServing(host: SimHost, volume: string, engine: VolumeEngine): void {
+    const epoch = engine.status().epoch;
+    this.engineEpoch.set(engine, epoch);
+    const before = this.servingEpoch.get(volume) ?? 0;
+    if (epoch <= before)
+      this.violation("one writer", `${host.name} started serving ${volume} at epoch ${epoch}, not above ${before}`);
+    this.servingEpoch.set(volume, Math.max(before, epoch));
+    this.note(`${host.name} serves ${volume} at epoch ${epoch}`);
+  }
+
+  // ---- faults --------------------------------------------------------------------------------------
+
+  private count(fault: string): void {
+    this.stats.faults[fault] = (this.stats.faults[fault] ?? 0) + 1;
+  }
+
+  private injectFault(): void {
+    const name = this.rng.pick(this.hostNames);
+    const host = this.hosts.get(name);
+    const fault = this.rng.weighted<string>([
+      ["kill", 3],
+      ["restart", host === undefined ? 6 : 0],
+      ["pause", 2],
+      ["pause-with-watchdog", 2],
+      ["store-partition", 3],
+      ["store-heal", 2],
+      ["host-partition", 3],
+      ["host-heal", 2],
+      ["lost-answer", 2],
+      ["slow-store", 1],
+      ["leader-change", 1],
+      ["disk-fail", 2],
+      ["switchover", 2],
+    ]);
+    this.count(fault);
+    switch (fault) {
+      case "kill":
+        return this.killHost(name, "kill -9");
+      case "restart":
+        if (host === undefined) {
+          this.note(`FAULT restart ${name}`);
+          this.startHost(name);
+        }
+        return;
+      case "pause":
+      case "pause-with-watchdog": {
+        if (host === undefined || host.clock.isPaused) return;
+        const withWatchdog = fault === "pause-with-watchdog";
+        const ms = this.rng.pick([300, 1_500, 4_000, 9_000, 15_000]);
+        this.note(`FAULT pause ${name} for ${ms} ms${withWatchdog ? " (watchdog paused too)" : ""}`);
+        host.clock.pause();
+        host.watchdogStopped = withWatchdog;
+        const { watchdogTimeoutMs } = this.timings;
+        if (!withWatchdog && ms >= watchdogTimeoutMs) {
+          this.clock.schedule(watchdogTimeoutMs, () => {
+            if (this.hosts.get(name) !== host || !host.clock.isPaused) return;
+            // The watchdog kills the agent; its supervisor starts it again.
+            this.killHost(name, "its watchdog");
+            this.clock.schedule(RESTART_DELAY_MS, () => this.hosts.get(name) === undefined && this.startHost(name));
+          });
+          return;
+        }
+        this.clock.schedule(ms, () => {
+          if (this.hosts.get(name) !== host) return;
+          this.note(`resume ${name}`);
+          host.clock.resume();
+        });
+        return;
+      }
+      case "store-partition":
+        this.note(`FAULT ${name} cut off from the store`);
+        return this.store.partition(name);
+      case "store-heal":
+        this.note(`heal ${name} <-> store`);
+        return this.store.heal(name);
+      case "host-partition": {
+        const other = this.rng.pick(this.hostNames.filter((h) => h !== name));
+        this.note(`FAULT ${name} cut off from ${other}`);
+        this.cut.add(name < other ? `${name}|${other}` : `${other}|${name}`);
+        for (const a of [name, other]) {
+          const b = a === name ? other : name;
+          const owner = this.hosts.get(a)?.options.owner;
+          for (const port of [...this.net.ports])
+            if (port.owner === owner && port.location.startsWith(`${b}:`)) port.lose(`partition ${a} | ${b}`, true);
+        }
+        return;
+      }
+      case "host-heal": {
+        if (this.cut.size === 0) return;
+        const pair = this.rng.pick([...this.cut]);
+        this.note(`heal ${pair}`);
+        this.cut.delete(pair);
+        return;
+      }
+      case "lost-answer":
+        this.note(`FAULT the store loses ${name}'s next write answer`);
+        return this.store.loseNextAnswer(name);
+      case "slow-store": {
+        const maxExtraMs = this.rng.pick([100, 500, 1_500]);
+        this.note(`FAULT slow store answers (up to ${maxExtraMs} ms extra)`);
+        this.store.setSlow(undefined, { maxExtraMs, probability: 0.5 });
+        this.clock.schedule(this.rng.int(1_000, 8_000), () => this.store.setSlow(undefined, undefined));
+        return;
+      }
+      case "leader-change": {
+        const pauseMs = this.rng.pick([200, 1_000, 2_500]);
+        this.note(`FAULT store leader change (${pauseMs} ms pause)`);
+        return this.store.leaderChange(pauseMs);
+      }
+      case "disk-fail": {
+        const volume = this.rng.pick(this.volumeNames);
+        const plan = this.net.plans.get(copyKey(name, volume));
+        if (plan === undefined) return;
+        const failures = this.rng.int(1, 3);
+        this.note(`FAULT ${name}'s copy of ${volume}: next ${failures} operations fail`);
+        plan.failNext += failures;
+        return;
+      }
+      case "switchover": {
+        const volume = this.rng.pick(this.volumeNames);
+        const primary = this.store.readKey(keys.primary(volume));
+        if (primary === undefined) return;
+        const from = (JSON.parse(primary.value) as PrimaryRecord).host;
+        const to = this.rng.pick(this.hostNames.filter((h) => h !== from));
+        this.note(`operator: switchover ${volume} to ${to}`);
+        const handover = {
+          to,
+          requestedBy: "operator",
+          requestedAt: new Date(WALL_EPOCH_MS + this.clock.now()).toISOString(),
+        };
+        this.store
+          .client("operator")
+          .put(keys.handover(volume), JSON.stringify(handover))
+          .catch(() => undefined);
+        return;
+      }
+    }
+  }
+
+  /** Every fault healed: every host runs again, the store and the network are whole. */
+  private async heal(): Promise<void> {
+    this.note("HEAL: every fault ends");
+    for (const name of this.hostNames) {
+      this.store.heal(name);
+      const host = this.hosts.get(name);
+      if (host === undefined) this.startHost(name);
+      else if (host.clock.isPaused) host.clock.resume();
+    }
+    this.cut.clear();
+    this.store.setSlow(undefined, undefined);
+    this.net.clearFaults();
+    this.net.faultsEnabled = false;
+    // What the faults set in motion plays out first (a host resumed after its lease expired fences
+    // itself, a standby promotes): two lease lifetimes. The bound counts from the heal.
+    const settleMs = 2 * this.timings.leaseTtlMs;
+    await this.driver.runFor(settleMs);
+    const healthy = await this.driver.runUntil(() => this.allHealthy(), LIVENESS_BOUND_MS - settleMs);
+    if (!healthy)
+      throw this.violation(
+        "liveness",
+        `not every volume serves with every copy in sync ${LIVENESS_BOUND_MS} ms after healing: ${this.describeVolumes()}`,
+      );
+  }
+
+  private allHealthy(): boolean {
+    return this.volumeNames.every((volume) => {
+      const host = this.servingHost(volume);
+      if (host === undefined) return false;
+      const engine = host.exports.get(volume) as VolumeEngine;
+      const status = engine.status();
+      if (status.state !== "healthy" || status.replicas.some((replica) => replica.state !== "in-sync")) return false;
+      return this.store
+        .readPrefix(keys.replicasOf(volume))
+        .every((kv) => (JSON.parse(kv.value) as { state: string }).state === "in-sync");
+    });
+  }
+
+  private describeVolumes(): string {
+    return this.volumeNames
+      .map((volume) => {
+        const primary = this.store.readKey(keys.primary(volume));
+        const records = this.store
+          .readPrefix(keys.replicasOf(volume))
+          .map(
+            (kv) =>
+              `${kv.key.slice(keys.replicasOf(volume).length)}=${(JSON.parse(kv.value) as { state: string }).state}`,
+          )
+          .join(",");
+        const host = this.servingHost(volume);
+        const engine = host?.exports.get(volume) as VolumeEngine | undefined;
+        const copies =
+          engine
+            ?.status()
+            .replicas.map((r) => `${r.location}:${r.state}`)
+            .join(",") ?? "not served";
+        return `${volume}: primary ${primary?.value ?? "none"}; records ${records}; engine ${copies}`;
+      })
+      .join(" | ");
+  }
+
+  // ---- the client ----------------------------------------------------------------------------------
+
+  private clientTurn(): void {
+    for (const volume of this.volumeNames) {
+      const inFlight = [...this.ops].filter((op) => op.volume === volume).length;
+      for (let i = inFlight; i < MAX_CLIENT_OPS; i++) {
+        const host = this.servingHost(volume);
+        if (host === undefined) return;
+        const kind = this.rng.weighted<"write" | "read" | "flush">([
+          ["write", 6],
+          ["read", 3],
+          ["flush", 1],
+        ]);
+        this.submit(volume, host, kind);
+      }
+    }
+  }
+
+  private submit(volume: string, host: SimHost, kind: ClientOp["kind"]): void {
+    const engine = host.exports.get(volume) as VolumeEngine;
+    const oracle = this.oracles.get(volume)!;
+    const busy = this.busyBlocks.get(volume)!;
+    const block = this.rng.int(0, HOT_BLOCKS - 1);
+    if (kind !== "flush" && busy.has(block)) return;
+    let op: ClientOp;
+    let request: () => Promise<unknown>;
+    if (kind === "write") {
+      const stamp = oracle.newStamp();
+      const write = oracle.beginWrite([block], stamp, this.rng.chance(0.2));
+      op = { volume, kind, block, host, engine, write, done: false };
+      const data = blockPattern(stamp, block);
+      request = () => engine.write(block * BLOCK_BYTES, data, { fua: write.fua });
+    } else if (kind === "read") {
+      op = { volume, kind, block, host, engine, done: false };
+      const target = Buffer.alloc(BLOCK_BYTES);
+      request = () => engine.read(block * BLOCK_BYTES, target).then(() => target);
+    } else {
+      op = { volume, kind, block: -1, host, engine, done: false };
+      request = () => engine.flush();
+    }
+    if (kind !== "flush") busy.add(block);
+    this.ops.add(op);
+    host.clock.run(() => {
+      request().then(
+        (value) => this.settle(op, true, value),
+        (error: unknown) => this.settle(op, false, error),
+      );
+    });
+  }
+
+  private settle(op: ClientOp, ok: boolean, value: unknown): void {
+    if (op.done) return;
+    op.done = true;
+    this.ops.delete(op);
+    if (op.kind !== "flush") this.busyBlocks.get(op.volume)!.delete(op.block);
+    const oracle = this.oracles.get(op.volume)!;
+    if (op.kind === "write") {
+      if (!ok) {
+        this.stats.failedWrites++;
+        oracle.fail(op.write!);
+        return;
+      }
+      const epoch = this.engineEpoch.get(op.engine) ?? 0;
+      const newest = this.servingEpoch.get(op.volume) ?? 0;
+      if (epoch < newest)
+        this.violation(
+          "one writer",
+          `${op.host.name}'s engine at epoch ${epoch} acknowledged a write to ${op.volume} block ${op.block} after an engine at epoch ${newest} started serving`,
+        );
+      this.stats.acked++;
+      oracle.ack(op.write!);
+    } else if (op.kind === "read" && ok) {
+      this.stats.reads++;
+      this.checkRead(op.volume, op.block, value as Buffer, `${op.host.name}'s engine`);
+    }
+  }
+
+  private checkRead(volume: string, block: number, data: Buffer, from: string): void {
+    const oracle = this.oracles.get(volume)!;
+    const value = decodeBlock(data, block);
+    const allowed = oracle.allowed(block);
+    if (!allowed.has(value))
+      this.violation(
+        "no acknowledged write lost",
+        `${volume} block ${block} read ${stampName(value)} from ${from}; allowed: ${[...allowed].map(stampName).join(", ")}`,
+      );
+    oracle.collapse(block, value);
+  }
+
+  /** After healing: every block the client touched reads back as allowed, through the volume's primary. */
+  private async finalCheck(): Promise<void> {
+    for (const volume of this.volumeNames) {
+      const host = this.servingHost(volume)!;
+      const engine = host.exports.get(volume) as VolumeEngine;
+      for (const block of this.oracles.get(volume)!.touched()) {
+        const target = Buffer.alloc(BLOCK_BYTES);
+        const read = await this.driver.drive(engine.read(block * BLOCK_BYTES, target), 10_000);
+        if (read.state !== "fulfilled")
+          throw this.violation(
+            "liveness",
+            `reading ${volume} block ${block} after healing: ${read.state === "rejected" ? errorMessage(read.error) : "no answer"}`,
+          );
+        this.checkRead(volume, block, target, `${host.name}'s engine after healing`);
+      }
+    }
+    this.check();
+  }
+
+  private async shutdown(): Promise<void> {
+    for (const host of this.hosts.values()) {
+      if (host === undefined) continue;
+      await this.driver.drive(host.agent.stop(), 30_000);
+      host.clock.kill();
+    }
+  }
+
+  // ---- checks --------------------------------------------------------------------------------------
+
+  private afterSettle(): void {
+    this.scanApplied();
+    if (this.failure) throw this.failure;
+  }
+
+  private check(): void {
+    this.scanApplied();
+    if (this.failure) throw this.failure;
+  }
+
+  /** Rule 2, at the instant the store applied each operation. */
+  private scanApplied(): void {
+    const applied = this.store.applied;
+    for (; this.appliedSeen < applied.length; this.appliedSeen++) this.checkApplied(applied[this.appliedSeen]!);
+  }
+
+  private checkApplied(operation: AppliedOperation): void {
+    for (const event of operation.events) {
+      if (event.key.startsWith(keys.replicas())) {
+        if (event.type === "PUT") this.copyRecords.set(event.key, event.value);
+        else this.copyRecords.delete(event.key);
+        continue;
+      }
+      if (event.type !== "PUT" || !event.key.startsWith(keys.primaries())) continue;
+      const volume = event.key.slice(keys.primaries().length);
+      const record = JSON.parse(event.value) as PrimaryRecord;
+      const previous = this.primaryHosts.get(volume);
+      this.primaryHosts.set(volume, record.host);
+      // A promotion moves the role to another host; a primary restarting its own engine is not one.
+      if (!record.reason.startsWith("failover:") || previous === record.host) continue;
+      this.stats.failovers++;
+      const copy = this.copyRecords.get(keys.replica(volume, record.host));
+      const state = copy === undefined ? "not on record" : (JSON.parse(copy) as { state: string }).state;
+      if (state !== "in-sync")
+        this.violation(
+          "no promotion out of sync",
+          `${record.host} was promoted for ${volume} at epoch ${record.epoch} while its copy was ${state}`,
+        );
+    }
+  }
+
+  private async until(what: string, done: () => boolean, maxMs: number): Promise<void> {
+    if (!(await this.driver.runUntil(done, maxMs))) throw this.violation("setup", `${what}: not within ${maxMs} ms`);
+  }
+
+  private note(line: string): void {
+    const entry = `[${(this.clock.now() / 1000).toFixed(3)}s #${this.step}] ${line}`;
+    this.options.trace?.(entry);
+    this.events.push(entry);
+    if (this.events.length > EVENTS_KEPT) this.events.shift();
+  }
+
+  private violation(rule: string, detail: string): SimViolation {
+    const error = new SimViolation(
+      `seed ${this.options.seed}, step ${this.step}, ${rule}: ${detail}\n` +
+        `replay: npm run sim -- --seed ${this.options.seed} --trace\nlast events:\n  ${this.events.join("\n  ")}`,
+    );
+    this.failure ??= error;
+    return this.failure;
+  }
+}
