@@ -16,7 +16,7 @@ import { existsSync } from "node:fs";
 import { mkdir, rm, statfs } from "node:fs/promises";
 import { monitorEventLoopDelay, type IntervalHistogram } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
-import { AgentApiServer, type AgentView, type HostHealth } from "./api-server.js";
+import type { AgentView, HostHealth } from "./view.js";
 import { join } from "node:path";
 import { readClusterRecords } from "../cluster/cluster-read.js";
 import { trimEvents } from "../cluster/event-retention.js";
@@ -103,7 +103,6 @@ export class Agent implements AgentView {
   private replicationPort = 0;
   private nbdPort = 0;
   private watchdog: ChildProcess | undefined;
-  private readonly api: AgentApiServer;
   private readonly lag: IntervalHistogram = monitorEventLoopDelay({ resolution: 20 });
   private readonly watches = new Map<string, Watch>();
   /** A change arrived during a round: run another right after it. */
@@ -124,10 +123,8 @@ export class Agent implements AgentView {
   constructor(
     readonly config: AgentConfig,
     private readonly secret: Buffer,
-    apiToken: string,
     private readonly log: (line: string) => void,
   ) {
-    this.api = new AgentApiServer(this, apiToken);
     this.etcd = new EtcdClient([...config.etcd.endpoints], { requestTimeoutMs: config.timings.renewTimeoutMs * 2 });
     this.replicaServer = new ReplicaServer({
       directory: (volume) => this.copyDirectory(volume),
@@ -214,7 +211,6 @@ export class Agent implements AgentView {
     this.replicationPort = portOf(await this.replicaServer.listen(replication.listen.host, replication.listen.port));
     this.nbdPort = portOf(await this.nbd.listen({ kind: "tcp", host: nbd.listen.host, port: nbd.listen.port }));
     this.lag.enable();
-    this.log(`API on http://${await this.api.listen(this.config.api.listen.host, this.config.api.listen.port)}`);
     await this.lease.start();
     for (const prefix of [keys.hosts(), keys.primaries(), keys.handovers()]) this.startWatch(prefix);
     await this.event("agent-started", `agent up: replication on port ${this.replicationPort}, NBD on ${this.nbdPort}`);
@@ -245,7 +241,6 @@ export class Agent implements AgentView {
     await this.lease.stop(true);
     await this.nbd.stop();
     await this.replicaServer.stop();
-    await this.api.stop();
     this.lag.disable();
     clearInterval(this.watchdogTimer);
     this.watchdog?.stdin?.end();

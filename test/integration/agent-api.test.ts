@@ -4,7 +4,8 @@
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { AgentApiServer, type HostHealth } from "../../src/agent/api-server.js";
+import { AgentApiServer } from "../../src/api/agent-api.js";
+import type { HostHealth } from "../../src/agent/view.js";
 import { FakeEngineControl, healthyStatus } from "../helpers/fake-engine.js";
 
 const TOKEN = "a-token-of-more-than-16-characters";
@@ -22,7 +23,7 @@ const server = new AgentApiServer({ health: () => health, engines: () => new Map
 let base = "";
 
 before(async () => {
-  base = await server.listen("127.0.0.1", 0);
+  base = `http://${await server.listen("127.0.0.1", 0)}`;
 });
 after(() => server.stop());
 

@@ -6,7 +6,7 @@ import { after, before, beforeEach, test } from "node:test";
 import assert from "node:assert/strict";
 import { request } from "node:http";
 import { connect } from "node:net";
-import { EngineApiServer, MAX_REQUEST_BODY_BYTES } from "../../src/engine/api-server.js";
+import { EngineApiServer, MAX_REQUEST_BODY_BYTES } from "../../src/api/engine-api.js";
 import { HavenError } from "../../src/core/errors.js";
 import { FakeEngineControl, healthyStatus, splitBrainStatus, verifyStatus } from "../helpers/fake-engine.js";
 

@@ -1,10 +1,14 @@
-// `haven agent --config FILE`: the host agent in the foreground until SIGINT/SIGTERM. The config is
-// validated before anything starts (config.ts, timings.ts); a clean stop flushes every volume served
-// here and gives the lease back, so a standby takes over at once instead of after the lease's TTL.
+// `haven agent --config FILE`: the host agent in the foreground until SIGINT/SIGTERM, with its HTTP API
+// (src/api/agent-api.ts, over the agent's AgentView) on the config's api.listen. The config is
+// validated before anything starts (config.ts, timings.ts), and the API listens before the agent takes
+// its lease, so a port in use fails the start before this host joins the cluster. A clean stop
+// flushes every volume served here and gives the lease back, so a standby takes over at once instead
+// of after the lease's TTL; the API answers until the agent has stopped.
 
 import { readFile } from "node:fs/promises";
 import { HavenError } from "../../core/errors.js";
 import { Agent } from "../../agent/agent.js";
+import { AgentApiServer } from "../../api/agent-api.js";
 import { loadAgentConfig } from "../../agent/config.js";
 import { parseCommand, refuseArguments } from "../args.js";
 import { readSecretFile } from "../secret.js";
@@ -37,11 +41,19 @@ export async function agentCommand(argv: string[]): Promise<number> {
   const log = (line: string): void => {
     process.stderr.write(`${new Date().toISOString()} ${config.host.name}: ${line}\n`);
   };
-  const agent = new Agent(config, secret, token, log);
-  await agent.start();
+  const agent = new Agent(config, secret, log);
+  const api = new AgentApiServer(agent, token, { log });
+  log(`agent API on http://${await api.listen(config.api.listen.host, config.api.listen.port)}`);
+  try {
+    await agent.start();
+  } catch (error) {
+    await api.stop();
+    throw error;
+  }
   const signal = await untilStopSignal();
   log(`${signal}: stopping every volume served here, then giving the lease back`);
   await agent.stop();
+  await api.stop();
   log("stopped cleanly");
   return 0;
 }
