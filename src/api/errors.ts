@@ -32,7 +32,7 @@ export class Refusal extends Error {
 export const invalidRequest = (message: string): HavenError => new HavenError("HAVEN_ERR_INVALID_REQUEST", message);
 
 /** The refusal of a body over `maxBytes`; the connection is closed after it (the rest is not read). */
-export function bodyTooLarge(maxBytes: number): Refusal {
+function bodyTooLarge(maxBytes: number): Refusal {
   return new Refusal(413, "HAVEN_ERR_TOO_LARGE", `the request body exceeds ${maxBytes} bytes`, {
     connection: "close",
   });
@@ -49,7 +49,7 @@ interface FrameworkError extends Error {
  * The reply for anything a request failed with. `failure` names what failed underneath, for errors
  * that are not Haven's own ("the engine failed").
  */
-export function errorReply(error: unknown, limits: { maxBodyBytes: number; failure: string }): ErrorReply {
+export function errorReply(error: unknown, context: { maxBodyBytes: number; failure: string }): ErrorReply {
   const reply = (status: number, code: ErrorCode, message: string, headers = {}): ErrorReply => ({
     status,
     body: { error: { code, message } },
@@ -59,7 +59,7 @@ export function errorReply(error: unknown, limits: { maxBodyBytes: number; failu
   if (error instanceof HavenError) return reply(ERRORS[error.code].httpStatus, error.code, error.message);
   const framework = error as FrameworkError;
   if (framework?.code === "FST_ERR_CTP_BODY_TOO_LARGE") {
-    const tooLarge = bodyTooLarge(limits.maxBodyBytes);
+    const tooLarge = bodyTooLarge(context.maxBodyBytes);
     return reply(tooLarge.status, tooLarge.code, tooLarge.message, tooLarge.headers);
   }
   if (framework?.code === "FST_ERR_CTP_INVALID_MEDIA_TYPE")
@@ -68,6 +68,6 @@ export function errorReply(error: unknown, limits: { maxBodyBytes: number; failu
   if (framework?.validation !== undefined || (status !== undefined && status >= 400 && status < 500)) {
     return reply(status ?? 400, "HAVEN_ERR_INVALID_REQUEST", framework.message);
   }
-  const coded = fromSystemError(error, limits.failure);
+  const coded = fromSystemError(error, context.failure);
   return reply(ERRORS[coded.code].httpStatus, coded.code, coded.message);
 }

@@ -10,6 +10,7 @@
 // - one log line per request that changes something (every non-GET) and per failure of the server's
 //   own (5xx); reads are not logged (`haven volume status --watch` polls every second).
 
+import assert from "node:assert/strict";
 import { STATUS_CODES } from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Duplex } from "node:stream";
@@ -207,6 +208,10 @@ export class ApiServer {
           (failure !== undefined ? ` ${failure.code}: ${failure.message}` : ""),
       );
     }
+    assert(
+      body !== undefined,
+      `the ${this.options.what}'s handler for ${request.method} ${pathOf(request)} answered nothing`,
+    );
     return reply
       .header("content-type", "application/json")
       .header("cache-control", "no-store")

@@ -96,3 +96,11 @@ test("a verify body is validated; a good one starts the verify, a second one whi
   assert.equal(again.status, 409);
   assert.equal(errorCode(again.json), "HAVEN_ERR_CONFLICT");
 });
+
+test("errors take the same shape as the engine API's: a known route's wrong method is 405 with Allow", async () => {
+  const response = await fetch(`${base}/v1/host`, { method: "DELETE", headers: { authorization: `Bearer ${TOKEN}` } });
+  assert.equal(response.status, 405);
+  assert.equal(response.headers.get("allow"), "GET");
+  assert.equal(response.headers.get("content-type"), "application/json");
+  assert.equal(errorCode((await response.json()) as Record<string, unknown>), "HAVEN_ERR_INVALID_REQUEST");
+});
