@@ -26,7 +26,8 @@ import type { EngineOptions, VolumeEngine } from "../engine/engine.js";
 import type { AgentConfig } from "./config.js";
 import { CopyRecorder } from "./copy-records.js";
 import { EventLog } from "./event-log.js";
-import { HealthReporter, type HostHealth } from "./health.js";
+import { HealthReporter } from "./health.js";
+import type { AgentView, HostHealth } from "./view.js";
 import { LeaseKeeper } from "./lease-keeper.js";
 import { PeerLinks } from "./peer-links.js";
 import { Reconciler } from "./reconciler.js";
@@ -34,7 +35,7 @@ import { RoundScheduler } from "./round-scheduler.js";
 import { VolumeLifecycle } from "./volume-lifecycle.js";
 import type { AgentWorld, Watchdog } from "./world.js";
 
-export type { HostHealth } from "./health.js";
+export type { HostHealth } from "./view.js";
 
 /** How often each agent trims the event log to its retention (cheap: keys only, range deletes). */
 const EVENT_TRIM_INTERVAL_MS = 10 * 60 * 1000;
@@ -44,7 +45,7 @@ export interface AgentOptions {
   readonly engineOptions?: Partial<EngineOptions>;
 }
 
-export class Agent {
+export class Agent implements AgentView {
   readonly events: EventLog;
   private readonly lease: LeaseKeeper;
   private readonly links: PeerLinks;

@@ -6,7 +6,7 @@
 // what is wrong, in words. `haven status` shows it. A disk that fails or recovers, and an export the
 // NBD front lost (and got back), are events.
 
-import type { CopyHealth, DiskHealth, HostHealthRecord, LinkHealth } from "../cluster/schema.js";
+import type { CopyHealth, DiskHealth, HostHealthRecord } from "../cluster/schema.js";
 import { keys } from "../cluster/schema.js";
 import type { LeaseId } from "../cluster/etcd-client.js";
 import type { AgentConfig } from "./config.js";
@@ -14,25 +14,13 @@ import type { EventLog } from "./event-log.js";
 import { BackgroundProbe } from "./health-probes.js";
 import type { PeerLinks } from "./peer-links.js";
 import type { VolumeLifecycle } from "./volume-lifecycle.js";
+import type { HostHealth } from "./view.js";
 import type { AgentWorld } from "./world.js";
 
 /** A disk probe or NBD front probe still running after this is reported as hung. */
 const PROBE_TIMEOUT_MS = 5_000;
 /** A keepalive last accepted this many renew intervals ago means the store is hard to reach. */
 const STORE_SLOW_RENEWS = 2;
-
-/** This host's health as the API shows it. */
-export interface HostHealth {
-  readonly name: string;
-  readonly leaseHeld: boolean;
-  /** How long ago the last keepalive the store accepted was sent (ms). */
-  readonly lastKeepaliveAgoMs: number;
-  readonly eventLoopLagMs: number;
-  readonly volumes: readonly string[];
-  /** The disks' latest probes. */
-  readonly disks: readonly DiskHealth[];
-  readonly links: readonly LinkHealth[];
-}
 
 export interface HealthOptions {
   readonly config: AgentConfig;

@@ -1,4 +1,4 @@
-// The CLI's side of the engine's HTTP API (src/engine/api-server.ts): one call per route, each bounded
+// The CLI's side of the engine's HTTP API (src/api/engine-api.ts): one call per route, each bounded
 // in time, and every failure turned into a coded HavenError. An error the engine answers with keeps its
 // code and message; an engine that cannot be reached, or an address that is not an engine API, is a
 // configuration error that names the address.

@@ -8,7 +8,7 @@ export function isTerminal(): boolean {
   return process.stdout.isTTY === true;
 }
 
-/** Options for src/engine/status-render.ts as this process's stdout allows. */
+/** Options for src/cli/status-render.ts as this process's stdout allows. */
 export function terminalRenderOptions(): { color: boolean; width?: number } {
   const color = isTerminal() && process.env.NO_COLOR === undefined;
   const width = process.stdout.columns;

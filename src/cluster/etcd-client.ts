@@ -9,7 +9,17 @@
 // message for anything else it refuses.
 
 import { HavenError } from "../core/errors.js";
-import type { ClusterStore } from "./store.js";
+import type {
+  ClusterStore,
+  Compare,
+  Lease,
+  LeaseStatus,
+  RangeOptions,
+  RangePage,
+  TxnOperation,
+  TxnOperationResult,
+  TxnResult,
+} from "./store.js";
 import {
   asArray,
   asObject,
@@ -31,6 +41,18 @@ import { watchPrefix, type Watch, type WatchOptions } from "./etcd-watch.js";
 
 export type { KeyValue, LeaseId, WatchEvent } from "./etcd-codec.js";
 export type { Watch, WatchOptions } from "./etcd-watch.js";
+export type {
+  Compare,
+  CompareResult,
+  CompareSubject,
+  Lease,
+  LeaseStatus,
+  RangeOptions,
+  RangePage,
+  TxnOperation,
+  TxnOperationResult,
+  TxnResult,
+} from "./store.js";
 
 export interface EtcdClientOptions {
   /** Bound on one call, across every endpoint it tries (default 5000). */
@@ -39,80 +61,6 @@ export interface EtcdClientOptions {
   readonly connectTimeoutMs?: number;
   /** Bound on one answer or one watch message (default 64 MiB). */
   readonly maxResponseBytes?: number;
-}
-
-export type CompareResult = "equal" | "notEqual" | "greater" | "less";
-
-/**
- * What a condition looks at: one key, or every key under a prefix. A prefix holds only if the condition
- * holds for each of its keys; an empty prefix compares like a missing key (revisions and version 0, and
- * a value never matches). Deleted keys leave no trace in a prefix, so "nothing under it changed" needs
- * more than a modRevision condition when a deletion matters.
- */
-export type CompareSubject = { readonly key: string } | { readonly prefix: string };
-
-/** One condition of a transaction; a key that does not exist has revisions and version 0. */
-export type Compare = CompareSubject &
-  (
-    | { readonly target: "value"; readonly result: CompareResult; readonly value: string }
-    | {
-        readonly target: "version" | "createRevision" | "modRevision";
-        readonly result: CompareResult;
-        readonly value: number;
-      }
-    | { readonly target: "lease"; readonly result: CompareResult; readonly value: LeaseId }
-  );
-
-export type TxnOperation =
-  | { readonly type: "put"; readonly key: string; readonly value: string; readonly lease?: LeaseId }
-  | { readonly type: "get"; readonly key: string }
-  | { readonly type: "getPrefix"; readonly prefix: string }
-  | { readonly type: "delete"; readonly key: string }
-  | { readonly type: "deletePrefix"; readonly prefix: string };
-
-export type TxnOperationResult =
-  | { readonly type: "put" }
-  | { readonly type: "get"; readonly kvs: KeyValue[] }
-  | { readonly type: "delete"; readonly deleted: number };
-
-export interface TxnResult {
-  /** True when every comparison held and the success branch ran. */
-  readonly succeeded: boolean;
-  /** The store's revision after the transaction. */
-  readonly revision: number;
-  /** One result per operation of the branch that ran. */
-  readonly results: TxnOperationResult[];
-}
-
-/** One page of a range read. */
-export interface RangePage {
-  /** The keys read, in key order (values "" when read keys only). */
-  readonly kvs: KeyValue[];
-  /** How many keys the whole range holds at `revision`, however many were read. */
-  readonly count: number;
-  /** The store revision the page was read at. */
-  readonly revision: number;
-}
-
-export interface RangeOptions {
-  /** Read at most this many keys, the first in key order (default: every key). */
-  readonly limit?: number;
-  /** Read keys and revisions only, not values (each value reads as ""). */
-  readonly keysOnly?: boolean;
-}
-
-export interface Lease {
-  readonly id: LeaseId;
-  /** The TTL etcd granted, which may be longer than asked for (etcd has a minimum). */
-  readonly ttlSeconds: number;
-}
-
-export interface LeaseStatus {
-  /** Seconds left before the lease expires. */
-  readonly ttlSeconds: number;
-  readonly grantedTtlSeconds: number;
-  /** The keys attached to the lease. */
-  readonly keys: string[];
 }
 
 const COMPARE_TARGETS = {

@@ -4,7 +4,8 @@
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { AgentApiServer, type HostHealth } from "../../src/agent/api-server.js";
+import { AgentApiServer } from "../../src/api/agent-api.js";
+import type { HostHealth } from "../../src/agent/view.js";
 import { FakeEngineControl, healthyStatus } from "../helpers/fake-engine.js";
 
 const TOKEN = "a-token-of-more-than-16-characters";
@@ -22,7 +23,7 @@ const server = new AgentApiServer({ health: () => health, engines: () => new Map
 let base = "";
 
 before(async () => {
-  base = await server.listen("127.0.0.1", 0);
+  base = `http://${await server.listen("127.0.0.1", 0)}`;
 });
 after(() => server.stop());
 
@@ -94,4 +95,12 @@ test("a verify body is validated; a good one starts the verify, a second one whi
   const again = await call("POST", "/v1/volumes/vol/verify", { body: { repair: false } });
   assert.equal(again.status, 409);
   assert.equal(errorCode(again.json), "HAVEN_ERR_CONFLICT");
+});
+
+test("errors take the same shape as the engine API's: a known route's wrong method is 405 with Allow", async () => {
+  const response = await fetch(`${base}/v1/host`, { method: "DELETE", headers: { authorization: `Bearer ${TOKEN}` } });
+  assert.equal(response.status, 405);
+  assert.equal(response.headers.get("allow"), "GET");
+  assert.equal(response.headers.get("content-type"), "application/json");
+  assert.equal(errorCode((await response.json()) as Record<string, unknown>), "HAVEN_ERR_INVALID_REQUEST");
 });

@@ -6,7 +6,7 @@ import { after, before, beforeEach, test } from "node:test";
 import assert from "node:assert/strict";
 import { request } from "node:http";
 import { connect } from "node:net";
-import { EngineApiServer, MAX_REQUEST_BODY_BYTES } from "../../src/engine/api-server.js";
+import { EngineApiServer, MAX_REQUEST_BODY_BYTES } from "../../src/api/engine-api.js";
 import { HavenError } from "../../src/core/errors.js";
 import { FakeEngineControl, healthyStatus, splitBrainStatus, verifyStatus } from "../helpers/fake-engine.js";
 
@@ -219,6 +219,23 @@ test("garbage that is not HTTP does not crash the server", async () => {
     });
   }
   assert.equal((await call("GET", "/v1/status")).status, 200);
+});
+
+test("a path that is not valid URL encoding, and input that is not HTTP, get the same coded error body", async () => {
+  assertApiError(await call("GET", "/v1/%zz"), 400, "HAVEN_ERR_INVALID_REQUEST", /not a valid url component/);
+  const address = new URL(base);
+  const answer = await new Promise<string>((resolve) => {
+    let text = "";
+    const socket = connect(Number(address.port), address.hostname, () => socket.write("HELLO\r\n\r\n"));
+    socket.setEncoding("utf8");
+    socket.on("data", (chunk: string) => (text += chunk));
+    socket.on("error", () => resolve(text));
+    socket.on("close", () => resolve(text));
+  });
+  assert.match(answer, /^HTTP\/1\.1 400 /);
+  const body = JSON.parse(answer.slice(answer.indexOf("\r\n\r\n") + 4)) as { error: { code: string } };
+  assert.equal(body.error.code, "HAVEN_ERR_INVALID_REQUEST");
+  assertEngineUntouched();
 });
 
 test("listening on an address in use is HAVEN_ERR_CONFIG saying so", async () => {

@@ -4,7 +4,7 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { formatDuration, progressBar, renderVerifyStatus, renderVolumeStatus } from "../../src/engine/status-render.js";
+import { formatDuration, progressBar, renderVerifyStatus, renderVolumeStatus } from "../../src/cli/status-render.js";
 import type { VolumeStatus } from "../../src/engine/status.js";
 import {
   degradedStatus,

@@ -5,7 +5,7 @@
 import { after, before, beforeEach, test } from "node:test";
 import assert from "node:assert/strict";
 import { HavenError } from "../../src/core/errors.js";
-import { EngineApiServer } from "../../src/engine/api-server.js";
+import { EngineApiServer } from "../../src/api/engine-api.js";
 import type { VerifyStatus } from "../../src/engine/status.js";
 import { createServer as createHttpServer } from "node:http";
 import { createServer as createTcpServer, type Server } from "node:net";

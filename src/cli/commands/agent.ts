@@ -1,11 +1,14 @@
-// `haven agent --config FILE`: the host agent in the foreground until SIGINT/SIGTERM. The config is
-// validated before anything starts (config.ts, timings.ts); a clean stop flushes every volume served
-// here and gives the lease back, so a standby takes over at once instead of after the lease's TTL.
+// `haven agent --config FILE`: the host agent in the foreground until SIGINT/SIGTERM, with its HTTP API
+// (src/api/agent-api.ts, over the agent's AgentView) on the config's api.listen. The config is
+// validated before anything starts (config.ts, timings.ts), and the API listens before the agent takes
+// its lease, so a port in use fails the start before this host joins the cluster. A clean stop
+// flushes every volume served here and gives the lease back, so a standby takes over at once instead
+// of after the lease's TTL; the API answers until the agent has stopped.
 
 import { readFile } from "node:fs/promises";
 import { HavenError } from "../../core/errors.js";
 import { Agent } from "../../agent/agent.js";
-import { AgentApiServer } from "../../agent/api-server.js";
+import { AgentApiServer } from "../../api/agent-api.js";
 import { realWorld } from "../../agent/real-world.js";
 import { loadAgentConfig } from "../../agent/config.js";
 import { parseCommand, refuseArguments } from "../args.js";
@@ -42,13 +45,18 @@ export async function agentCommand(argv: string[]): Promise<number> {
   // The replica server asks the agent where a volume's copy lives; the agent exists once the world does.
   const world = realWorld(config, secret, log, (volume) => agent.copyDirectory(volume));
   const agent = new Agent(config, world, log);
-  const api = new AgentApiServer(agent, token);
-  log(`API on ${await api.listen(config.api.listen.host, config.api.listen.port)}`);
-  await agent.start();
+  const api = new AgentApiServer(agent, token, { log });
+  log(`agent API on http://${await api.listen(config.api.listen.host, config.api.listen.port)}`);
+  try {
+    await agent.start();
+  } catch (error) {
+    await api.stop();
+    throw error;
+  }
   const signal = await untilStopSignal();
   log(`${signal}: stopping every volume served here, then giving the lease back`);
-  await api.stop();
   await agent.stop();
+  await api.stop();
   log("stopped cleanly");
   return 0;
 }

@@ -4,7 +4,7 @@
 // that a wrong --api cannot discard the data of another volume.
 
 import { HavenError } from "../../core/errors.js";
-import { renderVolumeStatus } from "../../engine/status-render.js";
+import { renderVolumeStatus } from "../status-render.js";
 import { parseCommand } from "../args.js";
 import { engineApiFromOption } from "../engine-api-client.js";
 import { terminalRenderOptions } from "../terminal.js";

@@ -3,7 +3,7 @@
 // HTTP API on --api-listen for `haven volume status`, verify and split-brain resolution.
 
 import { HavenError } from "../../core/errors.js";
-import { EngineApiServer } from "../../engine/api-server.js";
+import { EngineApiServer } from "../../api/engine-api.js";
 import { VolumeEngine, MAX_REPLICAS } from "../../engine/engine.js";
 import { NbdServer, type Listen } from "../../nbd/server.js";
 import { parseReplicaLocation, replicaOpener } from "../../replica/open-replica.js";

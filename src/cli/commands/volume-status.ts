@@ -1,8 +1,8 @@
 // `haven volume status`: asks a running engine for its volume's status over the engine API and shows
-// it as the operator's table (src/engine/status-render.ts) or as JSON, once or every few seconds.
+// it as the operator's table (src/cli/status-render.ts) or as JSON, once or every few seconds.
 
 import { HavenError } from "../../core/errors.js";
-import { renderVolumeStatus } from "../../engine/status-render.js";
+import { renderVolumeStatus } from "../status-render.js";
 import type { VolumeStatus } from "../../engine/status.js";
 import { parseCommand } from "../args.js";
 import { engineApiFromOption } from "../engine-api-client.js";

@@ -3,7 +3,7 @@
 // then says whether the copies agree.
 
 import { HavenError } from "../../core/errors.js";
-import { formatVerifyProgress, renderVerifyStatus } from "../../engine/status-render.js";
+import { formatVerifyProgress, renderVerifyStatus } from "../status-render.js";
 import type { VerifyStatus } from "../../engine/status.js";
 import { parseCommand, refuseArguments } from "../args.js";
 import { engineApiFromOption } from "../engine-api-client.js";

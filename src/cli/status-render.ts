@@ -3,7 +3,14 @@
 // copy, the verify in progress and the I/O counters. Pure and deterministic: the same status and
 // options always give the same text, so the CLI, its --watch mode and the tests share it.
 
-import type { ReplicaState, ReplicaStatus, ResyncProgress, VerifyStatus, VolumeState, VolumeStatus } from "./status.js";
+import type {
+  ReplicaState,
+  ReplicaStatus,
+  ResyncProgress,
+  VerifyStatus,
+  VolumeState,
+  VolumeStatus,
+} from "../engine/status.js";
 import { formatBytes } from "../util/units.js";
 
 export interface RenderOptions {

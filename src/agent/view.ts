@@ -1,0 +1,24 @@
+// What the agent shows of itself to the layers above it (the agent API, the dashboard): a narrow,
+// read-mostly view, so they depend on this interface and not on the Agent class, and the agent does
+// not know they exist.
+
+import type { DiskHealth, LinkHealth } from "../cluster/schema.js";
+import type { EngineControl } from "../engine/status.js";
+
+export interface HostHealth {
+  readonly name: string;
+  readonly leaseHeld: boolean;
+  /** Since the send of the last keepalive etcd accepted: how reachable etcd is from here. */
+  readonly lastKeepaliveAgoMs: number;
+  readonly eventLoopLagMs: number;
+  readonly volumes: readonly string[];
+  /** The disks' latest probes and the replication links' heartbeats. */
+  readonly disks: readonly DiskHealth[];
+  readonly links: readonly LinkHealth[];
+}
+
+/** What the API asks of the agent. */
+export interface AgentView {
+  health(): HostHealth;
+  engines(): ReadonlyMap<string, EngineControl>;
+}

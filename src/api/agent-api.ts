@@ -1,0 +1,71 @@
+// The agent's HTTP API (`haven agent`, on the config's api.listen): what this host runs, for the CLI,
+// the dashboard and monitoring. It sees the agent only through AgentView (src/agent/view.ts); the
+// `haven agent` command puts the two together. Every request must carry the cluster's API token as a
+// bearer token (auth.ts); bodies are checked field by field and every error is JSON with the registry
+// code, as in every Haven API (server.ts): { "error": { "code": "HAVEN_ERR_...", "message": "..." } }.
+//
+//   GET  /v1/host                   this host: lease, etcd reachability, event-loop lag, disks, links, volumes
+//   GET  /v1/volumes                the engines running here, with their status
+//   GET  /v1/volumes/:name          one engine's status (404 when not served here)
+//   POST /v1/volumes/:name/verify   { "repair": boolean }: starts an online verify
+
+import { HavenError } from "../core/errors.js";
+import type { EngineControl } from "../engine/status.js";
+import type { AgentView } from "../agent/view.js";
+import { bearerTokenCheck } from "./auth.js";
+import { parseVerifyRequest } from "./requests.js";
+import { ApiServer } from "./server.js";
+
+export interface AgentApiServerOptions {
+  /** One line per request that changes something (every non-GET), and per listener error; stderr by default. */
+  readonly log?: (line: string) => void;
+}
+
+export class AgentApiServer {
+  private readonly server: ApiServer;
+
+  constructor(
+    private readonly agent: AgentView,
+    token: string,
+    options: AgentApiServerOptions = {},
+  ) {
+    const check = bearerTokenCheck(token);
+    this.server = new ApiServer({
+      what: "agent API",
+      failure: "the agent failed",
+      authenticate: (request) => check(request.headers.authorization),
+      log: options.log ?? ((line) => process.stderr.write(`${line}\n`)),
+    });
+    this.server.route("/v1/host", { GET: () => this.agent.health() });
+    this.server.route("/v1/volumes", {
+      GET: () => [...this.agent.engines().values()].map((engine) => engine.status()),
+    });
+    this.server.route("/v1/volumes/:name", { GET: (request) => this.engine(request.params.name!).status() });
+    this.server.route("/v1/volumes/:name/verify", {
+      POST: (request) => {
+        const options = parseVerifyRequest(request.body, { repairRequired: true });
+        return this.engine(request.params.name!).startVerify(options);
+      },
+    });
+  }
+
+  /** Starts listening; resolves with the bound address as HOST:PORT (the real port when 0 was asked). */
+  listen(host: string, port: number): Promise<string> {
+    return this.server.listen(host, port);
+  }
+
+  /** Stops accepting, lets requests in flight finish (for at most 2 s), then closes. */
+  stop(): Promise<void> {
+    return this.server.stop();
+  }
+
+  private engine(name: string): EngineControl {
+    const engine = this.agent.engines().get(name);
+    if (engine === undefined)
+      throw new HavenError(
+        "HAVEN_ERR_NOT_FOUND",
+        `volume ${name} is not served on this host ('haven volume show ${name}' says where)`,
+      );
+    return engine;
+  }
+}
