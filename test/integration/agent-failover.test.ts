@@ -146,6 +146,53 @@ describe("agent failover", { skip }, () => {
     );
   });
 
+  test("SIGSTOP of the primary's agent and its watchdog past the lease: after SIGCONT its late copy records are refused, never applied", async () => {
+    const first = (await primary())!;
+    const standby = first.host === "h1" ? "h2" : "h1";
+    const written = await fio(nbdUri(first.host), ["--do_verify=0"]);
+    assert.equal(written.code, 0, written.stderr);
+    const victim = agents.pid(first.host);
+    const watchdogs = readFileSync(`/proc/${victim}/task/${victim}/children`, "utf8").trim().split(/\s+/).map(Number);
+    assert.equal(watchdogs.length, 1, "the agent runs one watchdog process");
+    for (const pid of [victim, ...watchdogs]) process.kill(pid, "SIGSTOP");
+    let promoted;
+    try {
+      promoted = await until("the standby to promote", async () => {
+        const now = await primary();
+        return now && now.host === standby ? now : undefined;
+      });
+      await until("the new primary to serve", async () =>
+        (await events("volume-serving")).some(
+          (e) => e.host === standby && e.message.includes(`epoch ${promoted!.epoch}`),
+        )
+          ? true
+          : undefined,
+      );
+    } finally {
+      for (const pid of [victim, ...watchdogs]) process.kill(pid, "SIGCONT");
+    }
+    // Thawed, the agent finds its lease gone, fences and registers anew, unless its watchdog (thawed
+    // at the same moment) kills it first; then it is started again, as its supervisor would.
+    await until("the thawed agent to register anew or be killed by its watchdog", async () =>
+      !alive(victim) || (await etcd.get(keys.host(first.host))) !== undefined ? true : undefined,
+    );
+    if (!alive(victim)) agents.restart(first.host);
+    await until("the old primary to rejoin in sync", async () =>
+      (await replica(first.host))?.state === "in-sync" ? true : undefined,
+    );
+    const mine = await replica(standby);
+    assert.equal(mine?.state, "in-sync", "the new primary's copy is still recorded in sync");
+    const late = (await events("replica-out-of-sync")).filter(
+      (e) =>
+        e.host === first.host &&
+        e.message.startsWith(`${standby}'s copy`) &&
+        Date.parse(e.time) > Date.parse(promoted.since),
+    );
+    assert.deepEqual(late, [], "the deposed primary recorded nothing about the new primary's copy");
+    const verified = await fio(nbdUri(standby), ["--verify_only"]);
+    assert.equal(verified.code, 0, `${verified.stdout}\n${verified.stderr}`);
+  });
+
   test("a switchover moves the primary to the standby with no acknowledged write lost", async () => {
     const before = (await primary())!;
     const target = before.host === "h1" ? "h2" : "h1";
