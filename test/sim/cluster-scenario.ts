@@ -549,11 +549,13 @@ export class ClusterSim {
     const oracle = this.oracles.get(volume)!;
     const value = decodeBlock(data, block);
     const allowed = oracle.allowed(block);
-    if (!allowed.has(value))
+    if (!allowed.has(value)) {
       this.violation(
         "no acknowledged write lost",
         `${volume} block ${block} read ${stampName(value)} from ${from}; allowed: ${[...allowed].map(stampName).join(", ")}`,
       );
+      return;
+    }
     oracle.collapse(block, value);
   }
 
