@@ -47,6 +47,7 @@ import { ReplicaServer } from "../replica/replica-server.js";
 import type { AgentConfig } from "./config.js";
 import { decide, type Action } from "./decide.js";
 import { LeaseKeeper } from "./lease-keeper.js";
+import { systemClock } from "../util/clock.js";
 import { BackgroundProbe, probeDisk, probeNbdFront } from "./health-probes.js";
 import { PeerLinks, type PeerAddress } from "./peer-links.js";
 import { replicaPinger } from "./replica-pinger.js";
@@ -136,7 +137,8 @@ export class Agent implements AgentView {
     });
     this.nbd = new NbdServer({ exports: [], dynamicExports: true, log: (line) => log(`nbd: ${line}`) });
     this.lease = new LeaseKeeper({
-      etcd: this.etcd,
+      store: this.etcd,
+      clock: systemClock,
       timings: config.timings,
       log,
       onLost: (reason) => this.onLeaseLost(reason),
@@ -709,7 +711,7 @@ export class Agent implements AgentView {
       allowDegradedStart: mine?.state === "in-sync",
       recordCopyState: (location, inSync, detail) =>
         this.recordCopy(name, hostOf.get(location) ?? location, inSync, detail, epoch),
-      mayComplete: () => this.lease.mayComplete(),
+      completionGate: () => this.lease.completionGate(),
       log: (line) => this.log(`volume ${name}: ${line}`),
     });
     try {
@@ -791,7 +793,7 @@ export class Agent implements AgentView {
     }
   }
 
-  /** Records a copy's state, retrying while etcd does not answer and this host may still complete writes. */
+  /** Records a copy's state, retrying while etcd does not answer and this host's lease is not lost. */
   private async recordCopy(
     volume: string,
     host: string,
@@ -814,7 +816,7 @@ export class Agent implements AgentView {
           await this.event("replica-in-sync", `${host}'s copy is back in the in-sync set: ${detail}`, volume);
         return;
       } catch (error) {
-        if (!this.lease.mayComplete())
+        if (this.lease.state() === "lost")
           throw new HavenError(
             "HAVEN_ERR_UNAVAILABLE",
             `cannot record ${host}'s copy of ${volume}: ${errorMessage(error)}`,
