@@ -64,6 +64,10 @@ export function etcdArgs(member: EtcdMemberFlags): string[] {
     `--initial-cluster=${member.initialCluster ?? `${member.name}=${peerUrl}`}`,
     "--initial-cluster-state=new",
     ...(member.initialClusterToken !== undefined ? [`--initial-cluster-token=${member.initialClusterToken}`] : []),
+    // A member that comes back (restarted, or resumed after SIGSTOP) asks before it campaigns, instead of
+    // deposing a working leader with a higher term: one election fewer after every such hiccup (etcd
+    // 3.5's default; 3.4's is off).
+    "--pre-vote=true",
     "--logger=zap",
     "--log-outputs=stderr",
   ];
