@@ -44,7 +44,8 @@ const IN_FLIGHT = 4;
 
 /** Writes through one NBD connection until stopped: what completed, how long each took, what failed. */
 class NbdWriter {
-  readonly latencies: { endedAt: number; ms: number }[] = [];
+  /** Every acknowledged WRITE and FLUSH: when its reply came and how long after its request. */
+  readonly latencies: { op: "WRITE" | "FLUSH"; endedAt: number; ms: number }[] = [];
   readonly errors: string[] = [];
   /** The pattern byte last acknowledged at each block. */
   readonly acknowledged = new Map<number, number>();
@@ -68,7 +69,7 @@ class NbdWriter {
   }
 
   get completed(): number {
-    return this.latencies.length;
+    return this.latencies.filter((l) => l.op === "WRITE").length;
   }
 
   maxLatencyMs(since = 0): number {
@@ -115,6 +116,7 @@ class NbdWriter {
         });
       }
       const flush = this.sequence % 32 < IN_FLIGHT;
+      const flushSentAt = performance.now();
       if (flush) this.client.request(Command.FLUSH, { cookie: 0n });
       for (let i = 0; i < batch.length + (flush ? 1 : 0); i++) {
         let reply: Awaited<ReturnType<RawNbdClient["readReply"]>>;
@@ -132,7 +134,9 @@ class NbdWriter {
         }
         const { cookie, error } = reply.simple;
         if (cookie === 0n) {
+          const endedAt = performance.now();
           if (error !== 0) this.errors.push(`FLUSH failed with NBD error ${error}`);
+          else this.latencies.push({ op: "FLUSH", endedAt, ms: endedAt - flushSentAt });
           continue;
         }
         const sent = batch.find((write) => write.cookie === cookie);
@@ -143,7 +147,7 @@ class NbdWriter {
         const endedAt = performance.now();
         if (error !== 0) this.errors.push(`WRITE ${cookie} failed with NBD error ${error}`);
         else {
-          this.latencies.push({ endedAt, ms: endedAt - sent.sentAt });
+          this.latencies.push({ op: "WRITE", endedAt, ms: endedAt - sent.sentAt });
           this.acknowledged.set(sent.block, sent.pattern);
         }
       }
@@ -154,6 +158,15 @@ class NbdWriter {
 /** A member's status, or undefined when it does not answer. */
 async function memberStatus(member: LocalEtcdMember): Promise<{ leader: string; memberId: string } | undefined> {
   return new EtcdClient([member.endpoint], { requestTimeoutMs: 1_000 }).status().catch(() => undefined);
+}
+
+/** The member every member names as the leader, if they all answer and agree. */
+async function agreedLeader(cluster: LocalClusterState): Promise<LocalEtcdMember | undefined> {
+  const statuses = await Promise.all(cluster.etcd.map(memberStatus));
+  const leaderId = statuses[0]?.leader;
+  if (leaderId === undefined || leaderId === "0" || statuses.some((status) => status?.leader !== leaderId))
+    return undefined;
+  return cluster.etcd.find((_, i) => statuses[i]!.memberId === leaderId);
 }
 
 /** Moves etcd's leadership to `target` (MoveLeader, asked of the current leader); false if etcd refused. */
@@ -238,7 +251,7 @@ function outageCluster(hosts: number, members: number) {
     for (const agent of world.cluster!.agents)
       assert.ok(await world.etcd!.get(keys.host(agent.name)), `${agent.name} lost its lease`);
     t.diagnostic(
-      `${what}: ${writer!.completed} writes so far, none failed; max write latency ` +
+      `${what}: ${writer!.completed} writes so far, none failed; max WRITE/FLUSH latency ` +
         `${Math.round(writer!.maxLatencyMs(since))} ms since the outage began, ${Math.round(maxBefore(writer!, since))} ms before`,
     );
   };
@@ -277,10 +290,9 @@ describe("etcd outages shorter than the lease: three hosts, one etcd member each
 
   test("the etcd leader and one more member stopped for 2.5 s: writes wait, then all complete, at the same epoch", async (t) => {
     const { cluster, writer } = world;
-    const statuses = await Promise.all(cluster!.etcd.map(memberStatus));
-    const leaderId = statuses.find((status) => status !== undefined)!.leader;
-    const leader = cluster!.etcd.find((_, i) => statuses[i]?.memberId === leaderId)!;
-    assert.ok(leader, `no member is the leader ${leaderId}`);
+    // The leader must be among the stopped (a leader left running renews leases until it steps down),
+    // so wait until every member names the same one.
+    const leader = await until("every etcd member to name the same leader", () => agreedLeader(cluster!));
     const other = cluster!.etcd.find((member) => member !== leader)!;
     const stopped = [leader, other];
     const began = performance.now();
@@ -292,7 +304,7 @@ describe("etcd outages shorter than the lease: three hosts, one etcd member each
     await moreWrites(writer!, 200);
     assert.ok(
       writer!.latencies.some((l) => l.endedAt > resumed && l.endedAt - l.ms < resumed),
-      "no write was in flight across the outage",
+      "no write or flush was in flight across the outage",
     );
     assert.match(primaryLog(), /lease unproven/, "the outage did not make the primary's lease unproven");
     assert.deepEqual(await writer!.verify(), [], "acknowledged writes that do not read back");
@@ -338,8 +350,13 @@ describe("etcd outages shorter than the lease: two hosts and a single etcd membe
     signal(member.pid, "SIGSTOP");
     await sleep(OUTAGE_MS);
     signal(member.pid, "SIGCONT");
+    const resumed = performance.now();
     await heldAgain(writer!, primaryLog);
     await moreWrites(writer!, 200);
+    assert.ok(
+      writer!.latencies.some((l) => l.endedAt > resumed && l.endedAt - l.ms < resumed),
+      "no write or flush was in flight across the outage",
+    );
     assert.match(primaryLog(), /lease unproven/, "the outage did not make the primary's lease unproven");
     assert.deepEqual(await writer!.verify(), [], "acknowledged writes that do not read back");
     await unchanged(t, "the single member stopped", began);
