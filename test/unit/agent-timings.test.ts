@@ -20,6 +20,7 @@ import {
   describeTimings,
   failoverDetectionMs,
   fenceDeadlineMs,
+  leaseLostDeadlineMs,
   type Timings,
 } from "../../src/agent/timings.js";
 
@@ -379,6 +380,17 @@ test("any accepted timings fence a host strictly before its lease can expire, fo
     ),
     { numRuns: 2_000 },
   );
+});
+
+test("an unproven lease is lost only after the fence, with the watchdog and the clock margin in between", () => {
+  // Completions wait between the two deadlines; rule 2 is what keeps that window open for any accepted set.
+  fc.assert(
+    fc.property(timingsArbitrary.filter(accepted), fc.integer({ min: 0, max: 10 ** 9 }), (t, sentAt) => {
+      const window = leaseLostDeadlineMs(sentAt, t) - fenceDeadlineMs(sentAt, t);
+      assert.ok(window > t.watchdogTimeoutMs + clockDriftMarginMs(t.leaseTtlMs), `window ${window}`);
+    }),
+  );
+  assert.equal(leaseLostDeadlineMs(1_000, DEFAULT_TIMINGS) - fenceDeadlineMs(1_000, DEFAULT_TIMINGS), 2_500);
 });
 
 test("a host whose renews fail at most renewRetries times in a row is never fenced", () => {
