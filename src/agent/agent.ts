@@ -69,11 +69,10 @@ export class Agent implements AgentView {
     const { timings } = config;
     this.events = new EventLog(config.host.name, world, log);
     this.lease = new LeaseKeeper({
-      etcd: world.store,
+      store: world.store,
+      clock: world.clock,
       timings,
       log,
-      now: () => world.clock.now(),
-      clock: world.clock,
       onLost: (reason) => this.onLeaseLost(reason),
       onRegained: (lease) => this.register(lease),
     });
@@ -94,7 +93,9 @@ export class Agent implements AgentView {
       wallTime: world.wallTime,
       events: this.events,
       log,
-      mayRetry: () => this.lease.mayComplete(),
+      // A record may be retried while the lease is not lost: a record that lands while the lease is
+      // unproven is harmless, and completions wait for the lease anyway.
+      mayRetry: () => this.lease.state() !== "lost",
     });
     this.volumes = new VolumeLifecycle({
       config,
@@ -102,7 +103,7 @@ export class Agent implements AgentView {
       events: this.events,
       copies,
       log,
-      mayComplete: () => this.lease.mayComplete(),
+      completionGate: () => this.lease.completionGate(),
       alive: () => this.reconciler.view.alive,
       nbdPort: () => this.nbdPort,
       copyDirectory: (volume) => this.copyDirectory(volume),

@@ -8,7 +8,7 @@
 //
 // A record that leaves the in-sync set must land before the write that made the copy leave is
 // acknowledged (the engine waits for it). While the store does not answer, the write is retried as long
-// as this host may still complete writes; past that the engine fences (no acknowledgement without the
+// as this host's lease is not lost; past that the engine fences (no acknowledgement without the
 // record). A retry after an answer was lost is harmless: the same record is written again under the
 // same condition.
 
@@ -35,7 +35,7 @@ export interface CopyRecorderOptions {
   readonly wallTime: () => Date;
   readonly events: EventLog;
   readonly log: (line: string) => void;
-  /** Whether this host may still complete writes (a record may be retried only while it may). */
+  /** Whether a record may still be retried (not once this host's lease is lost). */
   readonly mayRetry: () => boolean;
 }
 

@@ -10,12 +10,37 @@
 //   clock, unless renewed again. Once expired it stays expired: later keepalives fail.
 // - The host lets a write complete only while its clock says less than fenceAfterMs has passed since the
 //   send time of its latest successful renew (fenceDeadlineMs), checked with a fresh clock read at each
-//   completion, and stops its VMs when that deadline passes.
+//   completion, and stops its VMs when that deadline passes (the agent runs no VMs yet; when it does,
+//   pausing them there and resuming them if the lease is held again keeps an outage mere latency for
+//   them too, the watchdog's kill still covering a hung agent). Past that deadline the lease is
+//   *unproven*, not lost: a completion then waits instead of failing, and the host keeps sending
+//   keepalives. If etcd accepts one (TTL > 0) the lease is *held* again and the waiting completions go
+//   out; if etcd says the lease is gone (TTL 0, no such lease), or the host's clock reaches
+//   leaseLostDeadlineMs (a whole leaseTtlMs since that send), the lease is *lost*: the waiting
+//   completions fail and the host stops serving (lease-keeper.ts keeps the three states).
 // - A watchdog outside the event loop (a separate process: a SIGSTOP freezes every thread of the agent)
 //   kills the agent and its VMs when the event loop has not checked in for watchdogTimeoutMs. That bounds
 //   the one gap the per-write check leaves: a completion checked just before the loop froze and sent
 //   when it thaws.
 // - Other hosts learn that the lease expired from etcd, and only then may one of them promote a copy.
+//
+// Why an unproven lease may become held again (an etcd outage shorter than the lease is latency, not an
+// error): etcd accepted a keepalive sent at S' with TTL > 0, so it applied it at some R' >= S' while the
+// lease was alive. A lease that expired stays expired (etcd revokes it, deletes its keys and never grants
+// its id again; on a leader change the new leader extends every lease rather than shortening one), so
+// the lease was alive at every moment before R': its host key was never deleted, no other host saw this
+// host without a lease, and no standby promoted a copy of its volumes (decide.ts promotes only when the
+// primary's host holds no lease). From R' the lease lives until R' + leaseTtlMs >= S' + leaseTtlMs at
+// least, so the new deadline S' + fenceAfterMs sits exactly as far inside the lease as after any renew,
+// and rule 2 below holds unchanged. While unproven nothing was acknowledged: the writes that waited were
+// applied on the copies, but acknowledged only after R', with this host still the only writer; if the
+// lease is lost instead they fail, and copies holding writes never acknowledged is what a crash leaves
+// too (the activity log covers it). So checkTimings needs no new rule: the state changes only what
+// happens past the fence deadline (wait instead of fail), never when a completion may go out.
+// The lost deadline is not a safety bound (the fence deadline already stopped every completion); it
+// bounds how long a completion waits, and it comes when waiting cannot help any more: the lease's
+// earliest expiry in etcd is then reached, and a standby may be promoting. Rule 2 puts it after the fence
+// deadline (fenceAfterMs < leaseTtlMs).
 
 import { HavenError } from "../core/errors.js";
 
@@ -153,6 +178,15 @@ export function fenceDeadlineMs(lastRenewSentAtMs: number, timings: Timings): nu
 }
 
 /**
+ * The local time from which an unproven lease counts as lost, given the send time of the last keepalive
+ * etcd accepted: the lease's earliest expiry in etcd (that keepalive was applied at or after its send).
+ * Completions waiting on the unproven lease fail then, and the host stops serving.
+ */
+export function leaseLostDeadlineMs(lastRenewSentAtMs: number, timings: Timings): number {
+  return lastRenewSentAtMs + timings.leaseTtlMs;
+}
+
+/**
  * Returns the timings if they are safe and sane; otherwise throws HAVEN_ERR_CONFIG naming every violated
  * rule, its fields and values. `source` prefixes the message (the config file's name).
  *
@@ -176,7 +210,9 @@ export function fenceDeadlineMs(lastRenewSentAtMs: number, timings: Timings): nu
  *    the last retry at S + renewIntervalMs + renewRetries × renewTimeoutMs; its answer arrives within one
  *    more renewTimeoutMs. If that is after the fence, the retries cannot save the host from fencing, and
  *    a burst of lost keepalives on a busy host fences it by mistake. Rule 2 keeps the fence itself well
- *    inside the lease, so every retry is sent and answered while the lease is still alive.
+ *    inside the lease, so every retry is sent and answered while the lease is still alive. (Retries go
+ *    on past renewRetries, one per renewTimeoutMs, while the lease is unproven; this rule makes sure the
+ *    first renewRetries of them keep a host whose etcd is merely slow from ever making a write wait.)
  *
  * 4. The watchdog is fed at least twice per timeout: 2 × watchdogIntervalMs <= watchdogTimeoutMs, so one
  *    late check-in does not kill a healthy agent.

@@ -42,8 +42,8 @@ export interface VolumeLifecycleOptions {
   readonly events: EventLog;
   readonly copies: CopyRecorder;
   readonly log: (line: string) => void;
-  /** Whether this host may complete writes now (its lease is proven). */
-  readonly mayComplete: () => boolean;
+  /** Whether a write may complete here: now, never (the lease is lost), or once the lease is proven again. */
+  readonly completionGate: () => boolean | Promise<boolean>;
   /** Hosts holding a lease as of the last round: copies on other hosts are not waited for. */
   readonly alive: () => ReadonlySet<string>;
   /** The port the NBD front listens on (known once it listens). */
@@ -170,7 +170,7 @@ export class VolumeLifecycle {
       allowDegradedStart: context.mine?.state === "in-sync",
       recordCopyState: (location, inSync, detail) =>
         copies.record(role, hostOf.get(location) ?? location, inSync, detail),
-      mayComplete: this.options.mayComplete,
+      completionGate: this.options.completionGate,
       log: (line) => this.options.log(`volume ${spec.name}: ${line}`),
       ...this.options.engineOptions,
     });

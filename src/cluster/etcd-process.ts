@@ -1,7 +1,9 @@
-// Starts and stops a single-member etcd on 127.0.0.1 as a child process: the store `haven cluster up`
-// will run, and the one integration tests use. Ready means etcd answers /v3/maintenance/status (it
-// gives no event to wait for, so this polls, within a deadline); stopping is SIGTERM, then SIGKILL if
-// it lingers. A failure to start says why, with the end of etcd's log.
+// Starts and stops an etcd member on 127.0.0.1 as a child process (a cluster of its own, or one member of
+// a cluster bootstrapped statically with --initial-cluster), for integration tests; etcdArgs is the one
+// place that spells etcd's flags, which `haven cluster up` uses too for its background members. Ready
+// means the member answers /v3/maintenance/status (it gives no event to wait for, so this polls, within
+// a deadline; a member answers before its cluster has a leader); stopping is SIGTERM, then SIGKILL if it
+// lingers. A failure to start says why, with the end of etcd's log.
 
 import { spawn, type ChildProcess } from "node:child_process";
 import { createServer, type AddressInfo } from "node:net";
@@ -27,6 +29,48 @@ export interface EtcdProcessOptions {
    */
   readonly initialCluster?: string;
   readonly stopTimeoutMs?: number;
+}
+
+/** One member's identity and addresses, all on 127.0.0.1. */
+export interface EtcdMemberFlags {
+  readonly name: string;
+  readonly dataDir: string;
+  readonly clientPort: number;
+  readonly peerPort: number;
+  /** NAME=PEER_URL,... of every member, this one included (default: this member alone). */
+  readonly initialCluster?: string;
+  /** Tells this cluster's bootstrap apart from another's on the same ports (default etcd's own). */
+  readonly initialClusterToken?: string;
+}
+
+/** A member's client URL (what agents list as an endpoint) and peer URL (what members list). */
+export function etcdMemberUrls(clientPort: number, peerPort: number): { endpoint: string; peerUrl: string } {
+  return { endpoint: `http://127.0.0.1:${clientPort}`, peerUrl: `http://127.0.0.1:${peerPort}` };
+}
+
+/**
+ * etcd's command line for one member. The --initial-cluster flags only matter the first time: a member
+ * whose data directory holds data restarts as the member it was, in the cluster it was in.
+ */
+export function etcdArgs(member: EtcdMemberFlags): string[] {
+  const { endpoint, peerUrl } = etcdMemberUrls(member.clientPort, member.peerPort);
+  return [
+    `--name=${member.name}`,
+    `--data-dir=${member.dataDir}`,
+    `--listen-client-urls=${endpoint}`,
+    `--advertise-client-urls=${endpoint}`,
+    `--listen-peer-urls=${peerUrl}`,
+    `--initial-advertise-peer-urls=${peerUrl}`,
+    `--initial-cluster=${member.initialCluster ?? `${member.name}=${peerUrl}`}`,
+    "--initial-cluster-state=new",
+    ...(member.initialClusterToken !== undefined ? [`--initial-cluster-token=${member.initialClusterToken}`] : []),
+    // A member that comes back (restarted, or resumed after SIGSTOP) asks before it campaigns, instead of
+    // deposing a working leader with a higher term: one election fewer after every such hiccup (etcd
+    // 3.5's default; 3.4's is off).
+    "--pre-vote=true",
+    "--logger=zap",
+    "--log-outputs=stderr",
+  ];
 }
 
 export interface EtcdProcess {
@@ -78,22 +122,16 @@ async function startOnce(
   peerPort: number,
 ): Promise<EtcdProcess> {
   const binary = options.binary ?? "etcd";
-  const endpoint = `http://127.0.0.1:${clientPort}`;
-  const peerUrl = `http://127.0.0.1:${peerPort}`;
+  const { endpoint } = etcdMemberUrls(clientPort, peerPort);
   const child = spawn(
     binary,
-    [
-      `--name=${name}`,
-      `--data-dir=${options.dataDir}`,
-      `--listen-client-urls=${endpoint}`,
-      `--advertise-client-urls=${endpoint}`,
-      `--listen-peer-urls=${peerUrl}`,
-      `--initial-advertise-peer-urls=${peerUrl}`,
-      `--initial-cluster=${options.initialCluster ?? `${name}=${peerUrl}`}`,
-      "--initial-cluster-state=new",
-      "--logger=zap",
-      "--log-outputs=stderr",
-    ],
+    etcdArgs({
+      name,
+      dataDir: options.dataDir,
+      clientPort,
+      peerPort,
+      ...(options.initialCluster !== undefined && { initialCluster: options.initialCluster }),
+    }),
     { stdio: ["ignore", "pipe", "pipe"] },
   );
 

@@ -1,13 +1,21 @@
-// A whole cluster on this machine, for trying Haven and for tests: one etcd and N agents on loopback,
-// each host with its own directory, disk directory and ports, started as background processes (their
-// own sessions, so they outlive the command that started them) with their logs in the cluster's
-// directory. cluster.json records what runs, so `haven cluster down` can stop exactly that.
+// A whole cluster on this machine, for trying Haven and for tests: etcd and N agents on loopback, each
+// host with its own directory, disk directory and ports, started as background processes (their own
+// sessions, so they outlive the command that started them) with their logs in the cluster's directory.
+// cluster.json records what runs, so `haven cluster down` can stop exactly that, by pid.
 //
-//   DIR/cluster.json            pids, endpoint, hosts
-//   DIR/secret, DIR/token       the cluster secret and the API token (0600)
-//   DIR/etcd/ , DIR/etcd.log    etcd's data and log
-//   DIR/hosts/hN/agent.json     host hN's agent config; DIR/hosts/hN/agent.log its log
-//   DIR/hosts/hN/disk0/         host hN's copies
+// etcd runs as one member (etcdMembers 1, the default here: the store alone, on PORT and PORT+1), or as
+// one member per host for the first etcdMembers hosts (what `haven cluster up` starts: three for three
+// hosts), bootstrapped statically (--initial-cluster) with each member's data, log and ports beside its
+// host's; every agent lists every member's client URL, and a test or demo that kills a host can kill
+// its member too (its pid is recorded next to the agent's). A cluster started again from its directory
+// keeps the layout it was first started with (its members restart from their data).
+//
+//   DIR/cluster.json                  pids, endpoints, hosts
+//   DIR/secret, DIR/token             the cluster secret and the API token (0600)
+//   DIR/etcd/ , DIR/etcd.log          the single member's data and log
+//   DIR/hosts/hN/etcd/, etcd.log      host hN's member's data and log (one member per host)
+//   DIR/hosts/hN/agent.json           host hN's agent config; DIR/hosts/hN/agent.log its log
+//   DIR/hosts/hN/disk0/               host hN's copies
 
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -16,13 +24,19 @@ import { join, resolve } from "node:path";
 import { HavenError } from "../core/errors.js";
 import { packageRoot } from "../util/repo-root.js";
 import { EtcdClient } from "./etcd-client.js";
+import { etcdArgs, etcdMemberUrls } from "./etcd-process.js";
 import { keys } from "./schema.js";
 
 export interface LocalClusterOptions {
   readonly dir: string;
   readonly hosts: number;
-  /** etcd's client port is basePort, its peer port basePort+1; host i (from 1) uses basePort + 10i .. +2. */
+  /**
+   * Host i (from 1) uses basePort + 10i .. +2 (API, replication, NBD) and, with one etcd member per host,
+   * +3 and +4 for its member (client, peer); a single member uses basePort and basePort+1.
+   */
   readonly basePort: number;
+  /** etcd members: 1 (default), or one on each of the first etcdMembers hosts (2 to hosts). */
+  readonly etcdMembers?: number;
   /** Agent timing overrides written into each config (for tests wanting fast failover). */
   readonly timings?: Record<string, number>;
   readonly readyTimeoutMs?: number;
@@ -36,19 +50,49 @@ export interface LocalClusterOptions {
   readonly disks?: readonly { readonly name: string; readonly capacity?: string }[];
 }
 
+/** An etcd member cluster up started. */
+export interface LocalEtcdMember {
+  readonly name: string;
+  /** The host it runs beside (killed with it in tests); absent for the single member of a one-member cluster. */
+  readonly host?: string;
+  readonly pid: number;
+  /** Its client URL. */
+  readonly endpoint: string;
+  readonly peerUrl: string;
+  readonly dataDir: string;
+  readonly log: string;
+}
+
 export interface LocalClusterState {
   readonly dir: string;
+  /** The first etcd endpoint (one to give a client; `endpoints` has them all). */
   readonly endpoint: string;
-  readonly etcdPid: number;
-  readonly agents: { readonly name: string; readonly pid: number; readonly config: string; readonly log: string }[];
+  /** Every etcd client URL, as each agent's config lists them (unless a test routes an agent elsewhere). */
+  readonly endpoints: readonly string[];
+  /** The members cluster up started (none when it was given etcdEndpoints). */
+  readonly etcd: readonly LocalEtcdMember[];
+  readonly agents: {
+    readonly name: string;
+    readonly pid: number;
+    readonly config: string;
+    readonly log: string;
+    /** The pid of this host's etcd member, when it runs one. */
+    readonly etcdPid?: number;
+  }[];
 }
 
 export const CLUSTER_FILE = "cluster.json";
 
-/** Host NAME's (hI's) ports in a local cluster: API at basePort+10*I, replication +1, NBD +2. */
-export function localHostPorts(basePort: number, name: string): { api: number; replication: number; nbd: number } {
+/**
+ * Host NAME's (hI's) ports in a local cluster: API at basePort+10*I, replication +1, NBD +2, and its etcd
+ * member's client and peer ports +3 and +4 (when it runs one).
+ */
+export function localHostPorts(
+  basePort: number,
+  name: string,
+): { api: number; replication: number; nbd: number; etcdClient: number; etcdPeer: number } {
   const api = basePort + 10 * Number(name.slice(1));
-  return { api, replication: api + 1, nbd: api + 2 };
+  return { api, replication: api + 1, nbd: api + 2, etcdClient: api + 3, etcdPeer: api + 4 };
 }
 
 export async function clusterUp(options: LocalClusterOptions): Promise<LocalClusterState> {
@@ -61,42 +105,53 @@ export async function clusterUp(options: LocalClusterOptions): Promise<LocalClus
       "HAVEN_ERR_CONFLICT",
       `a cluster is already running from ${dir}: run 'haven cluster down --dir ${dir}' first`,
     );
+  // A cluster started again keeps its members: their data holds the cluster's state.
+  const memberCount = existing && existing.etcd.length > 0 ? existing.etcd.length : (options.etcdMembers ?? 1);
+  if (!(Number.isInteger(memberCount) && memberCount >= 1 && memberCount <= options.hosts))
+    throw new HavenError(
+      "HAVEN_ERR_USAGE",
+      `etcd members must be 1 to ${options.hosts} (one per host), not ${memberCount}`,
+    );
   mkdirSync(join(dir, "hosts"), { recursive: true });
   const secretFile = join(dir, "secret");
   const tokenFile = join(dir, "token");
   for (const file of [secretFile, tokenFile])
     if (!existsSync(file)) writeFileSync(file, `${randomBytes(24).toString("base64")}\n`, { mode: 0o600 });
 
-  const endpoints = options.etcdEndpoints ?? [`http://127.0.0.1:${options.basePort}`];
+  const members = options.etcdEndpoints !== undefined ? [] : startMembers(dir, options.basePort, memberCount);
+  const endpoints = options.etcdEndpoints ?? members.map((member) => member.endpoint);
   const endpoint = endpoints[0]!;
-  const peer = `http://127.0.0.1:${options.basePort + 1}`;
-  const etcdPid =
-    options.etcdEndpoints !== undefined
-      ? 0
-      : spawnBackground(
-          "etcd",
-          [
-            "--name=haven",
-            `--data-dir=${join(dir, "etcd")}`,
-            `--listen-client-urls=${endpoint}`,
-            `--advertise-client-urls=${endpoint}`,
-            `--listen-peer-urls=${peer}`,
-            `--initial-advertise-peer-urls=${peer}`,
-            `--initial-cluster=haven=${peer}`,
-            "--logger=zap",
-            "--log-outputs=stderr",
-          ],
-          join(dir, "etcd.log"),
-        );
   const etcd = new EtcdClient([...endpoints], { requestTimeoutMs: 2000 });
   const deadline = Date.now() + (options.readyTimeoutMs ?? 30_000);
-  await until(
-    deadline,
-    async () => (await etcd.status().catch(() => undefined)) !== undefined,
-    () => {
-      return `etcd did not answer on ${endpoint} (see ${join(dir, "etcd.log")})`;
-    },
-  );
+  // Ready when every member started here sees a leader (each answers status before that), or, for an
+  // etcd given, when one endpoint answers.
+  const probes = members.length > 0 ? members.map((member) => new EtcdClient([member.endpoint])) : [etcd];
+  try {
+    await until(
+      deadline,
+      async () => {
+        const statuses = await Promise.all(probes.map((probe) => probe.status().catch(() => undefined)));
+        if (!statuses.every((status) => status !== undefined && (members.length === 0 || status.leader !== "0")))
+          return false;
+        if (members.length === 0) return true;
+        // What each agent does first: a lease grant goes through raft, so this needs a working leader.
+        const lease = await etcd.grantLease(2).catch(() => undefined);
+        if (lease !== undefined) await etcd.revokeLease(lease.id).catch(() => undefined);
+        return lease !== undefined;
+      },
+      () => {
+        const dead = members.filter((member) => !alive(member.pid)).map((member) => `${member.name} exited`);
+        return (
+          `etcd did not answer with a leader on ${endpoints.join(", ")}${dead.length > 0 ? ` (${dead.join("; ")})` : ""} ` +
+          `(see ${members.map((member) => member.log).join(", ") || "its log"})`
+        );
+      },
+    );
+  } catch (error) {
+    // Nothing records these members yet: stop them here, or nobody could.
+    await Promise.all(members.map((member) => stopProcess(member.pid, 5_000)));
+    throw error;
+  }
 
   const agents: LocalClusterState["agents"][number][] = [];
   for (let i = 1; i <= options.hosts; i++) {
@@ -126,27 +181,70 @@ export async function clusterUp(options: LocalClusterOptions): Promise<LocalClus
       [join(packageRoot(), "bin", "haven.js"), "agent", "--config", configFile],
       log,
     );
-    agents.push({ name, pid, config: configFile, log });
+    const member = members.find((candidate) => candidate.host === name);
+    agents.push({ name, pid, config: configFile, log, ...(member && { etcdPid: member.pid }) });
   }
-  const state: LocalClusterState = { dir, endpoint, etcdPid, agents };
+  const state: LocalClusterState = { dir, endpoint, endpoints, etcd: members, agents };
   writeFileSync(join(dir, CLUSTER_FILE), `${JSON.stringify(state, null, 2)}\n`);
+  let unregistered = agents;
   await until(
     deadline,
     async () => {
-      const hosts = await etcd.getPrefix(keys.hosts()).catch(() => []);
-      return agents.every((agent) => hosts.some((kv) => kv.key === keys.host(agent.name)));
+      const hosts = await etcd.getPrefix(keys.hosts()).catch(() => undefined);
+      if (hosts !== undefined)
+        unregistered = agents.filter((agent) => !hosts.some((kv) => kv.key === keys.host(agent.name)));
+      return hosts !== undefined && unregistered.length === 0;
     },
     () => {
-      const dead = agents
-        .filter((agent) => !alive(agent.pid))
-        .map((agent) => `${agent.name} exited (see ${agent.log})`);
-      return `not every agent registered in time${dead.length > 0 ? `: ${dead.join("; ")}` : ""}`;
+      const missing = unregistered.map((agent) =>
+        alive(agent.pid)
+          ? `${agent.name}'s log ends: ${lastLine(agent.log)}`
+          : `${agent.name} exited (see ${agent.log}): ${lastLine(agent.log)}`,
+      );
+      return `not every agent registered in time: ${missing.join("; ")}`;
     },
   );
   return state;
 }
 
-/** Stops the agents (each flushes its volumes and gives its lease back), then etcd. */
+/**
+ * etcd's members, started in the background: one ("haven", on basePort and basePort+1, data in DIR/etcd)
+ * or one per host for the first `count` hosts (named after the host, on its ports +3 and +4, data in
+ * its directory), bootstrapped together.
+ */
+function startMembers(dir: string, basePort: number, count: number): LocalEtcdMember[] {
+  const layout =
+    count === 1
+      ? [{ name: "haven", host: undefined, clientPort: basePort, peerPort: basePort + 1, home: dir }]
+      : Array.from({ length: count }, (_, i) => {
+          const host = `h${i + 1}`;
+          const ports = localHostPorts(basePort, host);
+          return {
+            name: host,
+            host,
+            clientPort: ports.etcdClient,
+            peerPort: ports.etcdPeer,
+            home: join(dir, "hosts", host),
+          };
+        });
+  const initialCluster = layout
+    .map((member) => `${member.name}=${etcdMemberUrls(member.clientPort, member.peerPort).peerUrl}`)
+    .join(",");
+  // A token of its own per cluster directory, so members of two local clusters never join each other.
+  const initialClusterToken = `haven-${randomBytes(6).toString("hex")}`;
+  return layout.map((member) => {
+    mkdirSync(member.home, { recursive: true });
+    const dataDir = join(member.home, "etcd");
+    const log = join(member.home, "etcd.log");
+    const flags = { name: member.name, dataDir, clientPort: member.clientPort, peerPort: member.peerPort };
+    const args = etcdArgs(count === 1 ? flags : { ...flags, initialCluster, initialClusterToken });
+    const pid = spawnBackground("etcd", args, log);
+    const { endpoint, peerUrl } = etcdMemberUrls(member.clientPort, member.peerPort);
+    return { name: member.name, ...(member.host && { host: member.host }), pid, endpoint, peerUrl, dataDir, log };
+  });
+}
+
+/** Stops the agents (each flushes its volumes and gives its lease back), then every etcd member, by pid. */
 export async function clusterDown(dir: string, timeoutMs = 20_000): Promise<LocalClusterState> {
   const state = readClusterState(resolve(dir));
   if (state === undefined) throw new HavenError("HAVEN_ERR_NOT_FOUND", `no cluster was started from ${resolve(dir)}`);
@@ -154,7 +252,9 @@ export async function clusterDown(dir: string, timeoutMs = 20_000): Promise<Loca
   const pids = new Set(state.agents.map((agent) => agent.pid));
   for (const pid of agentProcesses(state.agents.map((agent) => agent.config))) pids.add(pid);
   await Promise.all([...pids].map((pid) => stopProcess(pid, timeoutMs)));
-  if (state.etcdPid > 0) await stopProcess(state.etcdPid, timeoutMs); // 0: an etcd cluster up did not start
+  // One member after another: stopped together, each waits for the others on its way out (measured with
+  // three: about 9 s together, 5 s in turn); in turn, each but the last leaves a quorum behind it.
+  for (const member of state.etcd) await stopProcess(member.pid, timeoutMs);
   return state;
 }
 
@@ -181,14 +281,36 @@ function agentProcesses(configs: readonly string[]): number[] {
   return found;
 }
 
+/** The last line of a log file, for an error message. */
+function lastLine(file: string): string {
+  try {
+    return readFileSync(file, "utf8").trimEnd().split("\n").at(-1) ?? "";
+  } catch {
+    return "(no log)";
+  }
+}
+
 export function readClusterState(dir: string): LocalClusterState | undefined {
   const file = join(dir, CLUSTER_FILE);
   if (!existsSync(file)) return undefined;
+  let state: LocalClusterState & { etcdPid?: number };
   try {
-    return JSON.parse(readFileSync(file, "utf8")) as LocalClusterState;
+    state = JSON.parse(readFileSync(file, "utf8")) as LocalClusterState & { etcdPid?: number };
   } catch {
     throw new HavenError("HAVEN_ERR_CONFIG", `${file} is not the JSON 'haven cluster up' writes`);
   }
+  if (state.etcd !== undefined) return state;
+  // Written before clusters had several members: one etcd, its pid on its own (0: not started here).
+  const { etcdPid, ...rest } = state;
+  const single: LocalEtcdMember = {
+    name: "haven",
+    pid: etcdPid ?? 0,
+    endpoint: state.endpoint,
+    peerUrl: "",
+    dataDir: join(dir, "etcd"),
+    log: join(dir, "etcd.log"),
+  };
+  return { ...rest, endpoints: [state.endpoint], etcd: etcdPid ? [single] : [] };
 }
 
 function spawnBackground(command: string, args: string[], logFile: string): number {
@@ -204,6 +326,7 @@ function spawnBackground(command: string, args: string[], logFile: string): numb
 }
 
 export function alive(pid: number): boolean {
+  if (!(Number.isInteger(pid) && pid > 0)) return false; // 0 and below name process groups, not a process
   try {
     process.kill(pid, 0);
     return true;
@@ -213,7 +336,7 @@ export function alive(pid: number): boolean {
 }
 
 async function stopProcess(pid: number, timeoutMs: number): Promise<void> {
-  if (!alive(pid)) return;
+  if (!alive(pid)) return; // also refuses 0 and below, which would signal a whole process group
   process.kill(pid, "SIGTERM");
   const deadline = Date.now() + timeoutMs;
   while (alive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));

@@ -84,11 +84,13 @@ export interface EngineOptions {
    */
   readonly recordCopyState?: (location: string, inSync: boolean, detail: string) => Promise<void>;
   /**
-   * Asked with a fresh clock read before each write, trim, zeroing or flush completes: false means
-   * this host may no longer be primary (its cluster lease could expire elsewhere), and the engine
-   * fences itself instead of acknowledging.
+   * Asked with a fresh clock read before each write, trim, zeroing or flush completes. true: complete
+   * now. false: this host may no longer be primary (its cluster lease could expire elsewhere), so the
+   * engine fences itself instead of acknowledging. A promise: it cannot tell yet (the lease cannot be
+   * proven, but has not expired either), so the completion waits, acknowledged if the promise resolves
+   * true, failed with the engine fenced if false; the gate must settle it within a bound (the lease).
    */
-  readonly mayComplete?: () => boolean;
+  readonly completionGate?: () => boolean | Promise<boolean>;
 }
 
 export const DEFAULT_RESYNC: ResyncSettings = {
@@ -542,7 +544,8 @@ export class VolumeEngine implements BlockDevice, EngineControl {
 
   private async flushVolume(oneAtATime: boolean): Promise<void> {
     await this.flushCopies(oneAtATime);
-    this.checkMayComplete();
+    const gate = this.checkMayComplete();
+    if (gate) await gate;
     this.io.flushes++;
   }
 
@@ -661,7 +664,8 @@ export class VolumeEngine implements BlockDevice, EngineControl {
           wasInSync && results[i]!.status === "fulfilled" && slot.attachment === attachment && slot.state === "in-sync",
       ).length;
       if (appliedInSync === 0) throw this.noCopies(op);
-      this.checkMayComplete();
+      const gate = this.checkMayComplete();
+      if (gate) await gate;
       this.io.writes++;
       this.io.bytesWritten += op === "WRITE" ? length : 0;
       if (!fua) this.scheduleWriteback();
@@ -1184,11 +1188,24 @@ export class VolumeEngine implements BlockDevice, EngineControl {
     this.log(`FENCED: ${reason}; no further I/O completes`);
   }
 
-  /** Before an acknowledgement: the control plane may have withdrawn this host's right to complete. */
-  private checkMayComplete(): void {
-    const gate = this.options.mayComplete;
-    if (gate !== undefined && !gate()) this.fence("this host can no longer prove it holds its cluster lease");
+  /**
+   * Before an acknowledgement: the control plane may have withdrawn this host's right to complete.
+   * Throws if it has; returns a promise only when the gate makes the completion wait (the caller awaits
+   * it), so a held lease costs one synchronous call.
+   */
+  private checkMayComplete(): Promise<void> | undefined {
+    const verdict = this.options.completionGate?.() ?? true;
+    if (typeof verdict === "boolean") return this.applyCompletionGate(verdict);
+    return verdict.then(
+      (mayComplete) => this.applyCompletionGate(mayComplete),
+      () => this.applyCompletionGate(false),
+    );
+  }
+
+  private applyCompletionGate(mayComplete: boolean): undefined {
+    if (!mayComplete) this.fence("this host lost its cluster lease");
     this.checkUsable();
+    return undefined;
   }
 
   /** A copy refusing our epoch means another engine took over: stop completing anything (rule 4). */

@@ -19,14 +19,15 @@ import {
 import { run } from "./server-process.js";
 
 /**
- * A base port for clusterUp with 2 hosts whose ports (base, +1, +10..12, +20..22) are free now, and
- * also +50..52 and +60..62 (for tests that run their own etcd members there).
+ * A base port for clusterUp with up to 3 hosts, each with its etcd member, whose ports (base, +1,
+ * +10..14, +20..24, +30..34) are free now, and also +50..52 and +60..62 (for tests that run their own
+ * etcd members there).
  */
 export async function freeBasePort(): Promise<number> {
   for (;;) {
     const base = 30_000 + 100 * Math.floor(Math.random() * 300);
     const free = await Promise.all(
-      [0, 1, 10, 11, 12, 20, 21, 22, 50, 51, 52, 60, 61, 62].map(
+      [0, 1, 10, 11, 12, 13, 14, 20, 21, 22, 23, 24, 30, 31, 32, 33, 34, 50, 51, 52, 60, 61, 62].map(
         (offset) =>
           new Promise<boolean>((resolve) => {
             const server = createServer();

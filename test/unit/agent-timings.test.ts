@@ -20,6 +20,7 @@ import {
   describeTimings,
   failoverDetectionMs,
   fenceDeadlineMs,
+  leaseLostDeadlineMs,
   type Timings,
 } from "../../src/agent/timings.js";
 
@@ -153,6 +154,8 @@ test("describeTimings summarises the set in one line", () => {
 //   when it ends, and a reply that arrives during one is read when it ends. It completes a write at a
 //   check instant only while local time < fenceDeadlineMs(last successful renew); a write checked at the
 //   very instant a hang begins leaves the process when the hang ends (the gap the watchdog covers).
+//   Writes that waited past the fence deadline (the lease unproven) are checked again whenever a renew's
+//   answer is read: an answer that arrives late, even after the lease expired, must release nothing.
 // - the watchdog: fed by the loop up to the instant a hang begins (the latest it can be), it kills the
 //   agent and its VMs watchdogTimeoutMs (local) after that, plus up to FENCE_LATENESS_MAX_MS.
 // - the VMs: stopped by the loop when the fence deadline passes (or when it next runs), or by the kill.
@@ -228,7 +231,13 @@ function simulate(timings: Timings, scenario: Scenario, fenceFrom: "send" | "rep
     Math.max(...successes.filter((success) => success.readAtMs <= t).map((success) => success.fenceFromLocalMs));
 
   const completionsMs: number[] = [];
-  const checks = [...scenario.checksMs, ...hangs.flatMap((hang) => [hang.start, hang.end])];
+  // Besides the scenario's checks, completions that waited on an unproven lease are released when a
+  // renew's answer is read (lease-keeper.ts), checked against the deadline that answer gives.
+  const checks = [
+    ...scenario.checksMs,
+    ...hangs.flatMap((hang) => [hang.start, hang.end]),
+    ...successes.map((success) => success.readAtMs),
+  ];
   for (const check of checks) {
     if (check >= killedAt || hangAround(check)) continue;
     if (!(local(check) < fenceDeadlineMs(lastRenewAt(check), timings))) continue;
@@ -238,7 +247,7 @@ function simulate(timings: Timings, scenario: Scenario, fenceFrom: "send" | "rep
   }
   const deadlineRealMs = fenceDeadlineMs(lastRenewAt(Infinity), timings) / rate;
   const vmsStoppedMs = Math.min(killedAt, hangAround(deadlineRealMs)?.end ?? deadlineRealMs);
-  return { lastAppliedSendMs, completionsMs, vmsStoppedMs };
+  return { lastAppliedSendMs, completionsMs: completionsMs.sort((a, b) => a - b), vmsStoppedMs };
 }
 
 function unsafeMoments(timings: Timings, outcome: Outcome): string[] {
@@ -373,6 +382,17 @@ test("any accepted timings fence a host strictly before its lease can expire, fo
   );
 });
 
+test("an unproven lease is lost only after the fence, with the watchdog and the clock margin in between", () => {
+  // Completions wait between the two deadlines; rule 2 is what keeps that window open for any accepted set.
+  fc.assert(
+    fc.property(timingsArbitrary.filter(accepted), fc.integer({ min: 0, max: 10 ** 9 }), (t, sentAt) => {
+      const window = leaseLostDeadlineMs(sentAt, t) - fenceDeadlineMs(sentAt, t);
+      assert.ok(window > t.watchdogTimeoutMs + clockDriftMarginMs(t.leaseTtlMs), `window ${window}`);
+    }),
+  );
+  assert.equal(leaseLostDeadlineMs(1_000, DEFAULT_TIMINGS) - fenceDeadlineMs(1_000, DEFAULT_TIMINGS), 2_500);
+});
+
 test("a host whose renews fail at most renewRetries times in a row is never fenced", () => {
   // The renew policy the rule assumes: the next renew is sent renewIntervalMs after the last successful
   // one was sent, and a failed or timed-out attempt (at most renewTimeoutMs) is retried at once.
@@ -459,10 +479,11 @@ test("counting the fence from the renew's reply instead of its send lets a write
     watchdogLatenessMs: 0,
   };
   const fromSend = simulate(DEFAULT_TIMINGS, scenario, "send");
-  assert.deepEqual(fromSend.completionsMs, [4_499]);
+  // 0 and 3.7 s: a write that waited is released when the grant's and the renew's answers are read.
+  assert.deepEqual(fromSend.completionsMs, [0, 3_700, 4_499]);
   assert.deepEqual(unsafeMoments(DEFAULT_TIMINGS, fromSend), []);
   const fromReply = simulate(DEFAULT_TIMINGS, scenario, "reply");
-  assert.deepEqual(fromReply.completionsMs, [4_499, 4_501, 6_999, 7_100]);
+  assert.deepEqual(fromReply.completionsMs, [0, 3_700, 4_499, 4_501, 6_999, 7_100]);
   assert.deepEqual(unsafeMoments(DEFAULT_TIMINGS, fromReply), [
     "a write completed at 7100, lease may expire at 7000",
     "the VMs stopped only at 7200, lease may expire at 7000",
