@@ -267,7 +267,8 @@ async function waitFor(condition: () => boolean, timeoutMs: number, what: string
   }
 }
 
-describe("sim store against a real etcd", { skip: !haveEtcd() && "etcd is not installed", timeout: 120_000 }, () => {
+// The suite takes about 3 s; one still running after 60 s is hung.
+describe("sim store against a real etcd", { skip: !haveEtcd() && "etcd is not installed", timeout: 60_000 }, () => {
   let cluster: TestEtcd | undefined;
   const watches: Watch[] = [];
 
