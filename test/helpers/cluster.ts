@@ -6,7 +6,7 @@ import { closeSync, openSync } from "node:fs";
 import { createServer } from "node:net";
 import { checkTimings, FAST_TIMINGS, type Timings } from "../../src/agent/timings.js";
 import type { EtcdClient } from "../../src/cluster/etcd-client.js";
-import { localHostPorts, type LocalClusterState } from "../../src/cluster/local-cluster.js";
+import { clusterDown, localHostPorts, type LocalClusterState } from "../../src/cluster/local-cluster.js";
 import {
   keys,
   parseEventRecord,
@@ -38,6 +38,15 @@ export async function freeBasePort(): Promise<number> {
     );
     if (free.every(Boolean)) return base;
   }
+}
+
+/**
+ * Stops what `haven cluster up` started from `dir`, for an after hook: also when clusterUp failed
+ * halfway (once it wrote cluster.json), and never throwing, so the hook's other cleanup still runs.
+ * (An etcd clusterUp started before it failed to answer is not in cluster.json: clusterUp leaves it.)
+ */
+export async function stopLocalCluster(dir: string, timeoutMs = 10_000): Promise<void> {
+  await clusterDown(dir, timeoutMs).catch(() => undefined);
 }
 
 /** Polls `probe` until it gives a value (errors count as not yet), or fails naming `what`. */

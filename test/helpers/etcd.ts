@@ -1,5 +1,6 @@
 // A real single-member etcd for one test file: started in a temporary directory with startEtcd (the
-// same code `haven cluster up` will use) and removed with its data when the tests are done.
+// same code `haven cluster up` will use) and removed with its data when the tests are done (stop() in
+// an after hook). One still running when the test process exits is killed then.
 
 import { join } from "node:path";
 import { EtcdClient, type EtcdClientOptions } from "../../src/cluster/etcd-client.js";
@@ -20,6 +21,13 @@ export function haveEtcd(): boolean {
   return haveTool("etcd");
 }
 
+/** The etcd processes started here and not stopped yet. */
+const running = new Set<EtcdProcess>();
+
+process.once("exit", () => {
+  for (const etcd of running) etcd.kill("SIGKILL");
+});
+
 export async function startTestEtcd(prefix = "haven-etcd-"): Promise<TestEtcd> {
   const dir = tempDir(prefix);
   let etcd: EtcdProcess;
@@ -29,12 +37,14 @@ export async function startTestEtcd(prefix = "haven-etcd-"): Promise<TestEtcd> {
     dir.remove();
     throw error;
   }
+  running.add(etcd);
   return {
     etcd,
     endpoint: etcd.endpoint,
     client: (options) => new EtcdClient([etcd.endpoint], options),
     stop: async () => {
       await etcd.stop();
+      running.delete(etcd);
       dir.remove();
     },
   };

@@ -1,5 +1,8 @@
 // Starts `haven nbd serve` as a real child process for integration tests, waits until it listens
-// (by watching its log, never by sleeping), and stops it with a signal.
+// (by watching its log, never by sleeping), and stops it with a signal. Every process started here is
+// tracked until it exits: an after hook calls killStartedProcesses() so that a failed test leaves none
+// running (a child's pipes would keep the test process, and so the run, alive), and a test process
+// that exits anyway (the test script passes --test-force-exit) kills what is left.
 
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -21,8 +24,8 @@ export interface ServerHandle {
   log(): string;
   /** Resolves when the log contains `text` (or rejects after timeoutMs). */
   waitForLog(text: string | RegExp, timeoutMs?: number): Promise<void>;
-  /** Sends a signal and resolves with the exit code. */
-  stop(signal?: NodeJS.Signals): Promise<number | null>;
+  /** Sends a signal and resolves with the exit code (SIGKILL after timeoutMs, 30 s by default). */
+  stop(signal?: NodeJS.Signals, timeoutMs?: number): Promise<number | null>;
 }
 
 export function tempDir(prefix = "haven-test-"): { path: string; remove(): void } {
@@ -38,9 +41,26 @@ export interface HavenProcess {
   log(): string;
   /** Resolves when the log (from character `from` on) contains `text`; rejects on timeout or exit. */
   waitForLog(text: string | RegExp, timeoutMs?: number, from?: number): Promise<void>;
-  /** Sends a signal (SIGTERM by default) and resolves with the exit code. */
-  stop(signal?: NodeJS.Signals): Promise<number | null>;
+  /**
+   * Sends a signal (SIGTERM by default) and resolves with the exit code; a process still running
+   * timeoutMs later (30 s by default) is killed with SIGKILL, so a stop never hangs a test.
+   */
+  stop(signal?: NodeJS.Signals, timeoutMs?: number): Promise<number | null>;
   readonly exited: Promise<number | null>;
+}
+
+const STOP_TIMEOUT_MS = 30_000;
+
+/** The processes spawnHaven started that have not exited yet. */
+const running = new Set<HavenProcess>();
+
+process.once("exit", () => {
+  for (const child of running) child.process.kill("SIGKILL");
+});
+
+/** Kills (SIGKILL, by pid) every process spawnHaven started that still runs; for after hooks. */
+export async function killStartedProcesses(): Promise<void> {
+  await Promise.all([...running].map((child) => child.stop("SIGKILL")));
 }
 
 /** Starts `haven ARGS...` as a child process, collecting its output. */
@@ -84,16 +104,36 @@ export function spawnHaven(args: string[]): HavenProcess {
       });
     });
 
-  return {
+  const handle: HavenProcess = {
     process: child,
     log: () => output,
     waitForLog,
     exited,
-    stop: async (signal: NodeJS.Signals = "SIGTERM") => {
+    stop: async (signal: NodeJS.Signals = "SIGTERM", timeoutMs = STOP_TIMEOUT_MS) => {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      let timer: NodeJS.Timeout | undefined;
+      const lingered = await Promise.race([
+        exited.then(() => false),
+        new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), timeoutMs))),
+      ]);
+      clearTimeout(timer);
+      if (lingered) child.kill("SIGKILL");
       return exited;
     },
   };
+  running.add(handle);
+  void exited.then(() => running.delete(handle));
+  return handle;
+}
+
+/** Waits for `child` to be ready; if it never is, kills it before passing the failure on. */
+export async function readyOrKilled<T>(child: HavenProcess, ready: Promise<T>): Promise<T> {
+  try {
+    return await ready;
+  } catch (error) {
+    await child.stop("SIGKILL");
+    throw error;
+  }
 }
 
 /** Starts a server on an ephemeral TCP port and a unix socket in `dir`. */
@@ -111,8 +151,13 @@ export async function startServer(options: {
   if (options.size !== undefined) args.push("--size", options.size);
   args.push(...(options.extraArgs ?? []));
   const child = spawnHaven(args);
-  await child.waitForLog(/on 127\.0\.0\.1:(\d+)/);
-  await child.waitForLog(socketPath);
+  await readyOrKilled(
+    child,
+    (async () => {
+      await child.waitForLog(/on 127\.0\.0\.1:(\d+)/);
+      await child.waitForLog(socketPath);
+    })(),
+  );
   const port = Number(/on 127\.0\.0\.1:(\d+)/.exec(child.log())![1]);
   return {
     process: child.process,

@@ -4,7 +4,7 @@
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { VolumeStatus } from "../../src/engine/status.js";
-import { spawnHaven, type HavenProcess } from "./server-process.js";
+import { readyOrKilled, spawnHaven, type HavenProcess } from "./server-process.js";
 
 export function writeSecret(dir: string, text = "integration-test-secret-0123456789"): string {
   const path = join(dir, `secret-${text.length}-${text.slice(0, 4)}`);
@@ -28,7 +28,7 @@ export async function startReplicaServer(dir: string, secretFile: string, port =
     "--secret-file",
     secretFile,
   ]);
-  await child.waitForLog(/serving replicas in .* on 127\.0\.0\.1:\d+/);
+  await readyOrKilled(child, child.waitForLog(/serving replicas in .* on 127\.0\.0\.1:\d+/));
   const bound = Number(/on 127\.0\.0\.1:(\d+)/.exec(child.log())![1]);
   return { ...child, port: bound };
 }
@@ -43,7 +43,7 @@ export interface VolumeProcess extends HavenProcess {
 /** Starts `haven volume serve ARGS --api-listen 127.0.0.1:0` and waits for its API. */
 export async function startVolume(args: string[]): Promise<VolumeProcess> {
   const child = spawnHaven(["volume", "serve", ...args, "--api-listen", "127.0.0.1:0"]);
-  await child.waitForLog(/engine API on http:\/\/127\.0\.0\.1:\d+/, 60_000);
+  await readyOrKilled(child, child.waitForLog(/engine API on http:\/\/127\.0\.0\.1:\d+/, 60_000));
   const api = /engine API on http:\/\/(127\.0\.0\.1:\d+)/.exec(child.log())![1]!;
   const status = async (): Promise<VolumeStatus> => {
     const response = await fetch(`http://${api}/v1/status`);

@@ -9,18 +9,27 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { alive, clusterDown, clusterUp, type LocalClusterState } from "../../src/cluster/local-cluster.js";
+import { alive, clusterUp, type LocalClusterState } from "../../src/cluster/local-cluster.js";
 import { EtcdClient } from "../../src/cluster/etcd-client.js";
 import { keys, parseHostHealthRecord } from "../../src/cluster/schema.js";
 import { DISK_PROBE_FILE } from "../../src/agent/health-probes.js";
 import { haveEtcd } from "../helpers/etcd.js";
 import { haveTool, run, tempDir } from "../helpers/server-process.js";
-import { ClusterAgents, createTestVolume, freeBasePort, until, TEST_TIMINGS, VolumeProbe } from "../helpers/cluster.js";
+import {
+  ClusterAgents,
+  createTestVolume,
+  freeBasePort,
+  stopLocalCluster,
+  until,
+  TEST_TIMINGS,
+  VolumeProbe,
+} from "../helpers/cluster.js";
 
 const VOLUME = "failover";
 const skip = !haveEtcd() || !haveTool("fio") ? "needs etcd and fio" : false;
 
-describe("agent failover", { skip }, () => {
+// The suite takes about 50 s; one still running after 5 minutes is hung.
+describe("agent failover", { skip, timeout: 300_000 }, () => {
   const dir = tempDir("haven-failover-");
   const context = join(dir.path, "context.json");
   let cluster: LocalClusterState;
@@ -70,7 +79,7 @@ describe("agent failover", { skip }, () => {
 
   after(async () => {
     agents.killRestarted();
-    if (cluster) await clusterDown(cluster.dir, 10_000).catch(() => undefined);
+    await stopLocalCluster(join(dir.path, "cluster"));
     dir.remove();
   });
 

@@ -1,12 +1,27 @@
 // `haven nbd serve` as an operator runs it: wrong arguments and dangerous requests get a clear message
 // and a non-zero exit without touching data; a good command serves until SIGTERM and exits 0.
 
-import { test } from "node:test";
+import { after } from "node:test";
 import assert from "node:assert/strict";
+import type { ChildProcessWithoutNullStreams } from "node:child_process";
 import { createServer } from "node:net";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { HAVEN_BIN, run, startServer, tempDir } from "../helpers/server-process.js";
+import {
+  HAVEN_BIN,
+  killStartedProcesses,
+  run,
+  startServer,
+  tempDir,
+  type ServerHandle,
+} from "../helpers/server-process.js";
+import { boundedTest } from "../helpers/bounded-test.js";
+
+/** The longest test here takes about 10 s (the usage errors: one process each); past this bound it is hung. */
+const test = boundedTest(120_000);
+
+// A server a failed test left running is stopped here, or it would keep the run alive.
+after(() => killStartedProcesses());
 
 const haven = (...args: string[]) => run(process.execPath, [HAVEN_BIN, ...args], { timeoutMs: 30_000 });
 
@@ -60,6 +75,8 @@ test("replica serve serves an authenticated engine and exits 0 on SIGTERM", asyn
   const { spawn } = await import("node:child_process");
   const { ReplicaClient } = await import("../../src/replica/replica-client.js");
   const { FrameType } = await import("../../src/replica/protocol/constants.js");
+  let started: ChildProcessWithoutNullStreams | undefined;
+  let client: Awaited<ReturnType<typeof ReplicaClient.connect>> | undefined;
   try {
     writeFileSync(join(dir.path, "secret"), "a cluster secret of some length\n", { mode: 0o600 });
     const child = spawn(process.execPath, [
@@ -73,6 +90,7 @@ test("replica serve serves an authenticated engine and exits 0 on SIGTERM", asyn
       "--secret-file",
       join(dir.path, "secret"),
     ]);
+    started = child;
     let log = "";
     const listening = new Promise<number>((resolve, reject) => {
       child.stderr.on("data", (chunk: Buffer) => {
@@ -83,7 +101,7 @@ test("replica serve serves an authenticated engine and exits 0 on SIGTERM", asyn
       child.once("exit", () => reject(new Error(`exited early: ${log}`)));
     });
     const port = await listening;
-    const client = await ReplicaClient.connect("127.0.0.1", port, Buffer.from("a cluster secret of some length"));
+    client = await ReplicaClient.connect("127.0.0.1", port, Buffer.from("a cluster secret of some length"));
     await client.openReplica("00000000000000c1", {
       volumeId: "00000000000000c1",
       sizeBytes: 1024 * 1024,
@@ -103,6 +121,13 @@ test("replica serve serves an authenticated engine and exits 0 on SIGTERM", asyn
         .every((b) => b === 0x33),
     );
   } finally {
+    client?.close();
+    // A server left running by a failure is killed by its pid.
+    if (started !== undefined && started.exitCode === null && started.signalCode === null) {
+      const gone = new Promise((resolve) => started!.once("exit", resolve));
+      started.kill("SIGKILL");
+      await gone;
+    }
     dir.remove();
   }
 });
@@ -139,16 +164,18 @@ test("a port or socket already in use is reported, not stolen", async () => {
   const blocker = createServer();
   await new Promise<void>((resolve) => blocker.listen(0, "127.0.0.1", resolve));
   const port = (blocker.address() as { port: number }).port;
+  let first: ServerHandle | undefined;
   try {
     const busy = await haven("nbd", "serve", join(dir.path, "a.img"), "--size", "1M", "--listen", `127.0.0.1:${port}`);
     assert.equal(busy.code, 2);
     assert.match(busy.stderr, /cannot listen on 127\.0\.0\.1:\d+: .*EADDRINUSE/);
-    const first = await startServer({ dir: dir.path, size: "1M" });
+    first = await startServer({ dir: dir.path, size: "1M" });
     const second = await haven("nbd", "serve", first.file, "--socket", first.socketPath);
     assert.equal(second.code, 2);
     assert.match(second.stderr, /in use by another running server/);
     assert.equal(await first.stop(), 0);
   } finally {
+    await first?.stop("SIGKILL");
     blocker.close();
     dir.remove();
   }
@@ -156,8 +183,9 @@ test("a port or socket already in use is reported, not stolen", async () => {
 
 test("the server logs each connection and exits 0 on SIGTERM", async () => {
   const dir = tempDir();
+  let server: ServerHandle | undefined;
   try {
-    const server = await startServer({ dir: dir.path, size: "4M" });
+    server = await startServer({ dir: dir.path, size: "4M" });
     const { code } = await run("nbdinfo", ["--size", server.uri]);
     assert.equal(code, 0);
     await server.waitForLog(/closed: client sent DISC/);
@@ -166,6 +194,7 @@ test("the server logs each connection and exits 0 on SIGTERM", async () => {
     assert.match(server.log(), /SIGTERM: finishing in-flight requests/);
     assert.match(server.log(), /stopped cleanly/);
   } finally {
+    await server?.stop("SIGKILL");
     dir.remove();
   }
 });

@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { createServer, type AddressInfo, type Server } from "node:net";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import type { EtcdClient } from "../../src/cluster/etcd-client.js";
+import type { EtcdClient, Watch } from "../../src/cluster/etcd-client.js";
 import {
   eventSequence,
   keys,
@@ -20,7 +20,7 @@ import {
   type HostRecord,
 } from "../../src/cluster/schema.js";
 import { haveEtcd, startTestEtcd, type TestEtcd } from "../helpers/etcd.js";
-import { HAVEN_BIN, run, spawnHaven, tempDir } from "../helpers/server-process.js";
+import { HAVEN_BIN, killStartedProcesses, run, spawnHaven, tempDir } from "../helpers/server-process.js";
 
 const GiB = 1024 ** 3;
 
@@ -72,7 +72,10 @@ async function eventRecords(): Promise<EventRecord[]> {
   return (await client.getPrefix(keys.events())).map((kv) => JSON.parse(kv.value) as EventRecord);
 }
 
-describe("cluster commands against a real etcd", { skip: !haveEtcd() && "etcd is not installed" }, () => {
+const skip = !haveEtcd() && "etcd is not installed";
+
+// The suite takes about 50 s (a process per command); one still running after 5 minutes is hung.
+describe("cluster commands against a real etcd", { skip, timeout: 300_000 }, () => {
   before(async () => {
     configHome = tempDir("haven-cli-config-");
     nbd = createServer((socket) => socket.destroy());
@@ -89,6 +92,7 @@ describe("cluster commands against a real etcd", { skip: !haveEtcd() && "etcd is
   });
 
   after(async () => {
+    await killStartedProcesses();
     await etcd?.stop();
     nbd?.close();
     configHome?.remove();
@@ -347,10 +351,11 @@ describe("cluster commands against a real etcd", { skip: !haveEtcd() && "etcd is
 
   test("create waits until the primary reports the volume served and its NBD URI answers", async () => {
     // The test plays the primary's agent: once the volume appears, it reports serving it.
+    let watch: Watch | undefined;
     const reported = new Promise<void>((resolve, reject) => {
-      const watch = client.watchPrefix(keys.volume("served"), {}, (event) => {
+      watch = client.watchPrefix(keys.volume("served"), {}, (event) => {
         if (event.type !== "PUT") return;
-        watch.cancel();
+        watch?.cancel();
         putEvent({
           time: new Date().toISOString(),
           host: "node3",
@@ -362,10 +367,15 @@ describe("cluster commands against a real etcd", { skip: !haveEtcd() && "etcd is
       watch.ready.catch(reject);
     });
     const create = spawnHaven(["volume", "create", "served", "--size", "1G", "--etcd", etcd.endpoint]);
-    await reported;
-    assert.equal(await create.exited, 0, create.log());
-    assert.match(create.log(), /volume served created; waiting up to 30 s for node\d to serve it/);
-    assert.match(create.log(), new RegExp(`^nbd {9}nbd://127\\.0\\.0\\.1:${nbdPort}/served$`, "m"));
+    try {
+      await reported;
+      assert.equal(await create.exited, 0, create.log());
+      assert.match(create.log(), /volume served created; waiting up to 30 s for node\d to serve it/);
+      assert.match(create.log(), new RegExp(`^nbd {9}nbd://127\\.0\\.0\\.1:${nbdPort}/served$`, "m"));
+    } finally {
+      watch?.cancel();
+      await create.stop("SIGKILL");
+    }
   });
 
   test("create that is not served in time fails with what is missing; an older serving event does not count", async () => {

@@ -2,7 +2,6 @@
 // seen, and an engine refused that way fences itself: nothing it does completes any more. And two
 // processes can never open the same local copy at once.
 
-import { test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { VolumeEngine } from "../../src/engine/engine.js";
@@ -10,6 +9,10 @@ import { replicaOpener } from "../../src/replica/open-replica.js";
 import { ReplicaServer } from "../../src/replica/replica-server.js";
 import { LocalReplicaPort } from "../../src/replica/local-port.js";
 import { tempDir } from "../helpers/server-process.js";
+import { boundedTest } from "../helpers/bounded-test.js";
+
+/** Each test here takes under half a second; one still running after this bound is hung, not slow. */
+const test = boundedTest(30_000);
 
 const SECRET = Buffer.from("fencing-test-secret-0123456789");
 const MiB = 1024 * 1024;
@@ -20,8 +23,10 @@ test("rule 4: a deposed engine's writes are refused by the copies, and it fences
   const address = await server.listen("127.0.0.1", 0);
   const opener = replicaOpener({ secret: SECRET, requestTimeoutMs: 5000, connectTimeoutMs: 2000 });
   const logs: string[] = [];
-  const make = (epoch?: number): VolumeEngine =>
-    new VolumeEngine({
+  /** Every engine made, stopped in the end whatever happened (an engine left running retries its copies). */
+  const engines: VolumeEngine[] = [];
+  const make = (epoch?: number): VolumeEngine => {
+    const engine = new VolumeEngine({
       name: "vol",
       locations: [`tcp://${address}`],
       opener,
@@ -29,6 +34,9 @@ test("rule 4: a deposed engine's writes are refused by the copies, and it fences
       ...(epoch !== undefined && { epoch }),
       log: (line) => logs.push(line),
     });
+    engines.push(engine);
+    return engine;
+  };
   try {
     const old = make();
     await old.start();
@@ -49,6 +57,7 @@ test("rule 4: a deposed engine's writes are refused by the copies, and it fences
     await old.stop();
     await successor.stop();
   } finally {
+    await Promise.allSettled(engines.map((engine) => engine.stop()));
     await server.stop();
     dir.remove();
   }

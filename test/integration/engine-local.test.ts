@@ -1,7 +1,6 @@
 // The engine over real local copies (directories with raw data files), in process, with copies made
 // to fail on cue: each data-safety rule of DESIGN.md checked on the files themselves.
 
-import { test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { openSync, readFileSync, writeSync, closeSync } from "node:fs";
@@ -10,6 +9,10 @@ import { VolumeEngine, type EngineOptions } from "../../src/engine/engine.js";
 import type { VolumeStatus } from "../../src/engine/status.js";
 import { Switchboard } from "../helpers/fault-port.js";
 import { tempDir } from "../helpers/server-process.js";
+import { boundedTest } from "../helpers/bounded-test.js";
+
+/** The longest test here takes about 2 s; one still running after this bound is hung, not slow. */
+const test = boundedTest(30_000);
 
 const MiB = 1024 * 1024;
 const NAME = "vol";
@@ -20,18 +23,20 @@ function setup(copies = 2): {
   logs: string[];
   engine(options?: Partial<EngineOptions>): VolumeEngine;
   dataOf(dir: string): Buffer;
-  remove(): void;
+  /** Stops every engine made (one left running would retry its copies forever), then removes the copies. */
+  remove(): Promise<void>;
 } {
   const root = tempDir("haven-engine-");
   const dirs = Array.from({ length: copies }, (_, i) => join(root.path, `copy${i}`));
   const board = new Switchboard();
   const logs: string[] = [];
+  const engines: VolumeEngine[] = [];
   return {
     dirs,
     board,
     logs,
-    engine: (options = {}) =>
-      new VolumeEngine({
+    engine: (options = {}) => {
+      const engine = new VolumeEngine({
         name: NAME,
         locations: dirs,
         opener: board.opener,
@@ -40,9 +45,15 @@ function setup(copies = 2): {
         startupWaitMs: 200,
         log: (line) => logs.push(line),
         ...options,
-      }),
+      });
+      engines.push(engine);
+      return engine;
+    },
     dataOf: (dir) => readFileSync(join(dir, NAME, "data.raw")),
-    remove: () => root.remove(),
+    remove: async () => {
+      await Promise.allSettled(engines.map((engine) => engine.stop()));
+      root.remove();
+    },
   };
 }
 
@@ -76,7 +87,7 @@ test("rule 1: a completed write is on every in-sync copy's data file", async () 
       );
     await engine.stop();
   } finally {
-    t.remove();
+    await t.remove();
   }
 });
 
@@ -107,7 +118,7 @@ test("rule 2: a failing copy leaves the in-sync set before the write completes, 
     await engine.stop();
     assert.ok(t.dataOf(t.dirs[0]!).equals(t.dataOf(t.dirs[1]!)), "copies identical after the resync");
   } finally {
-    t.remove();
+    await t.remove();
   }
 });
 
@@ -126,7 +137,7 @@ test("rule 2: with no in-sync copy left, I/O fails with EIO rather than lying; t
     assert.ok((await readBack(engine, 0, 4096)).equals(Buffer.alloc(4096, 7)));
     await engine.stop();
   } finally {
-    t.remove();
+    await t.remove();
   }
 });
 
@@ -160,7 +171,7 @@ test("rule 5: copies that took writes apart are refused at start, and --survivor
     assert.equal(survivor[2 * MiB], 0xbb, "the survivor's writes stay");
     assert.equal(survivor[MiB], 0, "the loser's writes are gone, by the operator's choice");
   } finally {
-    t.remove();
+    await t.remove();
   }
 });
 
@@ -202,7 +213,7 @@ test("rule 5: a copy that comes back diverged is reported as split brain with si
     assert.ok(t.dataOf(t.dirs[0]!).equals(t.dataOf(t.dirs[1]!)));
     assert.equal(t.dataOf(t.dirs[1]!)[4 * MiB], 0, "the loser's writes were discarded, as the operator chose");
   } finally {
-    t.remove();
+    await t.remove();
   }
 });
 
@@ -228,7 +239,7 @@ test("verify finds a region that differs on disk, and repair copies it from the 
     await engine.stop();
     assert.ok(t.dataOf(t.dirs[0]!).equals(t.dataOf(t.dirs[1]!)));
   } finally {
-    t.remove();
+    await t.remove();
   }
 });
 
@@ -258,7 +269,7 @@ test("a foreign copy (another volume) is refused and never written; a new copy i
     await assert.rejects(engine.start(), /belong to different volumes/);
     assert.equal(t.dataOf(t.dirs[1]!)[0], 0xee, "the foreign copy is untouched");
   } finally {
-    t.remove();
+    await t.remove();
   }
 });
 
@@ -286,6 +297,6 @@ test("a copy missing at start is created and rebuilt only with --degraded-start,
     await engine.stop();
     assert.ok(t.dataOf(t.dirs[0]!).equals(t.dataOf(t.dirs[1]!)));
   } finally {
-    t.remove();
+    await t.remove();
   }
 });

@@ -5,11 +5,12 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { bootGuest, ensureGuest, scenarioResult } from "../helpers/guest.js";
-import { haveTool, startServer, tempDir } from "../helpers/server-process.js";
+import { haveTool, startServer, tempDir, type ServerHandle } from "../helpers/server-process.js";
 
+// Two boots under TCG: about 55 s in all, each boot bounded by 120 s; past 5 minutes the test is hung.
 test(
   "a QEMU guest makes a file system on a Haven export and reads it back after a restart",
-  { timeout: 600_000 },
+  { timeout: 300_000 },
   async (t) => {
     if (!haveTool("qemu-system-x86_64")) {
       t.skip("qemu-system-x86_64 is not installed");
@@ -17,8 +18,10 @@ test(
     }
     await ensureGuest();
     const dir = tempDir("haven-guest-");
+    const servers: ServerHandle[] = [];
     try {
       const first = await startServer({ dir: dir.path, size: "64M", name: "vda" });
+      servers.push(first);
       const written = await bootGuest({ nbdSocket: first.socketPath, exportName: "vda", scenario: "format-write" });
       const formatResult = scenarioResult(written.markers, "format-write");
       assert.ok(
@@ -29,6 +32,7 @@ test(
       assert.match(first.log(), /stopped cleanly/);
 
       const second = await startServer({ dir: dir.path, file: first.file, name: "vda" });
+      servers.push(second);
       const verified = await bootGuest({ nbdSocket: second.socketPath, exportName: "vda", scenario: "read-verify" });
       const verifyResult = scenarioResult(verified.markers, "read-verify");
       assert.ok(
@@ -43,6 +47,8 @@ test(
         "the guest sent no request the server refused",
       );
     } finally {
+      // A server a failure left running (stop resolves at once for one that exited).
+      await Promise.all(servers.map((server) => server.stop("SIGKILL")));
       dir.remove();
     }
   },

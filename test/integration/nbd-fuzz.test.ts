@@ -17,7 +17,8 @@ import { tempDir } from "../helpers/server-process.js";
 const SIZE = 8 * 1024 * 1024;
 const MARKER_OFFSET = SIZE - 65536;
 
-describe("NBD fuzzing", () => {
+// The suite takes about 4 s; one still running after 60 s is hung.
+describe("NBD fuzzing", { timeout: 60_000 }, () => {
   const dir = tempDir();
   let device: FileDevice;
   let server: NbdServer;

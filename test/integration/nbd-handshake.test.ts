@@ -20,7 +20,8 @@ import { tempDir } from "../helpers/server-process.js";
 
 const SIZE = 16 * 1024 * 1024;
 
-describe("NBD handshake", () => {
+// The suite takes about 4 s; one still running after 60 s is hung.
+describe("NBD handshake", { timeout: 60_000 }, () => {
   const dir = tempDir();
   const logs: string[] = [];
   let server: NbdServer;

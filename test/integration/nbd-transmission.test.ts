@@ -17,7 +17,8 @@ import { tempDir } from "../helpers/server-process.js";
 const SIZE = 32 * 1024 * 1024;
 const MiB = 1024 * 1024;
 
-describe("NBD transmission", () => {
+// The suite takes about 10 s; one still running after 2 minutes is hung.
+describe("NBD transmission", { timeout: 120_000 }, () => {
   const dir = tempDir();
   const logs: string[] = [];
   const file = join(dir.path, "disk.img");
@@ -396,34 +397,41 @@ describe("NBD transmission", () => {
   });
 });
 
-describe("NBD shutdown", () => {
+// The suite takes well under a second; one still running after 30 s is hung.
+describe("NBD shutdown", { timeout: 30_000 }, () => {
   test("stopping the server answers new requests with ESHUTDOWN, finishes in-flight ones and closes", async () => {
     const dir = tempDir();
     const file = await FileDevice.open(join(dir.path, "d.img"), { createSizeBytes: 8 * MiB });
     const device = new FaultDevice(file);
     const server = new NbdServer({ exports: [{ name: "d", description: "", device }], log: () => undefined });
-    const port = Number((await server.listen({ kind: "tcp", host: "127.0.0.1", port: 0 })).split(":")[1]);
-    const c = await RawNbdClient.connect({ port });
-    await c.handshake();
-    device.inject({ kinds: ["write"], hold: true });
-    c.request(Command.WRITE, { offset: 0, payload: Buffer.alloc(MiB, 1), cookie: 1n });
-    await waitFor(() => device.heldCount === 1);
-    const stopping = server.stop();
-    c.request(Command.READ, { offset: 0, length: 4096, cookie: 2n });
-    const refused = await c.readReply();
-    assert.deepEqual([refused?.simple?.cookie, refused?.simple?.error], [2n, NbdErrno.ESHUTDOWN]);
-    device.heal();
-    const completed = await c.readReply();
-    assert.deepEqual([completed?.simple?.cookie, completed?.simple?.error], [1n, 0], "the in-flight write completed");
-    assert.ok(await c.waitForClose(), "the server closed the connection once idle");
-    await stopping;
-    assert.ok(
-      readFileSync(join(dir.path, "d.img"))
-        .subarray(0, MiB)
-        .every((byte) => byte === 1),
-    );
-    await device.close();
-    dir.remove();
+    try {
+      const port = Number((await server.listen({ kind: "tcp", host: "127.0.0.1", port: 0 })).split(":")[1]);
+      const c = await RawNbdClient.connect({ port });
+      await c.handshake();
+      device.inject({ kinds: ["write"], hold: true });
+      c.request(Command.WRITE, { offset: 0, payload: Buffer.alloc(MiB, 1), cookie: 1n });
+      await waitFor(() => device.heldCount === 1);
+      const stopping = server.stop();
+      c.request(Command.READ, { offset: 0, length: 4096, cookie: 2n });
+      const refused = await c.readReply();
+      assert.deepEqual([refused?.simple?.cookie, refused?.simple?.error], [2n, NbdErrno.ESHUTDOWN]);
+      device.heal();
+      const completed = await c.readReply();
+      assert.deepEqual([completed?.simple?.cookie, completed?.simple?.error], [1n, 0], "the in-flight write completed");
+      assert.ok(await c.waitForClose(), "the server closed the connection once idle");
+      await stopping;
+      assert.ok(
+        readFileSync(join(dir.path, "d.img"))
+          .subarray(0, MiB)
+          .every((byte) => byte === 1),
+      );
+    } finally {
+      // After a failure too: the held write released, the server stopped (it drops what is left).
+      device.heal();
+      await server.stop();
+      await device.close();
+      dir.remove();
+    }
   });
 });
 

@@ -182,9 +182,8 @@ async function connectionsClosedSince(
   return closedConnections(server.log().slice(mark));
 }
 
-/** A success-path server must not have refused, failed or dropped anything. */
-function assertNoServerErrors(server: ServerHandle): void {
-  const log = server.log();
+/** A success-path server must not have refused, failed or dropped anything (in `log`, all it logged by default). */
+function assertNoServerErrors(server: ServerHandle, log = server.log()): void {
   assert.doesNotMatch(log, / refused: | failed: |dropping connection/, `the server reported errors:\n${log}`);
   for (const connection of closedConnections(log)) {
     assert.equal(connection.errors, 0, `connection ${connection.id} had errors; log:\n${log}`);
@@ -196,6 +195,24 @@ async function stopCleanly(server: ServerHandle | undefined): Promise<void> {
   if (server === undefined) return;
   const code = await server.stop();
   assert.equal(code, 0, `server exited with ${code}; log:\n${server.log()}`);
+}
+
+/**
+ * A describe block's teardown: stops every server (each one, whatever the checks find), checks the
+ * error-free ones logged no error while the tests ran and that all shut down cleanly, and removes the
+ * directories last.
+ */
+async function stopAndCheck(
+  servers: { server: ServerHandle | undefined; errorFree: boolean }[],
+  dirs: { remove(): void }[],
+): Promise<void> {
+  const logs = servers.map(({ server }) => server?.log());
+  const stops = await Promise.allSettled(servers.map(({ server }) => stopCleanly(server)));
+  for (const dir of dirs) dir.remove();
+  servers.forEach(({ server, errorFree }, index) => {
+    if (server !== undefined && errorFree) assertNoServerErrors(server, logs[index]);
+  });
+  for (const stop of stops) if (stop.status === "rejected") throw stop.reason;
 }
 
 /** Offset of the first differing byte, or -1 when equal (lengths must match too). */
@@ -340,14 +357,7 @@ function serveForSuite(prefix: string, size: string): () => ServerHandle {
   before(async () => {
     server = await startServer({ dir: dir.path, size });
   });
-  after(async () => {
-    try {
-      if (server !== undefined) assertNoServerErrors(server);
-      await stopCleanly(server);
-    } finally {
-      dir.remove();
-    }
-  });
+  after(() => stopAndCheck([{ server, errorFree: true }], [dir]));
   return () => server!;
 }
 
@@ -373,16 +383,15 @@ describe("nbdinfo", () => {
       extraArgs: ["--read-only"],
     });
   });
-  after(async () => {
-    try {
-      if (server !== undefined) assertNoServerErrors(server);
-      await stopCleanly(server);
-      await stopCleanly(readOnly);
-    } finally {
-      dir.remove();
-      readOnlyDir.remove();
-    }
-  });
+  after(() =>
+    stopAndCheck(
+      [
+        { server, errorFree: true },
+        { server: readOnly, errorFree: false },
+      ],
+      [dir, readOnlyDir],
+    ),
+  );
 
   test("nbdinfo reports exactly the sizes, flags and contexts the server offers", async (t) => {
     if (!needs(t, "nbdinfo")) return;
@@ -534,14 +543,7 @@ describe("qemu-img", () => {
     // 48 MiB of random data followed by a 16 MiB sparse tail: the same size as the export.
     writeSparseFile(source, 64 * MiB, new Map([[0, randomBytes(48 * MiB)]]));
   });
-  after(async () => {
-    try {
-      if (server !== undefined) assertNoServerErrors(server);
-      await stopCleanly(server);
-    } finally {
-      dir.remove();
-    }
-  });
+  after(() => stopAndCheck([{ server, errorFree: true }], [dir]));
 
   test("qemu-img convert copies 48 MiB of random data in; compare and a convert back out find identical bytes", async (t) => {
     if (!needs(t, "qemu-img", "qemu-io")) return;
@@ -684,14 +686,7 @@ describe("nbdcopy", () => {
     writeSparseFile(imageA, size, islandsA);
     writeSparseFile(imageB, size, islandsB);
   });
-  after(async () => {
-    try {
-      if (server !== undefined) assertNoServerErrors(server);
-      await stopCleanly(server);
-    } finally {
-      dir.remove();
-    }
-  });
+  after(() => stopAndCheck([{ server, errorFree: true }], [dir]));
 
   test("nbdcopy over 4 connections with 16 requests each copies data in and out byte-exactly", async (t) => {
     if (!needs(t, "nbdcopy", "nbdinfo")) return;
@@ -926,15 +921,15 @@ describe("nbdsh", () => {
       extraArgs: ["--read-only"],
     });
   });
-  after(async () => {
-    try {
-      await stopCleanly(server);
-      await stopCleanly(readOnly);
-    } finally {
-      dir.remove();
-      readOnlyDir.remove();
-    }
-  });
+  after(() =>
+    stopAndCheck(
+      [
+        { server, errorFree: false },
+        { server: readOnly, errorFree: false },
+      ],
+      [dir, readOnlyDir],
+    ),
+  );
 
   test("a write on one connection is visible on another, and FLUSH works on both (multi-conn)", async (t) => {
     const python = await needsNbdsh(t);

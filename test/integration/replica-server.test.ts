@@ -36,7 +36,8 @@ const create = (volumeId: string, sizeBytes = 4 * MiB): CreateOptions => ({ volu
 const GEN_A = "0123456789abcdef";
 const GEN_B = "fedcba9876543210";
 
-describe("replica server", () => {
+// The suite takes about 3 s; one still running after 60 s is hung.
+describe("replica server", { timeout: 60_000 }, () => {
   const dir = tempDir("haven-replica-server-");
   const logs: string[] = [];
   const logWaiters = new Set<() => void>();

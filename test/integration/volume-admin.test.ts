@@ -33,7 +33,10 @@ class InterferingClient extends EtcdClient {
   }
 }
 
-describe("volume creation against a real etcd", { skip: !haveEtcd() && "etcd is not installed" }, () => {
+const skip = !haveEtcd() && "etcd is not installed";
+
+// The suite takes about 2 s; one still running after 60 s is hung.
+describe("volume creation against a real etcd", { skip, timeout: 60_000 }, () => {
   let etcd: TestEtcd;
   let client: EtcdClient;
 

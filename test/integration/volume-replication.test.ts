@@ -10,7 +10,7 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { Command as NbdCommand } from "../../src/nbd/constants.js";
 import { RawNbdClient } from "../helpers/raw-nbd-client.js";
-import { haveTool, run, spawnHaven, tempDir } from "../helpers/server-process.js";
+import { haveTool, killStartedProcesses, run, spawnHaven, tempDir } from "../helpers/server-process.js";
 import { TcpProxy } from "../helpers/tcp-proxy.js";
 import {
   replicaState,
@@ -24,6 +24,7 @@ import {
 const MiB = 1024 * 1024;
 const VOLUME = "vol1";
 
+// The suite takes about 50 s; one still running after 5 minutes is hung.
 describe("replicated volume under failures (real processes)", { timeout: 300_000 }, () => {
   const dir = tempDir("haven-volume-");
   const localDir = join(dir.path, "local");
@@ -67,6 +68,7 @@ describe("replicated volume under failures (real processes)", { timeout: 300_000
   after(async () => {
     await engine?.stop("SIGKILL");
     await server?.stop("SIGKILL");
+    await killStartedProcesses(); // the engines and servers a failed test left, the refused ones too
     await proxy?.stop();
     dir.remove();
   });

@@ -429,6 +429,18 @@ describe("sim store: watches", () => {
       [4, 5, 6],
     );
     resumed.cancel();
+    const ahead = recorder();
+    const future = a.watchPrefix("c/", { startRevision: w.store.revision + 2 }, ahead.onEvent);
+    await w.run(future.ready);
+    await w.run(a.put("c/k", "not yet"));
+    await w.run(a.put("c/k", "from here"));
+    await w.driver.runFor(100);
+    assert.deepEqual(
+      ahead.events.map((event) => event.type === "PUT" && event.value),
+      ["from here"],
+      "a start revision ahead of the store's holds back the changes before it",
+    );
+    future.cancel();
   });
 });
 

@@ -632,7 +632,9 @@ export class SimStore {
     if (events.length === 0) return;
     const revision = this.keyspace.revision;
     for (const watch of this.watchers) {
-      const seen = events.filter((event) => event.key.startsWith(watch.prefix));
+      const seen = events.filter(
+        (event) => event.key.startsWith(watch.prefix) && event.modRevision >= watch.fromRevision,
+      );
       if (seen.length > 0) this.sendToWatch(watch, { type: "events", revision, events: seen });
     }
   }
@@ -734,6 +736,8 @@ type WatchMessage =
 class SimWatch implements Watch {
   readonly ready: Promise<void>;
   readonly label: string;
+  /** The first revision it reports (its start revision, which may lie ahead of the store's). */
+  readonly fromRevision: number;
   lastDeliveryAtMs = 0;
   private state: "creating" | "watching" | "ended" = "creating";
   /** Cut off from the store: nothing more is delivered, the end is on its way. */
@@ -752,6 +756,7 @@ class SimWatch implements Watch {
     private readonly onEvent: (event: WatchEvent) => void,
   ) {
     this.label = `${client.host.name}#${id} ${what}`;
+    this.fromRevision = options.startRevision ?? 0;
     this.ready = new Promise<void>((resolve, reject) => {
       this.settleReady = (error) => (error === undefined ? resolve() : reject(error));
     });

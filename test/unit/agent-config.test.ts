@@ -2,7 +2,6 @@
 // back to a file that parses to the same config; every kind of bad input is refused with a message that
 // names the file, the JSON path and what to do; loading checks that the named files and disks exist.
 
-import { test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtemp, mkdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -18,6 +17,10 @@ import {
 } from "../../src/agent/config.js";
 import { DEFAULT_TIMINGS, FAST_TIMINGS, TIMING_NAMES } from "../../src/agent/timings.js";
 import { DEFAULT_EVENT_RETENTION } from "../../src/cluster/event-retention.js";
+import { boundedTest } from "../helpers/bounded-test.js";
+
+/** Every test here takes well under a second; one still running after this bound is hung, not slow. */
+const test = boundedTest(10_000);
 
 type Json = Record<string, unknown>;
 

@@ -2,10 +2,13 @@
 // a copy not recorded in sync is never promoted, nothing is served without the lease, a deposed
 // primary stops, and promotion waits out the grace period with an epoch above the record's.
 
-import { test } from "node:test";
 import assert from "node:assert/strict";
 import { decide, type HostView, type VolumeView } from "../../src/agent/decide.js";
 import type { ReplicaRecord } from "../../src/cluster/schema.js";
+import { boundedTest } from "../helpers/bounded-test.js";
+
+/** Every test here takes well under a second; one still running after this bound is hung, not slow. */
+const test = boundedTest(10_000);
 
 const record = (state: ReplicaRecord["state"], detail: string = state): ReplicaRecord => ({
   state,

@@ -4,7 +4,6 @@
 // no write, and has stopped its VMs, strictly before T + leaseTtlMs, whatever its renews, its clock
 // rate, its event-loop stalls and the watchdog's lateness.
 
-import { test } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { HavenError } from "../../src/core/errors.js";
@@ -23,6 +22,10 @@ import {
   leaseLostDeadlineMs,
   type Timings,
 } from "../../src/agent/timings.js";
+import { boundedTest } from "../helpers/bounded-test.js";
+
+/** The longest test here (random schedules) takes about 2 s; one still running after this bound is hung, not slow. */
+const test = boundedTest(30_000);
 
 function refusal(timings: Partial<Record<keyof Timings, unknown>>, source?: string): string {
   try {

@@ -1,10 +1,13 @@
 // The receive queue under any split of the byte stream: taking runs (copied or as slices) always
 // yields exactly the bytes that were pushed, in order.
 
-import { test } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { ChunkQueue } from "../../src/util/chunk-queue.js";
+import { boundedTest } from "../helpers/bounded-test.js";
+
+/** Every test here takes well under a second; one still running after this bound is hung, not slow. */
+const test = boundedTest(10_000);
 
 test("takes return the pushed bytes in order, however the stream was chunked", () => {
   fc.assert(

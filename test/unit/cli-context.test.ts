@@ -2,13 +2,16 @@
 // HAVEN_CONTEXT beats the XDG default; a missing default file means "no cluster configured" (naming
 // every way to configure one), while a named file that is missing or malformed is an error naming it.
 
-import { test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { defaultContextPath, resolveCluster, writeContext } from "../../src/cli/context.js";
 import { tempDir } from "../helpers/server-process.js";
 import { failsWith } from "../helpers/errors.js";
+import { boundedTest } from "../helpers/bounded-test.js";
+
+/** Every test here takes well under a second; one still running after this bound is hung, not slow. */
+const test = boundedTest(10_000);
 
 /** Runs `body` with a temporary XDG_CONFIG_HOME and no other configuration in its environment. */
 function withConfigHome(body: (dir: string, env: NodeJS.ProcessEnv) => void): void {

@@ -3,7 +3,6 @@
 // are extra, and only when asked for), the NBD URI is where clients connect, and text from etcd cannot
 // move the cursor.
 
-import { test } from "node:test";
 import assert from "node:assert/strict";
 import { clusterView, volumeView } from "../../src/cluster/cluster-view.js";
 import {
@@ -15,6 +14,10 @@ import {
   renderVolumeList,
 } from "../../src/cli/cluster-render.js";
 import { clusterRecords, GiB, hostRecord, TIME } from "../helpers/cluster-records.js";
+import { boundedTest } from "../helpers/bounded-test.js";
+
+/** Every test here takes well under a second; one still running after this bound is hung, not slow. */
+const test = boundedTest(10_000);
 
 const a = hostRecord("node1", { address: "10.0.0.1" });
 const b = hostRecord("node2", {

@@ -3,10 +3,13 @@
 // the field. Health records: disks and links are checked like the rest, and may be absent (an agent
 // from before they existed).
 
-import { test } from "node:test";
 import assert from "node:assert/strict";
 import { parseHostHealthRecord, type HostHealthRecord } from "../../src/cluster/schema.js";
 import { failsWith } from "../helpers/errors.js";
+import { boundedTest } from "../helpers/bounded-test.js";
+
+/** Every test here takes well under a second; one still running after this bound is hung, not slow. */
+const test = boundedTest(10_000);
 
 const KEY = "/haven/health/h1";
 const good: HostHealthRecord = {

@@ -3,10 +3,13 @@
 // recorded in-sync or is on a dead host, healthy otherwise; clients are pointed at the primary's NBD
 // URI only while its host is alive.
 
-import { test } from "node:test";
 import assert from "node:assert/strict";
 import { clusterView, nbdUri, volumeView } from "../../src/cluster/cluster-view.js";
 import { clusterRecords, hostRecord } from "../helpers/cluster-records.js";
+import { boundedTest } from "../helpers/bounded-test.js";
+
+/** Every test here takes well under a second; one still running after this bound is hung, not slow. */
+const test = boundedTest(10_000);
 
 const a = hostRecord("a", { address: "10.0.0.1", nbdPort: 10809 });
 const b = hostRecord("b", { address: "10.0.0.2" });

@@ -1,7 +1,6 @@
 // The etcd gateway codec: a prefix range selects exactly the keys under the prefix, streamed JSON lines
 // come out the same however the bytes are chunked, and malformed answers are refused with HAVEN_ERR_IO.
 
-import { test } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import {
@@ -14,6 +13,10 @@ import {
   textField,
 } from "../../src/cluster/etcd-codec.js";
 import { HavenError } from "../../src/core/errors.js";
+import { boundedTest } from "../helpers/bounded-test.js";
+
+/** Every test here takes well under a second; one still running after this bound is hung, not slow. */
+const test = boundedTest(10_000);
 
 const isIoError = (error: unknown): boolean => error instanceof HavenError && error.code === "HAVEN_ERR_IO";
 

@@ -1,7 +1,7 @@
 // The file block device against a real sparse file: data, holes, zeroing, durability calls and
 // range checks, each checked against what the file system itself reports.
 
-import { after, before, test } from "node:test";
+import { after, before } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { readFileSync, statSync, writeFileSync } from "node:fs";
@@ -11,6 +11,10 @@ import { FileDevice } from "../../src/block/file-device.js";
 import { nativeIo } from "../../src/block/native.js";
 import { HavenError } from "../../src/core/errors.js";
 import { tempDir } from "../helpers/server-process.js";
+import { boundedTest } from "../helpers/bounded-test.js";
+
+/** Every test here takes well under a second; one still running after this bound is hung, not slow. */
+const test = boundedTest(10_000);
 
 const MiB = 1024 * 1024;
 const dir = tempDir("haven-file-device-");

@@ -3,13 +3,16 @@
 // refilled while the socket may still be writing it (checked by a reader that stalls until megabytes
 // are queued).
 
-import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createServer, connect, type Server, type Socket } from "node:net";
 import { once } from "node:events";
 import { FrameConnection, frame } from "../../src/replica/protocol/connection.js";
 import { FrameDecoder, type Frame } from "../../src/replica/protocol/frame-codec.js";
 import { FrameType } from "../../src/replica/protocol/constants.js";
+import { boundedTest } from "../helpers/bounded-test.js";
+
+/** The longest test here (a stalled reader) takes about 2 s; one still running after this bound is hung, not slow. */
+const test = boundedTest(30_000);
 
 /** A connected pair over loopback: `sender` wrapped in a FrameConnection, `receiver` a plain socket. */
 async function pair(): Promise<{ server: Server; sender: FrameConnection; receiver: Socket }> {

@@ -1,7 +1,6 @@
 // Generation comparison (DESIGN.md rule 5): the direction of every resync, and split brain detected,
 // checked against a model that tracks which writes each copy really holds.
 
-import { test } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import {
@@ -13,6 +12,10 @@ import {
   type Comparison,
   type Generations,
 } from "../../src/replica/generations.js";
+import { boundedTest } from "../helpers/bounded-test.js";
+
+/** Every test here takes well under a second; one still running after this bound is hung, not slow. */
+const test = boundedTest(10_000);
 
 const id = (n: number): string => n.toString(16).padStart(16, "0");
 const x = id(1);

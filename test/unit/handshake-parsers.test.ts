@@ -1,11 +1,14 @@
 // The option payload parsers face untrusted bytes: they must never throw, must reject every payload
 // whose lengths do not add up, and must return exactly what a well-formed payload encodes.
 
-import { test } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { parseInfoRequest, parseMetaContextRequest } from "../../src/nbd/handshake.js";
 import { infoPayload, metaContextPayload } from "../helpers/raw-nbd-client.js";
+import { boundedTest } from "../helpers/bounded-test.js";
+
+/** Every test here takes well under a second; one still running after this bound is hung, not slow. */
+const test = boundedTest(10_000);
 
 const name = fc.string({ maxLength: 64 });
 

@@ -2,7 +2,6 @@
 // the error; the NBD front probe lists exports through a real NbdServer and names the missing ones;
 // a background probe that hangs is reported as hung and never run twice at once.
 
-import { test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -16,6 +15,10 @@ import {
 } from "../../src/agent/health-probes.js";
 import { NbdServer } from "../../src/nbd/server.js";
 import { FileDevice } from "../../src/block/file-device.js";
+import { boundedTest } from "../helpers/bounded-test.js";
+
+/** Every test here takes well under a second; one still running after this bound is hung, not slow. */
+const test = boundedTest(10_000);
 
 test("a disk probe writes and fsyncs its file; a disk where that fails is reported with the error", async (t) => {
   const dir = mkdtempSync(join(tmpdir(), "haven-probe-"));

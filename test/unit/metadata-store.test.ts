@@ -1,7 +1,6 @@
 // Replica metadata survives a crash at any point of a save: the torn slot is ignored and the load
 // returns the last completed record or the one being saved, never garbage and never an older one.
 
-import { test } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import {
@@ -11,6 +10,10 @@ import {
   SLOT_BYTES,
   type MetadataFile,
 } from "../../src/replica/metadata-store.js";
+import { boundedTest } from "../helpers/bounded-test.js";
+
+/** The longest test here takes about 1 s; one still running after this bound is hung, not slow. */
+const test = boundedTest(20_000);
 
 /** An in-memory disk that can "crash": the write in progress lands only up to a chosen byte. */
 class TearableFile implements MetadataFile {

@@ -1,9 +1,12 @@
 // Heartbeats over the replication links: a link is down after missLimit heartbeats missed in a row, up
 // again after one answer; start-up is not news, a peer that never answers is; links follow the peer set.
 
-import { test } from "node:test";
 import assert from "node:assert/strict";
 import { LinkTracker, PeerLinks, type LinkChange, type Pinger } from "../../src/agent/peer-links.js";
+import { boundedTest } from "../helpers/bounded-test.js";
+
+/** Every test here takes well under a second, and waits for a link at most 5 s; past this bound it is hung. */
+const test = boundedTest(15_000);
 
 test("a link is reported down only after missLimit heartbeats missed in a row, and up after one answer", () => {
   const link = new LinkTracker("h2", 3);

@@ -4,12 +4,15 @@
 // health check is never chosen. A property test checks the promises over random clusters: distinct
 // hosts, every choice fits on a healthy disk, the count is met exactly when it can be.
 
-import { test } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { HavenError } from "../../src/core/errors.js";
 import { placeReplicas } from "../../src/cluster/placement.js";
 import type { DiskHealth, HostHealthRecord, HostRecord, VolumeSpec } from "../../src/cluster/schema.js";
+import { boundedTest } from "../helpers/bounded-test.js";
+
+/** Every test here takes well under a second; one still running after this bound is hung, not slow. */
+const test = boundedTest(10_000);
 
 const GiB = 1024 ** 3;
 

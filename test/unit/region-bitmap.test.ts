@@ -1,10 +1,13 @@
 // The out-of-sync bitmap against a byte-per-region model: marking never misses a touched region,
 // clearing never clears a region it did not fully cover, runs and counts match, and it round-trips.
 
-import { test } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { RegionBitmap } from "../../src/replica/region-bitmap.js";
+import { boundedTest } from "../helpers/bounded-test.js";
+
+/** Every test here takes well under a second; one still running after this bound is hung, not slow. */
+const test = boundedTest(10_000);
 
 const REGION = 4096;
 

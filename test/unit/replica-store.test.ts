@@ -1,13 +1,16 @@
 // A replica's directory: a plain raw data file any tool can read, metadata that survives reopening,
 // and the epoch fence of DESIGN.md rule 4 enforced and made durable at the storage level.
 
-import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ReplicaStore, DATA_FILE, METADATA_FILE } from "../../src/replica/replica-store.js";
 import { HavenError } from "../../src/core/errors.js";
 import { tempDir } from "../helpers/server-process.js";
+import { boundedTest } from "../helpers/bounded-test.js";
+
+/** Every test here takes well under a second; one still running after this bound is hung, not slow. */
+const test = boundedTest(10_000);
 
 test("a new replica is a sparse raw file of the volume's size, readable without Haven", async () => {
   const dir = tempDir("haven-replica-");

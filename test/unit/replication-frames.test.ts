@@ -3,7 +3,6 @@
 // Their payloads (OPEN_REPLICA, SET_METADATA, metadata, BLOCK_STATUS extents) round-trip, and any
 // garbage in them is refused with a HavenError, never an assertion: the server's edge cannot be tripped.
 
-import { test } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import {
@@ -33,6 +32,10 @@ import {
 import { HavenError } from "../../src/core/errors.js";
 import type { MetadataPatch } from "../../src/replica/replica-store.js";
 import { newChallenge, proof, verifyProof } from "../../src/replica/protocol/auth.js";
+import { boundedTest } from "../helpers/bounded-test.js";
+
+/** Every test here takes well under a second; one still running after this bound is hung, not slow. */
+const test = boundedTest(10_000);
 
 const frameArbitrary: fc.Arbitrary<Frame> = fc.record({
   type: fc.constantFrom(...Object.values(FrameType)),

@@ -3,13 +3,16 @@
 // consumer still holds: held chunks keep their contents while megabytes more arrive, released slabs
 // are read into again, and with every slab pinned, reads fall back to fresh buffers.
 
-import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { createServer, connect, type Socket } from "node:net";
 import { once } from "node:events";
 import { FIRST_SLAB_BYTES, SlabReader } from "../../src/util/slab-reader.js";
 import { ChunkQueue } from "../../src/util/chunk-queue.js";
+import { boundedTest } from "../helpers/bounded-test.js";
+
+/** The longest test here (every slab pinned) takes about 5 s; one still running after this bound is hung, not slow. */
+const test = boundedTest(60_000);
 
 const KIB = 1024;
 const MIB = 1024 * KIB;

@@ -1,10 +1,13 @@
 // Operator-typed sizes and addresses: exact values for the common spellings, clear errors otherwise.
 
-import { test } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { formatBytes, parseHostPort, parseSize } from "../../src/util/units.js";
 import { HavenError } from "../../src/core/errors.js";
+import { boundedTest } from "../helpers/bounded-test.js";
+
+/** Every test here takes well under a second; one still running after this bound is hung, not slow. */
+const test = boundedTest(10_000);
 
 test("sizes are binary and accept the usual unit spellings", () => {
   assert.equal(parseSize("512"), 512);

@@ -2,7 +2,7 @@
 // engine, in-process: what the operator sees, the exit statuses that scripts rely on, and the guard
 // rails (an unreachable engine is named, a wrong volume NAME changes nothing).
 
-import { after, before, beforeEach, test } from "node:test";
+import { after, before, beforeEach } from "node:test";
 import assert from "node:assert/strict";
 import { HavenError } from "../../src/core/errors.js";
 import { EngineApiServer } from "../../src/api/engine-api.js";
@@ -22,6 +22,10 @@ import {
   splitBrainStatus,
   verifyStatus,
 } from "../helpers/fake-engine.js";
+import { boundedTest } from "../helpers/bounded-test.js";
+
+/** Every test here takes well under a second; one still running after this bound is hung, not slow. */
+const test = boundedTest(10_000);
 
 let control: FakeEngineControl;
 let server: EngineApiServer;
