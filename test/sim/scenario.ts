@@ -31,7 +31,7 @@
 
 import { HavenError } from "../../src/core/errors.js";
 import { VolumeEngine, type EngineOptions } from "../../src/engine/engine.js";
-import type { ResyncSettings } from "../../src/engine/resync.js";
+import type { ResyncSettings } from "../../src/engine/background-access.js";
 import type { VerifyStatus } from "../../src/engine/status.js";
 import { Oracle, blockPattern, decodeBlock, describeBytes, stampName, GARBAGE } from "./oracle.js";
 import type { FlushToken, WriteToken } from "./oracle.js";
@@ -235,7 +235,10 @@ export class World {
     if (this.failure) throw this.failure;
     const engine = this.engine;
     if (engine === undefined) return;
-    const inSync = engine.slots.filter((slot) => slot.state === "in-sync").map((slot) => slot.location);
+    const inSync = engine
+      .status()
+      .replicas.filter((replica) => replica.state === "in-sync")
+      .map((replica) => replica.location);
     if (inSync.length > 0) this.lastInSync = new Set(inSync);
   }
 

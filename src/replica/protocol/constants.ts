@@ -17,7 +17,8 @@
 //   WRITE_ZEROES   epoch, offset, length, flags FUA.
 //   FLUSH          makes every write completed before it durable.
 //   GET_METADATA   reply payload: the copy's metadata (JSON).
-//   SET_METADATA   epoch; payload: JSON MetadataPatch (keys generations, changedSince, activityLog, resync).
+//   SET_METADATA   epoch; payload: JSON MetadataPatch (keys generations, changedSince, activityLog, resync,
+//                  inSyncCopies).
 //                  Reply payload: the new metadata (JSON), durable before the reply.
 //   CHECKSUM       offset, length (at most MAX_CHECKSUM_BYTES, or one region); payload: u32 regionBytes.
 //                  Reply payload: one REGION_DIGEST_BYTES digest per region (the last may be partial).
