@@ -29,6 +29,15 @@ export const ERRORS = {
     exitCode: 1,
     httpStatus: 409,
   },
+  /**
+   * A volume would start from a subset of its copies that its metadata cannot show holds every
+   * acknowledged write (a missing copy may be newer): refused unless the operator forces it.
+   */
+  HAVEN_ERR_UNSAFE_START: {
+    summary: "the reachable copies may lack acknowledged writes a missing copy holds",
+    exitCode: 1,
+    httpStatus: 409,
+  },
   /** The engine stopped completing I/O: it was deposed, or its host can no longer prove its lease. */
   HAVEN_ERR_FENCED: { summary: "the volume's engine is fenced", exitCode: 1, httpStatus: 503 },
   HAVEN_ERR_NOT_SUPPORTED: { summary: "operation not supported", exitCode: 1, httpStatus: 501 },

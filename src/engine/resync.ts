@@ -3,23 +3,17 @@
 // no client write to those bytes is in flight while the chunk is read and written (the client write
 // then goes to both copies after it). Throttled; progress is persisted on the copy so an interrupted
 // resync resumes where it was. A full rebuild copies only allocated extents and punches holes for the
-// rest, so a sparse volume rebuilds in the time its data takes.
+// rest, so a sparse volume rebuilds in the time its data takes. It sees the volume only through
+// BackgroundAccess (background-access.ts): every change of state it causes goes through that.
 
 import { HavenError, errorMessage } from "../core/errors.js";
-import { encodeBitmap } from "../replica/bitmap-codec.js";
 import type { ReplicaPort } from "../replica/port.js";
-import type { RegionBitmap, Run } from "../replica/region-bitmap.js";
-import type { Slot, VolumeEngine } from "./engine.js";
-import { RateMeter, type ThrottleSettings } from "./throttle.js";
+import type { Run } from "../replica/region-bitmap.js";
+import type { BackgroundAccess } from "./background-access.js";
+import type { BitmapView, CopyView } from "./copy-set.js";
+import { RateMeter } from "./throttle.js";
 
-export interface ResyncSettings extends ThrottleSettings {
-  /** Bytes copied per step (and per range lock). */
-  readonly chunkBytes: number;
-  /** How often progress is made durable on the copy. */
-  readonly saveProgressMs: number;
-  /** Chunks copied at once (each under its own range lock). */
-  readonly parallelChunks: number;
-}
+export type { ResyncSettings } from "./background-access.js";
 
 /** Which side of a copy failed. */
 class SideError extends Error {
@@ -31,15 +25,17 @@ class SideError extends Error {
   }
 }
 
-export async function runResync(engine: VolumeEngine, slot: Slot, attachment: number): Promise<void> {
-  const bitmap = slot.missing!;
-  const progress = slot.resync!;
+/** Resyncs `copy` (resyncing, at `attachment`) until it misses nothing, then has it join the in-sync set. */
+export async function runResync(engine: BackgroundAccess, copy: CopyView, attachment: number): Promise<void> {
+  const bitmap = copy.missing!;
+  const progress = copy.resync!;
   const settings = engine.resyncSettings;
   const meter = new RateMeter(engine.clock);
   meter.record(0);
-  const live = (): boolean => slot.attachment === attachment && engine.fenced === null && !engine.isStopping;
+  const live = (): boolean => engine.isAttached(copy, attachment) && engine.active();
   const shared = { cursor: 0, lastSave: engine.clock.now(), saving: false, inFlight: new Set<Run>() };
   const started = engine.clock.now();
+  let done = 0;
 
   /** The next run no other worker is copying: from the cursor on, then from the start again. */
   const claim = (): Run | undefined => {
@@ -70,22 +66,18 @@ export async function runResync(engine: VolumeEngine, slot: Slot, attachment: nu
       shared.inFlight.add(run);
       try {
         await engine.throttle.take(run.length);
-        if (!(await copyOne(engine, slot, attachment, run, progress.mode, live, scratch))) return;
-        bitmap.clearRange(run.offset, run.length);
-        progress.done = Math.min(progress.total, progress.done + run.length);
+        if (!(await copyOne(engine, copy, attachment, run, progress.mode, live, scratch))) return;
+        done = Math.min(progress.total, done + run.length);
+        meter.record(done);
+        engine.resyncCopied(copy, attachment, run, meter.bytesPerSecond());
       } finally {
         shared.inFlight.delete(run);
       }
-      meter.record(progress.done);
-      progress.rate = meter.bytesPerSecond();
       if (!shared.saving && engine.clock.now() - shared.lastSave >= settings.saveProgressMs && bitmap.count > 0) {
         shared.saving = true;
         shared.lastSave = engine.clock.now();
-        await saveProgress(engine, slot, attachment, bitmap)
-          .catch(async (error: unknown) => {
-            engine.checkFence(error, false);
-            await engine.fault(slot, attachment, `saving resync progress failed: ${errorMessage(error)}`, []);
-          })
+        await saveProgress(engine, copy, attachment)
+          .catch((error: unknown) => engine.fail(copy, attachment, "saving resync progress failed", error, []))
           .finally(() => (shared.saving = false));
       }
     }
@@ -96,11 +88,11 @@ export async function runResync(engine: VolumeEngine, slot: Slot, attachment: nu
   }
   if (!live()) return;
   const seconds = (engine.clock.now() - started) / 1000;
-  await engine.markInSync(slot, attachment);
-  if (slot.state === "in-sync") {
+  await engine.markInSync(copy, attachment);
+  if (copy.state === "in-sync") {
     const rate = seconds > 0 ? ` (${Math.round(progress.total / seconds / 1048576)} MiB/s)` : "";
     engine.log(
-      `${slot.location}: ${progress.mode} resync of ${progress.total} bytes done in ${seconds.toFixed(1)} s${rate}`,
+      `${copy.location}: ${progress.mode} resync of ${progress.total} bytes done in ${seconds.toFixed(1)} s${rate}`,
     );
   }
 }
@@ -110,8 +102,8 @@ export async function runResync(engine: VolumeEngine, slot: Slot, attachment: nu
  * or it was detached); a failing source is faulted and the run is left for another try.
  */
 async function copyOne(
-  engine: VolumeEngine,
-  slot: Slot,
+  engine: BackgroundAccess,
+  target: CopyView,
   attachment: number,
   run: Run,
   mode: "incremental" | "full",
@@ -119,26 +111,25 @@ async function copyOne(
   scratch: Buffer,
 ): Promise<boolean> {
   for (;;) {
-    const source = engine.readSlot();
+    const source = engine.readCopy();
     if (!live()) return false;
     if (source === undefined) {
       // No in-sync copy to copy from (the volume lost them all): wait for one to come back.
-      await engine.clock.sleep(engine.options.reconnectMs ?? 2000);
+      await engine.clock.sleep(engine.reconnectMs);
       continue;
     }
     const release = await engine.locks.acquire(run.offset, run.length, true);
     const sourceAttachment = source.attachment;
     try {
       if (!live()) return false;
-      if (source.port === undefined) continue;
-      await copyRun(engine, source, slot, run, mode, scratch);
+      if (source.port === undefined || !engine.isAttached(source, sourceAttachment)) continue;
+      await copyRun(engine.epoch(), source.port, target.port!, run, mode, scratch);
       return true;
     } catch (error) {
       const side = error instanceof SideError ? error : new SideError("target", error);
-      engine.checkFence(side.inner, false);
-      const failed = side.side === "source" ? source : slot;
+      const failed = side.side === "source" ? source : target;
       const failedAttachment = side.side === "source" ? sourceAttachment : attachment;
-      await engine.fault(failed, failedAttachment, `resync ${side.side} failed: ${side.message}`, [run]);
+      await engine.fail(failed, failedAttachment, `resync ${side.side} failed`, side.inner, [run]);
       if (side.side === "target") return false;
     } finally {
       release();
@@ -147,7 +138,7 @@ async function copyOne(
 }
 
 /** The first run of marked regions at or after `from`, at most `maxBytes` long. */
-export function nextRun(bitmap: RegionBitmap, from: number, maxBytes: number): Run | undefined {
+export function nextRun(bitmap: BitmapView, from: number, maxBytes: number): Run | undefined {
   const firstRegion = Math.ceil(from / bitmap.regionBytes);
   for (let region = firstRegion; region < bitmap.regionCount; region++) {
     if (!bitmap.isSet(region)) {
@@ -163,22 +154,20 @@ export function nextRun(bitmap: RegionBitmap, from: number, maxBytes: number): R
   return undefined;
 }
 
-function hasAnyInWord(bitmap: RegionBitmap, region: number): boolean {
+function hasAnyInWord(bitmap: BitmapView, region: number): boolean {
   const last = Math.min(region + 32, bitmap.regionCount);
   for (let r = region; r < last; r++) if (bitmap.isSet(r)) return true;
   return false;
 }
 
 async function copyRun(
-  engine: VolumeEngine,
-  source: Slot,
-  target: Slot,
+  epoch: number,
+  from: ReplicaPort,
+  to: ReplicaPort,
   run: Run,
   mode: "incremental" | "full",
   scratch: Buffer,
 ): Promise<void> {
-  const from = source.port!;
-  const to = target.port!;
   const onSource = <T>(promise: Promise<T>): Promise<T> =>
     promise.catch((error: unknown) => {
       throw new SideError("source", error);
@@ -196,7 +185,7 @@ async function copyRun(
   };
   if (mode === "incremental") {
     const data = await onSource(read(run.offset, run.length));
-    await onTarget(to.write(engine.epoch, run.offset, data, false));
+    await onTarget(to.write(epoch, run.offset, data, false));
     await startWriteback(to, run.offset, run.length);
     return;
   }
@@ -207,11 +196,11 @@ async function copyRun(
     if (extents.length === 0) throw new SideError("source", new HavenError("HAVEN_ERR_IO", "empty block status"));
     for (const extent of extents) {
       const length = Math.min(extent.length, end - at);
-      if (extent.hole || extent.zero) await zeroWhereNeeded(engine.epoch, to, at, length, onTarget);
+      if (extent.hole || extent.zero) await zeroWhereNeeded(epoch, to, at, length, onTarget);
       else {
-        if (!(await copyInKernel(engine.epoch, from, to, at, length))) {
+        if (!(await copyInKernel(epoch, from, to, at, length))) {
           const data = await onSource(read(at, length));
-          await onTarget(to.write(engine.epoch, at, data, false));
+          await onTarget(to.write(epoch, at, data, false));
         }
         await startWriteback(to, at, length);
       }
@@ -281,12 +270,12 @@ async function zeroWhereNeeded(
   }
 }
 
-async function saveProgress(engine: VolumeEngine, slot: Slot, attachment: number, bitmap: RegionBitmap): Promise<void> {
-  const port = slot.port;
-  if (port === undefined || slot.attachment !== attachment) return;
+async function saveProgress(engine: BackgroundAccess, copy: CopyView, attachment: number): Promise<void> {
+  const port = copy.port;
+  if (port === undefined || !engine.isAttached(copy, attachment)) return;
   // Taken before the flush: only chunks copied by then are made durable by it (other workers go on).
-  const remaining = encodeBitmap(bitmap, 10 * 1024);
-  const validFor = engine.generations.current;
+  const remaining = engine.encodeMissing(copy);
+  const validFor = engine.currentGeneration();
   await port.flush();
-  slot.lastMetadata = await port.updateMetadata(engine.epoch, { resync: { validFor, remaining } });
+  engine.noteMetadata(copy, attachment, await port.updateMetadata(engine.epoch(), { resync: { validFor, remaining } }));
 }

@@ -44,10 +44,31 @@ export interface ReplicaMetadata {
    * generation `validFor`. Everything not in `remaining` was copied and flushed before this was saved.
    */
   readonly resync: { readonly validFor: string; readonly remaining: string } | null;
+  /**
+   * The copies (copy ids) the writer held in sync with this one at generation `generations.current`,
+   * this one included: a copy not listed had left the in-sync set by then, so it holds no write this
+   * copy lacks unless a later writer started from it (which the engine's start plan refuses without
+   * proof). null when unknown (a new copy, or metadata written before this was recorded).
+   */
+  readonly inSyncCopies: readonly string[] | null;
 }
 
 /** The fields a writer may change, all at once, in one durable save. */
-export type MetadataPatch = Partial<Pick<ReplicaMetadata, "generations" | "changedSince" | "activityLog" | "resync">>;
+export type MetadataPatch = Partial<
+  Pick<ReplicaMetadata, "generations" | "changedSince" | "activityLog" | "resync" | "inSyncCopies">
+>;
+
+/** Most copy ids an inSyncCopies list may hold (a volume has at most a handful of copies). */
+export const MAX_IN_SYNC_COPIES = 16;
+
+export function isInSyncCopies(value: unknown): value is string[] | null {
+  return (
+    value === null ||
+    (Array.isArray(value) &&
+      value.length <= MAX_IN_SYNC_COPIES &&
+      value.every((id) => typeof id === "string" && isValidGenerationId(id)))
+  );
+}
 
 export function parseReplicaMetadata(value: unknown): ReplicaMetadata {
   const v = value as Partial<ReplicaMetadata> | null;
@@ -70,6 +91,7 @@ export function parseReplicaMetadata(value: unknown): ReplicaMetadata {
       (typeof v.resync === "object" &&
         isValidGenerationId(v.resync.validFor) &&
         typeof v.resync.remaining === "string")) &&
+    (v.inSyncCopies === undefined || isInSyncCopies(v.inSyncCopies)) &&
     Number.isSafeInteger(v.highestEpoch) &&
     v.highestEpoch! >= 0 &&
     typeof v.cleanShutdown === "boolean" &&
@@ -89,6 +111,7 @@ export function parseReplicaMetadata(value: unknown): ReplicaMetadata {
     changedSince: { ...v.changedSince },
     activityLog: [...v.activityLog!],
     resync: v.resync ? { validFor: v.resync.validFor, remaining: v.resync.remaining } : null,
+    inSyncCopies: v.inSyncCopies ? [...v.inSyncCopies] : null,
   };
 }
 
@@ -132,6 +155,7 @@ export class ReplicaStore {
       changedSince: {},
       activityLog: [],
       resync: null,
+      inSyncCopies: null,
     });
     return new ReplicaStore(directory, data, metaFile, store);
   }

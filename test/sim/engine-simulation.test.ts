@@ -21,8 +21,6 @@ const env = process.env;
 const steps = Number(env.HAVEN_SIM_STEPS ?? 100);
 const lateMs = Number(env.HAVEN_SIM_LATE_MS ?? 0);
 const network = lateMs > 0 ? { lateDeliveryAfterDisconnect: true, lateDeliveryMs: lateMs } : {};
-/** Set while the engine has known open bugs: the random schedules then report without failing. */
-const ENGINE_BUGS_OPEN = false;
 
 // ---- random schedules ----------------------------------------------------------------------------
 
@@ -36,7 +34,7 @@ if (env.HAVEN_SIM_SEED !== undefined) {
   const count = Number(env.HAVEN_SIM_SEEDS ?? 300);
   const first = Number(env.HAVEN_SIM_FIRST_SEED ?? 1);
   const name = `${count} random schedules of ${steps} steps keep rules 1 to 5 (seeds ${first}..${first + count - 1})`;
-  test(name, { todo: ENGINE_BUGS_OPEN && "fails until the engine bugs below are fixed" }, async () => {
+  test(name, async () => {
     const failures: { seed: number; error: Error }[] = [];
     for (let seed = first; seed < first + count; seed++) {
       try {

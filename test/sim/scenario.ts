@@ -23,15 +23,17 @@
 //    power loss of the local copies. Stopping an engine left with no in-sync copy counts as a crash
 //    (to the client the volume failed: its writes were already failing).
 // What the world guarantees, as the control plane would: every engine gets a new epoch, higher than
-// any before (etcd's compare-and-swap); and the copies the volume was last in sync on are reachable
-// when an engine starts (starting from a stale copy alone is a control-plane decision the engine
-// cannot check). Requests a dead engine still had on the wire may land on remote copies later; the
+// any before (etcd's compare-and-swap); and, when it vouches for the reachable copies
+// (allowDegradedStart), the copies the volume was last in sync on are reachable when an engine starts.
+// Some starts are the operator's instead (--degraded-start): the world brings nothing back, and the
+// engine starts without the copies that stay away only if their metadata proves they were left behind
+// (start-plan.ts); the checks above then test that proof. Requests a dead engine still had on the wire may land on remote copies later; the
 // epoch fence must refuse them once a new engine reached the copy.
 // A violation throws an Error naming the seed, the step and the last events.
 
-import { HavenError } from "../../src/core/errors.js";
+import { HavenError, hasCode } from "../../src/core/errors.js";
 import { VolumeEngine, type EngineOptions } from "../../src/engine/engine.js";
-import type { ResyncSettings } from "../../src/engine/resync.js";
+import type { ResyncSettings } from "../../src/engine/background-access.js";
 import type { VerifyStatus } from "../../src/engine/status.js";
 import { Oracle, blockPattern, decodeBlock, describeBytes, stampName, GARBAGE } from "./oracle.js";
 import type { FlushToken, WriteToken } from "./oracle.js";
@@ -235,7 +237,10 @@ export class World {
     if (this.failure) throw this.failure;
     const engine = this.engine;
     if (engine === undefined) return;
-    const inSync = engine.slots.filter((slot) => slot.state === "in-sync").map((slot) => slot.location);
+    const inSync = engine
+      .status()
+      .replicas.filter((replica) => replica.state === "in-sync")
+      .map((replica) => replica.location);
     if (inSync.length > 0) this.lastInSync = new Set(inSync);
   }
 
@@ -278,8 +283,12 @@ export class World {
       survivor?: string;
       interruptAfterMs?: number;
       expectFailure?: boolean;
-      /** Go on without unreachable copies (safe here: the copies last in sync are reachable). */
-      degraded?: boolean;
+      /**
+       * Go on without unreachable copies: true, as the control plane vouching (safe here: the copies
+       * last in sync are made reachable first); "proven", as an operator's --degraded-start (nothing is
+       * made reachable; the engine must prove it from the metadata, or refuse).
+       */
+      degraded?: boolean | "proven";
       /** Leave links as they are (a hand-written schedule that starts from a stale copy on purpose). */
       keepLinks?: boolean;
       /** Let the engine pick its epoch (one above the highest a reachable copy saw), as without etcd. */
@@ -287,7 +296,8 @@ export class World {
     } = {},
   ): Promise<VolumeEngine | undefined> {
     if (this.engine !== undefined) throw new Error("an engine is still there");
-    for (const location of options.keepLinks ? [] : this.lastInSync) {
+    const proven = options.degraded === "proven";
+    for (const location of options.keepLinks || proven ? [] : this.lastInSync) {
       this.net.powerOn(location);
       this.net.setLink(location, true);
     }
@@ -300,13 +310,15 @@ export class World {
       this.engineOptions(no, {
         ...(epoch !== undefined && { epoch }),
         ...(options.survivor !== undefined && { survivor: options.survivor }),
-        allowDegradedStart: options.degraded ?? true,
+        ...(proven ? { degradedStart: true } : { allowDegradedStart: options.degraded !== false }),
       }),
     );
     this.engine = engine;
     this.powerLossDuringEngine = false;
     this.stats.restarts++;
-    this.log(`E${no}: starting (last in sync on ${[...this.lastInSync].join(", ") || "none"})`);
+    this.log(
+      `E${no}: starting${proven ? " with --degraded-start" : ""} (last in sync on ${[...this.lastInSync].join(", ") || "none"})`,
+    );
     const limit = options.interruptAfterMs ?? this.config.startupWaitMs + 60_000;
     const outcome = await this.driver.drive(engine.start(), limit);
     if (outcome.state === "pending") {
@@ -321,9 +333,12 @@ export class World {
       this.log(`E${no}: start failed: ${(error as Error).message}`);
       this.net.killOwner(no);
       this.engine = undefined;
-      if (/split brain/.test((error as Error).message) && !options.expectFailure)
+      if (hasCode(error, "HAVEN_ERR_CONFIG") && /^split brain/.test(error.message) && !options.expectFailure)
         throw this.violation("rule 5", `E${no} found a split brain that no schedule of one writer can make`);
-      if (!(error instanceof HavenError && error.code === "HAVEN_ERR_IO") && !options.expectFailure)
+      const legitimate =
+        error instanceof HavenError &&
+        (error.code === "HAVEN_ERR_IO" || (proven && error.code === "HAVEN_ERR_UNSAFE_START"));
+      if (!legitimate && !options.expectFailure)
         throw this.violation("start", `E${no}.start() failed: ${(error as Error).message}`);
       return undefined;
     }
@@ -929,10 +944,16 @@ export async function runSchedule(seed: number, options: ScheduleOptions = {}): 
   };
 }
 
+/** How a random start treats unreachable copies: vouched for with `chance`, else proven or not at all. */
+function pickDegraded(rng: Rng, chance: number): boolean | "proven" {
+  if (rng.chance(chance)) return rng.chance(0.5) ? true : "proven";
+  return false;
+}
+
 async function randomStep(world: World, rng: Rng): Promise<void> {
   if (world.engine === undefined) {
     // A previous start failed (faults, or a copy unreachable): the agent tries again.
-    await world.startEngine({ degraded: rng.chance(0.5) });
+    await world.startEngine({ degraded: pickDegraded(rng, 0.5) });
     return;
   }
   const engine = world.running!;
@@ -1018,14 +1039,14 @@ async function randomStep(world: World, rng: Rng): Promise<void> {
         world.net.setLink(local.location, true);
       }
       await world.startEngine({
-        degraded: rng.chance(0.7),
+        degraded: pickDegraded(rng, 0.7),
         ...(rng.chance(0.1) && { interruptAfterMs: rng.int(0, 30) }),
       });
       break;
     }
     case "restart":
       await world.stopEngine();
-      await world.startEngine({ degraded: rng.chance(0.7) });
+      await world.startEngine({ degraded: pickDegraded(rng, 0.7) });
       break;
     case "verify":
       world.startVerify(rng.chance(0.3));

@@ -71,6 +71,7 @@ export class SimDisk {
       changedSince: {},
       activityLog: [],
       resync: null,
+      inSyncCopies: null,
     });
   }
 

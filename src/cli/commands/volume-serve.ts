@@ -34,8 +34,12 @@ options:
                           replica that drops out resyncs only its last moments (default 5000; 0: never)
   --replica-timeout MS    a remote replica not answering within MS is faulted (default 10000)
   --startup-wait MS       how long start waits for every replica to be reachable (default 10000)
-  --degraded-start        start even if some replicas stay unreachable. Only when you know the reachable
-                          ones are the newest: an unreachable one may hold writes they lack (split brain)`;
+  --degraded-start        start even if some replicas stay unreachable (missing ones are created empty and
+                          rebuilt), when the replicas' metadata shows the reachable ones hold every
+                          acknowledged write; refused otherwise, since a missing replica may be newer
+  --force                 start without the missing replicas even when the metadata cannot show the
+                          reachable ones are the newest (their disk was replaced, or they were removed on
+                          purpose): any write only a missing replica took is lost (logged as a warning)`;
 
 export async function volumeServe(argv: string[]): Promise<number> {
   const parsed = parseCommand(
@@ -55,6 +59,7 @@ export async function volumeServe(argv: string[]): Promise<number> {
       writeback: { type: "string" },
       "startup-wait": { type: "string" },
       "degraded-start": { type: "boolean" },
+      force: { type: "boolean" },
     },
     VOLUME_SERVE_USAGE,
   );
@@ -105,10 +110,15 @@ export async function volumeServe(argv: string[]): Promise<number> {
     ...(values["startup-wait"] !== undefined && {
       startupWaitMs: parseCount(values["startup-wait"] as string, "--startup-wait"),
     }),
-    allowDegradedStart: values["degraded-start"] === true,
+    // The operator's --degraded-start asks for the metadata's proof; only the control plane vouches
+    // for a copy without it (allowDegradedStart), and only --force starts without either.
+    degradedStart: values["degraded-start"] === true,
+    force: values.force === true,
     ...(values.writeback !== undefined && { writebackMs: parseCount(values.writeback as string, "--writeback") }),
     log,
   });
+  if (values.force === true)
+    log("WARNING: --force: the volume may start from copies that lack writes a missing copy holds");
   await engine.start();
   const nbd = new NbdServer({ exports: [{ name, description: `Haven volume ${name}`, device: engine }], log });
   const apiServer = api ? new EngineApiServer(engine, { log }) : undefined;

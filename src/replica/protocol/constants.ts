@@ -17,7 +17,8 @@
 //   WRITE_ZEROES   epoch, offset, length, flags FUA.
 //   FLUSH          makes every write completed before it durable.
 //   GET_METADATA   reply payload: the copy's metadata (JSON).
-//   SET_METADATA   epoch; payload: JSON MetadataPatch (keys generations, changedSince, activityLog, resync).
+//   SET_METADATA   epoch; payload: JSON MetadataPatch (keys generations, changedSince, activityLog, resync,
+//                  inSyncCopies).
 //                  Reply payload: the new metadata (JSON), durable before the reply.
 //   CHECKSUM       offset, length (at most MAX_CHECKSUM_BYTES, or one region); payload: u32 regionBytes.
 //                  Reply payload: one REGION_DIGEST_BYTES digest per region (the last may be partial).
@@ -31,8 +32,11 @@
 // per connection at once and stops reading the socket beyond that (replica-session.ts).
 
 export const FRAME_MAGIC = 0x4856_5250; // "HVRP"
-/** 2: copies are opened by volume name with a JSON OPEN_REPLICA; SET_METADATA, CHECKSUM, BLOCK_STATUS. */
-export const PROTOCOL_VERSION = 2;
+/**
+ * 2: copies are opened by volume name with a JSON OPEN_REPLICA; SET_METADATA, CHECKSUM, BLOCK_STATUS.
+ * 3: metadata carries inSyncCopies (the in-sync set a copy belonged to), which a version 2 server refuses.
+ */
+export const PROTOCOL_VERSION = 3;
 export const FRAME_HEADER_BYTES = 48;
 /** Largest payload a frame may carry: one maximum NBD write plus room for metadata. */
 export const MAX_PAYLOAD_BYTES = 32 * 1024 * 1024 + 64 * 1024;

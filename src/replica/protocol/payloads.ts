@@ -7,7 +7,13 @@ import type { Extent } from "../../block/device.js";
 import { HavenError, type ErrorCode } from "../../core/errors.js";
 import { isValidGenerationId, MAX_HISTORY, type Generations } from "../generations.js";
 import { isValidVolumeName, type CreateOptions } from "../port.js";
-import { parseReplicaMetadata, type MetadataPatch, type ReplicaMetadata } from "../replica-store.js";
+import {
+  isInSyncCopies,
+  MAX_IN_SYNC_COPIES,
+  parseReplicaMetadata,
+  type MetadataPatch,
+  type ReplicaMetadata,
+} from "../replica-store.js";
 import { EXTENT_RECORD_BYTES, ExtentFlag, MAX_OPEN_PAYLOAD_BYTES } from "./constants.js";
 
 export interface OpenRequest {
@@ -64,7 +70,12 @@ export function encodeMetadataPatch(patch: MetadataPatch): Buffer {
 export function parseMetadataPatch(payload: Buffer): MetadataPatch {
   const bad = (reason: string): HavenError => new HavenError("HAVEN_ERR_INVALID_REQUEST", `SET_METADATA: ${reason}`);
   const body = parseJson(payload, bad);
-  const fields = objectWithKeys(body, ["generations", "changedSince", "activityLog", "resync"], "patch", bad);
+  const fields = objectWithKeys(
+    body,
+    ["generations", "changedSince", "activityLog", "resync", "inSyncCopies"],
+    "patch",
+    bad,
+  );
   const patch: { -readonly [K in keyof MetadataPatch]: MetadataPatch[K] } = {};
   if (fields.generations !== undefined) {
     const reason = generationsProblem(fields.generations);
@@ -96,6 +107,11 @@ export function parseMetadataPatch(payload: Buffer): MetadataPatch {
         throw bad(`"resync.remaining" is not an encoded bitmap`);
       patch.resync = { validFor: resync.validFor, remaining: resync.remaining };
     }
+  }
+  if (fields.inSyncCopies !== undefined) {
+    if (!isInSyncCopies(fields.inSyncCopies))
+      throw bad(`"inSyncCopies" must be null or at most ${MAX_IN_SYNC_COPIES} copy ids (16 hex digits)`);
+    patch.inSyncCopies = fields.inSyncCopies === null ? null : [...fields.inSyncCopies];
   }
   return patch;
 }
