@@ -144,15 +144,24 @@ export class Agent implements AgentView {
   async start(): Promise<void> {
     const { world, config } = this;
     this.startWatchdog();
-    for (const disk of config.disks) await world.storage.prepare(disk.path);
-    const { replication, nbd } = config;
-    this.replicationPort = await world.replicaService.listen(replication.listen.host, replication.listen.port);
-    this.nbdPort = await world.nbd.listen(nbd.listen.host, nbd.listen.port);
-    await this.lease.start();
-    await this.events.event(
-      "agent-started",
-      `agent up: replication on port ${this.replicationPort}, NBD on ${this.nbdPort}`,
-    );
+    try {
+      for (const disk of config.disks) await world.storage.prepare(disk.path);
+      const { replication, nbd } = config;
+      this.replicationPort = await world.replicaService.listen(replication.listen.host, replication.listen.port);
+      this.nbdPort = await world.nbd.listen(nbd.listen.host, nbd.listen.port);
+      await this.lease.start();
+    } catch (error) {
+      // Nothing started may outlive a failed start: a listening server would keep the process
+      // alive, unregistered, where its supervisor expects it to exit and be started again.
+      await this.lease.stop(true).catch(() => undefined);
+      await world.nbd.stop().catch(() => undefined);
+      await world.replicaService.stop().catch(() => undefined);
+      world.eventLoopLag.stop();
+      this.watchdogTimer?.cancel();
+      this.watchdog?.stop();
+      throw error;
+    }
+    this.events.note("agent-started", `agent up: replication on port ${this.replicationPort}, NBD on ${this.nbdPort}`);
     this.scheduler.start();
     this.trimEvents();
   }

@@ -9,6 +9,7 @@
 // message for anything else it refuses.
 
 import { HavenError } from "../core/errors.js";
+import { putIf, type PutCondition } from "./store.js";
 import type {
   ClusterStore,
   Compare,
@@ -173,28 +174,8 @@ export class EtcdClient implements ClusterStore {
    * "the key must not exist"; expectValue compares the current value (a missing key never matches).
    * Resolves with whether the put happened.
    */
-  async putIf(
-    key: string,
-    value: string,
-    expect: { expectModRevision?: number; expectValue?: string; lease?: LeaseId },
-  ): Promise<boolean> {
-    const compare: Compare[] = [];
-    if (expect.expectModRevision !== undefined) {
-      compare.push({ key, target: "modRevision", result: "equal", value: expect.expectModRevision });
-    }
-    if (expect.expectValue !== undefined) {
-      compare.push({ key, target: "value", result: "equal", value: expect.expectValue });
-    }
-    if (compare.length === 0) {
-      throw new HavenError("HAVEN_ERR_INVALID_REQUEST", `putIf "${key}" needs expectModRevision or expectValue`);
-    }
-    const put: TxnOperation = {
-      type: "put",
-      key,
-      value,
-      ...(expect.lease === undefined ? {} : { lease: expect.lease }),
-    };
-    return (await this.txn(compare, [put], [])).succeeded;
+  async putIf(key: string, value: string, expect: PutCondition): Promise<boolean> {
+    return putIf(this, key, value, expect);
   }
 
   /** Runs `success` if every comparison holds, otherwise `failure`, as one atomic step. */

@@ -7,6 +7,7 @@
 // (the call may or may not have been applied), HAVEN_ERR_NOT_FOUND for a lease the store does not know,
 // HAVEN_ERR_IO for anything else it refuses.
 
+import { HavenError } from "../core/errors.js";
 import type { KeyValue, LeaseId, WatchEvent } from "./etcd-codec.js";
 import type { Watch, WatchOptions } from "./etcd-watch.js";
 
@@ -102,17 +103,27 @@ export interface ClusterStore {
   watchPrefix(prefix: string, options: WatchOptions, onEvent: (event: WatchEvent) => void): Watch;
 }
 
-/** Puts `value` at `key` only if the key's modRevision is still `modRevision` (0: the key must not exist). */
-export async function putIfUnchanged(
-  store: ClusterStore,
-  key: string,
-  value: string,
-  modRevision: number,
-): Promise<boolean> {
-  const result = await store.txn(
-    [{ key, target: "modRevision", result: "equal", value: modRevision }],
-    [{ type: "put", key, value }],
-    [],
-  );
-  return result.succeeded;
+/** What putIf compares before it puts (at least one of the two), and the lease to attach the key to. */
+export interface PutCondition {
+  /** The key's modRevision must be this (0: the key must not exist). */
+  readonly expectModRevision?: number;
+  /** The key's value must be this (a missing key never matches). */
+  readonly expectValue?: string;
+  readonly lease?: LeaseId;
+}
+
+/**
+ * Compare-and-swap on any store: puts the value only if the key is as expected, atomically. Resolves
+ * with whether the put happened; a condition that names nothing to compare is refused.
+ */
+export async function putIf(store: ClusterStore, key: string, value: string, expect: PutCondition): Promise<boolean> {
+  const compare: Compare[] = [];
+  if (expect.expectModRevision !== undefined)
+    compare.push({ key, target: "modRevision", result: "equal", value: expect.expectModRevision });
+  if (expect.expectValue !== undefined)
+    compare.push({ key, target: "value", result: "equal", value: expect.expectValue });
+  if (compare.length === 0)
+    throw new HavenError("HAVEN_ERR_INVALID_REQUEST", `putIf "${key}" needs expectModRevision or expectValue`);
+  const put: TxnOperation = { type: "put", key, value, ...(expect.lease !== undefined && { lease: expect.lease }) };
+  return (await store.txn(compare, [put], [])).succeeded;
 }

@@ -42,7 +42,7 @@ import type {
   WatchEvent,
   WatchOptions,
 } from "../../src/cluster/etcd-client.js";
-import type { ClusterStore } from "../../src/cluster/store.js";
+import { putIf, type ClusterStore, type PutCondition } from "../../src/cluster/store.js";
 import type { Clock } from "../../src/util/clock.js";
 import type { Rng } from "./rng.js";
 import { compareKeys, ETCD_REFUSALS, SimKeyspace, StoreRefusal, type KeySelection, type StepResult } from "./sim-kv.js";
@@ -915,22 +915,8 @@ export class SimStoreClient implements ClusterStore {
     );
   }
 
-  async putIf(
-    key: string,
-    value: string,
-    expect: { expectModRevision?: number; expectValue?: string; lease?: LeaseId },
-  ): Promise<boolean> {
-    const compare: Compare[] = [];
-    if (expect.expectModRevision !== undefined) {
-      compare.push({ key, target: "modRevision", result: "equal", value: expect.expectModRevision });
-    }
-    if (expect.expectValue !== undefined)
-      compare.push({ key, target: "value", result: "equal", value: expect.expectValue });
-    if (compare.length === 0) {
-      throw new HavenError("HAVEN_ERR_INVALID_REQUEST", `putIf "${key}" needs expectModRevision or expectValue`);
-    }
-    const put: TxnOperation = { type: "put", key, value, ...leaseField(expect.lease) };
-    return (await this.txn(compare, [put], [])).succeeded;
+  putIf(key: string, value: string, expect: PutCondition): Promise<boolean> {
+    return putIf(this, key, value, expect);
   }
 
   async txn(compare: Compare[], success: TxnOperation[], failure: TxnOperation[]): Promise<TxnResult> {
