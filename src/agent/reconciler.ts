@@ -170,6 +170,16 @@ export class Reconciler {
         log(`dropped a malformed switchover request: ${errorMessage(error)}`);
         continue;
       }
+      if (handover.to === this.me) {
+        // Asked of a primary that has since moved here (the request outlived its switchover).
+        await world.store.txn(
+          [{ key: keys.handover(name), target: "modRevision", result: "equal", value: kv.modRevision }],
+          [{ type: "delete", key: keys.handover(name) }],
+          [],
+        );
+        log(`volume ${name}: dropped a switchover request to ${this.me}, which is its primary already`);
+        continue;
+      }
       const context = {
         me: this.me,
         store: world.store,
