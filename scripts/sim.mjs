@@ -1,10 +1,11 @@
+#!/usr/bin/env node
 // `npm run sim -- [--seeds N] [--from S] [--seed S] [--trace] [--steps N]`: runs the control-plane
-// simulation (cluster-scenario.ts) over seeds S, S+1, ... S+N-1 (default: 200 seeds from 1), or replays
-// one seed with --seed (with --trace, every event of the run is printed). Prints one line per failing
+// simulation (test/sim/cluster-scenario.ts, as built into dist/) over seeds S, S+1, ... S+N-1 (default:
+// 200 seeds from 1), or replays one seed with --seed (with --trace, every event of the run is printed). Prints one line per failing
 // seed with the command that replays it, and a summary; exits 1 if any seed failed.
 
 import { parseArgs } from "node:util";
-import { ClusterSim } from "./cluster-scenario.js";
+const { ClusterSim } = await import(new URL("../dist/test/sim/cluster-scenario.js", import.meta.url).href);
 
 const { values } = parseArgs({
   options: {
@@ -15,7 +16,7 @@ const { values } = parseArgs({
     trace: { type: "boolean" },
   },
 });
-const whole = (text: string | undefined, fallback: number, what: string): number => {
+const whole = (text, fallback, what) => {
   const value = text === undefined ? fallback : Number(text);
   if (!Number.isSafeInteger(value) || value < 0) {
     process.stderr.write(`sim: --${what} must be a whole number, not ${text}\n`);
@@ -34,7 +35,7 @@ for (let seed = from; seed < from + count; seed++) {
   const sim = new ClusterSim({
     seed,
     faultSteps,
-    ...(values.trace && { trace: (line: string) => process.stdout.write(`${line}\n`) }),
+    ...(values.trace && { trace: (line) => process.stdout.write(`${line}\n`) }),
   });
   try {
     const stats = await sim.run();
