@@ -12,6 +12,8 @@
 //   heartbeats over the replication link (host or network gone) or still answers them (cut off from
 //   etcd only, so it has fenced itself: the lease rule, not the heartbeat, is what makes this safe).
 //
+// - An engine that failed to start here is not started again before its retry time (startRetryAt).
+//
 // The grace period's timer is part of the decision's input: deadPrimaries() computes, from the previous
 // round's timers and this round's view, since when each volume's primary host has been seen dead, and
 // decide() reads it. Both are pure; the agent only keeps the map between rounds.
@@ -40,6 +42,11 @@ export interface HostView {
   readonly diskProblem?: string | undefined;
   /** Whether the heartbeat link to a host is up; undefined when there is none. */
   readonly linkUp?: (host: string) => boolean | undefined;
+  /**
+   * Volumes whose engine failed to start here, and the monotonic ms before which no new start is
+   * tried (each start takes a new epoch: retrying at once would burn epochs and flood the events).
+   */
+  readonly startRetryAt?: ReadonlyMap<string, number>;
 }
 
 export type Action =
@@ -50,6 +57,13 @@ export type Action =
   | { readonly kind: "none" };
 
 export function decide(volume: VolumeView, host: HostView): Action {
+  const action = decideIgnoringBackoff(volume, host);
+  if (action.kind !== "serve" && action.kind !== "promote") return action;
+  const retryAt = host.startRetryAt?.get(volume.spec.name);
+  return retryAt !== undefined && host.now < retryAt ? none : action;
+}
+
+function decideIgnoringBackoff(volume: VolumeView, host: HostView): Action {
   const { spec, primary } = volume;
   const name = spec.name;
   const mine = spec.replicas.some((replica) => replica.host === host.me);

@@ -100,6 +100,7 @@ export class Reconciler {
     const now = world.clock.now();
     const primaryHosts = new Map([...view.primaries].map(([name, { record }]) => [name, record.host]));
     this.deadSince = deadPrimaries(this.deadSince, primaryHosts, view.alive, now);
+    const startRetryAt = new Map([...this.startBackoff].map(([name, backoff]) => [name, backoff.untilMs]));
     for (const spec of view.volumes.values()) {
       if (this.placedHere(spec) !== undefined) this.seenVolumes.add(spec.name);
       if (volumes.isBusy(spec.name)) continue;
@@ -116,12 +117,9 @@ export class Reconciler {
           failoverGraceMs: this.options.config.timings.failoverGraceMs,
           diskProblem: health.diskProblem(this.placedHere(spec)?.disk),
           linkUp: (host) => links.isUp(host),
+          startRetryAt,
         },
       );
-      if (action.kind === "serve" || action.kind === "promote") {
-        const backoff = this.startBackoff.get(spec.name);
-        if (backoff !== undefined && now < backoff.untilMs) continue;
-      }
       try {
         await this.act(spec, action, view, primary?.modRevision ?? 0);
         if (volumes.get(spec.name) !== undefined) this.startBackoff.delete(spec.name);

@@ -300,6 +300,7 @@ export class ClusterSim {
       ["slow-store", 1],
       ["leader-change", 1],
       ["disk-fail", 2],
+      ["disk-hang", 1],
       ["switchover", 2],
     ]);
     this.count(fault);
@@ -384,6 +385,15 @@ export class ClusterSim {
         const failures = this.rng.int(1, 3);
         this.note(`FAULT ${name}'s copy of ${volume}: next ${failures} operations fail`);
         plan.failNext += failures;
+        return;
+      }
+      case "disk-hang": {
+        // A disk that stops answering: a remote copy's connection times out, a local one's command does.
+        const volume = this.rng.pick(this.volumeNames);
+        const plan = this.net.plans.get(copyKey(name, volume));
+        if (plan === undefined) return;
+        this.note(`FAULT ${name}'s copy of ${volume}: the next operation hangs`);
+        plan.hangNext += 1;
         return;
       }
       case "switchover": {

@@ -3,7 +3,7 @@
 // primary stops, and promotion waits out the grace period with an epoch above the record's.
 
 import assert from "node:assert/strict";
-import { decide, type HostView, type VolumeView } from "../../src/agent/decide.js";
+import { deadPrimaries, decide, type HostView, type VolumeView } from "../../src/agent/decide.js";
 import type { ReplicaRecord } from "../../src/cluster/schema.js";
 import { boundedTest } from "../helpers/bounded-test.js";
 
@@ -114,4 +114,23 @@ test("a failover says whether the old primary still answered heartbeats over the
   assert.match(reason(true), /a still answers heartbeats over the replication link: it is cut off from etcd/);
   assert.match(reason(false), /a stopped answering heartbeats over the replication link too/);
   assert.doesNotMatch(reason(undefined), /heartbeat/);
+});
+
+test("an engine that failed to start here is not started again before its retry time, then is", () => {
+  const retry = new Map([["v", 12_000]]);
+  assert.deepEqual(decide(volume("b"), host({ startRetryAt: retry })), { kind: "none" });
+  assert.deepEqual(decide(volume("b"), host({ startRetryAt: retry, now: 12_000 })), { kind: "serve", epoch: 3 });
+  // A promotion waits the same way; what is not a start (stop, wait) is never held back.
+  const dead = { alive: new Set(["b"]), primaryDeadSince: new Map([["v", 0]]), startRetryAt: retry };
+  assert.deepEqual(decide(volume("a", { b: record("in-sync") }), host(dead)), { kind: "none" });
+  assert.equal(decide(volume("a", { b: record("in-sync") }), host({ ...dead, now: 12_000 })).kind, "promote");
+  assert.equal(decide(volume("a"), host({ startRetryAt: retry, running: new Set(["v"]) })).kind, "stop");
+});
+
+test("the failover timer starts when a primary is first seen dead, holds while it stays dead, and ends when it lives", () => {
+  const first = deadPrimaries(new Map(), new Map([["v", "a"]]), new Set(["b"]), 1_000);
+  assert.deepEqual([...first], [["v", 1_000]]);
+  const later = deadPrimaries(first, new Map([["v", "a"]]), new Set(["b"]), 5_000);
+  assert.deepEqual([...later], [["v", 1_000]], "the first sighting counts, not the latest");
+  assert.deepEqual([...deadPrimaries(later, new Map([["v", "a"]]), new Set(["a", "b"]), 6_000)], []);
 });
