@@ -5,7 +5,7 @@
 // it was recorded out of sync. `busy` keeps a slow start or stop from being repeated by the next round.
 
 import type { HostRecord, ReplicaRecord, VolumeSpec } from "../cluster/schema.js";
-import { HavenError, errorMessage } from "../core/errors.js";
+import { HavenError, errorMessage, hasCode } from "../core/errors.js";
 import { VolumeEngine, type EngineOptions } from "../engine/engine.js";
 import type { ReplicaOpener } from "../replica/port.js";
 import type { AgentConfig } from "./config.js";
@@ -115,7 +115,7 @@ export class VolumeLifecycle {
       // every acknowledged write (a copy leaves that record before any write it misses is acknowledged):
       // what the others hold beyond it was never acknowledged, so they are rebuilt from it, as
       // healSplitBrain does for a copy that returns diverged while the engine runs.
-      const splitBrain = error instanceof HavenError && error.message.startsWith("split brain");
+      const splitBrain = hasCode(error, "HAVEN_ERR_SPLIT_BRAIN");
       if (!splitBrain || context.mine?.state !== "in-sync") {
         await events.event("volume-start-failed", `cannot start the engine: ${errorMessage(error)}`, name);
         throw error;

@@ -40,6 +40,12 @@ export const ERRORS = {
   },
   /** The engine stopped completing I/O: it was deposed, or its host can no longer prove its lease. */
   HAVEN_ERR_FENCED: { summary: "the volume's engine is fenced", exitCode: 1, httpStatus: 503 },
+  /**
+   * Copies of a volume took writes apart: neither holds everything the other does. Resolved only by
+   * naming the survivor (--survivor, resolve-split-brain), or by the control plane when the copy
+   * recorded in sync survives.
+   */
+  HAVEN_ERR_SPLIT_BRAIN: { summary: "the copies took writes apart (split brain)", exitCode: 1, httpStatus: 409 },
   HAVEN_ERR_NOT_SUPPORTED: { summary: "operation not supported", exitCode: 1, httpStatus: 501 },
   HAVEN_ERR_TOO_LARGE: { summary: "request too large", exitCode: 1, httpStatus: 413 },
   HAVEN_ERR_IO: { summary: "I/O error on the backing store", exitCode: 1, httpStatus: 500 },

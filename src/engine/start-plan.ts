@@ -219,7 +219,7 @@ export function planStart(input: StartInput): StartPlan {
       (c) => `${locationOf(c.index)} (generation ${c.metadata.generations.current || "none"})`,
     );
     throw new HavenError(
-      "HAVEN_ERR_CONFIG",
+      "HAVEN_ERR_SPLIT_BRAIN",
       `split brain: the copies of ${name} took writes apart (${lines.join(", ")}); ` +
         `name the copy whose data survives with --survivor LOCATION (the others are rebuilt from it)`,
     );

@@ -333,7 +333,7 @@ export class World {
       this.log(`E${no}: start failed: ${(error as Error).message}`);
       this.net.killOwner(no);
       this.engine = undefined;
-      if (hasCode(error, "HAVEN_ERR_CONFIG") && /^split brain/.test(error.message) && !options.expectFailure)
+      if (hasCode(error, "HAVEN_ERR_SPLIT_BRAIN") && !options.expectFailure)
         throw this.violation("rule 5", `E${no} found a split brain that no schedule of one writer can make`);
       const legitimate =
         error instanceof HavenError &&

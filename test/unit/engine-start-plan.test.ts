@@ -199,7 +199,7 @@ test("copies that took writes apart are a split brain, refused until the operato
   const apartB = meta(1, gen(3, 1), [1]);
   assert.throws(
     () => planStart(input([opened(0, apartA), opened(1, apartB)])),
-    failsWith("HAVEN_ERR_CONFIG", /split brain: .*--survivor/),
+    failsWith("HAVEN_ERR_SPLIT_BRAIN", /split brain: .*--survivor/),
   );
   const plan = adopt(planStart(input([opened(0, apartA), opened(1, apartB)], { survivor: "/disk1" })));
   assert.equal(plan.source, 1);
