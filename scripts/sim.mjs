@@ -4,6 +4,8 @@
 // 200 seeds from 1), or replays one seed with --seed (with --trace, every event of the run is printed). Prints one line per failing
 // seed with the command that replays it, and a summary; exits 1 if any seed failed.
 
+import { performance } from "node:perf_hooks";
+import { URL } from "node:url";
 import { parseArgs } from "node:util";
 const { ClusterSim } = await import(new URL("../dist/test/sim/cluster-scenario.js", import.meta.url).href);
 
