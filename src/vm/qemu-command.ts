@@ -36,6 +36,8 @@ export interface VmRuntimePaths {
   readonly serialSocket: string;
   readonly serialLog: string;
   readonly heartbeatSocket: string;
+  /** QEMU's stderr, appended to by whoever starts it (not an argument: QEMU does not open it). */
+  readonly qemuLog: string;
 }
 
 export interface VmNic {

@@ -1,5 +1,5 @@
 // A VM's runtime directory on its host: the files through which the agent reaches its QEMU
-// (pidfile, QMP socket, serial console socket and log, heartbeat socket), in a directory only
+// (pidfile, QMP socket, serial console socket and log, heartbeat socket, QEMU's own log), in a directory only
 // Haven's user can enter (mode 0700), so no other local user can talk to QEMU (DESIGN.md, "Trust").
 //
 // The model for finding a running QEMU again (after an agent restart): the pidfile says which pid
@@ -24,6 +24,7 @@ export function runtimePaths(dir: string): VmRuntimePaths {
     serialSocket: join(dir, "serial.sock"),
     serialLog: join(dir, "serial.log"),
     heartbeatSocket: join(dir, "heartbeat.sock"),
+    qemuLog: join(dir, "qemu.log"),
   };
 }
 

@@ -24,6 +24,7 @@ function spec(overrides: Partial<VmSpec> = {}): VmSpec {
       serialSocket: "/run/haven/vms/web-1/serial.sock",
       serialLog: "/run/haven/vms/web-1/serial.log",
       heartbeatSocket: "/run/haven/vms/web-1/heartbeat.sock",
+      qemuLog: "/run/haven/vms/web-1/qemu.log",
     },
     ...overrides,
   };
