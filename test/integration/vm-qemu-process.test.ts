@@ -1,18 +1,22 @@
 // QemuProcess with the repository's test guest under TCG with 2 vCPUs, its disk served by qemu-nbd
 // on a unix socket: after start the VM is running and the guest boots (its marker reaches the
-// serial log), QEMU has two vCPU threads, each pinned to its
-// host CPU (read back from /proc/PID/task/TID/status), the pidfile's pid is trusted, and stop ends
-// QEMU with nothing left running. Every process the test starts is stopped by its pid.
+// serial log), QEMU has two vCPU threads, each pinned to its host CPU (read back from
+// /proc/PID/task/TID/status), the pidfile's pid is trusted, and stop ends QEMU with nothing left
+// running; a hung QEMU is killed by its pid once powerdown and quit time out; a QEMU that cannot
+// open its disk fails start and leaves nothing behind. Every process the test starts is stopped by
+// its pid.
 
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtemp, readFile, rm, stat, truncate, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, readdir, rm, stat, truncate, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { QemuProcess } from "../../src/vm/qemu-process.js";
-import { createRuntimeDir, trustedPid } from "../../src/vm/runtime-dir.js";
-import { ensureGuest } from "../helpers/guest.js";
+import { HavenError } from "../../src/core/errors.js";
+import type { VmRuntimePaths, VmSpec } from "../../src/vm/qemu-command.js";
+import { commandLineNamesVm, createRuntimeDir, processCommandLine, trustedPid } from "../../src/vm/runtime-dir.js";
+import { ensureGuest, type GuestImage } from "../helpers/guest.js";
 import { haveTool } from "../helpers/server-process.js";
 
 const QEMU = "qemu-system-x86_64";
@@ -38,6 +42,17 @@ async function cpusAllowed(pid: number, tid: number): Promise<string> {
   return (line ?? "").split(":")[1]?.trim() ?? "";
 }
 
+/** Pids whose command line names VM `vmName` (read from /proc; nothing is killed by name). */
+async function processesNaming(vmName: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const entry of await readdir("/proc")) {
+    if (!/^[0-9]+$/.test(entry)) continue;
+    const argv = await processCommandLine(Number(entry)).catch(() => undefined);
+    if (argv && commandLineNamesVm(argv, vmName)) pids.push(Number(entry));
+  }
+  return pids;
+}
+
 function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -53,51 +68,57 @@ describe(
   () => {
     let dir: string;
     let nbd: ChildProcess | undefined;
-    let vm: QemuProcess | undefined;
+    let nbdSocket: string;
+    let guest: GuestImage;
+    const vms: QemuProcess[] = [];
 
     before(async () => {
       dir = await mkdtemp(join(tmpdir(), "haven-vm-process-"));
-    });
-
-    after(async () => {
-      if (vm && !vm.hasExited) process.kill(vm.pid, "SIGKILL");
-      if (nbd?.pid !== undefined && nbd.exitCode === null && nbd.signalCode === null) process.kill(nbd.pid, "SIGKILL");
-      await rm(dir, { recursive: true, force: true });
-    });
-
-    it("runs after cont with two vCPU threads pinned to their CPUs, and stops with nothing left running", async () => {
-      const guest = await ensureGuest();
+      guest = await ensureGuest();
       const disk = join(dir, "disk.raw");
       await writeFile(disk, Buffer.alloc(0));
       await truncate(disk, 64 * 1024 * 1024);
-      const nbdSocket = join(dir, "nbd.sock");
-      const server = spawn("qemu-nbd", ["-f", "raw", "-k", nbdSocket, "-x", "vol", "-t", disk], {
+      nbdSocket = join(dir, "nbd.sock");
+      // --shared: each test's QEMU is a client of its own.
+      const server = spawn("qemu-nbd", ["-f", "raw", "-k", nbdSocket, "-x", "vol", "-t", "--shared=4", disk], {
         stdio: ["ignore", "ignore", "pipe"],
       });
       nbd = server;
       await waitForSocket(nbdSocket, server, 10_000);
+    });
 
+    after(async () => {
+      for (const vm of vms) if (!vm.hasExited) process.kill(vm.pid, "SIGKILL");
+      if (nbd?.pid !== undefined && nbd.exitCode === null && nbd.signalCode === null) process.kill(nbd.pid, "SIGKILL");
+      await rm(dir, { recursive: true, force: true });
+    });
+
+    function spec(name: string, runtime: VmRuntimePaths, diskSocket = nbdSocket): VmSpec {
+      return {
+        name,
+        vcpus: 2,
+        memoryMiB: 256,
+        accelerator: "tcg",
+        disk: { socketPath: diskSocket, exportName: "vol" },
+        kernelBoot: {
+          kernel: guest.kernel,
+          initrd: guest.initramfs,
+          append: "console=ttyS0 panic=-1 quiet haven.test=shell",
+        },
+        nics: [],
+        runtime,
+      };
+    }
+
+    it("runs after cont with two vCPU threads pinned to their CPUs, and stops with nothing left running", async () => {
       const runtimeDir = join(dir, "vms", "guest-1");
       const runtime = await createRuntimeDir(runtimeDir);
       const started = await QemuProcess.start({
-        spec: {
-          name: "guest-1",
-          vcpus: 2,
-          memoryMiB: 256,
-          accelerator: "tcg",
-          disk: { socketPath: nbdSocket, exportName: "vol" },
-          kernelBoot: {
-            kernel: guest.kernel,
-            initrd: guest.initramfs,
-            append: "console=ttyS0 panic=-1 quiet haven.test=shell",
-          },
-          nics: [],
-          runtime,
-        },
+        spec: spec("guest-1", runtime),
         vcpuHostCpus: [0, 1],
         startTimeoutMs: 60_000,
       });
-      vm = started;
+      vms.push(started);
 
       const status = (await started.qmp.execute("query-status")) as { status: string; running: boolean };
       assert.equal(status.status, "running");
@@ -128,6 +149,36 @@ describe(
       assert.equal(alive(started.pid), false, "QEMU is gone");
       assert.equal(await trustedPid(runtimeDir, "guest-1"), undefined);
       assert.equal(await started.stop(), "already-exited");
+    });
+
+    it("a QEMU that answers nothing is killed by its pid after powerdown and quit time out", async () => {
+      const runtimeDir = join(dir, "vms", "guest-3");
+      const runtime = await createRuntimeDir(runtimeDir);
+      const started = await QemuProcess.start({
+        spec: spec("guest-3", runtime),
+        startTimeoutMs: 60_000,
+        qmpCommandTimeoutMs: 500,
+      });
+      vms.push(started);
+      process.kill(started.pid, "SIGSTOP"); // hung: QMP gets no reply
+      const outcome = await started.stop({ powerdownTimeoutMs: 500, quitTimeoutMs: 500 });
+      assert.equal(outcome, "killed");
+      assert.equal((await started.exited).signal, "SIGKILL");
+      assert.equal(alive(started.pid), false);
+    });
+
+    it("a QEMU that cannot open its disk fails start with its log, and nothing is left running", async () => {
+      const runtimeDir = join(dir, "vms", "guest-4");
+      const runtime = await createRuntimeDir(runtimeDir);
+      await assert.rejects(
+        QemuProcess.start({ spec: spec("guest-4", runtime, join(dir, "absent.sock")), startTimeoutMs: 30_000 }),
+        (error: unknown) => {
+          assert.ok(error instanceof HavenError, String(error));
+          return true;
+        },
+      );
+      assert.match(await readFile(runtime.qemuLog, "utf8"), /absent\.sock/);
+      assert.deepEqual(await processesNaming("guest-4"), []);
     });
   },
 );
