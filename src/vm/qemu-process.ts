@@ -2,7 +2,8 @@
 // then firmly, then by force.
 //
 // The model (DESIGN.md, "Virtual servers": start paused, set up, `cont`):
-//   start: spawn QEMU with qemuCommand(spec) in its own process group (so a signal to the agent's
+//   start: refuse if a QEMU of this VM still runs (its pidfile trusted: a VM never runs twice);
+//     remove sockets a killed QEMU left; spawn QEMU with qemuCommand(spec) in its own process group (so a signal to the agent's
 //     group never reaches it), stderr appended to the runtime directory's qemu.log; wait (bounded)
 //     for its QMP socket; connect; read the vCPU threads with query-cpus-fast; pin each vCPU thread
 //     to its host CPU (sched_setaffinity through `taskset -p -c CPU TID`); `cont`. Any failure kills
@@ -12,10 +13,11 @@
 
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { closeSync, openSync } from "node:fs";
-import { stat } from "node:fs/promises";
+import { rm, stat } from "node:fs/promises";
 import { HavenError, errorMessage } from "../core/errors.js";
 import { QmpClient } from "./qmp-client.js";
 import { qemuCommand, type VmSpec } from "./qemu-command.js";
+import { trustedPidFromPidfile } from "./runtime-dir.js";
 
 export const DEFAULT_START_TIMEOUT_MS = 30_000;
 export const DEFAULT_QMP_COMMAND_TIMEOUT_MS = 10_000;
@@ -96,6 +98,14 @@ export class QemuProcess {
     const deadline = Date.now() + startTimeoutMs;
     const remaining = (): number => Math.max(1, deadline - Date.now());
 
+    // A VM never runs twice: a QEMU of this VM that still runs (its pidfile trusted) is refused.
+    const running = await trustedPidFromPidfile(spec.runtime.pidfile, spec.name);
+    if (running !== undefined)
+      throw new HavenError("HAVEN_ERR_CONFLICT", `VM ${spec.name} is already running here as pid ${running}`);
+    // Sockets left by a QEMU that was killed would look ready before the new QEMU listens.
+    for (const socket of [spec.runtime.qmpSocket, spec.runtime.serialSocket, spec.runtime.heartbeatSocket])
+      await rm(socket, { force: true });
+
     const logFd = openSync(spec.runtime.qemuLog, "a", 0o600);
     let child: ChildProcess;
     try {
@@ -110,16 +120,16 @@ export class QemuProcess {
       child.once("exit", (code, signal) => resolve({ code, signal }));
       child.once("error", () => resolve({ code: null, signal: null }));
     });
-    const spawnError = new Promise<Error>((resolve) => child.once("error", resolve));
+    const spawnFailed = new Promise<never>((_resolve, reject) =>
+      child.once("error", (error) =>
+        reject(new HavenError("HAVEN_ERR_UNAVAILABLE", `VM ${spec.name}: QEMU did not start: ${error.message}`)),
+      ),
+    );
+    spawnFailed.catch(() => undefined); // only the race below reads it
 
     let qmp: QmpClient | undefined;
     try {
-      await Promise.race([
-        waitForSocket(spec.runtime.qmpSocket, child, remaining()),
-        spawnError.then((error) => {
-          throw new HavenError("HAVEN_ERR_UNAVAILABLE", `VM ${spec.name}: QEMU did not start: ${error.message}`);
-        }),
-      ]);
+      await Promise.race([waitForSocket(spec.runtime.qmpSocket, child, remaining()), spawnFailed]);
       qmp = await QmpClient.connect(spec.runtime.qmpSocket, { connectTimeoutMs: remaining() });
       const client = qmp;
       const timeout = (): { timeoutMs: number } => ({ timeoutMs: Math.min(qmpCommandTimeoutMs, remaining()) });

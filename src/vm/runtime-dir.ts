@@ -110,7 +110,12 @@ export async function processCommandLine(pid: number): Promise<string[] | undefi
  * command line names this VM; undefined otherwise (no pidfile, a dead pid, or a reused one).
  */
 export async function trustedPid(dir: string, vmName: string): Promise<number | undefined> {
-  const pid = await readPidfile(runtimePaths(dir).pidfile);
+  return trustedPidFromPidfile(runtimePaths(dir).pidfile, vmName);
+}
+
+/** trustedPid for a pidfile given by its path. */
+export async function trustedPidFromPidfile(pidfile: string, vmName: string): Promise<number | undefined> {
+  const pid = await readPidfile(pidfile);
   if (pid === undefined) return undefined;
   const argv = await processCommandLine(pid);
   if (argv === undefined) return undefined;

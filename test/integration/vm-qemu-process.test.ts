@@ -2,9 +2,10 @@
 // on a unix socket: after start the VM is running and the guest boots (its marker reaches the
 // serial log), QEMU has two vCPU threads, each pinned to its host CPU (read back from
 // /proc/PID/task/TID/status), the pidfile's pid is trusted, and stop ends QEMU with nothing left
-// running; a hung QEMU is killed by its pid once powerdown and quit time out; a QEMU that cannot
-// open its disk fails start and leaves nothing behind. Every process the test starts is stopped by
-// its pid.
+// running. A hung QEMU is killed by its pid once powerdown and quit time out; a new start in its
+// directory is not fooled by what it left; a second start of a running VM is refused. A QEMU that
+// cannot open its disk fails start and leaves nothing behind. Every process the test starts is
+// stopped by its pid.
 
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
@@ -13,7 +14,7 @@ import { mkdtemp, readFile, readdir, rm, stat, truncate, writeFile } from "node:
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { QemuProcess } from "../../src/vm/qemu-process.js";
-import { HavenError } from "../../src/core/errors.js";
+import { HavenError, hasCode } from "../../src/core/errors.js";
 import type { VmRuntimePaths, VmSpec } from "../../src/vm/qemu-command.js";
 import { commandLineNamesVm, createRuntimeDir, processCommandLine, trustedPid } from "../../src/vm/runtime-dir.js";
 import { ensureGuest, type GuestImage } from "../helpers/guest.js";
@@ -151,7 +152,7 @@ describe(
       assert.equal(await started.stop(), "already-exited");
     });
 
-    it("a QEMU that answers nothing is killed by its pid after powerdown and quit time out", async () => {
+    it("a hung QEMU is killed by its pid after powerdown and quit time out; a restart is not fooled by its leftovers, and a second start is refused", async () => {
       const runtimeDir = join(dir, "vms", "guest-3");
       const runtime = await createRuntimeDir(runtimeDir);
       const started = await QemuProcess.start({
@@ -165,6 +166,18 @@ describe(
       assert.equal(outcome, "killed");
       assert.equal((await started.exited).signal, "SIGKILL");
       assert.equal(alive(started.pid), false);
+
+      // The killed QEMU left its pidfile and sockets: a new start in the same directory is not fooled.
+      const again = await QemuProcess.start({ spec: spec("guest-3", runtime), startTimeoutMs: 60_000 });
+      vms.push(again);
+      assert.equal(await trustedPid(runtimeDir, "guest-3"), again.pid);
+      // A VM never runs twice: a second start while it runs is refused.
+      await assert.rejects(
+        QemuProcess.start({ spec: spec("guest-3", runtime), startTimeoutMs: 60_000 }),
+        (error: unknown) => hasCode(error, "HAVEN_ERR_CONFLICT") && /already running/.test(String(error)),
+      );
+      assert.equal(alive(again.pid), true);
+      assert.notEqual(await again.stop({ powerdownTimeoutMs: 500, quitTimeoutMs: 10_000 }), "killed");
     });
 
     it("a QEMU that cannot open its disk fails start with its log, and nothing is left running", async () => {
