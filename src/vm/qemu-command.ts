@@ -1,0 +1,213 @@
+// QEMU's argument list for one VM, built from its spec by a pure function (no I/O, no defaults
+// from the environment), so what Haven runs can be read and tested as data.
+//
+// The model (DESIGN.md, "Virtual servers"): QEMU starts paused (-S) with no default devices; the
+// agent sets it up over QMP and then sends `cont`. The disk is the volume's NBD endpoint on this host
+// (a unix socket that never moves), opened with -blockdev as an nbd node under a raw format node,
+// with cache.direct=on, on a virtio-blk device that stops the VM on an I/O error (werror/rerror=stop)
+// instead of handing the error to the guest. Everything the agent watches lives in the VM's runtime
+// directory: QMP socket, serial console socket and log, heartbeat port socket, pidfile. A pvpanic
+// device reports a guest kernel panic as a QMP event; a virtio-serial port named
+// HEARTBEAT_PORT_NAME carries the guest's heartbeat.
+//
+// Every value is checked here, at the edge, with a HAVEN_ERR_CONFIG that names the field: a name or
+// path QEMU's option parser would split (commas) or a MAC it would reject never reaches QEMU.
+
+import { isAbsolute } from "node:path";
+import { HavenError } from "../core/errors.js";
+
+/** The name of the guest's virtio-serial heartbeat port (/dev/virtio-ports/<name> in the guest). */
+export const HEARTBEAT_PORT_NAME = "org.haven.heartbeat.0";
+
+export const MAX_VCPUS = 64;
+export const MIN_MEMORY_MIB = 16;
+export const MAX_MEMORY_MIB = 1024 * 1024;
+/** The NBD protocol's bound on an export name, in bytes. */
+export const MAX_EXPORT_NAME_BYTES = 4096;
+/** Linux's bound on an interface name (IFNAMSIZ - 1). */
+export const MAX_TAP_NAME_LENGTH = 15;
+
+export type Accelerator = "kvm" | "tcg";
+
+/** The files in a VM's runtime directory that QEMU creates or writes (see runtime-dir.ts). */
+export interface VmRuntimePaths {
+  readonly pidfile: string;
+  readonly qmpSocket: string;
+  readonly serialSocket: string;
+  readonly serialLog: string;
+  readonly heartbeatSocket: string;
+  /** QEMU's stderr, appended to by whoever starts it (not an argument: QEMU does not open it). */
+  readonly qemuLog: string;
+}
+
+export interface VmNic {
+  /** The host's tap device, created and attached to its bridge before QEMU starts. */
+  readonly tapName: string;
+  /** A fixed unicast MAC, e.g. "52:54:00:12:34:56": the guest's interface keeps its identity across hosts. */
+  readonly mac: string;
+}
+
+export interface VmKernelBoot {
+  readonly kernel: string;
+  readonly initrd?: string;
+  readonly append?: string;
+}
+
+export interface VmSpec {
+  /** The VM's name: letters, digits, '.', '_', '-'; it names the QEMU process (-name guest=NAME). */
+  readonly name: string;
+  readonly vcpus: number;
+  readonly memoryMiB: number;
+  readonly accelerator: Accelerator;
+  /** The volume's NBD endpoint on this host. */
+  readonly disk: { readonly socketPath: string; readonly exportName: string };
+  /** Direct kernel boot (the test guest); without it the VM boots from its disk. */
+  readonly kernelBoot?: VmKernelBoot;
+  readonly nics: readonly VmNic[];
+  readonly runtime: VmRuntimePaths;
+}
+
+const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+const MAC_PATTERN = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
+const TAP_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+
+function invalid(name: string, detail: string): never {
+  throw new HavenError("HAVEN_ERR_CONFIG", `VM ${JSON.stringify(name)}: ${detail}`);
+}
+
+/** Checks that `path` can be given to QEMU: absolute, and inside an option string, without commas. */
+function checkPath(vm: string, field: string, path: string, inOptionString: boolean): void {
+  if (typeof path !== "string" || path === "" || !isAbsolute(path))
+    invalid(vm, `${field} must be an absolute path, got ${JSON.stringify(path)}`);
+  if (path.includes("\0")) invalid(vm, `${field} contains a NUL byte`);
+  if (inOptionString && path.includes(","))
+    invalid(vm, `${field} ${JSON.stringify(path)} contains a comma, which QEMU's option parser would split`);
+}
+
+/** Validates a VM spec; throws HAVEN_ERR_CONFIG naming the first bad field. */
+export function validateVmSpec(spec: VmSpec): void {
+  if (typeof spec.name !== "string" || !NAME_PATTERN.test(spec.name))
+    invalid(
+      String(spec.name),
+      "the name must be 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit",
+    );
+  const vm = spec.name;
+  if (!Number.isSafeInteger(spec.vcpus) || spec.vcpus < 1 || spec.vcpus > MAX_VCPUS)
+    invalid(vm, `vcpus must be an integer from 1 to ${MAX_VCPUS}, got ${spec.vcpus}`);
+  if (!Number.isSafeInteger(spec.memoryMiB) || spec.memoryMiB < MIN_MEMORY_MIB || spec.memoryMiB > MAX_MEMORY_MIB)
+    invalid(vm, `memoryMiB must be an integer from ${MIN_MEMORY_MIB} to ${MAX_MEMORY_MIB}, got ${spec.memoryMiB}`);
+  if (spec.accelerator !== "kvm" && spec.accelerator !== "tcg")
+    invalid(vm, `accelerator must be "kvm" or "tcg", got ${JSON.stringify(spec.accelerator)}`);
+  checkPath(vm, "disk.socketPath", spec.disk.socketPath, false);
+  if (typeof spec.disk.exportName !== "string" || Buffer.byteLength(spec.disk.exportName) > MAX_EXPORT_NAME_BYTES)
+    invalid(vm, `disk.exportName must be a string of at most ${MAX_EXPORT_NAME_BYTES} bytes`);
+  if (spec.kernelBoot) {
+    checkPath(vm, "kernelBoot.kernel", spec.kernelBoot.kernel, false);
+    if (spec.kernelBoot.initrd !== undefined) checkPath(vm, "kernelBoot.initrd", spec.kernelBoot.initrd, true);
+    if (spec.kernelBoot.append?.includes("\0")) invalid(vm, "kernelBoot.append contains a NUL byte");
+  }
+  checkPath(vm, "runtime.pidfile", spec.runtime.pidfile, false);
+  checkPath(vm, "runtime.qmpSocket", spec.runtime.qmpSocket, true);
+  checkPath(vm, "runtime.serialSocket", spec.runtime.serialSocket, true);
+  checkPath(vm, "runtime.serialLog", spec.runtime.serialLog, true);
+  checkPath(vm, "runtime.heartbeatSocket", spec.runtime.heartbeatSocket, true);
+  const taps = new Set<string>();
+  const macs = new Set<string>();
+  spec.nics.forEach((nic, index) => {
+    const field = `nics[${index}]`;
+    if (typeof nic.tapName !== "string" || nic.tapName.length > MAX_TAP_NAME_LENGTH || !TAP_PATTERN.test(nic.tapName))
+      invalid(
+        vm,
+        `${field}.tapName must be 1 to ${MAX_TAP_NAME_LENGTH} letters, digits, '.', '_' or '-', got ${JSON.stringify(nic.tapName)}`,
+      );
+    if (typeof nic.mac !== "string" || !MAC_PATTERN.test(nic.mac))
+      invalid(
+        vm,
+        `${field}.mac must be six lower-case hex pairs like 52:54:00:12:34:56, got ${JSON.stringify(nic.mac)}`,
+      );
+    if ((parseInt(nic.mac.slice(0, 2), 16) & 1) !== 0)
+      invalid(vm, `${field}.mac ${nic.mac} is a multicast address; a NIC needs a unicast one`);
+    if (taps.has(nic.tapName)) invalid(vm, `${field}.tapName ${nic.tapName} is used twice`);
+    if (macs.has(nic.mac)) invalid(vm, `${field}.mac ${nic.mac} is used twice`);
+    taps.add(nic.tapName);
+    macs.add(nic.mac);
+  });
+}
+
+/** The node name of the disk's format node, the one the virtio-blk device uses. */
+export const DISK_NODE_NAME = "disk0";
+
+/** QEMU's arguments (without the program name) for `spec`; throws HAVEN_ERR_CONFIG for a bad spec. */
+export function qemuCommand(spec: VmSpec): string[] {
+  validateVmSpec(spec);
+  const { runtime } = spec;
+  const args: string[] = [
+    // debug-threads names each vCPU thread ("CPU 0/TCG"), which helps whoever reads `ps -T`.
+    "-name",
+    `guest=${spec.name},debug-threads=on`,
+    "-machine",
+    "q35",
+    // TCG: qemu64 plus RDRAND, so the guest kernel's RNG is ready at once (see test/helpers/guest.ts).
+    ...(spec.accelerator === "kvm" ? ["-accel", "kvm", "-cpu", "host"] : ["-accel", "tcg", "-cpu", "qemu64,+rdrand"]),
+    "-smp",
+    String(spec.vcpus),
+    "-m",
+    String(spec.memoryMiB),
+    "-nodefaults",
+    "-no-user-config",
+    "-display",
+    "none",
+    // Start paused: the agent pins vCPUs and checks the VM over QMP before `cont`.
+    "-S",
+    "-pidfile",
+    runtime.pidfile,
+    "-chardev",
+    `socket,id=qmp,path=${runtime.qmpSocket},server=on,wait=off`,
+    "-mon",
+    "chardev=qmp,mode=control",
+    "-chardev",
+    `socket,id=serial0,path=${runtime.serialSocket},server=on,wait=off,logfile=${runtime.serialLog},logappend=on`,
+    "-serial",
+    "chardev:serial0",
+    "-blockdev",
+    JSON.stringify({
+      driver: "nbd",
+      "node-name": `${DISK_NODE_NAME}-nbd`,
+      server: { type: "unix", path: spec.disk.socketPath },
+      export: spec.disk.exportName,
+      cache: { direct: true },
+    }),
+    "-blockdev",
+    JSON.stringify({
+      driver: "raw",
+      "node-name": DISK_NODE_NAME,
+      file: `${DISK_NODE_NAME}-nbd`,
+      cache: { direct: true },
+    }),
+    "-device",
+    `virtio-blk-pci,id=${DISK_NODE_NAME}-device,drive=${DISK_NODE_NAME},werror=stop,rerror=stop` +
+      (spec.kernelBoot ? "" : ",bootindex=1"),
+    "-device",
+    "pvpanic",
+    "-device",
+    "virtio-serial-pci,id=virtio-serial0",
+    "-chardev",
+    `socket,id=heartbeat,path=${runtime.heartbeatSocket},server=on,wait=off`,
+    "-device",
+    `virtserialport,bus=virtio-serial0.0,chardev=heartbeat,name=${HEARTBEAT_PORT_NAME}`,
+  ];
+  spec.nics.forEach((nic, index) => {
+    args.push(
+      "-netdev",
+      `tap,id=net${index},ifname=${nic.tapName},script=no,downscript=no`,
+      "-device",
+      `virtio-net-pci,id=nic${index},netdev=net${index},mac=${nic.mac}`,
+    );
+  });
+  if (spec.kernelBoot) {
+    args.push("-kernel", spec.kernelBoot.kernel);
+    if (spec.kernelBoot.initrd !== undefined) args.push("-initrd", spec.kernelBoot.initrd);
+    if (spec.kernelBoot.append !== undefined) args.push("-append", spec.kernelBoot.append);
+  }
+  return args;
+}
