@@ -235,8 +235,17 @@ describe("agent failover", { skip, timeout: 300_000 }, () => {
     await until("the standby in sync", async () => ((await replica(standby))?.state === "in-sync" ? true : undefined));
     // A directory where the probe file goes: the probe's open-for-write fails as on a broken disk.
     const probeFile = join(dir.path, "cluster", "hosts", standby, "disk0", DISK_PROBE_FILE);
-    rmSync(probeFile, { force: true });
-    mkdirSync(probeFile);
+    // The agent rewrites the probe file every health check, so it may reappear between the removal
+    // and the mkdir: try again until the directory is in place.
+    for (let attempt = 1; ; attempt++) {
+      rmSync(probeFile, { force: true });
+      try {
+        mkdirSync(probeFile);
+        break;
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== "EEXIST" || attempt === 100) throw error;
+      }
+    }
     const failed = await until("the standby's health check to report its disk", async () => {
       const kv = await etcd.get(keys.health(standby));
       const disk = kv && parseHostHealthRecord(kv.value, kv.key).disks.find((d) => !d.ok);
