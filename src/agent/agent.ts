@@ -92,7 +92,6 @@ export class Agent implements AgentView {
       clock: world.clock,
       wallTime: world.wallTime,
       events: this.events,
-      log,
       // A record may be retried while the lease is not lost: a record that lands while the lease is
       // unproven is harmless, and completions wait for the lease anyway.
       mayRetry: () => this.lease.state() !== "lost",
@@ -180,20 +179,6 @@ export class Agent implements AgentView {
     this.world.eventLoopLag.stop();
     this.watchdogTimer?.cancel();
     this.watchdog?.stop();
-  }
-
-  /**
-   * Dies as a killed process would: nothing is flushed, nothing is given back; the engines stop
-   * completing anything. For the simulation (a real agent is killed by its signal).
-   */
-  crash(): void {
-    this.stopped = true;
-    this.trimTimer?.cancel();
-    this.watchdogTimer?.cancel();
-    this.links.stop();
-    void this.scheduler.stop();
-    void this.lease.stop(false);
-    for (const [, running] of this.volumes.entries()) running.engine.crash();
   }
 
   /** This host's health, for the API. */

@@ -12,14 +12,14 @@
 // record). A retry after an answer was lost is harmless: the same record is written again under the
 // same condition.
 
-import type { ClusterStore } from "../cluster/store.js";
+import type { ClusterStore, Compare } from "../cluster/store.js";
 import { keys, parseReplicaRecord, type ReplicaRecord } from "../cluster/schema.js";
 import { HavenError, errorMessage } from "../core/errors.js";
 import type { Clock } from "../util/clock.js";
 import type { EventLog } from "./event-log.js";
 
 /** Between attempts to record a copy's state while the store does not answer. */
-export const RECORD_RETRY_MS = 200;
+const RECORD_RETRY_MS = 200;
 
 /** The role a copy record is written under: this engine's primary record, as it was written. */
 export interface PrimaryRole {
@@ -29,12 +29,16 @@ export interface PrimaryRole {
   readonly primaryRevision: number;
 }
 
+/** The condition every store write acting on the role carries: the primary record is still the one the engine started under. */
+export function stillPrimary(role: PrimaryRole): Compare {
+  return { key: keys.primary(role.volume), target: "modRevision", result: "equal", value: role.primaryRevision };
+}
+
 export interface CopyRecorderOptions {
   readonly store: ClusterStore;
   readonly clock: Clock;
   readonly wallTime: () => Date;
   readonly events: EventLog;
-  readonly log: (line: string) => void;
   /** Whether a record may still be retried (not once this host's lease is lost). */
   readonly mayRetry: () => boolean;
 }
@@ -45,7 +49,7 @@ export class CopyRecorder {
   /** Records `host`'s copy of the role's volume as in sync or not; rejects when the role is gone. */
   async record(role: PrimaryRole, host: string, inSync: boolean, detail: string): Promise<void> {
     const { store, clock, wallTime, events } = this.options;
-    const { volume, epoch, primaryRevision } = role;
+    const { volume, epoch } = role;
     const record: ReplicaRecord = {
       state: inSync ? "in-sync" : "out-of-sync",
       detail: detail.slice(0, 500),
@@ -57,7 +61,7 @@ export class CopyRecorder {
       let result;
       try {
         result = await store.txn(
-          [{ key: keys.primary(volume), target: "modRevision", result: "equal", value: primaryRevision }],
+          [stillPrimary(role)],
           [
             { type: "get", key },
             { type: "put", key, value: JSON.stringify(record) },

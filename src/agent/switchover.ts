@@ -10,6 +10,7 @@ import { keys, parseReplicaRecord, type HandoverRecord, type PrimaryRecord } fro
 import type { ClusterStore } from "../cluster/store.js";
 import type { Clock } from "../util/clock.js";
 import type { EventLog } from "./event-log.js";
+import { stillPrimary } from "./copy-records.js";
 import type { VolumeLifecycle } from "./volume-lifecycle.js";
 
 /** Flushes before a switchover's clean stop, each with less left to write (see handOver). */
@@ -41,12 +42,9 @@ export async function handOver(
   const running = volumes.get(name);
   if (running === undefined) return;
   const { role, engine } = running;
-  const ifStillPrimary = [
-    { key: keys.primary(name), target: "modRevision" as const, result: "equal" as const, value: role.primaryRevision },
-  ];
   const refuse = async (reason: string): Promise<void> => {
     await store.txn(
-      ifStillPrimary,
+      [stillPrimary(role)],
       [
         { type: "delete", key: keys.handover(name) },
         events.put("switchover-refused", `switchover to ${handover.to} refused: ${reason}`, name),
@@ -75,7 +73,7 @@ export async function handOver(
   const message = `handed over to ${handover.to} at epoch ${record.epoch}; the engine here stopped cleanly in ${stoppedMs} ms`;
   const result = await store.txn(
     [
-      ...ifStillPrimary,
+      stillPrimary(role),
       { key: keys.replica(name, handover.to), target: "modRevision", result: "equal", value: recorded.modRevision },
     ],
     [

@@ -116,7 +116,7 @@ export class ClusterSim {
 
   constructor(readonly options: ClusterSimOptions) {
     this.rng = new Rng(options.seed);
-    this.driver = new SimDriver(this.clock, () => this.afterSettle());
+    this.driver = new SimDriver(this.clock, () => this.check());
     const hostCount = this.rng.int(2, 5);
     this.hostNames = Array.from({ length: hostCount }, (_, i) => `h${i + 1}`);
     this.volumeNames = Array.from({ length: this.rng.int(1, 2) }, (_, i) => `vol${i + 1}`);
@@ -598,11 +598,7 @@ export class ClusterSim {
 
   // ---- checks --------------------------------------------------------------------------------------
 
-  private afterSettle(): void {
-    this.scanApplied();
-    if (this.failure) throw this.failure;
-  }
-
+  /** After every turn of the world: rule 2 on what the store applied, and any violation seen in a callback. */
   private check(): void {
     this.scanApplied();
     if (this.failure) throw this.failure;
