@@ -107,32 +107,30 @@ export class VolumeLifecycle {
     }
     // Our copy may be open in the replica server for the previous primary: close it first.
     await world.replicaService.evict(name);
+    const startFailed = async (error: unknown): Promise<never> => {
+      await events.event("volume-start-failed", `cannot start the engine: ${errorMessage(error)}`, name);
+      throw error;
+    };
     let engine = this.newEngine(spec, role, context, hostOf, locations);
-    try {
-      await engine.start();
-    } catch (error) {
+    const outcome = await engine.start().then(
+      () => ({ started: true as const }),
+      (error: unknown) => ({ started: false as const, error }),
+    );
+    if (!outcome.started) {
+      const refused = outcome.error;
       // Copies that took writes apart, found at start. If this host's copy is recorded in sync it holds
       // every acknowledged write (a copy leaves that record before any write it misses is acknowledged):
       // what the others hold beyond it was never acknowledged, so they are rebuilt from it, as
       // healSplitBrain does for a copy that returns diverged while the engine runs.
-      const splitBrain = hasCode(error, "HAVEN_ERR_SPLIT_BRAIN");
-      if (!splitBrain || context.mine?.state !== "in-sync") {
-        await events.event("volume-start-failed", `cannot start the engine: ${errorMessage(error)}`, name);
-        throw error;
-      }
+      if (!hasCode(refused, "HAVEN_ERR_SPLIT_BRAIN") || context.mine?.state !== "in-sync") return startFailed(refused);
       const survivor = [...hostOf].find(([, host]) => host === me)![0];
       await events.event(
         "split-brain-resolved",
-        `${error.message.split(";")[0]}; ${me}'s copy is recorded in sync, so it survives and the others are rebuilt from it`,
+        `${refused.message.split(";")[0]}; ${me}'s copy is recorded in sync, so it survives and the others are rebuilt from it`,
         name,
       );
       engine = this.newEngine(spec, role, context, hostOf, locations, survivor);
-      try {
-        await engine.start();
-      } catch (again) {
-        await events.event("volume-start-failed", `cannot start the engine: ${errorMessage(again)}`, name);
-        throw again;
-      }
+      await engine.start().catch(startFailed);
     }
     const uri = `nbd://${config.host.address}:${this.options.nbdPort()}/${name}`;
     engine.nbdUris.push(uri);
