@@ -12,17 +12,34 @@ const FROM = Number(process.env.HAVEN_SIM_FROM ?? 1);
 /** Seeds per test, so a failure names a small range and progress shows. */
 const CHUNK = 250;
 
-/** Seeds that found a bug, with the bug. */
-const REGRESSIONS: readonly (readonly [number, string])[] = [
-  [81, "the last in-sync copy came back unchanged but stayed recorded out of sync: no copy could be promoted"],
-  [230, "a split brain found at start was retried at once, each time at a new epoch (thousands of epochs)"],
-  [130, "a host killed by its watchdog after the heal stayed dead (the supervisor restarts it)"],
+/**
+ * Seeds that exercise a path where the simulation found a bug, with the bug and a line the run's trace
+ * must contain: a seed's schedule changes whenever the scenario gains a fault, so each test checks that
+ * its seed still takes the path it guards (the seeds that first found these bugs were 81, 230 and 130).
+ */
+const REGRESSIONS: readonly (readonly [number, string, RegExp])[] = [
+  [
+    10,
+    "the last in-sync copy came back unchanged but stayed recorded out of sync: no copy could be promoted",
+    /back in the in-sync set: the last in-sync copy came back unchanged/,
+  ],
+  [
+    74,
+    "a split brain found at start was retried at once, each time at a new epoch (thousands of epochs)",
+    /split-brain-resolved .*so it survives and the others are rebuilt from it/,
+  ],
+  [6, "a host killed by its watchdog stayed dead (its supervisor starts it again)", /FAULT kill h\d \(its watchdog\)/],
 ];
 
-for (const [seed, bug] of REGRESSIONS) {
+for (const [seed, bug, path] of REGRESSIONS) {
   test(`regression seed ${seed}: ${bug}`, { timeout: 60_000 }, async () => {
-    const stats = await new ClusterSim({ seed }).run();
+    const trace: string[] = [];
+    const stats = await new ClusterSim({ seed, trace: (line) => trace.push(line) }).run();
     assert.ok(stats.acked > 0, "the client's writes were acknowledged");
+    assert.ok(
+      trace.some((line) => path.test(line)),
+      `seed ${seed} no longer takes the path it guards (${path}): pick another seed`,
+    );
   });
 }
 
