@@ -32,6 +32,8 @@ import { LeaseKeeper } from "./lease-keeper.js";
 import { PeerLinks } from "./peer-links.js";
 import { Reconciler } from "./reconciler.js";
 import { RoundScheduler } from "./round-scheduler.js";
+import { VmLifecycle } from "./vm-lifecycle.js";
+import { DEFAULT_VM_TIMINGS } from "./vm-decide.js";
 import { VolumeLifecycle } from "./volume-lifecycle.js";
 import type { AgentWorld, Watchdog } from "./world.js";
 
@@ -50,6 +52,7 @@ export class Agent implements AgentView {
   private readonly lease: LeaseKeeper;
   private readonly links: PeerLinks;
   private readonly volumes: VolumeLifecycle;
+  private readonly vms: VmLifecycle;
   private readonly healthReporter: HealthReporter;
   private readonly reconciler: Reconciler;
   private readonly scheduler: RoundScheduler;
@@ -75,6 +78,8 @@ export class Agent implements AgentView {
       log,
       onLost: (reason) => this.onLeaseLost(reason),
       onRegained: (lease) => this.register(lease),
+      onUnproven: () => this.vms.pauseAll(),
+      onHeldAgain: () => this.vms.resumeAfterFence(),
     });
     this.links = new PeerLinks({
       intervalMs: timings.peerHeartbeatIntervalMs,
@@ -108,6 +113,19 @@ export class Agent implements AgentView {
       copyDirectory: (volume) => this.copyDirectory(volume),
       ...(options.engineOptions && { engineOptions: options.engineOptions }),
     });
+    this.vms = new VmLifecycle({
+      me: config.host.name,
+      world,
+      events: this.events,
+      log,
+      capacity: config.vms && { cpus: config.vms.cpus, memoryMiB: config.vms.memoryMiB },
+      timings: config.vms?.timings ?? DEFAULT_VM_TIMINGS,
+      watchdog: () => this.watchdog,
+      holdsLease: () => this.lease.state() === "held",
+      servedHere: (volume) => this.volumes.get(volume) !== undefined,
+      volumeBusy: (volume) => this.volumes.isBusy(volume),
+      guardVolume: (volume, work) => this.volumes.guarded(volume, work),
+    });
     this.healthReporter = new HealthReporter({
       config,
       world,
@@ -121,6 +139,7 @@ export class Agent implements AgentView {
       world,
       events: this.events,
       volumes: this.volumes,
+      vms: this.vms,
       health: this.healthReporter,
       links: this.links,
       holdsLease: () => this.lease.current !== undefined,
@@ -130,7 +149,7 @@ export class Agent implements AgentView {
       store: world.store,
       clock: world.clock,
       intervalMs: timings.healthCheckIntervalMs,
-      watched: [keys.hosts(), keys.primaries(), keys.handovers()],
+      watched: [keys.hosts(), keys.primaries(), keys.handovers(), keys.vms()],
       round: () => this.reconciler.round(),
       log,
     });
@@ -145,6 +164,7 @@ export class Agent implements AgentView {
     this.startWatchdog();
     try {
       for (const disk of config.disks) await world.storage.prepare(disk.path);
+      await this.vms.init();
       const { replication, nbd } = config;
       this.replicationPort = await world.replicaService.listen(replication.listen.host, replication.listen.port);
       this.nbdPort = await world.nbd.listen(nbd.listen.host, nbd.listen.port);
@@ -171,6 +191,7 @@ export class Agent implements AgentView {
     this.trimTimer?.cancel();
     this.links.stop();
     await this.scheduler.stop();
+    await this.vms.stopAll("the agent is stopping");
     for (const name of this.volumes.names()) await this.volumes.stop(name, "the agent is stopping");
     await this.events.event("agent-stopped", "agent stopped; it gives its lease back").catch(() => undefined);
     await this.lease.stop(true);
@@ -189,6 +210,11 @@ export class Agent implements AgentView {
   /** Engines running here, by volume name (for the API and tests). */
   engines(): ReadonlyMap<string, VolumeEngine> {
     return new Map([...this.volumes.entries()].map(([name, running]) => [name, running.engine]));
+  }
+
+  /** The VMs running here, for the API. */
+  vmsHere(): ReturnType<VmLifecycle["describe"]> {
+    return this.vms.describe();
   }
 
   /** Records an event from this host. */
@@ -264,11 +290,13 @@ export class Agent implements AgentView {
       replicationPort: this.config.replication.advertisePort ?? this.replicationPort,
       nbdPort: this.nbdPort,
       disks,
+      ...(this.config.vms && { vmCapacity: { cpus: this.config.vms.cpus, memoryMiB: this.config.vms.memoryMiB } }),
       startedAt: this.world.wallTime().toISOString(),
     };
   }
 
   private onLeaseLost(reason: string): void {
+    this.vms.fenceAll(`host ${this.name} lost its cluster lease (${reason})`);
     this.volumes.fenceAll(`host ${this.name} lost its cluster lease (${reason})`);
     this.events.note("fenced", `lease lost (${reason}): every volume here stopped completing writes`);
   }

@@ -23,6 +23,8 @@ import { HavenError, errorMessage } from "../core/errors.js";
 import { parseEndpoint } from "../cluster/etcd-transport.js";
 import { parseHostPort, parseSize } from "../util/units.js";
 import { DEFAULT_EVENT_RETENTION, type EventRetention } from "../cluster/event-retention.js";
+import { parseCpuList, formatCpuList } from "../cluster/vm-resources.js";
+import { DEFAULT_VM_TIMINGS, type VmTimings } from "./vm-decide.js";
 import { checkTimings, DEFAULT_TIMINGS, TIMING_NAMES, type Timings } from "./timings.js";
 
 export interface ListenAddress {
@@ -65,6 +67,25 @@ export interface AgentConfig {
   readonly timings: Timings;
   /** How long the cluster keeps its events; every agent trims them (DEFAULT_EVENT_RETENTION). */
   readonly events: EventRetention;
+  /** What this host gives to VMs and where their files live; absent: the host runs no VMs. */
+  readonly vms?: VmsConfig;
+}
+
+export interface VmsConfig {
+  /** Host CPUs VMs may use (pinned vCPUs must be among them). */
+  readonly cpus: readonly number[];
+  /** Memory for all VMs together; never overcommitted. */
+  readonly memoryMiB: number;
+  /** Per-VM runtime directories (QMP, serial console, heartbeat, pidfile) and the disk endpoints. */
+  readonly runtimeDir: string;
+  /** Where built-in images (haven-test) are found. */
+  readonly imageDir?: string;
+  /** The default bridge for NICs, and the network namespace it lives in (the local cluster's). */
+  readonly bridge?: string;
+  readonly netns?: string;
+  /** kvm, tcg, or auto (probe KVM with a tiny guest, else TCG). Default auto. */
+  readonly accelerator: "auto" | "kvm" | "tcg";
+  readonly timings: VmTimings;
 }
 
 /** Bounds on the lists, so that a generated or corrupted file cannot make the agent do silly amounts of work. */
@@ -74,8 +95,13 @@ export const MAX_CONFIG_BYTES = 1024 * 1024;
 
 const TOP_KEYS = {
   required: ["host", "etcd", "api", "replication", "nbd", "disks"],
-  optional: ["timings", "events"],
+  optional: ["timings", "events", "vms"],
 } as const;
+const VMS_KEYS = {
+  required: ["cpus", "memory", "runtimeDir"],
+  optional: ["imageDir", "bridge", "netns", "accelerator", "heartbeatTimeoutMs", "bootTimeoutMs", "qmpTimeoutMs"],
+} as const;
+const VM_TIMEOUT_BOUNDS = { min: 100, max: 3_600_000 };
 const DAY_MS = 24 * 60 * 60 * 1000;
 const EVENTS_KEYS = { required: [], optional: ["maxAgeDays", "maxCount"] } as const;
 /** Bounds on the event retention: at least a day and a thousand events, so an operator can still look back. */
@@ -236,7 +262,60 @@ export function parseAgentConfig(text: string, sourceName: string): AgentConfig 
         : read.integer(eventsObject.maxCount, "events.maxCount", EVENT_MAX_COUNT),
   };
 
-  return { host, etcd: { endpoints }, api, replication, nbd, disks, timings, events };
+  const vms = root.vms === undefined ? undefined : readVmsConfig(read, read.object(root.vms, "vms", VMS_KEYS), fail);
+  return { host, etcd: { endpoints }, api, replication, nbd, disks, timings, events, ...(vms && { vms }) };
+}
+
+function formatVmsConfig(vms: VmsConfig): Record<string, unknown> {
+  const { cpus, memoryMiB, timings, accelerator, ...paths } = vms;
+  return {
+    cpus: formatCpuList(cpus),
+    memory: `${memoryMiB}M`,
+    ...paths,
+    ...(accelerator !== "auto" && { accelerator }),
+    ...Object.fromEntries(
+      (Object.keys(timings) as (keyof VmTimings)[])
+        .filter((name) => timings[name] !== DEFAULT_VM_TIMINGS[name])
+        .map((name) => [name, timings[name]]),
+    ),
+  };
+}
+
+function readVmsConfig(
+  read: Reader,
+  o: Record<string, unknown>,
+  fail: (path: string, problem: string) => never,
+): VmsConfig {
+  const cpuText = read.string(o.cpus, "vms.cpus");
+  const cpus = parseCpuList(cpuText);
+  if (cpus === undefined || cpus.length === 0) fail("vms.cpus", `"${cpuText}" is not a CPU list such as "0-3" or "2,3"`);
+  const memoryText = read.string(o.memory, "vms.memory");
+  let memoryMiB = 0;
+  try {
+    memoryMiB = Math.floor(parseSize(memoryText) / (1024 * 1024));
+  } catch {
+    fail("vms.memory", `"${memoryText}" is not a size: use a unit such as 2G or 512M`);
+  }
+  if (memoryMiB < 16) fail("vms.memory", `"${memoryText}" is less than 16 MiB`);
+  const accelerator = o.accelerator === undefined ? "auto" : read.string(o.accelerator, "vms.accelerator");
+  if (accelerator !== "auto" && accelerator !== "kvm" && accelerator !== "tcg")
+    fail("vms.accelerator", `"${accelerator}" is not auto, kvm or tcg`);
+  const timeout = (field: "heartbeatTimeoutMs" | "bootTimeoutMs" | "qmpTimeoutMs"): number =>
+    o[field] === undefined ? DEFAULT_VM_TIMINGS[field] : read.integer(o[field], `vms.${field}`, VM_TIMEOUT_BOUNDS);
+  return {
+    cpus: cpus!,
+    memoryMiB,
+    runtimeDir: read.absolutePath(o.runtimeDir, "vms.runtimeDir"),
+    ...(o.imageDir !== undefined && { imageDir: read.absolutePath(o.imageDir, "vms.imageDir") }),
+    ...(o.bridge !== undefined && { bridge: read.label(o.bridge, "vms.bridge") }),
+    ...(o.netns !== undefined && { netns: read.label(o.netns, "vms.netns") }),
+    accelerator,
+    timings: {
+      heartbeatTimeoutMs: timeout("heartbeatTimeoutMs"),
+      bootTimeoutMs: timeout("bootTimeoutMs"),
+      qmpTimeoutMs: timeout("qmpTimeoutMs"),
+    },
+  };
 }
 
 /**
@@ -305,6 +384,7 @@ export function formatAgentConfig(config: AgentConfig): string {
     config.events.maxCount === DEFAULT_EVENT_RETENTION.maxCount
       ? {}
       : { events: { maxAgeDays: config.events.maxAgeMs / DAY_MS, maxCount: config.events.maxCount } }),
+    ...(config.vms !== undefined && { vms: formatVmsConfig(config.vms) }),
   };
   return `${JSON.stringify(file, null, 2)}\n`;
 }

@@ -40,6 +40,9 @@ export interface LeaseKeeperOptions {
   readonly onLost: (reason: string) => void;
   /** A new lease is held (after start or after a loss): register the host's keys on it. */
   readonly onRegained: (lease: LeaseId) => Promise<void>;
+  /** The lease became unproven (the host pauses its VMs), and held again after that (it resumes them). */
+  readonly onUnproven?: () => void;
+  readonly onHeldAgain?: () => void;
   readonly log: (line: string) => void;
 }
 
@@ -223,6 +226,7 @@ export class LeaseKeeper {
         `lease held again: etcd accepted a keepalive sent ${Math.round(clock.now() - sentAt)} ms ago; waiting writes complete`,
       );
       this.unprovenLogged = false;
+      this.options.onHeldAgain?.();
     }
     this.armDeadline();
     this.settleWaiters(true);
@@ -252,6 +256,7 @@ export class LeaseKeeper {
         `lease unproven: no keepalive accepted for ${this.options.timings.fenceAfterMs} ms; writes wait ` +
           `(they fail if none is accepted within ${this.options.timings.leaseTtlMs} ms of the last)`,
       );
+      this.options.onUnproven?.();
     }
     this.armDeadline();
   }

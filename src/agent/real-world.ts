@@ -17,8 +17,10 @@ import { ReplicaServer } from "../replica/replica-server.js";
 import { systemClock } from "../util/clock.js";
 import type { AgentConfig } from "./config.js";
 import { probeDisk, probeNbdFront } from "./health-probes.js";
+import { HavenError } from "../core/errors.js";
 import { replicaPinger } from "./replica-pinger.js";
-import type { AgentWorld, Watchdog } from "./world.js";
+import { QemuDriver } from "./qemu-driver.js";
+import type { AgentWorld, VmDriver, Watchdog } from "./world.js";
 
 /** A copy that does not answer within this is faulted (the volume carries on without it). */
 const REPLICA_TIMEOUT_MS = 3_000;
@@ -41,6 +43,26 @@ export function realWorld(
   let nbdPort = 0;
   const lag = monitorEventLoopDelay({ resolution: 20 });
   lag.enable();
+  let unixFront: Promise<string> | undefined;
+  const vmsConfig = config.vms;
+  const vms: VmDriver =
+    vmsConfig === undefined
+      ? noVms(config.host.name)
+      : new QemuDriver({
+          config: vmsConfig,
+          clock: systemClock,
+          log,
+          // The VM's disk: the host's NBD front on a unix socket only Haven's user can open.
+          diskEndpoint: async (volume) => {
+            unixFront ??= (async () => {
+              await mkdir(vmsConfig.runtimeDir, { recursive: true, mode: 0o700 });
+              const path = join(vmsConfig.runtimeDir, "nbd.sock");
+              await nbd.listen({ kind: "unix", path });
+              return path;
+            })();
+            return { socketPath: await unixFront, exportName: volume };
+          },
+        });
   return {
     store: new EtcdClient([...config.etcd.endpoints], { requestTimeoutMs: config.timings.renewTimeoutMs * 2 }),
     clock: systemClock,
@@ -77,6 +99,7 @@ export function realWorld(
     probeDisk,
     probeNbdFront: (served) => probeNbdFront(config.host.address, nbdPort, served, NBD_PROBE_TIMEOUT_MS),
     startWatchdog: (timeoutMs) => startWatchdogProcess(timeoutMs),
+    vms,
     eventLoopLag: {
       maxMs: () => lag.max / 1e6,
       reset: () => lag.reset(),
@@ -97,6 +120,21 @@ function startWatchdogProcess(timeoutMs: number): Watchdog {
   return {
     kick: () => watchdog.stdin!.write("."),
     stop: () => watchdog.stdin!.end(),
+    trackVm: () => undefined,
+    untrackVm: () => undefined,
+  };
+}
+
+/** The driver of a host whose config gives nothing to VMs: every start is refused, with the fix. */
+function noVms(host: string): VmDriver {
+  return {
+    launch: () =>
+      Promise.reject(
+        new HavenError("HAVEN_ERR_CONFIG", `host ${host} runs no VMs: its agent config has no "vms" section`),
+      ),
+    killLeftovers: () => Promise.resolve([]),
+    serialLog: () => undefined,
+    serialSocket: () => undefined,
   };
 }
 

@@ -18,6 +18,7 @@ import {
   type ReplicaRecord,
   type VolumeSpec,
 } from "../cluster/schema.js";
+import type { VmRecord, VmStatusRecord } from "../cluster/vm-schema.js";
 import { errorMessage } from "../core/errors.js";
 import type { AgentConfig } from "./config.js";
 import { deadPrimaries, decide, type Action } from "./decide.js";
@@ -43,6 +44,8 @@ export interface ClusterView {
   readonly replicas: ReadonlyMap<string, ReadonlyMap<string, ReplicaRecord>>;
   /** Each copy record's modRevision, by volume then host. */
   readonly replicaRevisions: ReadonlyMap<string, ReadonlyMap<string, number>>;
+  readonly vms: ReadonlyMap<string, VmRecord>;
+  readonly vmStatus: ReadonlyMap<string, { readonly record: VmStatusRecord; readonly modRevision: number }>;
 }
 
 export interface ReconcilerOptions {
@@ -50,6 +53,8 @@ export interface ReconcilerOptions {
   readonly world: AgentWorld;
   readonly events: EventLog;
   readonly volumes: VolumeLifecycle;
+  /** The VMs: decided and acted on after the volumes, each round (their disks first). */
+  readonly vms: { round(view: ClusterView): void; stopForVolume(volume: string, reason: string): Promise<void> };
   readonly health: HealthReporter;
   readonly links: PeerLinks;
   /** Whether this host holds its lease now. */
@@ -73,6 +78,8 @@ export class Reconciler {
     primaries: new Map(),
     replicas: new Map(),
     replicaRevisions: new Map(),
+    vms: new Map(),
+    vmStatus: new Map(),
   };
 
   constructor(private readonly options: ReconcilerOptions) {}
@@ -143,6 +150,7 @@ export class Reconciler {
       if (!view.volumes.has(name) && volumes.get(name) === undefined) await this.removeVolume(name);
     }
     for (const name of volumes.names()) await volumes.healSplitBrain(name, view.replicas.get(name));
+    this.options.vms.round(view);
     await health.publish();
     await this.handOvers(view);
   }
@@ -191,7 +199,12 @@ export class Reconciler {
         targetAlive: view.alive.has(handover.to),
         targetInSync: view.replicas.get(name)?.get(handover.to)?.state === "in-sync",
       };
-      await volumes.guarded(name, () => handOver(context, name, handover, target));
+      await volumes.guarded(name, async () => {
+        // A VM on the volume stops first (ACPI power-down): it starts again where the disk goes.
+        if (target.targetAlive && target.targetInSync)
+          await this.options.vms.stopForVolume(name, `its disk ${name} moves to ${handover.to} (switchover)`);
+        await handOver(context, name, handover, target);
+      });
     }
   }
 
@@ -294,6 +307,8 @@ export class Reconciler {
       primaries,
       replicas: new Map([...records.replicas].map(([name, copies]) => [name, new Map(copies)])),
       replicaRevisions: records.replicaRevisions,
+      vms: records.vms,
+      vmStatus: records.vmStatus,
     };
   }
 }

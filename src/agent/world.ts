@@ -10,7 +10,9 @@ import type { DiskHealth } from "../cluster/schema.js";
 import type { BlockDevice } from "../block/device.js";
 import type { ReplicaOpener } from "../replica/port.js";
 import type { Clock } from "../util/clock.js";
+import type { VmRecord } from "../cluster/vm-schema.js";
 import type { PingerFactory } from "./peer-links.js";
+import type { VmRunState } from "./vm-decide.js";
 
 /** The host's replica server: serves its copies to other hosts' engines. */
 export interface ReplicaService {
@@ -43,11 +45,46 @@ export interface CopyStorage {
   freeBytes(diskPath: string): Promise<number>;
 }
 
+/** One VM's QEMU on this host, as the agent drives and watches it. */
+export interface VmInstance {
+  readonly pid: number;
+  /** Resolves, with why, when the QEMU process has ended. */
+  readonly exited: Promise<string>;
+  /** The run state as QMP last reported it (events and probes). */
+  runState(): VmRunState;
+  /** Monotonic ms of the guest's last heartbeat; undefined while none came. */
+  lastHeartbeatAtMs(): number | undefined;
+  /** One QMP round trip (query-status) within timeoutMs; rejects when QMP does not answer. */
+  probe(timeoutMs: number): Promise<void>;
+  /** Pauses the guest (QMP stop) and resumes it (cont). */
+  pause(): Promise<void>;
+  resume(): Promise<void>;
+  /** ACPI power-down with a bound, then a hard stop; force: the hard stop at once. Says how it ended. */
+  stop(force: boolean): Promise<string>;
+  /** SIGKILL by pid, now (a fence: no await between the decision and the signal). */
+  kill(): void;
+}
+
+/** Starts VMs on this host (QEMU over the volume's stable endpoint, or the simulation's model of one). */
+export interface VmDriver {
+  /** Starts the VM paused, pins its vCPUs to hostCpus (when given), resumes it; rejects with why it did not start. */
+  launch(vm: VmRecord, hostCpus: readonly number[] | undefined): Promise<VmInstance>;
+  /** Kills every VM process an earlier run of this agent left (trusted pids only); says which. */
+  killLeftovers(): Promise<string[]>;
+  /** The serial console's log of the VM's current run, for `vm console --log`; undefined when unknown. */
+  serialLog(name: string): string | undefined;
+  /** The serial console's unix socket on this host. */
+  serialSocket(name: string): string | undefined;
+}
+
 /** The process outside the event loop that kills the agent when its loop stops checking in. */
 export interface Watchdog {
   /** The event loop is alive. */
   kick(): void;
   stop(): void;
+  /** A VM's QEMU the watchdog kills too when it fences (and when the agent dies). */
+  trackVm(pid: number, name: string): void;
+  untrackVm(pid: number): void;
 }
 
 export interface AgentWorld {
@@ -70,6 +107,7 @@ export interface AgentWorld {
   /** The NBD front as a client sees it: problems, and served volumes missing from its export list. */
   readonly probeNbdFront: (served: string[]) => Promise<{ problems: string[]; missing: string[] }>;
   readonly startWatchdog: (timeoutMs: number) => Watchdog;
+  readonly vms: VmDriver;
   /** The event loop's worst lag (ms) since the last reset; 0 where there is no event loop to measure. */
   readonly eventLoopLag: { maxMs(): number; reset(): void; stop(): void };
 }

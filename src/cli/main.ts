@@ -24,6 +24,7 @@ import { VOLUME_SERVE_USAGE, volumeServe } from "./commands/volume-serve.js";
 import { VOLUME_SHOW_USAGE, volumeShow } from "./commands/volume-show.js";
 import { VOLUME_STATUS_USAGE, volumeStatus } from "./commands/volume-status.js";
 import { VOLUME_VERIFY_USAGE, volumeVerify } from "./commands/volume-verify.js";
+import { VM_COMMANDS, VM_USAGE } from "./commands/vm.js";
 
 const USAGE = `usage: haven <command> [options]
 
@@ -38,6 +39,12 @@ cluster commands (they find etcd by --etcd URL, $HAVEN_ETCD or a context file):
   status                            the cluster at a glance: hosts alive or dead, volumes and their health
   host list                         list the hosts, alive or dead, with their disks
   host drain HOST                   move every volume's primary off HOST (switchovers, no write lost)
+  vm create NAME --vcpus N --memory SIZE --disk-size SIZE [--image haven-test|FILE]
+                                    a virtual server on a replicated volume, running where its disk's primary is
+  vm start|stop|restart|delete NAME start it, stop it (ACPI, --force), restart it, delete it (--yes)
+  vm list, vm show NAME             VMs: state, host, CPUs, memory, health on several parameters
+  vm set NAME --vcpus N --memory S  change CPUs and memory (applies at the next start)
+  vm console NAME [--log]           its serial console
   volume create NAME --size SIZE    create a replicated volume on the live hosts and wait until it is served
   volume delete NAME --yes          delete a volume and the data on every copy
   volume promote NAME --host H      make H's copy primary when none is in sync (--force; may lose writes)
@@ -79,6 +86,7 @@ const COMMANDS: Record<string, Record<string, CommandEntry>> = {
   host: { list: { run: hostList, usage: HOST_LIST_USAGE }, drain: { run: hostDrain, usage: HOST_DRAIN_USAGE } },
   nbd: { serve: { run: nbdServe, usage: NBD_SERVE_USAGE } },
   replica: { serve: { run: replicaServe, usage: REPLICA_SERVE_USAGE } },
+  vm: Object.fromEntries(Object.entries(VM_COMMANDS).map(([verb, run]) => [verb, { run, usage: VM_USAGE }])),
   volume: {
     serve: { run: volumeServe, usage: VOLUME_SERVE_USAGE },
     status: { run: volumeStatus, usage: VOLUME_STATUS_USAGE },

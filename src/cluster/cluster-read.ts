@@ -21,6 +21,7 @@ import {
   type ReplicaRecord,
   type VolumeSpec,
 } from "./schema.js";
+import { parseVmRecord, parseVmStatusRecord, type VmRecord, type VmStatusRecord } from "./vm-schema.js";
 
 export interface ClusterRecords {
   /** Hosts whose lease-bound record exists, by name. */
@@ -39,6 +40,10 @@ export interface ClusterRecords {
   readonly replicaRevisions: ReadonlyMap<string, ReadonlyMap<string, number>>;
   /** Each live host's latest health check, by host name. */
   readonly health: ReadonlyMap<string, HostHealthRecord>;
+  /** VMs as operators asked for them, by name. */
+  readonly vms: ReadonlyMap<string, VmRecord>;
+  /** What the agents last saw of each VM, by name; with each record's mod revision. */
+  readonly vmStatus: ReadonlyMap<string, { readonly record: VmStatusRecord; readonly modRevision: number }>;
   /** The etcd revision of the snapshot. */
   readonly revision: number;
 }
@@ -114,15 +119,29 @@ function replicasByVolume(
  * `onMalformed` is given: then it is reported and left out (an agent must go on with the rest).
  */
 export async function readClusterRecords(client: ClusterStore, onMalformed?: OnMalformed): Promise<ClusterRecords> {
-  const prefixes = [keys.hosts(), keys.hostInfos(), keys.volumes(), keys.primaries(), keys.replicas(), keys.healths()];
+  const prefixes = [
+    keys.hosts(),
+    keys.hostInfos(),
+    keys.volumes(),
+    keys.primaries(),
+    keys.replicas(),
+    keys.healths(),
+    keys.vms(),
+    keys.vmStatuses(),
+  ];
   const result = await client.txn(
     [],
     prefixes.map((prefix) => ({ type: "getPrefix", prefix })),
     [],
   );
-  const [hosts, hostInfos, volumes, primaries, replicas, healths] = result.results.map((operation) =>
-    operation.type === "get" ? operation.kvs : [],
-  ) as [KeyValue[], KeyValue[], KeyValue[], KeyValue[], KeyValue[], KeyValue[]];
+  const [hosts, hostInfos, volumes, primaries, replicas, healths, vms, vmStatuses] = result.results.map(
+    (operation) => (operation.type === "get" ? operation.kvs : []),
+  ) as KeyValue[][] as [KeyValue[], KeyValue[], KeyValue[], KeyValue[], KeyValue[], KeyValue[], KeyValue[], KeyValue[]];
+  const vmStatus = new Map<string, { record: VmStatusRecord; modRevision: number }>();
+  for (const kv of vmStatuses) {
+    const record = parsed(() => parseVmStatusRecord(kv.value, kv.key), onMalformed);
+    if (record !== undefined) vmStatus.set(nameUnder(keys.vmStatuses(), kv.key), { record, modRevision: kv.modRevision });
+  }
   const health = new Map<string, HostHealthRecord>();
   for (const kv of healths) {
     const record = parsed(() => parseHostHealthRecord(kv.value, kv.key), onMalformed);
@@ -146,6 +165,8 @@ export async function readClusterRecords(client: ClusterStore, onMalformed?: OnM
     replicas: replicasByVolume(replicas, onMalformed, replicaRevisions),
     replicaRevisions,
     health,
+    vms: byName(vms, keys.vms(), parseVmRecord, onMalformed),
+    vmStatus,
     revision: result.revision,
   };
 }

@@ -9,6 +9,8 @@
 //   /haven/replicas/NAME/HOST    ReplicaRecord: that host's copy, as the primary last recorded it
 //   /haven/health/HOST           HostHealthRecord, attached to the host's lease: its latest health check
 //   /haven/handover/NAME         HandoverRecord: a planned move of the primary, asked by an operator
+//   /haven/vms/NAME              VmRecord (vm-schema.ts): a VM's spec and desired state, written by operators
+//   /haven/vm-status/NAME        VmStatusRecord (vm-schema.ts): where and how it runs, written by agents
 //   /haven/events/SEQ            EventRecord; SEQ is a zero-padded millisecond time plus a random tail
 //
 // The rule that makes failover safe (issue 4): a copy is recorded "in-sync" only while it has every
@@ -36,6 +38,10 @@ export const keys = {
   healths: (): string => `${CLUSTER_PREFIX}health/`,
   handover: (volume: string): string => `${CLUSTER_PREFIX}handover/${volume}`,
   handovers: (): string => `${CLUSTER_PREFIX}handover/`,
+  vm: (name: string): string => `${CLUSTER_PREFIX}vms/${name}`,
+  vms: (): string => `${CLUSTER_PREFIX}vms/`,
+  vmStatus: (name: string): string => `${CLUSTER_PREFIX}vm-status/${name}`,
+  vmStatuses: (): string => `${CLUSTER_PREFIX}vm-status/`,
   events: (): string => `${CLUSTER_PREFIX}events/`,
   event: (sequence: string): string => `${CLUSTER_PREFIX}events/${sequence}`,
 } as const;
@@ -48,8 +54,16 @@ export interface HostRecord {
   readonly replicationPort: number;
   readonly nbdPort: number;
   readonly disks: readonly { readonly name: string; readonly capacityBytes: number; readonly usedBytes: number }[];
+  /** What the host gives to VMs (its config's `vms`); absent: it runs no VMs. */
+  readonly vmCapacity?: VmCapacity;
   /** ISO time the agent started. */
   readonly startedAt: string;
+}
+
+export interface VmCapacity {
+  /** Host CPUs that VMs may be pinned to, and that unpinned vCPUs count against. */
+  readonly cpus: readonly number[];
+  readonly memoryMiB: number;
 }
 
 export interface VolumeSpec {
@@ -194,17 +208,17 @@ export function parseHostHealthRecord(value: string, key: string): HostHealthRec
   };
 }
 
-function member(value: unknown): Record<string, unknown> {
+export function member(value: unknown): Record<string, unknown> {
   return typeof value === "object" && value !== null ? (value as Record<string, unknown>) : {};
 }
 
-function amount(o: Record<string, unknown>, field: string, key: string): number {
+export function amount(o: Record<string, unknown>, field: string, key: string): number {
   const v = o[field];
   if (typeof v !== "number" || !Number.isFinite(v) || v < 0) throw bad(key, `${field} is not a number >= 0`);
   return v;
 }
 
-function flag(o: Record<string, unknown>, field: string, key: string): boolean {
+export function flag(o: Record<string, unknown>, field: string, key: string): boolean {
   const v = o[field];
   if (typeof v !== "boolean") throw bad(key, `${field} is not true or false`);
   return v;
@@ -238,11 +252,11 @@ export function eventSequence(now = Date.now()): string {
 
 // ---- reading values back -------------------------------------------------------------------------
 
-function bad(key: string, detail: string): HavenError {
+export function bad(key: string, detail: string): HavenError {
   return new HavenError("HAVEN_ERR_IO", `cluster state at ${key} is malformed: ${detail}`);
 }
 
-function object(text: string, key: string): Record<string, unknown> {
+export function object(text: string, key: string): Record<string, unknown> {
   let value: unknown;
   try {
     value = JSON.parse(text);
@@ -253,13 +267,13 @@ function object(text: string, key: string): Record<string, unknown> {
   return value as Record<string, unknown>;
 }
 
-function text(o: Record<string, unknown>, field: string, key: string): string {
+export function text(o: Record<string, unknown>, field: string, key: string): string {
   const v = o[field];
   if (typeof v !== "string") throw bad(key, `${field} is not a string`);
   return v;
 }
 
-function count(o: Record<string, unknown>, field: string, key: string): number {
+export function count(o: Record<string, unknown>, field: string, key: string): number {
   const v = o[field];
   if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 0) throw bad(key, `${field} is not a whole number`);
   return v;
@@ -283,8 +297,17 @@ export function parseHostRecord(value: string, key: string): HostRecord {
         usedBytes: count(disk, "usedBytes", `${key} disks[${i}]`),
       };
     }),
+    ...(o.vmCapacity !== undefined && { vmCapacity: parseVmCapacity(o.vmCapacity, `${key} vmCapacity`) }),
     startedAt: text(o, "startedAt", key),
   };
+}
+
+function parseVmCapacity(value: unknown, key: string): VmCapacity {
+  const o = member(value);
+  const cpus = o.cpus;
+  if (!Array.isArray(cpus) || cpus.some((cpu) => !Number.isSafeInteger(cpu) || (cpu as number) < 0))
+    throw bad(key, "cpus is not a list of CPU numbers");
+  return { cpus: cpus as number[], memoryMiB: count(o, "memoryMiB", key) };
 }
 
 export function parseVolumeSpec(value: string, key: string): VolumeSpec {

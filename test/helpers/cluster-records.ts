@@ -69,6 +69,8 @@ export function clusterRecords(options: {
       [...replicas].map(([name, copies]) => [name, new Map([...copies.keys()].map((host) => [host, 1]))]),
     ),
     health: new Map(),
+    vms: new Map(),
+    vmStatus: new Map(),
     revision: 1,
   };
 }

@@ -21,6 +21,8 @@
 // it exactly (`npm run sim -- --seed N --trace`).
 
 import { createVolume } from "../../src/cluster/volume-admin.js";
+import { DEFAULT_VM_POLICY, type VmRecord, type VmStatusRecord } from "../../src/cluster/vm-schema.js";
+import { SimVmFleet } from "./sim-vm.js";
 import { keys, type PrimaryRecord } from "../../src/cluster/schema.js";
 import { DEFAULT_TIMINGS, type Timings } from "../../src/agent/timings.js";
 import type { EngineOptions, VolumeEngine } from "../../src/engine/engine.js";
@@ -109,6 +111,7 @@ export class ClusterSim {
   /** Each volume's primary host as of the store's applied log. */
   private readonly primaryHosts = new Map<string, string>();
   private failure: SimViolation | undefined;
+  private readonly fleet: SimVmFleet;
   private readonly events: string[] = [];
   private idCounter = 0;
   private step = 0;
@@ -137,6 +140,7 @@ export class ClusterSim {
       (line) => this.note(`net: ${line}`),
       (error) => this.violation("copy model", error.message),
     );
+    this.fleet = new SimVmFleet(this.clock, this.rng.fork());
     this.stats = {
       hosts: hostCount,
       volumes: this.volumeNames.length,
@@ -178,6 +182,24 @@ export class ClusterSim {
       () => this.volumeNames.every((v) => this.servingHost(v) !== undefined),
       30_000,
     );
+    // One VM per volume, its disk that volume, wanted started.
+    for (const volume of this.volumeNames) {
+      const vm: VmRecord = {
+        name: vmOf(volume),
+        vcpus: 1,
+        memoryMiB: 256,
+        volume,
+        boot: "disk",
+        nics: [],
+        heartbeat: true,
+        desired: "started",
+        startRequest: 1,
+        policy: DEFAULT_VM_POLICY,
+        createdAt: new Date(WALL_EPOCH_MS + this.clock.now()).toISOString(),
+      };
+      await this.driver.drive(operator.put(keys.vm(vm.name), JSON.stringify(vm)), 10_000);
+    }
+    await this.until("every VM running", () => this.volumeNames.every((v) => this.fleet.live(vmOf(v)).length === 1), 30_000);
 
     const steps = this.options.faultSteps ?? 30;
     for (this.step = 1; this.step <= steps; this.step++) {
@@ -222,6 +244,7 @@ export class ClusterSim {
       onServing: (serving, volume, engine) => this.onServing(serving, volume, engine),
       log: (line) => this.note(line),
       newId: () => (++this.idCounter).toString(16).padStart(16, "0"),
+      fleet: this.fleet,
     });
     this.hosts.set(name, host);
     host.clock.run(() => {
@@ -244,6 +267,8 @@ export class ClusterSim {
     if (host === undefined) return;
     this.note(`FAULT kill ${name} (${why})`);
     host.clock.kill();
+    // A power loss, or the watchdog: the host's QEMUs die with its agent.
+    host.vms.killAll();
     this.store.crashHost(name);
     this.net.killOwner(host.options.owner);
     this.hosts.set(name, undefined);
@@ -302,6 +327,9 @@ export class ClusterSim {
       ["disk-fail", 2],
       ["disk-hang", 1],
       ["switchover", 2],
+      ["vm-crash", 2],
+      ["vm-panic", 1],
+      ["vm-heartbeat-freeze", 1],
     ]);
     this.count(fault);
     switch (fault) {
@@ -321,6 +349,8 @@ export class ClusterSim {
         this.note(`FAULT pause ${name} for ${ms} ms${withWatchdog ? " (watchdog paused too)" : ""}`);
         host.clock.pause();
         host.watchdogStopped = withWatchdog;
+        // Agent and watchdog stopped together: the whole machine froze, its VMs with it.
+        if (withWatchdog) host.vms.freeze(true);
         const { watchdogTimeoutMs } = this.timings;
         if (!withWatchdog && ms >= watchdogTimeoutMs) {
           this.clock.schedule(watchdogTimeoutMs, () => {
@@ -334,7 +364,7 @@ export class ClusterSim {
         this.clock.schedule(ms, () => {
           if (this.hosts.get(name) !== host) return;
           this.note(`resume ${name}`);
-          host.clock.resume();
+          this.resumeHost(host);
         });
         return;
       }
@@ -396,6 +426,18 @@ export class ClusterSim {
         plan.hangNext += 1;
         return;
       }
+      case "vm-crash":
+      case "vm-panic":
+      case "vm-heartbeat-freeze": {
+        const running = [...this.hosts.values()].flatMap((h) => h?.vms.running() ?? []);
+        if (running.length === 0) return;
+        const instance = this.rng.pick(running);
+        this.note(`FAULT ${fault} of VM ${instance.record.vm} (pid ${instance.pid}) on ${instance.record.host}`);
+        if (fault === "vm-crash") instance.crash();
+        else if (fault === "vm-panic") instance.panic();
+        else instance.freezeHeartbeat();
+        return;
+      }
       case "switchover": {
         const volume = this.rng.pick(this.volumeNames);
         const primary = this.store.readKey(keys.primary(volume));
@@ -424,7 +466,7 @@ export class ClusterSim {
       this.store.heal(name);
       const host = this.hosts.get(name);
       if (host === undefined) this.startHost(name);
-      else if (host.clock.isPaused) host.clock.resume();
+      else if (host.clock.isPaused) this.resumeHost(host);
     }
     this.cut.clear();
     this.store.setSlow(undefined, undefined);
@@ -442,7 +484,26 @@ export class ClusterSim {
       );
   }
 
+  /** A paused host runs again: its agent first (its held timers fence it if its lease went), then its VMs. */
+  private resumeHost(host: SimHost): void {
+    host.clock.resume();
+    host.vms.freeze(false);
+  }
+
+  /** Each VM runs once, on its disk's serving host, unless it is marked error (its policy used up). */
+  private vmsSettled(): boolean {
+    return this.volumeNames.every((volume) => {
+      const vm = vmOf(volume);
+      const kv = this.store.readKey(keys.vmStatus(vm));
+      const status = kv === undefined ? undefined : (JSON.parse(kv.value) as VmStatusRecord);
+      if (status?.state === "error") return this.fleet.live(vm).length === 0;
+      const live = this.fleet.live(vm);
+      return live.length === 1 && live[0]!.host === this.servingHost(volume)?.name && status?.state === "running";
+    });
+  }
+
   private allHealthy(): boolean {
+    if (!this.vmsSettled()) return false;
     return this.volumeNames.every((volume) => {
       const host = this.servingHost(volume);
       if (host === undefined) return false;
@@ -458,6 +519,9 @@ export class ClusterSim {
   private describeVolumes(): string {
     return this.volumeNames
       .map((volume) => {
+        const vm = vmOf(volume);
+        const vmStatus = this.store.readKey(keys.vmStatus(vm))?.value ?? "no status";
+        this.note(`VM ${vm}: live ${this.fleet.live(vm).map((i) => i.host).join(",") || "nowhere"}; ${vmStatus}`);
         const primary = this.store.readKey(keys.primary(volume));
         const records = this.store
           .readPrefix(keys.replicasOf(volume))
@@ -601,6 +665,8 @@ export class ClusterSim {
   /** After every turn of the world: rule 2 on what the store applied, and any violation seen in a callback. */
   private check(): void {
     this.scanApplied();
+    const twice = this.fleet.twoWriters();
+    if (twice !== undefined) this.violation("a VM never runs twice", twice);
     if (this.failure) throw this.failure;
   }
 
@@ -654,4 +720,9 @@ export class ClusterSim {
     this.failure ??= error;
     return this.failure;
   }
+}
+
+/** The simulation's VM on each volume. */
+function vmOf(volume: string): string {
+  return `vm-${volume}`;
 }

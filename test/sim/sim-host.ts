@@ -26,6 +26,7 @@ import type { Rng } from "./rng.js";
 import type { SimClock } from "./sim-clock.js";
 import type { SimNetwork } from "./sim-copy.js";
 import type { SimStore } from "./sim-store.js";
+import { SimVmDriver, type SimVmFleet } from "./sim-vm.js";
 
 export class HostClock implements Clock {
   private paused = false;
@@ -180,6 +181,8 @@ export interface SimHostOptions {
   readonly onServing: (host: SimHost, volume: string, engine: VolumeEngine) => void;
   readonly log: (line: string) => void;
   readonly newId: () => string;
+  /** Every VM instance of the run (the VMs this host starts join it). */
+  readonly fleet: SimVmFleet;
 }
 
 /** Where host H's copies live, as H's own engines name them (one disk per host). */
@@ -200,6 +203,7 @@ export class SimHost {
   readonly agent: Agent;
   readonly exports = new Map<string, BlockDevice>();
   readonly config: AgentConfig;
+  readonly vms: SimVmDriver;
   /** Set when the watchdog is paused too (SIGSTOP of both): nothing will kill the host. */
   watchdogStopped = false;
   started = false;
@@ -208,6 +212,7 @@ export class SimHost {
   constructor(readonly options: SimHostOptions) {
     const { name, clock, rate, store, timings } = options;
     this.clock = new HostClock(clock, rate);
+    this.vms = new SimVmDriver(options.fleet, name, this.clock, clock);
     this.config = {
       host: { name, address: `${name}.sim` },
       etcd: { endpoints: [store.endpoint] },
@@ -217,6 +222,13 @@ export class SimHost {
       disks: [{ name: "disk0", path: diskPath(name), capacityBytes: 64 * 1024 ** 3 }],
       timings,
       events: DEFAULT_EVENT_RETENTION,
+      vms: {
+        cpus: [0, 1, 2, 3],
+        memoryMiB: 4096,
+        runtimeDir: `/sim/${name}/run`,
+        accelerator: "tcg",
+        timings: { heartbeatTimeoutMs: 5_000, bootTimeoutMs: 20_000, qmpTimeoutMs: 5_000 },
+      },
     };
     const storeClient = gatedStore(store.client(name, { requestTimeoutMs: timings.renewTimeoutMs * 2 }), this.clock);
     this.agent = new Agent(this.config, this.world(storeClient), (line) => options.log(`${name}: ${line}`), {
@@ -268,7 +280,14 @@ export class SimHost {
       pinger: this.pinger(),
       probeDisk: (disk) => Promise.resolve({ name: disk.name, ok: true, detail: "ok", probeMs: 0 }),
       probeNbdFront: () => Promise.resolve({ problems: [], missing: [] }),
-      startWatchdog: () => ({ kick: () => undefined, stop: () => undefined }),
+      // The scenario plays the watchdog: when it fires it kills the host and its VMs (SimVmDriver.killAll).
+      startWatchdog: () => ({
+        kick: () => undefined,
+        stop: () => undefined,
+        trackVm: () => undefined,
+        untrackVm: () => undefined,
+      }),
+      vms: this.vms,
       eventLoopLag: { maxMs: () => 0, reset: () => undefined, stop: () => undefined },
     };
   }

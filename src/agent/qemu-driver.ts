@@ -1,0 +1,225 @@
+// The real VmDriver: a VM is a QEMU process (src/vm/qemu-process.ts) in its own runtime directory under
+// the host's `vms.runtimeDir`, its disk reached through the host's stable endpoint for the volume. The
+// driver watches each QEMU three ways: the process (its exit), QMP (events, and a query-status probe
+// each round), and the guest's heartbeat lines on its virtio-serial port.
+
+import { createConnection, type Socket } from "node:net";
+import { rename, rm } from "node:fs/promises";
+import { existsSync, readdirSync } from "node:fs";
+import { join } from "node:path";
+import type { VmRecord } from "../cluster/vm-schema.js";
+import { HavenError, errorMessage } from "../core/errors.js";
+import type { Clock } from "../util/clock.js";
+import { chooseAccelerator } from "../vm/accelerator.js";
+import type { Accelerator, VmKernelBoot, VmSpec } from "../vm/qemu-command.js";
+import { QemuProcess } from "../vm/qemu-process.js";
+import { createRuntimeDir, runtimePaths, trustedPid } from "../vm/runtime-dir.js";
+import type { VmsConfig } from "./config.js";
+import type { VmRunState } from "./vm-decide.js";
+import type { VmDriver, VmInstance } from "./world.js";
+
+/** How long a guest has to power off after ACPI power-down before QEMU is told to quit. */
+const POWERDOWN_TIMEOUT_MS = 30_000;
+/** The test image's kernel command line (serial console; fast boot under TCG). */
+const TEST_IMAGE_APPEND =
+  "console=ttyS0 panic=0 mitigations=off security=none audit=0 cryptomgr.notests 8250.nr_uarts=1 quiet";
+
+export interface QemuDriverOptions {
+  readonly config: VmsConfig;
+  readonly clock: Clock;
+  readonly log: (line: string) => void;
+  /** The stable endpoint for the volume on this host: a unix socket and the export name to ask for. */
+  readonly diskEndpoint: (volume: string) => Promise<{ socketPath: string; exportName: string }>;
+  /** Plugs the VM's taps into their bridges while QEMU is paused (before `cont`). */
+  readonly plugNics?: (vm: VmRecord, taps: readonly string[]) => Promise<void>;
+}
+
+export class QemuDriver implements VmDriver {
+  private accelerator: Promise<Accelerator> | undefined;
+
+  constructor(private readonly options: QemuDriverOptions) {}
+
+  private runtimeDir(name: string): string {
+    return join(this.options.config.runtimeDir, "vms", name);
+  }
+
+  serialLog(name: string): string | undefined {
+    return runtimePaths(this.runtimeDir(name)).serialLog;
+  }
+
+  serialSocket(name: string): string | undefined {
+    return runtimePaths(this.runtimeDir(name)).serialSocket;
+  }
+
+  async killLeftovers(): Promise<string[]> {
+    const root = join(this.options.config.runtimeDir, "vms");
+    if (!existsSync(root)) return [];
+    const killed: string[] = [];
+    for (const name of readdirSync(root)) {
+      const pid = await trustedPid(join(root, name), name);
+      if (pid === undefined) continue;
+      try {
+        process.kill(pid, "SIGKILL");
+        killed.push(`VM ${name} (pid ${pid})`);
+      } catch {
+        // gone meanwhile
+      }
+    }
+    return killed;
+  }
+
+  async launch(vm: VmRecord, hostCpus: readonly number[] | undefined): Promise<VmInstance> {
+    const { config } = this.options;
+    const dir = this.runtimeDir(vm.name);
+    const runtime = await createRuntimeDir(dir);
+    // `vm console --log` shows the current run: the last run's log moves aside.
+    await rename(runtime.serialLog, `${runtime.serialLog}.1`).catch(() => undefined);
+    const disk = await this.options.diskEndpoint(vm.volume);
+    const taps = vm.nics.map((_nic, index) => tapName(vm.name, index));
+    const spec: VmSpec = {
+      name: vm.name,
+      vcpus: vm.vcpus,
+      memoryMiB: vm.memoryMiB,
+      accelerator: await this.chooseAccelerator(),
+      disk,
+      ...(vm.boot === "haven-test-kernel" && { kernelBoot: this.testKernel() }),
+      nics: vm.nics.map((nic, index) => ({ tapName: taps[index]!, mac: nic.mac })),
+      runtime,
+    };
+    const qemu = await QemuProcess.start({
+      spec,
+      ...(hostCpus !== undefined && { vcpuHostCpus: hostCpus }),
+      ...(config.netns !== undefined && { netns: config.netns }),
+      ...(this.options.plugNics && taps.length > 0 && { beforeResume: () => this.options.plugNics!(vm, taps) }),
+    } as Parameters<typeof QemuProcess.start>[0]);
+    return new QemuInstance(qemu, runtime.heartbeatSocket, this.options.clock, this.options.log, vm.name);
+  }
+
+  private chooseAccelerator(): Promise<Accelerator> {
+    const wanted = this.options.config.accelerator;
+    if (wanted !== "auto") return Promise.resolve(wanted);
+    this.accelerator ??= chooseAccelerator().then((verdict) => {
+      this.options.log(`VMs run under ${verdict.accelerator}: ${verdict.reason}`);
+      return verdict.accelerator;
+    });
+    return this.accelerator;
+  }
+
+  private testKernel(): VmKernelBoot {
+    const dir = this.options.config.imageDir;
+    if (dir === undefined)
+      throw new HavenError("HAVEN_ERR_CONFIG", "the haven-test image needs vms.imageDir in the agent config");
+    return {
+      kernel: join(dir, "haven-test-kernel"),
+      initrd: join(dir, "haven-test-initrd"),
+      append: TEST_IMAGE_APPEND,
+    };
+  }
+}
+
+/** A stable tap name for the VM's NIC (at most 15 characters). */
+export function tapName(vm: string, index: number): string {
+  let hash = 0x811c9dc5;
+  for (const byte of Buffer.from(`${vm}/${index}`)) hash = Math.imul(hash ^ byte, 0x01000193) >>> 0;
+  return `hv${hash.toString(16).padStart(8, "0")}n${index}`.slice(0, 15);
+}
+
+const QMP_STATES: Readonly<Record<string, VmRunState>> = {
+  running: "running",
+  paused: "paused",
+  "io-error": "io-error",
+  "guest-panicked": "guest-panicked",
+  shutdown: "shutdown",
+  prelaunch: "starting",
+  inmigrate: "starting",
+};
+
+class QemuInstance implements VmInstance {
+  readonly pid: number;
+  readonly exited: Promise<string>;
+  private state: VmRunState = "running";
+  private heartbeatAt: number | undefined;
+  private heartbeat: Socket | undefined;
+  private done = false;
+
+  constructor(
+    private readonly qemu: QemuProcess,
+    private readonly heartbeatSocket: string,
+    private readonly clock: Clock,
+    private readonly log: (line: string) => void,
+    private readonly name: string,
+  ) {
+    this.pid = qemu.pid;
+    this.exited = qemu.exited.then((exit) => {
+      this.done = true;
+      this.heartbeat?.destroy();
+      return exit.signal !== null ? `killed by ${exit.signal}` : `exit code ${exit.code}`;
+    });
+    qemu.qmp.onEvent((event) => {
+      if (event.event === "GUEST_PANICKED") this.state = "guest-panicked";
+      else if (event.event === "SHUTDOWN") this.state = "shutdown";
+      else if (event.event === "RESUME") this.state = "running";
+      else if (event.event === "BLOCK_IO_ERROR") this.state = "io-error";
+      else if (event.event === "STOP" && this.state === "running") this.state = "paused";
+    });
+    this.listenHeartbeat();
+  }
+
+  runState(): VmRunState {
+    return this.state;
+  }
+
+  lastHeartbeatAtMs(): number | undefined {
+    return this.heartbeatAt;
+  }
+
+  async probe(timeoutMs: number): Promise<void> {
+    const reply = (await this.qemu.qmp.execute("query-status", undefined, { timeoutMs })) as { status?: string };
+    const state = QMP_STATES[reply.status ?? ""];
+    if (state === undefined) throw new HavenError("HAVEN_ERR_IO", `QMP reports status "${reply.status}"`);
+    this.state = state;
+  }
+
+  async pause(): Promise<void> {
+    await this.qemu.qmp.execute("stop");
+  }
+
+  async resume(): Promise<void> {
+    await this.qemu.qmp.execute("cont");
+  }
+
+  async stop(force: boolean): Promise<string> {
+    const outcome = await this.qemu.stop(force ? { powerdownTimeoutMs: 0, quitTimeoutMs: 0 } : { powerdownTimeoutMs: POWERDOWN_TIMEOUT_MS });
+    this.heartbeat?.destroy();
+    return outcome;
+  }
+
+  kill(): void {
+    try {
+      process.kill(this.pid, "SIGKILL");
+    } catch {
+      // already gone
+    }
+  }
+
+  /** Reads the guest's heartbeat lines (one per beat); reconnects while QEMU runs. */
+  private listenHeartbeat(): void {
+    if (this.done) return;
+    const socket = createConnection(this.heartbeatSocket);
+    this.heartbeat = socket;
+    socket.on("data", (chunk) => {
+      if (chunk.includes(0x0a)) this.heartbeatAt = this.clock.now();
+    });
+    socket.on("error", (error) => {
+      if (!this.done) this.log(`VM ${this.name}: heartbeat port: ${errorMessage(error)}`);
+    });
+    socket.on("close", () => {
+      if (!this.done) this.clock.schedule(1_000, () => this.listenHeartbeat());
+    });
+  }
+}
+
+/** Removes a VM's runtime directory (after it is deleted). */
+export async function removeRuntimeDir(config: VmsConfig, name: string): Promise<void> {
+  await rm(join(config.runtimeDir, "vms", name), { recursive: true, force: true });
+}

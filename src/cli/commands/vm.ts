@@ -1,0 +1,542 @@
+// `haven vm ...`: virtual servers. Each verb changes the VM's desired state in etcd
+// (src/cluster/vm-admin.ts) and, by default, waits until the agents have made it true, so that what it
+// prints is what runs. A VM runs where its disk's primary is.
+
+import { execFile, spawn } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
+import { createConnection } from "node:net";
+import { hostname } from "node:os";
+import { join } from "node:path";
+import { readClusterRecords, type ClusterRecords } from "../../cluster/cluster-read.js";
+import { nbdUri } from "../../cluster/cluster-view.js";
+import type { ClusterStore } from "../../cluster/store.js";
+import { createVm, deleteVm, setVm, startVm, stopVm, type VmCreateRequest } from "../../cluster/vm-admin.js";
+import { formatCpuList, parseCpuList } from "../../cluster/vm-resources.js";
+import type { VmRecord, VmStatusRecord } from "../../cluster/vm-schema.js";
+import { createVolume, deleteVolume } from "../../cluster/volume-admin.js";
+import { HavenError, errorMessage } from "../../core/errors.js";
+import { formatBytes, parseSize } from "../../util/units.js";
+import { packageRoot } from "../../util/repo-root.js";
+import { parseCommand } from "../args.js";
+import { CLUSTER_OPTIONS, CLUSTER_OPTIONS_USAGE, connectCluster } from "../context.js";
+import { abortOnStopSignal, pause } from "../poll.js";
+import { waitUntilServed } from "../volume-served.js";
+
+const MAX_VCPUS = 64;
+const DEFAULT_WAIT_SECONDS = 120;
+
+export const VM_USAGE = `usage: haven vm <verb> ...
+
+  vm create NAME --vcpus N --memory SIZE (--disk VOLUME | --disk-size SIZE [--replicas N])
+            [--image haven-test|FILE] [--format raw|qcow2] [--cpus LIST] [--shared-cpus] [--nic SPEC]...
+            [--max-restart N] [--max-relocate N] [--stopped]
+  vm start NAME [--host HOST]     start it (on HOST: its disk's primary moves there first)
+  vm stop NAME [--force]          ACPI power-down (--force: at once)
+  vm restart NAME                 stop and start again (failure counts begin again)
+  vm delete NAME --yes [--force] [--with-disk]   delete it (--force stops it first)
+  vm list [--json]                every VM: state, host, CPUs, memory, disk
+  vm show NAME [--json]           one VM, with its health on several parameters
+  vm set NAME [--vcpus N] [--memory SIZE] [--cpus LIST|none]   change CPUs and memory
+  vm console NAME [--log]         the serial console (--log: print this run's output and exit)
+
+${CLUSTER_OPTIONS_USAGE}`;
+
+function usage(message: string): HavenError {
+  return new HavenError("HAVEN_ERR_USAGE", `${message}\n\n${VM_USAGE}`);
+}
+
+function actor(): { actor: string } {
+  return { actor: `cli@${hostname()}` };
+}
+
+function nameArgument(positionals: readonly string[]): string {
+  if (positionals.length === 0) throw usage("the VM's NAME is missing");
+  if (positionals.length > 1) throw usage(`one VM NAME expected, got ${positionals.join(" ")}`);
+  return positionals[0]!;
+}
+
+function wholeNumber(text: string | undefined, option: string, min: number, max: number): number | undefined {
+  if (text === undefined) return undefined;
+  const value = Number(text);
+  if (!/^\d+$/.test(text) || value < min || value > max)
+    throw usage(`${option} must be a whole number from ${min} to ${max}, got "${text}"`);
+  return value;
+}
+
+function memoryMiB(text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const bytes = parseSize(text, "--memory");
+  const mib = bytes / (1024 * 1024);
+  if (!Number.isInteger(mib) || mib < 16)
+    throw usage(`--memory "${text}" must be a whole number of MiB, at least 16M (e.g. 512M, 2G)`);
+  return mib;
+}
+
+function cpuList(text: string | undefined): number[] | undefined {
+  if (text === undefined) return undefined;
+  const cpus = parseCpuList(text);
+  if (cpus === undefined || cpus.length === 0) throw usage(`--cpus "${text}" is not a CPU list such as 2,3 or 0-3`);
+  return cpus;
+}
+
+/** A stable MAC for the VM's NIC: the same on every host (52:54:00 is QEMU's prefix). */
+export function defaultMac(vm: string, index: number): string {
+  let hash = 0x811c9dc5;
+  for (const byte of Buffer.from(`${vm}#${index}`)) hash = Math.imul(hash ^ byte, 0x01000193) >>> 0;
+  const b = [(hash >>> 16) & 0xff, (hash >>> 8) & 0xff, hash & 0xff];
+  // The test image derives 10.99.Y.Z from the last two bytes: avoid .0 and .255 there.
+  b[2] = Math.min(254, Math.max(1, b[2]!));
+  b[1] = Math.min(254, Math.max(1, b[1]!));
+  return `52:54:00:${b.map((x) => x.toString(16).padStart(2, "0")).join(":")}`;
+}
+
+/** --nic bridge=NAME[,mac=MAC] (or an empty spec: the host's default bridge, a derived MAC). */
+function parseNic(spec: string, vm: string, index: number): { bridge?: string; mac: string } {
+  let bridge: string | undefined;
+  let mac = defaultMac(vm, index);
+  for (const part of spec.split(",").filter((p) => p !== "" && p !== "default")) {
+    const [key, value] = part.split("=", 2);
+    if (key === "bridge" && value && /^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$/.test(value)) bridge = value;
+    else if (key === "mac" && value && /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(value.toLowerCase())) {
+      mac = value.toLowerCase();
+      if ((parseInt(mac.slice(0, 2), 16) & 1) === 1) throw usage(`--nic mac=${value} is a multicast address`);
+    } else throw usage(`--nic "${spec}": expected bridge=NAME and/or mac=52:54:00:xx:xx:xx, comma-separated`);
+  }
+  return { ...(bridge !== undefined && { bridge }), mac };
+}
+
+/** The built-in images' directory: where scripts/build-test-image.sh leaves haven-test. */
+export function imageDir(): string {
+  return process.env.HAVEN_IMAGE_DIR ?? join(packageRoot(), ".cache", "images");
+}
+
+function resolveImage(image: string): { file: string; format: string; builtIn: boolean } {
+  if (image === "haven-test") {
+    const file = join(imageDir(), "haven-test.raw");
+    if (!existsSync(file))
+      throw new HavenError(
+        "HAVEN_ERR_NOT_FOUND",
+        `the haven-test image is not built: run scripts/build-test-image.sh (it writes ${file})`,
+      );
+    return { file, format: "raw", builtIn: true };
+  }
+  if (!existsSync(image))
+    throw new HavenError("HAVEN_ERR_NOT_FOUND", `no image "${image}": give haven-test or the path of a raw or qcow2 file`);
+  return { file: image, format: "", builtIn: false };
+}
+
+/** The image's format and virtual size, as qemu-img sees it (refusing what is not a disk image). */
+function imageInfo(file: string, format: string): Promise<{ format: string; virtualSize: number }> {
+  return new Promise((resolve, reject) => {
+    execFile(
+      "qemu-img",
+      ["info", "--output=json", ...(format ? ["-f", format] : []), file],
+      { timeout: 30_000 },
+      (error, stdout, stderr) => {
+        if (error) {
+          reject(new HavenError("HAVEN_ERR_USAGE", `${file} is not a disk image qemu-img can read: ${stderr.trim() || error.message}`));
+          return;
+        }
+        const info = JSON.parse(stdout) as { format: string; "virtual-size": number };
+        resolve({ format: info.format, virtualSize: info["virtual-size"] });
+      },
+    );
+  });
+}
+
+/** Copies the image onto the volume over NBD (no zero writes: the volume is new), with qemu-img's progress. */
+function copyImage(file: string, format: string, target: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn("qemu-img", ["convert", "-p", "-n", "-f", format, "-O", "raw", "-t", "none", file, target], {
+      stdio: ["ignore", "inherit", "pipe"],
+    });
+    let stderr = "";
+    child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
+    child.on("error", (error) => reject(new HavenError("HAVEN_ERR_IO", `qemu-img did not run: ${error.message}`)));
+    child.on("exit", (code) =>
+      code === 0
+        ? resolve()
+        : reject(new HavenError("HAVEN_ERR_IO", `copying ${file} onto the volume failed: ${stderr.trim() || `exit ${code}`}`)),
+    );
+  });
+}
+
+async function vmCreate(argv: string[]): Promise<number> {
+  const parsed = parseCommand(
+    argv,
+    {
+      ...CLUSTER_OPTIONS,
+      vcpus: { type: "string" },
+      memory: { type: "string" },
+      disk: { type: "string" },
+      "disk-size": { type: "string" },
+      replicas: { type: "string" },
+      image: { type: "string" },
+      format: { type: "string" },
+      boot: { type: "string" },
+      cpus: { type: "string" },
+      "shared-cpus": { type: "boolean" },
+      nic: { type: "string", multiple: true },
+      "max-restart": { type: "string" },
+      "max-relocate": { type: "string" },
+      stopped: { type: "boolean" },
+      "no-heartbeat": { type: "boolean" },
+      "no-wait": { type: "boolean" },
+    },
+    VM_USAGE,
+  );
+  if (parsed === undefined) return 0;
+  const { values, positionals } = parsed;
+  const name = nameArgument(positionals);
+  const vcpus = wholeNumber(values.vcpus as string | undefined, "--vcpus", 1, MAX_VCPUS);
+  if (vcpus === undefined) throw usage("--vcpus is required");
+  const memory = memoryMiB(values.memory as string | undefined);
+  if (memory === undefined) throw usage("--memory is required");
+  const disk = values.disk as string | undefined;
+  const diskSize = values["disk-size"] as string | undefined;
+  if ((disk === undefined) === (diskSize === undefined)) throw usage("give exactly one of --disk VOLUME and --disk-size SIZE");
+  if (disk !== undefined && values.replicas !== undefined) throw usage("--replicas goes with --disk-size (a new volume)");
+  const cpus = cpuList(values.cpus as string | undefined);
+  if (cpus !== undefined && cpus.length !== vcpus)
+    throw usage(`--cpus names ${cpus.length} CPUs for ${vcpus} vCPUs: name one host CPU per vCPU`);
+  const image = values.image === undefined ? undefined : resolveImage(values.image as string);
+  if (image !== undefined && disk !== undefined) throw usage("--image writes a new disk: use it with --disk-size, not --disk");
+  const boot = (values.boot as string | undefined) ?? (image?.builtIn ? "haven-test-kernel" : "disk");
+  if (boot !== "disk" && boot !== "haven-test-kernel") throw usage(`--boot must be disk or haven-test-kernel, got "${boot}"`);
+  const nics = ((values.nic as string[] | undefined) ?? []).map((spec, index) => parseNic(spec, name, index));
+  const policy = {
+    maxRestart: wholeNumber(values["max-restart"] as string | undefined, "--max-restart", 0, 100) ?? 1,
+    maxRelocate: wholeNumber(values["max-relocate"] as string | undefined, "--max-relocate", 0, 100) ?? 1,
+  };
+  const client = connectCluster(values);
+  const request: VmCreateRequest = {
+    name,
+    vcpus,
+    memoryMiB: memory,
+    volume: disk ?? name,
+    ...(image !== undefined && { image: values.image as string }),
+    boot,
+    ...(cpus !== undefined && { cpus }),
+    ...(values["shared-cpus"] === true && { sharedCpus: true }),
+    nics,
+    heartbeat: values["no-heartbeat"] !== true && (image?.builtIn ?? false),
+    policy,
+    ...(values.stopped === true && { stopped: true }),
+  };
+
+  if (diskSize !== undefined) {
+    let sizeBytes = parseSize(diskSize, "--disk-size");
+    const info = image && (await imageInfo(image.file, image.format));
+    if (info !== undefined && info.virtualSize > sizeBytes)
+      throw usage(`--disk-size ${formatBytes(sizeBytes)} is smaller than the image (${formatBytes(info.virtualSize)})`);
+    sizeBytes = Math.ceil(sizeBytes / 4096) * 4096;
+    const copies = wholeNumber(values.replicas as string | undefined, "--replicas", 1, 4) ?? 2;
+    // Refuse before anything is made: the name, and the room on some host.
+    const records = await readClusterRecords(client);
+    if (records.vms.has(name) || records.volumes.has(name))
+      throw new HavenError("HAVEN_ERR_CONFLICT", `a VM or volume named "${name}" exists already; choose another name`);
+    const created = await createVolume(client, { name, sizeBytes, copies }, actor());
+    // Nothing is left half-made: a VM that cannot be recorded takes its new volume with it.
+    try {
+      process.stderr.write(`volume ${name} created (${formatBytes(sizeBytes)}, ${copies} copies); waiting for ${created.primary.host} to serve it\n`);
+      const stop = abortOnStopSignal();
+      try {
+        if (!(await waitUntilServed(client, created, 60_000, stop.signal)))
+          throw new HavenError("HAVEN_ERR_UNAVAILABLE", `volume ${name} was not served within 60 s`);
+      } finally {
+        stop.dispose();
+      }
+      if (image !== undefined && info !== undefined) {
+        const host = (await readClusterRecords(client)).liveHosts.get(created.primary.host)!;
+        process.stderr.write(`copying ${image.file} (${info.format}, ${formatBytes(info.virtualSize)}) onto ${name}\n`);
+        await copyImage(image.file, info.format, nbdUri(host, name));
+      }
+      const vm = await createVm(client, request, actor());
+      return await reportAndWait(client, vm, values["no-wait"] === true || vm.desired === "stopped" ? undefined : "running");
+    } catch (error) {
+      await deleteVolume(client, name, actor()).catch(() => undefined);
+      process.stderr.write(`volume ${name} deleted again (the VM was not created)\n`);
+      throw error;
+    }
+  }
+  const vm = await createVm(client, request, actor());
+  return reportAndWait(client, vm, values["no-wait"] === true || vm.desired === "stopped" ? undefined : "running");
+}
+
+/** Waits until the agents report the VM in `state` (or error), printing where it runs. */
+async function reportAndWait(client: ClusterStore, vm: VmRecord, state: "running" | "stopped" | undefined): Promise<number> {
+  if (state === undefined) {
+    process.stdout.write(`VM ${vm.name} recorded (${vm.desired}); 'haven vm show ${vm.name}' follows it\n`);
+    return 0;
+  }
+  const stop = abortOnStopSignal();
+  try {
+    const deadline = Date.now() + DEFAULT_WAIT_SECONDS * 1000;
+    for (;;) {
+      const records = await readClusterRecords(client);
+      const status = records.vmStatus.get(vm.name)?.record;
+      const current: VmStatusRecord | undefined =
+        status?.startRequest === vm.startRequest || state === "stopped" ? status : undefined;
+      if (current?.state === "error") {
+        process.stderr.write(`VM ${vm.name} is in error: ${current.reason}\n`);
+        return 1;
+      }
+      if (current?.state === "pending") process.stderr.write(`VM ${vm.name} is pending: ${current.reason}\n`);
+      if (current?.state === state || (state === "stopped" && current === undefined)) {
+        process.stdout.write(
+          state === "running"
+            ? `VM ${vm.name} is running on ${current!.host} (pid ${current!.run?.pid ?? "?"}); console: haven vm console ${vm.name}\n`
+            : `VM ${vm.name} is stopped\n`,
+        );
+        return 0;
+      }
+      if (Date.now() > deadline) {
+        process.stderr.write(`VM ${vm.name} is not ${state} after ${DEFAULT_WAIT_SECONDS} s; follow it with 'haven events --follow'\n`);
+        return 1;
+      }
+      if (!(await pause(500, stop.signal))) return 130;
+    }
+  } finally {
+    stop.dispose();
+  }
+}
+
+async function vmStart(argv: string[], restart: boolean): Promise<number> {
+  const parsed = parseCommand(argv, { ...CLUSTER_OPTIONS, host: { type: "string" }, "no-wait": { type: "boolean" } }, VM_USAGE);
+  if (parsed === undefined) return 0;
+  const name = nameArgument(parsed.positionals);
+  if (restart && parsed.values.host !== undefined) throw usage("vm restart takes no --host (use vm start --host)");
+  const client = connectCluster(parsed.values);
+  const host = parsed.values.host as string | undefined;
+  const { vm, host: where } = await startVm(client, name, { ...(host !== undefined && { host }), restart }, actor());
+  process.stderr.write(`VM ${name}: ${restart ? "restart" : "start"} asked; it runs on ${where}\n`);
+  return reportAndWait(client, vm, parsed.values["no-wait"] === true ? undefined : "running");
+}
+
+async function vmStop(argv: string[]): Promise<number> {
+  const parsed = parseCommand(argv, { ...CLUSTER_OPTIONS, force: { type: "boolean" }, "no-wait": { type: "boolean" } }, VM_USAGE);
+  if (parsed === undefined) return 0;
+  const name = nameArgument(parsed.positionals);
+  const client = connectCluster(parsed.values);
+  const vm = await stopVm(client, name, parsed.values.force === true, actor());
+  return reportAndWait(client, vm, parsed.values["no-wait"] === true ? undefined : "stopped");
+}
+
+async function vmDelete(argv: string[]): Promise<number> {
+  const parsed = parseCommand(
+    argv,
+    { ...CLUSTER_OPTIONS, yes: { type: "boolean" }, force: { type: "boolean" }, "with-disk": { type: "boolean" } },
+    VM_USAGE,
+  );
+  if (parsed === undefined) return 0;
+  const name = nameArgument(parsed.positionals);
+  if (parsed.values.yes !== true) throw usage(`deleting VM ${name} needs --yes`);
+  const client = connectCluster(parsed.values);
+  if (parsed.values.force === true) {
+    const records = await readClusterRecords(client);
+    if (records.vms.get(name)?.desired === "started") {
+      const vm = await stopVm(client, name, true, actor());
+      const code = await reportAndWait(client, vm, "stopped");
+      if (code !== 0) return code;
+    }
+  }
+  const vm = await deleteVm(client, name, actor());
+  process.stdout.write(`VM ${name} deleted\n`);
+  if (parsed.values["with-disk"] === true) {
+    await deleteVolume(client, vm.volume, actor());
+    process.stdout.write(`volume ${vm.volume} deleted with the data on every copy\n`);
+  } else process.stdout.write(`its disk, volume ${vm.volume}, stays (delete it with 'haven volume delete ${vm.volume} --yes')\n`);
+  return 0;
+}
+
+async function vmSet(argv: string[]): Promise<number> {
+  const parsed = parseCommand(
+    argv,
+    { ...CLUSTER_OPTIONS, vcpus: { type: "string" }, memory: { type: "string" }, cpus: { type: "string" } },
+    VM_USAGE,
+  );
+  if (parsed === undefined) return 0;
+  const name = nameArgument(parsed.positionals);
+  const { values } = parsed;
+  if (values.vcpus === undefined && values.memory === undefined && values.cpus === undefined)
+    throw usage("vm set needs --vcpus, --memory or --cpus");
+  const vcpus = wholeNumber(values.vcpus as string | undefined, "--vcpus", 1, MAX_VCPUS);
+  const memory = memoryMiB(values.memory as string | undefined);
+  const cpus = values.cpus === "none" ? null : cpuList(values.cpus as string | undefined);
+  const client = connectCluster(values);
+  const { vm, when } = await setVm(
+    client,
+    name,
+    { ...(vcpus !== undefined && { vcpus }), ...(memory !== undefined && { memoryMiB: memory }), ...(cpus !== undefined && { cpus }) },
+    actor(),
+  );
+  process.stdout.write(
+    `VM ${name}: ${vm.vcpus} vCPUs, ${vm.memoryMiB} MiB${vm.cpus ? `, pinned to ${formatCpuList(vm.cpus)}` : ""}; ` +
+      (when === "now" ? "applies at its start\n" : `applies at its next start ('haven vm restart ${name}' to apply it now)\n`),
+  );
+  return 0;
+}
+
+export interface VmListEntry {
+  readonly name: string;
+  readonly desired: string;
+  readonly state: string;
+  readonly host: string | null;
+  readonly vcpus: number;
+  readonly memoryMiB: number;
+  readonly cpus: string | null;
+  readonly volume: string;
+  readonly reason: string;
+  readonly restarts: number;
+  readonly relocations: number;
+  readonly status: VmStatusRecord | null;
+  readonly spec: VmRecord;
+}
+
+export function vmEntries(records: ClusterRecords): VmListEntry[] {
+  return [...records.vms.values()].map((vm) => {
+    const status = records.vmStatus.get(vm.name)?.record;
+    const current = status !== undefined && status.startRequest === vm.startRequest ? status : undefined;
+    const state = current?.state ?? (vm.desired === "started" ? "starting" : (status?.state ?? "stopped"));
+    return {
+      name: vm.name,
+      desired: vm.desired,
+      state,
+      host: status?.host ?? records.primaries.get(vm.volume)?.host ?? null,
+      vcpus: vm.vcpus,
+      memoryMiB: vm.memoryMiB,
+      cpus: vm.cpus ? formatCpuList(vm.cpus) : null,
+      volume: vm.volume,
+      reason: status?.reason ?? "",
+      restarts: current?.restarts ?? 0,
+      relocations: current?.relocations ?? 0,
+      status: status ?? null,
+      spec: vm,
+    };
+  });
+}
+
+/** The VM table, as `vm list` and `haven status` print it. */
+export function renderVmTable(entries: readonly VmListEntry[]): string {
+  if (entries.length === 0) return "no VMs (create one with 'haven vm create')\n";
+  const rows = [
+    ["VM", "STATE", "HOST", "CPU", "MEMORY", "DISK", "RESTARTS"],
+    ...entries.map((e) => [
+      e.name,
+      e.state,
+      e.host ?? "-",
+      `${e.vcpus}${e.cpus ? `@${e.cpus}` : ""}`,
+      `${e.memoryMiB}M`,
+      e.volume,
+      `${e.restarts}/${e.relocations}`,
+    ]),
+  ];
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
+  return rows.map((row) => row.map((cell, i) => cell.padEnd(widths[i]!)).join("  ").trimEnd()).join("\n") + "\n";
+}
+
+async function vmList(argv: string[]): Promise<number> {
+  const parsed = parseCommand(argv, { ...CLUSTER_OPTIONS, json: { type: "boolean" } }, VM_USAGE);
+  if (parsed === undefined) return 0;
+  if (parsed.positionals.length > 0) throw usage(`vm list takes no arguments, got ${parsed.positionals.join(" ")}`);
+  const records = await readClusterRecords(connectCluster(parsed.values));
+  const entries = vmEntries(records);
+  process.stdout.write(parsed.values.json ? `${JSON.stringify(entries.map(({ spec: _s, ...e }) => e), null, 2)}\n` : renderVmTable(entries));
+  return 0;
+}
+
+function age(iso: string, now: number): string {
+  const seconds = Math.max(0, Math.round((now - Date.parse(iso)) / 1000));
+  return seconds < 120 ? `${seconds}s ago` : `${Math.round(seconds / 60)}m ago`;
+}
+
+async function vmShow(argv: string[]): Promise<number> {
+  const parsed = parseCommand(argv, { ...CLUSTER_OPTIONS, json: { type: "boolean" } }, VM_USAGE);
+  if (parsed === undefined) return 0;
+  const name = nameArgument(parsed.positionals);
+  const records = await readClusterRecords(connectCluster(parsed.values));
+  const entry = vmEntries(records).find((e) => e.name === name);
+  if (entry === undefined) throw new HavenError("HAVEN_ERR_NOT_FOUND", `no VM named "${name}" (see 'haven vm list')`);
+  if (parsed.values.json) {
+    process.stdout.write(`${JSON.stringify(entry, null, 2)}\n`);
+    return 0;
+  }
+  const { spec, status } = entry;
+  const now = Date.now();
+  const lines = [
+    `VM ${name}: ${entry.state}${entry.host ? ` on ${entry.host}` : ""} (wanted ${spec.desired})`,
+    `  why:       ${entry.reason || "-"}`,
+    `  CPUs:      ${spec.vcpus} vCPUs${spec.cpus ? `, pinned to host CPUs ${formatCpuList(spec.cpus)}${spec.sharedCpus ? " (shared)" : ""}` : ", not pinned"}`,
+    `  memory:    ${spec.memoryMiB} MiB`,
+    `  disk:      volume ${spec.volume}${spec.image ? ` (from ${spec.image})` : ""}, boot ${spec.boot}`,
+    ...spec.nics.map((nic, i) => `  nic${i}:      ${nic.mac} on bridge ${nic.bridge ?? "(host default)"}`),
+    `  policy:    restart in place ${spec.policy.maxRestart}x, then relocate ${spec.policy.maxRelocate}x, then error; used ${entry.restarts} restart(s), ${entry.relocations} relocation(s)`,
+  ];
+  if (status?.run !== undefined) {
+    const run = status.run;
+    lines.push(`  run:       pid ${run.pid} since ${run.startedAt}, ${run.vcpus} vCPUs, ${run.memoryMiB} MiB`);
+    if (run.vcpus !== spec.vcpus || run.memoryMiB !== spec.memoryMiB)
+      lines.push(`             (the spec changed: ${spec.vcpus} vCPUs, ${spec.memoryMiB} MiB at the next start)`);
+  }
+  const checks = Object.entries(status?.checks ?? {});
+  if (checks.length > 0) {
+    lines.push("  health:");
+    for (const [check, value] of checks)
+      lines.push(`    ${check.padEnd(10)} ${value.ok ? "ok  " : "FAIL"} ${value.value} (${age(value.at, now)})`);
+  }
+  process.stdout.write(`${lines.join("\n")}\n`);
+  return 0;
+}
+
+async function vmConsole(argv: string[]): Promise<number> {
+  const parsed = parseCommand(argv, { ...CLUSTER_OPTIONS, log: { type: "boolean" } }, VM_USAGE);
+  if (parsed === undefined) return 0;
+  const name = nameArgument(parsed.positionals);
+  const records = await readClusterRecords(connectCluster(parsed.values));
+  if (!records.vms.has(name)) throw new HavenError("HAVEN_ERR_NOT_FOUND", `no VM named "${name}" (see 'haven vm list')`);
+  const run = records.vmStatus.get(name)?.record.run;
+  if (run?.serialSocket === undefined || run.serialLog === undefined)
+    throw new HavenError("HAVEN_ERR_UNAVAILABLE", `VM ${name} is not running (start it with 'haven vm start ${name}')`);
+  if (parsed.values.log === true) {
+    if (!existsSync(run.serialLog))
+      throw new HavenError("HAVEN_ERR_UNAVAILABLE", `VM ${name}'s console log ${run.serialLog} is not on this machine: run this on ${records.vmStatus.get(name)!.record.host}`);
+    process.stdout.write(readFileSync(run.serialLog));
+    return 0;
+  }
+  return new Promise<number>((resolve, reject) => {
+    const socket = createConnection(run.serialSocket!);
+    socket.on("error", (error) =>
+      reject(new HavenError("HAVEN_ERR_UNAVAILABLE", `cannot reach VM ${name}'s console at ${run.serialSocket}: ${errorMessage(error)} (run this on the VM's host)`)),
+    );
+    socket.on("connect", () => {
+      process.stderr.write(`connected to VM ${name}'s serial console; Ctrl-] quits\n`);
+      if (process.stdin.isTTY) process.stdin.setRawMode(true);
+      process.stdin.on("data", (chunk: Buffer) => {
+        if (chunk.includes(0x1d)) {
+          socket.end();
+          return;
+        }
+        socket.write(chunk);
+      });
+      process.stdin.on("end", () => socket.end());
+      socket.pipe(process.stdout);
+    });
+    socket.on("close", () => {
+      if (process.stdin.isTTY) process.stdin.setRawMode(false);
+      process.stdin.pause();
+      resolve(0);
+    });
+  });
+}
+
+export const VM_COMMANDS: Record<string, (argv: string[]) => Promise<number>> = {
+  create: vmCreate,
+  start: (argv) => vmStart(argv, false),
+  restart: (argv) => vmStart(argv, true),
+  stop: vmStop,
+  delete: vmDelete,
+  list: vmList,
+  show: vmShow,
+  set: vmSet,
+  console: vmConsole,
+};
