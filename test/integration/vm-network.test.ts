@@ -150,8 +150,8 @@ describe(
       if (nbd?.pid !== undefined && nbd.exitCode === null && nbd.signalCode === null) process.kill(nbd.pid, "SIGKILL");
       await removeNamespaceNetwork(namespace);
       await removeNamespaceNetwork(otherNamespace);
-      assert.equal(await namespaceExists(namespace), false, `${namespace} is left behind`);
       await rm(dir, { recursive: true, force: true });
+      assert.equal(await namespaceExists(namespace), false, `${namespace} is left behind`);
     });
 
     function spec(name: string, runtime: VmRuntimePaths, nics: readonly PlannedNic[], image: GuestImage): VmSpec {
