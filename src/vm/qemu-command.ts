@@ -41,7 +41,10 @@ export interface VmRuntimePaths {
 }
 
 export interface VmNic {
-  /** The host's tap device, created and attached to its bridge before QEMU starts. */
+  /**
+   * The host's tap device: QEMU creates it (script=no), and the agent attaches it to its bridge while
+   * QEMU is still paused, before `cont` (network.ts plugTap).
+   */
   readonly tapName: string;
   /** A fixed unicast MAC, e.g. "52:54:00:12:34:56": the guest's interface keeps its identity across hosts. */
   readonly mac: string;
@@ -67,7 +70,8 @@ export interface VmSpec {
   readonly runtime: VmRuntimePaths;
 }
 
-const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+/** A VM's name: 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit. */
+export const VM_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 const MAC_PATTERN = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
 const TAP_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 
@@ -86,7 +90,7 @@ function checkPath(vm: string, field: string, path: string, inOptionString: bool
 
 /** Validates a VM spec; throws HAVEN_ERR_CONFIG naming the first bad field. */
 export function validateVmSpec(spec: VmSpec): void {
-  if (typeof spec.name !== "string" || !NAME_PATTERN.test(spec.name))
+  if (typeof spec.name !== "string" || !VM_NAME_PATTERN.test(spec.name))
     invalid(
       String(spec.name),
       "the name must be 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit",

@@ -6,8 +6,14 @@
 //     remove sockets a killed QEMU left; spawn QEMU with qemuCommand(spec) in its own process group (so a signal to the agent's
 //     group never reaches it), stderr appended to the runtime directory's qemu.log; wait (bounded)
 //     for its QMP socket; connect; read the vCPU threads with query-cpus-fast; pin each vCPU thread
-//     to its host CPU (sched_setaffinity through `taskset -p -c CPU TID`); `cont`. Any failure kills
-//     the QEMU by its pid and rejects: a half-started VM is never left behind.
+//     to its host CPU (sched_setaffinity through `taskset -p -c CPU TID`); run the caller's
+//     beforeResume step (the agent plugs the VM's taps into their bridges there, so the guest never
+//     runs unplugged); `cont`. Any failure kills the QEMU by its pid and rejects: a half-started VM
+//     is never left behind.
+//   netns: QEMU runs inside a network namespace (the local cluster's, where the bridge is), so the
+//     taps it creates are there too. It is spawned as `ip netns exec NS qemu-system-x86_64 ...`;
+//     ip execs QEMU in place, so the child's pid, the pidfile's pid and the pinned threads' process
+//     are one and the same.
 //   stop: `system_powerdown` and wait up to powerdownTimeoutMs for the guest to power off; else
 //     `quit` and wait up to quitTimeoutMs; else SIGKILL by pid. Every wait is bounded.
 
@@ -18,6 +24,7 @@ import { HavenError, errorMessage } from "../core/errors.js";
 import { QmpClient } from "./qmp-client.js";
 import { qemuCommand, type VmSpec } from "./qemu-command.js";
 import { trustedPidFromPidfile } from "./runtime-dir.js";
+import { checkNamespaceName, namespaceExists } from "./network.js";
 
 export const DEFAULT_START_TIMEOUT_MS = 30_000;
 export const DEFAULT_QMP_COMMAND_TIMEOUT_MS = 10_000;
@@ -43,6 +50,22 @@ export interface QemuStartOptions {
   readonly startTimeoutMs?: number;
   /** Bound on each QMP command. */
   readonly qmpCommandTimeoutMs?: number;
+  /** Run QEMU inside this network namespace (it must exist: network.ts ensureNamespaceNetwork). */
+  readonly netns?: string;
+  /**
+   * Runs while QEMU is paused, after vCPU pinning and before `cont` (e.g. network.ts plugNics), within
+   * the start's bound; a rejection fails the start and kills QEMU.
+   */
+  readonly beforeResume?: (qemu: PausedQemu) => Promise<void>;
+}
+
+/** A QEMU started but not yet resumed, as beforeResume sees it. */
+export interface PausedQemu {
+  readonly pid: number;
+  readonly qmp: QmpClient;
+  readonly vcpuThreads: readonly VcpuThread[];
+  /** What is left of the start's bound. */
+  readonly remainingMs: number;
 }
 
 export interface QemuStopOptions {
@@ -99,6 +122,7 @@ export class QemuProcess {
     const remaining = (): number => Math.max(1, deadline - Date.now());
 
     // A VM never runs twice: a QEMU of this VM that still runs (its pidfile trusted) is refused.
+    if (options.netns !== undefined) await checkNamespacePresent(spec.name, options.netns);
     const running = await trustedPidFromPidfile(spec.runtime.pidfile, spec.name);
     if (running !== undefined)
       throw new HavenError("HAVEN_ERR_CONFLICT", `VM ${spec.name} is already running here as pid ${running}`);
@@ -109,7 +133,12 @@ export class QemuProcess {
     const logFd = openSync(spec.runtime.qemuLog, "a", 0o600);
     let child: ChildProcess;
     try {
-      child = spawn(options.qemuBinary ?? "qemu-system-x86_64", args, {
+      const qemuBinary = options.qemuBinary ?? "qemu-system-x86_64";
+      const [program, argv] =
+        options.netns === undefined
+          ? [qemuBinary, args]
+          : ["ip", ["netns", "exec", options.netns, qemuBinary, ...args]];
+      child = spawn(program, argv, {
         detached: true,
         stdio: ["ignore", logFd, logFd],
       });
@@ -143,6 +172,15 @@ export class QemuProcess {
         for (const vcpu of vcpuThreads) {
           await pinThread(spec.name, vcpu.threadId, hostCpus[vcpu.cpuIndex] as number, remaining());
         }
+      }
+      if (options.beforeResume !== undefined) {
+        const step = options.beforeResume({
+          pid: child.pid as number,
+          qmp: client,
+          vcpuThreads,
+          remainingMs: remaining(),
+        });
+        await withinBound(step, remaining(), `VM ${spec.name}: the step before resuming`);
       }
       await client.execute("cont", undefined, timeout());
       return new QemuProcess(child, exited, client, vcpuThreads, qmpCommandTimeoutMs);
@@ -225,6 +263,32 @@ function pinThread(vm: string, threadId: number, hostCpu: number, timeoutMs: num
       },
     );
   });
+}
+
+/** Refuses a network namespace name `ip netns exec` would misread, or one that does not exist. */
+async function checkNamespacePresent(vm: string, namespace: string): Promise<void> {
+  checkNamespaceName(namespace, "HAVEN_ERR_CONFIG", `VM ${vm}: network namespace`);
+  if (!(await namespaceExists(namespace)))
+    throw new HavenError(
+      "HAVEN_ERR_CONFIG",
+      `VM ${vm}: network namespace ${namespace} does not exist; create it first (ip netns add ${namespace}, or network.ts ensureNamespaceNetwork)`,
+    );
+}
+
+/** `promise`, or a HAVEN_ERR_UNAVAILABLE rejection once `timeoutMs` has passed. */
+async function withinBound<T>(promise: Promise<T>, timeoutMs: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(
+      () => reject(new HavenError("HAVEN_ERR_UNAVAILABLE", `${what} did not finish within ${timeoutMs} ms`)),
+      timeoutMs,
+    );
+  });
+  try {
+    return await Promise.race([promise, timedOut]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** Waits until `path` is a socket, QEMU exits (rejects), or the time is up (rejects). */
