@@ -12,6 +12,7 @@ import { HavenError, errorMessage } from "../core/errors.js";
 import type { Clock } from "../util/clock.js";
 import { chooseAccelerator } from "../vm/accelerator.js";
 import type { Accelerator, VmKernelBoot, VmSpec } from "../vm/qemu-command.js";
+import { plugTap, tapName } from "../vm/network.js";
 import { QemuProcess } from "../vm/qemu-process.js";
 import { createRuntimeDir, runtimePaths, trustedPid } from "../vm/runtime-dir.js";
 import type { VmsConfig } from "./config.js";
@@ -30,8 +31,6 @@ export interface QemuDriverOptions {
   readonly log: (line: string) => void;
   /** The stable endpoint for the volume on this host: a unix socket and the export name to ask for. */
   readonly diskEndpoint: (volume: string) => Promise<{ socketPath: string; exportName: string }>;
-  /** Plugs the VM's taps into their bridges while QEMU is paused (before `cont`). */
-  readonly plugNics?: (vm: VmRecord, taps: readonly string[]) => Promise<void>;
 }
 
 export class QemuDriver implements VmDriver {
@@ -76,6 +75,12 @@ export class QemuDriver implements VmDriver {
     await rename(runtime.serialLog, `${runtime.serialLog}.1`).catch(() => undefined);
     const disk = await this.options.diskEndpoint(vm.volume);
     const taps = vm.nics.map((_nic, index) => tapName(vm.name, index));
+    const bridges = vm.nics.map((nic) => nic.bridge ?? config.bridge);
+    if (bridges.some((bridge) => bridge === undefined))
+      throw new HavenError(
+        "HAVEN_ERR_CONFIG",
+        `VM ${vm.name} has a NIC on the host's default bridge, but this host's config names none (vms.bridge)`,
+      );
     const spec: VmSpec = {
       name: vm.name,
       vcpus: vm.vcpus,
@@ -86,12 +91,17 @@ export class QemuDriver implements VmDriver {
       nics: vm.nics.map((nic, index) => ({ tapName: taps[index]!, mac: nic.mac })),
       runtime,
     };
+    const namespace = config.netns;
     const qemu = await QemuProcess.start({
       spec,
       ...(hostCpus !== undefined && { vcpuHostCpus: hostCpus }),
-      ...(config.netns !== undefined && { netns: config.netns }),
-      ...(this.options.plugNics && taps.length > 0 && { beforeResume: () => this.options.plugNics!(vm, taps) }),
-    } as Parameters<typeof QemuProcess.start>[0]);
+      ...(namespace !== undefined && { netns: namespace }),
+      // The taps join their bridges while QEMU is still paused: the guest's first packet finds its network.
+      beforeResume: async () => {
+        for (const [index, tap] of taps.entries())
+          await plugTap({ tap, bridge: bridges[index]!, ...(namespace !== undefined && { namespace }) });
+      },
+    });
     return new QemuInstance(qemu, runtime.heartbeatSocket, this.options.clock, this.options.log, vm.name);
   }
 
@@ -117,12 +127,6 @@ export class QemuDriver implements VmDriver {
   }
 }
 
-/** A stable tap name for the VM's NIC (at most 15 characters). */
-export function tapName(vm: string, index: number): string {
-  let hash = 0x811c9dc5;
-  for (const byte of Buffer.from(`${vm}/${index}`)) hash = Math.imul(hash ^ byte, 0x01000193) >>> 0;
-  return `hv${hash.toString(16).padStart(8, "0")}n${index}`.slice(0, 15);
-}
 
 const QMP_STATES: Readonly<Record<string, VmRunState>> = {
   running: "running",

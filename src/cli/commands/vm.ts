@@ -17,6 +17,7 @@ import { createVolume, deleteVolume } from "../../cluster/volume-admin.js";
 import { HavenError, errorMessage } from "../../core/errors.js";
 import { formatBytes, parseSize } from "../../util/units.js";
 import { packageRoot } from "../../util/repo-root.js";
+import { macAddress, parseNicSpec } from "../../vm/network.js";
 import { parseCommand } from "../args.js";
 import { CLUSTER_OPTIONS, CLUSTER_OPTIONS_USAGE, connectCluster } from "../context.js";
 import { abortOnStopSignal, pause } from "../poll.js";
@@ -79,30 +80,10 @@ function cpuList(text: string | undefined): number[] | undefined {
   return cpus;
 }
 
-/** A stable MAC for the VM's NIC: the same on every host (52:54:00 is QEMU's prefix). */
-export function defaultMac(vm: string, index: number): string {
-  let hash = 0x811c9dc5;
-  for (const byte of Buffer.from(`${vm}#${index}`)) hash = Math.imul(hash ^ byte, 0x01000193) >>> 0;
-  const b = [(hash >>> 16) & 0xff, (hash >>> 8) & 0xff, hash & 0xff];
-  // The test image derives 10.99.Y.Z from the last two bytes: avoid .0 and .255 there.
-  b[2] = Math.min(254, Math.max(1, b[2]!));
-  b[1] = Math.min(254, Math.max(1, b[1]!));
-  return `52:54:00:${b.map((x) => x.toString(16).padStart(2, "0")).join(":")}`;
-}
-
-/** --nic bridge=NAME[,mac=MAC] (or an empty spec: the host's default bridge, a derived MAC). */
+/** --nic SPEC: the host's default bridge or a named one, and a MAC derived from the VM's name unless given. */
 function parseNic(spec: string, vm: string, index: number): { bridge?: string; mac: string } {
-  let bridge: string | undefined;
-  let mac = defaultMac(vm, index);
-  for (const part of spec.split(",").filter((p) => p !== "" && p !== "default")) {
-    const [key, value] = part.split("=", 2);
-    if (key === "bridge" && value && /^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$/.test(value)) bridge = value;
-    else if (key === "mac" && value && /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(value.toLowerCase())) {
-      mac = value.toLowerCase();
-      if ((parseInt(mac.slice(0, 2), 16) & 1) === 1) throw usage(`--nic mac=${value} is a multicast address`);
-    } else throw usage(`--nic "${spec}": expected bridge=NAME and/or mac=52:54:00:xx:xx:xx, comma-separated`);
-  }
-  return { ...(bridge !== undefined && { bridge }), mac };
+  const nic = parseNicSpec(spec);
+  return { ...(nic.bridge !== undefined && { bridge: nic.bridge }), mac: nic.mac ?? macAddress(vm, index) };
 }
 
 /** The built-in images' directory: where scripts/build-test-image.sh leaves haven-test. */
