@@ -15,6 +15,7 @@
 
 import { isAbsolute } from "node:path";
 import { HavenError } from "../core/errors.js";
+import { VM_NAME_PATTERN } from "./qemu-name.js";
 
 /** The name of the guest's virtio-serial heartbeat port (/dev/virtio-ports/<name> in the guest). */
 export const HEARTBEAT_PORT_NAME = "org.haven.heartbeat.0";
@@ -67,7 +68,6 @@ export interface VmSpec {
   readonly runtime: VmRuntimePaths;
 }
 
-const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 const MAC_PATTERN = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
 const TAP_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 
@@ -86,7 +86,7 @@ function checkPath(vm: string, field: string, path: string, inOptionString: bool
 
 /** Validates a VM spec; throws HAVEN_ERR_CONFIG naming the first bad field. */
 export function validateVmSpec(spec: VmSpec): void {
-  if (typeof spec.name !== "string" || !NAME_PATTERN.test(spec.name))
+  if (typeof spec.name !== "string" || !VM_NAME_PATTERN.test(spec.name))
     invalid(
       String(spec.name),
       "the name must be 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit",
