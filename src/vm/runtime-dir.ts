@@ -11,7 +11,7 @@
 // whatever must find a host's QEMUs without asking its agent (`haven cluster kill`) looks in the same
 // place as the agent.
 
-import { chmod, lstat, mkdir, open, readFile } from "node:fs/promises";
+import { chmod, lstat, mkdir, open, readFile, readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { HavenError, fromSystemError } from "../core/errors.js";
 import type { VmRuntimePaths } from "./qemu-command.js";
@@ -123,4 +123,27 @@ export async function trustedPidFromPidfile(pidfile: string, vmName: string): Pr
   const argv = await processCommandLine(pid);
   if (argv === undefined) return undefined;
   return commandLineNamesVm(argv, vmName) ? pid : undefined;
+}
+
+/**
+ * The QEMUs running for the VMs of the host whose state directory is `hostStateDir`: one per runtime
+ * directory under vmRuntimeRoot whose pidfile's pid is trusted (its command line names the VM the
+ * directory is named after). Found without the agent, which may be dead or hung.
+ */
+export async function runningVms(hostStateDir: string): Promise<{ name: string; pid: number }[]> {
+  const root = vmRuntimeRoot(hostStateDir);
+  let names: string[];
+  try {
+    names = await readdir(root);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return [];
+    throw fromSystemError(error, `listing VM runtime directories in ${root}`);
+  }
+  const found: { name: string; pid: number }[] = [];
+  for (const name of names.sort()) {
+    // An entry that is no runtime directory, or an unreadable pidfile, names no running VM.
+    const pid = await trustedPid(join(root, name), name).catch(() => undefined);
+    if (pid !== undefined) found.push({ name, pid });
+  }
+  return found;
 }
