@@ -181,6 +181,9 @@ describe(
         [],
         "processes left running after cluster down",
       );
+      // The hosts never killed spoke the watchdog's protocol all along and said bye: it logged nothing.
+      for (const agent of state.agents.filter((each) => each.name !== "h2"))
+        assert.doesNotMatch(readFileSync(agent.log, "utf8"), /watchdog:/, `${agent.name}'s log`);
     });
   },
 );
