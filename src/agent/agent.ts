@@ -199,6 +199,7 @@ export class Agent implements AgentView {
     await this.world.replicaService.stop();
     this.world.eventLoopLag.stop();
     this.watchdogTimer?.cancel();
+    // Last: a clean stop (bye). An agent that dies before it gets here leaves its VMs to the watchdog.
     this.watchdog?.stop();
   }
 
@@ -255,7 +256,10 @@ export class Agent implements AgentView {
     this.trimTimer = this.world.clock.schedule(EVENT_TRIM_INTERVAL_MS, () => this.trimEvents());
   }
 
-  /** The watchdog (outside the event loop) kills this process if the loop stops checking in. */
+  /**
+   * The watchdog (outside the event loop) kills this process, and the VMs it is told about, if the loop
+   * stops checking in, and those VMs if this process dies; stop() says bye so that it kills nothing.
+   */
   private startWatchdog(): void {
     const { watchdogIntervalMs, watchdogTimeoutMs } = this.config.timings;
     const watchdog = this.world.startWatchdog(watchdogTimeoutMs);

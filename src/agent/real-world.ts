@@ -1,7 +1,7 @@
 // The agent's real world (world.ts): etcd over the network, the replica server and the NBD front on
 // TCP, copies as directories on the host's disks, heartbeats over authenticated replication
 // connections, probes that write to the disks and shake hands with the NBD front, and a watchdog
-// process that kills the agent when its event loop stops checking in.
+// process that kills the agent and its VMs when its event loop stops checking in, and its VMs when it dies.
 
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
@@ -20,6 +20,7 @@ import { probeDisk, probeNbdFront } from "./health-probes.js";
 import { HavenError } from "../core/errors.js";
 import { replicaPinger } from "./replica-pinger.js";
 import { QemuDriver } from "./qemu-driver.js";
+import { watchdogLine, type WatchdogMessage } from "./watchdog-protocol.js";
 import type { AgentWorld, VmDriver, Watchdog } from "./world.js";
 
 /** A copy that does not answer within this is faulted (the volume carries on without it). */
@@ -108,20 +109,30 @@ export function realWorld(
   };
 }
 
-/** The watchdog process (watchdog-process.ts): kills this process if the event loop stops kicking it. */
+/**
+ * The watchdog process (watchdog-process.ts): kills this process and the VMs it tracks if the event
+ * loop stops kicking it, and the VMs if this process dies without saying bye.
+ */
 function startWatchdogProcess(timeoutMs: number): Watchdog {
   const script = fileURLToPath(new URL("./watchdog-process.js", import.meta.url));
   const watchdog = spawn(process.execPath, [script, String(process.pid), String(timeoutMs)], {
     stdio: ["pipe", "inherit", "inherit"],
   });
-  watchdog.stdin!.on("error", () => undefined);
+  const stdin = watchdog.stdin!;
+  stdin.on("error", () => undefined);
   watchdog.unref();
-  (watchdog.stdin as unknown as { unref?: () => void }).unref?.();
+  (stdin as unknown as { unref?: () => void }).unref?.();
+  const send = (message: WatchdogMessage): void => {
+    if (!stdin.writableEnded) stdin.write(watchdogLine(message));
+  };
   return {
-    kick: () => watchdog.stdin!.write("."),
-    stop: () => watchdog.stdin!.end(),
-    trackVm: () => undefined,
-    untrackVm: () => undefined,
+    kick: () => send({ kind: "kick" }),
+    trackVm: (pid, name) => send({ kind: "track", pid, name }),
+    untrackVm: (pid) => send({ kind: "untrack", pid }),
+    stop: () => {
+      send({ kind: "bye" });
+      stdin.end();
+    },
   };
 }
 

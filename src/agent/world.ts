@@ -77,10 +77,18 @@ export interface VmDriver {
   serialSocket(name: string): string | undefined;
 }
 
-/** The process outside the event loop that kills the agent when its loop stops checking in. */
+/**
+ * The process outside the event loop that fences the host for an agent that cannot: it kills the agent
+ * and the VMs it tracks when the loop stops checking in, and the VMs when the agent dies.
+ */
 export interface Watchdog {
   /** The event loop is alive. */
   kick(): void;
+  /** The agent started VM `name`'s QEMU as `pid`: the watchdog kills it too when it fences. */
+  trackVm(pid: number, name: string): void;
+  /** That QEMU is gone (the agent stopped it). */
+  untrackVm(pid: number): void;
+  /** A clean stop: the watchdog exits and kills nothing. */
   stop(): void;
   /** A VM's QEMU the watchdog kills too when it fences (and when the agent dies). */
   trackVm(pid: number, name: string): void;

@@ -7,7 +7,16 @@ import { join } from "node:path";
 import { HavenError } from "../core/errors.js";
 import { packageRoot } from "../util/repo-root.js";
 import { AGENT_USAGE, agentCommand } from "./commands/agent.js";
-import { CLUSTER_DOWN_USAGE, CLUSTER_UP_USAGE, clusterDownCommand, clusterUpCommand } from "./commands/cluster.js";
+import {
+  CLUSTER_DOWN_USAGE,
+  CLUSTER_KILL_USAGE,
+  CLUSTER_REVIVE_USAGE,
+  CLUSTER_UP_USAGE,
+  clusterDownCommand,
+  clusterKillCommand,
+  clusterReviveCommand,
+  clusterUpCommand,
+} from "./commands/cluster.js";
 import { EVENTS_USAGE, events } from "./commands/events.js";
 import { HOST_DRAIN_USAGE, hostDrain } from "./commands/host-drain.js";
 import { HOST_LIST_USAGE, hostList } from "./commands/host-list.js";
@@ -31,6 +40,8 @@ const USAGE = `usage: haven <command> [options]
 a local cluster (etcd and agents on this machine):
   cluster up [--hosts N]            start etcd and N host agents in the background, and a context file
   cluster down                      stop them (the data stays)
+  cluster kill HOST                 kill a host's agent, VMs and etcd member at once, as a power loss would
+  cluster revive HOST               start a killed host again and wait until it registers
 
 a host:
   agent --config FILE               run this host's agent: lease, replica server, engines, failover
@@ -82,6 +93,8 @@ const COMMANDS: Record<string, Record<string, CommandEntry>> = {
   cluster: {
     up: { run: clusterUpCommand, usage: CLUSTER_UP_USAGE },
     down: { run: clusterDownCommand, usage: CLUSTER_DOWN_USAGE },
+    kill: { run: clusterKillCommand, usage: CLUSTER_KILL_USAGE },
+    revive: { run: clusterReviveCommand, usage: CLUSTER_REVIVE_USAGE },
   },
   host: { list: { run: hostList, usage: HOST_LIST_USAGE }, drain: { run: hostDrain, usage: HOST_DRAIN_USAGE } },
   nbd: { serve: { run: nbdServe, usage: NBD_SERVE_USAGE } },
@@ -101,6 +114,18 @@ const COMMANDS: Record<string, Record<string, CommandEntry>> = {
   },
 };
 
+/** `haven NOUN --help`: the lines of USAGE for the noun's commands (one place describes each). */
+function nounUsage(noun: string): string {
+  const lines = USAGE.split("\n").filter((line) => line.startsWith(`  ${noun} `));
+  return [
+    `usage: haven ${noun} <command> [options]`,
+    "",
+    ...lines,
+    "",
+    `Run 'haven ${noun} <command> --help' for a command's options.`,
+  ].join("\n");
+}
+
 export async function main(argv: string[]): Promise<number> {
   try {
     const [noun, verb, ...rest] = argv;
@@ -117,6 +142,10 @@ export async function main(argv: string[]): Promise<number> {
     if (nounCommand !== undefined) return await nounCommand.run(argv.slice(1));
     const verbs = Object.hasOwn(COMMANDS, noun) ? COMMANDS[noun] : undefined;
     if (verbs === undefined) throw new HavenError("HAVEN_ERR_USAGE", `unknown command "${noun}"\n\n${USAGE}`);
+    if (verb === "--help" || verb === "-h" || verb === "help") {
+      process.stdout.write(`${nounUsage(noun)}\n`);
+      return 0;
+    }
     const command = verb === undefined || !Object.hasOwn(verbs, verb) ? undefined : verbs[verb];
     if (command === undefined) {
       const known = Object.keys(verbs).join(", ");

@@ -41,6 +41,11 @@ export interface EtcdMemberFlags {
   readonly initialCluster?: string;
   /** Tells this cluster's bootstrap apart from another's on the same ports (default etcd's own). */
   readonly initialClusterToken?: string;
+  /**
+   * "new" (default) bootstraps a cluster; "existing" joins one that runs (a member started again after
+   * it was killed, beside its data directory, says so rather than claim to bootstrap).
+   */
+  readonly initialClusterState?: "new" | "existing";
 }
 
 /** A member's client URL (what agents list as an endpoint) and peer URL (what members list). */
@@ -62,7 +67,7 @@ export function etcdArgs(member: EtcdMemberFlags): string[] {
     `--listen-peer-urls=${peerUrl}`,
     `--initial-advertise-peer-urls=${peerUrl}`,
     `--initial-cluster=${member.initialCluster ?? `${member.name}=${peerUrl}`}`,
-    "--initial-cluster-state=new",
+    `--initial-cluster-state=${member.initialClusterState ?? "new"}`,
     ...(member.initialClusterToken !== undefined ? [`--initial-cluster-token=${member.initialClusterToken}`] : []),
     // A member that comes back (restarted, or resumed after SIGSTOP) asks before it campaigns, instead of
     // deposing a working leader with a higher term: one election fewer after every such hiccup (etcd

@@ -10,18 +10,28 @@
 // its member too (its pid is recorded next to the agent's). A cluster started again from its directory
 // keeps the layout it was first started with (its members restart from their data).
 //
+// `haven cluster kill HOST` stops a host as a power loss would: SIGKILL, all at once, to its agent, the
+// agent's watchdog and other children, every QEMU of the host's VMs (found by the pidfiles in the host's
+// VM runtime directories, trusted only while the pid's command line names the VM: QEMU runs detached,
+// so neither the agent's process tree nor its group is a reliable way to find it once the agent is
+// gone), and its etcd member; cluster.json records it as killed. `haven cluster revive HOST` starts
+// its member again (joining the running cluster from its data) and its agent with the same config, and
+// waits until the host registers. Every pid is checked against its command line before it is signalled.
+//
 //   DIR/cluster.json                  pids, endpoints, hosts
 //   DIR/secret, DIR/token             the cluster secret and the API token (0600)
 //   DIR/etcd/ , DIR/etcd.log          the single member's data and log
 //   DIR/hosts/hN/etcd/, etcd.log      host hN's member's data and log (one member per host)
 //   DIR/hosts/hN/agent.json           host hN's agent config; DIR/hosts/hN/agent.log its log
 //   DIR/hosts/hN/disk0/               host hN's copies
+//   DIR/hosts/hN/vms/NAME/            the runtime directory of VM NAME on host hN (vmRuntimeRoot)
 
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, openSync, readdirSync, readFileSync, writeFileSync, closeSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { HavenError } from "../core/errors.js";
+import { commandLineOf, descendants, processTable, running } from "../util/processes.js";
 import { packageRoot } from "../util/repo-root.js";
 import { EtcdClient } from "./etcd-client.js";
 import { etcdArgs, etcdMemberUrls } from "./etcd-process.js";
@@ -78,8 +88,12 @@ export interface LocalClusterState {
     readonly log: string;
     /** The pid of this host's etcd member, when it runs one. */
     readonly etcdPid?: number;
+    /** When `haven cluster kill` killed this host (absent once it is revived). */
+    readonly killedAt?: string;
   }[];
 }
+
+type LocalAgent = LocalClusterState["agents"][number];
 
 export const CLUSTER_FILE = "cluster.json";
 
@@ -153,10 +167,10 @@ export async function clusterUp(options: LocalClusterOptions): Promise<LocalClus
     throw error;
   }
 
-  const agents: LocalClusterState["agents"][number][] = [];
+  const agents: LocalAgent[] = [];
   for (let i = 1; i <= options.hosts; i++) {
     const name = `h${i}`;
-    const hostDir = join(dir, "hosts", name);
+    const hostDir = hostStateDir(dir, name);
     const disks = (options.disks ?? [{ name: "disk0" }]).map((disk) => ({ ...disk, path: join(hostDir, disk.name) }));
     for (const disk of disks) mkdirSync(disk.path, { recursive: true });
     const ports = localHostPorts(options.basePort, name);
@@ -176,16 +190,12 @@ export async function clusterUp(options: LocalClusterOptions): Promise<LocalClus
     const configFile = join(hostDir, "agent.json");
     writeFileSync(configFile, `${JSON.stringify(config, null, 2)}\n`);
     const log = join(hostDir, "agent.log");
-    const pid = spawnBackground(
-      process.execPath,
-      [join(packageRoot(), "bin", "haven.js"), "agent", "--config", configFile],
-      log,
-    );
+    const pid = spawnAgent(configFile, log);
     const member = members.find((candidate) => candidate.host === name);
     agents.push({ name, pid, config: configFile, log, ...(member && { etcdPid: member.pid }) });
   }
   const state: LocalClusterState = { dir, endpoint, endpoints, etcd: members, agents };
-  writeFileSync(join(dir, CLUSTER_FILE), `${JSON.stringify(state, null, 2)}\n`);
+  writeClusterState(state);
   let unregistered = agents;
   await until(
     deadline,
@@ -244,18 +254,228 @@ function startMembers(dir: string, basePort: number, count: number): LocalEtcdMe
   });
 }
 
-/** Stops the agents (each flushes its volumes and gives its lease back), then every etcd member, by pid. */
+/**
+ * Stops the agents (each flushes its volumes and gives its lease back), then every etcd member, by pid,
+ * each only while its command line is still that agent's or that member's (a recorded pid of a process
+ * that exited long ago may belong to another one now).
+ */
 export async function clusterDown(dir: string, timeoutMs = 20_000): Promise<LocalClusterState> {
-  const state = readClusterState(resolve(dir));
-  if (state === undefined) throw new HavenError("HAVEN_ERR_NOT_FOUND", `no cluster was started from ${resolve(dir)}`);
+  const state = requireClusterState(dir);
   // An agent restarted by hand has another pid than the one recorded: find it by its config file.
-  const pids = new Set(state.agents.map((agent) => agent.pid));
-  for (const pid of agentProcesses(state.agents.map((agent) => agent.config))) pids.add(pid);
+  const pids = new Set(state.agents.flatMap(agentPids));
   await Promise.all([...pids].map((pid) => stopProcess(pid, timeoutMs)));
   // One member after another: stopped together, each waits for the others on its way out (measured with
   // three: about 9 s together, 5 s in turn); in turn, each but the last leaves a quorum behind it.
-  for (const member of state.etcd) await stopProcess(member.pid, timeoutMs);
+  for (const member of state.etcd) if (memberRunning(member)) await stopProcess(member.pid, timeoutMs);
   return state;
+}
+
+/** The state directory of host NAME: its config, log, disks, etcd member and VM runtime directories. */
+export function hostStateDir(clusterDir: string, name: string): string {
+  return join(clusterDir, "hosts", name);
+}
+
+/** A process `haven cluster kill` killed, and what it was to the host. */
+export interface KilledProcess {
+  readonly role: "agent" | "watchdog" | "agent's child" | "VM" | "etcd member";
+  readonly pid: number;
+  /** The VM's or the member's name. */
+  readonly name?: string;
+}
+
+export interface ClusterKillOptions {
+  /** Leave the host's etcd member running (default: a power loss takes it down too). */
+  readonly keepEtcd?: boolean;
+  /**
+   * The QEMUs running for the host's VMs, found from its state directory without asking its agent (the
+   * VM layer's runningVms; injected, as this layer sits below it).
+   */
+  readonly findVms: (hostStateDir: string) => Promise<readonly { name: string; pid: number }[]>;
+  /** Bound on waiting for the killed processes to be gone. */
+  readonly timeoutMs?: number;
+}
+
+/**
+ * Kills host NAME as a power loss would: every process of it found first, then SIGKILL to all of them
+ * at once, then waits until they are gone, and records the host as killed. Refused for a host the
+ * cluster does not have, and for one with nothing running.
+ */
+export async function clusterKill(
+  dir: string,
+  name: string,
+  options: ClusterKillOptions,
+): Promise<{ state: LocalClusterState; killed: KilledProcess[] }> {
+  const state = requireClusterState(dir);
+  const agent = hostOf(state, name);
+  const targets = new Map<number, KilledProcess>();
+  for (const vm of await options.findVms(hostStateDir(state.dir, name)))
+    targets.set(vm.pid, { role: "VM", pid: vm.pid, name: vm.name });
+  const table = processTable();
+  for (const pid of agentPids(agent)) {
+    targets.set(pid, { role: "agent", pid });
+    for (const child of descendants(pid, table)) {
+      if (targets.has(child)) continue;
+      const watchdog = (commandLineOf(child) ?? []).some((arg) => arg.endsWith("watchdog-process.js"));
+      targets.set(child, { role: watchdog ? "watchdog" : "agent's child", pid: child });
+    }
+  }
+  const member = state.etcd.find((candidate) => candidate.host === name);
+  if (member !== undefined && !options.keepEtcd && memberRunning(member))
+    targets.set(member.pid, { role: "etcd member", pid: member.pid, name: member.name });
+  if (targets.size === 0)
+    throw new HavenError(
+      "HAVEN_ERR_CONFLICT",
+      `host ${name} runs nothing to kill${agent.killedAt ? ` (killed at ${agent.killedAt})` : ""}: ` +
+        `'haven cluster revive ${name}' starts it again`,
+    );
+  const killed = [...targets.values()];
+  for (const target of killed) {
+    try {
+      process.kill(target.pid, "SIGKILL");
+    } catch {
+      // gone meanwhile
+    }
+  }
+  const deadline = Date.now() + (options.timeoutMs ?? 10_000);
+  await until(
+    deadline,
+    async () => killed.every((target) => !running(target.pid)),
+    () =>
+      `host ${name}'s processes did not all die: ${killed
+        .filter((target) => running(target.pid))
+        .map((target) => target.pid)
+        .join(", ")} still run`,
+  );
+  const after = replaceAgent(state, { ...agent, killedAt: new Date().toISOString() });
+  writeClusterState(after);
+  return { state: after, killed };
+}
+
+/**
+ * Starts host NAME again after a kill: its etcd member (if it has one and it is down), joining the
+ * running cluster from its data directory, and its agent with the same config and log; records the new
+ * pids, then waits until the host registers (a host key written after this call began). Refused for a
+ * host the cluster does not have, a host whose agent runs, and a cluster that is not up.
+ */
+export async function clusterRevive(
+  dir: string,
+  name: string,
+  options: { readonly readyTimeoutMs?: number } = {},
+): Promise<{ state: LocalClusterState; agentPid: number; etcdPid?: number }> {
+  const state = requireClusterState(dir);
+  const agent = hostOf(state, name);
+  const runningAgents = agentPids(agent);
+  if (runningAgents.length > 0)
+    throw new HavenError(
+      "HAVEN_ERR_CONFLICT",
+      `host ${name} is running (agent pid ${runningAgents.join(", ")}); 'haven cluster kill ${name}' stops it first`,
+    );
+  const othersUp =
+    state.agents.some((other) => other.name !== name && agentPids(other).length > 0) || state.etcd.some(memberRunning);
+  if (!othersUp)
+    throw new HavenError(
+      "HAVEN_ERR_CONFLICT",
+      `the cluster in ${state.dir} is not up: start it with 'haven cluster up --dir ${state.dir}'`,
+    );
+  const deadline = Date.now() + (options.readyTimeoutMs ?? 30_000);
+  let etcd = state.etcd;
+  let member = etcd.find((candidate) => candidate.host === name);
+  if (member !== undefined && !memberRunning(member)) {
+    const args = etcdArgs({
+      name: member.name,
+      dataDir: member.dataDir,
+      clientPort: Number(new URL(member.endpoint).port),
+      peerPort: Number(new URL(member.peerUrl).port),
+      initialCluster: etcd.map((each) => `${each.name}=${each.peerUrl}`).join(","),
+      initialClusterState: "existing",
+    });
+    member = { ...member, pid: spawnBackground("etcd", args, member.log) };
+    const restarted = member;
+    etcd = etcd.map((each) => (each.name === restarted.name ? restarted : each));
+  }
+  // The host key may still be there from the killed agent's lease (it lives until the lease expires):
+  // only a key written after this revision is the revived agent's.
+  const client = new EtcdClient([...state.endpoints], { requestTimeoutMs: 2000 });
+  let before = 0;
+  await until(
+    deadline,
+    async () => {
+      const read = await client.get(keys.host(name)).then(
+        (kv) => ({ revision: kv?.modRevision ?? 0 }),
+        () => undefined,
+      );
+      if (read !== undefined) before = read.revision;
+      return read !== undefined;
+    },
+    () => `etcd did not answer on ${state.endpoints.join(", ")}`,
+  );
+  const agentPid = spawnAgent(agent.config, agent.log);
+  const revived: LocalAgent = {
+    name,
+    pid: agentPid,
+    config: agent.config,
+    log: agent.log,
+    ...(member && { etcdPid: member.pid }),
+  };
+  const after: LocalClusterState = { ...replaceAgent(state, revived), etcd };
+  writeClusterState(after);
+  await until(
+    deadline,
+    async () => {
+      const kv = await client.get(keys.host(name)).catch(() => undefined);
+      return kv !== undefined && kv.modRevision > before;
+    },
+    () =>
+      running(agentPid)
+        ? `host ${name} did not register in time; its log ends: ${lastLine(agent.log)}`
+        : `host ${name}'s agent exited (see ${agent.log}): ${lastLine(agent.log)}`,
+  );
+  return { state: after, agentPid, ...(member && { etcdPid: member.pid }) };
+}
+
+function requireClusterState(dir: string): LocalClusterState {
+  const state = readClusterState(resolve(dir));
+  if (state === undefined) throw new HavenError("HAVEN_ERR_NOT_FOUND", `no cluster was started from ${resolve(dir)}`);
+  return state;
+}
+
+function hostOf(state: LocalClusterState, name: string): LocalAgent {
+  const agent = state.agents.find((candidate) => candidate.name === name);
+  if (agent === undefined)
+    throw new HavenError(
+      "HAVEN_ERR_NOT_FOUND",
+      `the cluster in ${state.dir} has no host "${name}" (hosts: ${state.agents.map((each) => each.name).join(", ")})`,
+    );
+  return agent;
+}
+
+function replaceAgent(state: LocalClusterState, agent: LocalAgent): LocalClusterState {
+  return { ...state, agents: state.agents.map((each) => (each.name === agent.name ? agent : each)) };
+}
+
+function writeClusterState(state: LocalClusterState): void {
+  writeFileSync(join(state.dir, CLUSTER_FILE), `${JSON.stringify(state, null, 2)}\n`);
+}
+
+/** `haven agent --config CONFIG` in the background, its output appended to `log`. */
+function spawnAgent(config: string, log: string): number {
+  return spawnBackground(process.execPath, [join(packageRoot(), "bin", "haven.js"), "agent", "--config", config], log);
+}
+
+/** The pids of the agents running with this host's config: the recorded one, or one restarted by hand. */
+function agentPids(agent: LocalAgent): number[] {
+  return agentProcesses([agent.config]);
+}
+
+/** Whether the member's recorded pid is still that etcd member (its name and data directory on its command line). */
+function memberRunning(member: LocalEtcdMember): boolean {
+  const argv = commandLineOf(member.pid);
+  return (
+    argv !== undefined &&
+    running(member.pid) &&
+    argv.includes(`--name=${member.name}`) &&
+    argv.includes(`--data-dir=${member.dataDir}`)
+  );
 }
 
 /** Processes running `haven agent --config FILE` for one of `configs` (read from /proc; Linux only). */

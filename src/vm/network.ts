@@ -26,7 +26,8 @@
 import { createHash } from "node:crypto";
 import { HavenError, type ErrorCode } from "../core/errors.js";
 import { ipFailed, runIp, tryIp } from "./ip-command.js";
-import { MAX_TAP_NAME_LENGTH, VM_NAME_PATTERN, type VmNic } from "./qemu-command.js";
+import { MAX_TAP_NAME_LENGTH, type VmNic } from "./qemu-command.js";
+import { VM_NAME_PATTERN } from "./qemu-name.js";
 
 /** QEMU's own prefix: locally administered (bit 1 of the first byte) and unicast (bit 0 clear). */
 export const MAC_PREFIX = "52:54:00";

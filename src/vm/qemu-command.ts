@@ -15,6 +15,7 @@
 
 import { isAbsolute } from "node:path";
 import { HavenError } from "../core/errors.js";
+import { VM_NAME_PATTERN } from "./qemu-name.js";
 
 /** The name of the guest's virtio-serial heartbeat port (/dev/virtio-ports/<name> in the guest). */
 export const HEARTBEAT_PORT_NAME = "org.haven.heartbeat.0";
@@ -70,8 +71,6 @@ export interface VmSpec {
   readonly runtime: VmRuntimePaths;
 }
 
-/** A VM's name: 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit. */
-export const VM_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 const MAC_PATTERN = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
 const TAP_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 

@@ -6,15 +6,32 @@
 // QEMU had, but pids are reused, so the pid is trusted only if /proc/PID/cmdline still names this
 // VM (`-name guest=NAME,...`, as qemuCommand writes it). A stale pidfile whose pid now belongs to
 // another process is not trusted: killing that pid would kill an innocent process.
+//
+// Where: every VM of a host has its directory under vmRuntimeRoot(the host's state directory), so
+// whatever must find a host's QEMUs without asking its agent (`haven cluster kill`) looks in the same
+// place as the agent.
 
-import { chmod, lstat, mkdir, open, readFile } from "node:fs/promises";
+import { chmod, lstat, mkdir, open, readFile, readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { HavenError, fromSystemError } from "../core/errors.js";
 import type { VmRuntimePaths } from "./qemu-command.js";
+import { commandLineNamesVm } from "./qemu-name.js";
+
+export { commandLineNamesVm } from "./qemu-name.js";
 
 export const RUNTIME_DIR_MODE = 0o700;
 /** A pidfile holds one decimal pid and a newline; anything longer is not one. */
 const MAX_PIDFILE_BYTES = 64;
+
+/** Where a host keeps its VMs' runtime directories: one per VM, named after it, under the host's state directory. */
+export function vmRuntimeRoot(hostStateDir: string): string {
+  return join(hostStateDir, "vms");
+}
+
+/** VM `vmName`'s runtime directory on the host whose state directory is `hostStateDir`. */
+export function vmRuntimeDir(hostStateDir: string, vmName: string): string {
+  return join(vmRuntimeRoot(hostStateDir), vmName);
+}
 
 /** The runtime files inside `dir`. */
 export function runtimePaths(dir: string): VmRuntimePaths {
@@ -75,20 +92,6 @@ export async function readPidfile(pidfile: string): Promise<number | undefined> 
   return pid <= 0x7fffffff ? pid : undefined;
 }
 
-/**
- * Whether a process command line (argv) is a QEMU named `vmName`: it has `-name` followed by
- * `guest=NAME[,...]` or `NAME[,...]`.
- */
-export function commandLineNamesVm(argv: readonly string[], vmName: string): boolean {
-  for (let i = 0; i + 1 < argv.length; i++) {
-    if (argv[i] !== "-name" && argv[i] !== "--name") continue;
-    const first = (argv[i + 1] as string).split(",")[0] as string;
-    const name = first.startsWith("guest=") ? first.slice("guest=".length) : first;
-    if (name === vmName) return true;
-  }
-  return false;
-}
-
 /** The argv of process `pid` from /proc, or undefined if it no longer exists. */
 export async function processCommandLine(pid: number): Promise<string[] | undefined> {
   let raw: Buffer;
@@ -120,4 +123,27 @@ export async function trustedPidFromPidfile(pidfile: string, vmName: string): Pr
   const argv = await processCommandLine(pid);
   if (argv === undefined) return undefined;
   return commandLineNamesVm(argv, vmName) ? pid : undefined;
+}
+
+/**
+ * The QEMUs running for the VMs of the host whose state directory is `hostStateDir`: one per runtime
+ * directory under vmRuntimeRoot whose pidfile's pid is trusted (its command line names the VM the
+ * directory is named after). Found without the agent, which may be dead or hung.
+ */
+export async function runningVms(hostStateDir: string): Promise<{ name: string; pid: number }[]> {
+  const root = vmRuntimeRoot(hostStateDir);
+  let names: string[];
+  try {
+    names = await readdir(root);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return [];
+    throw fromSystemError(error, `listing VM runtime directories in ${root}`);
+  }
+  const found: { name: string; pid: number }[] = [];
+  for (const name of names.sort()) {
+    // An entry that is no runtime directory, or an unreadable pidfile, names no running VM.
+    const pid = await trustedPid(join(root, name), name).catch(() => undefined);
+    if (pid !== undefined) found.push({ name, pid });
+  }
+  return found;
 }

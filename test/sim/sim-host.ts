@@ -206,6 +206,8 @@ export class SimHost {
   readonly vms: SimVmDriver;
   /** Set when the watchdog is paused too (SIGSTOP of both): nothing will kill the host. */
   watchdogStopped = false;
+  /** The VMs the agent has told its watchdog about (pid → name); the simulated agent runs none yet. */
+  readonly watchdogVms = new Map<number, string>();
   started = false;
   private eventCount = 0;
 
@@ -280,12 +282,12 @@ export class SimHost {
       pinger: this.pinger(),
       probeDisk: (disk) => Promise.resolve({ name: disk.name, ok: true, detail: "ok", probeMs: 0 }),
       probeNbdFront: () => Promise.resolve({ problems: [], missing: [] }),
-      // The scenario plays the watchdog: when it fires it kills the host and its VMs (SimVmDriver.killAll).
+      // The scenario kills a host through its clock when its watchdog would; this one only records.
       startWatchdog: () => ({
         kick: () => undefined,
+        trackVm: (pid, name) => void this.watchdogVms.set(pid, name),
+        untrackVm: (pid) => void this.watchdogVms.delete(pid),
         stop: () => undefined,
-        trackVm: () => undefined,
-        untrackVm: () => undefined,
       }),
       vms: this.vms,
       eventLoopLag: { maxMs: () => 0, reset: () => undefined, stop: () => undefined },

@@ -1,10 +1,12 @@
-// `haven cluster up|down`: a local cluster (etcd and N agents on loopback) for trying Haven and for
-// tests, started in the background, with a context file so later commands find it by themselves.
+// `haven cluster up|down|kill|revive`: a local cluster (etcd and N agents on loopback) for trying Haven
+// and for tests, started in the background, with a context file so later commands find it by
+// themselves; kill and revive take one host down as a power loss would, and bring it back.
 
 import { homedir } from "node:os";
 import { isAbsolute, join } from "node:path";
 import { HavenError } from "../../core/errors.js";
-import { clusterDown, clusterUp } from "../../cluster/local-cluster.js";
+import { clusterDown, clusterKill, clusterRevive, clusterUp } from "../../cluster/local-cluster.js";
+import { runningVms } from "../../vm/runtime-dir.js";
 import { parseCommand, refuseArguments } from "../args.js";
 import { defaultContextPath, readContext, writeContext } from "../context.js";
 
@@ -30,6 +32,30 @@ export const CLUSTER_DOWN_USAGE = `usage: haven cluster down [--dir DIR] [--cont
 Stops the agents of a cluster started by 'haven cluster up' (each flushes the volumes it serves and
 gives its lease back), then its etcd members, each by the pid cluster.json records. The data stays in
 DIR; 'haven cluster up --dir DIR' starts it again.
+
+options:
+  --dir DIR        the cluster's directory (default: the context's, else ~/.local/state/haven/cluster)
+  --context FILE   the context file (default: $HAVEN_CONTEXT, else ~/.config/haven/context.json)`;
+
+export const CLUSTER_KILL_USAGE = `usage: haven cluster kill HOST [--keep-etcd] [--dir DIR] [--context FILE]
+
+Kills HOST of a cluster started by 'haven cluster up' as a power loss would: SIGKILL, all at once, to
+its agent, the agent's watchdog, the QEMU of every VM it runs (found by the pidfiles in the host's VM
+runtime directories, each trusted only while the process's command line names its VM) and its etcd
+member. Nothing is flushed and no lease is given back: the other hosts take over once its lease
+expires. Prints what was killed, with pids. 'haven cluster revive HOST' brings it back.
+
+options:
+  --keep-etcd      leave the host's etcd member running (only the host's own processes die)
+  --dir DIR        the cluster's directory (default: the context's, else ~/.local/state/haven/cluster)
+  --context FILE   the context file (default: $HAVEN_CONTEXT, else ~/.config/haven/context.json)`;
+
+export const CLUSTER_REVIVE_USAGE = `usage: haven cluster revive HOST [--dir DIR] [--context FILE]
+
+Brings back HOST of a cluster started by 'haven cluster up' after 'haven cluster kill' (or any crash):
+starts its etcd member again, joining the running cluster from its data, and its agent with the same
+config, records their pids in cluster.json, and waits until the host registers. Refused while the
+host's agent runs, and when the cluster is not up.
 
 options:
   --dir DIR        the cluster's directory (default: the context's, else ~/.local/state/haven/cluster)
@@ -93,14 +119,58 @@ export async function clusterDownCommand(argv: string[]): Promise<number> {
   if (parsed === undefined) return 0; // --help was printed
   const { values, positionals } = parsed;
   refuseArguments(positionals, CLUSTER_DOWN_USAGE);
-  const context = readContext(contextPath(values.context), true);
-  const dir = typeof values.dir === "string" ? values.dir : (context?.clusterDir ?? defaultClusterDir());
-  const state = await clusterDown(dir);
+  const state = await clusterDown(clusterDirOf(values));
   const members = state.etcd.length === 1 ? "etcd" : `${state.etcd.length} etcd members`;
   process.stdout.write(
     `cluster down: stopped ${state.agents.length} agents and ${members}; data kept in ${state.dir}\n`,
   );
   return 0;
+}
+
+export async function clusterKillCommand(argv: string[]): Promise<number> {
+  const parsed = parseCommand(
+    argv,
+    { dir: { type: "string" }, context: { type: "string" }, "keep-etcd": { type: "boolean" } },
+    CLUSTER_KILL_USAGE,
+  );
+  if (parsed === undefined) return 0; // --help was printed
+  const host = oneHost(parsed.positionals, CLUSTER_KILL_USAGE);
+  const { killed } = await clusterKill(clusterDirOf(parsed.values), host, {
+    keepEtcd: parsed.values["keep-etcd"] === true,
+    findVms: runningVms,
+  });
+  const lines = killed.map((target) => {
+    const what =
+      target.role === "VM" ? `VM ${target.name}'s QEMU` : target.name ? `${target.role} ${target.name}` : target.role;
+    return `  ${what}: pid ${target.pid}`;
+  });
+  process.stdout.write(`cluster kill: host ${host} is down, as after a power loss; killed:\n${lines.join("\n")}\n`);
+  return 0;
+}
+
+export async function clusterReviveCommand(argv: string[]): Promise<number> {
+  const parsed = parseCommand(argv, { dir: { type: "string" }, context: { type: "string" } }, CLUSTER_REVIVE_USAGE);
+  if (parsed === undefined) return 0; // --help was printed
+  const host = oneHost(parsed.positionals, CLUSTER_REVIVE_USAGE);
+  process.stderr.write(`starting host ${host} again ...\n`);
+  const { agentPid, etcdPid } = await clusterRevive(clusterDirOf(parsed.values), host);
+  process.stdout.write(
+    `cluster revive: host ${host} registered again (agent pid ${agentPid}${etcdPid !== undefined ? `, etcd member pid ${etcdPid}` : ""})\n`,
+  );
+  return 0;
+}
+
+/** The cluster's directory: --dir, else the context file's, else the default. */
+function clusterDirOf(values: Record<string, string | boolean | undefined>): string {
+  if (typeof values.dir === "string") return values.dir;
+  return readContext(contextPath(values.context), true)?.clusterDir ?? defaultClusterDir();
+}
+
+function oneHost(positionals: readonly string[], help: string): string {
+  const [host, ...extra] = positionals;
+  if (host === undefined) throw usage("name the host (for example h2)", help);
+  refuseArguments(extra, help);
+  return host;
 }
 
 function wholeNumber(text: string | boolean | undefined, flag: string, fallback: number, help: string): number {
