@@ -118,8 +118,9 @@ ln -s ../bin/busybox "$root/sbin/init"
 # virtio_pci: the transport of every virtio device; virtio_blk: /dev/vda; crc32c_generic and ext4: the
 # data partition (ext4 checksums need crc32c, and the guest has no on-demand module loader);
 # virtio_console: the heartbeat port; virtio_net: the NICs; button and evdev: the ACPI power button as
-# an input event that acpid turns into a power-off.
-wanted_modules=(virtio_pci virtio_blk crc32c_generic ext4 virtio_console virtio_net button evdev)
+# an input event that acpid turns into a power-off; pvpanic_mmio (QEMU's ISA `pvpanic`, found through
+# ACPI) and pvpanic_pci: a kernel panic reaches QEMU as a GUEST_PANICKED event.
+wanted_modules=(virtio_pci virtio_blk crc32c_generic ext4 virtio_console virtio_net button evdev pvpanic_mmio pvpanic_pci)
 declare -A module_file=() module_added=()
 while IFS= read -r line; do
   rel="${line%%:*}"
