@@ -264,6 +264,8 @@ cat >"$root/etc/haven/heartbeat" <<'HEARTBEAT'
 #!/bin/sh
 # One line a second on Haven's heartbeat port, "heartbeat boot=N seq=M" (M counts the beats sent in
 # this boot), except while /run/heartbeat.frozen exists: then the loop runs and sends nothing.
+# While no client is connected to QEMU's end, QEMU holds the port's data back: a client that connects
+# late first gets the beats sent before (measured: seq=1..3 at once), then one a second.
 name=org.haven.heartbeat.0
 port=/dev/virtio-ports/$name
 # No udev here: link the port's name to its device. Its name arrives from QEMU just after the device.

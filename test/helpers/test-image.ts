@@ -5,9 +5,10 @@
 // kernel, initramfs and command line): counts its boots on its disk's data partition and prints
 // `boot-count=N`, then `haven-test: nproc=X memtotal-kb=Y`; mounts that partition at /data; sends
 // `heartbeat boot=N seq=M` once a second on the heartbeat port, except while /run/heartbeat.frozen
-// exists; gives each NIC 10.99.YY.ZZ/16 from its MAC 52:54:00:XX:YY:ZZ and serves /boot-count and
-// /health over HTTP on port 80; powers off cleanly on `poweroff` or the ACPI power button; and keeps
-// a root shell on ttyS0, announced by `haven-test: ready`, whose prompt is `haven-test# `.
+// exists (a client that connects late first gets the beats QEMU held back); gives each NIC
+// 10.99.YY.ZZ/16 from its MAC 52:54:00:XX:YY:ZZ and serves /boot-count and /health over HTTP on
+// port 80; powers off cleanly on `poweroff` or the ACPI power button; and keeps a root shell on
+// ttyS0, announced by `haven-test: ready`, whose prompt is `haven-test# `.
 //
 // API:
 //   ensureTestImage()            build if needed (quick when up to date), resolve the file paths
