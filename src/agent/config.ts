@@ -288,7 +288,8 @@ function readVmsConfig(
 ): VmsConfig {
   const cpuText = read.string(o.cpus, "vms.cpus");
   const cpus = parseCpuList(cpuText);
-  if (cpus === undefined || cpus.length === 0) fail("vms.cpus", `"${cpuText}" is not a CPU list such as "0-3" or "2,3"`);
+  if (cpus === undefined || cpus.length === 0)
+    fail("vms.cpus", `"${cpuText}" is not a CPU list such as "0-3" or "2,3"`);
   const memoryText = read.string(o.memory, "vms.memory");
   let memoryMiB = 0;
   try {

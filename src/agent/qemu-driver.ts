@@ -5,7 +5,7 @@
 
 import { createConnection, type Socket } from "node:net";
 import { rename, rm } from "node:fs/promises";
-import { existsSync, readdirSync } from "node:fs";
+import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import type { VmRecord } from "../cluster/vm-schema.js";
 import { HavenError, errorMessage } from "../core/errors.js";
@@ -21,9 +21,6 @@ import type { VmDriver, VmInstance } from "./world.js";
 
 /** How long a guest has to power off after ACPI power-down before QEMU is told to quit. */
 const POWERDOWN_TIMEOUT_MS = 30_000;
-/** The test image's kernel command line (serial console; fast boot under TCG). */
-const TEST_IMAGE_APPEND =
-  "console=ttyS0 panic=0 mitigations=off security=none audit=0 cryptomgr.notests 8250.nr_uarts=1 quiet";
 
 export interface QemuDriverOptions {
   readonly config: VmsConfig;
@@ -119,14 +116,20 @@ export class QemuDriver implements VmDriver {
     const dir = this.options.config.imageDir;
     if (dir === undefined)
       throw new HavenError("HAVEN_ERR_CONFIG", "the haven-test image needs vms.imageDir in the agent config");
+    // The same command line the image's own bootloader passes (scripts/build-test-image.sh writes it).
+    const cmdline = join(dir, "haven-test.cmdline");
+    if (!existsSync(cmdline))
+      throw new HavenError(
+        "HAVEN_ERR_NOT_FOUND",
+        `the haven-test image is not built in ${dir}: run scripts/build-test-image.sh`,
+      );
     return {
       kernel: join(dir, "haven-test-kernel"),
       initrd: join(dir, "haven-test-initrd"),
-      append: TEST_IMAGE_APPEND,
+      append: readFileSync(cmdline, "utf8").trim(),
     };
   }
 }
-
 
 const QMP_STATES: Readonly<Record<string, VmRunState>> = {
   running: "running",
@@ -193,7 +196,9 @@ class QemuInstance implements VmInstance {
   }
 
   async stop(force: boolean): Promise<string> {
-    const outcome = await this.qemu.stop(force ? { powerdownTimeoutMs: 0, quitTimeoutMs: 0 } : { powerdownTimeoutMs: POWERDOWN_TIMEOUT_MS });
+    const outcome = await this.qemu.stop(
+      force ? { powerdownTimeoutMs: 0, quitTimeoutMs: 0 } : { powerdownTimeoutMs: POWERDOWN_TIMEOUT_MS },
+    );
     this.heartbeat?.destroy();
     return outcome;
   }

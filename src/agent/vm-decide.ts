@@ -140,13 +140,22 @@ export function decideVm(
   return { kind: "start", counts: countsOf(vm, status), reason };
 }
 
-function decideRunning(vm: VmRecord, status: VmStatusRecord | undefined, seen: VmObservation, host: VmHostView): VmAction {
+function decideRunning(
+  vm: VmRecord,
+  status: VmStatusRecord | undefined,
+  seen: VmObservation,
+  host: VmHostView,
+): VmAction {
   if (!host.holdsLease) return { kind: "stop", reason: "this host lost its cluster lease", force: true };
   const primary = host.primaryOf(vm.volume);
   if (primary !== host.me)
     return { kind: "stop", reason: `its disk's primary is ${primary ?? "nowhere"} now, not ${host.me}`, force: true };
   if (vm.desired === "stopped")
-    return { kind: "stop", reason: `stopped by the operator${vm.forceStop ? " (--force)" : ""}`, force: !!vm.forceStop };
+    return {
+      kind: "stop",
+      reason: `stopped by the operator${vm.forceStop ? " (--force)" : ""}`,
+      force: !!vm.forceStop,
+    };
   if (status?.state === "error" && status.startRequest === vm.startRequest && seen.exited === undefined)
     return { kind: "stop", reason: `marked error: ${status.reason}`, force: true };
   if (seen.startRequest !== vm.startRequest)

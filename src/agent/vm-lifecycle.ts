@@ -19,7 +19,15 @@ import { vmLacks } from "../cluster/vm-resources.js";
 import { errorMessage } from "../core/errors.js";
 import type { EventLog } from "./event-log.js";
 import type { ClusterView } from "./reconciler.js";
-import { countsOf, decideVm, vmFailure, type VmAction, type VmCounts, type VmObservation, type VmTimings } from "./vm-decide.js";
+import {
+  countsOf,
+  decideVm,
+  vmFailure,
+  type VmAction,
+  type VmCounts,
+  type VmObservation,
+  type VmTimings,
+} from "./vm-decide.js";
 import type { AgentWorld, VmInstance, Watchdog } from "./world.js";
 
 /** A status record is written again at least this often while nothing changes (the checks' ages). */
@@ -233,7 +241,11 @@ export class VmLifecycle {
           this.pendingReason.set(name, action.reason);
           await events.event("vm-pending", `VM ${name} cannot start: ${action.reason}`, vm!.volume);
         }
-        return this.publish(name, vm!, view, { state: "pending", reason: action.reason, counts: countsFrom(view, vm!) });
+        return this.publish(name, vm!, view, {
+          state: "pending",
+          reason: action.reason,
+          counts: countsFrom(view, vm!),
+        });
       case "stop": {
         const how = await this.stopVm(name, action.force, action.reason);
         await events.event("vm-stopped", `VM ${name} stopped (${how}): ${action.reason}`, vm?.volume);
@@ -268,8 +280,16 @@ export class VmLifecycle {
       case "guest-off":
         await this.stopVm(name, true, action.reason);
         await this.markStopped(vm!);
-        await events.event("vm-stopped", `VM ${name}: ${action.reason}; it stays stopped until 'haven vm start ${name}'`, vm!.volume);
-        return this.publish(name, vm!, view, { state: "stopped", reason: action.reason, counts: countsFrom(view, vm!) });
+        await events.event(
+          "vm-stopped",
+          `VM ${name}: ${action.reason}; it stays stopped until 'haven vm start ${name}'`,
+          vm!.volume,
+        );
+        return this.publish(name, vm!, view, {
+          state: "stopped",
+          reason: action.reason,
+          counts: countsFrom(view, vm!),
+        });
     }
   }
 
@@ -422,7 +442,10 @@ export class VmLifecycle {
     checks.qmp = {
       ok: entry.qmpFailingSinceMs === undefined,
       value: entry.qmpError ?? "answers",
-      at: entry.qmpFailingSinceMs === undefined ? (entry.lastQmpOkAt ?? wallNow.toISOString()) : at(entry.qmpFailingSinceMs),
+      at:
+        entry.qmpFailingSinceMs === undefined
+          ? (entry.lastQmpOkAt ?? wallNow.toISOString())
+          : at(entry.qmpFailingSinceMs),
     };
     checks.runState = { ok: seen.runState === "running", value: seen.runState, at: wallNow.toISOString() };
     if (vm.heartbeat) {
@@ -458,8 +481,12 @@ export class VmLifecycle {
       checks: this.checks(entry, vm),
       updatedAt: world.wallTime().toISOString(),
     };
-    const { updatedAt: _u, checks, ...stable } = record;
-    const text = JSON.stringify({ stable, checks: Object.fromEntries(Object.entries(checks).map(([k, c]) => [k, c.ok])) });
+    const { checks } = record;
+    const stable = { ...record, updatedAt: "", checks: {} };
+    const text = JSON.stringify({
+      stable,
+      checks: Object.fromEntries(Object.entries(checks).map(([k, c]) => [k, c.ok])),
+    });
     const last = this.published.get(name);
     const now = world.clock.now();
     if (last !== undefined && last.text === text && now - last.atMs < STATUS_REFRESH_MS) return;

@@ -134,13 +134,14 @@ export async function readClusterRecords(client: ClusterStore, onMalformed?: OnM
     prefixes.map((prefix) => ({ type: "getPrefix", prefix })),
     [],
   );
-  const [hosts, hostInfos, volumes, primaries, replicas, healths, vms, vmStatuses] = result.results.map(
-    (operation) => (operation.type === "get" ? operation.kvs : []),
+  const [hosts, hostInfos, volumes, primaries, replicas, healths, vms, vmStatuses] = result.results.map((operation) =>
+    operation.type === "get" ? operation.kvs : [],
   ) as KeyValue[][] as [KeyValue[], KeyValue[], KeyValue[], KeyValue[], KeyValue[], KeyValue[], KeyValue[], KeyValue[]];
   const vmStatus = new Map<string, { record: VmStatusRecord; modRevision: number }>();
   for (const kv of vmStatuses) {
     const record = parsed(() => parseVmStatusRecord(kv.value, kv.key), onMalformed);
-    if (record !== undefined) vmStatus.set(nameUnder(keys.vmStatuses(), kv.key), { record, modRevision: kv.modRevision });
+    if (record !== undefined)
+      vmStatus.set(nameUnder(keys.vmStatuses(), kv.key), { record, modRevision: kv.modRevision });
   }
   const health = new Map<string, HostHealthRecord>();
   for (const kv of healths) {

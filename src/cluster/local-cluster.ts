@@ -56,6 +56,8 @@ export interface LocalClusterOptions {
   readonly etcdEndpointOf?: (name: string) => string;
   /** The replication port host NAME advertises to the others (default: its own); tests put a proxy here. */
   readonly replicationPortOf?: (name: string) => number | undefined;
+  /** What each host gives to VMs (the agent config's `vms`, without runtimeDir: each host's directory). */
+  readonly vms?: Readonly<Record<string, unknown>>;
   /** Each host's disks (directories under its host directory); default one, disk0, with the file system's space. */
   readonly disks?: readonly { readonly name: string; readonly capacity?: string }[];
 }
@@ -186,6 +188,7 @@ export async function clusterUp(options: LocalClusterOptions): Promise<LocalClus
       nbd: { listen: `127.0.0.1:${ports.nbd}` },
       disks,
       ...(options.timings && { timings: options.timings }),
+      ...(options.vms && { vms: { ...options.vms, runtimeDir: hostDir } }),
     };
     const configFile = join(hostDir, "agent.json");
     writeFileSync(configFile, `${JSON.stringify(config, null, 2)}\n`);

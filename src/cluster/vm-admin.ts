@@ -9,7 +9,14 @@ import type { TxnOperation } from "./etcd-client.js";
 import { keys, eventSequence, type EventRecord, type HandoverRecord } from "./schema.js";
 import type { ClusterStore } from "./store.js";
 import { vmLacks } from "./vm-resources.js";
-import { DEFAULT_VM_POLICY, isVmName, type VmBoot, type VmNicRecord, type VmPolicy, type VmRecord } from "./vm-schema.js";
+import {
+  DEFAULT_VM_POLICY,
+  isVmName,
+  type VmBoot,
+  type VmNicRecord,
+  type VmPolicy,
+  type VmRecord,
+} from "./vm-schema.js";
 
 export interface VmAdminOptions {
   /** Who asks, as the events record it (for the CLI: "cli@HOSTNAME"). */
@@ -60,7 +67,11 @@ export function vmsOn(records: ClusterRecords, host: string): VmRecord[] {
 }
 
 /** Why the VM cannot run on `host` now (capacity, pinning), or undefined. */
-export function hostLacks(records: ClusterRecords, host: string, vm: Omit<VmRecord, "createdAt" | "startRequest" | "desired" | "policy" | "boot" | "nics" | "heartbeat" | "volume">): string | undefined {
+export function hostLacks(
+  records: ClusterRecords,
+  host: string,
+  vm: Omit<VmRecord, "createdAt" | "startRequest" | "desired" | "policy" | "boot" | "nics" | "heartbeat" | "volume">,
+): string | undefined {
   const info = records.liveHosts.get(host) ?? records.knownHosts.get(host);
   return vmLacks(host, info?.vmCapacity, vmsOn(records, host), vm);
 }
@@ -108,7 +119,11 @@ export function checkCreate(records: ClusterRecords, request: VmCreateRequest): 
 }
 
 /** Records a new VM (refused when the name or volume is taken meanwhile). */
-export async function createVm(client: ClusterStore, request: VmCreateRequest, options: VmAdminOptions): Promise<VmRecord> {
+export async function createVm(
+  client: ClusterStore,
+  request: VmCreateRequest,
+  options: VmAdminOptions,
+): Promise<VmRecord> {
   const records = await readClusterRecords(client);
   checkCreate(records, request);
   const now = (options.now ?? (() => new Date()))();
@@ -129,12 +144,15 @@ export async function createVm(client: ClusterStore, request: VmCreateRequest, o
     createdAt: now.toISOString(),
   };
   const result = await client.txn(
-    [
-      { key: keys.vm(vm.name), target: "createRevision", result: "equal", value: 0 },
-    ],
+    [{ key: keys.vm(vm.name), target: "createRevision", result: "equal", value: 0 }],
     [
       { type: "put", key: keys.vm(vm.name), value: JSON.stringify(vm) },
-      event("vm-created", `VM ${vm.name} created: ${vm.vcpus} vCPUs, ${vm.memoryMiB} MiB, disk ${vm.volume}`, options, vm.volume),
+      event(
+        "vm-created",
+        `VM ${vm.name} created: ${vm.vcpus} vCPUs, ${vm.memoryMiB} MiB, disk ${vm.volume}`,
+        options,
+        vm.volume,
+      ),
     ],
     [],
   );
@@ -144,7 +162,10 @@ export async function createVm(client: ClusterStore, request: VmCreateRequest, o
 }
 
 /** Reads one VM with its record's mod revision. */
-async function readVm(client: ClusterStore, name: string): Promise<{ vm: VmRecord; modRevision: number; records: ClusterRecords }> {
+async function readVm(
+  client: ClusterStore,
+  name: string,
+): Promise<{ vm: VmRecord; modRevision: number; records: ClusterRecords }> {
   const records = await readClusterRecords(client);
   const vm = records.vms.get(name);
   if (vm === undefined) throw notFound(name);
@@ -211,18 +232,28 @@ export async function startVm(
     if (lacks !== undefined && vm.desired !== "started")
       throw new HavenError("HAVEN_ERR_NO_SPACE", `VM ${name} cannot start on ${primary}: it lacks ${lacks}`);
   }
-  const { forceStop: _dropped, ...rest } = vm;
-  const next: VmRecord = { ...rest, desired: "started", startRequest: vm.startRequest + 1 };
+  const next: VmRecord = { ...vm, desired: "started", startRequest: vm.startRequest + 1 };
+  delete (next as { forceStop?: boolean }).forceStop;
   const verb = request.restart ? "restart" : "start";
   await rewrite(client, name, modRevision, next, [
     ...extra,
-    event(`vm-${verb}-requested`, `${verb} of VM ${name} asked${request.host ? ` on ${request.host}` : ""}`, options, vm.volume),
+    event(
+      `vm-${verb}-requested`,
+      `${verb} of VM ${name} asked${request.host ? ` on ${request.host}` : ""}`,
+      options,
+      vm.volume,
+    ),
   ]);
   return { vm: next, host };
 }
 
 /** Wants the VM stopped (ACPI power-down, or at once with force). */
-export async function stopVm(client: ClusterStore, name: string, force: boolean, options: VmAdminOptions): Promise<VmRecord> {
+export async function stopVm(
+  client: ClusterStore,
+  name: string,
+  force: boolean,
+  options: VmAdminOptions,
+): Promise<VmRecord> {
   const { vm, modRevision } = await readVm(client, name);
   const next: VmRecord = { ...vm, desired: "stopped", ...(force && { forceStop: true }) };
   await rewrite(client, name, modRevision, next, [
@@ -239,8 +270,9 @@ export async function setVm(
   options: VmAdminOptions,
 ): Promise<{ vm: VmRecord; when: "now" | "next start" }> {
   const { vm, modRevision, records } = await readVm(client, name);
-  const { cpus: _cpus, ...base } = vm;
   const cpus = change.cpus === null ? undefined : (change.cpus ?? vm.cpus);
+  const base: VmRecord = { ...vm };
+  delete (base as { cpus?: readonly number[] }).cpus;
   const next: VmRecord = {
     ...base,
     vcpus: change.vcpus ?? vm.vcpus,
@@ -258,10 +290,16 @@ export async function setVm(
     if (lacks !== undefined) throw new HavenError("HAVEN_ERR_NO_SPACE", `host ${primary} lacks ${lacks}`);
   }
   await rewrite(client, name, modRevision, next, [
-    event("vm-changed", `VM ${name}: ${next.vcpus} vCPUs, ${next.memoryMiB} MiB${next.cpus ? `, pinned to ${next.cpus.join(",")}` : ""}`, options, vm.volume),
+    event(
+      "vm-changed",
+      `VM ${name}: ${next.vcpus} vCPUs, ${next.memoryMiB} MiB${next.cpus ? `, pinned to ${next.cpus.join(",")}` : ""}`,
+      options,
+      vm.volume,
+    ),
   ]);
   const status = records.vmStatus.get(name)?.record;
-  const running = status !== undefined && (status.state === "running" || status.state === "starting" || status.state === "paused");
+  const running =
+    status !== undefined && (status.state === "running" || status.state === "starting" || status.state === "paused");
   return { vm: next, when: running ? "next start" : "now" };
 }
 
@@ -269,7 +307,10 @@ export async function setVm(
 export async function deleteVm(client: ClusterStore, name: string, options: VmAdminOptions): Promise<VmRecord> {
   const { vm, modRevision, records } = await readVm(client, name);
   const status = records.vmStatus.get(name)?.record;
-  if (vm.desired === "started" || (status !== undefined && ["running", "starting", "paused", "stopping"].includes(status.state)))
+  if (
+    vm.desired === "started" ||
+    (status !== undefined && ["running", "starting", "paused", "stopping"].includes(status.state))
+  )
     throw new HavenError(
       "HAVEN_ERR_CONFLICT",
       `VM ${name} is ${status?.state ?? "wanted started"}: stop it first ('haven vm stop ${name}'), or delete with --force`,

@@ -15,7 +15,7 @@ export function vmLacks(
   vm: VmNeeds,
 ): string | undefined {
   if (capacity === undefined || capacity.memoryMiB === 0 || capacity.cpus.length === 0)
-    return "a VM capacity (its config has no \"vms\" section: it runs no VMs)";
+    return 'a VM capacity (its config has no "vms" section: it runs no VMs)';
   const rest = others.filter((other) => other.name !== vm.name);
   const usedMiB = rest.reduce((sum, other) => sum + other.memoryMiB, 0);
   if (usedMiB + vm.memoryMiB > capacity.memoryMiB)
@@ -36,7 +36,7 @@ export function vmLacks(
 export function formatCpuList(cpus: readonly number[]): string {
   const sorted = [...new Set(cpus)].sort((a, b) => a - b);
   const parts: string[] = [];
-  for (let i = 0; i < sorted.length; ) {
+  for (let i = 0; i < sorted.length;) {
     let j = i;
     while (j + 1 < sorted.length && sorted[j + 1] === sorted[j]! + 1) j++;
     parts.push(i === j ? `${sorted[i]}` : `${sorted[i]}-${sorted[j]}`);

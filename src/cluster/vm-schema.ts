@@ -117,7 +117,8 @@ export function parseVmRecord(value: string, key: string): VmRecord {
   const desired = text(o, "desired", key);
   if (desired !== "started" && desired !== "stopped") throw bad(key, `desired "${desired}" is not started or stopped`);
   const boot = text(o, "boot", key);
-  if (boot !== "disk" && boot !== "haven-test-kernel") throw bad(key, `boot "${boot}" is not disk or haven-test-kernel`);
+  if (boot !== "disk" && boot !== "haven-test-kernel")
+    throw bad(key, `boot "${boot}" is not disk or haven-test-kernel`);
   const nics = o.nics;
   if (!Array.isArray(nics)) throw bad(key, "nics is not a list");
   const policy = member(o.policy);

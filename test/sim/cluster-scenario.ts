@@ -199,7 +199,11 @@ export class ClusterSim {
       };
       await this.driver.drive(operator.put(keys.vm(vm.name), JSON.stringify(vm)), 10_000);
     }
-    await this.until("every VM running", () => this.volumeNames.every((v) => this.fleet.live(vmOf(v)).length === 1), 30_000);
+    await this.until(
+      "every VM running",
+      () => this.volumeNames.every((v) => this.fleet.live(vmOf(v)).length === 1),
+      30_000,
+    );
 
     const steps = this.options.faultSteps ?? 30;
     for (this.step = 1; this.step <= steps; this.step++) {
@@ -521,7 +525,14 @@ export class ClusterSim {
       .map((volume) => {
         const vm = vmOf(volume);
         const vmStatus = this.store.readKey(keys.vmStatus(vm))?.value ?? "no status";
-        this.note(`VM ${vm}: live ${this.fleet.live(vm).map((i) => i.host).join(",") || "nowhere"}; ${vmStatus}`);
+        this.note(
+          `VM ${vm}: live ${
+            this.fleet
+              .live(vm)
+              .map((i) => i.host)
+              .join(",") || "nowhere"
+          }; ${vmStatus}`,
+        );
         const primary = this.store.readKey(keys.primary(volume));
         const records = this.store
           .readPrefix(keys.replicasOf(volume))

@@ -1,3 +1,10 @@
+import { createHash } from "node:crypto";
+import { cpus } from "node:os";
+import { resolve } from "node:path";
+import { errorMessage } from "../../core/errors.js";
+import { parseSize } from "../../util/units.js";
+import { ensureNamespaceNetwork, localClusterNetwork } from "../../vm/network.js";
+import { imageDir } from "./vm.js";
 // `haven cluster up|down|kill|revive`: a local cluster (etcd and N agents on loopback) for trying Haven
 // and for tests, started in the background, with a context file so later commands find it by
 // themselves; kill and revive take one host down as a power loss would, and bring it back.
@@ -10,7 +17,7 @@ import { runningVms } from "../../vm/runtime-dir.js";
 import { parseCommand, refuseArguments } from "../args.js";
 import { defaultContextPath, readContext, writeContext } from "../context.js";
 
-export const CLUSTER_UP_USAGE = `usage: haven cluster up [--hosts N] [--etcd-members M] [--dir DIR] [--base-port PORT] [--context FILE]
+export const CLUSTER_UP_USAGE = `usage: haven cluster up [--hosts N] [--etcd-members M] [--dir DIR] [--base-port PORT] [--vm-memory SIZE] [--no-vms] [--context FILE]
 
 Starts etcd and N host agents on 127.0.0.1 in the background, each host with its own directory,
 disk directory and ports, and writes a context file so that 'haven status', 'haven volume create' and
@@ -23,6 +30,8 @@ options:
   --etcd-members M   etcd members, 1 to N: one on each of the first M hosts (default N). An even count
                      tolerates no more lost members than one fewer: with 2 hosts, 1 or a witness is better
   --dir DIR          where the cluster's data, configs and logs live (default ~/.local/state/haven/cluster)
+  --vm-memory SIZE   memory each host gives to VMs (default 2G); every host may use every CPU
+  --no-vms           hosts run no VMs (no network namespace is made)
   --base-port PORT   host hI listens on PORT+10*I (API), +1 (replication), +2 (NBD), and its etcd member on
                      +3 (clients) and +4 (peers); a single etcd member on PORT and PORT+1 (default 17400)
   --context FILE     the context file to write (default: $HAVEN_CONTEXT, else ~/.config/haven/context.json)`;
@@ -75,6 +84,25 @@ function contextPath(flag: string | boolean | undefined): string {
   return process.env.HAVEN_CONTEXT || defaultContextPath();
 }
 
+/**
+ * What each local host gives to VMs: every CPU of this machine (the hosts share it), `--vm-memory` (default
+ * 2G) each, the built-in images, and the cluster's own network namespace with one bridge, so a guest's
+ * address answers from whichever host runs it (reach it with 'ip netns exec NAMESPACE ...').
+ */
+async function localVms(dir: string, memoryText: unknown): Promise<Record<string, unknown>> {
+  const memory = typeof memoryText === "string" ? memoryText : "2G";
+  parseSize(memory, "--vm-memory");
+  const network = localClusterNetwork(createHash("sha256").update(resolve(dir)).digest("hex").slice(0, 8));
+  let networkConfig: Record<string, string> = {};
+  try {
+    await ensureNamespaceNetwork({ namespace: network.namespace!, bridge: network.bridge });
+    networkConfig = { bridge: network.bridge, netns: network.namespace! };
+  } catch (error) {
+    process.stderr.write(`no VM network (VMs run without NICs): ${errorMessage(error)}\n`);
+  }
+  return { cpus: `0-${cpus().length - 1}`, memory, imageDir: imageDir(), ...networkConfig };
+}
+
 export async function clusterUpCommand(argv: string[]): Promise<number> {
   const parsed = parseCommand(
     argv,
@@ -84,6 +112,8 @@ export async function clusterUpCommand(argv: string[]): Promise<number> {
       dir: { type: "string" },
       "base-port": { type: "string" },
       context: { type: "string" },
+      "vm-memory": { type: "string" },
+      "no-vms": { type: "boolean" },
     },
     CLUSTER_UP_USAGE,
   );
@@ -99,7 +129,8 @@ export async function clusterUpCommand(argv: string[]): Promise<number> {
     throw usage(`--base-port ${basePort} leaves no room for ${hosts} hosts below port 65536`, CLUSTER_UP_USAGE);
   const dir = typeof values.dir === "string" ? values.dir : defaultClusterDir();
   process.stderr.write(`starting etcd and ${hosts} agents in ${dir} ...\n`);
-  const state = await clusterUp({ dir, hosts, basePort, etcdMembers });
+  const vms = values["no-vms"] === true ? undefined : await localVms(dir, values["vm-memory"]);
+  const state = await clusterUp({ dir, hosts, basePort, etcdMembers, ...(vms && { vms }) });
   const context = contextPath(values.context);
   writeContext(context, { etcd: [...state.endpoints], clusterDir: state.dir });
   process.stdout.write(
@@ -107,7 +138,7 @@ export async function clusterUpCommand(argv: string[]): Promise<number> {
       `cluster up: etcd ${state.endpoints.join(",")}, hosts ${state.agents.map((agent) => agent.name).join(", ")}`,
       `  data, configs and logs: ${state.dir}`,
       `  context: ${context} (the cluster commands use it by default)`,
-      "  try: haven status; haven volume create demo --size 1G; haven events --follow",
+      "  try: haven status; haven vm create web --vcpus 1 --memory 256M --disk-size 256M --image haven-test --nic default",
       "",
     ].join("\n"),
   );

@@ -102,7 +102,10 @@ function resolveImage(image: string): { file: string; format: string; builtIn: b
     return { file, format: "raw", builtIn: true };
   }
   if (!existsSync(image))
-    throw new HavenError("HAVEN_ERR_NOT_FOUND", `no image "${image}": give haven-test or the path of a raw or qcow2 file`);
+    throw new HavenError(
+      "HAVEN_ERR_NOT_FOUND",
+      `no image "${image}": give haven-test or the path of a raw or qcow2 file`,
+    );
   return { file: image, format: "", builtIn: false };
 }
 
@@ -115,7 +118,12 @@ function imageInfo(file: string, format: string): Promise<{ format: string; virt
       { timeout: 30_000 },
       (error, stdout, stderr) => {
         if (error) {
-          reject(new HavenError("HAVEN_ERR_USAGE", `${file} is not a disk image qemu-img can read: ${stderr.trim() || error.message}`));
+          reject(
+            new HavenError(
+              "HAVEN_ERR_USAGE",
+              `${file} is not a disk image qemu-img can read: ${stderr.trim() || error.message}`,
+            ),
+          );
           return;
         }
         const info = JSON.parse(stdout) as { format: string; "virtual-size": number };
@@ -137,7 +145,12 @@ function copyImage(file: string, format: string, target: string): Promise<void> 
     child.on("exit", (code) =>
       code === 0
         ? resolve()
-        : reject(new HavenError("HAVEN_ERR_IO", `copying ${file} onto the volume failed: ${stderr.trim() || `exit ${code}`}`)),
+        : reject(
+            new HavenError(
+              "HAVEN_ERR_IO",
+              `copying ${file} onto the volume failed: ${stderr.trim() || `exit ${code}`}`,
+            ),
+          ),
     );
   });
 }
@@ -175,15 +188,19 @@ async function vmCreate(argv: string[]): Promise<number> {
   if (memory === undefined) throw usage("--memory is required");
   const disk = values.disk as string | undefined;
   const diskSize = values["disk-size"] as string | undefined;
-  if ((disk === undefined) === (diskSize === undefined)) throw usage("give exactly one of --disk VOLUME and --disk-size SIZE");
-  if (disk !== undefined && values.replicas !== undefined) throw usage("--replicas goes with --disk-size (a new volume)");
+  if ((disk === undefined) === (diskSize === undefined))
+    throw usage("give exactly one of --disk VOLUME and --disk-size SIZE");
+  if (disk !== undefined && values.replicas !== undefined)
+    throw usage("--replicas goes with --disk-size (a new volume)");
   const cpus = cpuList(values.cpus as string | undefined);
   if (cpus !== undefined && cpus.length !== vcpus)
     throw usage(`--cpus names ${cpus.length} CPUs for ${vcpus} vCPUs: name one host CPU per vCPU`);
   const image = values.image === undefined ? undefined : resolveImage(values.image as string);
-  if (image !== undefined && disk !== undefined) throw usage("--image writes a new disk: use it with --disk-size, not --disk");
+  if (image !== undefined && disk !== undefined)
+    throw usage("--image writes a new disk: use it with --disk-size, not --disk");
   const boot = (values.boot as string | undefined) ?? (image?.builtIn ? "haven-test-kernel" : "disk");
-  if (boot !== "disk" && boot !== "haven-test-kernel") throw usage(`--boot must be disk or haven-test-kernel, got "${boot}"`);
+  if (boot !== "disk" && boot !== "haven-test-kernel")
+    throw usage(`--boot must be disk or haven-test-kernel, got "${boot}"`);
   const nics = ((values.nic as string[] | undefined) ?? []).map((spec, index) => parseNic(spec, name, index));
   const policy = {
     maxRestart: wholeNumber(values["max-restart"] as string | undefined, "--max-restart", 0, 100) ?? 1,
@@ -219,7 +236,9 @@ async function vmCreate(argv: string[]): Promise<number> {
     const created = await createVolume(client, { name, sizeBytes, copies }, actor());
     // Nothing is left half-made: a VM that cannot be recorded takes its new volume with it.
     try {
-      process.stderr.write(`volume ${name} created (${formatBytes(sizeBytes)}, ${copies} copies); waiting for ${created.primary.host} to serve it\n`);
+      process.stderr.write(
+        `volume ${name} created (${formatBytes(sizeBytes)}, ${copies} copies); waiting for ${created.primary.host} to serve it\n`,
+      );
       const stop = abortOnStopSignal();
       try {
         if (!(await waitUntilServed(client, created, 60_000, stop.signal)))
@@ -233,7 +252,11 @@ async function vmCreate(argv: string[]): Promise<number> {
         await copyImage(image.file, info.format, nbdUri(host, name));
       }
       const vm = await createVm(client, request, actor());
-      return await reportAndWait(client, vm, values["no-wait"] === true || vm.desired === "stopped" ? undefined : "running");
+      return await reportAndWait(
+        client,
+        vm,
+        values["no-wait"] === true || vm.desired === "stopped" ? undefined : "running",
+      );
     } catch (error) {
       await deleteVolume(client, name, actor()).catch(() => undefined);
       process.stderr.write(`volume ${name} deleted again (the VM was not created)\n`);
@@ -245,7 +268,11 @@ async function vmCreate(argv: string[]): Promise<number> {
 }
 
 /** Waits until the agents report the VM in `state` (or error), printing where it runs. */
-async function reportAndWait(client: ClusterStore, vm: VmRecord, state: "running" | "stopped" | undefined): Promise<number> {
+async function reportAndWait(
+  client: ClusterStore,
+  vm: VmRecord,
+  state: "running" | "stopped" | undefined,
+): Promise<number> {
   if (state === undefined) {
     process.stdout.write(`VM ${vm.name} recorded (${vm.desired}); 'haven vm show ${vm.name}' follows it\n`);
     return 0;
@@ -272,7 +299,9 @@ async function reportAndWait(client: ClusterStore, vm: VmRecord, state: "running
         return 0;
       }
       if (Date.now() > deadline) {
-        process.stderr.write(`VM ${vm.name} is not ${state} after ${DEFAULT_WAIT_SECONDS} s; follow it with 'haven events --follow'\n`);
+        process.stderr.write(
+          `VM ${vm.name} is not ${state} after ${DEFAULT_WAIT_SECONDS} s; follow it with 'haven events --follow'\n`,
+        );
         return 1;
       }
       if (!(await pause(500, stop.signal))) return 130;
@@ -283,7 +312,11 @@ async function reportAndWait(client: ClusterStore, vm: VmRecord, state: "running
 }
 
 async function vmStart(argv: string[], restart: boolean): Promise<number> {
-  const parsed = parseCommand(argv, { ...CLUSTER_OPTIONS, host: { type: "string" }, "no-wait": { type: "boolean" } }, VM_USAGE);
+  const parsed = parseCommand(
+    argv,
+    { ...CLUSTER_OPTIONS, host: { type: "string" }, "no-wait": { type: "boolean" } },
+    VM_USAGE,
+  );
   if (parsed === undefined) return 0;
   const name = nameArgument(parsed.positionals);
   if (restart && parsed.values.host !== undefined) throw usage("vm restart takes no --host (use vm start --host)");
@@ -295,7 +328,11 @@ async function vmStart(argv: string[], restart: boolean): Promise<number> {
 }
 
 async function vmStop(argv: string[]): Promise<number> {
-  const parsed = parseCommand(argv, { ...CLUSTER_OPTIONS, force: { type: "boolean" }, "no-wait": { type: "boolean" } }, VM_USAGE);
+  const parsed = parseCommand(
+    argv,
+    { ...CLUSTER_OPTIONS, force: { type: "boolean" }, "no-wait": { type: "boolean" } },
+    VM_USAGE,
+  );
   if (parsed === undefined) return 0;
   const name = nameArgument(parsed.positionals);
   const client = connectCluster(parsed.values);
@@ -326,7 +363,10 @@ async function vmDelete(argv: string[]): Promise<number> {
   if (parsed.values["with-disk"] === true) {
     await deleteVolume(client, vm.volume, actor());
     process.stdout.write(`volume ${vm.volume} deleted with the data on every copy\n`);
-  } else process.stdout.write(`its disk, volume ${vm.volume}, stays (delete it with 'haven volume delete ${vm.volume} --yes')\n`);
+  } else
+    process.stdout.write(
+      `its disk, volume ${vm.volume}, stays (delete it with 'haven volume delete ${vm.volume} --yes')\n`,
+    );
   return 0;
 }
 
@@ -348,12 +388,18 @@ async function vmSet(argv: string[]): Promise<number> {
   const { vm, when } = await setVm(
     client,
     name,
-    { ...(vcpus !== undefined && { vcpus }), ...(memory !== undefined && { memoryMiB: memory }), ...(cpus !== undefined && { cpus }) },
+    {
+      ...(vcpus !== undefined && { vcpus }),
+      ...(memory !== undefined && { memoryMiB: memory }),
+      ...(cpus !== undefined && { cpus }),
+    },
     actor(),
   );
   process.stdout.write(
     `VM ${name}: ${vm.vcpus} vCPUs, ${vm.memoryMiB} MiB${vm.cpus ? `, pinned to ${formatCpuList(vm.cpus)}` : ""}; ` +
-      (when === "now" ? "applies at its start\n" : `applies at its next start ('haven vm restart ${name}' to apply it now)\n`),
+      (when === "now"
+        ? "applies at its start\n"
+        : `applies at its next start ('haven vm restart ${name}' to apply it now)\n`),
   );
   return 0;
 }
@@ -413,7 +459,16 @@ export function renderVmTable(entries: readonly VmListEntry[]): string {
     ]),
   ];
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
-  return rows.map((row) => row.map((cell, i) => cell.padEnd(widths[i]!)).join("  ").trimEnd()).join("\n") + "\n";
+  return (
+    rows
+      .map((row) =>
+        row
+          .map((cell, i) => cell.padEnd(widths[i]!))
+          .join("  ")
+          .trimEnd(),
+      )
+      .join("\n") + "\n"
+  );
 }
 
 async function vmList(argv: string[]): Promise<number> {
@@ -422,7 +477,15 @@ async function vmList(argv: string[]): Promise<number> {
   if (parsed.positionals.length > 0) throw usage(`vm list takes no arguments, got ${parsed.positionals.join(" ")}`);
   const records = await readClusterRecords(connectCluster(parsed.values));
   const entries = vmEntries(records);
-  process.stdout.write(parsed.values.json ? `${JSON.stringify(entries.map(({ spec: _s, ...e }) => e), null, 2)}\n` : renderVmTable(entries));
+  process.stdout.write(
+    parsed.values.json
+      ? `${JSON.stringify(
+          entries.map(({ spec: _s, ...e }) => e),
+          null,
+          2,
+        )}\n`
+      : renderVmTable(entries),
+  );
   return 0;
 }
 
@@ -474,20 +537,29 @@ async function vmConsole(argv: string[]): Promise<number> {
   if (parsed === undefined) return 0;
   const name = nameArgument(parsed.positionals);
   const records = await readClusterRecords(connectCluster(parsed.values));
-  if (!records.vms.has(name)) throw new HavenError("HAVEN_ERR_NOT_FOUND", `no VM named "${name}" (see 'haven vm list')`);
+  if (!records.vms.has(name))
+    throw new HavenError("HAVEN_ERR_NOT_FOUND", `no VM named "${name}" (see 'haven vm list')`);
   const run = records.vmStatus.get(name)?.record.run;
   if (run?.serialSocket === undefined || run.serialLog === undefined)
     throw new HavenError("HAVEN_ERR_UNAVAILABLE", `VM ${name} is not running (start it with 'haven vm start ${name}')`);
   if (parsed.values.log === true) {
     if (!existsSync(run.serialLog))
-      throw new HavenError("HAVEN_ERR_UNAVAILABLE", `VM ${name}'s console log ${run.serialLog} is not on this machine: run this on ${records.vmStatus.get(name)!.record.host}`);
+      throw new HavenError(
+        "HAVEN_ERR_UNAVAILABLE",
+        `VM ${name}'s console log ${run.serialLog} is not on this machine: run this on ${records.vmStatus.get(name)!.record.host}`,
+      );
     process.stdout.write(readFileSync(run.serialLog));
     return 0;
   }
   return new Promise<number>((resolve, reject) => {
     const socket = createConnection(run.serialSocket!);
     socket.on("error", (error) =>
-      reject(new HavenError("HAVEN_ERR_UNAVAILABLE", `cannot reach VM ${name}'s console at ${run.serialSocket}: ${errorMessage(error)} (run this on the VM's host)`)),
+      reject(
+        new HavenError(
+          "HAVEN_ERR_UNAVAILABLE",
+          `cannot reach VM ${name}'s console at ${run.serialSocket}: ${errorMessage(error)} (run this on the VM's host)`,
+        ),
+      ),
     );
     socket.on("connect", () => {
       process.stderr.write(`connected to VM ${name}'s serial console; Ctrl-] quits\n`);
