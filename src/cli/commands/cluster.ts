@@ -3,7 +3,7 @@ import { cpus } from "node:os";
 import { resolve } from "node:path";
 import { errorMessage } from "../../core/errors.js";
 import { parseSize } from "../../util/units.js";
-import { ensureNamespaceNetwork, localClusterNetwork } from "../../vm/network.js";
+import { ensureNamespaceNetwork, localClusterNetwork, removeNamespaceNetwork } from "../../vm/network.js";
 import { imageDir } from "./vm.js";
 // `haven cluster up|down|kill|revive`: a local cluster (etcd and N agents on loopback) for trying Haven
 // and for tests, started in the background, with a context file so later commands find it by
@@ -89,10 +89,15 @@ function contextPath(flag: string | boolean | undefined): string {
  * 2G) each, the built-in images, and the cluster's own network namespace with one bridge, so a guest's
  * address answers from whichever host runs it (reach it with 'ip netns exec NAMESPACE ...').
  */
+/** The local cluster's VM network: a namespace named after its directory, with one bridge. */
+function localNetwork(dir: string): ReturnType<typeof localClusterNetwork> {
+  return localClusterNetwork(createHash("sha256").update(resolve(dir)).digest("hex").slice(0, 8));
+}
+
 async function localVms(dir: string, memoryText: unknown): Promise<Record<string, unknown>> {
   const memory = typeof memoryText === "string" ? memoryText : "2G";
   parseSize(memory, "--vm-memory");
-  const network = localClusterNetwork(createHash("sha256").update(resolve(dir)).digest("hex").slice(0, 8));
+  const network = localNetwork(dir);
   let networkConfig: Record<string, string> = {};
   try {
     await ensureNamespaceNetwork({ namespace: network.namespace!, bridge: network.bridge });
@@ -151,6 +156,8 @@ export async function clusterDownCommand(argv: string[]): Promise<number> {
   const { values, positionals } = parsed;
   refuseArguments(positionals, CLUSTER_DOWN_USAGE);
   const state = await clusterDown(clusterDirOf(values));
+  // The VMs are gone with their agents: their network namespace goes too.
+  await removeNamespaceNetwork(localNetwork(state.dir).namespace!).catch(() => undefined);
   const members = state.etcd.length === 1 ? "etcd" : `${state.etcd.length} etcd members`;
   process.stdout.write(
     `cluster down: stopped ${state.agents.length} agents and ${members}; data kept in ${state.dir}\n`,
