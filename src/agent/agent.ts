@@ -27,7 +27,7 @@ import type { AgentConfig } from "./config.js";
 import { CopyRecorder } from "./copy-records.js";
 import { EventLog } from "./event-log.js";
 import { HealthReporter } from "./health.js";
-import type { AgentView, HostHealth } from "./view.js";
+import type { AgentView, HostHealth, VmHere } from "./view.js";
 import { LeaseKeeper } from "./lease-keeper.js";
 import { PeerLinks } from "./peer-links.js";
 import { Reconciler } from "./reconciler.js";
@@ -52,7 +52,7 @@ export class Agent implements AgentView {
   private readonly lease: LeaseKeeper;
   private readonly links: PeerLinks;
   private readonly volumes: VolumeLifecycle;
-  private readonly vms: VmLifecycle;
+  private readonly vmLifecycle: VmLifecycle;
   private readonly healthReporter: HealthReporter;
   private readonly reconciler: Reconciler;
   private readonly scheduler: RoundScheduler;
@@ -78,8 +78,8 @@ export class Agent implements AgentView {
       log,
       onLost: (reason) => this.onLeaseLost(reason),
       onRegained: (lease) => this.register(lease),
-      onUnproven: () => this.vms.pauseAll(),
-      onHeldAgain: () => this.vms.resumeAfterFence(),
+      onUnproven: () => this.vmLifecycle.pauseAll(),
+      onHeldAgain: () => this.vmLifecycle.resumeAfterFence(),
     });
     this.links = new PeerLinks({
       intervalMs: timings.peerHeartbeatIntervalMs,
@@ -113,7 +113,7 @@ export class Agent implements AgentView {
       copyDirectory: (volume) => this.copyDirectory(volume),
       ...(options.engineOptions && { engineOptions: options.engineOptions }),
     });
-    this.vms = new VmLifecycle({
+    this.vmLifecycle = new VmLifecycle({
       me: config.host.name,
       world,
       events: this.events,
@@ -139,7 +139,7 @@ export class Agent implements AgentView {
       world,
       events: this.events,
       volumes: this.volumes,
-      vms: this.vms,
+      vms: this.vmLifecycle,
       health: this.healthReporter,
       links: this.links,
       holdsLease: () => this.lease.current !== undefined,
@@ -164,7 +164,7 @@ export class Agent implements AgentView {
     this.startWatchdog();
     try {
       for (const disk of config.disks) await world.storage.prepare(disk.path);
-      await this.vms.init();
+      await this.vmLifecycle.init();
       const { replication, nbd } = config;
       this.replicationPort = await world.replicaService.listen(replication.listen.host, replication.listen.port);
       this.nbdPort = await world.nbd.listen(nbd.listen.host, nbd.listen.port);
@@ -191,7 +191,7 @@ export class Agent implements AgentView {
     this.trimTimer?.cancel();
     this.links.stop();
     await this.scheduler.stop();
-    await this.vms.stopAll("the agent is stopping");
+    await this.vmLifecycle.stopAll("the agent is stopping");
     for (const name of this.volumes.names()) await this.volumes.stop(name, "the agent is stopping");
     await this.events.event("agent-stopped", "agent stopped; it gives its lease back").catch(() => undefined);
     await this.lease.stop(true);
@@ -213,9 +213,9 @@ export class Agent implements AgentView {
     return new Map([...this.volumes.entries()].map(([name, running]) => [name, running.engine]));
   }
 
-  /** The VMs running here, for the API. */
-  vmsHere(): ReturnType<VmLifecycle["describe"]> {
-    return this.vms.describe();
+  /** The VMs running here, with their health, for the API. */
+  vms(): readonly VmHere[] {
+    return this.vmLifecycle.describe();
   }
 
   /** Records an event from this host. */
@@ -300,7 +300,7 @@ export class Agent implements AgentView {
   }
 
   private onLeaseLost(reason: string): void {
-    this.vms.fenceAll(`host ${this.name} lost its cluster lease (${reason})`);
+    this.vmLifecycle.fenceAll(`host ${this.name} lost its cluster lease (${reason})`);
     this.volumes.fenceAll(`host ${this.name} lost its cluster lease (${reason})`);
     this.events.note("fenced", `lease lost (${reason}): every volume here stopped completing writes`);
   }

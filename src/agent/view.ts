@@ -18,7 +18,17 @@ export interface HostHealth {
 }
 
 /** What the API asks of the agent. */
+/** A VM's QEMU on this host, with its health on several parameters. */
+export interface VmHere {
+  readonly name: string;
+  readonly volume: string;
+  readonly pid: number | null;
+  readonly runState: string;
+  readonly checks: Readonly<Record<string, { readonly ok: boolean; readonly value: string; readonly at: string }>>;
+}
+
 export interface AgentView {
   health(): HostHealth;
   engines(): ReadonlyMap<string, EngineControl>;
+  vms(): readonly VmHere[];
 }

@@ -28,6 +28,7 @@ import {
   type VmObservation,
   type VmTimings,
 } from "./vm-decide.js";
+import type { VmHere } from "./view.js";
 import type { AgentWorld, VmInstance, Watchdog } from "./world.js";
 
 /** A status record is written again at least this often while nothing changes (the checks' ages). */
@@ -90,12 +91,13 @@ export class VmLifecycle {
   }
 
   /** What runs here, for the API. */
-  describe(): { name: string; pid: number | null; runState: string; startedAtMs: number }[] {
+  describe(): VmHere[] {
     return [...this.running].map(([name, entry]) => ({
       name,
+      volume: entry.vm.volume,
       pid: entry.instance?.pid ?? null,
       runState: entry.exited !== undefined ? "exited" : (entry.instance?.runState() ?? "failed"),
-      startedAtMs: entry.startedAtMs,
+      checks: this.checks(entry, entry.vm),
     }));
   }
 

@@ -8,6 +8,8 @@
 //   GET  /v1/volumes                the engines running here, with their status
 //   GET  /v1/volumes/:name          one engine's status (404 when not served here)
 //   POST /v1/volumes/:name/verify   { "repair": boolean }: starts an online verify
+//   GET  /v1/vms                    the VMs whose QEMU runs here, with their health on several parameters
+//   GET  /v1/vms/:name              one of them (404 when it does not run here)
 
 import { HavenError } from "../core/errors.js";
 import type { EngineControl } from "../engine/status.js";
@@ -41,6 +43,15 @@ export class AgentApiServer {
       GET: () => [...this.agent.engines().values()].map((engine) => engine.status()),
     });
     this.server.route("/v1/volumes/:name", { GET: (request) => this.engine(request.params.name!).status() });
+    this.server.route("/v1/vms", { GET: () => this.agent.vms() });
+    this.server.route("/v1/vms/:name", {
+      GET: (request) => {
+        const vm = this.agent.vms().find((candidate) => candidate.name === request.params.name);
+        if (vm === undefined)
+          throw new HavenError("HAVEN_ERR_NOT_FOUND", `VM ${request.params.name} does not run on this host`);
+        return vm;
+      },
+    });
     this.server.route("/v1/volumes/:name/verify", {
       POST: (request) => {
         const options = parseVerifyRequest(request.body, { repairRequired: true });

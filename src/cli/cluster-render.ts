@@ -5,6 +5,7 @@
 // Names, details and messages come from etcd, where any process with access can write them: control
 // characters are replaced so that they cannot move the cursor or recolor the terminal.
 
+import type { VmListEntry } from "../cluster/cluster-view.js";
 import type { ClusterSummary, ClusterView, CopyView, HostView, VolumeView } from "../cluster/cluster-view.js";
 import type { EventRecord, LinkHealth } from "../cluster/schema.js";
 import { formatBytes } from "../util/units.js";
@@ -198,6 +199,7 @@ export function renderStatus(untrusted: ClusterView, options: ClusterRenderOptio
     renderHostList(view.hosts, options).trimEnd(),
     "",
     renderVolumeList(view.volumes, options),
+    ...(view.vms.length > 0 ? [renderVmTable(view.vms)] : []),
   ].join("\n");
 }
 
@@ -259,3 +261,32 @@ export function renderEvent(untrusted: EventRecord): string {
     .join(COLUMN_GAP)
     .concat("\n");
 }
+
+/** The VM table, as `vm list` and `haven status` print it. */
+export function renderVmTable(entries: readonly VmListEntry[]): string {
+  if (entries.length === 0) return "no VMs (create one with 'haven vm create')\n";
+  const rows = [
+    ["VM", "STATE", "HOST", "CPU", "MEMORY", "DISK", "RESTARTS"],
+    ...entries.map((e) => [
+      e.name,
+      e.state,
+      e.host ?? "-",
+      `${e.vcpus}${e.cpus ? `@${e.cpus}` : ""}`,
+      `${e.memoryMiB}M`,
+      e.volume,
+      `${e.restarts}/${e.relocations}`,
+    ]),
+  ];
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
+  return (
+    rows
+      .map((row) =>
+        row
+          .map((cell, i) => cell.padEnd(widths[i]!))
+          .join("  ")
+          .trimEnd(),
+      )
+      .join("\n") + "\n"
+  );
+}
+

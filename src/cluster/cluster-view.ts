@@ -9,6 +9,8 @@
 //             or on a dead host (its record may still say in-sync until the primary's next write);
 //   healthy   otherwise.
 
+import type { VmRecord, VmStatusRecord } from "./vm-schema.js";
+import { formatCpuList } from "./vm-resources.js";
 import type { ClusterRecords } from "./cluster-read.js";
 import type {
   CopyHealth,
@@ -76,6 +78,8 @@ export interface ClusterView {
   readonly hosts: readonly HostView[];
   /** In name order. */
   readonly volumes: readonly VolumeView[];
+  /** In name order. */
+  readonly vms: readonly VmListEntry[];
 }
 
 /** nbd://ADDRESS:PORT/NAME, with an IPv6 address in brackets. */
@@ -158,6 +162,7 @@ export function clusterView(records: ClusterRecords): ClusterView {
     }))
     .sort(byName);
   const volumes = [...records.volumes.values()].map((spec) => volumeView(records, spec)).sort(byName);
+  const vms = vmEntries(records);
   const count = (health: VolumeHealth): number => volumes.filter((volume) => volume.health === health).length;
   return {
     summary: {
@@ -170,5 +175,47 @@ export function clusterView(records: ClusterRecords): ClusterView {
     },
     hosts,
     volumes,
+    vms,
   };
 }
+
+/** A VM as `vm list`, `vm show` and `haven status` show it. */
+export interface VmListEntry {
+  readonly name: string;
+  readonly desired: string;
+  readonly state: string;
+  readonly host: string | null;
+  readonly vcpus: number;
+  readonly memoryMiB: number;
+  readonly cpus: string | null;
+  readonly volume: string;
+  readonly reason: string;
+  readonly restarts: number;
+  readonly relocations: number;
+  readonly status: VmStatusRecord | null;
+  readonly spec: VmRecord;
+}
+
+export function vmEntries(records: ClusterRecords): VmListEntry[] {
+  return [...records.vms.values()].sort(byName).map((vm) => {
+    const status = records.vmStatus.get(vm.name)?.record;
+    const current = status !== undefined && status.startRequest === vm.startRequest ? status : undefined;
+    const state = current?.state ?? (vm.desired === "started" ? "starting" : (status?.state ?? "stopped"));
+    return {
+      name: vm.name,
+      desired: vm.desired,
+      state,
+      host: status?.host ?? records.primaries.get(vm.volume)?.host ?? null,
+      vcpus: vm.vcpus,
+      memoryMiB: vm.memoryMiB,
+      cpus: vm.cpus ? formatCpuList(vm.cpus) : null,
+      volume: vm.volume,
+      reason: status?.reason ?? "",
+      restarts: current?.restarts ?? 0,
+      relocations: current?.relocations ?? 0,
+      status: status ?? null,
+      spec: vm,
+    };
+  });
+}
+

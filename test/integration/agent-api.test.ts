@@ -19,7 +19,17 @@ const health: HostHealth = {
   disks: [{ name: "d0", ok: true, detail: "ok", probeMs: 1.25 }],
   links: [{ peer: "h2", up: false, rttMs: null, detail: "4 heartbeats missed in a row (connection refused)" }],
 };
-const server = new AgentApiServer({ health: () => health, engines: () => new Map([["vol", engine]]) }, TOKEN);
+const vm = {
+  name: "web",
+  volume: "vol",
+  pid: 4242,
+  runState: "running",
+  checks: { heartbeat: { ok: true, value: "beating", at: "2026-12-05T00:00:00.000Z" } },
+};
+const server = new AgentApiServer(
+  { health: () => health, engines: () => new Map([["vol", engine]]), vms: () => [vm] },
+  TOKEN,
+);
 let base = "";
 
 before(async () => {
@@ -71,6 +81,11 @@ test("with it: host health, the volumes served here, one volume's status", async
   const one = await call("GET", "/v1/volumes/vol");
   assert.equal(one.status, 200);
   assert.equal(one.json.state, "healthy");
+  assert.deepEqual((await call("GET", "/v1/vms")).json, [vm]);
+  assert.deepEqual((await call("GET", "/v1/vms/web")).json, vm);
+  const elsewhere = await call("GET", "/v1/vms/db");
+  assert.equal(elsewhere.status, 404);
+  assert.match((elsewhere.json.error as { message: string }).message, /VM db does not run on this host/);
 });
 
 test("unknown volumes and endpoints are 404 with the registry code", async () => {

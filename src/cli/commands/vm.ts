@@ -7,12 +7,14 @@ import { existsSync, readFileSync } from "node:fs";
 import { createConnection } from "node:net";
 import { hostname } from "node:os";
 import { join } from "node:path";
-import { readClusterRecords, type ClusterRecords } from "../../cluster/cluster-read.js";
+import { readClusterRecords } from "../../cluster/cluster-read.js";
 import { nbdUri } from "../../cluster/cluster-view.js";
 import type { ClusterStore } from "../../cluster/store.js";
 import { createVm, deleteVm, setVm, startVm, stopVm, type VmCreateRequest } from "../../cluster/vm-admin.js";
 import { formatCpuList, parseCpuList } from "../../cluster/vm-resources.js";
 import type { VmRecord, VmStatusRecord } from "../../cluster/vm-schema.js";
+import { vmEntries } from "../../cluster/cluster-view.js";
+import { renderVmTable } from "../cluster-render.js";
 import { createVolume, deleteVolume } from "../../cluster/volume-admin.js";
 import { HavenError, errorMessage } from "../../core/errors.js";
 import { formatBytes, parseSize } from "../../util/units.js";
@@ -402,73 +404,6 @@ async function vmSet(argv: string[]): Promise<number> {
         : `applies at its next start ('haven vm restart ${name}' to apply it now)\n`),
   );
   return 0;
-}
-
-export interface VmListEntry {
-  readonly name: string;
-  readonly desired: string;
-  readonly state: string;
-  readonly host: string | null;
-  readonly vcpus: number;
-  readonly memoryMiB: number;
-  readonly cpus: string | null;
-  readonly volume: string;
-  readonly reason: string;
-  readonly restarts: number;
-  readonly relocations: number;
-  readonly status: VmStatusRecord | null;
-  readonly spec: VmRecord;
-}
-
-export function vmEntries(records: ClusterRecords): VmListEntry[] {
-  return [...records.vms.values()].map((vm) => {
-    const status = records.vmStatus.get(vm.name)?.record;
-    const current = status !== undefined && status.startRequest === vm.startRequest ? status : undefined;
-    const state = current?.state ?? (vm.desired === "started" ? "starting" : (status?.state ?? "stopped"));
-    return {
-      name: vm.name,
-      desired: vm.desired,
-      state,
-      host: status?.host ?? records.primaries.get(vm.volume)?.host ?? null,
-      vcpus: vm.vcpus,
-      memoryMiB: vm.memoryMiB,
-      cpus: vm.cpus ? formatCpuList(vm.cpus) : null,
-      volume: vm.volume,
-      reason: status?.reason ?? "",
-      restarts: current?.restarts ?? 0,
-      relocations: current?.relocations ?? 0,
-      status: status ?? null,
-      spec: vm,
-    };
-  });
-}
-
-/** The VM table, as `vm list` and `haven status` print it. */
-export function renderVmTable(entries: readonly VmListEntry[]): string {
-  if (entries.length === 0) return "no VMs (create one with 'haven vm create')\n";
-  const rows = [
-    ["VM", "STATE", "HOST", "CPU", "MEMORY", "DISK", "RESTARTS"],
-    ...entries.map((e) => [
-      e.name,
-      e.state,
-      e.host ?? "-",
-      `${e.vcpus}${e.cpus ? `@${e.cpus}` : ""}`,
-      `${e.memoryMiB}M`,
-      e.volume,
-      `${e.restarts}/${e.relocations}`,
-    ]),
-  ];
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
-  return (
-    rows
-      .map((row) =>
-        row
-          .map((cell, i) => cell.padEnd(widths[i]!))
-          .join("  ")
-          .trimEnd(),
-      )
-      .join("\n") + "\n"
-  );
 }
 
 async function vmList(argv: string[]): Promise<number> {
