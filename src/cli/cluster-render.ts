@@ -289,4 +289,3 @@ export function renderVmTable(entries: readonly VmListEntry[]): string {
       .join("\n") + "\n"
   );
 }
-

@@ -218,4 +218,3 @@ export function vmEntries(records: ClusterRecords): VmListEntry[] {
     };
   });
 }
-
