@@ -64,7 +64,7 @@ export class QemuDriver implements VmDriver {
     return killed;
   }
 
-  async launch(vm: VmRecord, hostCpus: readonly number[] | undefined): Promise<VmInstance> {
+  async launch(vm: VmRecord, hostCpus: readonly number[] | undefined, track: (pid: number) => void): Promise<VmInstance> {
     const { config } = this.options;
     const dir = this.runtimeDir(vm.name);
     const runtime = await createRuntimeDir(dir);
@@ -94,7 +94,8 @@ export class QemuDriver implements VmDriver {
       ...(hostCpus !== undefined && { vcpuHostCpus: hostCpus }),
       ...(namespace !== undefined && { netns: namespace }),
       // The taps join their bridges while QEMU is still paused: the guest's first packet finds its network.
-      beforeResume: async () => {
+      beforeResume: async (paused) => {
+        track(paused.pid);
         for (const [index, tap] of taps.entries())
           await plugTap({ tap, bridge: bridges[index]!, ...(namespace !== undefined && { namespace }) });
       },

@@ -316,9 +316,15 @@ export class VmLifecycle {
     const startedAtMs = world.clock.now();
     await this.publish(vm.name, vm, view, { state: "starting", reason, counts });
     let instance: VmInstance;
+    let tracked: number | undefined;
     try {
-      instance = await world.vms.launch(vm, vm.cpus);
+      // Tracked by the watchdog before the guest runs: if this agent dies from here on, QEMU dies too.
+      instance = await world.vms.launch(vm, vm.cpus, (pid) => {
+        tracked = pid;
+        this.options.watchdog()?.trackVm(pid, vm.name);
+      });
     } catch (error) {
+      if (tracked !== undefined) this.options.watchdog()?.untrackVm(tracked);
       const failed = `did not start: ${errorMessage(error)}`;
       this.running.set(vm.name, {
         vm,
@@ -355,7 +361,6 @@ export class VmLifecycle {
       probing: false,
     };
     this.running.set(vm.name, entry);
-    this.options.watchdog()?.trackVm(instance.pid, vm.name);
     void instance.exited.then((why) => {
       entry.exited = why;
       this.options.watchdog()?.untrackVm(instance.pid);

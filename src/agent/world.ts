@@ -67,8 +67,12 @@ export interface VmInstance {
 
 /** Starts VMs on this host (QEMU over the volume's stable endpoint, or the simulation's model of one). */
 export interface VmDriver {
-  /** Starts the VM paused, pins its vCPUs to hostCpus (when given), resumes it; rejects with why it did not start. */
-  launch(vm: VmRecord, hostCpus: readonly number[] | undefined): Promise<VmInstance>;
+  /**
+   * Starts the VM paused, pins its vCPUs to hostCpus (when given), calls `track` with QEMU's pid while
+   * the guest has not run yet (so the watchdog knows it before it can do anything), resumes it; rejects
+   * with why it did not start.
+   */
+  launch(vm: VmRecord, hostCpus: readonly number[] | undefined, track: (pid: number) => void): Promise<VmInstance>;
   /** Kills every VM process an earlier run of this agent left (trusted pids only); says which. */
   killLeftovers(): Promise<string[]>;
   /** The serial console's log of the VM's current run, for `vm console --log`; undefined when unknown. */

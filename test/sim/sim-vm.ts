@@ -78,7 +78,7 @@ export class SimVmDriver implements VmDriver {
     private readonly global: SimClock,
   ) {}
 
-  launch(vm: VmRecord): Promise<VmInstance> {
+  launch(vm: VmRecord, _hostCpus: readonly number[] | undefined, track: (pid: number) => void): Promise<VmInstance> {
     return this.clock.pass(
       new Promise<VmInstance>((resolve, reject) => {
         this.global.schedule(this.fleet.rng.int(50, 400), () => {
@@ -100,6 +100,7 @@ export class SimVmDriver implements VmDriver {
             heartbeats: 0,
           };
           this.fleet.instances.push(record);
+          track(record.pid);
           const instance = new SimVmInstance(record, this.clock, this.global, vm.heartbeat);
           this.mine.add(instance);
           resolve(instance);
