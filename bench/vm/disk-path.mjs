@@ -1,15 +1,17 @@
 #!/usr/bin/env node
 // bench/vm/disk-path.mjs — what a VM's stable disk endpoint costs. One NbdServer serves a file-backed
 // volume in this process; fio (ioengine=nbd, one connection) runs the same workloads through four paths
-// in one run, round-robin, so only the path changes between columns:
+// in one run, so only the path changes between columns:
 //
 //   endpoint     DIR/<volume>.sock, routed local: the endpoint hands the accepted socket to the server
 //   direct-unix  the server's own unix socket listener
 //   direct-tcp   the server's own TCP listener on 127.0.0.1
 //   via-remote   the endpoint routed remote to that TCP listener: every byte piped through the endpoint
 //
-// and prints the medians with endpoint/direct-unix (target >= 0.90x), endpoint/direct-tcp and
-// via-remote/direct-tcp. See bench/README.md. Needs `npm run build` and fio with the nbd engine.
+// Each round runs every path once, in the order above on odd rounds and reversed on even ones, so each
+// ratio's two paths always run back to back and a slow drift of the machine's load cancels out. It
+// prints the median of each path and, for endpoint/direct-unix (target >= 0.90x), endpoint/direct-tcp
+// and via-remote/direct-tcp, the median over rounds of the ratio within a round. See bench/README.md. Needs `npm run build` and fio with the nbd engine.
 
 import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -156,8 +158,8 @@ try {
   for (const workload of WORKLOADS) {
     results[workload.name] = Object.fromEntries(PATHS.map((path) => [path, []]));
     for (let round = 0; round < ROUNDS; round++) {
-      // Rotate the order each round so drift (page cache, CPU frequency) does not favour one path.
-      const order = PATHS.map((_, i) => PATHS[(i + round) % PATHS.length]);
+      // ABBA: forward, then reversed, so neither path of a pair always goes first.
+      const order = round % 2 === 0 ? PATHS : [...PATHS].reverse();
       for (const path of order) {
         if (path === "endpoint" || path === "via-remote") endpoints.route(VOLUME, routeFor(path));
         const value = await runFio(
@@ -174,21 +176,24 @@ try {
   }
 
   const fmt = (value, metric) => (metric === "MB/s" ? value.toFixed(1) : value.toFixed(0));
-  const ratio = (a, b) => `${(a / b).toFixed(2)}x`;
+  /** The median over rounds of path a / path b, each ratio taken within one round. */
+  const pairedRatio = (byPath, a, b) => median(byPath[a].map((value, round) => value / byPath[b][round]));
+  const ratio = (value) => `${value.toFixed(2)}x`;
   const header = ["workload", "metric", ...PATHS, "endpoint/unix", "endpoint/tcp", "remote/tcp"];
   const rows = [header];
   let allPass = true;
   for (const workload of WORKLOADS) {
     const m = Object.fromEntries(PATHS.map((path) => [path, median(results[workload.name][path])]));
-    const local = m.endpoint / m["direct-unix"];
+    const byPath = results[workload.name];
+    const local = pairedRatio(byPath, "endpoint", "direct-unix");
     if (local < TARGET) allPass = false;
     rows.push([
       workload.name,
       workload.metric,
       ...PATHS.map((path) => fmt(m[path], workload.metric)),
-      `${ratio(m.endpoint, m["direct-unix"])} ${local >= TARGET ? "PASS" : "FAIL"}`,
-      ratio(m.endpoint, m["direct-tcp"]),
-      ratio(m["via-remote"], m["direct-tcp"]),
+      `${ratio(local)} ${local >= TARGET ? "PASS" : "FAIL"}`,
+      ratio(pairedRatio(byPath, "endpoint", "direct-tcp")),
+      ratio(pairedRatio(byPath, "via-remote", "direct-tcp")),
     ]);
   }
   const widths = header.map((_, c) => Math.max(...rows.map((row) => row[c].length)));
@@ -201,7 +206,8 @@ try {
     )
     .join("\n");
   const summary =
-    `disk path: fio ioengine=nbd, 1 connection, ${RUNTIME_S} s + ${RAMP_S} s ramp, median of ${ROUNDS} rounds, ` +
+    `disk path: fio ioengine=nbd, 1 connection, ${RUNTIME_S} s + ${RAMP_S} s ramp, median of ${ROUNDS} rounds ` +
+    "(ratios: median of the ratios within each round), " +
     `${SIZE_MIB} MiB volume; load average ${loadavg()[0].toFixed(2)}\n\n${table}\n\n` +
     `target: endpoint/unix >= ${TARGET.toFixed(2)}x on every workload: ${allPass ? "PASS" : "FAIL"}\n` +
     "remote/tcp: the endpoint pipes to the TCP port in the same process as the server (one event loop, 2 CPUs shared with fio)\n";
