@@ -22,7 +22,7 @@ import { loadavg } from "node:os";
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const dist = (path) => import(join(ROOT, "dist", "src", path));
 
-const KNOWN = new Set(["BENCH_RUNTIME", "BENCH_ROUNDS", "BENCH_SIZE", "BENCH_OUT"]);
+const KNOWN = new Set(["BENCH_RUNTIME", "BENCH_ROUNDS", "BENCH_SIZE", "BENCH_WORKLOADS", "BENCH_OUT"]);
 for (const name of Object.keys(process.env))
   if (name.startsWith("BENCH_") && !KNOWN.has(name)) usage(`unknown variable ${name}`);
 const RUNTIME_S = positiveInteger("BENCH_RUNTIME", 5);
@@ -39,13 +39,16 @@ const WORKLOADS = [
   { name: "rand-write-4k", args: ["--rw=randwrite", "--bs=4k", "--iodepth=32"], metric: "IOPS" },
   { name: "rand-read-4k", args: ["--rw=randread", "--bs=4k", "--iodepth=32"], metric: "IOPS" },
 ];
+const SELECTED = process.env.BENCH_WORKLOADS?.split(",") ?? WORKLOADS.map((workload) => workload.name);
+for (const name of SELECTED)
+  if (!WORKLOADS.some((workload) => workload.name === name)) usage(`unknown workload '${name}' in BENCH_WORKLOADS`);
 const PATHS = ["endpoint", "direct-unix", "direct-tcp", "via-remote"];
 
 function usage(problem) {
   process.stderr.write(
     `bench/vm/disk-path.mjs: ${problem}\n` +
       "variables: BENCH_RUNTIME (s per workload, default 5), BENCH_ROUNDS (default 3), " +
-      "BENCH_SIZE (MiB, default 512), BENCH_OUT (directory for fio JSON and summary.txt)\n",
+      "BENCH_SIZE (MiB, default 512), BENCH_WORKLOADS (comma list, default all), BENCH_OUT (directory for fio JSON and summary.txt)\n",
   );
   process.exit(2);
 }
@@ -155,7 +158,8 @@ try {
   await runFio(uris["direct-unix"], { name: "fill", args: ["--rw=write", "--bs=1M", "--iodepth=4"], metric: "MB/s" });
 
   const results = {}; // workload -> path -> [values]
-  for (const workload of WORKLOADS) {
+  const workloads = WORKLOADS.filter((workload) => SELECTED.includes(workload.name));
+  for (const workload of workloads) {
     results[workload.name] = Object.fromEntries(PATHS.map((path) => [path, []]));
     for (let round = 0; round < ROUNDS; round++) {
       // ABBA: forward, then reversed, so neither path of a pair always goes first.
@@ -182,7 +186,7 @@ try {
   const header = ["workload", "metric", ...PATHS, "endpoint/unix", "endpoint/tcp", "remote/tcp"];
   const rows = [header];
   let allPass = true;
-  for (const workload of WORKLOADS) {
+  for (const workload of workloads) {
     const m = Object.fromEntries(PATHS.map((path) => [path, median(results[workload.name][path])]));
     const byPath = results[workload.name];
     const local = pairedRatio(byPath, "endpoint", "direct-unix");
