@@ -3,14 +3,14 @@
 // is established and one when it ends, and shuts down cleanly: stop accepting, let in-flight requests
 // finish (new ones get ESHUTDOWN), flush the devices, then close.
 
-import { connect, createServer, type Server, type Socket } from "node:net";
-import { existsSync, lstatSync, unlinkSync } from "node:fs";
+import { createServer, type Server, type Socket } from "node:net";
 import { HavenError } from "../core/errors.js";
 import { ConnectionClosedError } from "./byte-reader.js";
 import { negotiate, ProtocolViolation, type ExportCatalog } from "./handshake.js";
 import { DEFAULT_LIMITS, type NbdExport, type NbdLimits } from "./export.js";
 import { TransmissionSession } from "./transmission.js";
 import { BufferPool } from "../util/buffer-pool.js";
+import { removeStaleSocket } from "../util/unix-socket.js";
 
 export type Listen =
   | { readonly kind: "tcp"; readonly host: string; readonly port: number }
@@ -138,11 +138,25 @@ export class NbdServer implements ExportCatalog {
     }
   }
 
-  private accept(socket: Socket): void {
+  /**
+   * Serves a connection accepted elsewhere (a volume's disk endpoint, see agent/disk-endpoints.ts) exactly
+   * as a listened one: handshake, transmission, the connection limit, shutdown. `peer` names it in the log.
+   * A connection over the limit, or one that arrives while the server stops, is closed at once.
+   */
+  serveConnection(socket: Socket, peer: string): void {
+    if (!this.stopping && this.sockets.size >= this.limits.maxConnections) {
+      this.log(`refused a connection from ${peer}: ${this.limits.maxConnections} connections already`);
+      socket.destroy();
+      return;
+    }
+    this.accept(socket, peer);
+  }
+
+  private accept(socket: Socket, peerName?: string): void {
     const id = this.nextConnectionId++;
-    const peer = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : "unix socket";
+    const peer = peerName ?? (socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : "unix socket");
     const log = (line: string): void => this.log(`conn ${id} (${peer}): ${line}`);
-    if (this.stopping) {
+    if (this.stopping || socket.destroyed) {
       socket.destroy();
       return;
     }
@@ -182,22 +196,4 @@ export class NbdServer implements ExportCatalog {
       },
     );
   }
-}
-
-/** A socket file left by a dead server is replaced; one with a live server behind it is not. */
-async function removeStaleSocket(path: string): Promise<void> {
-  if (!existsSync(path)) return;
-  if (!lstatSync(path).isSocket()) {
-    throw new HavenError("HAVEN_ERR_CONFIG", `${path} exists and is not a socket; refusing to replace it`);
-  }
-  const live = await new Promise<boolean>((resolve) => {
-    const probe = connect(path);
-    probe.once("connect", () => {
-      probe.destroy();
-      resolve(true);
-    });
-    probe.once("error", () => resolve(false));
-  });
-  if (live) throw new HavenError("HAVEN_ERR_CONFIG", `${path} is in use by another running server`);
-  unlinkSync(path);
 }

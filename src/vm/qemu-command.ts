@@ -5,7 +5,8 @@
 // agent sets it up over QMP and then sends `cont`. The disk is the volume's NBD endpoint on this host
 // (a unix socket that never moves), opened with -blockdev as an nbd node under a raw format node,
 // with cache.direct=on, on a virtio-blk device that stops the VM on an I/O error (werror/rerror=stop)
-// instead of handing the error to the guest. Everything the agent watches lives in the VM's runtime
+// instead of handing the error to the guest. The nbd node reconnects (reconnect-delay, open-timeout:
+// see DISK_RECONNECT_DELAY_S for what happens to in-flight I/O while it does). Everything the agent watches lives in the VM's runtime
 // directory: QMP socket, serial console socket and log, heartbeat port socket, pidfile. A pvpanic
 // device reports a guest kernel panic as a QMP event; a virtio-serial port named
 // HEARTBEAT_PORT_NAME carries the guest's heartbeat.
@@ -27,6 +28,36 @@ export const MAX_MEMORY_MIB = 1024 * 1024;
 export const MAX_EXPORT_NAME_BYTES = 4096;
 /** Linux's bound on an interface name (IFNAMSIZ - 1). */
 export const MAX_TAP_NAME_LENGTH = 15;
+
+/**
+ * How long QEMU's NBD client holds the disk's requests while it reconnects, in seconds (the nbd
+ * driver's `reconnect-delay`). What QEMU 7.2's block/nbd.c does when the endpoint closes a connection
+ * (a route change, a primary that died, an agent restart):
+ * - The failure is seen by a request: QEMU keeps no reader on an idle connection, so a connection
+ *   closed while the disk is idle is noticed by the next request's send or reply read. The client
+ *   then goes to "connecting, wait" and every request that failed on the old connection, or arrives
+ *   meanwhile, waits instead of completing.
+ * - A background thread reconnects to the same socket, retrying after 1, 2, 4, 8, 16, 16... s. A
+ *   connection the endpoint accepts and closes at once (route none) counts as a failed attempt.
+ * - Once a handshake succeeds, each waiting request is sent again, from the start, on the new
+ *   connection: reads and writes alike (its coroutine loops while the client will reconnect). A write
+ *   may therefore reach the new primary although the old one applied it too: the same data at the
+ *   same offset, which is harmless, and nothing the guest saw acknowledged is lost because the guest
+ *   only ever saw acknowledgements the old primary gave after every in-sync copy had the write.
+ * - When the delay runs out first, the waiting requests fail with EIO and so do new ones until a
+ *   reconnect succeeds; werror=stop/rerror=stop turn that into a paused VM (the guest never sees the
+ *   error), and the agent's `cont` after the volume is served again replays them.
+ * 40 s covers a failover (lease 6 s, promotion, engine start) with room to spare, and keeps the
+ * attempt at 31 s inside the delay (with 30 s the last one would be at 15 s).
+ */
+export const DEFAULT_DISK_RECONNECT_DELAY_S = 40;
+/**
+ * How long QEMU keeps trying the first connection, in seconds (`open-timeout`): without it a VM started
+ * while its endpoint is routed nowhere fails to start instead of waiting for the primary.
+ */
+export const DEFAULT_DISK_OPEN_TIMEOUT_S = 10;
+/** Bound on both: QEMU takes uint32 seconds, and an hour is longer than any failover Haven plans for. */
+export const MAX_DISK_TIMEOUT_S = 3600;
 
 export type Accelerator = "kvm" | "tcg";
 
@@ -63,8 +94,15 @@ export interface VmSpec {
   readonly vcpus: number;
   readonly memoryMiB: number;
   readonly accelerator: Accelerator;
-  /** The volume's NBD endpoint on this host. */
-  readonly disk: { readonly socketPath: string; readonly exportName: string };
+  /** The volume's NBD endpoint on this host (agent/disk-endpoints.ts). */
+  readonly disk: {
+    readonly socketPath: string;
+    readonly exportName: string;
+    /** QEMU's reconnect-delay; DEFAULT_DISK_RECONNECT_DELAY_S when absent. */
+    readonly reconnectDelaySeconds?: number;
+    /** QEMU's open-timeout; DEFAULT_DISK_OPEN_TIMEOUT_S when absent. */
+    readonly openTimeoutSeconds?: number;
+  };
   /** Direct kernel boot (the test guest); without it the VM boots from its disk. */
   readonly kernelBoot?: VmKernelBoot;
   readonly nics: readonly VmNic[];
@@ -104,6 +142,11 @@ export function validateVmSpec(spec: VmSpec): void {
   checkPath(vm, "disk.socketPath", spec.disk.socketPath, false);
   if (typeof spec.disk.exportName !== "string" || Buffer.byteLength(spec.disk.exportName) > MAX_EXPORT_NAME_BYTES)
     invalid(vm, `disk.exportName must be a string of at most ${MAX_EXPORT_NAME_BYTES} bytes`);
+  for (const field of ["reconnectDelaySeconds", "openTimeoutSeconds"] as const) {
+    const value = spec.disk[field];
+    if (value !== undefined && (!Number.isSafeInteger(value) || value < 0 || value > MAX_DISK_TIMEOUT_S))
+      invalid(vm, `disk.${field} must be an integer from 0 to ${MAX_DISK_TIMEOUT_S}, got ${value}`);
+  }
   if (spec.kernelBoot) {
     checkPath(vm, "kernelBoot.kernel", spec.kernelBoot.kernel, false);
     if (spec.kernelBoot.initrd !== undefined) checkPath(vm, "kernelBoot.initrd", spec.kernelBoot.initrd, true);
@@ -178,6 +221,8 @@ export function qemuCommand(spec: VmSpec): string[] {
       "node-name": `${DISK_NODE_NAME}-nbd`,
       server: { type: "unix", path: spec.disk.socketPath },
       export: spec.disk.exportName,
+      "reconnect-delay": spec.disk.reconnectDelaySeconds ?? DEFAULT_DISK_RECONNECT_DELAY_S,
+      "open-timeout": spec.disk.openTimeoutSeconds ?? DEFAULT_DISK_OPEN_TIMEOUT_S,
       cache: { direct: true },
     }),
     "-blockdev",

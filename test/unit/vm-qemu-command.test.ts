@@ -1,11 +1,17 @@
-// qemuCommand: the disk is an NBD unix-socket blockdev with cache.direct under a raw node on a
-// virtio-blk device that stops on errors; QEMU starts paused with no default devices; QMP, serial,
+// qemuCommand: the disk is an NBD unix-socket blockdev with cache.direct that reconnects to its endpoint
+// (reconnect-delay, open-timeout) under a raw node on a virtio-blk device that stops on errors; QEMU starts paused with no default devices; QMP, serial,
 // heartbeat and pidfile live where the runtime paths say; NICs keep their fixed MAC; and a bad spec
 // is refused with HAVEN_ERR_CONFIG naming the field.
 
 import assert from "node:assert/strict";
 import { hasCode } from "../../src/core/errors.js";
-import { HEARTBEAT_PORT_NAME, qemuCommand, type VmSpec } from "../../src/vm/qemu-command.js";
+import {
+  DEFAULT_DISK_OPEN_TIMEOUT_S,
+  DEFAULT_DISK_RECONNECT_DELAY_S,
+  HEARTBEAT_PORT_NAME,
+  qemuCommand,
+  type VmSpec,
+} from "../../src/vm/qemu-command.js";
 import { boundedTest } from "../helpers/bounded-test.js";
 
 const test = boundedTest(5_000);
@@ -45,6 +51,8 @@ test("the disk is an NBD unix-socket blockdev with cache.direct under a raw node
     "node-name": "disk0-nbd",
     server: { type: "unix", path: "/run/haven/volumes/vol-1.sock" },
     export: "vol-1",
+    "reconnect-delay": DEFAULT_DISK_RECONNECT_DELAY_S,
+    "open-timeout": DEFAULT_DISK_OPEN_TIMEOUT_S,
     cache: { direct: true },
   });
   assert.deepEqual(raw, { driver: "raw", "node-name": "disk0", file: "disk0-nbd", cache: { direct: true } });
@@ -55,6 +63,23 @@ test("the disk is an NBD unix-socket blockdev with cache.direct under a raw node
   assert.match(disk, /rerror=stop/);
   assert.match(disk, /bootindex=1/, "without a kernel, the VM boots from its disk");
   assert.ok(!args.includes("-kernel"));
+});
+
+test("the disk's NBD client reconnects to the same endpoint, holding requests for reconnect-delay seconds", () => {
+  const nbdNode = (overrides: Partial<VmSpec>): Record<string, unknown> =>
+    JSON.parse(values(qemuCommand(spec(overrides)), "-blockdev")[0]!) as Record<string, unknown>;
+  assert.ok(DEFAULT_DISK_RECONNECT_DELAY_S > 0, "a zero delay would fail in-flight I/O at the first route change");
+  const tuned = nbdNode({
+    disk: {
+      socketPath: "/run/haven/volumes/vol-1.sock",
+      exportName: "vol-1",
+      reconnectDelaySeconds: 5,
+      openTimeoutSeconds: 0,
+    },
+  });
+  assert.equal(tuned["reconnect-delay"], 5);
+  assert.equal(tuned["open-timeout"], 0);
+  assert.deepEqual(tuned.server, { type: "unix", path: "/run/haven/volumes/vol-1.sock" });
 });
 
 test("QEMU starts paused, without defaults or a display, named after the VM, with its resources", () => {
@@ -135,6 +160,15 @@ test("a bad spec is refused with HAVEN_ERR_CONFIG naming the field", () => {
     [{ accelerator: "hvf" as never }, /accelerator must be/],
     [{ disk: { socketPath: "relative.sock", exportName: "x" } }, /disk.socketPath must be an absolute path/],
     [{ disk: { socketPath: "/a.sock", exportName: "x".repeat(4097) } }, /exportName/],
+    [
+      { disk: { socketPath: "/a.sock", exportName: "x", reconnectDelaySeconds: -1 } },
+      /disk.reconnectDelaySeconds must be/,
+    ],
+    [
+      { disk: { socketPath: "/a.sock", exportName: "x", reconnectDelaySeconds: 1.5 } },
+      /disk.reconnectDelaySeconds must be/,
+    ],
+    [{ disk: { socketPath: "/a.sock", exportName: "x", openTimeoutSeconds: 3601 } }, /disk.openTimeoutSeconds must be/],
     [{ nics: [{ tapName: "tap0", mac: "52:54:00:12:34" }] }, /nics\[0\]\.mac must be/],
     [{ nics: [{ tapName: "tap0", mac: "52:54:00:12:34:ZZ" }] }, /nics\[0\]\.mac must be/],
     [{ nics: [{ tapName: "tap0", mac: "01:00:5e:00:00:01" }] }, /multicast/],
