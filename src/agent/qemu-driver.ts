@@ -64,7 +64,11 @@ export class QemuDriver implements VmDriver {
     return killed;
   }
 
-  async launch(vm: VmRecord, hostCpus: readonly number[] | undefined, track: (pid: number) => void): Promise<VmInstance> {
+  async launch(
+    vm: VmRecord,
+    hostCpus: readonly number[] | undefined,
+    track: (pid: number) => void,
+  ): Promise<VmInstance> {
     const { config } = this.options;
     const dir = this.runtimeDir(vm.name);
     const runtime = await createRuntimeDir(dir);
@@ -165,7 +169,8 @@ class QemuInstance implements VmInstance {
     });
     qemu.qmp.onEvent((event) => {
       if (event.event === "GUEST_PANICKED") this.state = "guest-panicked";
-      else if (event.event === "SHUTDOWN") this.state = "shutdown";
+      else if (event.event === "SHUTDOWN" && (event.data as { guest?: boolean } | undefined)?.guest === true)
+        this.state = "shutdown";
       else if (event.event === "RESUME") this.state = "running";
       else if (event.event === "BLOCK_IO_ERROR") this.state = "io-error";
       else if (event.event === "STOP" && this.state === "running") this.state = "paused";

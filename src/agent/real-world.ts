@@ -19,6 +19,7 @@ import type { AgentConfig } from "./config.js";
 import { probeDisk, probeNbdFront } from "./health-probes.js";
 import { HavenError } from "../core/errors.js";
 import { replicaPinger } from "./replica-pinger.js";
+import { DiskEndpoints } from "./disk-endpoints.js";
 import { QemuDriver } from "./qemu-driver.js";
 import { watchdogLine, type WatchdogMessage } from "./watchdog-protocol.js";
 import type { AgentWorld, VmDriver, Watchdog } from "./world.js";
@@ -44,24 +45,36 @@ export function realWorld(
   let nbdPort = 0;
   const lag = monitorEventLoopDelay({ resolution: 20 });
   lag.enable();
-  let unixFront: Promise<string> | undefined;
   const vmsConfig = config.vms;
-  const vms: VmDriver =
+  // QEMU's disk: one unix socket per volume on this host (only Haven's user can open it), routed to
+  // this host's NBD front while the volume is served here, and nowhere otherwise (QEMU's NBD client
+  // waits and reconnects to the same socket).
+  const endpoints =
     vmsConfig === undefined
+      ? undefined
+      : new DiskEndpoints({
+          directory: join(vmsConfig.runtimeDir, "endpoints"),
+          local: nbd,
+          log: (line) => log(`disk endpoints: ${line}`),
+        });
+  const routeEndpoint = (volume: string): void => {
+    if (endpoints?.status().some((endpoint) => endpoint.volume === volume))
+      endpoints.route(
+        volume,
+        nbd.find(volume) ? { kind: "local" } : { kind: "none", reason: "not served on this host" },
+      );
+  };
+  const vms: VmDriver =
+    vmsConfig === undefined || endpoints === undefined
       ? noVms(config.host.name)
       : new QemuDriver({
           config: vmsConfig,
           clock: systemClock,
           log,
-          // The VM's disk: the host's NBD front on a unix socket only Haven's user can open.
           diskEndpoint: async (volume) => {
-            unixFront ??= (async () => {
-              await mkdir(vmsConfig.runtimeDir, { recursive: true, mode: 0o700 });
-              const path = join(vmsConfig.runtimeDir, "nbd.sock");
-              await nbd.listen({ kind: "unix", path });
-              return path;
-            })();
-            return { socketPath: await unixFront, exportName: volume };
+            const socketPath = await endpoints.open(volume);
+            routeEndpoint(volume);
+            return { socketPath, exportName: volume };
           },
         });
   return {
@@ -76,10 +89,19 @@ export function realWorld(
     },
     nbd: {
       listen: async (host, port) => (nbdPort = portOf(await nbd.listen({ kind: "tcp", host, port }))),
-      addExport: (entry) => nbd.addExport(entry),
-      removeExport: (name) => nbd.removeExport(name),
+      addExport: (entry) => {
+        nbd.addExport(entry);
+        routeEndpoint(entry.name);
+      },
+      removeExport: (name) => {
+        nbd.removeExport(name);
+        routeEndpoint(name);
+      },
       has: (name) => nbd.find(name) !== undefined,
-      stop: () => nbd.stop(),
+      stop: async () => {
+        await endpoints?.stop();
+        await nbd.stop();
+      },
     },
     storage: {
       prepare: async (diskPath) => void (await mkdir(diskPath, { recursive: true })),

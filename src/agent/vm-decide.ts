@@ -160,8 +160,7 @@ function decideRunning(
     return { kind: "stop", reason: `marked error: ${status.reason}`, force: true };
   if (seen.startRequest !== vm.startRequest)
     return { kind: "restart", counts: { restarts: 0, relocations: 0 }, reason: "restarted by the operator" };
-  if (seen.runState === "shutdown" && seen.exited === undefined)
-    return { kind: "guest-off", reason: "the guest powered itself off" };
+  if (seen.runState === "shutdown") return { kind: "guest-off", reason: "the guest powered itself off" };
   const failure = vmFailure(vm, seen, host.now, host.timings);
   if (failure !== undefined) return onFailure(vm, status, failure, host);
   if (seen.runState === "io-error" && host.servedHere(vm.volume))

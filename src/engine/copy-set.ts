@@ -119,6 +119,11 @@ export class CopySet {
   private fencedReason: string | null = null;
   /** The copy that was in sync last when the volume lost them all. */
   private lastInSync: Copy | undefined;
+  /**
+   * The volume's generation when its last in-sync copy left: a metadata save in flight then may have
+   * written it to that copy (the save landed, its answer failed), so the copy may come back at it.
+   */
+  private lastInSyncLeftAt: string | undefined;
   /** After stop: ports are closed, nothing is in sync for I/O any more. */
   private closed = false;
 
@@ -365,7 +370,10 @@ export class CopySet {
     orInto(missed, copy.unflushed);
     for (const pending of copy.flushing) orInto(missed, pending);
     copy.missing = missed;
-    if (copy.state === "in-sync" && this.inSync().length === 1) this.lastInSync = copy;
+    if (copy.state === "in-sync" && this.inSync().length === 1) {
+      this.lastInSync = copy;
+      this.lastInSyncLeftAt = this.generationsValue.current;
+    }
     const port = copy.port;
     copy.port = undefined;
     copy.attachment++;
@@ -421,10 +429,13 @@ export class CopySet {
    */
   rejoinAsLast(view: CopyView, port: ReplicaPort): boolean {
     const copy = this.own(view);
+    // With no copy in sync no write was acknowledged since it left: it is unchanged at the generation
+    // it last reported, or at the one a save in flight when it left may have written.
+    const generation = port.metadata.generations.current;
     const unchanged =
       this.inSync().length === 0 &&
       this.lastInSync === copy &&
-      port.metadata.generations.current === copy.lastMetadata?.generations.current;
+      (generation === copy.lastMetadata?.generations.current || generation === this.lastInSyncLeftAt);
     if (!unchanged) return false;
     this.attach(copy, port);
     const missed = copy.missing;

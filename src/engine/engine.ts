@@ -158,6 +158,8 @@ export class VolumeEngine implements BlockDevice, EngineControl {
   private readonly log: (line: string) => void;
   private readonly newId: () => string;
   private readonly copies: CopySet;
+  /** The closes of refused copies' handles still in progress, by location. */
+  private readonly refusedClosing = new Map<string, Promise<unknown>>();
   private readonly saves: SaveQueue;
   private readonly records: CopyRecords;
   private readonly access: BackgroundAccess;
@@ -800,7 +802,13 @@ export class VolumeEngine implements BlockDevice, EngineControl {
     const copies = this.copies;
     if (decision.kind === "split-brain" || decision.kind === "refused") {
       const sizes = decision.kind === "split-brain" ? this.splitBrainSizes(meta) : null;
-      void copies.refuse(copy, decision.kind, decision.rule, sizes)?.close();
+      // The copy's handle (and its lock) closes in the background; a resolution that reopens the copy waits for it.
+      const closing = copies.refuse(copy, decision.kind, decision.rule, sizes)?.close();
+      if (closing !== undefined)
+        this.refusedClosing.set(
+          copy.location,
+          closing.catch(() => undefined),
+        );
       this.log(
         `${copy.location}: ${decision.kind === "split-brain" ? "SPLIT BRAIN, refused until resolved" : "refused"}: ${decision.rule}`,
       );
@@ -921,6 +929,8 @@ export class VolumeEngine implements BlockDevice, EngineControl {
           `${sizes?.copyChangedBytes ?? "?"} bytes of changes it took apart`,
       );
       this.copies.discardSplitBrain(loser);
+      await this.refusedClosing.get(loser.location);
+      this.refusedClosing.delete(loser.location);
       const port = await this.options.opener(loser.location, this.options.name, this.createOptions());
       this.copies.attach(loser, port);
       this.watchLoss(loser);

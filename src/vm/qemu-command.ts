@@ -237,6 +237,10 @@ export function qemuCommand(spec: VmSpec): string[] {
       (spec.kernelBoot ? "" : ",bootindex=1"),
     "-device",
     "pvpanic",
+    // A panicked guest stays, paused, for the agent to see (GUEST_PANICKED, run state guest-panicked)
+    // and to act on by its policy; QEMU's default would power it off like a clean shutdown.
+    "-action",
+    "panic=pause",
     "-device",
     "virtio-serial-pci,id=virtio-serial0",
     "-chardev",

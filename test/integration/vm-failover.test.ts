@@ -5,14 +5,14 @@
 
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
-import { clusterUp, type LocalClusterState } from "../../src/cluster/local-cluster.js";
+import { clusterRevive, clusterUp, type LocalClusterState } from "../../src/cluster/local-cluster.js";
 import { packageRoot } from "../../src/util/repo-root.js";
 import { TEST_TIMINGS, freeBasePort, stopLocalCluster, until } from "../helpers/cluster.js";
-import { ensureTestImage } from "../helpers/test-image.js";
+import { SerialConsole, ensureTestImage } from "../helpers/test-image.js";
 
 const dir = mkdtempSync(join(tmpdir(), "haven-vm-failover-"));
 const context = join(dir, "context.json");
@@ -32,7 +32,10 @@ function haven(...args: string[]): Promise<{ code: number; stdout: string; stder
 interface VmShow {
   state: string;
   host: string | null;
-  status: { run?: { pid: number; serialLog?: string }; startRequest: number } | null;
+  status: {
+    run?: { pid: number; serialLog?: string; serialSocket?: string; startedAt: string };
+    startRequest: number;
+  } | null;
 }
 
 async function show(name: string): Promise<VmShow> {
@@ -87,62 +90,172 @@ test("bad input is refused with the fix, and nothing is left half-made", async (
   assert.doesNotMatch(volumes.stdout, /"name": "x"/, "a refused VM leaves no volume behind");
 });
 
-test("a VM runs with its vCPUs and memory, and comes back on the other host after kill -9 of its host's agent", async () => {
+/** The VM as `vm show --json` reports it, once it runs (on another host than `notOn`, when given). */
+async function running(name: string, what: string, accept: (vm: VmShow) => boolean = () => true): Promise<VmShow> {
+  return until(
+    what,
+    async () => {
+      const vm = await show(name);
+      return vm.state === "running" && vm.status?.run !== undefined && accept(vm) ? vm : undefined;
+    },
+    180_000,
+  );
+}
+
+/** The boot counter the guest printed in this run's console log, once it booted. */
+async function bootCount(vm: VmShow): Promise<number> {
+  const log = vm.status!.run!.serialLog!;
+  const text = await until(
+    "the guest's boot",
+    async () => {
+      const content = readFileSync(log, "utf8");
+      return /haven-test: ready/.test(content) ? content : undefined;
+    },
+    180_000,
+  );
+  return Number(/boot-count=(\d+)/.exec(text)![1]);
+}
+
+async function typeOnConsole(vm: VmShow, command: string): Promise<void> {
+  const console = await SerialConsole.connect(vm.status!.run!.serialSocket!);
+  try {
+    console.type(command);
+    await new Promise((resolve) => setTimeout(resolve, 300)); // the line reaches QEMU's chardev
+  } finally {
+    console.close();
+  }
+}
+
+async function hostAgentPid(host: string): Promise<number> {
+  const state = JSON.parse(readFileSync(join(dir, "cluster.json"), "utf8")) as LocalClusterState;
+  return state.agents.find((agent) => agent.name === host)!.pid;
+}
+
+test("a VM: its vCPUs pinned, its memory; the HA ladder on real QEMU; kill -9 and SIGSTOP of its host's agent; drain", async () => {
   const created = await haven(
     "vm",
     "create",
     "web",
     "--vcpus",
     "2",
+    "--cpus",
+    "0,1",
     "--memory",
     "256M",
     "--disk-size",
     "128M",
     "--image",
     "haven-test",
+    "--max-restart",
+    "1",
+    "--max-relocate",
+    "1",
   );
   assert.equal(created.code, 0, created.stderr);
-  const first = await show("web");
-  assert.equal(first.state, "running");
-  const log = first.status!.run!.serialLog!;
-  await until(
-    "the guest's first boot",
-    async () => (/haven-test: ready/.test(readFileSync(log, "utf8")) ? true : undefined),
-    120_000,
-  );
-  const console1 = readFileSync(log, "utf8");
-  assert.match(console1, /boot-count=1\b/);
+  let vm = await running("web", "the VM running");
+  assert.equal(await bootCount(vm), 1);
+  const console1 = readFileSync(vm.status!.run!.serialLog!, "utf8");
   assert.match(console1, /nproc=2 /);
   const memTotalKb = Number(/memtotal-kb=(\d+)/.exec(console1)![1]);
   assert.ok(memTotalKb > 150 * 1024 && memTotalKb <= 256 * 1024, `MemTotal ${memTotalKb} kB for 256 MiB`);
+  // Each vCPU thread is pinned to its own host CPU.
+  const pid = vm.status!.run!.pid;
+  const pinned = readdirSync(`/proc/${pid}/task`)
+    .map((tid) => ({
+      comm: readFileSync(`/proc/${pid}/task/${tid}/comm`, "utf8").trim(),
+      allowed: /Cpus_allowed_list:\s*(\S+)/.exec(readFileSync(`/proc/${pid}/task/${tid}/status`, "utf8"))![1],
+    }))
+    .filter((task) => /^CPU \d+\//.test(task.comm))
+    .sort((a, b) => a.comm.localeCompare(b.comm));
+  assert.deepEqual(
+    pinned.map((task) => task.allowed),
+    ["0", "1"],
+    JSON.stringify(pinned),
+  );
   await until(
     "the guest heartbeat",
-    async () => {
-      const status = (await haven("vm", "show", "web")).stdout;
-      return /heartbeat\s+ok/.test(status) ? true : undefined;
-    },
+    async () => (/heartbeat\s+ok/.test((await haven("vm", "show", "web")).stdout) ? true : undefined),
     60_000,
   );
 
-  const oldHost = first.host!;
-  const oldPid = first.status!.run!.pid;
-  const agent = state.agents.find((a) => a.name === oldHost)!;
-  process.kill(agent.pid, "SIGKILL");
+  // The HA ladder: QEMU killed -> restarted in place; the guest panics -> relocated; its heartbeat stops -> error.
+  const firstHost = vm.host!;
+  process.kill(pid, "SIGKILL");
+  vm = await running("web", "a restart in place", (now) => now.status!.run!.pid !== pid);
+  assert.equal(vm.host, firstHost, "restarted in place");
+  assert.equal(await bootCount(vm), 2);
+  await typeOnConsole(vm, "echo c > /proc/sysrq-trigger");
+  vm = await running("web", "a relocation", (now) => now.host !== firstHost);
+  assert.equal(await bootCount(vm), 3);
+  // On the new host the restarts count again (as Proxmox HA's max_restart does, per node): the heartbeat
+  // stops -> restarted there; it stops again -> restarts and relocations are used up: error.
+  const relocatedHost = vm.host!;
+  const relocatedPid = vm.status!.run!.pid;
+  await typeOnConsole(vm, "touch /run/heartbeat.frozen");
+  vm = await running("web", "a restart after the heartbeat stopped", (now) => now.status!.run!.pid !== relocatedPid);
+  assert.equal(vm.host, relocatedHost);
+  assert.equal(await bootCount(vm), 4);
+  await typeOnConsole(vm, "touch /run/heartbeat.frozen");
+  await until("the VM marked error", async () => ((await show("web")).state === "error" ? true : undefined), 120_000);
+  assert.match(
+    (await haven("vm", "show", "web")).stdout,
+    /heartbeat silent.*1 restart\(s\) and 1 relocation\(s\) used up/s,
+  );
+  assert.equal(alive(vm.status!.run!.pid), false, "a VM in error does not run");
+  assert.equal((await haven("vm", "start", "web")).code, 0, "vm start clears error");
+  vm = await running("web", "the VM running again");
+  const count = await bootCount(vm);
+  assert.equal(count, 5);
+
+  // kill -9 of the VM host's agent: the watchdog takes QEMU down; the other host boots the VM.
+  const oldHost = vm.host!;
+  const oldPid = vm.status!.run!.pid;
+  process.kill(await hostAgentPid(oldHost), "SIGKILL");
   await until("the old QEMU gone", async () => (alive(oldPid) ? undefined : true), 30_000);
-  const moved = await until(
-    "the VM running on the other host",
+  vm = await running("web", "the VM on the other host", (now) => now.host !== oldHost);
+  assert.equal(await bootCount(vm), count + 1, "the counter on the replicated disk went up by one");
+  await clusterRevive(dir, oldHost);
+
+  // Drain: the VM stops (ACPI) and starts on the other host, once the revived host's copy is in sync.
+  await until(
+    "the revived host's copy in sync",
     async () => {
-      const now = await show("web");
-      return now.state === "running" && now.host !== oldHost ? now : undefined;
+      const volume = JSON.parse((await haven("volume", "show", "web", "--json")).stdout) as {
+        copies: { host: string; state: string }[];
+      };
+      return volume.copies.every((copy) => copy.state === "in-sync") ? true : undefined;
     },
     120_000,
   );
-  const log2 = moved.status!.run!.serialLog!;
+  const drainedFrom = vm.host!;
+  const drained = await haven("host", "drain", drainedFrom);
+  assert.equal(drained.code, 0, drained.stderr);
+  vm = await running("web", "the VM after the drain", (now) => now.host !== drainedFrom);
+  assert.equal(await bootCount(vm), count + 2);
+
+  // SIGSTOP of the VM host's agent: its watchdog kills it and its QEMU before the lease can expire,
+  // so the VM never runs on two hosts: the old QEMU is gone before the new one starts.
+  const frozenHost = vm.host!;
+  const frozenQemu = vm.status!.run!.pid;
+  const agentPid = await hostAgentPid(frozenHost);
+  process.kill(agentPid, "SIGSTOP");
+  const stoppedAt = Date.now();
   await until(
-    "the guest's boot on the new host",
-    async () => (/boot-count=\d+/.test(readFileSync(log2, "utf8")) ? true : undefined),
-    120_000,
+    "the frozen host's QEMU killed by the watchdog",
+    async () => (alive(frozenQemu) ? undefined : true),
+    30_000,
   );
-  assert.match(readFileSync(log2, "utf8"), /boot-count=2\b/, "the counter on the replicated disk went up by one");
-  assert.equal(alive(oldPid), false);
+  const killedAfterMs = Date.now() - stoppedAt;
+  assert.ok(
+    killedAfterMs < TEST_TIMINGS.leaseTtlMs,
+    `QEMU died ${killedAfterMs} ms after the SIGSTOP, inside the lease`,
+  );
+  vm = await running("web", "the VM elsewhere", (now) => now.host !== frozenHost);
+  assert.ok(Date.parse(vm.status!.run!.startedAt) >= stoppedAt + killedAfterMs - 1_000, "no overlap");
+  assert.equal(await bootCount(vm), count + 3);
+
+  assert.equal((await haven("vm", "delete", "web", "--yes")).code === 0, false, "a running VM is not deleted");
+  const deleted = await haven("vm", "delete", "web", "--yes", "--force", "--with-disk");
+  assert.equal(deleted.code, 0, deleted.stderr);
+  await until("QEMU stopped", async () => (alive(vm.status!.run!.pid) ? undefined : true), 60_000);
 });

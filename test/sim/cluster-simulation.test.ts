@@ -15,20 +15,33 @@ const CHUNK = 250;
 /**
  * Seeds that exercise a path where the simulation found a bug, with the bug and a line the run's trace
  * must contain: a seed's schedule changes whenever the scenario gains a fault, so each test checks that
- * its seed still takes the path it guards (the seeds that first found these bugs were 81, 230 and 130).
+ * its seed still takes the path it guards (the seeds that first found the first three bugs were 81, 230 and 130; the VM seeds 212 and 815 found theirs).
  */
 const REGRESSIONS: readonly (readonly [number, string, RegExp])[] = [
   [
-    10,
+    2,
     "the last in-sync copy came back unchanged but stayed recorded out of sync: no copy could be promoted",
     /back in the in-sync set: the last in-sync copy came back unchanged/,
   ],
   [
-    74,
+    504,
     "a split brain found at start was retried at once, each time at a new epoch (thousands of epochs)",
     /split-brain-resolved .*so it survives and the others are rebuilt from it/,
   ],
-  [6, "a host killed by its watchdog stayed dead (its supervisor starts it again)", /FAULT kill h\d \(its watchdog\)/],
+  [2, "a host killed by its watchdog stayed dead (its supervisor starts it again)", /FAULT kill h\d \(its watchdog\)/],
+  [
+    815,
+    "the last in-sync copy came back, faulted again at once (its metadata save landed, the answer failed) and " +
+      "was then taken for a diverged copy: every copy resynced from none, forever",
+    /faulted: metadata save failed: .*SET_METADATA/,
+  ],
+  [
+    212,
+    "a VM started on the old primary while a switchover moved its disk away: the VM ran on two hosts",
+    /its disk vol\d moves to h\d \(switchover\)/,
+  ],
+  [6, "a VM past its restarts is relocated to a host with an in-sync copy", /event vm-relocate .*relocation 1 of 1/],
+  [14, "a VM past its restarts with nowhere to go is marked error, saying why", /event vm-error .*restarts used up/],
 ];
 
 for (const [seed, bug, path] of REGRESSIONS) {

@@ -90,7 +90,7 @@ function contextPath(flag: string | boolean | undefined): string {
  * address answers from whichever host runs it (reach it with 'ip netns exec NAMESPACE ...').
  */
 /** The local cluster's VM network: a namespace named after its directory, with one bridge. */
-function localNetwork(dir: string): ReturnType<typeof localClusterNetwork> {
+export function localNetwork(dir: string): ReturnType<typeof localClusterNetwork> {
   return localClusterNetwork(createHash("sha256").update(resolve(dir)).digest("hex").slice(0, 8));
 }
 

@@ -19,7 +19,7 @@ import { createVolume, deleteVolume } from "../../cluster/volume-admin.js";
 import { HavenError, errorMessage } from "../../core/errors.js";
 import { formatBytes, parseSize } from "../../util/units.js";
 import { packageRoot } from "../../util/repo-root.js";
-import { macAddress, parseNicSpec } from "../../vm/network.js";
+import { ipv4FromMac, macAddress, parseNicSpec } from "../../vm/network.js";
 import { parseCommand } from "../args.js";
 import { CLUSTER_OPTIONS, CLUSTER_OPTIONS_USAGE, connectCluster } from "../context.js";
 import { abortOnStopSignal, pause } from "../poll.js";
@@ -448,7 +448,11 @@ async function vmShow(argv: string[]): Promise<number> {
     `  CPUs:      ${spec.vcpus} vCPUs${spec.cpus ? `, pinned to host CPUs ${formatCpuList(spec.cpus)}${spec.sharedCpus ? " (shared)" : ""}` : ", not pinned"}`,
     `  memory:    ${spec.memoryMiB} MiB`,
     `  disk:      volume ${spec.volume}${spec.image ? ` (from ${spec.image})` : ""}, boot ${spec.boot}`,
-    ...spec.nics.map((nic, i) => `  nic${i}:      ${nic.mac} on bridge ${nic.bridge ?? "(host default)"}`),
+    ...spec.nics.map(
+      (nic, i) =>
+        `  nic${i}:      ${nic.mac} on bridge ${nic.bridge ?? "(host default)"}` +
+        (spec.image === "haven-test" ? `, guest address ${ipv4FromMac(nic.mac)}` : ""),
+    ),
     `  policy:    restart in place ${spec.policy.maxRestart}x, then relocate ${spec.policy.maxRelocate}x, then error; used ${entry.restarts} restart(s), ${entry.relocations} relocation(s)`,
   ];
   if (status?.run !== undefined) {
