@@ -46,6 +46,8 @@ export interface ClusterView {
   readonly replicaRevisions: ReadonlyMap<string, ReadonlyMap<string, number>>;
   readonly vms: ReadonlyMap<string, VmRecord>;
   readonly vmStatus: ReadonlyMap<string, { readonly record: VmStatusRecord; readonly modRevision: number }>;
+  /** Volumes with a switchover asked for and not yet carried out. */
+  readonly handovers: ReadonlySet<string>;
 }
 
 export interface ReconcilerOptions {
@@ -80,6 +82,7 @@ export class Reconciler {
     replicaRevisions: new Map(),
     vms: new Map(),
     vmStatus: new Map(),
+    handovers: new Set(),
   };
 
   constructor(private readonly options: ReconcilerOptions) {}
@@ -309,6 +312,7 @@ export class Reconciler {
       replicaRevisions: records.replicaRevisions,
       vms: records.vms,
       vmStatus: records.vmStatus,
+      handovers: records.handovers,
     };
   }
 }

@@ -61,6 +61,8 @@ export interface VmHostView {
   readonly primaryOf: (volume: string) => string | undefined;
   /** Whether this host's engine serves the volume now. */
   readonly servedHere: (volume: string) => boolean;
+  /** Whether a switchover of the volume is asked for and not yet carried out. */
+  readonly handoverPending: (volume: string) => boolean;
   /** Hosts whose copy of the volume is recorded in sync. */
   readonly inSyncHosts: (volume: string) => readonly string[];
   /** Why this host cannot run the VM now (CPUs, memory), or undefined when it can. */
@@ -125,9 +127,10 @@ export function decideVm(
   if (host.primaryOf(vm.volume) !== host.me || !host.servedHere(vm.volume)) return none;
   if (status?.startRequest === vm.startRequest) {
     if (status.state === "error") return none;
-    // A relocation hands the disk to another host: the VM waits for it there, unless that host died.
+    // A relocation hands the disk to another host: the VM waits for it there while the switchover is
+    // pending; once it is refused or gone (the host died, its copy fell out of sync), it starts here.
     const to = status.relocatingTo;
-    if (to !== undefined && to !== host.me && host.alive.has(to)) return none;
+    if (to !== undefined && to !== host.me && host.alive.has(to) && host.handoverPending(vm.volume)) return none;
   }
   const lacks = host.lacks(vm);
   if (lacks !== undefined) return { kind: "pending", reason: `host ${host.me} lacks ${lacks}` };

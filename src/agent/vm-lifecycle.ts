@@ -205,6 +205,7 @@ export class VmLifecycle {
       alive: view.alive,
       primaryOf: (volume: string) => view.primaries.get(volume)?.record.host,
       servedHere: this.options.servedHere,
+      handoverPending: (volume: string) => view.handovers.has(volume),
       inSyncHosts: (volume: string) =>
         [...(view.replicas.get(volume) ?? new Map())].filter(([, r]) => r.state === "in-sync").map(([h]) => h),
       lacks: (vm: VmRecord) => vmLacks(me, this.options.capacity, runningHere(), vm),

@@ -44,6 +44,8 @@ export interface ClusterRecords {
   readonly vms: ReadonlyMap<string, VmRecord>;
   /** What the agents last saw of each VM, by name; with each record's mod revision. */
   readonly vmStatus: ReadonlyMap<string, { readonly record: VmStatusRecord; readonly modRevision: number }>;
+  /** Volumes with a switchover asked for and not yet carried out. */
+  readonly handovers: ReadonlySet<string>;
   /** The etcd revision of the snapshot. */
   readonly revision: number;
 }
@@ -128,15 +130,26 @@ export async function readClusterRecords(client: ClusterStore, onMalformed?: OnM
     keys.healths(),
     keys.vms(),
     keys.vmStatuses(),
+    keys.handovers(),
   ];
   const result = await client.txn(
     [],
     prefixes.map((prefix) => ({ type: "getPrefix", prefix })),
     [],
   );
-  const [hosts, hostInfos, volumes, primaries, replicas, healths, vms, vmStatuses] = result.results.map((operation) =>
-    operation.type === "get" ? operation.kvs : [],
-  ) as KeyValue[][] as [KeyValue[], KeyValue[], KeyValue[], KeyValue[], KeyValue[], KeyValue[], KeyValue[], KeyValue[]];
+  const [hosts, hostInfos, volumes, primaries, replicas, healths, vms, vmStatuses, handovers] = result.results.map(
+    (operation) => (operation.type === "get" ? operation.kvs : []),
+  ) as KeyValue[][] as [
+    KeyValue[],
+    KeyValue[],
+    KeyValue[],
+    KeyValue[],
+    KeyValue[],
+    KeyValue[],
+    KeyValue[],
+    KeyValue[],
+    KeyValue[],
+  ];
   const vmStatus = new Map<string, { record: VmStatusRecord; modRevision: number }>();
   for (const kv of vmStatuses) {
     const record = parsed(() => parseVmStatusRecord(kv.value, kv.key), onMalformed);
@@ -168,6 +181,7 @@ export async function readClusterRecords(client: ClusterStore, onMalformed?: OnM
     health,
     vms: byName(vms, keys.vms(), parseVmRecord, onMalformed),
     vmStatus,
+    handovers: new Set(handovers.map((kv) => nameUnder(keys.handovers(), kv.key))),
     revision: result.revision,
   };
 }

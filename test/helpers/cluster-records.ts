@@ -71,6 +71,7 @@ export function clusterRecords(options: {
     health: new Map(),
     vms: new Map(),
     vmStatus: new Map(),
+    handovers: new Set(),
     revision: 1,
   };
 }

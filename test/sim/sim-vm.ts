@@ -186,7 +186,8 @@ export class SimVmInstance implements VmInstance {
   pause(): Promise<void> {
     if (this.record.endedAt === undefined) {
       this.record.paused = true;
-      this.state = "paused";
+      // QEMU keeps reporting a panicked guest as guest-panicked.
+      if (!this.record.panicked) this.state = "paused";
     }
     return Promise.resolve();
   }

@@ -35,6 +35,7 @@ function host(overrides: Partial<VmHostView> = {}): VmHostView {
     alive: new Set(["h1", "h2", "h3"]),
     primaryOf: () => "h1",
     servedHere: () => true,
+    handoverPending: () => true,
     inSyncHosts: () => ["h1", "h2"],
     lacks: () => undefined,
     hostLacks: () => undefined,
@@ -80,6 +81,7 @@ test("a relocation's target starts it; the old host waits unless the target died
   const relocating = status({ state: "stopping", relocatingTo: "h2", relocations: 1 });
   assert.equal(decideVm(vm, relocating, undefined, host()).kind, "none");
   assert.equal(decideVm(vm, relocating, undefined, host({ alive: new Set(["h1"]) })).kind, "start");
+  assert.equal(decideVm(vm, relocating, undefined, host({ handoverPending: () => false })).kind, "start", "refused");
   const there = decideVm(vm, relocating, undefined, host({ me: "h2", primaryOf: () => "h2" }));
   assert.equal(there.kind, "start");
   assert.deepEqual(there.kind === "start" && there.counts, { restarts: 0, relocations: 1 });
