@@ -17,9 +17,9 @@
 // reused by another process after its QEMU exited is never killed. Every kill, skip and ignored line is
 // logged to stderr (the agent's log) with the reason.
 
-import { readFileSync } from "node:fs";
 import { commandLineNamesVm } from "../vm/qemu-name.js";
 import { WATCHDOG_MAX_LINE_BYTES, parseWatchdogLine } from "./watchdog-protocol.js";
+import { commandLineOf } from "../util/processes.js";
 
 /** More VMs than any host runs; a `vm +` beyond it is refused and logged rather than grown without bound. */
 const MAX_TRACKED_VMS = 4096;
@@ -44,22 +44,9 @@ function log(message: string): void {
   process.stderr.write(`${new Date().toISOString()} watchdog: ${message}\n`);
 }
 
-/** The argv of `pid`, or undefined if it is gone (a zombie's command line is empty: gone too). */
-function commandLine(pid: number): string[] | undefined {
-  let raw: Buffer;
-  try {
-    raw = readFileSync(`/proc/${pid}/cmdline`);
-  } catch {
-    return undefined;
-  }
-  if (raw.length === 0) return undefined;
-  const text = raw.toString("utf8");
-  return (text.endsWith("\0") ? text.slice(0, -1) : text).split("\0");
-}
-
 function killVms(reason: string): void {
   for (const [pid, name] of vms) {
-    const argv = commandLine(pid);
+    const argv = commandLineOf(pid);
     if (argv === undefined) {
       log(`VM ${name}'s QEMU (pid ${pid}) is gone already`);
       continue;

@@ -9,14 +9,7 @@ import type { TxnOperation } from "./etcd-client.js";
 import { keys, eventSequence, type EventRecord, type HandoverRecord } from "./schema.js";
 import type { ClusterStore } from "./store.js";
 import { vmLacks } from "./vm-resources.js";
-import {
-  DEFAULT_VM_POLICY,
-  isVmName,
-  type VmBoot,
-  type VmNicRecord,
-  type VmPolicy,
-  type VmRecord,
-} from "./vm-schema.js";
+import { DEFAULT_VM_POLICY, isVmName, type VmPolicy, type VmRecord } from "./vm-schema.js";
 
 export interface VmAdminOptions {
   /** Who asks, as the events record it (for the CLI: "cli@HOSTNAME"). */
@@ -24,21 +17,15 @@ export interface VmAdminOptions {
   readonly now?: () => Date;
 }
 
-export interface VmCreateRequest {
-  readonly name: string;
-  readonly vcpus: number;
-  readonly memoryMiB: number;
-  readonly volume: string;
-  readonly image?: string;
-  readonly boot: VmBoot;
-  readonly cpus?: readonly number[];
-  readonly sharedCpus?: boolean;
-  readonly nics: readonly VmNicRecord[];
-  readonly heartbeat: boolean;
+/** A new VM: its spec, without what the cluster sets (desired state, start request, creation time). */
+export type VmCreateRequest = Pick<
+  VmRecord,
+  "name" | "vcpus" | "memoryMiB" | "volume" | "image" | "boot" | "cpus" | "sharedCpus" | "nics" | "heartbeat"
+> & {
   readonly policy?: VmPolicy;
   /** Record it stopped (start it later with `vm start`). */
   readonly stopped?: boolean;
-}
+};
 
 function event(kind: string, message: string, options: VmAdminOptions, volume?: string): TxnOperation {
   const now = (options.now ?? (() => new Date()))();

@@ -9,13 +9,20 @@ import { mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
-import { clusterRevive, clusterUp, type LocalClusterState } from "../../src/cluster/local-cluster.js";
+import { alive, clusterRevive, clusterUp, type LocalClusterState } from "../../src/cluster/local-cluster.js";
 import { packageRoot } from "../../src/util/repo-root.js";
 import { TEST_TIMINGS, freeBasePort, stopLocalCluster, until } from "../helpers/cluster.js";
 import { SerialConsole, ensureTestImage } from "../helpers/test-image.js";
+import {
+  LOCAL_CLUSTER_BRIDGE,
+  ensureNamespaceNetwork,
+  ipv4FromMac,
+  removeNamespaceNetwork,
+} from "../../src/vm/network.js";
 
 const dir = mkdtempSync(join(tmpdir(), "haven-vm-failover-"));
 const context = join(dir, "context.json");
+const namespace = `haven-vmtest-${process.pid}`;
 let state: LocalClusterState;
 
 function haven(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -44,23 +51,23 @@ async function show(name: string): Promise<VmShow> {
   return JSON.parse(result.stdout) as VmShow;
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 before(async () => {
   const image = await ensureTestImage();
+  await ensureNamespaceNetwork({ namespace, bridge: LOCAL_CLUSTER_BRIDGE });
   state = await clusterUp({
     dir,
     hosts: 2,
     basePort: await freeBasePort(),
     timings: { ...TEST_TIMINGS },
-    vms: { cpus: "0-1", memory: "1G", imageDir: join(image.disk, ".."), heartbeatTimeoutMs: 15_000 },
+    vms: {
+      cpus: "0-1",
+      memory: "1G",
+      imageDir: join(image.disk, ".."),
+      heartbeatTimeoutMs: 15_000,
+      bootTimeoutMs: 30_000,
+      bridge: LOCAL_CLUSTER_BRIDGE,
+      netns: namespace,
+    },
   });
   await import("node:fs/promises").then((fs) =>
     fs.writeFile(context, JSON.stringify({ etcd: state.endpoints, clusterDir: dir })),
@@ -69,6 +76,7 @@ before(async () => {
 
 after(async () => {
   await stopLocalCluster(dir, 20_000);
+  await removeNamespaceNetwork(namespace).catch(() => undefined);
   rmSync(dir, { recursive: true, force: true });
 });
 
@@ -126,6 +134,32 @@ async function typeOnConsole(vm: VmShow, command: string): Promise<void> {
   }
 }
 
+/** Runs a shell command on the guest's console and resolves with what it printed before a marker. */
+async function onConsole(vm: VmShow, command: string): Promise<string> {
+  const console = await SerialConsole.connect(vm.status!.run!.serialSocket!);
+  try {
+    // The marker is computed by the shell, so the echo of the typed line does not match it.
+    console.type(`${command}; echo DONE-$((40+2))`);
+    const done = await console.waitFor(/DONE-42/, 60_000);
+    return done.input.slice(0, done.index);
+  } finally {
+    console.close();
+  }
+}
+
+/** The guest's boot counter over its NIC, from inside the cluster's network namespace. */
+async function httpBootCount(address: string): Promise<number | undefined> {
+  const result = await new Promise<{ code: number; stdout: string }>((resolve) =>
+    execFile(
+      "ip",
+      ["netns", "exec", namespace, "busybox", "wget", "-q", "-T", "2", "-O", "-", `http://${address}/boot-count`],
+      { timeout: 10_000 },
+      (error, stdout) => resolve({ code: error ? 1 : 0, stdout }),
+    ),
+  );
+  return result.code === 0 && /^\d+\s*$/.test(result.stdout) ? Number(result.stdout.trim()) : undefined;
+}
+
 async function hostAgentPid(host: string): Promise<number> {
   const state = JSON.parse(readFileSync(join(dir, "cluster.json"), "utf8")) as LocalClusterState;
   return state.agents.find((agent) => agent.name === host)!.pid;
@@ -178,6 +212,24 @@ test("a VM: its vCPUs pinned, its memory; the HA ladder on real QEMU; kill -9 an
     60_000,
   );
 
+  // Bad input next to a running VM: its volume, its pinned CPUs.
+  const taken = await haven("vm", "create", "other", "--vcpus", "1", "--memory", "64M", "--disk", "web");
+  assert.match(taken.stderr, /volume web is already the disk of VM web/);
+  const pinnedAway = await haven(
+    "vm",
+    "create",
+    "other",
+    "--vcpus",
+    "1",
+    "--memory",
+    "64M",
+    "--disk-size",
+    "16M",
+    "--cpus",
+    "1",
+  );
+  assert.match(pinnedAway.stderr, /CPU 1: it is pinned to VM web/);
+
   // The HA ladder: QEMU killed -> restarted in place; the guest panics -> relocated; its heartbeat stops -> error.
   const firstHost = vm.host!;
   process.kill(pid, "SIGKILL");
@@ -207,13 +259,19 @@ test("a VM: its vCPUs pinned, its memory; the HA ladder on real QEMU; kill -9 an
   const count = await bootCount(vm);
   assert.equal(count, 5);
 
-  // kill -9 of the VM host's agent: the watchdog takes QEMU down; the other host boots the VM.
+  // kill -9 of the VM host's agent: the watchdog takes QEMU down; the other host boots the VM, on the
+  // same data (a file written and fsynced just before reads back) and at the same address.
+  const address = ipv4FromMac(JSON.parse((await haven("vm", "show", "web", "--json")).stdout).spec.nics[0].mac);
+  assert.equal(await until("the guest's HTTP answer", () => httpBootCount(address), 60_000), count);
+  await onConsole(vm, "echo fsynced-before-the-kill > /data/probe && sync");
   const oldHost = vm.host!;
   const oldPid = vm.status!.run!.pid;
   process.kill(await hostAgentPid(oldHost), "SIGKILL");
   await until("the old QEMU gone", async () => (alive(oldPid) ? undefined : true), 30_000);
   vm = await running("web", "the VM on the other host", (now) => now.host !== oldHost);
   assert.equal(await bootCount(vm), count + 1, "the counter on the replicated disk went up by one");
+  assert.match(await onConsole(vm, "cat /data/probe"), /fsynced-before-the-kill/);
+  assert.equal(await until("the guest's HTTP answer there", () => httpBootCount(address), 60_000), count + 1);
   await clusterRevive(dir, oldHost);
 
   // Drain: the VM stops (ACPI) and starts on the other host, once the revived host's copy is in sync.
@@ -258,4 +316,35 @@ test("a VM: its vCPUs pinned, its memory; the HA ladder on real QEMU; kill -9 an
   const deleted = await haven("vm", "delete", "web", "--yes", "--force", "--with-disk");
   assert.equal(deleted.code, 0, deleted.stderr);
   await until("QEMU stopped", async () => (alive(vm.status!.run!.pid) ? undefined : true), 60_000);
+});
+
+test("a guest that never boots (no heartbeat within the boot timeout) ends in error, saying why", async () => {
+  const created = await haven(
+    "vm",
+    "create",
+    "blank",
+    "--vcpus",
+    "1",
+    "--memory",
+    "64M",
+    "--disk-size",
+    "16M",
+    "--heartbeat",
+    "--max-restart",
+    "0",
+    "--max-relocate",
+    "0",
+  );
+  assert.equal(created.code, 0, created.stderr);
+  const pid = (await show("blank")).status?.run?.pid;
+  await until("the VM marked error", async () => ((await show("blank")).state === "error" ? true : undefined), 120_000);
+  assert.match(
+    (await haven("vm", "show", "blank")).stdout,
+    /no guest heartbeat within 30 s of its start \(the guest did not boot\)/,
+  );
+  if (pid !== undefined) assert.equal(alive(pid), false);
+  const deleted = await haven("vm", "delete", "blank", "--yes", "--with-disk");
+  assert.equal(deleted.code, 0, deleted.stderr);
+  const volumes = await haven("volume", "list", "--json");
+  assert.doesNotMatch(volumes.stdout, /"name": "blank"/);
 });

@@ -32,7 +32,7 @@ export const VM_USAGE = `usage: haven vm <verb> ...
 
   vm create NAME --vcpus N --memory SIZE (--disk VOLUME | --disk-size SIZE [--replicas N])
             [--image haven-test|FILE] [--format raw|qcow2] [--cpus LIST] [--shared-cpus] [--nic SPEC]...
-            [--max-restart N] [--max-relocate N] [--stopped]
+            [--max-restart N] [--max-relocate N] [--heartbeat | --no-heartbeat] [--boot disk|haven-test-kernel] [--stopped]
   vm start NAME [--host HOST]     start it (on HOST: its disk's primary moves there first)
   vm stop NAME [--force]          ACPI power-down (--force: at once)
   vm restart NAME                 stop and start again (failure counts begin again)
@@ -177,6 +177,7 @@ async function vmCreate(argv: string[]): Promise<number> {
       "max-relocate": { type: "string" },
       stopped: { type: "boolean" },
       "no-heartbeat": { type: "boolean" },
+      heartbeat: { type: "boolean" },
       "no-wait": { type: "boolean" },
     },
     VM_USAGE,
@@ -219,7 +220,8 @@ async function vmCreate(argv: string[]): Promise<number> {
     ...(cpus !== undefined && { cpus }),
     ...(values["shared-cpus"] === true && { sharedCpus: true }),
     nics,
-    heartbeat: values["no-heartbeat"] !== true && (image?.builtIn ?? false),
+    // haven-test sends Haven's guest heartbeat; another guest does when its image runs a sender (--heartbeat).
+    heartbeat: values.heartbeat === true || (values["no-heartbeat"] !== true && (image?.builtIn ?? false)),
     policy,
     ...(values.stopped === true && { stopped: true }),
   };
