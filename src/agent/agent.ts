@@ -121,7 +121,9 @@ export class Agent implements AgentView {
       capacity: config.vms && { cpus: config.vms.cpus, memoryMiB: config.vms.memoryMiB },
       timings: config.vms?.timings ?? DEFAULT_VM_TIMINGS,
       watchdog: () => this.watchdog,
-      holdsLease: () => this.lease.state() === "held",
+      // Held or unproven: an unproven lease pauses the VMs (onUnproven), it does not stop them.
+      holdsLease: () => this.lease.current !== undefined,
+      mayStart: () => this.lease.state() === "held",
       servedHere: (volume) => this.volumes.get(volume) !== undefined,
       volumeBusy: (volume) => this.volumes.isBusy(volume),
       guardVolume: (volume, work) => this.volumes.guarded(volume, work),

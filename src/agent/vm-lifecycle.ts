@@ -59,7 +59,10 @@ export interface VmLifecycleOptions {
   readonly capacity: VmCapacity | undefined;
   readonly timings: VmTimings;
   readonly watchdog: () => Watchdog | undefined;
+  /** The lease is this host's (held or unproven): VMs keep running (paused while it is unproven). */
   readonly holdsLease: () => boolean;
+  /** The lease is held (proven): a VM may start. */
+  readonly mayStart: () => boolean;
   /** Whether this host's engine serves the volume now. */
   readonly servedHere: (volume: string) => boolean;
   /**
@@ -306,9 +309,9 @@ export class VmLifecycle {
   }
 
   private async start(vm: VmRecord, counts: VmCounts, reason: string, view: ClusterView): Promise<void> {
-    const { servedHere, volumeBusy, guardVolume } = this.options;
+    const { servedHere, volumeBusy, guardVolume, mayStart } = this.options;
     // Its disk must stay here while QEMU starts: no switchover, no stop of the engine meanwhile.
-    if (volumeBusy(vm.volume) || !servedHere(vm.volume)) return;
+    if (volumeBusy(vm.volume) || !servedHere(vm.volume) || !mayStart()) return;
     await guardVolume(vm.volume, () => this.startGuarded(vm, counts, reason, view));
   }
 
@@ -366,8 +369,8 @@ export class VmLifecycle {
       entry.exited = why;
       this.options.watchdog()?.untrackVm(instance.pid);
     });
-    if (!this.options.holdsLease()) {
-      // The lease went while QEMU started: it must not run a moment longer.
+    if (!this.options.mayStart()) {
+      // The lease went (or became unproven) while QEMU started: it must not run a moment longer.
       instance.kill();
       this.running.delete(vm.name);
       return;
