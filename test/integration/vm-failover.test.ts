@@ -348,3 +348,29 @@ test("a guest that never boots (no heartbeat within the boot timeout) ends in er
   const volumes = await haven("volume", "list", "--json");
   assert.doesNotMatch(volumes.stdout, /"name": "blank"/);
 });
+
+test("an image file copied onto a new volume boots with its own bootloader (like any installed guest)", async () => {
+  const image = await ensureTestImage();
+  const created = await haven(
+    "vm",
+    "create",
+    "disky",
+    "--vcpus",
+    "1",
+    "--memory",
+    "128M",
+    "--disk-size",
+    "128M",
+    "--image",
+    image.disk,
+  );
+  assert.equal(created.code, 0, created.stderr);
+  assert.match(created.stderr, /copying .*haven-test\.raw \(raw, 96\.0 MiB\) onto disky/);
+  const vm = await running("disky", "the VM booted from its disk");
+  assert.equal(JSON.parse((await haven("vm", "show", "disky", "--json")).stdout).spec.boot, "disk");
+  assert.equal(await bootCount(vm), 1);
+  assert.match(readFileSync(vm.status!.run!.serialLog!, "utf8"), /SYSLINUX/i, "its bootloader ran");
+  const stopped = await haven("vm", "stop", "disky");
+  assert.equal(stopped.code, 0, stopped.stderr);
+  assert.equal((await haven("vm", "delete", "disky", "--yes", "--with-disk")).code, 0);
+});
