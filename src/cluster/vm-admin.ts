@@ -294,10 +294,12 @@ export async function setVm(
 export async function deleteVm(client: ClusterStore, name: string, options: VmAdminOptions): Promise<VmRecord> {
   const { vm, modRevision, records } = await readVm(client, name);
   const status = records.vmStatus.get(name)?.record;
-  if (
-    vm.desired === "started" ||
-    (status !== undefined && ["running", "starting", "paused", "stopping"].includes(status.state))
-  )
+  // A VM in error or stopped runs nowhere; one wanted started without a status yet is about to.
+  const active =
+    status === undefined
+      ? vm.desired === "started"
+      : ["running", "starting", "paused", "stopping", "pending"].includes(status.state);
+  if (active)
     throw new HavenError(
       "HAVEN_ERR_CONFLICT",
       `VM ${name} is ${status?.state ?? "wanted started"}: stop it first ('haven vm stop ${name}'), or delete with --force`,
