@@ -142,19 +142,11 @@ async function profileRun(profile) {
     const records = await readClusterRecords(etcd);
     const address = ipv4FromMac(records.vms.get("web").nics[0].mac);
     const bootCount = async () => {
-      const got = await run("ip", [
-        "netns",
-        "exec",
-        namespace,
-        "busybox",
-        "wget",
-        "-q",
-        "-T",
-        "1",
-        "-O",
-        "-",
-        `http://${address}/boot-count`,
-      ]);
+      // A node client inside the namespace (busybox wget -T crashes on this machine).
+      const client =
+        `require("http").get("http://${address}/boot-count", { timeout: 1000 }, (r) => r.pipe(process.stdout))` +
+        `.on("timeout", function () { this.destroy(); }).on("error", () => process.exit(1));`;
+      const got = await run("ip", ["netns", "exec", namespace, process.execPath, "-e", client]);
       return got.code === 0 && /^\d+/.test(got.stdout.trim()) ? Number(got.stdout.trim()) : undefined;
     };
     await until("the guest answering", bootCount, 180_000, 200);
