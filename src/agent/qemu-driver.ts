@@ -12,13 +12,16 @@ import { HavenError, errorMessage } from "../core/errors.js";
 import type { Clock } from "../util/clock.js";
 import { chooseAccelerator } from "../vm/accelerator.js";
 import type { Accelerator, VmKernelBoot, VmSpec } from "../vm/qemu-command.js";
-import { plugTap, tapName } from "../vm/network.js";
+import { plugTap, tapName, tcpAnswers } from "../vm/network.js";
 import { QemuProcess } from "../vm/qemu-process.js";
 import { createRuntimeDir, runtimePaths, trustedPid } from "../vm/runtime-dir.js";
 import type { VmsConfig } from "./config.js";
 import type { VmRunState } from "./vm-decide.js";
 import type { VmDriver, VmInstance } from "./world.js";
 
+/** How often a VM's TCP check runs, and its bound. */
+const TCP_CHECK_INTERVAL_MS = 2_000;
+const TCP_CHECK_TIMEOUT_MS = 2_000;
 /** How long a guest has to power off after ACPI power-down before QEMU is told to quit. */
 const POWERDOWN_TIMEOUT_MS = 30_000;
 
@@ -104,7 +107,9 @@ export class QemuDriver implements VmDriver {
           await plugTap({ tap, bridge: bridges[index]!, ...(namespace !== undefined && { namespace }) });
       },
     });
-    return new QemuInstance(qemu, runtime.heartbeatSocket, this.options.clock, this.options.log, vm.name);
+    const instance = new QemuInstance(qemu, runtime.heartbeatSocket, this.options.clock, this.options.log, vm.name);
+    if (vm.tcpCheck !== undefined) instance.checkTcp({ ...vm.tcpCheck, ...(namespace !== undefined && { namespace }) });
+    return instance;
   }
 
   private chooseAccelerator(): Promise<Accelerator> {
@@ -151,6 +156,7 @@ class QemuInstance implements VmInstance {
   readonly exited: Promise<string>;
   private state: VmRunState = "running";
   private heartbeatAt: number | undefined;
+  private tcpOkAt: number | undefined;
   private heartbeat: Socket | undefined;
   private done = false;
 
@@ -180,6 +186,19 @@ class QemuInstance implements VmInstance {
 
   runState(): VmRunState {
     return this.state;
+  }
+
+  lastTcpOkAtMs(): number | undefined {
+    return this.tcpOkAt;
+  }
+
+  /** Tries the guest's service every TCP_CHECK_INTERVAL_MS while QEMU runs. */
+  checkTcp(target: { address: string; port: number; namespace?: string }): void {
+    if (this.done) return;
+    void tcpAnswers({ ...target, timeoutMs: TCP_CHECK_TIMEOUT_MS }).then((ok) => {
+      if (ok) this.tcpOkAt = this.clock.now();
+      this.clock.schedule(TCP_CHECK_INTERVAL_MS, () => this.checkTcp(target));
+    });
   }
 
   lastHeartbeatAtMs(): number | undefined {

@@ -45,6 +45,8 @@ export interface VmObservation {
   /** Monotonic ms of the start, and of the last guest heartbeat (undefined: none yet). */
   readonly startedAtMs: number;
   readonly lastHeartbeatAtMs?: number;
+  /** Monotonic ms of the last successful TCP check of the guest's service (undefined: none yet). */
+  readonly lastTcpOkAtMs?: number;
   /** Since when QMP has failed to answer, without a success in between; undefined while it answers. */
   readonly qmpFailingSinceMs?: number;
   /** The VM record's startRequest this run was started for. */
@@ -103,16 +105,30 @@ export function vmFailure(vm: VmRecord, seen: VmObservation, now: number, timing
   if (seen.runState === "guest-panicked") return "the guest panicked (pvpanic)";
   if (seen.qmpFailingSinceMs !== undefined && now - seen.qmpFailingSinceMs >= timings.qmpTimeoutMs)
     return `QMP has not answered for ${seconds(now - seen.qmpFailingSinceMs)} (QEMU hung)`;
-  // A guest paused by the host (a storage error, a held lease) cannot send heartbeats: not its fault.
-  if (!vm.heartbeat || seen.runState !== "running") return undefined;
-  if (seen.lastHeartbeatAtMs === undefined) {
-    return now - seen.startedAtMs >= timings.bootTimeoutMs
-      ? `no guest heartbeat within ${seconds(timings.bootTimeoutMs)} of its start (the guest did not boot)`
-      : undefined;
+  // A guest paused by the host (a storage error, a held lease) cannot answer: not its fault.
+  if (seen.runState !== "running") return undefined;
+  if (vm.heartbeat) {
+    const silent = silence("guest heartbeat", seen.lastHeartbeatAtMs, seen, now, timings);
+    if (silent !== undefined) return silent;
   }
-  return now - seen.lastHeartbeatAtMs >= timings.heartbeatTimeoutMs
-    ? `guest heartbeat silent for ${seconds(now - seen.lastHeartbeatAtMs)}`
-    : undefined;
+  if (vm.tcpCheck !== undefined)
+    return silence(`TCP check of ${vm.tcpCheck.address}:${vm.tcpCheck.port}`, seen.lastTcpOkAtMs, seen, now, timings);
+  return undefined;
+}
+
+/** A sign of life (`lastAtMs`) that never came within the boot timeout, or stopped for the heartbeat timeout. */
+function silence(
+  what: string,
+  lastAtMs: number | undefined,
+  seen: VmObservation,
+  now: number,
+  timings: VmTimings,
+): string | undefined {
+  if (lastAtMs === undefined)
+    return now - seen.startedAtMs >= timings.bootTimeoutMs
+      ? `no ${what} within ${seconds(timings.bootTimeoutMs)} of its start (the guest did not boot)`
+      : undefined;
+  return now - lastAtMs >= timings.heartbeatTimeoutMs ? `${what} silent for ${seconds(now - lastAtMs)}` : undefined;
 }
 
 export function decideVm(

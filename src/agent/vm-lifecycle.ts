@@ -173,6 +173,7 @@ export class VmLifecycle {
       runState: instance?.runState() ?? "starting",
       startedAtMs: entry.startedAtMs,
       ...(instance?.lastHeartbeatAtMs() !== undefined && { lastHeartbeatAtMs: instance.lastHeartbeatAtMs() }),
+      ...(instance?.lastTcpOkAtMs() !== undefined && { lastTcpOkAtMs: instance.lastTcpOkAtMs() }),
       ...(entry.qmpFailingSinceMs !== undefined && { qmpFailingSinceMs: entry.qmpFailingSinceMs }),
       startRequest: entry.startRequest,
     };
@@ -465,6 +466,14 @@ export class VmLifecycle {
         ok: seen.lastHeartbeatAtMs !== undefined && (failure === undefined || !failure.includes("heartbeat")),
         value: seen.lastHeartbeatAtMs === undefined ? "none yet" : "beating",
         at: at(seen.lastHeartbeatAtMs ?? entry.startedAtMs),
+      };
+    }
+    if (vm.tcpCheck !== undefined) {
+      const failure = vmFailure(vm, seen, now, timings);
+      checks.tcp = {
+        ok: seen.lastTcpOkAtMs !== undefined && (failure === undefined || !failure.includes("TCP check")),
+        value: `${vm.tcpCheck.address}:${vm.tcpCheck.port} ${seen.lastTcpOkAtMs === undefined ? "not answered yet" : "answers"}`,
+        at: at(seen.lastTcpOkAtMs ?? entry.startedAtMs),
       };
     }
     return checks;

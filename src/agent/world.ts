@@ -54,6 +54,8 @@ export interface VmInstance {
   runState(): VmRunState;
   /** Monotonic ms of the guest's last heartbeat; undefined while none came. */
   lastHeartbeatAtMs(): number | undefined;
+  /** Monotonic ms of the last successful TCP check (the VM's tcpCheck); undefined while none succeeded. */
+  lastTcpOkAtMs(): number | undefined;
   /** One QMP round trip (query-status) within timeoutMs; rejects when QMP does not answer. */
   probe(timeoutMs: number): Promise<void>;
   /** Pauses the guest (QMP stop) and resumes it (cont). */

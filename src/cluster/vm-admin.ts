@@ -20,7 +20,17 @@ export interface VmAdminOptions {
 /** A new VM: its spec, without what the cluster sets (desired state, start request, creation time). */
 export type VmCreateRequest = Pick<
   VmRecord,
-  "name" | "vcpus" | "memoryMiB" | "volume" | "image" | "boot" | "cpus" | "sharedCpus" | "nics" | "heartbeat"
+  | "name"
+  | "vcpus"
+  | "memoryMiB"
+  | "volume"
+  | "image"
+  | "boot"
+  | "cpus"
+  | "sharedCpus"
+  | "nics"
+  | "heartbeat"
+  | "tcpCheck"
 > & {
   readonly policy?: VmPolicy;
   /** Record it stopped (start it later with `vm start`). */
@@ -125,6 +135,7 @@ export async function createVm(
     ...(request.sharedCpus && { sharedCpus: true }),
     nics: request.nics,
     heartbeat: request.heartbeat,
+    ...(request.tcpCheck !== undefined && { tcpCheck: request.tcpCheck }),
     desired: request.stopped ? "stopped" : "started",
     startRequest: 1,
     policy: request.policy ?? DEFAULT_VM_POLICY,

@@ -3,6 +3,7 @@
 // placement of its own, so the rules that keep a volume to one writer keep the VM to one host. Values
 // read back are checked here, since anything with etcd access could have written them.
 
+import { isIP } from "node:net";
 import { bad, count, flag, member, object, text } from "./schema.js";
 
 /** started: the agents keep it running (restart, relocate, follow its disk); stopped: nowhere. */
@@ -44,6 +45,8 @@ export interface VmRecord {
   readonly nics: readonly VmNicRecord[];
   /** The guest sends a heartbeat over its virtio-serial port: its silence is a failure. */
   readonly heartbeat: boolean;
+  /** A service of the guest's that must accept TCP connections (for guests without Haven's heartbeat). */
+  readonly tcpCheck?: { readonly address: string; readonly port: number };
   readonly desired: VmDesiredState;
   /** Raised by each `vm start` and `vm restart`: the agents restart the VM and its failure counts begin again. */
   readonly startRequest: number;
@@ -143,12 +146,22 @@ export function parseVmRecord(value: string, key: string): VmRecord {
       return { ...(nic.bridge !== undefined && { bridge: text(nic, "bridge", where) }), mac };
     }),
     heartbeat: flag(o, "heartbeat", key),
+    ...(o.tcpCheck !== undefined && { tcpCheck: parseTcpCheck(o.tcpCheck, `${key} tcpCheck`) }),
     desired,
     startRequest: count(o, "startRequest", key),
     ...(o.forceStop !== undefined && { forceStop: flag(o, "forceStop", key) }),
     policy: { maxRestart: count(policy, "maxRestart", key), maxRelocate: count(policy, "maxRelocate", key) },
     createdAt: text(o, "createdAt", key),
   };
+}
+
+function parseTcpCheck(value: unknown, key: string): { address: string; port: number } {
+  const o = member(value);
+  const address = text(o, "address", key);
+  if (isIP(address) === 0) throw bad(key, `address "${address}" is not an IP address`);
+  const port = count(o, "port", key);
+  if (port < 1 || port > 65535) throw bad(key, `port ${port} is not 1 to 65535`);
+  return { address, port };
 }
 
 export function parseVmStatusRecord(value: string, key: string): VmStatusRecord {

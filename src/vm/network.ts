@@ -23,6 +23,8 @@
 // Text from the CLI (--nic) is refused with HAVEN_ERR_USAGE, a host config with HAVEN_ERR_CONFIG; each
 // message names the field and the fix. `ip` failures are HAVEN_ERR_IO with ip's stderr (ip-command.ts).
 
+import { execFile } from "node:child_process";
+import { createConnection } from "node:net";
 import { createHash } from "node:crypto";
 import { HavenError, type ErrorCode } from "../core/errors.js";
 import { ipFailed, runIp, tryIp } from "./ip-command.js";
@@ -399,4 +401,41 @@ export async function bridgePorts(options: LinkOptions): Promise<BridgePort[]> {
     mac: String(link.address),
     up: (link.flags ?? []).includes("UP"),
   }));
+}
+
+/**
+ * Whether `address:port` accepts a TCP connection within `timeoutMs`, tried from inside `namespace`
+ * when given (where the guests' bridge is): a VM's service check for guests without Haven's heartbeat.
+ */
+export function tcpAnswers(options: {
+  readonly address: string;
+  readonly port: number;
+  readonly namespace?: string;
+  readonly timeoutMs: number;
+}): Promise<boolean> {
+  const { address, port, namespace, timeoutMs } = options;
+  if (namespace === undefined)
+    return new Promise((resolve) => {
+      const socket = createConnection({ host: address, port, timeout: timeoutMs });
+      const done = (ok: boolean): void => {
+        socket.destroy();
+        resolve(ok);
+      };
+      socket.once("connect", () => done(true));
+      socket.once("timeout", () => done(false));
+      socket.once("error", () => done(false));
+    });
+  checkNamespaceName(namespace);
+  // A short node client run inside the namespace (a process cannot open a socket in another namespace).
+  const client =
+    `const s = require("net").createConnection({ host: ${JSON.stringify(address)}, port: ${port}, timeout: ${timeoutMs} });` +
+    `s.on("connect", () => process.exit(0)); s.on("timeout", () => process.exit(1)); s.on("error", () => process.exit(1));`;
+  return new Promise((resolve) =>
+    execFile(
+      "ip",
+      ["netns", "exec", namespace, process.execPath, "-e", client],
+      { timeout: timeoutMs + 5_000 },
+      (error) => resolve(error === null),
+    ),
+  );
 }

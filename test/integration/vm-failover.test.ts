@@ -17,6 +17,7 @@ import {
   LOCAL_CLUSTER_BRIDGE,
   ensureNamespaceNetwork,
   ipv4FromMac,
+  macAddress,
   removeNamespaceNetwork,
 } from "../../src/vm/network.js";
 
@@ -353,8 +354,9 @@ test("a guest that never boots (no heartbeat within the boot timeout) ends in er
   assert.doesNotMatch(volumes.stdout, /"name": "blank"/);
 });
 
-test("an image file copied onto a new volume boots with its own bootloader (like any installed guest)", async () => {
+test("an image file copied onto a new volume boots with its own bootloader, and its service is checked over TCP", async () => {
   const image = await ensureTestImage();
+  const address = ipv4FromMac(macAddress("disky", 0));
   const created = await haven(
     "vm",
     "create",
@@ -367,13 +369,28 @@ test("an image file copied onto a new volume boots with its own bootloader (like
     "128M",
     "--image",
     image.disk,
+    "--nic",
+    "default",
+    "--tcp-check",
+    `${address}:80`,
   );
   assert.equal(created.code, 0, created.stderr);
   assert.match(created.stderr, /copying .*haven-test\.raw \(raw, 96\.0 MiB\) onto disky/);
-  const vm = await running("disky", "the VM booted from its disk");
+  let vm = await running("disky", "the VM booted from its disk");
   assert.equal(JSON.parse((await haven("vm", "show", "disky", "--json")).stdout).spec.boot, "disk");
   assert.equal(await bootCount(vm), 1);
   assert.match(readFileSync(vm.status!.run!.serialLog!, "utf8"), /SYSLINUX/i, "its bootloader ran");
+  await until(
+    "the TCP check answering",
+    async () => (/tcp\s+ok/.test((await haven("vm", "show", "disky")).stdout) ? true : undefined),
+    60_000,
+  );
+  // Its service stops: the TCP check fails, and the VM is restarted in place.
+  const pid = vm.status!.run!.pid;
+  await onConsole(vm, "killall httpd");
+  vm = await running("disky", "a restart after the service stopped", (now) => now.status!.run!.pid !== pid);
+  assert.equal(await bootCount(vm), 2);
+  assert.match(JSON.stringify((await show("disky")).status), /TCP check of .*:80 silent/);
   const stopped = await haven("vm", "stop", "disky");
   assert.equal(stopped.code, 0, stopped.stderr);
   assert.equal((await haven("vm", "delete", "disky", "--yes", "--with-disk")).code, 0);

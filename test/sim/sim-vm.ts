@@ -178,6 +178,10 @@ export class SimVmInstance implements VmInstance {
     return this.heartbeatAt;
   }
 
+  lastTcpOkAtMs(): number | undefined {
+    return undefined; // the simulation's VMs have no TCP check
+  }
+
   probe(): Promise<void> {
     if (this.record.endedAt !== undefined) return Promise.reject(new HavenError("HAVEN_ERR_IO", "QMP socket closed"));
     return Promise.resolve();

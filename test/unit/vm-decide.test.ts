@@ -123,6 +123,16 @@ test("failures on several parameters: QEMU gone, panic, QMP silent, heartbeat si
     "no heartbeat asked, none checked",
   );
   assert.equal(vmFailure(vm, { ...silent, runState: "paused" }, 100_000, t), undefined, "a paused guest cannot beat");
+  const checked = { ...vm, heartbeat: false, tcpCheck: { address: "10.0.0.5", port: 80 } };
+  assert.equal(vmFailure(checked, { ...healthy, lastTcpOkAtMs: 99_000 }, 100_000, t), undefined);
+  assert.match(
+    vmFailure(checked, { ...healthy, lastTcpOkAtMs: 80_000 }, 100_000, t)!,
+    /TCP check of 10.0.0.5:80 silent for 20 s/,
+  );
+  assert.match(
+    vmFailure(checked, { ...healthy, startedAtMs: 0 }, t.bootTimeoutMs, t)!,
+    /no TCP check of 10.0.0.5:80 within/,
+  );
   const never = { runState: "running" as const, startedAtMs: 0, startRequest: 3 };
   assert.match(vmFailure(vm, never, t.bootTimeoutMs, t)!, /did not boot/);
   assert.equal(vmFailure(vm, never, t.bootTimeoutMs - 1, t), undefined);

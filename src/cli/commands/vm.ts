@@ -4,7 +4,7 @@
 
 import { execFile, spawn } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
-import { createConnection } from "node:net";
+import { createConnection, isIP } from "node:net";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import { readClusterRecords } from "../../cluster/cluster-read.js";
@@ -17,7 +17,7 @@ import { vmEntries } from "../../cluster/cluster-view.js";
 import { renderVmTable } from "../cluster-render.js";
 import { createVolume, deleteVolume } from "../../cluster/volume-admin.js";
 import { HavenError, errorMessage } from "../../core/errors.js";
-import { formatBytes, parseSize } from "../../util/units.js";
+import { formatBytes, parseHostPort, parseSize } from "../../util/units.js";
 import { packageRoot } from "../../util/repo-root.js";
 import { ipv4FromMac, macAddress, parseNicSpec } from "../../vm/network.js";
 import { parseCommand } from "../args.js";
@@ -32,7 +32,7 @@ export const VM_USAGE = `usage: haven vm <verb> ...
 
   vm create NAME --vcpus N --memory SIZE (--disk VOLUME | --disk-size SIZE [--replicas N])
             [--image haven-test|FILE] [--format raw|qcow2] [--cpus LIST] [--shared-cpus] [--nic SPEC]...
-            [--max-restart N] [--max-relocate N] [--heartbeat | --no-heartbeat] [--boot disk|haven-test-kernel] [--stopped]
+            [--max-restart N] [--max-relocate N] [--heartbeat | --no-heartbeat] [--tcp-check ADDRESS:PORT] [--boot disk|haven-test-kernel] [--stopped]
   vm start NAME [--host HOST]     start it (on HOST: its disk's primary moves there first)
   vm stop NAME [--force]          ACPI power-down (--force: at once)
   vm restart NAME                 stop and start again (failure counts begin again)
@@ -86,6 +86,13 @@ function cpuList(text: string | undefined): number[] | undefined {
 function parseNic(spec: string, vm: string, index: number): { bridge?: string; mac: string } {
   const nic = parseNicSpec(spec);
   return { ...(nic.bridge !== undefined && { bridge: nic.bridge }), mac: nic.mac ?? macAddress(vm, index) };
+}
+
+/** --tcp-check ADDRESS:PORT: the guest's service that must accept connections. */
+function tcpCheck(text: string): { address: string; port: number } {
+  const { host, port } = parseHostPort(text, "--tcp-check");
+  if (isIP(host) === 0) throw usage(`--tcp-check "${text}": give the guest's IP address and a port, e.g. 10.0.0.5:80`);
+  return { address: host, port };
 }
 
 /** The built-in images' directory: where scripts/build-test-image.sh leaves haven-test. */
@@ -178,6 +185,7 @@ async function vmCreate(argv: string[]): Promise<number> {
       stopped: { type: "boolean" },
       "no-heartbeat": { type: "boolean" },
       heartbeat: { type: "boolean" },
+      "tcp-check": { type: "string" },
       "no-wait": { type: "boolean" },
     },
     VM_USAGE,
@@ -222,6 +230,7 @@ async function vmCreate(argv: string[]): Promise<number> {
     nics,
     // haven-test sends Haven's guest heartbeat; another guest does when its image runs a sender (--heartbeat).
     heartbeat: values.heartbeat === true || (values["no-heartbeat"] !== true && (image?.builtIn ?? false)),
+    ...(values["tcp-check"] !== undefined && { tcpCheck: tcpCheck(values["tcp-check"] as string) }),
     policy,
     ...(values.stopped === true && { stopped: true }),
   };
