@@ -10,9 +10,9 @@
 //   clock, unless renewed again. Once expired it stays expired: later keepalives fail.
 // - The host lets a write complete only while its clock says less than fenceAfterMs has passed since the
 //   send time of its latest successful renew (fenceDeadlineMs), checked with a fresh clock read at each
-//   completion, and stops its VMs when that deadline passes (the agent runs no VMs yet; when it does,
-//   pausing them there and resuming them if the lease is held again keeps an outage mere latency for
-//   them too, the watchdog's kill still covering a hung agent). Past that deadline the lease is
+//   completion, and pauses its VMs when that deadline passes (vm-lifecycle.ts: they are resumed if the
+//   lease is held again, so an outage is mere latency for them too, and killed when it is lost; the
+//   watchdog's kill covers a hung or dead agent). Past that deadline the lease is
 //   *unproven*, not lost: a completion then waits instead of failing, and the host keeps sending
 //   keepalives. If etcd accepts one (TTL > 0) the lease is *held* again and the waiting completions go
 //   out; if etcd says the lease is gone (TTL 0, no such lease), or the host's clock reaches

@@ -25,7 +25,9 @@ import { run } from "./server-process.js";
  */
 export async function freeBasePort(): Promise<number> {
   for (;;) {
-    const base = 30_000 + 100 * Math.floor(Math.random() * 300);
+    // Below Linux's ephemeral range (32768 and up): an outgoing connection's local port can never take
+    // a port a host restarted later wants to listen on again.
+    const base = 20_000 + 100 * Math.floor(Math.random() * 125);
     const free = await Promise.all(
       [0, 1, 10, 11, 12, 13, 14, 20, 21, 22, 23, 24, 30, 31, 32, 33, 34, 50, 51, 52, 60, 61, 62].map(
         (offset) =>
