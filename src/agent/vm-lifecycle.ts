@@ -15,7 +15,7 @@ import type { Compare } from "../cluster/etcd-client.js";
 import { keys, type HandoverRecord, type VmCapacity } from "../cluster/schema.js";
 import type { VmRecord, VmRun, VmState, VmStatusRecord, VmCheck } from "../cluster/vm-schema.js";
 import { parseVmRecord } from "../cluster/vm-schema.js";
-import { vmLacks } from "../cluster/vm-resources.js";
+import { vmLacks, vmsPlacedOn } from "../cluster/vm-resources.js";
 import { errorMessage } from "../core/errors.js";
 import type { EventLog } from "./event-log.js";
 import type { ClusterView } from "./reconciler.js";
@@ -214,11 +214,11 @@ export class VmLifecycle {
         [...(view.replicas.get(volume) ?? new Map())].filter(([, r]) => r.state === "in-sync").map(([h]) => h),
       lacks: (vm: VmRecord) => vmLacks(me, this.options.capacity, runningHere(), vm),
       hostLacks: (host: string, vm: VmRecord) => {
-        const others = [...view.vms.values()].filter(
-          (other) =>
-            other.desired === "started" &&
-            view.primaries.get(other.volume)?.record.host === host &&
-            view.vmStatus.get(other.name)?.record.state !== "error",
+        const others = vmsPlacedOn(
+          view.vms.values(),
+          host,
+          (volume) => view.primaries.get(volume)?.record.host,
+          (name) => view.vmStatus.get(name)?.record.state,
         );
         return vmLacks(host, view.hostInfo.get(host)?.vmCapacity, others, vm);
       },

@@ -8,7 +8,7 @@ import { readClusterRecords, type ClusterRecords } from "./cluster-read.js";
 import type { TxnOperation } from "./etcd-client.js";
 import { keys, eventSequence, type EventRecord, type HandoverRecord } from "./schema.js";
 import type { ClusterStore } from "./store.js";
-import { vmLacks } from "./vm-resources.js";
+import { vmLacks, vmsPlacedOn } from "./vm-resources.js";
 import { DEFAULT_VM_POLICY, isVmName, type VmPolicy, type VmRecord } from "./vm-schema.js";
 
 export interface VmAdminOptions {
@@ -55,11 +55,11 @@ function notFound(name: string): HavenError {
 
 /** The VMs whose disk's primary is `host` and that are wanted started (what it runs or will run). */
 export function vmsOn(records: ClusterRecords, host: string): VmRecord[] {
-  return [...records.vms.values()].filter(
-    (vm) =>
-      vm.desired === "started" &&
-      records.primaries.get(vm.volume)?.host === host &&
-      records.vmStatus.get(vm.name)?.record.state !== "error",
+  return vmsPlacedOn(
+    records.vms.values(),
+    host,
+    (volume) => records.primaries.get(volume)?.host,
+    (vm) => records.vmStatus.get(vm)?.record.state,
   );
 }
 

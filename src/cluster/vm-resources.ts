@@ -32,6 +32,21 @@ export function vmLacks(
   return undefined;
 }
 
+/**
+ * The VMs `host` runs or will run, the ones its capacity is shared among: wanted started, their disk's
+ * primary on `host`, and not marked error.
+ */
+export function vmsPlacedOn(
+  vms: Iterable<VmRecord>,
+  host: string,
+  primaryOf: (volume: string) => string | undefined,
+  stateOf: (vm: string) => string | undefined,
+): VmRecord[] {
+  return [...vms].filter(
+    (vm) => vm.desired === "started" && primaryOf(vm.volume) === host && stateOf(vm.name) !== "error",
+  );
+}
+
 /** "0-3,6" for [0,1,2,3,6]. */
 export function formatCpuList(cpus: readonly number[]): string {
   const sorted = [...new Set(cpus)].sort((a, b) => a - b);
