@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what Haven needs on a Debian machine (run as root): the Debian packages for QEMU, NBD tools,
-# fio, the test guest's kernel and busybox, the test image's bootloader, etcd; then the node modules
+# fio, the test guest's kernel and busybox, the test image's bootloader, etcd, disk tools; then the node modules
 # (which build the native addon and compile the TypeScript). Safe to run again: apt and npm skip what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,7 @@ PACKAGES=(
   linux-image-amd64 busybox-static e2fsprogs cpio kmod # the tiny test guest
   syslinux syslinux-common dosfstools mtools fdisk     # haven-test, the bootable test image
   etcd-server etcd-client iproute2                     # cluster state; network namespaces for partitions
+  util-linux mount xfsprogs ledmon                     # disks: blkid, partx, losetup, mount; mkfs.xfs; ledctl (locate LEDs)
   g++ make python3                                     # node-gyp builds the native addon
 )
 
