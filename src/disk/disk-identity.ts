@@ -25,12 +25,13 @@ import {
   blockSizeBytes,
   isLoopName,
   loopBackingFile,
+  nameOfDeviceNode,
   partitionOf,
   readAttribute,
   type DeviceNumbers,
 } from "./block-sysfs.js";
 import { runCommand } from "./disk-command.js";
-import { mountHolding, mountsOfDevice, readMountInfo } from "./mountinfo.js";
+import { mountHolding, mountsOfDevice, readMountInfo, type MountEntry } from "./mountinfo.js";
 
 export interface DiskIdentity {
   readonly kind: "serial" | "wwn" | "path";
@@ -159,10 +160,7 @@ export async function identifyPath(path: string, sources: IdentitySources = SYST
   const mount = mountHolding(mounts, resolved);
   const fs = await statfs(resolved);
   const sizeBytes = fs.blocks * fs.bsize;
-  const name =
-    mount === undefined
-      ? undefined
-      : await blockDeviceName({ major: mount.major, minor: mount.minor }, sources.sysRoot);
+  const name = mount === undefined ? undefined : await mountDeviceName(mount, sources.sysRoot);
   // A device node is no identity for a directory (it moves between boots): the directory is.
   const lasting = name === undefined ? undefined : await lastingIdentity(name, sources);
   const device = name === undefined ? undefined : `/dev/${name}`;
@@ -171,6 +169,16 @@ export async function identifyPath(path: string, sources: IdentitySources = SYST
     ...(device !== undefined && { device }),
   };
   return { identity, sizeBytes, blockDevice: false, ...(mount !== undefined && { mountedAt: mount.mountPoint }) };
+}
+
+/**
+ * The block device under a mount: its device number's, or, for filesystems that report an anonymous
+ * number (btrfs), the device node it was mounted from; undefined for tmpfs, NFS and the like.
+ */
+async function mountDeviceName(mount: MountEntry, sysRoot: string): Promise<string | undefined> {
+  const name = await blockDeviceName({ major: mount.major, minor: mount.minor }, sysRoot);
+  if (name !== undefined || !mount.source.startsWith("/dev/")) return name;
+  return nameOfDeviceNode(mount.source, sysRoot).catch(() => undefined);
 }
 
 /** The identity for an operator: "serial S3Z1NB0K123456", "wwn naa.5002538e...", "path /var/tmp/disk1.img". */

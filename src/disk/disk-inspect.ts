@@ -87,7 +87,10 @@ function describeLabel(label: DiskLabel): string {
 async function inspectDirectory(directory: string): Promise<AddInspection> {
   const { label, labelError } = await labelAt(directory);
   if (label !== undefined) return { kind: "haven-label", detail: `${directory} has ${describeLabel(label)}`, label };
-  const entries = (await readdir(directory)).filter((name) => name !== "lost+found").sort();
+  const names = await readdir(directory).catch((error: unknown) => {
+    throw fromSystemError(error, `listing ${directory}`);
+  });
+  const entries = names.filter((name) => name !== "lost+found").sort();
   if (entries.length === 0) return { kind: "empty", detail: `${directory} is an empty directory` };
   const shown = entries.slice(0, SHOWN_ENTRIES).join(", ") + (entries.length > SHOWN_ENTRIES ? ", ..." : "");
   return {

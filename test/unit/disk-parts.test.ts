@@ -12,6 +12,7 @@ import { after, before } from "node:test";
 import { splitDeviceNumber } from "../../src/disk/block-sysfs.js";
 import {
   blockDeviceIdentity,
+  identifyPath,
   formatIdentity,
   sameIdentity,
   type IdentitySources,
@@ -199,6 +200,14 @@ test("identities are the same by kind and value, wherever the disk was seen", ()
   assert.ok(sameIdentity({ kind: "path", value: "/x" }, { kind: "path", value: "/x", device: "/dev/loop1" }));
   assert.ok(!sameIdentity({ kind: "serial", value: "A" }, { kind: "wwn", value: "A" }));
   assert.ok(!sameIdentity({ kind: "serial", value: "A" }, { kind: "serial", value: "a" }));
+});
+
+test("identifyPath refuses a missing path and one that is neither a block device nor a directory", async () => {
+  await assert.rejects(identifyPath(join(sysRoot, "no-such-path")), failsWith("HAVEN_ERR_NOT_FOUND", /does not exist/));
+  await assert.rejects(
+    identifyPath(join(sysRoot, "devices", "scsi", "sda", "device", "wwid")),
+    failsWith("HAVEN_ERR_INVALID_REQUEST", /is neither a block device nor a directory/),
+  );
 });
 
 test("formatDevice refuses a label mkfs would not take before it looks at the device", async () => {
