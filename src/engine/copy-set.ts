@@ -12,6 +12,11 @@
 // A copy's life: connecting -> in-sync | resyncing | split-brain | refused; in-sync | resyncing ->
 // faulted -> (reconnect) -> resyncing -> in-sync. Each attachment of a port gets a new number, so late
 // completions of a dropped one are recognised and ignored.
+// The set itself changes while the volume runs (add, remove): a copy keeps the index it was given for
+// its life, indexes are never reused, and nothing relies on an index being a position in `copies`.
+// A removed copy is no member any more, but work still holding its view (a flush, a resync) may call
+// in with it: its attachment was retired, so such calls change nothing. The last in-sync copy (or,
+// with none in sync, the copy the volume was last in sync on) is never removed.
 
 import assert from "node:assert/strict";
 import { encodeBitmap } from "../replica/bitmap-codec.js";
@@ -107,8 +112,11 @@ class Copy implements CopyView {
 }
 
 export class CopySet {
-  private readonly all: Copy[];
-  readonly copies: readonly CopyView[];
+  /** The members, in order; replaced (never changed in place) when a copy is added or removed. */
+  private all: readonly Copy[];
+  /** Every copy this set ever held, members or not: the views it accepts. */
+  private readonly made = new WeakSet<Copy>();
+  private nextIndex: number;
   private volumeIdValue = "";
   private sizeBytesValue = 0;
   private regionBytesValue = DEFAULT_REGION_BYTES;
@@ -132,8 +140,19 @@ export class CopySet {
     private readonly newId: () => string,
     private readonly log: (line: string) => void,
   ) {
-    this.all = locations.map((location, index) => new Copy(index, location));
-    this.copies = this.all;
+    this.all = locations.map((location, index) => this.make(index, location));
+    this.nextIndex = locations.length;
+  }
+
+  /** The members, in order. */
+  get copies(): readonly CopyView[] {
+    return this.all;
+  }
+
+  private make(index: number, location: string): Copy {
+    const copy = new Copy(index, location);
+    this.made.add(copy);
+    return copy;
   }
 
   // ---- the volume ------------------------------------------------------------------------------
@@ -315,11 +334,81 @@ export class CopySet {
     return this.own(copy).attachment === attachment;
   }
 
+  /** Whether `copy` is (still) one of the volume's copies. */
+  isMember(copy: CopyView): boolean {
+    return this.all.includes(this.own(copy));
+  }
+
+  /**
+   * Whether removing `copy` would lose the volume's data: it is the only copy in sync, or no copy is
+   * in sync and it is the one the volume was last in sync on (the one it can serve from again).
+   */
+  holdsLastData(view: CopyView): boolean {
+    const copy = this.own(view);
+    const inSync = this.inSync();
+    if (copy.state === "in-sync") return inSync.length === 1;
+    return inSync.length === 0 && this.lastInSync === copy;
+  }
+
   // ---- copies coming and going -------------------------------------------------------------------
+
+  /**
+   * A new copy joins the set at the end, connecting: not in sync, nothing attached, receiving no
+   * writes until it is attached and begins a resync. Only once the volume has its identity.
+   */
+  add(location: string): CopyView {
+    assert.ok(!this.closed, "no copy is added to a closed set");
+    assert.notEqual(this.volumeIdValue, "", "a copy is added to a volume that started");
+    assert.ok(!this.all.some((copy) => copy.location === location), `${location} is a copy of the volume already`);
+    const copy = this.make(this.nextIndex++, location);
+    copy.unflushed = this.newBitmap();
+    this.all = [...this.all, copy];
+    return copy;
+  }
+
+  /**
+   * Takes a copy out of the set for good; the caller made sure no write is in flight (rule 1 needs
+   * nothing from it: it is in sync with nothing from now on). A copy that received writes leaves as in
+   * leave() (rule 2): what it may have missed (its unflushed regions, those of flushes in flight, and
+   * what it still missed if resyncing) is recorded in a change bitmap since the current generation, and
+   * the volume moves to a new one, so the copy, if added back later, is resynced, never taken as in sync.
+   * Its attachment is retired, so work still holding its view changes nothing. Returns the port to close,
+   * and whether the in-sync copies' metadata must be saved (new generation, fewer in-sync copies).
+   */
+  remove(view: CopyView, reason: string): { port: ReplicaPort | undefined; saveNeeded: boolean } {
+    const copy = this.own(view);
+    assert.ok(this.all.includes(copy), `${copy.location} is not a copy of the volume`);
+    assert.ok(!this.holdsLastData(copy), `${copy.location} holds the volume's last in-sync data: never removed`);
+    const receiving = copy.state === "in-sync" || copy.state === "resyncing";
+    const listed = copy.state === "in-sync" || copy.joining;
+    if (receiving) {
+      const missed = this.newBitmap();
+      if (copy.missing) orInto(missed, copy.missing);
+      orInto(missed, copy.unflushed);
+      for (const pending of copy.flushing) orInto(missed, pending);
+      this.addChangeBitmap(this.generationsValue.current, missed);
+      this.setGenerations(beginGenerationWithoutPeer(this.generationsValue, this.newId()));
+    }
+    if (this.lastInSync === copy) {
+      this.lastInSync = undefined;
+      this.lastInSyncLeftAt = undefined;
+    }
+    const port = copy.port;
+    copy.port = undefined;
+    copy.attachment++;
+    copy.resync = null;
+    copy.joining = false;
+    copy.missing = null;
+    copy.state = "faulted";
+    copy.reason = reason;
+    this.all = this.all.filter((other) => other !== copy);
+    return { port, saveNeeded: receiving || listed };
+  }
 
   /** Makes `port` the copy's port: a new attachment. */
   attach(view: CopyView, port: ReplicaPort): number {
     const copy = this.own(view);
+    assert.ok(this.all.includes(copy), `${copy.location} is not a copy of the volume: nothing is attached to it`);
     assert.ok(copy.port === undefined, `${copy.location} is attached already`);
     copy.port = port;
     copy.attachment++;
@@ -604,10 +693,10 @@ export class CopySet {
     };
   }
 
+  /** The copy behind a view this set made (a member, or one removed since). */
   private own(view: CopyView): Copy {
-    const copy = this.all[view.index];
-    assert.ok(copy === view, "a copy of another volume");
-    return copy;
+    assert.ok(view instanceof Copy && this.made.has(view), "a copy of another volume");
+    return view;
   }
 }
 

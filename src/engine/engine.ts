@@ -5,7 +5,11 @@
 //   fenced) and asserts its invariants; start-plan.ts decides, purely, how a start goes;
 // - metadata-saves.ts queues the volume's metadata saves; copy-records.ts the control plane's records;
 // - resync.ts and verify.ts run in the background through background-access.ts;
-// - send-order.ts orders requests to copies; activity-log.ts, range-locks.ts, throttle.ts as named.
+// - send-order.ts orders requests to copies; activity-log.ts, range-locks.ts, throttle.ts as named;
+//   port-use.ts counts the reads in flight on each copy's port.
+// The copies are those given at construction; a running volume gains and loses copies with addCopy()
+// and removeCopy() (a new copy is resynced before it joins the in-sync set; a copy leaves after a short
+// quiesce of writes, never the last in-sync one).
 // The rules of DESIGN.md it keeps:
 // - rule 1: a write completes only when every in-sync copy applied it (FUA: made it durable); FLUSH
 //   completes only when every in-sync copy flushed;
@@ -38,6 +42,7 @@ import type { BackgroundAccess, ResyncSettings } from "./background-access.js";
 import { CopyRecords } from "./copy-records.js";
 import { CopySet, orInto, type ByteRange, type CopyView } from "./copy-set.js";
 import { SaveQueue } from "./metadata-saves.js";
+import { PortUse } from "./port-use.js";
 import { RangeLocks } from "./range-locks.js";
 import { runResync } from "./resync.js";
 import { sendRemoteFirst, settleInTurn } from "./send-order.js";
@@ -56,6 +61,12 @@ export const MAX_REPLICAS = 4;
 export const DEFAULT_WRITEBACK_MS = 5000;
 const DEFAULT_RECONNECT_MS = 2000;
 const DEFAULT_STARTUP_WAIT_MS = 10_000;
+/**
+ * How long removeCopy() waits for client reads in flight on the removed copy before closing its port
+ * anyway. A read of a working disk or a remote copy (which has its own request timeout) ends well
+ * within it; one still running after it is stuck on a failing disk.
+ */
+const REMOVED_COPY_READS_WAIT_MS = 30_000;
 
 export interface EngineOptions {
   readonly name: string;
@@ -172,6 +183,14 @@ export class VolumeEngine implements BlockDevice, EngineControl {
   private reconnectTimer: { cancel(): void } | undefined;
   private writebackTimer: { cancel(): void } | undefined;
   private readonly background = new Set<Promise<void>>();
+  /** Each copy's resync under way (tracked), so a copy being removed is closed only after it ended. */
+  private readonly resyncs = new Map<CopyView, Promise<void>>();
+  /** The reconnect loop's attempts to open a copy, under way. */
+  private readonly reaching = new Map<CopyView, Promise<void>>();
+  /** Client reads (and block status) in flight on each copy's port. */
+  private readonly portUse = new PortUse<CopyView>();
+  /** Locations being added (addCopy() under way), counted as copies. */
+  private readonly adding = new Set<string>();
   /** The save recording the last copy that left, while it is under way. */
   private transition: Promise<void> | null = null;
 
@@ -324,6 +343,7 @@ export class VolumeEngine implements BlockDevice, EngineControl {
     const inSync: CopyView[] = [];
     const toResync: { copy: CopyView; decision: CopyDecision }[] = [];
     const toCreate: CopyView[] = [];
+    assert.equal(plan.copies.length, copies.copies.length, "the plan covers the configured copies, in order");
     plan.copies.forEach((step, index) => {
       const copy = copies.copies[index]!;
       const port = ports.get(index);
@@ -413,17 +433,25 @@ export class VolumeEngine implements BlockDevice, EngineControl {
       if (copy === undefined) throw this.noCopies("READ");
       const attachment = copy.attachment;
       const port = copy.port!;
+      let failure: { error: unknown } | undefined;
+      const done = this.portUse.enter(copy);
       try {
         if (port.readInto) await port.readInto(offset, target);
         else (await port.read(offset, target.length)).copy(target);
+      } catch (error) {
+        failure = { error };
+      } finally {
+        done();
+      }
+      if (failure === undefined) {
         this.io.reads++;
         this.io.bytesRead += target.length;
         return;
-      } catch (error) {
-        if (isRangeError(error)) throw error;
-        this.checkFence(error);
-        await this.fault(copy, attachment, `read failed: ${errorMessage(error)}`, [{ offset, length: target.length }]);
       }
+      const { error } = failure;
+      if (isRangeError(error)) throw error;
+      this.checkFence(error);
+      await this.fault(copy, attachment, `read failed: ${errorMessage(error)}`, [{ offset, length: target.length }]);
     }
   }
 
@@ -517,11 +545,14 @@ export class VolumeEngine implements BlockDevice, EngineControl {
     this.checkUsable();
     const copy = this.copies.readCopy();
     if (copy === undefined) throw this.noCopies("BLOCK_STATUS");
+    const done = this.portUse.enter(copy);
     try {
       return await copy.port!.blockStatus(offset, length);
     } catch (error) {
       if (isRangeError(error)) throw error;
       return [{ length, hole: false, zero: false }];
+    } finally {
+      done();
     }
   }
 
@@ -729,24 +760,32 @@ export class VolumeEngine implements BlockDevice, EngineControl {
     );
     await Promise.all(
       due.map(async (copy) => {
-        const attachment = copy.attachment;
-        let port: ReplicaPort;
-        try {
-          port = await this.options.opener(copy.location, this.options.name, this.createOptions());
-        } catch (error) {
-          if (copy.reason === null || !copy.reason.includes(errorMessage(error)))
-            this.log(`${copy.location}: still unreachable: ${errorMessage(error)}`);
-          this.copies.noteUnreachable(copy, errorMessage(error));
-          return;
-        }
-        if (this.stopping || !this.copies.isAttached(copy, attachment) || this.copies.fenced) {
-          await port.close();
-          return;
-        }
-        this.attachReturning(copy, port);
+        const attempt = this.reconnectOne(copy);
+        this.reaching.set(copy, attempt);
+        await attempt;
+        if (this.reaching.get(copy) === attempt) this.reaching.delete(copy);
       }),
     );
     this.scheduleReconnect();
+  }
+
+  private async reconnectOne(copy: CopyView): Promise<void> {
+    const attachment = copy.attachment;
+    let port: ReplicaPort;
+    try {
+      port = await this.options.opener(copy.location, this.options.name, this.createOptions());
+    } catch (error) {
+      if (copy.reason === null || !copy.reason.includes(errorMessage(error)))
+        this.log(`${copy.location}: still unreachable: ${errorMessage(error)}`);
+      this.copies.noteUnreachable(copy, errorMessage(error));
+      return;
+    }
+    // A copy removed meanwhile had its attachment retired: its port is closed, never attached.
+    if (this.stopping || !this.copies.isAttached(copy, attachment) || this.copies.fenced) {
+      await port.close();
+      return;
+    }
+    this.attachReturning(copy, port);
   }
 
   private createOptions(): { volumeId: string; sizeBytes: number; regionBytes: number } {
@@ -843,7 +882,11 @@ export class VolumeEngine implements BlockDevice, EngineControl {
     for (const range of this.locks.sharedRanges()) bitmap.markRange(range.offset, range.length);
     copies.beginResync(copy, bitmap, mode, decision.rule);
     this.log(`${copy.location}: ${mode} resync of ${bitmap.bytes} bytes (${decision.rule})`);
-    this.track(runResync(this.access, copy, copy.attachment));
+    const resync = this.track(runResync(this.access, copy, copy.attachment));
+    this.resyncs.set(copy, resync);
+    void resync.then(() => {
+      if (this.resyncs.get(copy) === resync) this.resyncs.delete(copy);
+    });
   }
 
   /**
@@ -932,6 +975,10 @@ export class VolumeEngine implements BlockDevice, EngineControl {
       await this.refusedClosing.get(loser.location);
       this.refusedClosing.delete(loser.location);
       const port = await this.options.opener(loser.location, this.options.name, this.createOptions());
+      if (!this.copies.isMember(loser) || loser.port !== undefined || this.stopping) {
+        await port.close(); // removed (or reattached) meanwhile
+        continue;
+      }
       this.copies.attach(loser, port);
       this.watchLoss(loser);
       this.beginResync(
@@ -941,6 +988,206 @@ export class VolumeEngine implements BlockDevice, EngineControl {
       );
     }
     return this.status();
+  }
+
+  // ---- changing the set of copies ------------------------------------------------------------------
+
+  /** The volume's copies now, in order: those given at start, then those added, less those removed. */
+  get locations(): readonly string[] {
+    return this.copies.copies.map((copy) => copy.location);
+  }
+
+  /**
+   * Adds a copy at `location` to the running volume; resolves once it is attached and its resync has
+   * started (not when it ends). Opened through the opener with the volume's create options: a copy of
+   * this volume already there is taken as a returning copy (an incremental resync when the volume kept
+   * a change bitmap since its generation, else a full one); where there is none, one is created and
+   * fully rebuilt. It joins the in-sync set once its resync completed (recorded in sync then); it is
+   * recorded out of sync before it is attached. If the opener fails (unreachable), the copy is added
+   * all the same, connecting, recorded out of sync, and the reconnect loop retries it as it retries any
+   * copy; this resolves. Refused, with nothing changed (but for an empty copy the opener may just have
+   * created, left on disk):
+   * - HAVEN_ERR_CONFLICT: the location is a copy already (or being added); a copy of another volume
+   *   (or size, or region size) is there (left untouched); its generations share nothing with the
+   *   volume's (unrelated data, left untouched); the engine has not started;
+   * - HAVEN_ERR_USAGE: the volume has MAX_REPLICAS copies;
+   * - HAVEN_ERR_FENCED, HAVEN_ERR_SHUTTING_DOWN: the engine is fenced or stopping;
+   * - HAVEN_ERR_UNAVAILABLE: the control plane's record of it as out of sync failed.
+   * A copy that took writes apart from the volume is a split brain, as when a copy returns: it stays
+   * among the copies, refused (nothing is written to it) until resolveSplitBrain() names the survivor
+   * or removeCopy() drops it, and this rejects with HAVEN_ERR_SPLIT_BRAIN.
+   */
+  async addCopy(location: string): Promise<void> {
+    this.checkChangeable();
+    const name = this.options.name;
+    if (this.copies.copies.some((copy) => copy.location === location) || this.adding.has(location))
+      throw new HavenError("HAVEN_ERR_CONFLICT", `${location} is already a copy of volume ${name}`);
+    const count = this.copies.copies.length + this.adding.size;
+    if (count >= MAX_REPLICAS)
+      throw new HavenError(
+        "HAVEN_ERR_USAGE",
+        `volume ${name} has ${count} copies, the most a volume can have (${MAX_REPLICAS}): remove one before adding ${location}`,
+      );
+    this.adding.add(location);
+    try {
+      await this.addCopyAt(location);
+    } finally {
+      this.adding.delete(location);
+    }
+  }
+
+  private async addCopyAt(location: string): Promise<void> {
+    const name = this.options.name;
+    let port: ReplicaPort | undefined;
+    let unreachable = "";
+    try {
+      port = await this.options.opener(location, name, this.createOptions());
+    } catch (error) {
+      unreachable = errorMessage(error);
+    }
+    try {
+      if (port !== undefined) this.refuseForeign(location, port.metadata);
+      this.checkChangeable();
+      const detail =
+        port === undefined
+          ? `added to the volume, not reachable yet: ${unreachable}`
+          : "added to the volume: not in sync until its resync completes";
+      try {
+        await this.records.record(location, false, detail);
+      } catch (error) {
+        throw new HavenError(
+          "HAVEN_ERR_UNAVAILABLE",
+          `cannot record ${location} as out of sync in the cluster, so it is not added to volume ${name}: ${errorMessage(error)}`,
+        );
+      }
+      this.checkChangeable();
+      if (port !== undefined) this.refuseForeign(location, port.metadata); // the volume's generations moved on
+    } catch (error) {
+      await port?.close();
+      throw error;
+    }
+    const copy = this.copies.add(location);
+    if (port === undefined) {
+      this.copies.noteUnreachable(copy, unreachable);
+      this.log(`${location}: added to volume ${name}, not reachable yet (${unreachable}); retrying`);
+      this.scheduleReconnect();
+      return;
+    }
+    this.log(`${location}: added to volume ${name}`);
+    this.attachReturning(copy, port);
+    if (copy.state === "split-brain")
+      throw new HavenError(
+        "HAVEN_ERR_SPLIT_BRAIN",
+        `${location} holds a copy of volume ${name} that took writes apart from it (${copy.reason}). It stays ` +
+          `among the volume's copies, refused, and nothing is written to it: name the survivor to rebuild it ` +
+          `from the volume (resolve-split-brain), or remove it`,
+      );
+  }
+
+  /** Refuses (HAVEN_ERR_CONFLICT) a copy that cannot join this volume: another volume's, or unrelated. */
+  private refuseForeign(location: string, metadata: ReplicaMetadata): void {
+    const copies = this.copies;
+    const name = this.options.name;
+    const refusal =
+      foreign(metadata, copies.volumeId, copies.sizeBytes, copies.regionBytes) ??
+      (decideCopy({ generations: copies.generations, changedSince: copies.changeBases() }, metadata).kind === "refused"
+        ? "its generations share nothing with the volume's (unrelated data)"
+        : null);
+    if (refusal !== null)
+      throw new HavenError(
+        "HAVEN_ERR_CONFLICT",
+        `${location} cannot hold a copy of volume ${name}: ${refusal}. It is left untouched; ` +
+          `remove ${location}/${name} first if its data is not needed`,
+      );
+  }
+
+  /**
+   * Removes the copy at `location` from the running volume for good; its files stay where they are
+   * (the caller deletes them). Writes are held back briefly (the whole volume's range lock, as stop()
+   * takes it: writes in flight, resync and verify chunks finish first); the copy is dropped from the set,
+   * so no write goes to it again; if it received writes the volume moves to a new generation, with
+   * what it may have missed recorded (copy-set.ts remove()); the remaining in-sync copies' metadata is
+   * saved when it changed, and the copy recorded out of sync, before any write goes on. Then its
+   * resync ends, reads in flight on it settle, and its port is closed, before this resolves.
+   * Refused: HAVEN_ERR_NOT_FOUND for a location that is not a copy; HAVEN_ERR_CONFLICT for the only
+   * in-sync copy (or, with none in sync, the one the volume was last in sync on), or before the engine
+   * started; HAVEN_ERR_FENCED, HAVEN_ERR_SHUTTING_DOWN when fenced or stopping. A failing record in the
+   * cluster fences the engine (as when a copy fails) and rejects with HAVEN_ERR_FENCED.
+   */
+  async removeCopy(location: string): Promise<void> {
+    this.checkChangeable();
+    this.refuseRemoval(location); // at once, without waiting for the quiesce
+    const release = await this.locks.acquire(0, Number.MAX_SAFE_INTEGER, true);
+    let removed: { copy: CopyView; port: ReplicaPort | undefined };
+    try {
+      this.checkChangeable();
+      const copy = this.refuseRemoval(location);
+      const reason = "removed from the volume";
+      const { port, saveNeeded } = this.copies.remove(copy, reason);
+      removed = { copy, port };
+      this.log(
+        `${location}: removed from volume ${this.options.name}` +
+          (saveNeeded ? `; volume now at generation ${this.copies.generations.current}` : ""),
+      );
+      const recorded = this.recordLeaving(location, reason).catch((error: unknown) => {
+        throw new HavenError(
+          "HAVEN_ERR_FENCED",
+          `${location} was removed, but recording it out of sync in the cluster failed, so the engine fenced ` +
+            `itself: ${errorMessage(error)}`,
+        );
+      });
+      await Promise.all([saveNeeded ? this.saves.request() : undefined, recorded]);
+    } finally {
+      release();
+    }
+    await this.closeRemoved(removed.copy, removed.port);
+  }
+
+  /** The member at `location`, if it may be removed; else the refusal. */
+  private refuseRemoval(location: string): CopyView {
+    const name = this.options.name;
+    const copy = this.copies.copies.find((c) => c.location === location);
+    if (copy === undefined)
+      throw new HavenError(
+        "HAVEN_ERR_NOT_FOUND",
+        `${location} is not a copy of volume ${name} (its copies: ${this.locations.join(", ")})`,
+      );
+    if (this.copies.holdsLastData(copy))
+      throw new HavenError(
+        "HAVEN_ERR_CONFLICT",
+        copy.state === "in-sync"
+          ? `${location} is the last in-sync copy of volume ${name}: removing it would lose the volume's data. ` +
+              `Add a copy and wait until it is in sync first`
+          : `${location} is the copy volume ${name} was last in sync on, and no copy is in sync now: removing ` +
+              `it would lose the volume's data`,
+      );
+    return copy;
+  }
+
+  /** After removal: the copy's resync, reconnect attempt and reads end; then its port (if any) closes. */
+  private async closeRemoved(copy: CopyView, port: ReplicaPort | undefined): Promise<void> {
+    await this.resyncs.get(copy);
+    await this.reaching.get(copy);
+    let timer: { cancel(): void } | undefined;
+    const timedOut = new Promise<boolean>((resolve) => {
+      timer = this.clock.schedule(REMOVED_COPY_READS_WAIT_MS, () => resolve(true));
+    });
+    const stuck = await Promise.race([this.portUse.idle(copy).then(() => false), timedOut]);
+    timer?.cancel();
+    if (stuck) this.log(`${copy.location}: reads still in flight after ${REMOVED_COPY_READS_WAIT_MS} ms; closing it`);
+    await port?.close();
+    await this.refusedClosing.get(copy.location);
+    this.refusedClosing.delete(copy.location);
+  }
+
+  /** Copies change only while the volume serves. */
+  private checkChangeable(): void {
+    this.checkUsable();
+    if (this.starting)
+      throw new HavenError(
+        "HAVEN_ERR_CONFLICT",
+        `volume ${this.options.name} is not serving (it has not started, or its start failed): its copies change only while it serves`,
+      );
   }
 
   status(): VolumeStatus {
@@ -1010,10 +1257,12 @@ export class VolumeEngine implements BlockDevice, EngineControl {
     };
   }
 
-  private track(promise: Promise<void>): void {
+  /** Runs `promise` as background work stop() waits for; the returned promise settles with it, never rejects. */
+  private track(promise: Promise<void>): Promise<void> {
     const tracked = promise.catch((error: unknown) => this.log(`background task failed: ${errorMessage(error)}`));
     this.background.add(tracked);
     void tracked.finally(() => this.background.delete(tracked));
+    return tracked;
   }
 
   /** A copy refusing our epoch means another engine took over: stop completing anything (rule 4). */

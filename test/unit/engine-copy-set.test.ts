@@ -3,7 +3,7 @@
 
 import { test } from "node:test";
 import assert, { AssertionError } from "node:assert/strict";
-import { CopySet } from "../../src/engine/copy-set.js";
+import { CopySet, type CopyView } from "../../src/engine/copy-set.js";
 import type { ReplicaPort } from "../../src/replica/port.js";
 import type { ReplicaMetadata } from "../../src/replica/replica-store.js";
 import { RegionBitmap } from "../../src/replica/region-bitmap.js";
@@ -158,4 +158,70 @@ test("after close nothing is in sync for I/O, and reads find no copy", () => {
   assert.deepEqual(set.inSync(), []);
   assert.equal(set.readCopy(), undefined);
   assert.deepEqual(set.beginMutation(0, 4096, false), []);
+});
+
+test("a copy added takes an index never used before, and joins the set connecting, receiving nothing", () => {
+  const set = started();
+  set.remove(set.copies[1]!, "moved");
+  const added = set.add("/disk2");
+  assert.deepEqual(
+    set.copies.map((c) => [c.index, c.location]),
+    [
+      [0, "/disk0"],
+      [2, "/disk2"],
+    ],
+  );
+  assert.equal(added.state, "connecting");
+  assert.equal(added.port, undefined);
+  assert.deepEqual(
+    set.beginMutation(0, 4096, false).map((s) => s.copy.location),
+    ["/disk0"],
+  );
+  assert.throws(() => set.add("/disk0"), AssertionError, "a location is a copy once");
+  const attachment = set.attach(added, port(2));
+  set.beginResync(added, new RegionBitmap(MiB, 4096), "full", "new copy");
+  assert.equal(set.beginMutation(0, 4096, false).length, 2, "once resyncing, it takes every write");
+  assert.ok(set.isAttached(added, attachment));
+});
+
+test("a copy removed that took writes leaves as a failing one does: what it may have missed is recorded, and the volume moves to a new generation", () => {
+  const set = started();
+  const copy = set.copies[1]!;
+  set.beginMutation(8192, 4096, false); // unflushed on both
+  const ticket = set.beginFlush([copy], [])[0]!; // a flush in flight to it
+  set.beginMutation(MiB - 4096, 4096, false);
+  const before = set.generations;
+  const { port: closing, saveNeeded } = set.remove(copy, "removed");
+  assert.ok(closing !== undefined && saveNeeded);
+  assert.deepEqual(set.generations, { current: id(0x10), bitmap: before.current, history: [id(1)] });
+  const since = set.changedSinceCopy(before.current)!;
+  assert.ok(since.isSet(2) && since.isSet(255), "the flush in flight and the unflushed write both count");
+  assert.equal(since.count, 2);
+  assert.deepEqual(set.volumePatch([]).inSyncCopies, [id(0xc0)], "no longer counted in sync");
+  assert.ok(!set.isMember(copy));
+  // Work still holding its view changes nothing.
+  assert.ok(!set.stillInSync(ticket));
+  set.endFlush(ticket, false);
+  assert.equal(set.leave(copy, ticket.attachment, "late failure", [], []), null);
+  assert.deepEqual(set.generations.current, id(0x10));
+  assert.throws(() => set.attach(copy, port(1)), AssertionError, "nothing is attached to a removed copy");
+});
+
+test("the only in-sync copy, or with none in sync the one the volume was last in sync on, is never removed", () => {
+  const set = started();
+  const [first, second] = set.copies as [CopyView, CopyView];
+  assert.ok(!set.holdsLastData(first));
+  set.leave(second, second.attachment, "gone", [], []);
+  assert.ok(set.holdsLastData(first));
+  assert.ok(!set.holdsLastData(second));
+  assert.throws(() => set.remove(first, "no"), AssertionError);
+  set.leave(first, first.attachment, "gone too", [], []);
+  assert.ok(set.holdsLastData(first), "the volume can serve from it again when it returns");
+  assert.ok(!set.holdsLastData(second));
+  const { saveNeeded } = set.remove(second, "removed");
+  assert.equal(saveNeeded, false, "a faulted copy changes nothing the in-sync copies record");
+  assert.deepEqual(
+    set.copies.map((c) => c.location),
+    ["/disk0"],
+  );
 });
