@@ -20,11 +20,22 @@
 // the last, which the copies enforce, so a deposed primary's writes are refused by its peers.
 
 import type { LeaseId } from "../cluster/etcd-client.js";
-import { keys, parseVolumeSpec, type HostRecord } from "../cluster/schema.js";
-import { HavenError } from "../core/errors.js";
+import {
+  copiesOn,
+  keys,
+  parseVolumeSpec,
+  type CopyPlace,
+  type HostRecord,
+  type VolumeSpec,
+} from "../cluster/schema.js";
+import { HavenError, errorMessage } from "../core/errors.js";
+import { replaceCopy } from "../cluster/volume-admin.js";
+import { readClusterRecords } from "../cluster/cluster-read.js";
 import type { EngineOptions, VolumeEngine } from "../engine/engine.js";
-import type { AgentConfig } from "./config.js";
+import type { AgentConfig, DiskConfig } from "./config.js";
 import { CopyRecorder } from "./copy-records.js";
+import { decideFailedDisks } from "./disk-decide.js";
+import { DiskRegistry } from "./disk-registry.js";
 import { EventLog } from "./event-log.js";
 import { HealthReporter } from "./health.js";
 import type { AgentView, HostHealth, VmHere } from "./view.js";
@@ -60,6 +71,8 @@ export class Agent implements AgentView {
   private watchdogTimer: { cancel(): void } | undefined;
   private trimTimer: { cancel(): void } | undefined;
   private stopped = false;
+  /** This host's disks' labels, states and usage (absent where the world has no disk layer). */
+  private readonly disks: DiskRegistry | undefined;
   private replicationPort = 0;
   private nbdPort = 0;
 
@@ -110,7 +123,8 @@ export class Agent implements AgentView {
       completionGate: () => this.lease.completionGate(),
       alive: () => this.reconciler.view.alive,
       nbdPort: () => this.nbdPort,
-      copyDirectory: (volume) => this.copyDirectory(volume),
+      copyDirectory: (volume, disk) => this.copyDirectory(volume, disk),
+      disks: () => this.diskList(),
       ...(options.engineOptions && { engineOptions: options.engineOptions }),
     });
     this.vmLifecycle = new VmLifecycle({
@@ -135,6 +149,7 @@ export class Agent implements AgentView {
       volumes: this.volumes,
       links: this.links,
       lease: this.lease,
+      disks: () => this.diskList(),
     });
     this.reconciler = new Reconciler({
       config,
@@ -147,12 +162,27 @@ export class Agent implements AgentView {
       holdsLease: () => this.lease.current !== undefined,
       log,
     });
+    this.disks =
+      world.diskInfo &&
+      new DiskRegistry({
+        config,
+        store: world.store,
+        events: this.events,
+        wallTime: world.wallTime,
+        now: () => world.clock.now(),
+        log,
+        source: world.diskInfo,
+        onMovedHere: (from, disk) => this.adoptCopies(from, disk),
+      });
     this.scheduler = new RoundScheduler({
       store: world.store,
       clock: world.clock,
       intervalMs: timings.healthCheckIntervalMs,
       watched: [keys.hosts(), keys.primaries(), keys.handovers(), keys.vms()],
-      round: () => this.reconciler.round(),
+      round: async () => {
+        await this.reconciler.round();
+        await this.publishDisks();
+      },
       log,
     });
   }
@@ -170,6 +200,8 @@ export class Agent implements AgentView {
       const { replication, nbd } = config;
       this.replicationPort = await world.replicaService.listen(replication.listen.host, replication.listen.port);
       this.nbdPort = await world.nbd.listen(nbd.listen.host, nbd.listen.port);
+      // Before the host registers: its record lists every disk, those `disk add` gave it included.
+      await this.disks?.start();
       await this.lease.start();
     } catch (error) {
       // Nothing started may outlive a failed start: a listening server would keep the process
@@ -226,29 +258,128 @@ export class Agent implements AgentView {
   }
 
   /**
-   * The directory of this host's copy of `volume`: the disk the cluster placed it on (read from the
-   * store when this agent has not seen the volume yet, as right after its creation), else a disk that
-   * holds it already. Refused, with the reason, for a volume that has no copy here.
+   * The directory (disk) of this host's copy of `volume` on `disk`, or of its only copy here when no
+   * disk is named: the disk the cluster placed it on (read from the store when this agent has not seen
+   * the volume yet, as right after its creation or a copy's addition), else a disk that holds it
+   * already. Refused, with the reason, for a copy the cluster did not place here.
    */
-  async copyDirectory(volume: string): Promise<string> {
+  async copyDirectory(volume: string, disk?: string): Promise<string> {
     let spec = this.reconciler.view.volumes.get(volume);
-    if (spec === undefined) {
+    const placedOn = (candidate: VolumeSpec | undefined): CopyPlace[] =>
+      candidate === undefined
+        ? []
+        : copiesOn(candidate, this.name).filter((copy) => disk === undefined || copy.disk === disk);
+    if (placedOn(spec).length === 0) {
       const kv = await this.world.store.get(keys.volume(volume)).catch(() => undefined);
       if (kv !== undefined) spec = parseVolumeSpec(kv.value, kv.key);
     }
-    const placed = spec && this.reconciler.placedHere(spec);
-    if (placed !== undefined) {
-      const disk = this.config.disks.find((candidate) => candidate.name === placed.disk);
-      if (disk === undefined)
+    const placed = placedOn(spec);
+    if (placed.length > 1)
+      throw new HavenError(
+        "HAVEN_ERR_USAGE",
+        `volume ${volume} has ${placed.length} copies on ${this.name} (${placed.map((copy) => copy.disk).join(", ")}): name the disk`,
+      );
+    if (placed.length === 1) {
+      const refused = this.disks?.refusal(placed[0]!.disk);
+      if (refused !== undefined)
+        throw new HavenError("HAVEN_ERR_CONFLICT", `no copy of ${volume} is opened here: ${refused}`);
+      const found = this.diskList().find((candidate) => candidate.name === placed[0]!.disk);
+      if (found === undefined)
         throw new HavenError(
           "HAVEN_ERR_CONFIG",
-          `volume ${volume}'s copy on ${this.name} is placed on disk ${placed.disk}, which this host's config does not list`,
+          `volume ${volume}'s copy on ${this.name} is placed on disk ${placed[0]!.disk}, which this host's config does not list`,
         );
-      return disk.path;
+      return found.path;
     }
-    const holding = this.config.disks.find((disk) => this.world.storage.holds(disk.path, volume));
+    if (spec !== undefined && disk !== undefined)
+      throw new HavenError("HAVEN_ERR_NOT_FOUND", `volume ${volume} has no copy placed on ${this.name}/${disk}`);
+    const holding = this.diskList().find(
+      (candidate) =>
+        (disk === undefined || candidate.name === disk) && this.world.storage.holds(candidate.path, volume),
+    );
     if (holding !== undefined) return holding.path;
     throw new HavenError("HAVEN_ERR_NOT_FOUND", `host ${this.name} holds no copy of volume ${volume}`);
+  }
+
+  /** This host's disks now: the config's, and those `disk add` gave it. */
+  diskList(): readonly DiskConfig[] {
+    return this.disks?.list() ?? this.config.disks;
+  }
+
+  /** The volumes with a copy placed on this host's disk `disk`. */
+  private volumesOn(disk: string): string[] {
+    return [...this.reconciler.view.volumes.values()]
+      .filter((spec) => copiesOn(spec, this.name).some((copy) => copy.disk === disk))
+      .map((spec) => spec.name);
+  }
+
+  /** Publishes the disks' records: their state from the latest probes, and the copies placed on each. */
+  private async publishDisks(): Promise<void> {
+    if (this.disks === undefined) return;
+    const probes = new Map(this.healthReporter.disks.map((disk) => [disk.name, disk.ok]));
+    await this.disks.handleRequests((disk) => this.volumesOn(disk));
+    await this.disks.publish(
+      (disk) => probes.get(disk),
+      (disk) => this.volumesOn(disk),
+    );
+    await this.handleFailedDisks(this.disks);
+  }
+
+  /**
+   * A disk moved here from host `from.host`: each copy the cluster placed on it there is placed here
+   * instead, and the primary resyncs it (incrementally: it holds the volume's data up to when it left).
+   */
+  private async adoptCopies(from: { host: string; disk: string }, disk: string): Promise<void> {
+    for (const spec of (await readClusterRecords(this.world.store)).volumes.values()) {
+      if (!spec.replicas.some((copy) => copy.host === from.host && copy.disk === from.disk)) continue;
+      await replaceCopy(
+        this.world.store,
+        spec.name,
+        from,
+        { host: this.name, disk },
+        {
+          actor: this.name,
+          reason: `disk ${from.disk} moved from ${from.host} to ${this.name} (as ${disk})`,
+        },
+      ).catch((error: unknown) =>
+        this.log(`volume ${spec.name}: taking over the copy on moved disk ${disk}: ${errorMessage(error)}`),
+      );
+    }
+  }
+
+  /** Disks announced as needing replacement (once each, until they are no longer failed). */
+  private readonly announcedDisks = new Set<string>();
+
+  /** A failed disk's copies move to a spare (and are rebuilt there); without one, the operator is told. */
+  private async handleFailedDisks(disks: DiskRegistry): Promise<void> {
+    const own = disks.ownDisks();
+    for (const name of this.announcedDisks)
+      if (!own.some((disk) => disk.name === name && (disk.state === "failed" || disk.state === "missing")))
+        this.announcedDisks.delete(name);
+    if (!this.lease.current) return;
+    const view = this.reconciler.view;
+    const actions = decideFailedDisks({
+      me: this.name,
+      disks: own,
+      volumes: [...view.volumes.values()],
+      records: view.replicas,
+      announced: this.announcedDisks,
+    });
+    for (const action of actions) {
+      if (action.kind === "needs-replacement") {
+        this.announcedDisks.add(action.disk);
+        await this.events.event("disk-replace-needed", action.message);
+        continue;
+      }
+      await replaceCopy(this.world.store, action.volume, action.from, action.to, {
+        actor: this.name,
+        reason: `disk ${action.from.disk} failed; spare ${action.to.disk} takes its copy`,
+      }).catch((error: unknown) =>
+        this.log(
+          `volume ${action.volume}: moving the copy off failed disk ${action.from.disk}: ${errorMessage(error)}`,
+        ),
+      );
+    }
   }
 
   /** Keeps the event log within the configured retention, now and every EVENT_TRIM_INTERVAL_MS. */
@@ -283,10 +414,11 @@ export class Agent implements AgentView {
 
   private async hostRecord(): Promise<HostRecord> {
     const disks = await Promise.all(
-      this.config.disks.map(async (disk) => ({
+      this.diskList().map(async (disk) => ({
         name: disk.name,
         capacityBytes: disk.capacityBytes ?? (await this.world.storage.freeBytes(disk.path)),
         usedBytes: 0,
+        ...(disk.capacityBytes !== undefined && { limited: true }),
       })),
     );
     return {

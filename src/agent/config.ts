@@ -63,6 +63,12 @@ export interface AgentConfig {
   /** The NBD front of the volumes this host is primary for (one export per volume). */
   readonly nbd: { readonly listen: ListenAddress };
   readonly disks: readonly DiskConfig[];
+  /**
+   * Where the agent keeps what it learns at run time: the disks `haven disk add` gave it (disks.json)
+   * and the mount points of the block devices it formatted (disks/ID). Absent: disks come from the
+   * config only, and `disk add` is refused.
+   */
+  readonly stateDir?: string;
   /** DEFAULT_TIMINGS with the file's overrides, checked by checkTimings. */
   readonly timings: Timings;
   /** How long the cluster keeps its events; every agent trims them (DEFAULT_EVENT_RETENTION). */
@@ -95,7 +101,7 @@ export const MAX_CONFIG_BYTES = 1024 * 1024;
 
 const TOP_KEYS = {
   required: ["host", "etcd", "api", "replication", "nbd", "disks"],
-  optional: ["timings", "events", "vms"],
+  optional: ["timings", "events", "vms", "stateDir"],
 } as const;
 const VMS_KEYS = {
   required: ["cpus", "memory", "runtimeDir"],
@@ -213,7 +219,9 @@ export function parseAgentConfig(text: string, sourceName: string): AgentConfig 
     );
   }
 
-  const diskList = read.array(root.disks, "disks", 1, MAX_DISKS);
+  const stateDir = root.stateDir === undefined ? undefined : read.absolutePath(root.stateDir, "stateDir");
+  // With a state directory, disks may all come from `haven disk add`.
+  const diskList = read.array(root.disks, "disks", stateDir === undefined ? 1 : 0, MAX_DISKS);
   const disks: DiskConfig[] = [];
   diskList.forEach((value, index) => {
     const path = `disks[${index}]`;
@@ -263,7 +271,18 @@ export function parseAgentConfig(text: string, sourceName: string): AgentConfig 
   };
 
   const vms = root.vms === undefined ? undefined : readVmsConfig(read, read.object(root.vms, "vms", VMS_KEYS), fail);
-  return { host, etcd: { endpoints }, api, replication, nbd, disks, timings, events, ...(vms && { vms }) };
+  return {
+    host,
+    etcd: { endpoints },
+    api,
+    replication,
+    nbd,
+    disks,
+    ...(stateDir !== undefined && { stateDir }),
+    timings,
+    events,
+    ...(vms && { vms }),
+  };
 }
 
 function formatVmsConfig(vms: VmsConfig): Record<string, unknown> {
@@ -380,6 +399,7 @@ export function formatAgentConfig(config: AgentConfig): string {
       path: disk.path,
       ...(disk.capacityBytes === undefined ? {} : { capacity: formatCapacity(disk.capacityBytes) }),
     })),
+    ...(config.stateDir !== undefined && { stateDir: config.stateDir }),
     ...(Object.keys(timings).length === 0 ? {} : { timings }),
     ...(config.events.maxAgeMs === DEFAULT_EVENT_RETENTION.maxAgeMs &&
     config.events.maxCount === DEFAULT_EVENT_RETENTION.maxCount

@@ -13,7 +13,7 @@
 // same condition.
 
 import type { ClusterStore, Compare } from "../cluster/store.js";
-import { keys, parseReplicaRecord, type ReplicaRecord } from "../cluster/schema.js";
+import { copyId, keys, parseReplicaRecord, type CopyPlace, type ReplicaRecord } from "../cluster/schema.js";
 import { HavenError, errorMessage } from "../core/errors.js";
 import type { Clock } from "../util/clock.js";
 import type { EventLog } from "./event-log.js";
@@ -46,8 +46,8 @@ export interface CopyRecorderOptions {
 export class CopyRecorder {
   constructor(private readonly options: CopyRecorderOptions) {}
 
-  /** Records `host`'s copy of the role's volume as in sync or not; rejects when the role is gone. */
-  async record(role: PrimaryRole, host: string, inSync: boolean, detail: string): Promise<void> {
+  /** Records the copy of the role's volume on `copy` as in sync or not; rejects when the role is gone. */
+  async record(role: PrimaryRole, copy: CopyPlace, inSync: boolean, detail: string): Promise<void> {
     const { store, clock, wallTime, events } = this.options;
     const { volume, epoch } = role;
     const record: ReplicaRecord = {
@@ -56,7 +56,8 @@ export class CopyRecorder {
       epoch,
       updatedAt: wallTime().toISOString(),
     };
-    const key = keys.replica(volume, host);
+    const key = keys.replica(volume, copy);
+    const where = copyId(copy);
     for (;;) {
       let result;
       try {
@@ -72,23 +73,23 @@ export class CopyRecorder {
         if (!this.options.mayRetry())
           throw new HavenError(
             "HAVEN_ERR_UNAVAILABLE",
-            `cannot record ${host}'s copy of ${volume} as ${record.state}: ${errorMessage(error)}`,
+            `cannot record the copy of ${volume} on ${where} as ${record.state}: ${errorMessage(error)}`,
           );
         await clock.sleep(RECORD_RETRY_MS);
         continue;
       }
       if (!result.succeeded) {
         const message =
-          `refused to record ${host}'s copy as ${record.state} at epoch ${epoch}: the volume's primary ` +
+          `refused to record the copy on ${where} as ${record.state} at epoch ${epoch}: the volume's primary ` +
           "record changed since this engine started (another host took over, or it was handed over)";
         events.note("copy-record-refused", message, volume);
         throw new HavenError("HAVEN_ERR_STALE_EPOCH", `volume ${volume}: ${message}`);
       }
       const before = result.results[0];
       const was = before?.type === "get" ? before.kvs[0] : undefined;
-      if (!inSync) events.note("replica-out-of-sync", `${host}'s copy left the in-sync set: ${detail}`, volume);
+      if (!inSync) events.note("replica-out-of-sync", `the copy on ${where} left the in-sync set: ${detail}`, volume);
       else if (was !== undefined && recordedOutOfSync(was.value, was.key))
-        events.note("replica-in-sync", `${host}'s copy is back in the in-sync set: ${detail}`, volume);
+        events.note("replica-in-sync", `the copy on ${where} is back in the in-sync set: ${detail}`, volume);
       return;
     }
   }

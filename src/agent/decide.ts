@@ -3,12 +3,12 @@
 //
 // - This host is the recorded primary and holds its lease: serve the volume (start the engine).
 // - This host runs the volume but is not the recorded primary (deposed, or the volume was deleted): stop.
-// - The primary's host has no live lease: a standby whose copy is recorded in-sync takes over after
+// - The primary's host has no live lease: a standby with a copy recorded in-sync takes over after
 //   the grace period, with an epoch one above the record's, by compare-and-swap on the primary key (so
 //   of two standbys racing, one wins). A standby whose copy is not in sync never promotes: the volume
 //   stays down and says why until a copy that is comes back or an operator forces a promotion.
-// - A standby whose own disk fails its health check does not promote either: its copy would fault on
-//   the first write. The failover's reason says whether the old primary also stopped answering the
+// - A standby whose in-sync copies' disks all fail their health check does not promote either: its copy
+//   would fault on the first write. (A host may hold two copies, on two disks: local RAID1.) The failover's reason says whether the old primary also stopped answering the
 //   heartbeats over the replication link (host or network gone) or still answers them (cut off from
 //   etcd only, so it has fenced itself: the lease rule, not the heartbeat, is what makes this safe).
 //
@@ -18,12 +18,19 @@
 // round's timers and this round's view, since when each volume's primary host has been seen dead, and
 // decide() reads it. Both are pure; the agent only keeps the map between rounds.
 
-import type { PrimaryRecord, ReplicaRecord, VolumeSpec } from "../cluster/schema.js";
+import {
+  copiesOn,
+  copyId,
+  inSyncCopiesOn,
+  type PrimaryRecord,
+  type ReplicaRecord,
+  type VolumeSpec,
+} from "../cluster/schema.js";
 
 export interface VolumeView {
   readonly spec: VolumeSpec;
   readonly primary: PrimaryRecord | undefined;
-  /** The copies' records by host. */
+  /** The copies' records by copy (copyId: HOST/DISK). */
   readonly replicas: ReadonlyMap<string, ReplicaRecord>;
 }
 
@@ -38,8 +45,8 @@ export interface HostView {
   readonly now: number;
   readonly primaryDeadSince: ReadonlyMap<string, number>;
   readonly failoverGraceMs: number;
-  /** Why this host's disk for copies is unusable, when its latest probe failed. */
-  readonly diskProblem?: string | undefined;
+  /** Why one of this host's disks is unusable, when its latest probe failed; undefined when it is fine. */
+  readonly diskProblem?: (disk: string) => string | undefined;
   /** Whether the heartbeat link to a host is up; undefined when there is none. */
   readonly linkUp?: (host: string) => boolean | undefined;
   /**
@@ -52,7 +59,13 @@ export interface HostView {
 export type Action =
   | { readonly kind: "serve"; readonly epoch: number }
   | { readonly kind: "stop"; readonly reason: string }
-  | { readonly kind: "promote"; readonly epoch: number; readonly reason: string }
+  | {
+      readonly kind: "promote";
+      readonly epoch: number;
+      readonly reason: string;
+      /** The copy (copyId) whose in-sync record vouches for the promotion: it must not change meanwhile. */
+      readonly vouching: string;
+    }
   | { readonly kind: "wait"; readonly reason: string }
   | { readonly kind: "none" };
 
@@ -66,7 +79,7 @@ export function decide(volume: VolumeView, host: HostView): Action {
 function decideIgnoringBackoff(volume: VolumeView, host: HostView): Action {
   const { spec, primary } = volume;
   const name = spec.name;
-  const mine = spec.replicas.some((replica) => replica.host === host.me);
+  const mine = copiesOn(spec, host.me).length > 0;
   const running = host.running.has(name);
   if (!host.holdsLease)
     return running ? { kind: "stop", reason: "this host lost its cluster lease" } : { kind: "none" };
@@ -78,19 +91,24 @@ function decideIgnoringBackoff(volume: VolumeView, host: HostView): Action {
   if (running) return { kind: "stop", reason: `${primary.host} is the primary now (epoch ${primary.epoch})` };
   if (!mine || host.alive.has(primary.host)) return none;
 
-  const record = volume.replicas.get(host.me);
-  if (record?.state !== "in-sync") {
+  const inSync = inSyncCopiesOn(spec, volume.replicas, host.me);
+  if (inSync.length === 0) {
+    const records = copiesOn(spec, host.me).map((copy) => {
+      const record = volume.replicas.get(copyId(copy));
+      return record ? `recorded ${record.state} (${record.detail})` : "not on record";
+    });
     return {
       kind: "wait",
       reason:
-        `primary ${primary.host} is gone, but this host's copy is ${record ? `recorded ${record.state} (${record.detail})` : "not on record"}: ` +
+        `primary ${primary.host} is gone, but this host's ${records.length === 1 ? "copy is" : "copies are"} ${records.join(", ")}: ` +
         "it may lack acknowledged writes, so it is not promoted",
     };
   }
-  if (host.diskProblem !== undefined)
+  const usable = inSync.filter((copy) => host.diskProblem?.(copy.disk) === undefined);
+  if (usable.length === 0)
     return {
       kind: "wait",
-      reason: `primary ${primary.host} is gone, but this host's ${host.diskProblem}: it does not take over`,
+      reason: `primary ${primary.host} is gone, but this host's ${inSync.map((copy) => host.diskProblem?.(copy.disk)).join("; ")}: it does not take over`,
     };
   const deadSince = host.primaryDeadSince.get(name) ?? host.now;
   if (host.now - deadSince < host.failoverGraceMs)
@@ -106,6 +124,7 @@ function decideIgnoringBackoff(volume: VolumeView, host: HostView): Action {
     kind: "promote",
     epoch: primary.epoch + 1,
     reason: `primary ${primary.host}'s lease expired${heartbeat}; this host's copy is recorded in sync`,
+    vouching: copyId(usable[0]!),
   };
 }
 

@@ -6,10 +6,10 @@
 // what is wrong, in words. `haven status` shows it. A disk that fails or recovers, and an export the
 // NBD front lost (and got back), are events.
 
-import type { CopyHealth, DiskHealth, HostHealthRecord } from "../cluster/schema.js";
+import { copyId, type CopyHealth, type DiskHealth, type HostHealthRecord } from "../cluster/schema.js";
 import { keys } from "../cluster/schema.js";
 import type { LeaseId } from "../cluster/etcd-client.js";
-import type { AgentConfig } from "./config.js";
+import type { AgentConfig, DiskConfig } from "./config.js";
 import type { EventLog } from "./event-log.js";
 import { BackgroundProbe } from "./health-probes.js";
 import type { PeerLinks } from "./peer-links.js";
@@ -29,22 +29,24 @@ export interface HealthOptions {
   readonly volumes: VolumeLifecycle;
   readonly links: PeerLinks;
   readonly lease: { readonly current: LeaseId | undefined; lastAcceptedAgoMs(): number };
+  /** This host's disks now (the config's, and those added since). */
+  readonly disks: () => readonly DiskConfig[];
 }
 
 export class HealthReporter {
-  private readonly diskProbes: { readonly name: string; readonly probe: BackgroundProbe<DiskHealth> }[];
+  /** One probe per disk, by name, made as disks appear (a disk added at run time gets one too). */
+  private readonly diskProbes = new Map<
+    string,
+    { readonly path: string; readonly probe: BackgroundProbe<DiskHealth> }
+  >();
   private readonly nbdProbe: BackgroundProbe<{ problems: string[]; missing: string[] }>;
   /** Each disk's verdict at the previous check, so a change is an event. */
   private readonly diskWasOk = new Map<string, boolean>();
   private latestDisks: readonly DiskHealth[] = [];
 
   constructor(private readonly options: HealthOptions) {
-    const { world, config, volumes } = options;
+    const { world, volumes } = options;
     const now = (): number => world.clock.now();
-    this.diskProbes = config.disks.map((disk) => ({
-      name: disk.name,
-      probe: new BackgroundProbe(() => world.probeDisk(disk), PROBE_TIMEOUT_MS, now),
-    }));
     this.nbdProbe = new BackgroundProbe(() => world.probeNbdFront(volumes.names()), PROBE_TIMEOUT_MS * 2, now);
   }
 
@@ -100,15 +102,16 @@ export class HealthReporter {
         if (stuck !== undefined) problems.push(`volume ${name}: ${stuck}`);
       }
       for (const replica of status.replicas) {
-        const host = running.hostOf.get(replica.location) ?? replica.location;
+        const copy = running.copyOf.get(replica.location) ?? { host: replica.location, disk: "" };
         if (replica.state === "faulted" || replica.state === "split-brain" || replica.state === "refused")
           problems.push(
-            `volume ${name}: ${host}'s copy is ${replica.state}${replica.reason ? ` (${replica.reason})` : ""}`,
+            `volume ${name}: the copy on ${copyId(copy)} is ${replica.state}${replica.reason ? ` (${replica.reason})` : ""}`,
           );
         const resync = replica.resync;
         copies.push({
           volume: name,
-          host,
+          host: copy.host,
+          disk: copy.disk,
           state: replica.state,
           resync:
             resync === null
@@ -137,7 +140,20 @@ export class HealthReporter {
    * failing is an event. A failed disk keeps this host from promoting its copies (decide.ts).
    */
   private checkDisks(): DiskHealth[] {
-    const disks = this.diskProbes.map(({ name, probe }) => {
+    const { world } = this.options;
+    const current = this.options.disks();
+    for (const name of this.diskProbes.keys())
+      if (!current.some((disk) => disk.name === name)) this.diskProbes.delete(name);
+    for (const disk of current) {
+      if (this.diskProbes.get(disk.name)?.path === disk.path) continue;
+      const probe = new BackgroundProbe(
+        () => world.probeDisk(disk),
+        PROBE_TIMEOUT_MS,
+        () => world.clock.now(),
+      );
+      this.diskProbes.set(disk.name, { path: disk.path, probe });
+    }
+    const disks = [...this.diskProbes].map(([name, { probe }]) => {
       const health = probe.poll((runningMs) => ({
         name,
         ok: false,

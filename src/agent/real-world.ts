@@ -4,7 +4,13 @@
 // process that kills the agent and its VMs when its event loop stops checking in, and its VMs when it dies.
 
 import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
+import { identifyPath } from "../disk/disk-identity.js";
+import { formatDevice, isReadOnlyMount, mountDisk, mountedDevice, unmountDisk } from "../disk/disk-format.js";
+import { inspectForAdd } from "../disk/disk-inspect.js";
+import { setLocateLed } from "../disk/locate-led.js";
+import { readDiskLabel, writeDiskLabel } from "../disk/disk-label.js";
+import { diskUsage } from "../disk/disk-usage.js";
 import { mkdir, rm, statfs } from "node:fs/promises";
 import { join } from "node:path";
 import { monitorEventLoopDelay } from "node:perf_hooks";
@@ -13,6 +19,7 @@ import { EtcdClient } from "../cluster/etcd-client.js";
 import { eventSequence } from "../cluster/schema.js";
 import { NbdServer } from "../nbd/server.js";
 import { replicaOpener } from "../replica/open-replica.js";
+import { copyKey } from "../replica/port.js";
 import { ReplicaServer } from "../replica/replica-server.js";
 import { systemClock } from "../util/clock.js";
 import type { AgentConfig } from "./config.js";
@@ -34,7 +41,7 @@ export function realWorld(
   secret: Buffer,
   log: (line: string) => void,
   /** The directory of this host's copy of a volume (the agent knows where the cluster placed it). */
-  copyDirectory: (volume: string) => Promise<string>,
+  copyDirectory: (volume: string, disk: string | undefined) => Promise<string>,
 ): AgentWorld {
   const replicaServer = new ReplicaServer({
     directory: copyDirectory,
@@ -85,6 +92,8 @@ export function realWorld(
     replicaService: {
       listen: async (host, port) => portOf(await replicaServer.listen(host, port)),
       evict: (volume) => replicaServer.evict(volume),
+      evictCopy: (volume, disk) => replicaServer.evict(volume, disk),
+      isOpen: (volume, disk) => replicaServer.openCopies().includes(copyKey(volume, disk)),
       stop: () => replicaServer.stop(),
     },
     nbd: {
@@ -119,6 +128,20 @@ export function realWorld(
     },
     opener: replicaOpener({ secret, requestTimeoutMs: REPLICA_TIMEOUT_MS, connectTimeoutMs: REPLICA_TIMEOUT_MS }),
     pinger: replicaPinger(secret, (line) => log(`heartbeat: ${line}`)),
+    diskInfo: {
+      identify: (path) => identifyPath(path),
+      readLabel: (root) => readDiskLabel(root),
+      writeLabel: (root, label) => writeDiskLabel(root, label),
+      usage: (root, copyDirs) => diskUsage(root, copyDirs),
+      readOnly: (path) => isReadOnlyMount(path),
+      filesystemId: (path) => `dev-${statSync(path).dev}`,
+      inspect: (path) => inspectForAdd(path),
+      format: (device, fs, label) => formatDevice(device, fs, label),
+      mount: (device, mountPoint) => mountDisk(device, mountPoint),
+      unmount: (mountPoint) => unmountDisk(mountPoint),
+      mountedDevice: (mountPoint) => mountedDevice(mountPoint),
+      locate: (device, on) => setLocateLed(device, on),
+    },
     probeDisk,
     probeNbdFront: (served) => probeNbdFront(config.host.address, nbdPort, served, NBD_PROBE_TIMEOUT_MS),
     startWatchdog: (timeoutMs) => startWatchdogProcess(timeoutMs),

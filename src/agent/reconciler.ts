@@ -9,9 +9,14 @@
 import { readClusterRecords } from "../cluster/cluster-read.js";
 import type { Compare, TxnResult } from "../cluster/etcd-client.js";
 import {
+  copiesOn,
+  copyHosts,
+  copyPlace,
+  inSyncCopiesOn,
   keys,
   nameUnder,
   parseHandoverRecord,
+  type CopyPlace,
   type HandoverRecord,
   type HostRecord,
   type PrimaryRecord,
@@ -69,6 +74,8 @@ export class Reconciler {
   private deadSince: ReadonlyMap<string, number> = new Map();
   private readonly lastWaitReason = new Map<string, string>();
   /** Volumes whose engine failed to start here, and when the next attempt may be made. */
+  /** This host's copies ("VOLUME DISK") as the specs placed them, so that one leaving a spec is noticed. */
+  private readonly seenCopies = new Set<string>();
   private readonly startBackoff = new Map<string, { untilMs: number; delayMs: number }>();
   /** Volumes with a copy on this host seen while this agent ran: only their copies are removed on deletion. */
   private readonly seenVolumes = new Set<string>();
@@ -96,9 +103,9 @@ export class Reconciler {
     return this.last;
   }
 
-  /** This host's copy of the volume as placed (host and disk), if the volume has one here. */
-  placedHere(spec: VolumeSpec): VolumeSpec["replicas"][number] | undefined {
-    return spec.replicas.find((replica) => replica.host === this.me);
+  /** Whether the volume has a copy on this host (one, or two on different disks). */
+  placedHere(spec: VolumeSpec): boolean {
+    return copiesOn(spec, this.me).length > 0;
   }
 
   /** Reads the cluster state once and acts on every volume. */
@@ -112,7 +119,7 @@ export class Reconciler {
     this.deadSince = deadPrimaries(this.deadSince, primaryHosts, view.alive, now);
     const startRetryAt = new Map([...this.startBackoff].map(([name, backoff]) => [name, backoff.untilMs]));
     for (const spec of view.volumes.values()) {
-      if (this.placedHere(spec) !== undefined) this.seenVolumes.add(spec.name);
+      if (this.placedHere(spec)) this.seenVolumes.add(spec.name);
       if (volumes.isBusy(spec.name)) continue;
       const primary = view.primaries.get(spec.name);
       const action = decide(
@@ -125,7 +132,7 @@ export class Reconciler {
           now,
           primaryDeadSince: this.deadSince,
           failoverGraceMs: this.options.config.timings.failoverGraceMs,
-          diskProblem: health.diskProblem(this.placedHere(spec)?.disk),
+          diskProblem: (disk) => health.diskProblem(disk),
           linkUp: (host) => links.isUp(host),
           startRetryAt,
         },
@@ -153,9 +160,42 @@ export class Reconciler {
       if (!view.volumes.has(name) && volumes.get(name) === undefined) await this.removeVolume(name);
     }
     for (const name of volumes.names()) await volumes.healSplitBrain(name, view.replicas.get(name));
+    await this.followCopyChanges(view);
     this.options.vms.round(view);
     await health.publish();
     await this.handOvers(view);
+  }
+
+  /**
+   * Copy changes of live volumes: the primary's engine takes up the spec's copies, and a copy of this
+   * host that left the spec is deleted here once no engine has it open (the primary drops it first).
+   */
+  private async followCopyChanges(view: ClusterView): Promise<void> {
+    const { volumes, world } = this.options;
+    const placedNow = new Set<string>();
+    for (const spec of view.volumes.values()) {
+      for (const copy of copiesOn(spec, this.me)) placedNow.add(`${spec.name} ${copy.disk}`);
+      if (volumes.get(spec.name) === undefined || volumes.isBusy(spec.name)) continue;
+      const context = {
+        alive: view.alive,
+        hostInfo: view.hostInfo,
+        mineInSync: inSyncCopiesOn(spec, view.replicas.get(spec.name), this.me).length > 0,
+      };
+      await volumes.guarded(spec.name, () => volumes.reconcileCopies(spec, context));
+    }
+    for (const seen of this.seenCopies) {
+      if (placedNow.has(seen)) continue;
+      const [volume, disk] = seen.split(" ") as [string, string];
+      // A deleted volume's copies go with it (removeVolume); a running engine drops its own copies.
+      if (!view.volumes.has(volume) || volumes.get(volume) !== undefined) {
+        if (!view.volumes.has(volume)) this.seenCopies.delete(seen);
+        continue;
+      }
+      if (world.replicaService.isOpen(volume, disk)) continue;
+      await volumes.deleteCopy(volume, disk);
+      this.seenCopies.delete(seen);
+    }
+    for (const seen of placedNow) this.seenCopies.add(seen);
   }
 
   private async removeVolume(name: string): Promise<void> {
@@ -170,7 +210,8 @@ export class Reconciler {
       const name = nameUnder(keys.handovers(), kv.key);
       const running = volumes.get(name);
       if (running === undefined || volumes.isBusy(name)) continue;
-      if (view.primaries.get(name)?.record.host !== this.me) continue;
+      const spec = view.volumes.get(name);
+      if (spec === undefined || view.primaries.get(name)?.record.host !== this.me) continue;
       let handover: HandoverRecord;
       try {
         handover = parseHandoverRecord(kv.value, kv.key);
@@ -200,13 +241,13 @@ export class Reconciler {
       };
       const target = {
         targetAlive: view.alive.has(handover.to),
-        targetInSync: view.replicas.get(name)?.get(handover.to)?.state === "in-sync",
+        targetInSync: inSyncCopiesOn(spec, view.replicas.get(name), handover.to).length > 0,
       };
       await volumes.guarded(name, async () => {
         // A VM on the volume stops first (ACPI power-down): it starts again where the disk goes.
         if (target.targetAlive && target.targetInSync)
           await this.options.vms.stopForVolume(name, `its disk ${name} moves to ${handover.to} (switchover)`);
-        await handOver(context, name, handover, target);
+        await handOver(context, spec, handover, target);
       });
     }
   }
@@ -215,7 +256,11 @@ export class Reconciler {
     const { world, volumes, events } = this.options;
     const name = spec.name;
     if (action.kind !== "wait") this.lastWaitReason.delete(name);
-    const context = { alive: view.alive, hostInfo: view.hostInfo, mine: view.replicas.get(name)?.get(this.me) };
+    const context = {
+      alive: view.alive,
+      hostInfo: view.hostInfo,
+      mineInSync: inSyncCopiesOn(spec, view.replicas.get(name), this.me).length > 0,
+    };
     switch (action.kind) {
       case "none":
         return;
@@ -249,8 +294,9 @@ export class Reconciler {
         };
         // The copy must still be recorded as it was read (in sync): a late record that it left the
         // in-sync set, written just before, makes the promotion fail and the next round decide again.
-        const copyRevision = view.replicaRevisions.get(name)?.get(this.me) ?? 0;
-        const won = await this.takePrimary(name, record, primaryRevision, copyRevision);
+        const copyRevision = view.replicaRevisions.get(name)?.get(action.vouching) ?? 0;
+        const vouching = { copy: copyPlace(action.vouching), revision: copyRevision };
+        const won = await this.takePrimary(name, record, primaryRevision, vouching);
         if (won === undefined) return; // another standby was faster, or the primary came back: next round decides again
         await events.event("failover", `promoted to primary at epoch ${action.epoch}: ${action.reason}`, name);
         return volumes.guarded(name, () =>
@@ -265,13 +311,20 @@ export class Reconciler {
     name: string,
     record: PrimaryRecord,
     modRevision: number,
-    copyRevision?: number,
+    vouching?: { copy: CopyPlace; revision: number },
   ): Promise<TxnResult | undefined> {
     const key = keys.primary(name);
     const copyUnchanged: Compare[] =
-      copyRevision === undefined
+      vouching === undefined
         ? []
-        : [{ key: keys.replica(name, this.me), target: "modRevision", result: "equal", value: copyRevision }];
+        : [
+            {
+              key: keys.replica(name, vouching.copy),
+              target: "modRevision",
+              result: "equal",
+              value: vouching.revision,
+            },
+          ];
     const result = await this.options.world.store.txn(
       [{ key, target: "modRevision", result: "equal", value: modRevision }, ...copyUnchanged],
       [{ type: "put", key, value: JSON.stringify(record) }],
@@ -284,8 +337,8 @@ export class Reconciler {
   private peers(view: ClusterView): Map<string, PeerAddress> {
     const peers = new Map<string, PeerAddress>();
     for (const spec of view.volumes.values()) {
-      if (this.placedHere(spec) === undefined) continue;
-      for (const { host } of spec.replicas) {
+      if (!this.placedHere(spec)) continue;
+      for (const host of copyHosts(spec)) {
         const info = view.hostInfo.get(host);
         if (host === this.me || info === undefined) continue;
         peers.set(host, { address: info.address, port: info.replicationPort });

@@ -1,12 +1,19 @@
 // A switchover away from this host (`haven volume switchover NAME --to HOST` writes a handover request;
 // the primary's agent carries it out). The engine stops cleanly (every copy flushed, so the target
-// misses nothing), and only if the target's copy is still recorded in sync afterwards does the primary
+// misses nothing), and only if a copy of the target is still recorded in sync afterwards does the primary
 // record pass to it, at a higher epoch, in one transaction with the request's removal and the event,
 // conditioned on the primary record this engine started under. Otherwise the request is dropped with
 // its reason (again only while this host still holds the role), and the next round serves the volume
 // here again.
 
-import { keys, parseReplicaRecord, type HandoverRecord, type PrimaryRecord } from "../cluster/schema.js";
+import {
+  copiesOn,
+  keys,
+  parseReplicaRecord,
+  type HandoverRecord,
+  type PrimaryRecord,
+  type VolumeSpec,
+} from "../cluster/schema.js";
 import type { ClusterStore } from "../cluster/store.js";
 import type { Clock } from "../util/clock.js";
 import type { EventLog } from "./event-log.js";
@@ -34,11 +41,12 @@ export interface SwitchoverView {
 
 export async function handOver(
   context: SwitchoverContext,
-  name: string,
+  spec: VolumeSpec,
   handover: HandoverRecord,
   view: SwitchoverView,
 ): Promise<void> {
   const { me, store, clock, wallTime, events, volumes } = context;
+  const name = spec.name;
   const running = volumes.get(name);
   if (running === undefined) return;
   const { role, engine } = running;
@@ -61,9 +69,15 @@ export async function handOver(
   const started = clock.now();
   await volumes.stop(name, `switchover to ${handover.to}`);
   const stoppedMs = Math.round(clock.now() - started);
-  const recorded = await store.get(keys.replica(name, handover.to));
-  if (recorded === undefined || parseReplicaRecord(recorded.value, recorded.key).state !== "in-sync")
-    return refuse(`${handover.to}'s copy left the in-sync set while the engine stopped`);
+  let recorded;
+  for (const copy of copiesOn(spec, handover.to)) {
+    const kv = await store.get(keys.replica(name, copy));
+    if (kv !== undefined && parseReplicaRecord(kv.value, kv.key).state === "in-sync") {
+      recorded = kv;
+      break;
+    }
+  }
+  if (recorded === undefined) return refuse(`${handover.to}'s copy left the in-sync set while the engine stopped`);
   const record: PrimaryRecord = {
     host: handover.to,
     epoch: role.epoch + 1,
@@ -72,10 +86,7 @@ export async function handOver(
   };
   const message = `handed over to ${handover.to} at epoch ${record.epoch}; the engine here stopped cleanly in ${stoppedMs} ms`;
   const result = await store.txn(
-    [
-      stillPrimary(role),
-      { key: keys.replica(name, handover.to), target: "modRevision", result: "equal", value: recorded.modRevision },
-    ],
+    [stillPrimary(role), { key: recorded.key, target: "modRevision", result: "equal", value: recorded.modRevision }],
     [
       { type: "put", key: keys.primary(name), value: JSON.stringify(record) },
       { type: "delete", key: keys.handover(name) },

@@ -12,7 +12,7 @@
 // a hung or killed agent takes its VMs down with it.
 
 import type { Compare } from "../cluster/etcd-client.js";
-import { keys, type HandoverRecord, type VmCapacity } from "../cluster/schema.js";
+import { copyPlace, keys, type HandoverRecord, type ReplicaRecord, type VmCapacity } from "../cluster/schema.js";
 import type { VmRecord, VmRun, VmState, VmStatusRecord, VmCheck } from "../cluster/vm-schema.js";
 import { parseVmRecord } from "../cluster/vm-schema.js";
 import { vmLacks, vmsPlacedOn } from "../cluster/vm-resources.js";
@@ -210,8 +210,13 @@ export class VmLifecycle {
       primaryOf: (volume: string) => view.primaries.get(volume)?.record.host,
       servedHere: this.options.servedHere,
       handoverPending: (volume: string) => view.handovers.has(volume),
-      inSyncHosts: (volume: string) =>
-        [...(view.replicas.get(volume) ?? new Map())].filter(([, r]) => r.state === "in-sync").map(([h]) => h),
+      inSyncHosts: (volume: string) => [
+        ...new Set(
+          [...(view.replicas.get(volume) ?? new Map<string, ReplicaRecord>())]
+            .filter(([, r]) => r.state === "in-sync")
+            .map(([id]) => copyPlace(id).host),
+        ),
+      ],
       lacks: (vm: VmRecord) => vmLacks(me, this.options.capacity, runningHere(), vm),
       hostLacks: (host: string, vm: VmRecord) => {
         const others = vmsPlacedOn(

@@ -1,14 +1,14 @@
 // The volumes this host serves: the owner of the running engines. It starts a volume's engine at the
-// epoch the agent just took in the store (over the volume's copies: this host's directory, other hosts'
-// replica servers), exports it on the NBD front, stops it (cleanly, or because the host lost its role),
+// epoch the agent just took in the store (over the volume's copies: this host's disks, other hosts'
+// replica servers, one location per copy), exports it on the NBD front, stops it (cleanly, or because the host lost its role),
 // removes this host's copy when the volume is deleted, and rebuilds a copy that came back diverged while
 // it was recorded out of sync. `busy` keeps a slow start or stop from being repeated by the next round.
 
-import type { HostRecord, ReplicaRecord, VolumeSpec } from "../cluster/schema.js";
+import { copyId, type CopyPlace, type HostRecord, type ReplicaRecord, type VolumeSpec } from "../cluster/schema.js";
 import { HavenError, errorMessage, hasCode } from "../core/errors.js";
 import { VolumeEngine, type EngineOptions } from "../engine/engine.js";
 import type { ReplicaOpener } from "../replica/port.js";
-import type { AgentConfig } from "./config.js";
+import type { AgentConfig, DiskConfig } from "./config.js";
 import type { CopyRecorder, PrimaryRole } from "./copy-records.js";
 import type { EventLog } from "./event-log.js";
 import { BackgroundProbe } from "./health-probes.js";
@@ -22,8 +22,8 @@ const LIVENESS_TIMEOUT_MS = 5_000;
 export interface Running {
   readonly engine: VolumeEngine;
   readonly role: PrimaryRole;
-  /** Copy location (as the engine names it) -> host name. */
-  readonly hostOf: ReadonlyMap<string, string>;
+  /** Copy location (as the engine names it) -> where the copy is (host and disk); follows copy changes. */
+  readonly copyOf: Map<string, CopyPlace>;
   /** A 4 KiB read through the engine each round: what is wrong, or undefined when it completed. */
   readonly liveness: BackgroundProbe<string | undefined>;
 }
@@ -32,8 +32,8 @@ export interface Running {
 export interface StartContext {
   readonly alive: ReadonlySet<string>;
   readonly hostInfo: ReadonlyMap<string, HostRecord>;
-  /** This host's copy's record. */
-  readonly mine: ReplicaRecord | undefined;
+  /** Whether one of this host's copies is recorded in sync (it holds every acknowledged write). */
+  readonly mineInSync: boolean;
 }
 
 export interface VolumeLifecycleOptions {
@@ -48,8 +48,10 @@ export interface VolumeLifecycleOptions {
   readonly alive: () => ReadonlySet<string>;
   /** The port the NBD front listens on (known once it listens). */
   readonly nbdPort: () => number;
-  /** The directory of this host's copy of a volume. */
-  readonly copyDirectory: (volume: string) => Promise<string>;
+  /** This host's disks now (the config's, and those added since). */
+  readonly disks: () => readonly DiskConfig[];
+  /** The directory (disk) of this host's copy of a volume on a disk. */
+  readonly copyDirectory: (volume: string, disk: string) => Promise<string>;
   /** Engine options a test or the simulation adds (writeback, resync pacing, ids). */
   readonly engineOptions?: Partial<EngineOptions>;
 }
@@ -91,18 +93,11 @@ export class VolumeLifecycle {
     const { config, world, events } = this.options;
     const name = spec.name;
     const me = config.host.name;
-    const hostOf = new Map<string, string>();
+    const copyOf = new Map<string, CopyPlace>();
     const locations: string[] = [];
-    for (const replica of spec.replicas) {
-      let location: string;
-      if (replica.host === me) location = await this.options.copyDirectory(name);
-      else {
-        const info = context.hostInfo.get(replica.host);
-        if (info === undefined)
-          throw new HavenError("HAVEN_ERR_NOT_FOUND", `host ${replica.host} of volume ${name} is unknown`);
-        location = `tcp://${info.address}:${info.replicationPort}`;
-      }
-      hostOf.set(location, replica.host);
+    for (const copy of spec.replicas) {
+      const location = await this.location(name, copy, context);
+      copyOf.set(location, copy);
       locations.push(location);
     }
     // Our copy may be open in the replica server for the previous primary: close it first.
@@ -111,7 +106,7 @@ export class VolumeLifecycle {
       await events.event("volume-start-failed", `cannot start the engine: ${errorMessage(error)}`, name);
       throw error;
     };
-    let engine = this.newEngine(spec, role, context, hostOf, locations);
+    let engine = this.newEngine(spec, role, context, copyOf, locations);
     const outcome = await engine.start().then(
       () => ({ started: true as const }),
       (error: unknown) => ({ started: false as const, error }),
@@ -122,14 +117,14 @@ export class VolumeLifecycle {
       // every acknowledged write (a copy leaves that record before any write it misses is acknowledged):
       // what the others hold beyond it was never acknowledged, so they are rebuilt from it, as
       // healSplitBrain does for a copy that returns diverged while the engine runs.
-      if (!hasCode(refused, "HAVEN_ERR_SPLIT_BRAIN") || context.mine?.state !== "in-sync") return startFailed(refused);
-      const survivor = [...hostOf].find(([, host]) => host === me)![0];
+      if (!hasCode(refused, "HAVEN_ERR_SPLIT_BRAIN") || !context.mineInSync) return startFailed(refused);
+      const survivor = [...copyOf].find(([, copy]) => copy.host === me)![0];
       await events.event(
         "split-brain-resolved",
         `${refused.message.split(";")[0]}; ${me}'s copy is recorded in sync, so it survives and the others are rebuilt from it`,
         name,
       );
-      engine = this.newEngine(spec, role, context, hostOf, locations, survivor);
+      engine = this.newEngine(spec, role, context, copyOf, locations, survivor);
       await engine.start().catch(startFailed);
     }
     const uri = `nbd://${config.host.address}:${this.options.nbdPort()}/${name}`;
@@ -141,7 +136,7 @@ export class VolumeLifecycle {
       LIVENESS_TIMEOUT_MS,
       () => world.clock.now(),
     );
-    this.running.set(name, { engine, role, hostOf, liveness });
+    this.running.set(name, { engine, role, copyOf, liveness });
     await events.event("volume-serving", `serving at epoch ${role.epoch} on ${uri}`, name);
   }
 
@@ -149,7 +144,7 @@ export class VolumeLifecycle {
     spec: VolumeSpec,
     role: PrimaryRole,
     context: StartContext,
-    hostOf: ReadonlyMap<string, string>,
+    copyOf: Map<string, CopyPlace>,
     locations: string[],
     survivor?: string,
   ): VolumeEngine {
@@ -158,16 +153,19 @@ export class VolumeLifecycle {
       name: spec.name,
       locations,
       ...(survivor !== undefined && { survivor }),
-      opener: this.leaseAwareOpener(hostOf),
+      opener: this.leaseAwareOpener(copyOf),
       sizeBytes: spec.sizeBytes,
       epoch: role.epoch,
       clock: world.clock,
       // A copy on a host without a lease will not answer: waiting for it only delays a failover.
       startupWaitMs: spec.replicas.every((replica) => context.alive.has(replica.host)) ? STARTUP_WAIT_MS : 0,
       // Safe only because the store says our copy holds every acknowledged write (see decide.ts).
-      allowDegradedStart: context.mine?.state === "in-sync",
-      recordCopyState: (location, inSync, detail) =>
-        copies.record(role, hostOf.get(location) ?? location, inSync, detail),
+      allowDegradedStart: context.mineInSync,
+      recordCopyState: (location, inSync, detail) => {
+        const copy = copyOf.get(location);
+        if (copy === undefined) throw new HavenError("HAVEN_ERR_NOT_FOUND", `no copy of ${spec.name} at ${location}`);
+        return copies.record(role, copy, inSync, detail);
+      },
       completionGate: this.options.completionGate,
       log: (line) => this.options.log(`volume ${spec.name}: ${line}`),
       ...this.options.engineOptions,
@@ -186,6 +184,72 @@ export class VolumeLifecycle {
     await this.options.events.event("volume-stopped", `stopped serving: ${reason}`, name).catch(() => undefined);
   }
 
+  /**
+   * Makes the running engine's copies those of the spec (volume add-copy / remove-copy, disk evacuate
+   * and replace): a copy new to the spec is added (the engine rebuilds it while writes go on, and
+   * records it in sync once complete), a copy gone from it is dropped from the engine and, when on
+   * this host, its data deleted. The engine refuses to drop its last in-sync copy.
+   */
+  async reconcileCopies(spec: VolumeSpec, context: StartContext): Promise<void> {
+    const running = this.running.get(spec.name);
+    if (running === undefined || running.engine.isStopping) return;
+    const { events, log } = this.options;
+    const wanted = new Set(spec.replicas.map(copyId));
+    for (const [location, copy] of [...running.copyOf]) {
+      if (wanted.has(copyId(copy))) continue;
+      try {
+        await running.engine.removeCopy(location);
+      } catch (error) {
+        log(`volume ${spec.name}: dropping the copy on ${copyId(copy)}: ${errorMessage(error)}`);
+        continue;
+      }
+      running.copyOf.delete(location);
+      await events.event("copy-dropped", `the engine no longer writes to the copy on ${copyId(copy)}`, spec.name);
+      if (copy.host === this.options.config.host.name) await this.deleteCopy(spec.name, copy.disk);
+    }
+    const present = new Set([...running.copyOf.values()].map(copyId));
+    for (const copy of spec.replicas) {
+      if (present.has(copyId(copy))) continue;
+      const location = await this.location(spec.name, copy, context);
+      running.copyOf.set(location, copy);
+      try {
+        await running.engine.addCopy(location);
+        await events.event("copy-building", `building the copy on ${copyId(copy)} from the in-sync copies`, spec.name);
+      } catch (error) {
+        // A copy the engine kept (split brain, to be resolved) stays known; one it refused goes.
+        if (!running.engine.locations.includes(location)) running.copyOf.delete(location);
+        log(`volume ${spec.name}: adding the copy on ${copyId(copy)}: ${errorMessage(error)}`);
+      }
+    }
+  }
+
+  /** Deletes this host's copy of `volume` on `disk` (no longer in the spec); the replica server lets go of it first. */
+  async deleteCopy(volume: string, disk: string): Promise<void> {
+    const { config, world, events } = this.options;
+    const found = this.options.disks().find((candidate) => candidate.name === disk);
+    if (found === undefined) return;
+    await world.replicaService.evictCopy(volume, disk);
+    try {
+      if (await world.storage.remove(found.path, volume))
+        await events.event("copy-removed", `removed the copy on ${config.host.name}/${disk} (${found.path})`, volume);
+    } catch (error) {
+      // A failed disk may refuse even this: its data is of no use to anyone now, and it goes with the disk.
+      this.options.log(`volume ${volume}: deleting the copy on ${config.host.name}/${disk}: ${errorMessage(error)}`);
+    }
+  }
+
+  /**
+   * Where the engine finds a copy: this host's disk (a directory), or the other host's replica server
+   * with the disk named (tcp://ADDRESS:PORT/DISK).
+   */
+  private async location(volume: string, copy: CopyPlace, context: StartContext): Promise<string> {
+    if (copy.host === this.options.config.host.name) return this.options.copyDirectory(volume, copy.disk);
+    const info = context.hostInfo.get(copy.host);
+    if (info === undefined)
+      throw new HavenError("HAVEN_ERR_NOT_FOUND", `host ${copy.host} of volume ${volume} is unknown`);
+    return `tcp://${info.address}:${info.replicationPort}/${copy.disk}`;
+  }
+
   /** Fences every engine at once (nothing more completes), then stops them in the background. */
   fenceAll(reason: string): void {
     for (const [name, running] of this.running) {
@@ -196,10 +260,10 @@ export class VolumeLifecycle {
 
   /** The volume was deleted from the cluster: stop it and remove this host's copy from every disk. */
   async remove(name: string): Promise<void> {
-    const { config, world, events } = this.options;
+    const { world, events } = this.options;
     await this.stop(name, "the volume was deleted");
     await world.replicaService.evict(name);
-    for (const disk of config.disks) {
+    for (const disk of this.options.disks()) {
       if (await world.storage.remove(disk.path, name))
         await events.event("copy-removed", `removed this host's copy (on disk ${disk.name}, ${disk.path})`, name);
     }
@@ -217,12 +281,12 @@ export class VolumeLifecycle {
     if (local === undefined) return;
     for (const replica of status.replicas) {
       if (replica.state !== "split-brain") continue;
-      const host = running.hostOf.get(replica.location);
-      const record = host === undefined ? undefined : recorded?.get(host);
-      if (record?.state !== "out-of-sync") continue;
+      const copy = running.copyOf.get(replica.location);
+      const record = copy === undefined ? undefined : recorded?.get(copyId(copy));
+      if (copy === undefined || record?.state !== "out-of-sync") continue;
       await this.options.events.event(
         "split-brain-resolved",
-        `${host}'s copy diverged while recorded out of sync (${record.detail}); rebuilding it from ${this.options.config.host.name}`,
+        `the copy on ${copyId(copy)} diverged while recorded out of sync (${record.detail}); rebuilding it from ${this.options.config.host.name}`,
         name,
       );
       await running.engine.resolveSplitBrain(local.location).catch((error: unknown) => {
@@ -236,9 +300,9 @@ export class VolumeLifecycle {
    * after a connect timeout (a partitioned host would otherwise delay every failover by it). The
    * engine retries later, and gets through once the host is back.
    */
-  private leaseAwareOpener(hostOf: ReadonlyMap<string, string>): ReplicaOpener {
+  private leaseAwareOpener(copyOf: ReadonlyMap<string, CopyPlace>): ReplicaOpener {
     return (location, name, create) => {
-      const host = hostOf.get(location);
+      const host = copyOf.get(location)?.host;
       if (host !== undefined && host !== this.options.config.host.name && !this.options.alive().has(host))
         return Promise.reject(new HavenError("HAVEN_ERR_UNAVAILABLE", `host ${host} holds no cluster lease`));
       return this.options.world.opener(location, name, create);

@@ -5,6 +5,10 @@
 // store, simulated copies and virtual time, and replays a failure from its seed. real-world.ts builds
 // the real ones: etcd, TCP servers, files, a watchdog process.
 
+import type { DiskIdentity } from "../disk/disk-identity.js";
+import type { AddInspection } from "../disk/disk-inspect.js";
+import type { DiskLabel } from "../disk/disk-label.js";
+import type { DiskUsage } from "../disk/disk-usage.js";
 import type { ClusterStore } from "../cluster/store.js";
 import type { DiskHealth } from "../cluster/schema.js";
 import type { BlockDevice } from "../block/device.js";
@@ -20,6 +24,10 @@ export interface ReplicaService {
   listen(host: string, port: number): Promise<number>;
   /** Closes the volume's copy if a remote engine has it open (before an engine here opens it). */
   evict(volume: string): Promise<void>;
+  /** Closes the copy of `volume` on `disk` only (it leaves the volume). */
+  evictCopy(volume: string, disk: string): Promise<void>;
+  /** Whether a remote engine has the copy of `volume` on `disk` open. */
+  isOpen(volume: string, disk: string): boolean;
   stop(): Promise<void>;
 }
 
@@ -117,6 +125,8 @@ export interface AgentWorld {
   /** Heartbeat connections to other hosts' replica servers. */
   readonly pinger: PingerFactory;
   /** A write and sync on one disk; never throws. */
+  /** What the disk layer reads of a disk; absent in the simulation, whose disks are not files. */
+  readonly diskInfo?: DiskInfoSource;
   readonly probeDisk: (disk: { readonly name: string; readonly path: string }) => Promise<DiskHealth>;
   /** The NBD front as a client sees it: problems, and served volumes missing from its export list. */
   readonly probeNbdFront: (served: string[]) => Promise<{ problems: string[]; missing: string[] }>;
@@ -124,4 +134,21 @@ export interface AgentWorld {
   readonly vms: VmDriver;
   /** The event loop's worst lag (ms) since the last reset; 0 where there is no event loop to measure. */
   readonly eventLoopLag: { maxMs(): number; reset(): void; stop(): void };
+}
+
+/** A disk's identity, label, usage and mount state, as src/disk/ reads them (real-world.ts). */
+export interface DiskInfoSource {
+  readLabel(root: string): Promise<DiskLabel | undefined>;
+  writeLabel(root: string, label: DiskLabel): Promise<void>;
+  usage(root: string, copyDirs: readonly string[]): Promise<DiskUsage>;
+  readOnly(path: string): Promise<boolean>;
+  /** The filesystem `path` lives on (its device number): disks sharing one share it. */
+  filesystemId(path: string): string;
+  identify(path: string): Promise<{ identity: DiskIdentity; sizeBytes: number; blockDevice: boolean }>;
+  inspect(path: string): Promise<AddInspection>;
+  format(device: string, fs: "ext4" | "xfs", label: string): Promise<void>;
+  mount(device: string, mountPoint: string): Promise<void>;
+  unmount(mountPoint: string): Promise<void>;
+  mountedDevice(mountPoint: string): Promise<string | undefined>;
+  locate(device: string, on: boolean): Promise<{ supported: boolean; detail: string }>;
 }

@@ -6,7 +6,7 @@
 // characters are replaced so that they cannot move the cursor or recolor the terminal.
 
 import type { VmListEntry } from "../cluster/cluster-view.js";
-import type { ClusterSummary, ClusterView, CopyView, HostView, VolumeView } from "../cluster/cluster-view.js";
+import type { ClusterSummary, ClusterView, CopyView, DiskView, HostView, VolumeView } from "../cluster/cluster-view.js";
 import type { EventRecord, LinkHealth } from "../cluster/schema.js";
 import { formatBytes } from "../util/units.js";
 
@@ -33,6 +33,13 @@ const TONES: Record<string, Tone> = {
   "out-of-sync": "bad",
   unrecorded: "busy",
   ok: "good",
+  online: "good",
+  spare: "good",
+  failing: "busy",
+  new: "busy",
+  failed: "bad",
+  missing: "bad",
+  foreign: "bad",
 };
 
 function printable<T>(value: T): T {
@@ -288,4 +295,61 @@ export function renderVmTable(entries: readonly VmListEntry[]): string {
       )
       .join("\n") + "\n"
   );
+}
+
+/** A bar for a share of a whole: [#####...............]. */
+function bar(fraction: number, width = 20): string {
+  const filled = Math.max(0, Math.min(width, Math.round(fraction * width)));
+  return `[${"#".repeat(filled)}${".".repeat(width - filled)}]`;
+}
+
+/** `haven disk list`: one line per disk with a bar of its filesystem's use, then its copies. */
+export function renderDiskList(untrusted: readonly DiskView[], options: ClusterRenderOptions = {}): string {
+  const disks = printable(untrusted);
+  if (disks.length === 0) return "no disks on record (each agent records its disks as it starts)\n";
+  const lines: string[] = [];
+  const rows = disks.map((disk): Cell[] => [
+    { text: disk.host },
+    { text: disk.disk },
+    { text: disk.spare && disk.state === "online" ? "spare" : disk.state, toned: true },
+    { text: disk.sizeBytes === 0 ? "-" : formatBytes(disk.sizeBytes) },
+    {
+      text:
+        disk.sizeBytes === 0
+          ? "-"
+          : `${bar(disk.usedBytes / disk.sizeBytes)} ${Math.round((100 * disk.usedBytes) / disk.sizeBytes)}%`,
+    },
+    { text: disk.sizeBytes === 0 ? "-" : formatBytes(disk.freeBytes) },
+    { text: formatBytes(disk.havenBytes) },
+    { text: String(disk.copies.length) },
+    { text: disk.identity === null ? "-" : `${disk.identity.kind} ${disk.identity.value}` },
+    { text: disk.path || "-" },
+  ]);
+  const table_ = table(
+    ["HOST", "DISK", "STATE", "SIZE", "USED", "FREE", "HAVEN", "COPIES", "IDENTITY", "PATH"],
+    rows,
+    options,
+  );
+  lines.push(table_[0]!);
+  disks.forEach((disk, i) => {
+    lines.push(table_[i + 1]!);
+    if (disk.state !== "online" && disk.state !== "unknown") lines.push(`    ${disk.reason}`);
+    if (disk.hostState !== "alive") lines.push(`    host ${disk.host} is ${disk.hostState}: the record may be stale`);
+    for (const copy of disk.copies) {
+      const progress = copy.resync !== null ? resyncText(copy.resync) : copy.detail;
+      lines.push(
+        `    ${copy.volume.padEnd(16)} ${paint(copy.state, options)}${" ".repeat(Math.max(1, 12 - copy.state.length))}` +
+          `${formatBytes(copy.allocatedBytes).padStart(10)}  ${progress}`.trimEnd(),
+      );
+    }
+  });
+  const shared = disks.filter((disk) => disk.sharesFilesystemWith.length > 0);
+  if (shared.length > 0) {
+    lines.push("");
+    const groups = new Set(
+      shared.map((disk) => [`${disk.host}/${disk.disk}`, ...disk.sharesFilesystemWith].sort().join(", ")),
+    );
+    for (const group of groups) lines.push(`one filesystem, one free space: ${group}`);
+  }
+  return `${lines.join("\n")}\n`;
 }

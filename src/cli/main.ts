@@ -23,6 +23,13 @@ import { HOST_LIST_USAGE, hostList } from "./commands/host-list.js";
 import { NBD_SERVE_USAGE, nbdServe } from "./commands/nbd-serve.js";
 import { REPLICA_SERVE_USAGE, replicaServe } from "./commands/replica-serve.js";
 import { STATUS_USAGE, status } from "./commands/status.js";
+import { DISK_USAGE, diskCommand } from "./commands/disk.js";
+import {
+  VOLUME_ADD_COPY_USAGE,
+  VOLUME_REMOVE_COPY_USAGE,
+  volumeAddCopy,
+  volumeRemoveCopy,
+} from "./commands/volume-copies.js";
 import { VOLUME_CREATE_USAGE, volumeCreate } from "./commands/volume-create.js";
 import { VOLUME_DELETE_USAGE, volumeDelete } from "./commands/volume-delete.js";
 import { VOLUME_LIST_USAGE, volumeList } from "./commands/volume-list.js";
@@ -49,6 +56,12 @@ a host:
 cluster commands (they find etcd by --etcd URL, $HAVEN_ETCD or a context file):
   status                            the cluster at a glance: hosts alive or dead, volumes and their health
   host list                         list the hosts, alive or dead, with their disks
+  disk list                         the disks of every host: state, use, identity, the copies on each
+  disk add HOST PATH                give a host a disk (--spare); data on it is refused unless --wipe
+  disk remove HOST DISK             let go of a disk that holds no copy
+  disk evacuate HOST DISK           move every copy off a disk (new copy in sync first), with progress
+  disk replace HOST OLD NEW         move every copy from OLD onto NEW, then release OLD
+  disk identify HOST DISK           light the disk's locate LED and print its identity
   host drain HOST                   move every volume's primary off HOST (switchovers, no write lost)
   vm create NAME --vcpus N --memory SIZE --disk-size SIZE [--image haven-test|FILE]
                                     a virtual server on a replicated volume, running where its disk's primary is
@@ -60,6 +73,8 @@ cluster commands (they find etcd by --etcd URL, $HAVEN_ETCD or a context file):
   volume delete NAME --yes          delete a volume and the data on every copy
   volume promote NAME --host H      make H's copy primary when none is in sync (--force; may lose writes)
   volume switchover NAME --to H    move the primary to H with no write lost (a planned move)
+  volume add-copy NAME              add a copy while writes go on (--host, --disk: a mirror), with progress
+  volume remove-copy NAME           remove a copy (--host H --disk D); never the last one in sync
   volume list                       list the volumes: health, primary, copies, NBD URI
   volume show NAME                  everything about one volume, including its NBD URI
   events                            the cluster's events (--volume, --host, --limit, --follow)
@@ -97,6 +112,12 @@ const COMMANDS: Record<string, Record<string, CommandEntry>> = {
     revive: { run: clusterReviveCommand, usage: CLUSTER_REVIVE_USAGE },
   },
   host: { list: { run: hostList, usage: HOST_LIST_USAGE }, drain: { run: hostDrain, usage: HOST_DRAIN_USAGE } },
+  disk: Object.fromEntries(
+    ["list", "add", "remove", "evacuate", "replace", "identify"].map((verb) => [
+      verb,
+      { run: (argv: string[]) => diskCommand([verb, ...argv]), usage: DISK_USAGE },
+    ]),
+  ),
   nbd: { serve: { run: nbdServe, usage: NBD_SERVE_USAGE } },
   replica: { serve: { run: replicaServe, usage: REPLICA_SERVE_USAGE } },
   vm: Object.fromEntries(Object.entries(VM_COMMANDS).map(([verb, run]) => [verb, { run, usage: VM_USAGE }])),
@@ -111,6 +132,8 @@ const COMMANDS: Record<string, Record<string, CommandEntry>> = {
     promote: { run: volumePromote, usage: VOLUME_PROMOTE_USAGE },
     switchover: { run: volumeSwitchover, usage: VOLUME_SWITCHOVER_USAGE },
     show: { run: volumeShow, usage: VOLUME_SHOW_USAGE },
+    "add-copy": { run: volumeAddCopy, usage: VOLUME_ADD_COPY_USAGE },
+    "remove-copy": { run: volumeRemoveCopy, usage: VOLUME_REMOVE_COPY_USAGE },
   },
 };
 

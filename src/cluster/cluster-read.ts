@@ -6,6 +6,7 @@ import { HavenError } from "../core/errors.js";
 import type { KeyValue } from "./etcd-client.js";
 import type { ClusterStore } from "./store.js";
 import {
+  copyId,
   keys,
   nameUnder,
   parseEventRecord,
@@ -21,6 +22,7 @@ import {
   type ReplicaRecord,
   type VolumeSpec,
 } from "./schema.js";
+import { diskKeys, parseDiskRecord, type DiskRecord } from "./disk-schema.js";
 import { parseVmRecord, parseVmStatusRecord, type VmRecord, type VmStatusRecord } from "./vm-schema.js";
 
 export interface ClusterRecords {
@@ -34,10 +36,12 @@ export interface ClusterRecords {
   readonly primaries: ReadonlyMap<string, PrimaryRecord>;
   /** Each primary record's etcd mod revision, for compare-and-swap on it. */
   readonly primaryRevisions: ReadonlyMap<string, number>;
-  /** By volume name, then host name. */
+  /** By volume name, then copy (copyId: HOST/DISK). */
   readonly replicas: ReadonlyMap<string, ReadonlyMap<string, ReplicaRecord>>;
-  /** Each copy record's etcd mod revision, by volume then host, for conditions on it. */
+  /** Each copy record's etcd mod revision, by volume then copy (copyId), for conditions on it. */
   readonly replicaRevisions: ReadonlyMap<string, ReadonlyMap<string, number>>;
+  /** Each disk's latest record (disk-schema.ts), by HOST/DISK. */
+  readonly disks: ReadonlyMap<string, DiskRecord>;
   /** Each live host's latest health check, by host name. */
   readonly health: ReadonlyMap<string, HostHealthRecord>;
   /** VMs as operators asked for them, by name. */
@@ -102,18 +106,35 @@ function replicasByVolume(
 ): Map<string, Map<string, ReplicaRecord>> {
   const replicas = new Map<string, Map<string, ReplicaRecord>>();
   for (const kv of kvs) {
-    const [volume, host, ...rest] = nameUnder(keys.replicas(), kv.key).split("/");
-    if (volume === undefined || host === undefined || rest.length > 0) continue; // not a copy's key
+    const [volume, host, disk, ...rest] = nameUnder(keys.replicas(), kv.key).split("/");
+    if (volume === undefined || host === undefined || disk === undefined || rest.length > 0) continue; // not a copy's key
     const record = parsed(() => parseReplicaRecord(kv.value, kv.key), onMalformed);
     if (record === undefined) continue;
+    const id = copyId({ host, disk });
     const copies = replicas.get(volume) ?? new Map<string, ReplicaRecord>();
-    copies.set(host, record);
+    copies.set(id, record);
     replicas.set(volume, copies);
     const copyRevisions = revisions.get(volume) ?? new Map<string, number>();
-    copyRevisions.set(host, kv.modRevision);
+    copyRevisions.set(id, kv.modRevision);
     revisions.set(volume, copyRevisions);
   }
   return replicas;
+}
+
+/** The disks' records by HOST/DISK; a record whose key and content disagree is malformed. */
+function disksByCopyPlace(kvs: readonly KeyValue[], onMalformed: OnMalformed): Map<string, DiskRecord> {
+  const disks = new Map<string, DiskRecord>();
+  for (const kv of kvs) {
+    const id = nameUnder(diskKeys.disks(), kv.key);
+    const record = parsed(() => {
+      const disk = parseDiskRecord(kv.value, kv.key);
+      if (`${disk.host}/${disk.disk}` !== id)
+        throw new HavenError("HAVEN_ERR_CONFIG", `${kv.key}: the record is of ${disk.host}/${disk.disk}`);
+      return disk;
+    }, onMalformed);
+    if (record !== undefined) disks.set(id, record);
+  }
+  return disks;
 }
 
 /**
@@ -131,25 +152,26 @@ export async function readClusterRecords(client: ClusterStore, onMalformed?: OnM
     keys.vms(),
     keys.vmStatuses(),
     keys.handovers(),
+    diskKeys.disks(),
   ];
   const result = await client.txn(
     [],
     prefixes.map((prefix) => ({ type: "getPrefix", prefix })),
     [],
   );
-  const [hosts, hostInfos, volumes, primaries, replicas, healths, vms, vmStatuses, handovers] = result.results.map(
-    (operation) => (operation.type === "get" ? operation.kvs : []),
-  ) as KeyValue[][] as [
-    KeyValue[],
-    KeyValue[],
-    KeyValue[],
-    KeyValue[],
-    KeyValue[],
-    KeyValue[],
-    KeyValue[],
-    KeyValue[],
-    KeyValue[],
-  ];
+  const [hosts, hostInfos, volumes, primaries, replicas, healths, vms, vmStatuses, handovers, disks] =
+    result.results.map((operation) => (operation.type === "get" ? operation.kvs : [])) as KeyValue[][] as [
+      KeyValue[],
+      KeyValue[],
+      KeyValue[],
+      KeyValue[],
+      KeyValue[],
+      KeyValue[],
+      KeyValue[],
+      KeyValue[],
+      KeyValue[],
+      KeyValue[],
+    ];
   const vmStatus = new Map<string, { record: VmStatusRecord; modRevision: number }>();
   for (const kv of vmStatuses) {
     const record = parsed(() => parseVmStatusRecord(kv.value, kv.key), onMalformed);
@@ -182,6 +204,7 @@ export async function readClusterRecords(client: ClusterStore, onMalformed?: OnM
     vms: byName(vms, keys.vms(), parseVmRecord, onMalformed),
     vmStatus,
     handovers: new Set(handovers.map((kv) => nameUnder(keys.handovers(), kv.key))),
+    disks: disksByCopyPlace(disks, onMalformed),
     revision: result.revision,
   };
 }

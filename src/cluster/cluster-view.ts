@@ -12,6 +12,8 @@
 import type { VmRecord, VmStatusRecord } from "./vm-schema.js";
 import { formatCpuList } from "./vm-resources.js";
 import type { ClusterRecords } from "./cluster-read.js";
+import type { DiskRecord } from "./disk-schema.js";
+import { copyId } from "./schema.js";
 import type {
   CopyHealth,
   DiskHealth,
@@ -107,8 +109,10 @@ export function volumeView(records: ClusterRecords, spec: VolumeSpec): VolumeVie
   const primaryHost = records.primaries.get(spec.name)?.host;
   const seen = primaryHost === undefined ? undefined : records.health.get(primaryHost)?.copies;
   const copies = spec.replicas.map(({ host, disk }): CopyView => {
-    const record = recorded?.get(host);
-    const live = seen?.find((copy) => copy.volume === spec.name && copy.host === host);
+    const record = recorded?.get(copyId({ host, disk }));
+    const live = seen?.find(
+      (copy) => copy.volume === spec.name && copy.host === host && (copy.disk === disk || copy.disk === ""),
+    );
     return {
       host,
       disk,
@@ -156,6 +160,12 @@ export function clusterView(records: ClusterRecords): ClusterView {
   const hosts = [...hostRecords.values()]
     .map((host): HostView => ({
       ...host,
+      // The disks' records say what is really used and how big each is (the host record only says
+      // what the agent saw free when it started).
+      disks: host.disks.map((disk) => {
+        const found = records.disks.get(`${host.name}/${disk.name}`);
+        return found === undefined ? disk : { ...disk, capacityBytes: found.sizeBytes, usedBytes: found.usedBytes };
+      }),
       state: records.liveHosts.has(host.name) ? "alive" : "dead",
       copies: copies.get(host.name) ?? 0,
       health: hostHealth(records, host.name),
@@ -215,6 +225,85 @@ export function vmEntries(records: ClusterRecords): VmListEntry[] {
       relocations: current?.relocations ?? 0,
       status: status ?? null,
       spec: vm,
+    };
+  });
+}
+
+/** One copy on a disk, as `disk list` shows it. */
+export interface DiskCopyView {
+  readonly volume: string;
+  readonly state: RecordedReplicaState | "unrecorded";
+  readonly detail: string;
+  readonly resync: CopyHealth["resync"];
+  readonly allocatedBytes: number;
+}
+
+/** One disk, as `haven disk list` shows it: its record, its host's state and the copies placed on it. */
+export interface DiskView {
+  readonly host: string;
+  readonly disk: string;
+  readonly hostState: HostState | "unknown";
+  /** The disk's state as its agent last recorded it, or "unknown" for a disk placed on but not recorded. */
+  readonly state: DiskRecord["state"] | "unknown";
+  readonly reason: string;
+  readonly spare: boolean;
+  readonly path: string;
+  readonly identity: DiskRecord["identity"] | null;
+  readonly sizeBytes: number;
+  readonly freeBytes: number;
+  /** The filesystem's used bytes (everything on it). */
+  readonly usedBytes: number;
+  /** Bytes Haven's copies have allocated on it. */
+  readonly havenBytes: number;
+  /** Other disks on the same filesystem (HOST/DISK): they share its free space. */
+  readonly sharesFilesystemWith: readonly string[];
+  readonly copies: readonly DiskCopyView[];
+  readonly updatedAt: string | null;
+}
+
+export function diskEntries(records: ClusterRecords): DiskView[] {
+  const placed = new Map<string, string[]>();
+  for (const spec of records.volumes.values())
+    for (const copy of spec.replicas) placed.set(copyId(copy), [...(placed.get(copyId(copy)) ?? []), spec.name]);
+  const ids = new Set([...records.disks.keys(), ...placed.keys()]);
+  return [...ids].sort().map((id): DiskView => {
+    const record = records.disks.get(id);
+    const [host, disk] = [id.slice(0, id.indexOf("/")), id.slice(id.indexOf("/") + 1)];
+    const copies = (placed.get(id) ?? []).sort().map((volume): DiskCopyView => {
+      const recorded = records.replicas.get(volume)?.get(id);
+      const primary = records.primaries.get(volume)?.host;
+      const live = primary === undefined ? undefined : records.health.get(primary)?.copies;
+      const seen = live?.find((copy) => copy.volume === volume && copy.host === host && copy.disk === disk);
+      return {
+        volume,
+        state: recorded?.state ?? "unrecorded",
+        detail: recorded?.detail ?? "",
+        resync: seen?.resync ?? null,
+        allocatedBytes: record?.copies.find((copy) => copy.volume === volume)?.allocatedBytes ?? 0,
+      };
+    });
+    const shares =
+      record === undefined || record.fsId === ""
+        ? []
+        : [...records.disks.values()]
+            .filter((other) => other.fsId === record.fsId && `${other.host}/${other.disk}` !== id)
+            .map((other) => `${other.host}/${other.disk}`);
+    return {
+      host,
+      disk,
+      hostState: hostState(records, host),
+      state: record?.state ?? "unknown",
+      reason: record?.reason ?? "no record of this disk yet",
+      spare: record?.spare ?? false,
+      path: record?.path ?? "",
+      identity: record?.identity ?? null,
+      sizeBytes: record?.sizeBytes ?? 0,
+      freeBytes: record?.freeBytes ?? 0,
+      usedBytes: record?.usedBytes ?? 0,
+      havenBytes: record?.copies.reduce((sum, copy) => sum + copy.allocatedBytes, 0) ?? 0,
+      sharesFilesystemWith: shares,
+      copies,
+      updatedAt: record?.updatedAt ?? null,
     };
   });
 }

@@ -187,6 +187,8 @@ export async function clusterUp(options: LocalClusterOptions): Promise<LocalClus
       },
       nbd: { listen: `127.0.0.1:${ports.nbd}` },
       disks,
+      // Where `disk add` keeps the disks it gave the host (and mounts block devices).
+      stateDir: hostDir,
       ...(options.timings && { timings: options.timings }),
       ...(options.vms && { vms: { ...options.vms, runtimeDir: hostDir } }),
     };

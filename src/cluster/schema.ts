@@ -4,9 +4,9 @@
 //
 //   /haven/hosts/NAME            HostRecord, attached to the host's lease: present = the host is alive
 //   /haven/host-info/NAME        HostRecord, no lease: the hosts the cluster has ever had
-//   /haven/volumes/NAME          VolumeSpec: size and where the copies are (one host each)
+//   /haven/volumes/NAME          VolumeSpec: size and where the copies are (a disk of a host each)
 //   /haven/primary/NAME          PrimaryRecord: which host serves the volume, at which epoch
-//   /haven/replicas/NAME/HOST    ReplicaRecord: that host's copy, as the primary last recorded it
+//   /haven/replicas/NAME/HOST/DISK  ReplicaRecord: the copy on that disk, as the primary last recorded it
 //   /haven/health/HOST           HostHealthRecord, attached to the host's lease: its latest health check
 //   /haven/handover/NAME         HandoverRecord: a planned move of the primary, asked by an operator
 //   /haven/vms/NAME              VmRecord (vm-schema.ts): a VM's spec and desired state, written by operators
@@ -22,6 +22,9 @@ import { HavenError } from "../core/errors.js";
 
 export const CLUSTER_PREFIX = "/haven/";
 
+/** A host or disk name as a key segment: no "/" (it separates segments) and no "@" (copy names use it). */
+const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+
 export const keys = {
   host: (name: string): string => `${CLUSTER_PREFIX}hosts/${name}`,
   hosts: (): string => `${CLUSTER_PREFIX}hosts/`,
@@ -31,8 +34,9 @@ export const keys = {
   volumes: (): string => `${CLUSTER_PREFIX}volumes/`,
   primary: (volume: string): string => `${CLUSTER_PREFIX}primary/${volume}`,
   primaries: (): string => `${CLUSTER_PREFIX}primary/`,
-  replica: (volume: string, host: string): string => `${CLUSTER_PREFIX}replicas/${volume}/${host}`,
+  replica: (volume: string, copy: CopyPlace): string => `${CLUSTER_PREFIX}replicas/${volume}/${copy.host}/${copy.disk}`,
   replicasOf: (volume: string): string => `${CLUSTER_PREFIX}replicas/${volume}/`,
+  replicasOn: (volume: string, host: string): string => `${CLUSTER_PREFIX}replicas/${volume}/${host}/`,
   replicas: (): string => `${CLUSTER_PREFIX}replicas/`,
   health: (host: string): string => `${CLUSTER_PREFIX}health/${host}`,
   healths: (): string => `${CLUSTER_PREFIX}health/`,
@@ -53,7 +57,13 @@ export interface HostRecord {
   readonly apiPort: number;
   readonly replicationPort: number;
   readonly nbdPort: number;
-  readonly disks: readonly { readonly name: string; readonly capacityBytes: number; readonly usedBytes: number }[];
+  readonly disks: readonly {
+    readonly name: string;
+    readonly capacityBytes: number;
+    readonly usedBytes: number;
+    /** The capacity is a limit the config sets (else it is the free space the agent saw at start). */
+    readonly limited?: boolean;
+  }[];
   /** What the host gives to VMs (its config's `vms`); absent: it runs no VMs. */
   readonly vmCapacity?: VmCapacity;
   /** ISO time the agent started. */
@@ -66,11 +76,50 @@ export interface VmCapacity {
   readonly memoryMiB: number;
 }
 
+/**
+ * Where one copy of a volume lives: a disk of a host. Local RAID1 and network RAID are one mechanism:
+ * a host may hold two copies of a volume, on different disks; two copies never share a disk.
+ */
+export interface CopyPlace {
+  readonly host: string;
+  readonly disk: string;
+}
+
+/** A copy's id in records, maps and messages: HOST/DISK. */
+export function copyId(copy: CopyPlace): string {
+  return `${copy.host}/${copy.disk}`;
+}
+
+/** The copy an id (copyId) names. */
+export function copyPlace(id: string): CopyPlace {
+  const slash = id.indexOf("/");
+  return { host: id.slice(0, slash), disk: id.slice(slash + 1) };
+}
+
+/** The volume's copies on `host`, in the spec's order. */
+export function copiesOn(spec: VolumeSpec, host: string): CopyPlace[] {
+  return spec.replicas.filter((copy) => copy.host === host);
+}
+
+/** The hosts holding a copy of the volume, each once, in the spec's order. */
+export function copyHosts(spec: VolumeSpec): string[] {
+  return [...new Set(spec.replicas.map((copy) => copy.host))];
+}
+
+/** `host`'s copies of the volume that its records say are in sync (records by copyId). */
+export function inSyncCopiesOn(
+  spec: VolumeSpec,
+  records: ReadonlyMap<string, ReplicaRecord> | undefined,
+  host: string,
+): CopyPlace[] {
+  return copiesOn(spec, host).filter((copy) => records?.get(copyId(copy))?.state === "in-sync");
+}
+
 export interface VolumeSpec {
   readonly name: string;
   readonly sizeBytes: number;
-  /** One copy per host, on the named disk of that host. */
-  readonly replicas: readonly { readonly host: string; readonly disk: string }[];
+  /** The copies, each on a disk of a host; never two on one disk. */
+  readonly replicas: readonly CopyPlace[];
   readonly createdAt: string;
 }
 
@@ -98,6 +147,8 @@ export interface ReplicaRecord {
 export interface CopyHealth {
   readonly volume: string;
   readonly host: string;
+  /** The disk of `host` that holds the copy. */
+  readonly disk: string;
   /** The engine's state for the copy: in-sync, resyncing, faulted, split-brain, connecting, refused. */
   readonly state: string;
   /** While resyncing: how far, how fast, and how long to go. */
@@ -180,6 +231,7 @@ export function parseHostHealthRecord(value: string, key: string): HostHealthRec
       return {
         volume: text(copy, "volume", where),
         host: text(copy, "host", where),
+        disk: copy.disk === undefined ? "" : text(copy, "disk", where),
         state: text(copy, "state", where),
         resync: parsedResync,
       };
@@ -295,6 +347,7 @@ export function parseHostRecord(value: string, key: string): HostRecord {
         name: text(disk, "name", `${key} disks[${i}]`),
         capacityBytes: count(disk, "capacityBytes", `${key} disks[${i}]`),
         usedBytes: count(disk, "usedBytes", `${key} disks[${i}]`),
+        ...(disk.limited === true && { limited: true }),
       };
     }),
     ...(o.vmCapacity !== undefined && { vmCapacity: parseVmCapacity(o.vmCapacity, `${key} vmCapacity`) }),
@@ -314,16 +367,20 @@ export function parseVolumeSpec(value: string, key: string): VolumeSpec {
   const o = object(value, key);
   const replicas = o.replicas;
   if (!Array.isArray(replicas) || replicas.length === 0) throw bad(key, "replicas is not a non-empty list");
+  const copies = replicas.map((r: unknown, i): CopyPlace => {
+    const replica = typeof r === "object" && r !== null ? (r as Record<string, unknown>) : {};
+    const host = text(replica, "host", `${key} replicas[${i}]`);
+    const disk = text(replica, "disk", `${key} replicas[${i}]`);
+    if (!NAME.test(host) || !NAME.test(disk)) throw bad(`${key} replicas[${i}]`, "host or disk is not a valid name");
+    return { host, disk };
+  });
+  const ids = copies.map(copyId);
+  const twice = ids.find((id, i) => ids.indexOf(id) !== i);
+  if (twice !== undefined) throw bad(key, `two copies share disk ${twice}`);
   return {
     name: text(o, "name", key),
     sizeBytes: count(o, "sizeBytes", key),
-    replicas: replicas.map((r: unknown, i) => {
-      const replica = typeof r === "object" && r !== null ? (r as Record<string, unknown>) : {};
-      return {
-        host: text(replica, "host", `${key} replicas[${i}]`),
-        disk: text(replica, "disk", `${key} replicas[${i}]`),
-      };
-    }),
+    replicas: copies,
     createdAt: text(o, "createdAt", key),
   };
 }

@@ -6,7 +6,15 @@
 import { HavenError } from "../core/errors.js";
 import { readClusterRecords, type ClusterRecords } from "./cluster-read.js";
 import type { TxnOperation } from "./etcd-client.js";
-import { keys, eventSequence, type EventRecord, type HandoverRecord } from "./schema.js";
+import {
+  copiesOn,
+  copyHosts,
+  eventSequence,
+  inSyncCopiesOn,
+  keys,
+  type EventRecord,
+  type HandoverRecord,
+} from "./schema.js";
 import type { ClusterStore } from "./store.js";
 import { vmLacks, vmsPlacedOn } from "./vm-resources.js";
 import { DEFAULT_VM_POLICY, isVmName, type VmPolicy, type VmRecord } from "./vm-schema.js";
@@ -102,9 +110,9 @@ export function checkCreate(records: ClusterRecords, request: VmCreateRequest): 
     throw new HavenError("HAVEN_ERR_UNAVAILABLE", `volume ${request.volume} has no primary on record`);
   const lacks = hostLacks(records, primary, { ...request, name: request.name });
   if (lacks !== undefined) {
-    const others = volume.replicas
-      .map((copy) => copy.host)
-      .filter((host) => host !== primary && hostLacks(records, host, request) === undefined);
+    const others = copyHosts(volume).filter(
+      (host) => host !== primary && hostLacks(records, host, request) === undefined,
+    );
     throw new HavenError(
       "HAVEN_ERR_NO_SPACE",
       `VM ${request.name} cannot run on ${primary} (the primary of its disk ${request.volume}): ${primary} lacks ${lacks}` +
@@ -209,11 +217,12 @@ export async function startVm(
       throw new HavenError("HAVEN_ERR_NOT_FOUND", `no host named "${target}" (see 'haven host list')`);
     if (!records.liveHosts.has(target))
       throw new HavenError("HAVEN_ERR_UNAVAILABLE", `host ${target} is down: start VM ${name} on a live host`);
-    const copy = records.replicas.get(vm.volume)?.get(target);
-    if (copy?.state !== "in-sync")
+    const spec = records.volumes.get(vm.volume);
+    const copies = spec === undefined ? [] : copiesOn(spec, target);
+    if (spec === undefined || inSyncCopiesOn(spec, records.replicas.get(vm.volume), target).length === 0)
       throw new HavenError(
         "HAVEN_ERR_CONFLICT",
-        `host ${target} holds ${copy === undefined ? "no copy" : `a copy recorded ${copy.state}`} of ${vm.volume}, ` +
+        `host ${target} holds ${copies.length === 0 ? "no copy" : "no copy recorded in sync"} of ${vm.volume}, ` +
           `VM ${name}'s disk: a VM runs only on a host with an in-sync copy`,
       );
     const lacks = hostLacks(records, target, vm);

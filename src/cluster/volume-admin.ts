@@ -12,15 +12,19 @@
 import { HavenError } from "../core/errors.js";
 import { formatBytes } from "../util/units.js";
 import { readClusterRecords } from "./cluster-read.js";
-import type { TxnOperation } from "./etcd-client.js";
+import type { Compare, TxnOperation } from "./etcd-client.js";
 import type { ClusterStore } from "./store.js";
-import { placeReplicas } from "./placement.js";
+import { checkPlacement, placeAnotherCopy, placeReplicas, withDiskRecords } from "./placement.js";
 import {
+  copiesOn,
+  copyId,
   eventSequence,
+  inSyncCopiesOn,
   keys,
   parseVolumeSpec,
   type EventRecord,
   type HandoverRecord,
+  type CopyPlace,
   type PrimaryRecord,
   type ReplicaRecord,
   type VolumeSpec,
@@ -39,6 +43,9 @@ export interface CreatedVolume {
   readonly revision: number;
 }
 
+/** The most copies a volume keeps (the engine's limit): room for a replacement next to three. */
+export const MAX_COPIES = 4;
+
 /** How many times a create re-reads and places again when other volumes were created meanwhile. */
 const MAX_CREATE_ATTEMPTS = 5;
 
@@ -47,7 +54,7 @@ function put(key: string, value: object): TxnOperation {
 }
 
 function copyList(spec: VolumeSpec): string {
-  return spec.replicas.map(({ host, disk }) => `${host}/${disk}`).join(", ");
+  return spec.replicas.map(copyId).join(", ");
 }
 
 function alreadyExists(name: string, createdAt: string | undefined): HavenError {
@@ -64,7 +71,15 @@ function alreadyExists(name: string, createdAt: string | undefined): HavenError 
  */
 export async function createVolume(
   client: ClusterStore,
-  request: { readonly name: string; readonly sizeBytes: number; readonly copies: number },
+  request: {
+    readonly name: string;
+    readonly sizeBytes: number;
+    readonly copies: number;
+    /** Local RAID1: the first host keeps a second copy on another of its disks. */
+    readonly mirrorFirst?: boolean;
+    /** Every copy's place, named by the operator (the first is the primary); `copies` is then ignored. */
+    readonly places?: readonly CopyPlace[];
+  },
   options: AdminOptions,
 ): Promise<CreatedVolume> {
   const now = (options.now ?? (() => new Date()))();
@@ -73,13 +88,15 @@ export async function createVolume(
     const records = await readClusterRecords(client);
     const existing = records.volumes.get(request.name);
     if (existing !== undefined) throw alreadyExists(request.name, existing.createdAt);
-    const placement = placeReplicas(
-      [...records.liveHosts.values()],
-      [...records.volumes.values()],
-      request.sizeBytes,
-      request.copies,
-      records.health,
-    );
+    const live = withDiskRecords([...records.liveHosts.values()], records.disks, [...records.volumes.values()]);
+    const placement =
+      request.places !== undefined
+        ? checkPlacement(live, [...records.volumes.values()], request.sizeBytes, request.places, records.health)
+        : placeReplicas(live, [...records.volumes.values()], request.sizeBytes, request.copies, records.health, {
+            mirrorFirst: request.mirrorFirst ?? false,
+          });
+    if (placement.length > MAX_COPIES)
+      throw new HavenError("HAVEN_ERR_USAGE", `a volume has at most ${MAX_COPIES} copies, not ${placement.length}`);
 
     const spec: VolumeSpec = { name: request.name, sizeBytes: request.sizeBytes, replicas: placement, createdAt: time };
     const primary: PrimaryRecord = { host: placement[0]!.host, epoch: 1, since: time, reason: "created" };
@@ -106,7 +123,7 @@ export async function createVolume(
       [
         put(keys.volume(spec.name), spec),
         put(keys.primary(spec.name), primary),
-        ...placement.map(({ host }) => put(keys.replica(spec.name, host), replica)),
+        ...placement.map((copy) => put(keys.replica(spec.name, copy), replica)),
         put(keys.event(eventSequence(now.getTime())), event),
       ],
       [{ type: "get", key: keys.volume(spec.name) }],
@@ -179,7 +196,8 @@ export async function forcePromote(
   const spec = records.volumes.get(name);
   if (spec === undefined)
     throw new HavenError("HAVEN_ERR_NOT_FOUND", `no volume "${name}" in the cluster; 'haven volume list' shows them`);
-  if (!spec.replicas.some((replica) => replica.host === host))
+  const hostCopies = copiesOn(spec, host);
+  if (hostCopies.length === 0)
     throw new HavenError(
       "HAVEN_ERR_USAGE",
       `host ${host} holds no copy of volume ${name} (copies: ${copyList(spec)}); promote a host that does`,
@@ -196,10 +214,10 @@ export async function forcePromote(
   const kv = await client.get(keys.primary(name));
   const now = (options.now ?? (() => new Date()))();
   const epoch = (current?.epoch ?? 0) + 1;
-  const stale = [...(records.replicas.get(name) ?? new Map<string, ReplicaRecord>())]
-    .filter(([other, record]) => other !== host && record.state === "in-sync")
-    .map(([other]) => other);
-  const lost = spec.replicas.map((replica) => replica.host).filter((other) => other !== host && !stale.includes(other));
+  const others = spec.replicas.filter((copy) => copy.host !== host).map(copyId);
+  const recorded = records.replicas.get(name);
+  const stale = others.filter((other) => recorded?.get(other)?.state === "in-sync");
+  const lost = others.filter((other) => !stale.includes(other));
   const primary: PrimaryRecord = {
     host,
     epoch,
@@ -226,7 +244,7 @@ export async function forcePromote(
     [{ key: keys.primary(name), target: "modRevision", result: "equal", value: kv?.modRevision ?? 0 }],
     [
       put(keys.primary(name), primary),
-      put(keys.replica(name, host), replica),
+      ...hostCopies.map((copy) => put(keys.replica(name, copy), replica)),
       put(keys.event(eventSequence(now.getTime())), event),
     ],
     [],
@@ -265,17 +283,22 @@ export async function requestSwitchover(
       `volume ${name} has no live primary to hand over from${primary ? ` (${primary.host} is gone)` : ""}`,
     );
   if (primary.host === to) throw new HavenError("HAVEN_ERR_USAGE", `${to} is already the primary of volume ${name}`);
-  if (!spec.replicas.some((replica) => replica.host === to))
+  const targetCopies = copiesOn(spec, to);
+  if (targetCopies.length === 0)
     throw new HavenError("HAVEN_ERR_USAGE", `host ${to} holds no copy of volume ${name} (copies: ${copyList(spec)})`);
   if (!records.liveHosts.has(to))
     throw new HavenError("HAVEN_ERR_UNAVAILABLE", `host ${to} holds no cluster lease: start its agent first`);
-  const state = records.replicas.get(name)?.get(to);
-  if (state?.state !== "in-sync")
+  if (inSyncCopiesOn(spec, records.replicas.get(name), to).length === 0) {
+    const states = targetCopies.map((copy) => {
+      const state = records.replicas.get(name)?.get(copyId(copy));
+      return state ? `recorded ${state.state} (${state.detail})` : "not on record";
+    });
     throw new HavenError(
       "HAVEN_ERR_CONFLICT",
-      `${to}'s copy of volume ${name} is ${state ? `recorded ${state.state} (${state.detail})` : "not on record"}: ` +
+      `${to}'s copy of volume ${name} is ${states.join(", ")}: ` +
         "a switchover to it could lose writes; wait until it is in sync",
     );
+  }
   const now = (options.now ?? (() => new Date()))();
   const handover: HandoverRecord = { to, requestedBy: options.actor, requestedAt: now.toISOString() };
   const event: EventRecord = {
@@ -299,4 +322,220 @@ export async function requestSwitchover(
       `volume ${name} has a switchover under way already, or its primary just changed; look again and retry`,
     );
   return { from: primary.host, to, epoch: primary.epoch };
+}
+
+export interface CopyChange {
+  readonly spec: VolumeSpec;
+  readonly copy: CopyPlace;
+  readonly revision: number;
+}
+
+/**
+ * Adds a copy to live volume `name` (the md "missing" procedure without downtime): on `want.host` and
+ * `want.disk` when given, else where placement puts it. The copy is recorded out of sync in the same
+ * transaction that adds it to the spec, so nothing can promote it before the primary's engine has built
+ * it; the engine then rebuilds it while writes go on and records it in sync when it is complete.
+ */
+export async function addCopy(
+  client: ClusterStore,
+  name: string,
+  want: { readonly host?: string; readonly disk?: string },
+  options: AdminOptions & { readonly reason?: string },
+): Promise<CopyChange> {
+  const records = await readClusterRecords(client);
+  const spec = records.volumes.get(name);
+  if (spec === undefined)
+    throw new HavenError("HAVEN_ERR_NOT_FOUND", `no volume "${name}" in the cluster; 'haven volume list' shows them`);
+  if (spec.replicas.length >= MAX_COPIES)
+    throw new HavenError(
+      "HAVEN_ERR_CONFLICT",
+      `volume ${name} has ${spec.replicas.length} copies already (${copyList(spec)}), the most a volume keeps; ` +
+        `remove one first ('haven volume remove-copy ${name} --host H --disk D')`,
+    );
+  if (
+    want.host !== undefined &&
+    want.disk !== undefined &&
+    spec.replicas.some((copy) => copyId(copy) === `${want.host}/${want.disk}`)
+  )
+    throw new HavenError("HAVEN_ERR_CONFLICT", `volume ${name} has a copy on ${want.host}/${want.disk} already`);
+  const copy = placeAnotherCopy(
+    withDiskRecords([...records.liveHosts.values()], records.disks, [...records.volumes.values()], want),
+    [...records.volumes.values()],
+    spec,
+    want,
+    records.health,
+  );
+  const now = (options.now ?? (() => new Date()))();
+  const epoch = records.primaries.get(name)?.epoch ?? 0;
+  const record: ReplicaRecord = {
+    state: "out-of-sync",
+    detail: "new copy: not built yet",
+    epoch,
+    updatedAt: now.toISOString(),
+  };
+  const next: VolumeSpec = { ...spec, replicas: [...spec.replicas, copy] };
+  const event: EventRecord = {
+    time: now.toISOString(),
+    host: options.actor,
+    volume: name,
+    kind: "copy-added",
+    message: `copy added on ${copyId(copy)}${options.reason ? ` (${options.reason})` : ""}: the primary builds it from the in-sync copies`,
+  };
+  const result = await client.txn(
+    [unchangedSince(name, records.revision)],
+    [
+      put(keys.volume(name), next),
+      put(keys.replica(name, copy), record),
+      put(keys.event(eventSequence(now.getTime())), event),
+    ],
+    [],
+  );
+  if (!result.succeeded)
+    throw new HavenError("HAVEN_ERR_CONFLICT", `volume ${name} changed meanwhile; look again and retry`);
+  return { spec: next, copy, revision: result.revision };
+}
+
+/**
+ * Removes copy `copy` from volume `name`. Refused for the last copy recorded in sync (as ZFS refuses
+ * "no valid replicas"), and for the primary host's last copy (switch the volume over first). The
+ * transaction holds only while every other in-sync copy is still recorded as read, so a copy that left
+ * the in-sync set meanwhile cannot leave the volume with none.
+ */
+export async function removeCopy(
+  client: ClusterStore,
+  name: string,
+  copy: CopyPlace,
+  options: AdminOptions & { readonly reason?: string },
+): Promise<CopyChange> {
+  const records = await readClusterRecords(client);
+  const spec = records.volumes.get(name);
+  if (spec === undefined)
+    throw new HavenError("HAVEN_ERR_NOT_FOUND", `no volume "${name}" in the cluster; 'haven volume list' shows them`);
+  const id = copyId(copy);
+  if (!spec.replicas.some((candidate) => copyId(candidate) === id))
+    throw new HavenError("HAVEN_ERR_NOT_FOUND", `volume ${name} has no copy on ${id} (copies: ${copyList(spec)})`);
+  const recorded = records.replicas.get(name);
+  const othersInSync = spec.replicas.filter(
+    (candidate) => copyId(candidate) !== id && recorded?.get(copyId(candidate))?.state === "in-sync",
+  );
+  if (othersInSync.length === 0)
+    throw new HavenError(
+      "HAVEN_ERR_CONFLICT",
+      `the copy on ${id} is the last copy of volume ${name} recorded in sync: removing it would lose the volume's data. ` +
+        `Add a copy first and wait until it is in sync ('haven volume add-copy ${name}')`,
+    );
+  const primary = records.primaries.get(name);
+  if (primary !== undefined && primary.host === copy.host && copiesOn(spec, copy.host).length === 1)
+    throw new HavenError(
+      "HAVEN_ERR_CONFLICT",
+      `the copy on ${id} is the only copy on ${copy.host}, the primary of volume ${name}: ` +
+        `move the volume first ('haven volume switchover ${name} --to ${othersInSync.find((other) => other.host !== copy.host)?.host ?? "HOST"}')`,
+    );
+  const revisions = records.replicaRevisions.get(name);
+  const now = (options.now ?? (() => new Date()))();
+  const next: VolumeSpec = { ...spec, replicas: spec.replicas.filter((candidate) => copyId(candidate) !== id) };
+  const event: EventRecord = {
+    time: now.toISOString(),
+    host: options.actor,
+    volume: name,
+    kind: "copy-removed",
+    message: `copy on ${id} removed${options.reason ? ` (${options.reason})` : ""}; in sync: ${othersInSync.map(copyId).join(", ")}`,
+  };
+  const result = await client.txn(
+    [
+      unchangedSince(name, records.revision),
+      ...othersInSync.map((other) => ({
+        key: keys.replica(name, other),
+        target: "modRevision" as const,
+        result: "equal" as const,
+        value: revisions?.get(copyId(other)) ?? 0,
+      })),
+    ],
+    [
+      put(keys.volume(name), next),
+      { type: "delete", key: keys.replica(name, copy) },
+      put(keys.event(eventSequence(now.getTime())), event),
+    ],
+    [],
+  );
+  if (!result.succeeded)
+    throw new HavenError(
+      "HAVEN_ERR_CONFLICT",
+      `volume ${name} or its copies' records changed meanwhile; look again and retry`,
+    );
+  return { spec: next, copy, revision: result.revision };
+}
+
+/** The condition that volume `name`'s spec was not written since the snapshot at `revision`. */
+function unchangedSince(name: string, revision: number): Compare {
+  return { key: keys.volume(name), target: "modRevision", result: "less", value: revision + 1 };
+}
+
+/**
+ * Moves the copy on `from` to `to` in one transaction (a failed disk's copy onto a spare): the new copy
+ * is recorded out of sync and built by the primary, the old one leaves the spec. Holds only while the
+ * spec is as read and another copy is still recorded in sync as read, so the volume never loses its
+ * last in-sync copy this way.
+ */
+export async function replaceCopy(
+  client: ClusterStore,
+  name: string,
+  from: CopyPlace,
+  to: CopyPlace,
+  options: AdminOptions & { readonly reason: string },
+): Promise<CopyChange> {
+  const records = await readClusterRecords(client);
+  const spec = records.volumes.get(name);
+  if (spec === undefined) throw new HavenError("HAVEN_ERR_NOT_FOUND", `no volume "${name}" in the cluster`);
+  if (!spec.replicas.some((copy) => copyId(copy) === copyId(from)))
+    throw new HavenError("HAVEN_ERR_NOT_FOUND", `volume ${name} has no copy on ${copyId(from)}`);
+  if (spec.replicas.some((copy) => copyId(copy) === copyId(to)))
+    throw new HavenError("HAVEN_ERR_CONFLICT", `volume ${name} has a copy on ${copyId(to)} already`);
+  const recorded = records.replicas.get(name);
+  const vouching = spec.replicas.find(
+    (copy) => copyId(copy) !== copyId(from) && recorded?.get(copyId(copy))?.state === "in-sync",
+  );
+  if (vouching === undefined)
+    throw new HavenError(
+      "HAVEN_ERR_CONFLICT",
+      `the copy on ${copyId(from)} is the last copy of volume ${name} recorded in sync: it is not moved`,
+    );
+  const now = (options.now ?? (() => new Date()))();
+  const record: ReplicaRecord = {
+    state: "out-of-sync",
+    detail: "new copy: not built yet",
+    epoch: records.primaries.get(name)?.epoch ?? 0,
+    updatedAt: now.toISOString(),
+  };
+  const next: VolumeSpec = {
+    ...spec,
+    replicas: spec.replicas.map((copy) => (copyId(copy) === copyId(from) ? to : copy)),
+  };
+  const event: EventRecord = {
+    time: now.toISOString(),
+    host: options.actor,
+    volume: name,
+    kind: "copy-moved",
+    message: `the copy on ${copyId(from)} moves to ${copyId(to)} (${options.reason}); the primary rebuilds it from ${copyId(vouching)}`,
+  };
+  const result = await client.txn(
+    [
+      unchangedSince(name, records.revision),
+      {
+        key: keys.replica(name, vouching),
+        target: "modRevision",
+        result: "equal",
+        value: records.replicaRevisions.get(name)?.get(copyId(vouching)) ?? 0,
+      },
+    ],
+    [
+      put(keys.volume(name), next),
+      { type: "delete", key: keys.replica(name, from) },
+      put(keys.replica(name, to), record),
+      put(keys.event(eventSequence(now.getTime())), event),
+    ],
+    [],
+  );
+  if (!result.succeeded) throw new HavenError("HAVEN_ERR_CONFLICT", `volume ${name} changed meanwhile`);
+  return { spec: next, copy: to, revision: result.revision };
 }

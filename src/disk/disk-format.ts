@@ -5,6 +5,7 @@
 // back from /proc/self/mountinfo (mountinfo.ts), which is what the kernel has, not what fstab wishes.
 
 import { mkdir, realpath } from "node:fs/promises";
+import { resolve } from "node:path";
 import { HavenError } from "../core/errors.js";
 import { blockDeviceName, blockDeviceNumbers } from "./block-sysfs.js";
 import { runCommand } from "./disk-command.js";
@@ -108,4 +109,24 @@ export async function isReadOnlyMount(path: string): Promise<boolean> {
   const entry = mountHolding(await readMountInfo(), resolved);
   if (entry === undefined) throw new HavenError("HAVEN_ERR_NOT_FOUND", `no mounted filesystem holds ${path}`);
   return isReadOnly(entry);
+}
+
+/**
+ * Lazily unmounts every filesystem mounted under `dir` (deepest first), as `cluster down` does for
+ * the disks `disk add` mounted in a local cluster's directory. Returns the mount points it let go of.
+ */
+export async function unmountAllUnder(dir: string): Promise<string[]> {
+  const root = resolve(dir);
+  const points = (await readMountInfo())
+    .map((entry) => entry.mountPoint)
+    .filter((point) => point.startsWith(`${root}/`))
+    .sort((a, b) => b.length - a.length);
+  const done: string[] = [];
+  for (const point of [...new Set(points)]) {
+    await unmountDisk(point, { lazy: true }).then(
+      () => done.push(point),
+      () => undefined,
+    );
+  }
+  return done;
 }

@@ -59,6 +59,16 @@ export type ReplicaOpener = (location: string, name: string, create: CreateOptio
 
 const VOLUME_NAME = /^[a-z0-9][a-z0-9._-]{0,62}$/;
 
+/** How a replica server names one copy: the volume, and the disk that holds it when the engine said which. */
+export function copyKey(volume: string, disk: string | undefined): string {
+  return disk === undefined ? volume : `${volume}@${disk}`;
+}
+
+/** Whether copy key `key` (copyKey) is a copy of `volume`. */
+export function isCopyOf(key: string, volume: string): boolean {
+  return key === volume || key.startsWith(`${volume}@`);
+}
+
 export function isValidVolumeName(name: string): boolean {
   return VOLUME_NAME.test(name) && name !== "." && name !== "..";
 }

@@ -64,14 +64,17 @@ export class RemoteReplicaPort implements ReplicaPort {
     };
   }
 
-  /** Connects to the replica server at `location` (tcp://HOST:PORT) and opens (or creates) copy `name`. */
+  /**
+   * Connects to the replica server at `location` (tcp://HOST:PORT, or tcp://HOST:PORT/DISK for the copy
+   * on one of that host's disks) and opens (or creates) copy `name`.
+   */
   static async open(
     location: string,
     name: string,
     create: CreateOptions | undefined,
     options: RemoteReplicaOptions,
   ): Promise<RemoteReplicaPort> {
-    const { host, port } = parseTcpLocation(location);
+    const { host, port, disk } = parseTcpLocation(location);
     if (!isValidVolumeName(name))
       throw new HavenError("HAVEN_ERR_USAGE", `volume name "${name.slice(0, 70)}" is not valid (a-z, 0-9, . _ -)`);
     if (options.secret.length < 16)
@@ -83,7 +86,7 @@ export class RemoteReplicaPort implements ReplicaPort {
       ...(options.log && { log: options.log }),
     });
     try {
-      const reply = await client.openReplica(name, create);
+      const reply = await client.openReplica(name, create, disk);
       return new RemoteReplicaPort(location, client, parseMetadata(reply.payload));
     } catch (error) {
       client.close();
@@ -267,15 +270,17 @@ function toHavenError(client: ReplicaClient, error: unknown): HavenError {
 }
 
 /** tcp://HOST:PORT as host and port; HAVEN_ERR_USAGE otherwise. */
-export function parseTcpLocation(location: string): { host: string; port: number } {
-  const match = /^tcp:\/\/(.*)$/i.exec(location);
+export function parseTcpLocation(location: string): { host: string; port: number; disk?: string } {
+  const match = /^tcp:\/\/([^/]*)(?:\/([^/]*))?$/i.exec(location);
   const hostPort = match?.[1] ?? "";
+  const disk = match?.[2];
   const usage = (): HavenError =>
     new HavenError(
       "HAVEN_ERR_USAGE",
-      `replica location "${location.slice(0, 200)}" is not tcp://HOST:PORT (for example tcp://10.0.0.2:7400)`,
+      `replica location "${location.slice(0, 200)}" is not tcp://HOST:PORT or tcp://HOST:PORT/DISK (for example tcp://10.0.0.2:7400)`,
     );
   if (match === null || /[/?#@\s]/.test(hostPort.replace(/^\[[^\]]*\]/, ""))) throw usage();
+  if (disk !== undefined && !isValidVolumeName(disk)) throw usage();
   let parsed: { host: string; port: number };
   try {
     parsed = parseHostPort(hostPort, "replica location");
@@ -283,7 +288,7 @@ export function parseTcpLocation(location: string): { host: string; port: number
     throw usage();
   }
   if (parsed.port === 0) throw usage();
-  return parsed;
+  return disk === undefined ? parsed : { ...parsed, disk };
 }
 
 /** The byte range [start, start+length) of consecutive `pieces`, as slices (no copy). */

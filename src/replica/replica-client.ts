@@ -134,8 +134,8 @@ export class ReplicaClient {
     });
   }
 
-  openReplica(name: string, create?: CreateOptions): Promise<Frame> {
-    return this.request(FrameType.OPEN_REPLICA, { payload: encodeOpenRequest(name, create) });
+  openReplica(name: string, create?: CreateOptions, disk?: string): Promise<Frame> {
+    return this.request(FrameType.OPEN_REPLICA, { payload: encodeOpenRequest(name, create, disk) });
   }
 
   /** Ends the connection on purpose; pending requests are rejected. Never throws. */

@@ -8,25 +8,30 @@
 // primary; evict() forces that for a copy whose old primary may still be connected. Requests are
 // handled by one ReplicaSession per connection (replica-session.ts); malformed traffic ends only its
 // own connection, with a logged reason. A host agent with several disks gives a function instead of one
-// directory: it names the disk that holds (or is to hold) each volume's copy.
+// directory: it names the disk that holds (or is to hold) each copy. An engine may say which disk it
+// means (a host can hold two copies of a volume, on different disks); the copy is then known as
+// VOLUME@DISK (copyKey).
 
 import { createServer, type Server, type Socket } from "node:net";
 import { HavenError } from "../core/errors.js";
 import { LocalReplicaPort } from "./local-port.js";
-import type { CreateOptions } from "./port.js";
+import { copyKey, isCopyOf, type CreateOptions } from "./port.js";
 import { authenticateEngine, FrameConnection } from "./protocol/connection.js";
 import { DEFAULT_SESSION_LIMITS, ReplicaSession, type SessionLimits, type SessionLoad } from "./replica-session.js";
 
 export interface ReplicaServerOptions {
-  /** Where copies live: one directory, or the directory for each volume (throws a HavenError to refuse). */
-  readonly directory: string | ((volume: string) => string | Promise<string>);
+  /**
+   * Where copies live: one directory, or the directory for each copy, from its volume and the disk the
+   * engine named (throws a HavenError to refuse).
+   */
+  readonly directory: string | ((volume: string, disk: string | undefined) => string | Promise<string>);
   readonly secret: Buffer;
   readonly log?: (line: string) => void;
   readonly limits?: Partial<SessionLimits>;
 }
 
 export class ReplicaServer {
-  /** One open port per volume name, shared by every connection to that copy. */
+  /** One open port per copy (copyKey), shared by every connection to that copy. */
   private readonly copies = new Map<string, CopyEntry>();
   private readonly sockets = new Set<Socket>();
   private readonly sessions = new Set<ReplicaSession>();
@@ -73,14 +78,18 @@ export class ReplicaServer {
   }
 
   /**
-   * Drops every connection to copy `name`, waits for the requests they started, and closes the copy,
-   * so that this host's own engine can open it. Resolves when the copy is closed (or was not open).
+   * Drops every connection to the copies of volume `name` (only its copy on `disk` when given), waits for the requests they started, and
+   * closes the copies, so that this host's own engine can open them. Resolves when they are closed.
    */
-  async evict(name: string): Promise<void> {
-    const sessions = [...this.sessions].filter((session) => session.copyName === name);
+  async evict(name: string, disk?: string): Promise<void> {
+    const matches = (key: string): boolean => (disk === undefined ? isCopyOf(key, name) : key === copyKey(name, disk));
+    const sessions = [...this.sessions].filter((session) => {
+      const copy = session.copyName;
+      return copy !== undefined && matches(copy);
+    });
     for (const session of sessions) session.destroy();
     await Promise.all(sessions.map((session) => session.finished));
-    await this.copies.get(name)?.closing;
+    await Promise.all([...this.copies].filter(([key]) => matches(key)).map(([, entry]) => entry.closing));
   }
 
   /** Names of the copies open now (for status and tests). */
@@ -101,7 +110,7 @@ export class ReplicaServer {
         log("engine authenticated");
         const session: ReplicaSession = new ReplicaSession(
           connection,
-          (name, create) => this.openCopy(session, name, create),
+          (name, create, disk) => this.openCopy(session, name, create, disk),
           this.limits,
           log,
         );
@@ -127,9 +136,11 @@ export class ReplicaServer {
    */
   private async openCopy(
     session: ReplicaSession,
-    name: string,
+    volume: string,
     create: CreateOptions | undefined,
+    disk: string | undefined,
   ): Promise<LocalReplicaPort> {
+    const name = copyKey(volume, disk);
     for (;;) {
       if (this.stopping) throw new HavenError("HAVEN_ERR_SHUTTING_DOWN", "the replica server is shutting down");
       const entry = this.copies.get(name);
@@ -141,7 +152,11 @@ export class ReplicaServer {
       if (entry === undefined) {
         const { directory } = this.options;
         const opening = (async () =>
-          LocalReplicaPort.open(typeof directory === "string" ? directory : await directory(name), name, create))();
+          LocalReplicaPort.open(
+            typeof directory === "string" ? directory : await directory(volume, disk),
+            volume,
+            create,
+          ))();
         const created: CopyEntry = { port: opening, users: new Set([session]), closing: undefined };
         this.copies.set(name, created);
         opening.catch(() => {

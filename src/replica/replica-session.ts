@@ -9,7 +9,7 @@
 import { AssertionError } from "node:assert";
 import { HavenError, type ErrorCode, errorMessage } from "../core/errors.js";
 import type { LocalReplicaPort } from "./local-port.js";
-import type { CreateOptions } from "./port.js";
+import { copyKey, type CreateOptions } from "./port.js";
 import {
   FRAME_TYPE_NAMES,
   FrameFlag,
@@ -53,7 +53,11 @@ export interface SessionLoad {
   readonly requestsStarted: number;
 }
 
-type OpenCopy = (name: string, create: CreateOptions | undefined) => Promise<LocalReplicaPort>;
+type OpenCopy = (
+  name: string,
+  create: CreateOptions | undefined,
+  disk: string | undefined,
+) => Promise<LocalReplicaPort>;
 /** A connection serves one copy, named by its OPEN_REPLICA. */
 type CopyState =
   | { readonly kind: "none" }
@@ -117,7 +121,7 @@ export class ReplicaSession {
     });
   }
 
-  /** The copy this connection opened (or is opening), if any. */
+  /** The copy this connection opened (or is opening), if any, as copyKey names it. */
   get copyName(): string | undefined {
     return this.copy.kind === "none" ? undefined : this.copy.name;
   }
@@ -280,10 +284,11 @@ export class ReplicaSession {
   private async open(request: Frame): Promise<Buffer> {
     if (this.copy.kind !== "none")
       throw invalid(`this connection already serves "${this.copy.name}"; open another copy on a new connection`);
-    const { name, create } = parseOpenRequest(request.payload);
+    const opened = parseOpenRequest(request.payload);
+    const name = copyKey(opened.name, opened.disk);
     this.copy = { kind: "opening", name };
     try {
-      const port = await this.openCopy(name, create);
+      const port = await this.openCopy(opened.name, opened.create, opened.disk);
       this.copy = { kind: "open", name, port };
       this.log(`opened "${name}" (volume ${port.metadata.volumeId}, highest epoch ${port.metadata.highestEpoch})`);
       return encodeMetadata(port.metadata);

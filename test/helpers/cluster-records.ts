@@ -53,7 +53,8 @@ export function clusterRecords(options: {
     }
     const records = new Map<string, ReplicaRecord>();
     for (const [host, state] of Object.entries(fixture.copies)) {
-      if (state !== undefined) records.set(host, { state, detail: state, epoch: fixture.epoch ?? 1, updatedAt: TIME });
+      if (state !== undefined)
+        records.set(`${host}/ssd0`, { state, detail: state, epoch: fixture.epoch ?? 1, updatedAt: TIME });
     }
     replicas.set(fixture.name, records);
   }
@@ -72,6 +73,7 @@ export function clusterRecords(options: {
     vms: new Map(),
     vmStatus: new Map(),
     handovers: new Set(),
+    disks: new Map(),
     revision: 1,
   };
 }

@@ -1,9 +1,11 @@
 // Helpers for tests that run a local cluster (haven cluster up's code): a base port whose whole range
 // is free, and waiting for a condition in the cluster's state.
 
+import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, openSync } from "node:fs";
 import { createServer } from "node:net";
+import { unmountAllUnder } from "../../src/disk/disk-format.js";
 import { checkTimings, FAST_TIMINGS, type Timings } from "../../src/agent/timings.js";
 import type { EtcdClient } from "../../src/cluster/etcd-client.js";
 import { clusterDown, localHostPorts, type LocalClusterState } from "../../src/cluster/local-cluster.js";
@@ -49,6 +51,7 @@ export async function freeBasePort(): Promise<number> {
  */
 export async function stopLocalCluster(dir: string, timeoutMs = 10_000): Promise<void> {
   await clusterDown(dir, timeoutMs).catch(() => undefined);
+  await unmountAllUnder(dir).catch(() => undefined);
 }
 
 /** Polls `probe` until it gives a value (errors count as not yet), or fails naming `what`. */
@@ -95,8 +98,10 @@ export class VolumeProbe {
       .filter((event) => event.kind === kind && (event.volume ?? null) === volume);
   }
 
+  /** The record of `host`'s copy of the volume (its only one: these clusters keep one per host). */
   async replica(host: string): Promise<ReplicaRecord | undefined> {
-    const kv = await this.etcd.get(keys.replica(this.volume, host));
+    const [kv, ...more] = await this.etcd.getPrefix(keys.replicasOn(this.volume, host));
+    assert.equal(more.length, 0, `${host} holds one copy of ${this.volume}`);
     return kv ? parseReplicaRecord(kv.value, kv.key) : undefined;
   }
 

@@ -125,7 +125,7 @@ describe("partitions between a primary, etcd and its peer", { skip, timeout: 240
     await until(
       "the old primary's copy to resync into the in-sync set",
       async () => {
-        const kv = await etcd.get(keys.replica(VOLUME, old.host));
+        const kv = await etcd.get(keys.replica(VOLUME, { host: old.host, disk: "disk0" }));
         return kv && parseReplicaRecord(kv.value, kv.key).state === "in-sync" ? true : undefined;
       },
       60_000,

@@ -116,7 +116,7 @@ describe("cluster commands against a real etcd", { skip, timeout: 300_000 }, () 
     const record = parsePrimaryRecord(primary.value, primary.key);
     assert.deepEqual([record.host, record.epoch, record.reason], ["node2", 1, "created"]);
     for (const name of ["node2", "node1"]) {
-      const kv = await client.get(keys.replica("web", name));
+      const kv = await client.get(keys.replica("web", { host: name, disk: "ssd0" }));
       assert.ok(kv !== undefined, `a record for the copy on ${name}`);
       const replica = parseReplicaRecord(kv.value, kv.key);
       assert.deepEqual([replica.state, replica.detail, replica.epoch], ["in-sync", "new", 1]);
@@ -176,7 +176,7 @@ describe("cluster commands against a real etcd", { skip, timeout: 300_000 }, () 
 
     // The primary records node1's copy out of sync: the volume is degraded.
     await client.put(
-      keys.replica("web", "node1"),
+      keys.replica("web", { host: "node1", disk: "ssd0" }),
       JSON.stringify({ state: "out-of-sync", detail: "faulted", epoch: 1, updatedAt: new Date().toISOString() }),
     );
     const degraded = await cluster("status", "--json");

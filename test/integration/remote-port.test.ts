@@ -397,8 +397,14 @@ describe("RemoteReplicaPort", { timeout: 180_000 }, () => {
     }
   });
 
-  test("replica locations: tcp://HOST:PORT is remote, a path is local, anything else is a usage error", async () => {
+  test("replica locations: tcp://HOST:PORT[/DISK] is remote, a path is local, anything else is a usage error", async () => {
     assert.deepEqual(parseReplicaLocation("tcp://10.0.0.2:7400"), { kind: "remote", host: "10.0.0.2", port: 7400 });
+    assert.deepEqual(parseReplicaLocation("tcp://10.0.0.2:7400/disk1"), {
+      kind: "remote",
+      host: "10.0.0.2",
+      port: 7400,
+      disk: "disk1",
+    });
     assert.deepEqual(parseReplicaLocation("tcp://[::1]:7400"), { kind: "remote", host: "::1", port: 7400 });
     assert.deepEqual(parseReplicaLocation("TCP://node2:1"), { kind: "remote", host: "node2", port: 1 });
     assert.deepEqual(parseReplicaLocation("/var/lib/haven"), { kind: "local", directory: "/var/lib/haven" });
@@ -406,11 +412,21 @@ describe("RemoteReplicaPort", { timeout: 180_000 }, () => {
     for (const bad of ["tcp://", "tcp://node2", "tcp://node2:", "tcp://:7400", "tcp://node2:99999", "tcp://node2:0"]) {
       assert.throws(
         () => parseReplicaLocation(bad),
-        havenError("HAVEN_ERR_USAGE", /is not tcp:\/\/HOST:PORT \(for example tcp:\/\/10\.0\.0\.2:7400\)/),
+        havenError(
+          "HAVEN_ERR_USAGE",
+          /is not tcp:\/\/HOST:PORT or tcp:\/\/HOST:PORT\/DISK \(for example tcp:\/\/10\.0\.0\.2:7400\)/,
+        ),
         bad,
       );
     }
-    for (const bad of ["tcp://node2:7400/path", "tcp://user@node2:7400", "udp://node2:7400", "nbd://node2:10809"]) {
+    for (const bad of [
+      "tcp://node2:7400/a/b",
+      "tcp://node2:7400/../x",
+      "tcp://node2:7400/",
+      "tcp://user@node2:7400",
+      "udp://node2:7400",
+      "nbd://node2:10809",
+    ]) {
       assert.throws(() => parseReplicaLocation(bad), havenError("HAVEN_ERR_USAGE", /is not tcp:\/\/HOST:PORT/), bad);
     }
     assert.throws(() => parseReplicaLocation(""), havenError("HAVEN_ERR_USAGE", /cannot be empty/));

@@ -702,8 +702,10 @@ export class ClusterSim {
       // A promotion moves the role to another host; a primary restarting its own engine is not one.
       if (!record.reason.startsWith("failover:") || previous === record.host) continue;
       this.stats.failovers++;
-      const copy = this.copyRecords.get(keys.replica(volume, record.host));
-      const state = copy === undefined ? "not on record" : (JSON.parse(copy) as { state: string }).state;
+      const onHost = [...this.copyRecords]
+        .filter(([key]) => key.startsWith(keys.replicasOn(volume, record.host)))
+        .map(([, value]) => (JSON.parse(value) as { state: string }).state);
+      const state = onHost.includes("in-sync") ? "in-sync" : (onHost[0] ?? "not on record");
       if (state !== "in-sync")
         this.violation(
           "no promotion out of sync",

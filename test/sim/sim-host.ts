@@ -263,6 +263,8 @@ export class SimHost {
       replicaService: {
         listen: () => Promise.resolve(REPLICATION_PORT),
         evict: () => Promise.resolve(),
+        evictCopy: () => Promise.resolve(),
+        isOpen: () => false,
         stop: () => Promise.resolve(),
       },
       nbd,

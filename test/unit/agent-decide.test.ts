@@ -32,7 +32,8 @@ function volume(primaryHost: string | undefined, replicas: Record<string, Replic
       primaryHost === undefined
         ? undefined
         : { host: primaryHost, epoch: 3, since: "2026-11-27T00:00:00Z", reason: "created" },
-    replicas: new Map(Object.entries(replicas)),
+    // Records by copy (HOST/DISK); a bare host name means its copy on disk d.
+    replicas: new Map(Object.entries(replicas).map(([id, record]) => [id.includes("/") ? id : `${id}/d`, record])),
   };
 }
 
@@ -97,7 +98,7 @@ test("a standby whose disk failed its health check does not promote, and says wh
   const gone = host({ alive: new Set(["b"]), primaryDeadSince: new Map([["v", 0]]) });
   const action = decide(volume("a", { b: record("in-sync") }), {
     ...gone,
-    diskProblem: "disk d failed its health check (EIO)",
+    diskProblem: (disk) => (disk === "d" ? "disk d failed its health check (EIO)" : undefined),
   });
   assert.equal(action.kind, "wait");
   assert.match((action as { reason: string }).reason, /disk d failed its health check \(EIO\): it does not take over/);

@@ -177,10 +177,11 @@ test("health checks: each live host's verdict, and a resyncing copy's progress a
           eventLoopLagMs: 1500,
           problems: ["event loop stalled 1500 ms (limit 1000)", "volume db: node1's copy is faulted"],
           copies: [
-            { volume: "db", host: "node2", state: "in-sync", resync: null },
+            { volume: "db", host: "node2", disk: "ssd0", state: "in-sync", resync: null },
             {
               volume: "db",
               host: "node1",
+              disk: "ssd0",
               state: "resyncing",
               resync: { percent: 42, bytesPerSecond: 80 * 1024 * 1024, etaSeconds: 12 },
             },

@@ -17,7 +17,13 @@ const good: HostHealthRecord = {
   eventLoopLagMs: 12,
   problems: ["disk d1: probe write in /srv/d1 failed: EIO"],
   copies: [
-    { volume: "v", host: "h2", state: "resyncing", resync: { percent: 42.5, bytesPerSecond: 1000, etaSeconds: 3 } },
+    {
+      volume: "v",
+      host: "h2",
+      disk: "d0",
+      state: "resyncing",
+      resync: { percent: 42.5, bytesPerSecond: 1000, etaSeconds: 3 },
+    },
   ],
   disks: [
     { name: "d0", ok: true, detail: "ok", probeMs: 1.25 },

@@ -43,7 +43,7 @@ export async function agentCommand(argv: string[]): Promise<number> {
     process.stderr.write(`${new Date().toISOString()} ${config.host.name}: ${line}\n`);
   };
   // The replica server asks the agent where a volume's copy lives; the agent exists once the world does.
-  const world = realWorld(config, secret, log, (volume) => agent.copyDirectory(volume));
+  const world = realWorld(config, secret, log, (volume, disk) => agent.copyDirectory(volume, disk));
   const agent = new Agent(config, world, log);
   const api = new AgentApiServer(agent, token, { log });
   log(`agent API on http://${await api.listen(config.api.listen.host, config.api.listen.port)}`);

@@ -1,3 +1,4 @@
+import { unmountAllUnder } from "../../disk/disk-format.js";
 import { createHash } from "node:crypto";
 import { cpus } from "node:os";
 import { resolve } from "node:path";
@@ -158,6 +159,9 @@ export async function clusterDownCommand(argv: string[]): Promise<number> {
   const state = await clusterDown(clusterDirOf(values));
   // The VMs are gone with their agents: their network namespace goes too.
   await removeNamespaceNetwork(localNetwork(state.dir).namespace!).catch(() => undefined);
+  // Disks `disk add` mounted in the hosts' directories are let go of (the devices stay as they are).
+  const unmounted = await unmountAllUnder(state.dir).catch(() => []);
+  if (unmounted.length > 0) process.stdout.write(`unmounted ${unmounted.join(", ")}\n`);
   const members = state.etcd.length === 1 ? "etcd" : `${state.etcd.length} etcd members`;
   process.stdout.write(
     `cluster down: stopped ${state.agents.length} agents and ${members}; data kept in ${state.dir}\n`,

@@ -5,6 +5,7 @@
 import { hostname } from "node:os";
 import { HavenError } from "../../core/errors.js";
 import { readClusterRecords } from "../../cluster/cluster-read.js";
+import { copyHosts, inSyncCopiesOn } from "../../cluster/schema.js";
 import { requestSwitchover } from "../../cluster/volume-admin.js";
 import { parseCommand } from "../args.js";
 import { CLUSTER_OPTIONS, CLUSTER_OPTIONS_USAGE, connectCluster } from "../context.js";
@@ -33,10 +34,11 @@ export async function hostDrain(argv: string[]): Promise<number> {
   for (const [name, primary] of records.primaries) {
     if (primary.host !== host) continue;
     const spec = records.volumes.get(name);
-    const target = spec?.replicas
-      .map((replica) => replica.host)
-      .filter((other) => other !== host && records.liveHosts.has(other))
-      .find((other) => records.replicas.get(name)?.get(other)?.state === "in-sync");
+    const target =
+      spec &&
+      copyHosts(spec)
+        .filter((other) => other !== host && records.liveHosts.has(other))
+        .find((other) => inSyncCopiesOn(spec, records.replicas.get(name), other).length > 0);
     if (target === undefined) {
       stuck.push(`${name} (no other live host has a copy recorded in sync)`);
       continue;

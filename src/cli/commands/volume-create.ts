@@ -7,6 +7,7 @@ import { HavenError } from "../../core/errors.js";
 import { readClusterRecords } from "../../cluster/cluster-read.js";
 import { volumeView } from "../../cluster/cluster-view.js";
 import { createVolume } from "../../cluster/volume-admin.js";
+import type { CopyPlace } from "../../cluster/schema.js";
 import { formatBytes, parseSize } from "../../util/units.js";
 import { parseCommand } from "../args.js";
 import { renderVolume } from "../cluster-render.js";
@@ -16,7 +17,7 @@ import { terminalRenderOptions } from "../terminal.js";
 import { volumeNameArgument } from "../volume-argument.js";
 import { waitUntilServed } from "../volume-served.js";
 
-export const VOLUME_CREATE_USAGE = `usage: haven volume create NAME --size SIZE [--replicas N] [--no-wait] [--json] [cluster options]
+export const VOLUME_CREATE_USAGE = `usage: haven volume create NAME --size SIZE [--replicas N] [--local-mirror] [--copies HOST:DISK,...] [--no-wait] [--json] [cluster options]
 
 Creates a replicated volume: each copy on a different live host, on that host's disk with the most
 free space, preferring the hosts with the fewest copies. The first host is the primary: it serves
@@ -24,7 +25,10 @@ the volume over NBD at nbd://ADDRESS:PORT/NAME. Waits until it does, unless --no
 
 options:
   --size SIZE             the volume's size, a multiple of 4 KiB (e.g. 10G, 512M)
-  --replicas N            how many copies, 1 to 4 (default 2)
+  --replicas N            how many hosts get a copy, 1 to 4 (default 2)
+  --local-mirror          the primary also keeps a second copy on another of its disks (local RAID1)
+  --copies HOST:DISK,...  name every copy's place instead (the first is the primary; two copies may
+                          share a host, never a disk), e.g. h1:disk0,h1:disk1,h2:disk0
   --no-wait               return once the volume is recorded, without waiting for it to be served
   --wait-timeout SECONDS  how long to wait for the primary to serve it (default 30)
   --json                  print the volume as JSON
@@ -66,6 +70,18 @@ function parseCopies(text: string | undefined): number {
   return copies;
 }
 
+/** --copies HOST:DISK,...: every copy's place, in order. */
+function parsePlaces(text: string | undefined): CopyPlace[] | undefined {
+  if (text === undefined) return undefined;
+  const places = text.split(",").map((item) => {
+    const match = /^([A-Za-z0-9][A-Za-z0-9._-]{0,62}):([A-Za-z0-9][A-Za-z0-9._-]{0,62})$/.exec(item.trim());
+    if (match === null) throw usageError(`--copies: "${item}" is not HOST:DISK`);
+    return { host: match[1]!, disk: match[2]! };
+  });
+  if (places.length > MAX_COPIES) throw usageError(`--copies names ${places.length} copies; at most ${MAX_COPIES}`);
+  return places;
+}
+
 function parseWaitSeconds(text: string | undefined): number {
   if (text === undefined) return DEFAULT_WAIT_SECONDS;
   const seconds = Number(text);
@@ -82,6 +98,8 @@ export async function volumeCreate(argv: string[]): Promise<number> {
       ...CLUSTER_OPTIONS,
       size: { type: "string" },
       replicas: { type: "string" },
+      "local-mirror": { type: "boolean" },
+      copies: { type: "string" },
       "no-wait": { type: "boolean" },
       "wait-timeout": { type: "string" },
       json: { type: "boolean" },
@@ -94,12 +112,25 @@ export async function volumeCreate(argv: string[]): Promise<number> {
   const sizeBytes = parseVolumeSize(values.size as string | undefined);
   const copies = parseCopies(values.replicas as string | undefined);
   const waitSeconds = parseWaitSeconds(values["wait-timeout"] as string | undefined);
+  const places = parsePlaces(values.copies as string | undefined);
+  if (places !== undefined && (values.replicas !== undefined || values["local-mirror"] === true))
+    throw usageError("--copies names every copy: it cannot be used with --replicas or --local-mirror");
   if (values["no-wait"] === true && values["wait-timeout"] !== undefined) {
     throw usageError("--wait-timeout and --no-wait cannot be used together");
   }
   const client = connectCluster(values);
 
-  const created = await createVolume(client, { name, sizeBytes, copies }, { actor: `cli@${hostname()}` });
+  const created = await createVolume(
+    client,
+    {
+      name,
+      sizeBytes,
+      copies,
+      mirrorFirst: values["local-mirror"] === true,
+      ...(places !== undefined && { places }),
+    },
+    { actor: `cli@${hostname()}` },
+  );
   if (values["no-wait"] === true) {
     process.stderr.write(
       `volume ${name} created; ${created.primary.host}'s agent creates the copies and serves it ` +

@@ -18,6 +18,8 @@ import { EXTENT_RECORD_BYTES, ExtentFlag, MAX_OPEN_PAYLOAD_BYTES } from "./const
 
 export interface OpenRequest {
   readonly name: string;
+  /** Which of the host's disks holds the copy; absent: the server decides (one copy per host). */
+  readonly disk?: string;
   readonly create: CreateOptions | undefined;
 }
 
@@ -26,10 +28,14 @@ const MAX_REGION_BYTES = 1024 * 1024 * 1024;
 /** An encoded bitmap (bitmap-codec.ts): empty, "all", or base64. */
 const ENCODED_BITMAP = /^(?:|all|[A-Za-z0-9+/]+={0,2})$/;
 
-export function encodeOpenRequest(name: string, create: CreateOptions | undefined): Buffer {
-  const body = create
-    ? { name, create: { volumeId: create.volumeId, sizeBytes: create.sizeBytes, regionBytes: create.regionBytes } }
-    : { name };
+export function encodeOpenRequest(name: string, create: CreateOptions | undefined, disk?: string): Buffer {
+  const body = {
+    name,
+    ...(disk !== undefined && { disk }),
+    ...(create && {
+      create: { volumeId: create.volumeId, sizeBytes: create.sizeBytes, regionBytes: create.regionBytes },
+    }),
+  };
   return Buffer.from(JSON.stringify(body), "utf8");
 }
 
@@ -39,11 +45,14 @@ export function parseOpenRequest(payload: Buffer): OpenRequest {
   if (payload.length > MAX_OPEN_PAYLOAD_BYTES)
     throw bad(`payload of ${payload.length} bytes exceeds ${MAX_OPEN_PAYLOAD_BYTES}`);
   const body = parseJson(payload, bad);
-  const fields = objectWithKeys(body, ["name", "create"], "payload", bad);
+  const fields = objectWithKeys(body, ["name", "disk", "create"], "payload", bad);
   if (typeof fields.name !== "string") throw bad(`"name" must be a string`);
   if (!isValidVolumeName(fields.name))
     throw bad(`volume name ${quote(fields.name, 70)} is not valid (a-z, 0-9, . _ -, at most 63 characters)`);
-  if (fields.create === undefined) return { name: fields.name, create: undefined };
+  if (fields.disk !== undefined && (typeof fields.disk !== "string" || !isValidVolumeName(fields.disk)))
+    throw bad(`"disk" must be a disk id (a-z, 0-9, . _ -, at most 63 characters)`);
+  const disk = fields.disk === undefined ? {} : { disk: fields.disk };
+  if (fields.create === undefined) return { name: fields.name, ...disk, create: undefined };
   const create = objectWithKeys(fields.create, ["volumeId", "sizeBytes", "regionBytes"], `"create"`, bad);
   for (const key of ["volumeId", "sizeBytes", "regionBytes"])
     if (create[key] === undefined) throw bad(`"create.${key}" is missing`);
@@ -55,6 +64,7 @@ export function parseOpenRequest(payload: Buffer): OpenRequest {
     throw bad(`"create.regionBytes" must be a power of two from 4096 to ${MAX_REGION_BYTES}`);
   return {
     name: fields.name,
+    ...disk,
     create: { volumeId: create.volumeId, sizeBytes: create.sizeBytes, regionBytes: create.regionBytes },
   };
 }
