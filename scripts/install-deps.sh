@@ -12,7 +12,7 @@ PACKAGES=(
   linux-image-amd64 busybox-static e2fsprogs cpio kmod # the tiny test guest
   syslinux syslinux-common dosfstools mtools fdisk     # haven-test, the bootable test image
   etcd-server etcd-client iproute2                     # cluster state; network namespaces for partitions
-  util-linux mount xfsprogs ledmon                     # disks: blkid, partx, losetup, mount; mkfs.xfs; ledctl (locate LEDs)
+  util-linux mount xfsprogs ledmon fuse3               # disks: blkid, partx, losetup, mount; mkfs.xfs; ledctl; nbdfuse (failing disk)
   g++ make python3                                     # node-gyp builds the native addon
 )
 

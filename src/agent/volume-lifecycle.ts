@@ -24,6 +24,8 @@ export interface Running {
   readonly role: PrimaryRole;
   /** Copy location (as the engine names it) -> where the copy is (host and disk); follows copy changes. */
   readonly copyOf: Map<string, CopyPlace>;
+  /** Locations of copies the spec dropped, on their way out of the engine: their states are not recorded. */
+  readonly leaving: Set<string>;
   /** A 4 KiB read through the engine each round: what is wrong, or undefined when it completed. */
   readonly liveness: BackgroundProbe<string | undefined>;
 }
@@ -106,7 +108,8 @@ export class VolumeLifecycle {
       await events.event("volume-start-failed", `cannot start the engine: ${errorMessage(error)}`, name);
       throw error;
     };
-    let engine = this.newEngine(spec, role, context, copyOf, locations);
+    const leaving = new Set<string>();
+    let engine = this.newEngine(spec, role, context, copyOf, locations, undefined, leaving);
     const outcome = await engine.start().then(
       () => ({ started: true as const }),
       (error: unknown) => ({ started: false as const, error }),
@@ -124,7 +127,7 @@ export class VolumeLifecycle {
         `${refused.message.split(";")[0]}; ${me}'s copy is recorded in sync, so it survives and the others are rebuilt from it`,
         name,
       );
-      engine = this.newEngine(spec, role, context, copyOf, locations, survivor);
+      engine = this.newEngine(spec, role, context, copyOf, locations, survivor, leaving);
       await engine.start().catch(startFailed);
     }
     const uri = `nbd://${config.host.address}:${this.options.nbdPort()}/${name}`;
@@ -136,7 +139,7 @@ export class VolumeLifecycle {
       LIVENESS_TIMEOUT_MS,
       () => world.clock.now(),
     );
-    this.running.set(name, { engine, role, copyOf, liveness });
+    this.running.set(name, { engine, role, copyOf, leaving, liveness });
     await events.event("volume-serving", `serving at epoch ${role.epoch} on ${uri}`, name);
   }
 
@@ -147,6 +150,7 @@ export class VolumeLifecycle {
     copyOf: Map<string, CopyPlace>,
     locations: string[],
     survivor?: string,
+    leaving: ReadonlySet<string> = new Set(),
   ): VolumeEngine {
     const { world, copies } = this.options;
     return new VolumeEngine({
@@ -162,6 +166,9 @@ export class VolumeLifecycle {
       // Safe only because the store says our copy holds every acknowledged write (see decide.ts).
       allowDegradedStart: context.mineInSync,
       recordCopyState: (location, inSync, detail) => {
+        // A copy the spec dropped leaves without a record: its record went with it, and nothing promotes
+        // a copy the spec does not place.
+        if (leaving.has(location)) return Promise.resolve();
         const copy = copyOf.get(location);
         if (copy === undefined) throw new HavenError("HAVEN_ERR_NOT_FOUND", `no copy of ${spec.name} at ${location}`);
         return copies.record(role, copy, inSync, detail);
@@ -197,9 +204,11 @@ export class VolumeLifecycle {
     const wanted = new Set(spec.replicas.map(copyId));
     for (const [location, copy] of [...running.copyOf]) {
       if (wanted.has(copyId(copy))) continue;
+      running.leaving.add(location);
       try {
         await running.engine.removeCopy(location);
       } catch (error) {
+        running.leaving.delete(location);
         log(`volume ${spec.name}: dropping the copy on ${copyId(copy)}: ${errorMessage(error)}`);
         continue;
       }
@@ -211,6 +220,7 @@ export class VolumeLifecycle {
     for (const copy of spec.replicas) {
       if (present.has(copyId(copy))) continue;
       const location = await this.location(spec.name, copy, context);
+      running.leaving.delete(location);
       running.copyOf.set(location, copy);
       try {
         await running.engine.addCopy(location);

@@ -8,7 +8,8 @@
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { closeSync, openSync, writeSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { closeSync, mkdirSync, openSync, readSync, rmSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { clusterUp, type LocalClusterState } from "../../src/cluster/local-cluster.js";
 import { EtcdClient } from "../../src/cluster/etcd-client.js";
@@ -21,8 +22,8 @@ import { freeBasePort, stopLocalCluster, until, TEST_TIMINGS, VolumeProbe } from
 
 const root = process.getuid?.() === 0;
 const skip =
-  !root || !haveEtcd() || !haveTool("fio") || !haveTool("losetup") || !haveTool("mkfs.ext4")
-    ? "needs root, etcd, fio, losetup and mkfs.ext4"
+  !root || !haveEtcd() || !haveTool("fio") || !haveTool("losetup") || !haveTool("mkfs.ext4") || !haveTool("nbdfuse")
+    ? "needs root, etcd, fio, losetup, mkfs.ext4 and nbdfuse"
     : false;
 
 const MiB = 1024 * 1024;
@@ -30,6 +31,7 @@ const MiB = 1024 * 1024;
 describe("disk procedures on loop devices", { skip, timeout: 600_000 }, () => {
   const dir = tempDir("haven-diskproc-");
   const loops: string[] = [];
+  const cleanups: (() => Promise<void>)[] = [];
   let cluster: LocalClusterState;
   let etcd: EtcdClient;
   let basePort: number;
@@ -69,6 +71,7 @@ describe("disk procedures on loop devices", { skip, timeout: 600_000 }, () => {
   after(async () => {
     await stopLocalCluster(clusterDir());
     for (const device of loops) await run("losetup", ["-d", device]).catch(() => undefined);
+    for (const cleanup of cleanups) await cleanup().catch(() => undefined);
     dir.remove();
   });
 
@@ -114,7 +117,6 @@ describe("disk procedures on loop devices", { skip, timeout: 600_000 }, () => {
     assert.match(wrong.stderr, /--wipe S3Z1NB0K123456 does not match the disk/);
     const sample = Buffer.alloc(4096);
     const check = openSync(dirty, "r");
-    const { readSync } = await import("node:fs");
     readSync(check, sample, 0, 4096, 8192);
     closeSync(check);
     assert.ok(
@@ -149,7 +151,6 @@ describe("disk procedures on loop devices", { skip, timeout: 600_000 }, () => {
       sizeBytes: 128 * MiB,
       createdAt: new Date().toISOString(),
     };
-    const { writeFileSync } = await import("node:fs");
     writeFileSync(join(mountPoint, ".haven-disk.json"), JSON.stringify(label));
     assert.equal((await run("umount", [mountPoint])).code, 0);
     const refused = await haven(["disk", "add", "h2", foreign]);
@@ -217,12 +218,64 @@ describe("disk procedures on loop devices", { skip, timeout: 600_000 }, () => {
     assert.ok(Math.abs(fresh.freeBytes - avail) <= 1 * MiB, `free ${fresh.freeBytes} vs df ${avail}`);
   });
 
-  test("a disk remounted read-only fails only its copy; the volume carries on and the spare takes the copy over", async () => {
-    const spare = await newLoop("d.img", 256 * MiB);
-    const added = await haven(["disk", "add", "h1", spare, "--spare"]);
+  test("a disk that starts failing I/O faults only its copy; the volume carries on and the hot spare takes the copy over", async () => {
+    // A disk that fails on command: nbdkit's error filter (EIO while the trigger file exists) behind
+    // nbdfuse gives a file, and a loop device on it is the block device Haven formats and mounts.
+    const fuseDir = join(dir.path, "fuse");
+    mkdirSync(fuseDir, { recursive: true });
+    const trigger = join(dir.path, "fail-now");
+    const backing = join(dir.path, "faulty.img");
+    assert.equal((await run("truncate", ["-s", String(256 * MiB), backing])).code, 0);
+    const fuse = spawn(
+      "nbdfuse",
+      [
+        join(fuseDir, "disk"),
+        "--command",
+        "nbdkit",
+        "-s",
+        "--filter=error",
+        "file",
+        backing,
+        "error-rate=100%",
+        `error-file=${trigger}`,
+        "error=EIO",
+      ],
+      { stdio: "ignore", detached: true },
+    );
+    cleanups.push(async () => {
+      await run("umount", ["-l", fuseDir]).catch(() => undefined);
+      if (fuse.pid !== undefined && fuse.exitCode === null) process.kill(-fuse.pid, "SIGTERM");
+    });
+    await until("the nbdfuse file", async () =>
+      (await run("test", ["-s", join(fuseDir, "disk")])).code === 0 ? true : undefined,
+    );
+    const attached = await run("losetup", ["--find", "--show", join(fuseDir, "disk")]);
+    assert.equal(attached.code, 0, attached.stderr);
+    const faulty = attached.stdout.trim();
+    loops.unshift(faulty); // detached before the fuse file goes
+    assert.equal((await haven(["disk", "add", "h1", faulty, "--name", "faulty"])).code, 0);
+    const hot = await newLoop("hot.img", 256 * MiB);
+    const spare = await haven(["disk", "add", "h1", hot, "--spare", "--name", "hot"]);
+    assert.equal(spare.code, 0, spare.stderr);
+    await until("the spare on record", async () => ((await diskNamed("h1", "hot"))?.spare ? true : undefined));
+
+    // The volume's copy on h1 moves onto the faulty disk (add-copy, then remove-copy of the old one).
+    const added = await haven([
+      "volume",
+      "add-copy",
+      "data",
+      "--host",
+      "h1",
+      "--disk",
+      "faulty",
+      "--wait-timeout",
+      "120",
+    ]);
     assert.equal(added.code, 0, added.stderr);
+    assert.equal((await haven(["volume", "remove-copy", "data", "--host", "h1", "--disk", "disk2"])).code, 0);
+    assert.deepEqual(await placed("data"), ["h2/disk0", "h1/faulty"]);
+
     const probe = new VolumeProbe(etcd, "data", basePort);
-    const mount = join(clusterDir(), "hosts", "h1", "disks", "disk2");
     const fio = run(
       "fio",
       [
@@ -239,29 +292,26 @@ describe("disk procedures on loop devices", { skip, timeout: 600_000 }, () => {
       ],
       { timeoutMs: 300_000 },
     );
-    assert.equal((await run("mount", ["-o", "remount,ro", mount])).code, 0);
+    writeFileSync(trigger, "");
     await until(
       "the copy moved off the failed disk onto the spare",
       async () => {
         const where = await placed("data");
-        return where.includes("h1/disk3") && !where.includes("h1/disk2") ? true : undefined;
+        return where.includes("h1/hot") && !where.includes("h1/faulty") ? true : undefined;
       },
       120_000,
     );
     await until(
       "the spare's copy in sync",
-      async () => ((await states("data"))["h1/disk3"] === "in-sync" ? true : undefined),
+      async () => ((await states("data"))["h1/hot"] === "in-sync" ? true : undefined),
       180_000,
     );
     const fioResult = await fio;
     assert.equal(fioResult.code, 0, `fio saw an error:\n${fioResult.stdout}\n${fioResult.stderr}`);
-    const failed = await diskNamed("h1", "disk2");
-    assert.equal(failed?.state, "failed");
+    assert.equal((await diskNamed("h1", "faulty"))?.state, "failed");
     const events = (await readEvents(etcd)).map(({ event }) => event);
-    assert.ok(
-      events.some((event) => event.kind === "copy-moved" && /h1\/disk2 moves to h1\/disk3/.test(event.message)),
-    );
-    assert.equal((await run("mount", ["-o", "remount,rw", mount])).code, 0);
+    assert.ok(events.some((event) => event.kind === "copy-moved" && /h1\/faulty moves to h1\/hot/.test(event.message)));
+    rmSync(trigger);
   });
 
   test("evacuating a disk with nowhere to go is refused and changes nothing", async () => {
