@@ -12,6 +12,7 @@ import type { LeaseId } from "../cluster/etcd-client.js";
 import type { AgentConfig, DiskConfig } from "./config.js";
 import type { EventLog } from "./event-log.js";
 import { BackgroundProbe } from "./health-probes.js";
+import { ResyncEvents, type CopyProgress } from "./resync-events.js";
 import type { PeerLinks } from "./peer-links.js";
 import type { VolumeLifecycle } from "./volume-lifecycle.js";
 import type { HostHealth } from "./view.js";
@@ -43,6 +44,8 @@ export class HealthReporter {
   /** Each disk's verdict at the previous check, so a change is an event. */
   private readonly diskWasOk = new Map<string, boolean>();
   private latestDisks: readonly DiskHealth[] = [];
+  /** Start, every 20% and end of each copy's resync or rebuild, as events. */
+  private readonly resyncEvents = new ResyncEvents();
 
   constructor(private readonly options: HealthOptions) {
     const { world, volumes } = options;
@@ -94,6 +97,7 @@ export class HealthReporter {
     for (const link of health.links)
       if (!link.up && !link.starting) problems.push(`replication link to ${link.peer} down: ${link.detail}`);
     const copies: CopyHealth[] = [];
+    const progress: CopyProgress[] = [];
     for (const [name, running] of volumes.entries()) {
       const status = running.engine.status();
       if (status.state === "failed") problems.push(`volume ${name}: the engine failed (no in-sync copy, or fenced)`);
@@ -108,6 +112,7 @@ export class HealthReporter {
             `volume ${name}: the copy on ${copyId(copy)} is ${replica.state}${replica.reason ? ` (${replica.reason})` : ""}`,
           );
         const resync = replica.resync;
+        progress.push({ volume: name, copy: copyId(copy), state: replica.state, resync });
         copies.push({
           volume: name,
           host: copy.host,
@@ -124,6 +129,8 @@ export class HealthReporter {
         });
       }
     }
+    for (const event of this.resyncEvents.observe(world.clock.now(), progress))
+      this.options.events.note(event.kind, event.message, event.volume);
     const record: HostHealthRecord = {
       checkedAt: world.wallTime().toISOString(),
       eventLoopLagMs: health.eventLoopLagMs,

@@ -10,7 +10,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { clusterUp, type LocalClusterState } from "../../src/cluster/local-cluster.js";
 import { EtcdClient } from "../../src/cluster/etcd-client.js";
-import { readClusterRecords } from "../../src/cluster/cluster-read.js";
+import { readClusterRecords, readEvents } from "../../src/cluster/cluster-read.js";
 import { copyId, type VolumeSpec } from "../../src/cluster/schema.js";
 import { haveEtcd } from "../helpers/etcd.js";
 import { haveTool, run, tempDir } from "../helpers/server-process.js";
@@ -130,6 +130,19 @@ describe("copies on (host, disk) pairs", { skip, timeout: 300_000 }, () => {
     const fioResult = await fio;
     assert.equal(fioResult.code, 0, `fio failed:\n${fioResult.stdout}\n${fioResult.stderr}`);
     assert.deepEqual(await states("solo"), { "h1/d0": "in-sync", "h1/d1": "in-sync" });
+    // The rebuild's start and end are events, the end with its duration and average rate.
+    const progress = await until("the rebuild's events", async () => {
+      const events = (await readEvents(etcd)).map(({ event }) => event).filter((event) => event.volume === "solo");
+      return events.some((event) => event.kind === "resync-done") ? events : undefined;
+    });
+    assert.ok(
+      progress.some((event) => event.kind === "resync-started" && /copy on h1\/d1 started/.test(event.message)),
+    );
+    assert.ok(
+      progress.some(
+        (event) => event.kind === "resync-done" && /h1\/d1 done: .* in [\d.]+ s, .*\/s on average/.test(event.message),
+      ),
+    );
 
     // The last in-sync copy cannot go; the other can, and the volume reads the same afterwards.
     const removed = await haven(["volume", "remove-copy", "solo", "--host", "h1", "--disk", "d0"]);
