@@ -19,6 +19,7 @@
 // completing writes before the lease can expire elsewhere); and every engine has a higher epoch than
 // the last, which the copies enforce, so a deposed primary's writes are refused by its peers.
 
+import type { DiskRecord } from "../cluster/disk-schema.js";
 import type { LeaseId } from "../cluster/etcd-client.js";
 import {
   copiesOn,
@@ -72,7 +73,7 @@ export class Agent implements AgentView {
   private trimTimer: { cancel(): void } | undefined;
   private stopped = false;
   /** This host's disks' labels, states and usage (absent where the world has no disk layer). */
-  private readonly disks: DiskRegistry | undefined;
+  private readonly diskRegistry: DiskRegistry | undefined;
   private replicationPort = 0;
   private nbdPort = 0;
 
@@ -162,7 +163,7 @@ export class Agent implements AgentView {
       holdsLease: () => this.lease.current !== undefined,
       log,
     });
-    this.disks =
+    this.diskRegistry =
       world.diskInfo &&
       new DiskRegistry({
         config,
@@ -201,7 +202,7 @@ export class Agent implements AgentView {
       this.replicationPort = await world.replicaService.listen(replication.listen.host, replication.listen.port);
       this.nbdPort = await world.nbd.listen(nbd.listen.host, nbd.listen.port);
       // Before the host registers: its record lists every disk, those `disk add` gave it included.
-      await this.disks?.start();
+      await this.diskRegistry?.start();
       await this.lease.start();
     } catch (error) {
       // Nothing started may outlive a failed start: a listening server would keep the process
@@ -248,6 +249,10 @@ export class Agent implements AgentView {
   }
 
   /** The VMs running here, with their health, for the API. */
+  disks(): readonly DiskRecord[] {
+    return this.diskRegistry?.records() ?? [];
+  }
+
   vms(): readonly VmHere[] {
     return this.vmLifecycle.describe();
   }
@@ -280,7 +285,7 @@ export class Agent implements AgentView {
         `volume ${volume} has ${placed.length} copies on ${this.name} (${placed.map((copy) => copy.disk).join(", ")}): name the disk`,
       );
     if (placed.length === 1) {
-      const refused = this.disks?.refusal(placed[0]!.disk);
+      const refused = this.diskRegistry?.refusal(placed[0]!.disk);
       if (refused !== undefined)
         throw new HavenError("HAVEN_ERR_CONFLICT", `no copy of ${volume} is opened here: ${refused}`);
       const found = this.diskList().find((candidate) => candidate.name === placed[0]!.disk);
@@ -303,7 +308,7 @@ export class Agent implements AgentView {
 
   /** This host's disks now: the config's, and those `disk add` gave it. */
   diskList(): readonly DiskConfig[] {
-    return this.disks?.list() ?? this.config.disks;
+    return this.diskRegistry?.list() ?? this.config.disks;
   }
 
   /** The volumes with a copy placed on this host's disk `disk`. */
@@ -315,14 +320,14 @@ export class Agent implements AgentView {
 
   /** Publishes the disks' records: their state from the latest probes, and the copies placed on each. */
   private async publishDisks(): Promise<void> {
-    if (this.disks === undefined) return;
+    if (this.diskRegistry === undefined) return;
     const probes = new Map(this.healthReporter.disks.map((disk) => [disk.name, disk.ok]));
-    await this.disks.handleRequests((disk) => this.volumesOn(disk));
-    await this.disks.publish(
+    await this.diskRegistry.handleRequests((disk) => this.volumesOn(disk));
+    await this.diskRegistry.publish(
       (disk) => probes.get(disk),
       (disk) => this.volumesOn(disk),
     );
-    await this.handleFailedDisks(this.disks);
+    await this.handleFailedDisks(this.diskRegistry);
   }
 
   /**

@@ -69,6 +69,12 @@ export interface AgentConfig {
    * config only, and `disk add` is refused.
    */
   readonly stateDir?: string;
+  /**
+   * Where to look for more disks at start, as paths or patterns ("/srv/haven/*"): each directory found
+   * is known by its label, not by its path or order. A labelled disk of this host is used under its
+   * label's id; an unlabelled one is listed as new (`haven disk add` takes it), another's as foreign.
+   */
+  readonly diskPaths?: readonly string[];
   /** DEFAULT_TIMINGS with the file's overrides, checked by checkTimings. */
   readonly timings: Timings;
   /** How long the cluster keeps its events; every agent trims them (DEFAULT_EVENT_RETENTION). */
@@ -101,7 +107,7 @@ export const MAX_CONFIG_BYTES = 1024 * 1024;
 
 const TOP_KEYS = {
   required: ["host", "etcd", "api", "replication", "nbd", "disks"],
-  optional: ["timings", "events", "vms", "stateDir"],
+  optional: ["timings", "events", "vms", "stateDir", "diskPaths"],
 } as const;
 const VMS_KEYS = {
   required: ["cpus", "memory", "runtimeDir"],
@@ -220,6 +226,12 @@ export function parseAgentConfig(text: string, sourceName: string): AgentConfig 
   }
 
   const stateDir = root.stateDir === undefined ? undefined : read.absolutePath(root.stateDir, "stateDir");
+  const diskPaths =
+    root.diskPaths === undefined
+      ? undefined
+      : read
+          .array(root.diskPaths, "diskPaths", 1, MAX_DISKS)
+          .map((pattern, index) => read.absolutePath(pattern, `diskPaths[${index}]`));
   // With a state directory, disks may all come from `haven disk add`.
   const diskList = read.array(root.disks, "disks", stateDir === undefined ? 1 : 0, MAX_DISKS);
   const disks: DiskConfig[] = [];
@@ -279,6 +291,7 @@ export function parseAgentConfig(text: string, sourceName: string): AgentConfig 
     nbd,
     disks,
     ...(stateDir !== undefined && { stateDir }),
+    ...(diskPaths !== undefined && { diskPaths }),
     timings,
     events,
     ...(vms && { vms }),
@@ -400,6 +413,7 @@ export function formatAgentConfig(config: AgentConfig): string {
       ...(disk.capacityBytes === undefined ? {} : { capacity: formatCapacity(disk.capacityBytes) }),
     })),
     ...(config.stateDir !== undefined && { stateDir: config.stateDir }),
+    ...(config.diskPaths !== undefined && { diskPaths: [...config.diskPaths] }),
     ...(Object.keys(timings).length === 0 ? {} : { timings }),
     ...(config.events.maxAgeMs === DEFAULT_EVENT_RETENTION.maxAgeMs &&
     config.events.maxCount === DEFAULT_EVENT_RETENTION.maxCount

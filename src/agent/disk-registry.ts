@@ -17,7 +17,7 @@
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import {
   diskKeys,
   parseDiskRequest,
@@ -83,19 +83,38 @@ export class DiskRegistry {
 
   constructor(private readonly options: DiskRegistryOptions) {}
 
-  /** The disks copies may be placed on or found on, in config order then in the order they were added. */
+  /**
+   * The disks copies may be placed on or found on (labelled for this host; not new, foreign or with an
+   * unreadable label), in config order, then found by pattern, then in the order they were added.
+   */
   list(): DiskConfig[] {
-    return [...this.disks.values()].map((disk) => ({
-      name: disk.name,
-      path: disk.path,
-      ...(disk.capacityBytes !== undefined && { capacityBytes: disk.capacityBytes }),
-    }));
+    return [...this.disks.values()]
+      .filter((disk) => this.refusal(disk.name) === undefined)
+      .map((disk) => ({
+        name: disk.name,
+        path: disk.path,
+        ...(disk.capacityBytes !== undefined && { capacityBytes: disk.capacityBytes }),
+      }));
   }
 
   /** Reads (or writes) each disk's label and mounts the added block devices; one disk's trouble shows in its state. */
   async start(): Promise<void> {
     this.clusterId = await clusterIdentity(this.options.store);
     for (const disk of this.options.config.disks) await this.know(disk.name, disk.path, undefined, disk.capacityBytes);
+    for (const path of await this.options.source.expand(this.options.config.diskPaths ?? [])) {
+      if ([...this.disks.values()].some((disk) => disk.path === path)) continue;
+      const label = await this.options.source.readLabel(path).catch(() => undefined);
+      const mine = label?.cluster === this.clusterId && label.host === this.options.config.host.name;
+      // Known by its label: the same disk in another slot, or found in another order, is the same disk.
+      const name = mine
+        ? label.disk
+        : `found-${basename(path)}`
+            .toLowerCase()
+            .replace(/[^a-z0-9-]/g, "-")
+            .slice(0, 63);
+      if (this.disks.has(name)) continue;
+      await this.know(name, path, undefined, undefined, { scanned: true });
+    }
     for (const added of await this.loadAdded()) {
       if (added.device !== undefined && !(await this.isMounted(added.path)))
         await this.options.source
@@ -116,6 +135,7 @@ export class DiskRegistry {
     path: string,
     added: AddedDisk | undefined,
     capacityBytes?: number,
+    how: { readonly scanned?: boolean } = {},
   ): Promise<KnownDisk> {
     const known: KnownDisk = {
       name,
@@ -138,7 +158,9 @@ export class DiskRegistry {
       const found = await this.options.source.identify(path);
       known.identity = found.identity;
       known.label = await this.options.source.readLabel(path);
-      if (known.label === undefined) {
+      if (known.label === undefined && how.scanned) {
+        // Found by a pattern, with no label: a new disk, used once `haven disk add` takes it.
+      } else if (known.label === undefined) {
         known.label = this.newLabel(name, found.identity, found.sizeBytes);
         await this.options.source.writeLabel(path, known.label);
         await this.options.events.event(
@@ -166,6 +188,13 @@ export class DiskRegistry {
     };
   }
 
+  /** Each disk's record as last published (for the agent API). */
+  records(): DiskRecord[] {
+    return [...this.disks.values()]
+      .filter((disk) => disk.published !== "")
+      .map((disk) => JSON.parse(disk.published) as DiskRecord);
+  }
+
   /** This host's disks as the failed-disk decision needs them (disk-decide.ts). */
   ownDisks(): OwnDisk[] {
     return [...this.disks.values()].map((disk) => ({
@@ -184,7 +213,11 @@ export class DiskRegistry {
     const known = this.disks.get(name);
     if (known === undefined) return undefined;
     if (known.labelError !== undefined) return `disk ${name}'s label: ${known.labelError}`;
+    if (known.label === undefined) return `disk ${name} has no label: add it with 'haven disk add'`;
     if (known.state === "foreign") return `disk ${name} is foreign: ${known.reason}`;
+    const label = known.label;
+    if (label !== undefined && (label.cluster !== this.clusterId || label.host !== this.options.config.host.name))
+      return `disk ${name} belongs to host ${label.host} of cluster ${label.cluster}`;
     return undefined;
   }
 
@@ -311,12 +344,14 @@ export class DiskRegistry {
     if (inspection.kind === "not-a-disk") refuse(inspection.detail);
     const found = await source.identify(path);
     const identity = `${found.identity.kind} ${found.identity.value}`;
-    for (const known of this.disks.values()) {
-      if (
+    for (const known of [...this.disks.values()]) {
+      const same =
         known.path === path ||
-        (known.identity.kind === found.identity.kind && known.identity.value === found.identity.value)
-      )
-        refuse(`${path} (${identity}) is disk ${known.name} of this host already`);
+        (known.identity.kind === found.identity.kind && known.identity.value === found.identity.value);
+      if (!same) continue;
+      // A directory a pattern found without a label is only listed: adding it is what takes it.
+      if (known.label === undefined && known.added === undefined && known.path === path) this.disks.delete(known.name);
+      else refuse(`${path} (${identity}) is disk ${known.name} of this host already`);
     }
     const ours =
       inspection.label !== undefined &&

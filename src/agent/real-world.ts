@@ -8,6 +8,7 @@ import { existsSync, statSync } from "node:fs";
 import { identifyPath } from "../disk/disk-identity.js";
 import { formatDevice, isReadOnlyMount, mountDisk, mountedDevice, unmountDisk } from "../disk/disk-format.js";
 import { inspectForAdd } from "../disk/disk-inspect.js";
+import { expandDiskPaths } from "../disk/disk-scan.js";
 import { setLocateLed } from "../disk/locate-led.js";
 import { readDiskLabel, writeDiskLabel } from "../disk/disk-label.js";
 import { diskUsage } from "../disk/disk-usage.js";
@@ -136,6 +137,7 @@ export function realWorld(
       readOnly: (path) => isReadOnlyMount(path),
       filesystemId: (path) => `dev-${statSync(path).dev}`,
       inspect: (path) => inspectForAdd(path),
+      expand: (patterns) => expandDiskPaths(patterns),
       format: (device, fs, label) => formatDevice(device, fs, label),
       mount: (device, mountPoint) => mountDisk(device, mountPoint),
       unmount: (mountPoint) => unmountDisk(mountPoint),

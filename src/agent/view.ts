@@ -2,6 +2,7 @@
 // read-mostly view, so they depend on this interface and not on the Agent class, and the agent does
 // not know they exist.
 
+import type { DiskRecord } from "../cluster/disk-schema.js";
 import type { DiskHealth, LinkHealth } from "../cluster/schema.js";
 import type { EngineControl } from "../engine/status.js";
 
@@ -31,4 +32,6 @@ export interface AgentView {
   health(): HostHealth;
   engines(): ReadonlyMap<string, EngineControl>;
   vms(): readonly VmHere[];
+  /** This host's disks as last published (disk-schema.ts records), in order. */
+  disks(): readonly DiskRecord[];
 }

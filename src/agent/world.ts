@@ -145,6 +145,8 @@ export interface DiskInfoSource {
   /** The filesystem `path` lives on (its device number): disks sharing one share it. */
   filesystemId(path: string): string;
   identify(path: string): Promise<{ identity: DiskIdentity; sizeBytes: number; blockDevice: boolean }>;
+  /** The paths the config's patterns match now (expandDiskPaths). */
+  expand(patterns: readonly string[]): Promise<string[]>;
   inspect(path: string): Promise<AddInspection>;
   format(device: string, fs: "ext4" | "xfs", label: string): Promise<void>;
   mount(device: string, mountPoint: string): Promise<void>;

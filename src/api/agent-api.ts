@@ -10,6 +10,7 @@
 //   POST /v1/volumes/:name/verify   { "repair": boolean }: starts an online verify
 //   GET  /v1/vms                    the VMs whose QEMU runs here, with their health on several parameters
 //   GET  /v1/vms/:name              one of them (404 when it does not run here)
+//   GET  /v1/disks                  this host's disks: identity, state, size, free, the copies on each
 
 import { HavenError } from "../core/errors.js";
 import type { EngineControl } from "../engine/status.js";
@@ -44,6 +45,7 @@ export class AgentApiServer {
     });
     this.server.route("/v1/volumes/:name", { GET: (request) => this.engine(request.params.name!).status() });
     this.server.route("/v1/vms", { GET: () => this.agent.vms() });
+    this.server.route("/v1/disks", { GET: () => this.agent.disks() });
     this.server.route("/v1/vms/:name", {
       GET: (request) => {
         const vm = this.agent.vms().find((candidate) => candidate.name === request.params.name);

@@ -2,6 +2,7 @@
 // malformed header are 401 and reveal nothing), bodies are validated (400 with the field named), an
 // unknown volume or endpoint is 404, and every error is JSON with the registry code.
 
+import type { DiskRecord } from "../../src/cluster/disk-schema.js";
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { AgentApiServer } from "../../src/api/agent-api.js";
@@ -26,8 +27,23 @@ const vm = {
   runState: "running",
   checks: { heartbeat: { ok: true, value: "beating", at: "2026-12-05T00:00:00.000Z" } },
 };
+const disk: DiskRecord = {
+  host: "h1",
+  disk: "disk0",
+  path: "/srv/haven/disk0",
+  state: "online",
+  reason: "ours, writable, probe passing",
+  spare: false,
+  identity: { kind: "serial", value: "S3Z1NB0K123456", device: "/dev/sdb" },
+  sizeBytes: 1 << 30,
+  freeBytes: 1 << 29,
+  usedBytes: 1 << 29,
+  fsId: "dev-2049",
+  copies: [{ volume: "vol", allocatedBytes: 1 << 20 }],
+  updatedAt: "2026-12-05T00:00:00.000Z",
+};
 const server = new AgentApiServer(
-  { health: () => health, engines: () => new Map([["vol", engine]]), vms: () => [vm] },
+  { health: () => health, engines: () => new Map([["vol", engine]]), vms: () => [vm], disks: () => [disk] },
   TOKEN,
 );
 let base = "";
@@ -82,6 +98,7 @@ test("with it: host health, the volumes served here, one volume's status", async
   assert.equal(one.status, 200);
   assert.equal(one.json.state, "healthy");
   assert.deepEqual((await call("GET", "/v1/vms")).json, [vm]);
+  assert.deepEqual((await call("GET", "/v1/disks")).json, [disk]);
   assert.deepEqual((await call("GET", "/v1/vms/web")).json, vm);
   const elsewhere = await call("GET", "/v1/vms/db");
   assert.equal(elsewhere.status, 404);
