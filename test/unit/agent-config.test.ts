@@ -196,7 +196,7 @@ test("unknown keys are refused by name, with a suggestion for near misses", () =
       }),
     ),
     'agent.json: the top level has unknown key "disk" (did you mean "disks"?); ' +
-      "known keys: host, etcd, api, replication, nbd, disks, timings, events, vms, stateDir",
+      "known keys: host, etcd, api, replication, nbd, disks, timings, events, vms, stateDir, diskPaths",
   );
   assert.equal(
     refusal(variant((file) => (at(file, "host").adress = "x"))),
