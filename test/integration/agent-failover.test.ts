@@ -194,7 +194,7 @@ describe("agent failover", { skip, timeout: 300_000 }, () => {
     const late = (await events("replica-out-of-sync")).filter(
       (e) =>
         e.host === first.host &&
-        e.message.startsWith(`${standby}'s copy`) &&
+        e.message.startsWith(`the copy on ${standby}/`) &&
         Date.parse(e.time) > Date.parse(promoted.since),
     );
     assert.deepEqual(late, [], "the deposed primary recorded nothing about the new primary's copy");

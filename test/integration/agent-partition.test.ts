@@ -194,7 +194,7 @@ describe("partitions between a primary, etcd and its peer", { skip, timeout: 240
     // The event log says so too, with how the copy caught up (the missed writes only, not a rebuild).
     const back = await until("a replica-in-sync event for the standby", async () =>
       (await probe.events("replica-in-sync")).find(
-        (e) => e.host === first.host && e.time >= restoredAt && e.message.startsWith(`${standby}'s`),
+        (e) => e.host === first.host && e.time >= restoredAt && e.message.startsWith(`the copy on ${standby}/`),
       ),
     );
     assert.match(back.message, /back in the in-sync set: caught up by an incremental resync of /);
