@@ -11,7 +11,7 @@
 
 import { HavenError } from "../core/errors.js";
 import { formatBytes } from "../util/units.js";
-import { readClusterRecords } from "./cluster-read.js";
+import { readClusterRecords, type ClusterRecords } from "./cluster-read.js";
 import type { Compare, TxnOperation } from "./etcd-client.js";
 import type { ClusterStore } from "./store.js";
 import { checkPlacement, placeAnotherCopy, placeReplicas, withDiskRecords } from "./placement.js";
@@ -192,10 +192,7 @@ export async function forcePromote(
   host: string,
   options: AdminOptions,
 ): Promise<PrimaryRecord> {
-  const records = await readClusterRecords(client);
-  const spec = records.volumes.get(name);
-  if (spec === undefined)
-    throw new HavenError("HAVEN_ERR_NOT_FOUND", `no volume "${name}" in the cluster; 'haven volume list' shows them`);
+  const { records, spec } = await readVolume(client, name);
   const hostCopies = copiesOn(spec, host);
   if (hostCopies.length === 0)
     throw new HavenError(
@@ -272,10 +269,7 @@ export async function requestSwitchover(
   to: string,
   options: AdminOptions,
 ): Promise<SwitchoverRequest> {
-  const records = await readClusterRecords(client);
-  const spec = records.volumes.get(name);
-  if (spec === undefined)
-    throw new HavenError("HAVEN_ERR_NOT_FOUND", `no volume "${name}" in the cluster; 'haven volume list' shows them`);
+  const { records, spec } = await readVolume(client, name);
   const primary = records.primaries.get(name);
   if (primary === undefined || !records.liveHosts.has(primary.host))
     throw new HavenError(
@@ -342,10 +336,7 @@ export async function addCopy(
   want: { readonly host?: string; readonly disk?: string },
   options: AdminOptions & { readonly reason?: string },
 ): Promise<CopyChange> {
-  const records = await readClusterRecords(client);
-  const spec = records.volumes.get(name);
-  if (spec === undefined)
-    throw new HavenError("HAVEN_ERR_NOT_FOUND", `no volume "${name}" in the cluster; 'haven volume list' shows them`);
+  const { records, spec } = await readVolume(client, name);
   if (spec.replicas.length >= MAX_COPIES)
     throw new HavenError(
       "HAVEN_ERR_CONFLICT",
@@ -407,10 +398,7 @@ export async function removeCopy(
   copy: CopyPlace,
   options: AdminOptions & { readonly reason?: string },
 ): Promise<CopyChange> {
-  const records = await readClusterRecords(client);
-  const spec = records.volumes.get(name);
-  if (spec === undefined)
-    throw new HavenError("HAVEN_ERR_NOT_FOUND", `no volume "${name}" in the cluster; 'haven volume list' shows them`);
+  const { records, spec } = await readVolume(client, name);
   const id = copyId(copy);
   if (!spec.replicas.some((candidate) => copyId(candidate) === id))
     throw new HavenError("HAVEN_ERR_NOT_FOUND", `volume ${name} has no copy on ${id} (copies: ${copyList(spec)})`);
@@ -466,6 +454,15 @@ export async function removeCopy(
   return { spec: next, copy, revision: result.revision };
 }
 
+/** The cluster as of now and volume `name`'s spec in it; HAVEN_ERR_NOT_FOUND when there is none. */
+async function readVolume(client: ClusterStore, name: string): Promise<{ records: ClusterRecords; spec: VolumeSpec }> {
+  const records = await readClusterRecords(client);
+  const spec = records.volumes.get(name);
+  if (spec === undefined)
+    throw new HavenError("HAVEN_ERR_NOT_FOUND", `no volume "${name}" in the cluster; 'haven volume list' shows them`);
+  return { records, spec };
+}
+
 /** The condition that volume `name`'s spec was not written since the snapshot at `revision`. */
 function unchangedSince(name: string, revision: number): Compare {
   return { key: keys.volume(name), target: "modRevision", result: "less", value: revision + 1 };
@@ -484,9 +481,7 @@ export async function replaceCopy(
   to: CopyPlace,
   options: AdminOptions & { readonly reason: string },
 ): Promise<CopyChange> {
-  const records = await readClusterRecords(client);
-  const spec = records.volumes.get(name);
-  if (spec === undefined) throw new HavenError("HAVEN_ERR_NOT_FOUND", `no volume "${name}" in the cluster`);
+  const { records, spec } = await readVolume(client, name);
   if (!spec.replicas.some((copy) => copyId(copy) === copyId(from)))
     throw new HavenError("HAVEN_ERR_NOT_FOUND", `volume ${name} has no copy on ${copyId(from)}`);
   if (spec.replicas.some((copy) => copyId(copy) === copyId(to)))

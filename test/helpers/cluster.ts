@@ -164,3 +164,30 @@ export async function createTestVolume(endpoint: string, name: string, size: str
   );
   if (created.code !== 0) throw new Error(`volume create ${name} failed: ${created.stderr}`);
 }
+
+/**
+ * fio over NBD: writes the whole of a 64 MiB volume at `uri` in checksummed 64 KiB blocks, then reads
+ * every block back and checks it, `loops` times. Any I/O error or wrong block makes it exit non-zero.
+ */
+export function fioWriteVerify(
+  uri: string,
+  name: string,
+  loops: number,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return run(
+    "fio",
+    [
+      `--name=${name}`,
+      "--ioengine=nbd",
+      `--uri=${uri}`,
+      "--rw=randwrite",
+      "--bs=64k",
+      "--size=64M",
+      "--iodepth=4",
+      "--verify=crc32c",
+      "--do_verify=1",
+      `--loops=${loops}`,
+    ],
+    { timeoutMs: 300_000 },
+  );
+}

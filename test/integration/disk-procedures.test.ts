@@ -18,7 +18,14 @@ import { copyId } from "../../src/cluster/schema.js";
 import type { DiskView } from "../../src/cluster/cluster-view.js";
 import { haveEtcd } from "../helpers/etcd.js";
 import { haveTool, run, tempDir } from "../helpers/server-process.js";
-import { freeBasePort, stopLocalCluster, until, TEST_TIMINGS, VolumeProbe } from "../helpers/cluster.js";
+import {
+  fioWriteVerify,
+  freeBasePort,
+  stopLocalCluster,
+  until,
+  TEST_TIMINGS,
+  VolumeProbe,
+} from "../helpers/cluster.js";
 
 const root = process.getuid?.() === 0;
 const skip =
@@ -169,22 +176,7 @@ describe("disk procedures on loop devices", { skip, timeout: 600_000 }, () => {
       /holds copies of data: nothing was changed\. Move them first: haven disk evacuate h1 disk1/,
     );
 
-    const fio = run(
-      "fio",
-      [
-        "--name=data",
-        "--ioengine=nbd",
-        `--uri=${probe.uri("h1")}`,
-        "--rw=randwrite",
-        "--bs=64k",
-        "--size=64M",
-        "--iodepth=4",
-        "--verify=crc32c",
-        "--do_verify=1",
-        "--loops=3",
-      ],
-      { timeoutMs: 300_000 },
-    );
+    const fio = fioWriteVerify(probe.uri("h1"), "data", 3);
     const replaced = await haven(["disk", "replace", "h1", "disk1", "disk2", "--wait-timeout", "240"]);
     assert.equal(replaced.code, 0, replaced.stderr);
     assert.match(replaced.stdout, /\[1\/1\] data: h1\/disk1 released/);
@@ -192,6 +184,24 @@ describe("disk procedures on loop devices", { skip, timeout: 600_000 }, () => {
     assert.equal(fioResult.code, 0, `fio failed:\n${fioResult.stdout}\n${fioResult.stderr}`);
     assert.deepEqual(await placed("data"), ["h2/disk0", "h1/disk2"]);
     assert.deepEqual(await states("data"), { "h1/disk2": "in-sync", "h2/disk0": "in-sync" });
+
+    // A replacement too small, or the disk itself, is refused before anything changes.
+    const tiny = await newLoop("tiny.img", 32 * MiB);
+    assert.equal((await haven(["disk", "add", "h1", tiny, "--name", "tiny"])).code, 0);
+    await until("h1/tiny on record", async () =>
+      (await diskNamed("h1", "tiny"))?.state === "online" ? true : undefined,
+    );
+    const small = await haven(["disk", "replace", "h1", "disk2", "tiny"]);
+    assert.equal(small.code, 1);
+    assert.match(
+      small.stderr,
+      /disk h1\/tiny cannot replace disk2: it has .* free, and the copies on disk2 need 64\.0 MiB; nothing was changed/,
+    );
+    const itself = await haven(["disk", "replace", "h1", "disk2", "disk2"]);
+    assert.equal(itself.code, 1);
+    assert.match(itself.stderr, /it is the same disk/);
+    assert.deepEqual(await placed("data"), ["h2/disk0", "h1/disk2"]);
+    assert.equal((await haven(["disk", "remove", "h1", "tiny"])).code, 0);
 
     const removed = await haven(["disk", "remove", "h1", "disk1"]);
     assert.equal(removed.code, 0, removed.stderr);
@@ -276,22 +286,7 @@ describe("disk procedures on loop devices", { skip, timeout: 600_000 }, () => {
     assert.deepEqual(await placed("data"), ["h2/disk0", "h1/faulty"]);
 
     const probe = new VolumeProbe(etcd, "data", basePort);
-    const fio = run(
-      "fio",
-      [
-        "--name=data2",
-        "--ioengine=nbd",
-        `--uri=${probe.uri("h1")}`,
-        "--rw=randwrite",
-        "--bs=64k",
-        "--size=64M",
-        "--iodepth=4",
-        "--verify=crc32c",
-        "--do_verify=1",
-        "--loops=4",
-      ],
-      { timeoutMs: 300_000 },
-    );
+    const fio = fioWriteVerify(probe.uri("h1"), "data2", 4);
     writeFileSync(trigger, "");
     await until(
       "the copy moved off the failed disk onto the spare",

@@ -14,7 +14,14 @@ import { readClusterRecords, readEvents } from "../../src/cluster/cluster-read.j
 import { copyId, type VolumeSpec } from "../../src/cluster/schema.js";
 import { haveEtcd } from "../helpers/etcd.js";
 import { haveTool, run, tempDir } from "../helpers/server-process.js";
-import { freeBasePort, stopLocalCluster, until, TEST_TIMINGS, VolumeProbe } from "../helpers/cluster.js";
+import {
+  fioWriteVerify,
+  freeBasePort,
+  stopLocalCluster,
+  until,
+  TEST_TIMINGS,
+  VolumeProbe,
+} from "../helpers/cluster.js";
 
 const skip = !haveEtcd() || !haveTool("fio") || !haveTool("nbdcopy") ? "needs etcd, fio and nbdcopy" : false;
 
@@ -107,22 +114,7 @@ describe("copies on (host, disk) pairs", { skip, timeout: 300_000 }, () => {
     const probe = new VolumeProbe(etcd, "solo", basePort);
     // fio writes the whole volume with checksummed blocks, then reads every block back and checks it,
     // while the copy is added and built: any I/O error or wrong block fails it.
-    const fio = run(
-      "fio",
-      [
-        "--name=solo",
-        "--ioengine=nbd",
-        `--uri=${probe.uri("h1")}`,
-        "--rw=randwrite",
-        "--bs=64k",
-        "--size=64M",
-        "--iodepth=4",
-        "--verify=crc32c",
-        "--do_verify=1",
-        "--loops=3",
-      ],
-      { timeoutMs: 240_000 },
-    );
+    const fio = fioWriteVerify(probe.uri("h1"), "solo", 3);
     const added = await haven(["volume", "add-copy", "solo", "--host", "h1", "--disk", "d1", "--wait-timeout", "200"]);
     assert.equal(added.code, 0, added.stderr);
     assert.match(added.stdout, /copy added on h1\/d1/);
