@@ -44,6 +44,8 @@ export class ResyncEvents {
       const tracked = this.tracked.get(key);
       const what = (mode: ResyncProgress["mode"]): string => (mode === "full" ? "rebuild" : "resync");
       if (resync !== null && state === "resyncing") {
+        // A copy that missed nothing catches up at once: not worth three events.
+        if (tracked === undefined && resync.totalBytes === 0) continue;
         if (tracked === undefined) {
           this.tracked.set(key, {
             startedMs: nowMs,

@@ -132,9 +132,12 @@ export function resyncText(resync: NonNullable<CopyView["resync"]>): string {
   );
 }
 
-function copyState(copy: CopyView): string {
+/** One copy in a volume's row: its host (and disk, when the host holds two copies: a local mirror) and state. */
+function copyState(copy: CopyView, copies: readonly CopyView[]): string {
   const state = copy.resync === null ? copy.state : `resyncing ${copy.resync.percent.toFixed(0)}%`;
-  return `${copy.host} ${state}${copy.hostState === "alive" ? "" : ` (host ${copy.hostState})`}`;
+  const mirrored = copies.filter((other) => other.host === copy.host).length > 1;
+  const where = mirrored ? `${copy.host}/${copy.disk}` : copy.host;
+  return `${where} ${state}${copy.hostState === "alive" ? "" : ` (host ${copy.hostState})`}`;
 }
 
 /** "ok", the first problem (and how many more), or "-" for a host without a check (dead, or not yet). */
@@ -178,7 +181,7 @@ function volumeRows(volumes: readonly VolumeView[]): Cell[][] {
     { text: formatBytes(volume.sizeBytes) },
     { text: volume.health, toned: true },
     { text: primaryCell(volume) },
-    { text: volume.copies.map(copyState).join(", ") },
+    { text: volume.copies.map((copy) => copyState(copy, volume.copies)).join(", ") },
     { text: volume.nbd ?? "-" },
   ]);
 }
