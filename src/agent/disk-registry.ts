@@ -35,6 +35,9 @@ import type { EventLog } from "./event-log.js";
 import type { OwnDisk } from "./disk-decide.js";
 import type { DiskInfoSource } from "./world.js";
 
+/** A disk whose probe failed within this long, and passes again, is failing: still used, to be replaced. */
+const FAILING_WINDOW_MS = 10 * 60_000;
+
 /** Usage is republished at least this often (state changes go out at once). */
 const DISK_PUBLISH_INTERVAL_MS = 10_000;
 
@@ -63,6 +66,9 @@ interface KnownDisk {
   publishedAt: number;
   /** Free bytes at the last publish. */
   freeBytes: number;
+  /** When its probe went from passing to failing, within FAILING_WINDOW_MS. */
+  probeErrors: number[];
+  lastProbeOk: boolean | undefined;
 }
 
 export interface DiskRegistryOptions {
@@ -151,6 +157,8 @@ export class DiskRegistry {
       published: "",
       publishedAt: -Infinity,
       freeBytes: 0,
+      probeErrors: [],
+      lastProbeOk: undefined,
     };
     this.disks.set(name, known);
     if (!existsSync(path)) return known; // missing: its state says so
@@ -240,7 +248,11 @@ export class DiskRegistry {
     const path = known.path;
     const present = existsSync(path);
     const readOnly = present && (await source.readOnly(path).catch(() => false));
+    if (probeOk === false && known.lastProbeOk !== false) known.probeErrors.push(now());
+    known.lastProbeOk = probeOk;
+    known.probeErrors = known.probeErrors.filter((at) => now() - at < FAILING_WINDOW_MS);
     const verdict = classifyDisk({
+      ioErrors: known.probeErrors.length,
       label: known.label,
       ...(known.labelError !== undefined && { labelError: known.labelError }),
       cluster: this.clusterId,
