@@ -110,6 +110,24 @@ describe("a host's disk registry", { skip, timeout: 60_000 }, () => {
       disks.list().map((disk) => disk.name),
       ["cfg0"],
     );
+    // Its probe fails: failed, with an event; it passes again: failing, still used.
+    await disks.publish(
+      () => false,
+      () => ["vol"],
+    );
+    assert.equal((await records())[0]?.state, "failed");
+    assert.ok(events.some((event) => /^disk-state: disk cfg0 .* is failed: its probe write failed/.test(event)));
+    await disks.publish(
+      () => true,
+      () => ["vol"],
+    );
+    const after = (await records())[0];
+    assert.equal(after?.state, "failing");
+    assert.match(after?.reason ?? "", /replace it soon/);
+    assert.deepEqual(
+      disks.list().map((disk) => disk.name),
+      ["cfg0"],
+    );
   });
 
   test("disks found by a pattern are known by their labels, in any order; unlabelled ones are new, others' foreign", async () => {
