@@ -11,6 +11,7 @@ import type { Compare, TxnResult } from "../cluster/etcd-client.js";
 import {
   copiesOn,
   copyHosts,
+  copyId,
   copyPlace,
   inSyncCopiesOn,
   keys,
@@ -180,6 +181,7 @@ export class Reconciler {
         alive: view.alive,
         hostInfo: view.hostInfo,
         mineInSync: inSyncCopiesOn(spec, view.replicas.get(spec.name), this.me).length > 0,
+        inSyncHere: new Set(inSyncCopiesOn(spec, view.replicas.get(spec.name), this.me).map(copyId)),
       };
       await volumes.guarded(spec.name, () => volumes.reconcileCopies(spec, context));
     }
@@ -260,6 +262,7 @@ export class Reconciler {
       alive: view.alive,
       hostInfo: view.hostInfo,
       mineInSync: inSyncCopiesOn(spec, view.replicas.get(name), this.me).length > 0,
+      inSyncHere: new Set(inSyncCopiesOn(spec, view.replicas.get(name), this.me).map(copyId)),
     };
     switch (action.kind) {
       case "none":

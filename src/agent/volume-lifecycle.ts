@@ -36,6 +36,8 @@ export interface StartContext {
   readonly hostInfo: ReadonlyMap<string, HostRecord>;
   /** Whether one of this host's copies is recorded in sync (it holds every acknowledged write). */
   readonly mineInSync: boolean;
+  /** This host's copies (copyId) recorded in sync: only one of them may survive a split brain. */
+  readonly inSyncHere: ReadonlySet<string>;
 }
 
 export interface VolumeLifecycleOptions {
@@ -121,7 +123,10 @@ export class VolumeLifecycle {
       // what the others hold beyond it was never acknowledged, so they are rebuilt from it, as
       // healSplitBrain does for a copy that returns diverged while the engine runs.
       if (!hasCode(refused, "HAVEN_ERR_SPLIT_BRAIN") || !context.mineInSync) return startFailed(refused);
-      const survivor = [...copyOf].find(([, copy]) => copy.host === me)![0];
+      // A copy of this host recorded in sync holds every acknowledged write; another local copy (a
+      // local mirror's) may be stale, and must never be the one the others are rebuilt from.
+      const survivor = [...copyOf].find(([, copy]) => copy.host === me && context.inSyncHere.has(copyId(copy)))?.[0];
+      if (survivor === undefined) return startFailed(refused);
       await events.event(
         "split-brain-resolved",
         `${refused.message.split(";")[0]}; ${me}'s copy is recorded in sync, so it survives and the others are rebuilt from it`,
