@@ -27,7 +27,7 @@ import {
 } from "../cluster/disk-schema.js";
 import type { ClusterStore } from "../cluster/store.js";
 import { errorMessage } from "../core/errors.js";
-import type { DiskIdentity } from "../disk/disk-identity.js";
+import { formatIdentity, sameIdentity, type DiskIdentity } from "../disk/disk-identity.js";
 import type { DiskLabel } from "../disk/disk-label.js";
 import { classifyDisk } from "../disk/disk-scan.js";
 import type { AgentConfig, DiskConfig } from "./config.js";
@@ -173,7 +173,7 @@ export class DiskRegistry {
         await this.options.source.writeLabel(path, known.label);
         await this.options.events.event(
           "disk-labelled",
-          `disk ${name} at ${path} labelled for this host (${found.identity.kind} ${found.identity.value})`,
+          `disk ${name} at ${path} labelled for this host (${formatIdentity(found.identity)})`,
         );
       } else if (known.label.disk !== name && known.label.host === this.options.config.host.name) {
         known.labelError = `its label names it ${known.label.disk}, but the config calls it ${name}: fix the config`;
@@ -211,7 +211,7 @@ export class DiskRegistry {
       spare: disk.spare,
       freeBytes: disk.freeBytes,
       path: disk.path,
-      identity: `${disk.identity.kind} ${disk.identity.value}`,
+      identity: formatIdentity(disk.identity),
       reason: disk.reason,
     }));
   }
@@ -355,11 +355,9 @@ export class DiskRegistry {
     const inspection = await source.inspect(path);
     if (inspection.kind === "not-a-disk") refuse(inspection.detail);
     const found = await source.identify(path);
-    const identity = `${found.identity.kind} ${found.identity.value}`;
+    const identity = formatIdentity(found.identity);
     for (const known of [...this.disks.values()]) {
-      const same =
-        known.path === path ||
-        (known.identity.kind === found.identity.kind && known.identity.value === found.identity.value);
+      const same = known.path === path || sameIdentity(known.identity, found.identity);
       if (!same) continue;
       // A directory a pattern found without a label is only listed: adding it is what takes it.
       if (known.label === undefined && known.added === undefined && known.path === path) this.disks.delete(known.name);
@@ -455,7 +453,7 @@ export class DiskRegistry {
         `disk ${name} holds copies of ${volumes.join(", ")}: move them first with 'haven disk evacuate ${config.host.name} ${name}'`,
       );
     const now = existsSync(known.path) ? (await source.identify(known.path)).identity : known.identity;
-    const identity = `${now.kind} ${now.value}`;
+    const identity = formatIdentity(now);
     if (request.identity !== undefined && request.identity !== identity)
       throw new Error(
         `disk ${name} is now ${identity}, not ${request.identity} as the command saw it: nothing was changed`,
@@ -473,7 +471,7 @@ export class DiskRegistry {
     const name = request.disk ?? "";
     const known = this.disks.get(name);
     if (known === undefined) throw new Error(`host ${this.options.config.host.name} has no disk ${name}`);
-    const identity = `${known.identity.kind} ${known.identity.value}`;
+    const identity = formatIdentity(known.identity);
     const device = known.added?.device ?? known.identity.device;
     const led =
       device === undefined

@@ -13,7 +13,7 @@ import type { VmRecord, VmStatusRecord } from "./vm-schema.js";
 import { formatCpuList } from "./vm-resources.js";
 import type { ClusterRecords } from "./cluster-read.js";
 import type { DiskRecord } from "./disk-schema.js";
-import { copyId } from "./schema.js";
+import { copyId, copyPlace, type CopyPlace } from "./schema.js";
 import type {
   CopyHealth,
   DiskHealth,
@@ -104,15 +104,23 @@ export function volumeHealth(primaryAlive: boolean, copies: readonly CopyView[])
   return copies.every((copy) => copy.state === "in-sync" && copy.hostState === "alive") ? "healthy" : "degraded";
 }
 
+/**
+ * A copy's resync progress as its volume's primary last reported it in its health check (a report
+ * from an agent older than copies on disks names no disk: it stands for that host's copy).
+ */
+function liveResync(records: ClusterRecords, volume: string, place: CopyPlace): CopyHealth["resync"] {
+  const primary = records.primaries.get(volume)?.host;
+  const seen = primary === undefined ? undefined : records.health.get(primary)?.copies;
+  const live = seen?.find(
+    (copy) => copy.volume === volume && copy.host === place.host && (copy.disk === place.disk || copy.disk === ""),
+  );
+  return live?.resync ?? null;
+}
+
 export function volumeView(records: ClusterRecords, spec: VolumeSpec): VolumeView {
   const recorded = records.replicas.get(spec.name);
-  const primaryHost = records.primaries.get(spec.name)?.host;
-  const seen = primaryHost === undefined ? undefined : records.health.get(primaryHost)?.copies;
   const copies = spec.replicas.map(({ host, disk }): CopyView => {
     const record = recorded?.get(copyId({ host, disk }));
-    const live = seen?.find(
-      (copy) => copy.volume === spec.name && copy.host === host && (copy.disk === disk || copy.disk === ""),
-    );
     return {
       host,
       disk,
@@ -121,7 +129,7 @@ export function volumeView(records: ClusterRecords, spec: VolumeSpec): VolumeVie
       detail: record?.detail ?? "",
       epoch: record?.epoch ?? null,
       updatedAt: record?.updatedAt ?? null,
-      resync: live?.resync ?? null,
+      resync: liveResync(records, spec.name, { host, disk }),
     };
   });
   const primary = records.primaries.get(spec.name);
@@ -268,17 +276,14 @@ export function diskEntries(records: ClusterRecords): DiskView[] {
   const ids = new Set([...records.disks.keys(), ...placed.keys()]);
   return [...ids].sort().map((id): DiskView => {
     const record = records.disks.get(id);
-    const [host, disk] = [id.slice(0, id.indexOf("/")), id.slice(id.indexOf("/") + 1)];
+    const { host, disk } = copyPlace(id);
     const copies = (placed.get(id) ?? []).sort().map((volume): DiskCopyView => {
       const recorded = records.replicas.get(volume)?.get(id);
-      const primary = records.primaries.get(volume)?.host;
-      const live = primary === undefined ? undefined : records.health.get(primary)?.copies;
-      const seen = live?.find((copy) => copy.volume === volume && copy.host === host && copy.disk === disk);
       return {
         volume,
         state: recorded?.state ?? "unrecorded",
         detail: recorded?.detail ?? "",
-        resync: seen?.resync ?? null,
+        resync: liveResync(records, volume, { host, disk }),
         allocatedBytes: record?.copies.find((copy) => copy.volume === volume)?.allocatedBytes ?? 0,
       };
     });
@@ -286,8 +291,9 @@ export function diskEntries(records: ClusterRecords): DiskView[] {
       record === undefined || record.fsId === ""
         ? []
         : [...records.disks.values()]
-            .filter((other) => other.fsId === record.fsId && `${other.host}/${other.disk}` !== id)
-            .map((other) => `${other.host}/${other.disk}`);
+            .filter((other) => other.fsId === record.fsId)
+            .map((other) => copyId({ host: other.host, disk: other.disk }))
+            .filter((other) => other !== id);
     return {
       host,
       disk,

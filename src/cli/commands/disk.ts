@@ -20,6 +20,7 @@ import { placeAnotherCopy, withDiskRecords } from "../../cluster/placement.js";
 import { copiesOn, copyId, type CopyPlace, type VolumeSpec } from "../../cluster/schema.js";
 import { addCopy, removeCopy, requestSwitchover } from "../../cluster/volume-admin.js";
 import { HavenError, errorMessage } from "../../core/errors.js";
+import { formatIdentity, type DiskIdentity } from "../../disk/disk-identity.js";
 import { formatBytes } from "../../util/units.js";
 import { parseCommand } from "../args.js";
 import { renderDiskList } from "../cluster-render.js";
@@ -76,7 +77,7 @@ function diskOf(records: ClusterRecords, host: string, disk: string): DiskView {
 }
 
 function identityText(disk: DiskView): string {
-  return disk.identity === null ? "identity unknown" : `${disk.identity.kind} ${disk.identity.value}`;
+  return disk.identity === null ? "identity unknown" : formatIdentity(disk.identity as DiskIdentity);
 }
 
 function waitSeconds(text: unknown): number {
