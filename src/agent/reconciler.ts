@@ -10,8 +10,8 @@ import { readClusterRecords } from "../cluster/cluster-read.js";
 import type { Compare, TxnResult } from "../cluster/etcd-client.js";
 import {
   copiesOn,
-  copyHosts,
   copyId,
+  copyHosts,
   copyPlace,
   inSyncCopiesOn,
   keys,
@@ -118,6 +118,13 @@ export class Reconciler {
     const now = world.clock.now();
     const primaryHosts = new Map([...view.primaries].map(([name, { record }]) => [name, record.host]));
     this.deadSince = deadPrimaries(this.deadSince, primaryHosts, view.alive, now);
+    // An engine that fenced itself while this host holds its lease (a copy record it could not write)
+    // acknowledges nothing more: it stops, and the volume is served again at a new epoch below.
+    for (const [name, running] of volumes.entries()) {
+      const fenced = running.engine.fenced;
+      if (fenced === null || volumes.isBusy(name) || !this.options.holdsLease()) continue;
+      await volumes.guarded(name, () => volumes.stop(name, `the engine fenced itself (${fenced}); it starts again`));
+    }
     const startRetryAt = new Map([...this.startBackoff].map(([name, backoff]) => [name, backoff.untilMs]));
     for (const spec of view.volumes.values()) {
       if (this.placedHere(spec)) this.seenVolumes.add(spec.name);
@@ -177,13 +184,8 @@ export class Reconciler {
     for (const spec of view.volumes.values()) {
       for (const copy of copiesOn(spec, this.me)) placedNow.add(`${spec.name} ${copy.disk}`);
       if (volumes.get(spec.name) === undefined || volumes.isBusy(spec.name)) continue;
-      const context = {
-        alive: view.alive,
-        hostInfo: view.hostInfo,
-        mineInSync: inSyncCopiesOn(spec, view.replicas.get(spec.name), this.me).length > 0,
-        inSyncHere: new Set(inSyncCopiesOn(spec, view.replicas.get(spec.name), this.me).map(copyId)),
-      };
-      await volumes.guarded(spec.name, () => volumes.reconcileCopies(spec, context));
+      const context = { alive: view.alive, hostInfo: view.hostInfo, inSync: inSyncCopies(spec, view) };
+      await volumes.guarded(spec.name, () => volumes.reconcileCopies(spec, context, view.replicas.get(spec.name)));
     }
     for (const seen of this.seenCopies) {
       if (placedNow.has(seen)) continue;
@@ -258,12 +260,7 @@ export class Reconciler {
     const { world, volumes, events } = this.options;
     const name = spec.name;
     if (action.kind !== "wait") this.lastWaitReason.delete(name);
-    const context = {
-      alive: view.alive,
-      hostInfo: view.hostInfo,
-      mineInSync: inSyncCopiesOn(spec, view.replicas.get(name), this.me).length > 0,
-      inSyncHere: new Set(inSyncCopiesOn(spec, view.replicas.get(name), this.me).map(copyId)),
-    };
+    const context = { alive: view.alive, hostInfo: view.hostInfo, inSync: inSyncCopies(spec, view) };
     switch (action.kind) {
       case "none":
         return;
@@ -371,4 +368,10 @@ export class Reconciler {
       handovers: records.handovers,
     };
   }
+}
+
+/** The volume's copies recorded in sync (copyId) as the round read them. */
+function inSyncCopies(spec: VolumeSpec, view: ClusterView): ReadonlySet<string> {
+  const recorded = view.replicas.get(spec.name);
+  return new Set(spec.replicas.map(copyId).filter((id) => recorded?.get(id)?.state === "in-sync"));
 }

@@ -34,10 +34,8 @@ export interface Running {
 export interface StartContext {
   readonly alive: ReadonlySet<string>;
   readonly hostInfo: ReadonlyMap<string, HostRecord>;
-  /** Whether one of this host's copies is recorded in sync (it holds every acknowledged write). */
-  readonly mineInSync: boolean;
-  /** This host's copies (copyId) recorded in sync: only one of them may survive a split brain. */
-  readonly inSyncHere: ReadonlySet<string>;
+  /** The volume's copies recorded in sync (copyId): each holds every acknowledged write. */
+  readonly inSync: ReadonlySet<string>;
 }
 
 export interface VolumeLifecycleOptions {
@@ -118,22 +116,34 @@ export class VolumeLifecycle {
     );
     if (!outcome.started) {
       const refused = outcome.error;
-      // Copies that took writes apart, found at start. If this host's copy is recorded in sync it holds
-      // every acknowledged write (a copy leaves that record before any write it misses is acknowledged):
-      // what the others hold beyond it was never acknowledged, so they are rebuilt from it, as
-      // healSplitBrain does for a copy that returns diverged while the engine runs.
-      if (!hasCode(refused, "HAVEN_ERR_SPLIT_BRAIN") || !context.mineInSync) return startFailed(refused);
-      // A copy of this host recorded in sync holds every acknowledged write; another local copy (a
-      // local mirror's) may be stale, and must never be the one the others are rebuilt from.
-      const survivor = [...copyOf].find(([, copy]) => copy.host === me && context.inSyncHere.has(copyId(copy)))?.[0];
-      if (survivor === undefined) return startFailed(refused);
-      await events.event(
-        "split-brain-resolved",
-        `${refused.message.split(";")[0]}; ${me}'s copy is recorded in sync, so it survives and the others are rebuilt from it`,
-        name,
-      );
-      engine = this.newEngine(spec, role, context, copyOf, locations, survivor, leaving);
-      await engine.start().catch(startFailed);
+      // Copies that took writes apart, found at start. A copy recorded in sync holds every acknowledged
+      // write (a copy leaves that record before any write it misses is acknowledged): what the others
+      // hold beyond it was never acknowledged, so they are rebuilt from it, as healSplitBrain does for a
+      // copy that returns diverged while the engine runs. This host's copy first, else another copy
+      // recorded in sync (this host's may be one still to be built): the first that is reachable.
+      const survivors = [...copyOf]
+        .filter(([, copy]) => context.inSync.has(copyId(copy)))
+        .sort(([, a], [, b]) => Number(b.host === me) - Number(a.host === me));
+      if (!hasCode(refused, "HAVEN_ERR_SPLIT_BRAIN") || survivors.length === 0) return startFailed(refused);
+      let failed: unknown = refused;
+      for (const [survivor, copy] of survivors) {
+        engine = this.newEngine(spec, role, context, copyOf, locations, survivor, leaving);
+        failed = await engine.start().then(
+          () => undefined,
+          (error: unknown) => error,
+        );
+        if (failed === undefined) {
+          await events.event(
+            "split-brain-resolved",
+            `${refused.message.split(";")[0]}; the copy on ${copyId(copy)} is recorded in sync, so it survives and the others are rebuilt from it`,
+            name,
+          );
+          break;
+        }
+        // A survivor that is not reachable now: the next one.
+        if (!hasCode(failed, "HAVEN_ERR_USAGE")) break;
+      }
+      if (failed !== undefined) return startFailed(failed);
     }
     const uri = `nbd://${config.host.address}:${this.options.nbdPort()}/${name}`;
     engine.nbdUris.push(uri);
@@ -158,7 +168,7 @@ export class VolumeLifecycle {
     leaving: ReadonlySet<string> = new Set(),
   ): VolumeEngine {
     const { world, copies } = this.options;
-    return new VolumeEngine({
+    const engine: VolumeEngine = new VolumeEngine({
       name: spec.name,
       locations,
       ...(survivor !== undefined && { survivor }),
@@ -168,20 +178,30 @@ export class VolumeLifecycle {
       clock: world.clock,
       // A copy on a host without a lease will not answer: waiting for it only delays a failover.
       startupWaitMs: spec.replicas.every((replica) => context.alive.has(replica.host)) ? STARTUP_WAIT_MS : 0,
-      // Safe only because the store says our copy holds every acknowledged write (see decide.ts).
-      allowDegradedStart: context.mineInSync,
+      // A copy the store records in sync holds every acknowledged write (see decide.ts): with one of
+      // them reachable the engine starts without the others (an absent one, like a copy still to be
+      // built, is created and rebuilt), and without one it waits for every copy.
+      vouchedCopies: [...copyOf].filter(([, copy]) => context.inSync.has(copyId(copy))).map(([location]) => location),
       recordCopyState: (location, inSync, detail) => {
         // A copy the spec dropped leaves without a record: its record went with it, and nothing promotes
         // a copy the spec does not place.
         if (leaving.has(location)) return Promise.resolve();
         const copy = copyOf.get(location);
         if (copy === undefined) throw new HavenError("HAVEN_ERR_NOT_FOUND", `no copy of ${spec.name} at ${location}`);
-        return copies.record(role, copy, inSync, detail);
+        // The copies that take the writes this one misses: one of them must still be in the spec.
+        const holding = inSync
+          ? []
+          : engine
+              .status()
+              .replicas.filter((replica) => replica.state === "in-sync" && replica.location !== location)
+              .flatMap((replica) => copyOf.get(replica.location) ?? []);
+        return copies.record(role, copy, inSync, detail, holding);
       },
       completionGate: this.options.completionGate,
       log: (line) => this.options.log(`volume ${spec.name}: ${line}`),
       ...this.options.engineOptions,
     });
+    return engine;
   }
 
   /** Stops the volume's engine (flushing every copy it can reach) and withdraws its export. */
@@ -200,9 +220,16 @@ export class VolumeLifecycle {
    * Makes the running engine's copies those of the spec (volume add-copy / remove-copy, disk evacuate
    * and replace): a copy new to the spec is added (the engine rebuilds it while writes go on, and
    * records it in sync once complete), a copy gone from it is dropped from the engine and, when on
-   * this host, its data deleted. The engine refuses to drop its last in-sync copy.
+   * this host, its data deleted. The engine refuses to drop its last in-sync copy. A copy the engine
+   * holds in sync but `recorded` (the round's records) does not is recorded again: removed and added
+   * back before the engine let it go, it carries the addition's out-of-sync record, which the engine,
+   * holding it in sync all along, would otherwise never correct.
    */
-  async reconcileCopies(spec: VolumeSpec, context: StartContext): Promise<void> {
+  async reconcileCopies(
+    spec: VolumeSpec,
+    context: StartContext,
+    recorded: ReadonlyMap<string, ReplicaRecord> | undefined,
+  ): Promise<void> {
     const running = this.running.get(spec.name);
     if (running === undefined || running.engine.isStopping) return;
     const { events, log } = this.options;
@@ -235,6 +262,16 @@ export class VolumeLifecycle {
         if (!running.engine.locations.includes(location)) running.copyOf.delete(location);
         log(`volume ${spec.name}: adding the copy on ${copyId(copy)}: ${errorMessage(error)}`);
       }
+    }
+    for (const replica of running.engine.status().replicas) {
+      const copy = running.copyOf.get(replica.location);
+      if (replica.state !== "in-sync" || copy === undefined || running.leaving.has(replica.location)) continue;
+      if (!wanted.has(copyId(copy)) || recorded?.get(copyId(copy))?.state === "in-sync") continue;
+      await running.engine
+        .recordState(replica.location)
+        .catch((error: unknown) =>
+          log(`volume ${spec.name}: recording the copy on ${copyId(copy)} again: ${errorMessage(error)}`),
+        );
     }
   }
 

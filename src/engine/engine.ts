@@ -94,6 +94,13 @@ export interface EngineOptions {
    */
   readonly allowDegradedStart?: boolean;
   /**
+   * Locations of copies the caller knows hold every acknowledged write (the control plane's in-sync
+   * records): start even if some copies stay unreachable or absent, as allowDegradedStart does, but
+   * only when one of these copies opened (the volume then continues from it, or from a copy it is in
+   * sync with or behind). Without one of them, the start waits for every copy as it would without.
+   */
+  readonly vouchedCopies?: readonly string[];
+  /**
    * Start without copies that stay unreachable (absent ones are created empty and rebuilt) when the
    * copies' metadata shows they were left behind (start-plan.ts); refused with HAVEN_ERR_UNSAFE_START
    * otherwise (`haven volume serve --degraded-start`).
@@ -117,7 +124,9 @@ export interface EngineOptions {
    * The control plane's record of which copies hold every acknowledged write. A copy leaving the
    * in-sync set is recorded before any write it missed completes (a failing record fences the
    * engine: writes without the copy could then not be acknowledged safely); a copy joining it is
-   * recorded after it joined.
+   * recorded after it joined. A copy that leaves when nothing more can be acknowledged keeps its
+   * record: under a fence, and the last copy in sync (until another copy joins, which records it
+   * first). A start records the copies in sync before those it left behind.
    */
   readonly recordCopyState?: (location: string, inSync: boolean, detail: string) => Promise<void>;
   /**
@@ -180,6 +189,15 @@ export class VolumeEngine implements BlockDevice, EngineControl {
   private mutationsSent = 0;
   private stopping = false;
   private starting = true;
+  /**
+   * Whether copies leaving the in-sync set are recorded as they leave: from the end of start() on, which
+   * records every copy's state itself. Before, nothing was acknowledged, and a start that fails leaves
+   * the records as the last engine left them: the copy the volume was last in sync on stays recorded in
+   * sync, and the next start continues from it (a failed start must not take that away).
+   */
+  private recordingLeaves = false;
+  /** The last copy to leave the in-sync set, while its leaving is not on record (see recordLeaving). */
+  private unrecordedLeave: { readonly location: string; readonly reason: string } | undefined;
   private reconnectTimer: { cancel(): void } | undefined;
   private writebackTimer: { cancel(): void } | undefined;
   private readonly background = new Set<Promise<void>>();
@@ -267,11 +285,21 @@ export class VolumeEngine implements BlockDevice, EngineControl {
       throw error;
     }
     // The control plane learns each copy's state before the first write is acknowledged; a copy this
-    // start left behind (unreachable, older) must be on record as out of sync by then.
-    try {
-      await Promise.all(
-        this.copies.copies.map((copy) => this.records.record(copy.location, copy.state === "in-sync", copy.state)),
+    // start left behind (unreachable, older) must be on record as out of sync by then. A copy leaving
+    // from now on is recorded after its state here (records of one copy land in order).
+    // The copies in sync first: then the volume always has a copy recorded in sync, even while the
+    // copy it was recorded in sync on until now (left behind by this start) is recorded out of sync.
+    this.recordingLeaves = true;
+    const states = this.copies.copies.map((copy) => ({ copy, inSync: copy.state === "in-sync" }));
+    const record = (inSync: boolean): Promise<unknown> =>
+      Promise.all(
+        states
+          .filter((state) => state.inSync === inSync)
+          .map(({ copy }) => this.records.record(copy.location, inSync, copy.state)),
       );
+    try {
+      await record(true);
+      await record(false);
     } catch (error) {
       await this.stop();
       throw new HavenError(
@@ -307,9 +335,12 @@ export class VolumeEngine implements BlockDevice, EngineControl {
 
   private startInput(found: Found, newGenerationId: string): Parameters<typeof planStart>[0] {
     const options = this.options;
+    const vouched =
+      options.allowDegradedStart === true ||
+      (options.vouchedCopies ?? []).some((location) => found.ports.has(options.locations.indexOf(location)));
     const degraded: DegradedStart = options.force
       ? "forced"
-      : options.allowDegradedStart
+      : vouched
         ? "vouched"
         : options.degradedStart
           ? "if-proven"
@@ -674,7 +705,9 @@ export class VolumeEngine implements BlockDevice, EngineControl {
     const saved = Promise.all([this.saves.request(), this.recordLeaving(copy.location, reason)]).then(() => undefined);
     // Until this is on record, no write may complete: a write sent only to the remaining copies
     // would otherwise be acknowledged while the copies still claim to be in sync with the one that left.
-    const transition = saved.catch(() => undefined);
+    // It covers the transitions still under way too: with two copies leaving at once, a write must wait
+    // for both records, not the later one's alone (found by the control-plane simulation).
+    const transition = Promise.all([this.transition, saved.catch(() => undefined)]).then(() => undefined);
     this.transition = transition;
     void transition.then(() => {
       if (this.transition === transition) this.transition = null;
@@ -695,7 +728,29 @@ export class VolumeEngine implements BlockDevice, EngineControl {
 
   /** The control plane's record that a copy left (see recordCopyState); a failure fences the engine. */
   private async recordLeaving(location: string, reason: string): Promise<void> {
-    if (!this.records.enabled) return;
+    // The record is what lets a write the copy misses complete. None completes after a fence, nor while
+    // no copy is in sync: the last copy to leave holds every acknowledged write, and its in-sync record
+    // stays true until another copy joins (markInSync records its leaving first) or it comes back
+    // (rejoinAsLast). Written out of sync at once, it would only hide which copy holds the volume's
+    // data, from a failover and from the next start (which, with no copy recorded in sync, waits for
+    // every copy, and a copy still to be built never comes).
+    if (!this.records.enabled || !this.recordingLeaves) return;
+    if (this.copies.fenced !== null) {
+      this.log(`${location} left the in-sync set of a fenced engine: its record stays as it is`);
+      return;
+    }
+    if (this.copies.inSync().length === 0) {
+      // The first to leave with none in sync is the last that was in sync; any other was not.
+      if (this.unrecordedLeave === undefined)
+        this.log(`${location} was the last copy in sync: its in-sync record stays until another copy joins`);
+      this.unrecordedLeave ??= { location, reason };
+      return;
+    }
+    await this.recordLeft(location, reason);
+  }
+
+  /** The record that a copy left the in-sync set; a failure fences the engine. */
+  private async recordLeft(location: string, reason: string): Promise<void> {
     try {
       await this.records.record(location, false, reason);
     } catch (error) {
@@ -796,11 +851,13 @@ export class VolumeEngine implements BlockDevice, EngineControl {
   /** A copy that was away is back: compare generations and resync, or refuse it. */
   private attachReturning(copy: CopyView, port: ReplicaPort): void {
     if (this.copies.rejoinAsLast(copy, port)) {
+      this.unrecordedLeave = undefined;
       this.watchLoss(copy);
       this.log(`${copy.location}: the last in-sync copy is back unchanged; the volume serves from it again`);
       this.saves.request().catch((error: unknown) => this.log(`metadata save failed: ${errorMessage(error)}`));
-      // It was recorded out of sync when it left; without this record no copy of the volume would be
-      // recorded in sync, and a failover could promote nothing (found by the control-plane simulation).
+      // Its record says in sync unless an engine before this one recorded it out of sync when it left;
+      // without this record no copy of the volume would then be recorded in sync, and a failover could
+      // promote nothing (found by the control-plane simulation).
       this.records
         .record(copy.location, true, "the last in-sync copy came back unchanged")
         .catch((error: unknown) => this.log(`recording ${copy.location} as in sync failed: ${errorMessage(error)}`));
@@ -905,6 +962,10 @@ export class VolumeEngine implements BlockDevice, EngineControl {
       const patch = this.copies.volumePatch(this.activityLog.extents);
       this.copies.noteMetadata(copy, attachment, await port.updateMetadata(this.copies.epoch, patch));
       await this.saves.request();
+      // Joining with no copy in sync: the copy that left last misses what is acknowledged from now on.
+      const left = this.unrecordedLeave;
+      this.unrecordedLeave = undefined;
+      if (left !== undefined && left.location !== copy.location) await this.recordLeft(left.location, left.reason);
       const progress = copy.resync;
       const { joined, everyCopyInSync } = this.copies.join(copy, attachment);
       if (!joined) return;
@@ -974,7 +1035,16 @@ export class VolumeEngine implements BlockDevice, EngineControl {
       this.copies.discardSplitBrain(loser);
       await this.refusedClosing.get(loser.location);
       this.refusedClosing.delete(loser.location);
-      const port = await this.options.opener(loser.location, this.options.name, this.createOptions());
+      let port: ReplicaPort;
+      try {
+        port = await this.options.opener(loser.location, this.options.name, this.createOptions());
+      } catch (error) {
+        // Away now: the reconnect loop retries it as it retries any copy away (it comes back as the
+        // split brain it still is, to be resolved again); left connecting, nothing would retry it.
+        this.copies.noteUnreachable(loser, errorMessage(error));
+        this.scheduleReconnect();
+        throw error;
+      }
       if (!this.copies.isMember(loser) || loser.port !== undefined || this.stopping) {
         await port.close(); // removed (or reattached) meanwhile
         continue;
@@ -1141,6 +1211,23 @@ export class VolumeEngine implements BlockDevice, EngineControl {
       release();
     }
     await this.closeRemoved(removed.copy, removed.port);
+  }
+
+  /**
+   * Records the copy at `location` in the cluster again as it is now, in sync or not, after every
+   * earlier record of it (so a later change of its state still lands last): for a record that no longer
+   * says what the engine knows, as when the copy was removed from the volume and added back (which
+   * records it out of sync) before the engine let it go. HAVEN_ERR_NOT_FOUND for a location that is not
+   * a copy; rejects as the record does.
+   */
+  recordState(location: string): Promise<void> {
+    const copy = this.copies.copies.find((c) => c.location === location);
+    if (copy === undefined)
+      return Promise.reject(
+        new HavenError("HAVEN_ERR_NOT_FOUND", `${location} is not a copy of volume ${this.options.name}`),
+      );
+    const inSync = copy.state === "in-sync";
+    return this.records.record(location, inSync, inSync ? "in-sync (recorded again)" : (copy.reason ?? copy.state));
   }
 
   /** The member at `location`, if it may be removed; else the refusal. */

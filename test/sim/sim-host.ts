@@ -9,6 +9,12 @@
 //   heartbeats, and the client's requests to its NBD front. On resume everything held runs, in order;
 // - it can die (kill -9): nothing of it runs again; its store calls never settle (crashHost), its copy
 //   connections vanish (killOwner), and a restart is a new incarnation with a new clock and agent.
+//
+// Every host has two disks (SIM_DISKS), so a volume may keep two copies on one host (local RAID1). A
+// copy is the network's copy HOST/DISK:VOLUME (copyKey): the host's own engines name it by the disk's
+// directory (/sim/H/DISK), other hosts' engines by the replica server and the disk
+// (tcp://H.sim:PORT/DISK). The replica server is the set of other engines' connections to the host's
+// copies: isOpen() and evict() see and drop exactly those.
 
 import { Agent } from "../../src/agent/agent.js";
 import type { AgentConfig } from "../../src/agent/config.js";
@@ -24,7 +30,7 @@ import type { ReplicaOpener, ReplicaPort } from "../../src/replica/port.js";
 import type { Clock } from "../../src/util/clock.js";
 import type { Rng } from "./rng.js";
 import type { SimClock } from "./sim-clock.js";
-import type { SimNetwork } from "./sim-copy.js";
+import { SimAssertion, type SimNetwork, type SimReplicaPort } from "./sim-copy.js";
 import type { SimStore } from "./sim-store.js";
 import { SimVmDriver, type SimVmFleet } from "./sim-vm.js";
 
@@ -185,14 +191,24 @@ export interface SimHostOptions {
   readonly fleet: SimVmFleet;
 }
 
-/** Where host H's copies live, as H's own engines name them (one disk per host). */
-export function diskPath(host: string): string {
-  return `/sim/${host}/disk0`;
+/** Every simulated host's disks: a volume may keep two copies on one host (local RAID1), one on each. */
+export const SIM_DISKS = ["disk0", "disk1"] as const;
+
+/** Where host H's disk D holds its copies, as H's own engines name it. */
+export function diskPath(host: string, disk: string): string {
+  return `/sim/${host}/${disk}`;
 }
 
-/** The copy of `volume` on `host`, as the network knows it. */
-export function copyKey(host: string, volume: string): string {
-  return `${host}:${volume}`;
+/** The copy of `volume` on `host`'s `disk`, as the network knows it: HOST/DISK:VOLUME. */
+export function copyKey(host: string, disk: string, volume: string): string {
+  return `${host}/${disk}:${volume}`;
+}
+
+/** The host and disk of a copy key (copyKey). */
+export function copyKeyPlace(key: string): { host: string; disk: string; volume: string } {
+  const match = /^([^/]+)\/([^:]+):(.+)$/.exec(key);
+  if (match === null) throw new Error(`not a copy key: ${key}`);
+  return { host: match[1]!, disk: match[2]!, volume: match[3]! };
 }
 
 const REPLICATION_PORT = 7400;
@@ -221,7 +237,7 @@ export class SimHost {
       api: { listen: { host: `${name}.sim`, port: 8400 }, tokenFile: "/dev/null" },
       replication: { listen: { host: `${name}.sim`, port: REPLICATION_PORT }, secretFile: "/dev/null" },
       nbd: { listen: { host: `${name}.sim`, port: NBD_PORT } },
-      disks: [{ name: "disk0", path: diskPath(name), capacityBytes: 64 * 1024 ** 3 }],
+      disks: SIM_DISKS.map((disk) => ({ name: disk, path: diskPath(name, disk), capacityBytes: 64 * 1024 ** 3 })),
       timings,
       events: DEFAULT_EVENT_RETENTION,
       vms: {
@@ -260,21 +276,26 @@ export class SimHost {
       wallTime: () => new Date(options.wallEpochMs + this.clock.now()),
       eventId: () =>
         `${String(Math.floor(options.wallEpochMs + this.clock.now())).padStart(15, "0")}-${options.name}-${options.incarnation}-${++this.eventCount}`,
+      // The replica server: the connections other hosts' engines have to this host's copies.
       replicaService: {
         listen: () => Promise.resolve(REPLICATION_PORT),
-        evict: () => Promise.resolve(),
-        evictCopy: () => Promise.resolve(),
-        isOpen: () => false,
+        evict: (volume) => this.evict(volume),
+        evictCopy: (volume, disk) => this.evict(volume, disk),
+        isOpen: (volume, disk) => this.servedCopies(volume, disk).length > 0,
         stop: () => Promise.resolve(),
       },
       nbd,
       storage: {
         prepare: () => Promise.resolve(),
-        holds: (diskPathOf, volume) =>
-          diskPathOf === diskPath(options.name) && options.net.disks.has(copyKey(options.name, volume)),
-        remove: (diskPathOf, volume) => {
-          const key = copyKey(options.name, volume);
-          if (diskPathOf !== diskPath(options.name) || !options.net.disks.has(key)) return Promise.resolve(false);
+        holds: (path, volume) => {
+          const disk = this.diskAt(path);
+          return disk !== undefined && options.net.disks.has(copyKey(options.name, disk, volume));
+        },
+        remove: (path, volume) => {
+          const disk = this.diskAt(path);
+          const key = disk === undefined ? undefined : copyKey(options.name, disk, volume);
+          if (key === undefined || !options.net.disks.has(key)) return Promise.resolve(false);
+          options.log(`${options.name}: deletes its copy of ${volume} on ${disk}`);
           options.net.destroyDisk(key);
           return Promise.resolve(true);
         },
@@ -296,12 +317,40 @@ export class SimHost {
     };
   }
 
+  /** This host's disk whose directory is `path`, if any. */
+  private diskAt(path: string): string | undefined {
+    return SIM_DISKS.find((disk) => diskPath(this.options.name, disk) === path);
+  }
+
+  /** Connections of other hosts' engines to this host's copies of `volume` (on `disk`, or on any). */
+  private servedCopies(volume: string, disk?: string): SimReplicaPort[] {
+    const { name, owner } = this.options;
+    return [...this.options.net.ports].filter((port) => {
+      if (port.owner === owner) return false;
+      const place = copyKeyPlace(port.location);
+      return place.host === name && place.volume === volume && (disk === undefined || place.disk === disk);
+    });
+  }
+
+  /** The replica server drops other engines' connections to the copy (as the real one's evict()). */
+  private evict(volume: string, disk?: string): Promise<void> {
+    for (const port of this.servedCopies(volume, disk)) port.lose(`evicted by ${this.options.name}`, true);
+    return Promise.resolve();
+  }
+
   /** Copies by the engine's location: this host's directory, or another host's replica server. */
   private opener(): ReplicaOpener {
     const { options } = this;
     const open = options.net.opener(options.owner, options.newId);
     return async (location, name, create) => {
-      const holder = holderOf(location, options.name);
+      let place: { host: string; disk: string };
+      try {
+        place = placeOf(location, options.name);
+      } catch (error) {
+        options.net.onViolation(error as Error);
+        throw error;
+      }
+      const { host: holder, disk } = place;
       if (holder !== options.name && !options.reaches(holder))
         return this.clock.pass(
           new Promise<never>((_, reject) =>
@@ -310,7 +359,7 @@ export class SimHost {
             ),
           ),
         );
-      const port = await this.clock.pass(open(copyKey(holder, name), name, create));
+      const port = await this.clock.pass(open(copyKey(holder, disk, name), name, create));
       return gatedPort(port, location, holder === options.name, this.clock);
     };
   }
@@ -347,9 +396,17 @@ export class SimHost {
   }
 }
 
-/** Which host holds the copy an engine of `me` names `location`. */
-export function holderOf(location: string, me: string): string {
-  if (location.startsWith("tcp://")) return location.slice("tcp://".length).split(".sim:")[0]!;
-  const match = /^\/sim\/([^/]+)\/disk0$/.exec(location);
-  return match ? match[1]! : me;
+/**
+ * Which host and disk hold the copy an engine of `me` names `location`: another host's replica server
+ * with the disk named (tcp://H.sim:PORT/DISK), or one of this host's disk directories (/sim/H/DISK).
+ */
+export function placeOf(location: string, me: string): { host: string; disk: string } {
+  const remote = /^tcp:\/\/([^/]+)\.sim:\d+\/([^/]+)$/.exec(location);
+  const local = /^\/sim\/([^/]+)\/([^/]+)$/.exec(location);
+  const match = remote ?? local;
+  if (match === null || !(SIM_DISKS as readonly string[]).includes(match[2]!))
+    throw new SimAssertion(`${me}'s engine names an unknown copy location ${location}`);
+  if (local !== null && match[1] !== me)
+    throw new SimAssertion(`${me}'s engine names another host's directory ${location}`);
+  return { host: match[1]!, disk: match[2]! };
 }

@@ -148,3 +148,92 @@ for (const [kind, run] of [
     }
   });
 }
+
+test("the control plane's vouch (vouchedCopies) starts a volume without its other copies only when a copy it vouches for is reachable", async () => {
+  const t = setup();
+  const [a, b] = [t.dirs[0]!, t.dirs[1]!];
+  const engines: VolumeEngine[] = [];
+  const engine = (vouchedCopies: string[]): VolumeEngine => {
+    const started = new VolumeEngine({
+      name: "vol",
+      locations: t.dirs,
+      opener: t.board.opener,
+      startupWaitMs: 0,
+      writebackMs: 0,
+      log: (line) => t.logs.push(line),
+      vouchedCopies,
+    });
+    engines.push(started);
+    return started;
+  };
+  try {
+    await t.engine.start();
+    await t.engine.write(0, Buffer.alloc(4096, 7));
+    await t.engine.stop();
+    t.board.broken.add(a);
+    await assert.rejects(
+      engine([a]).start(),
+      (error) => hasCode(error, "HAVEN_ERR_IO") && /not every copy of volume vol is reachable/.test(String(error)),
+      "the copy vouched for is the one that does not answer",
+    );
+    const vouched = engine([b]);
+    await vouched.start();
+    assert.ok(t.logs.some((line) => /degraded start without .*, as the control plane vouches/.test(line)));
+    const read = Buffer.alloc(4096);
+    await vouched.read(0, read);
+    assert.ok(read.equals(Buffer.alloc(4096, 7)), "the volume continues from the copy vouched for");
+  } finally {
+    for (const started of engines) {
+      started.fence("test over");
+      await started.stop();
+    }
+    await t.cleanUp();
+  }
+});
+
+test("a write is not acknowledged until the leaving of every copy that left before it is on record, when two leave at once", async () => {
+  const root = tempDir("haven-hooks-");
+  const dirs = ["a", "b", "c"].map((name) => join(root.path, name));
+  const [, b, c] = dirs as [string, string, string];
+  const board = new Switchboard();
+  const held: (() => void)[] = [];
+  const engine = new VolumeEngine({
+    name: "vol",
+    locations: dirs,
+    opener: board.opener,
+    sizeBytes: 8 * MiB,
+    reconnectMs: 60_000,
+    startupWaitMs: 0,
+    writebackMs: 0,
+    log: () => undefined,
+    // The record of b leaving stays open until the test lets it complete; every other one completes.
+    recordCopyState: (location, inSync) =>
+      location === b && !inSync ? new Promise<void>((resolve) => held.push(resolve)) : Promise.resolve(),
+  });
+  try {
+    await engine.start();
+    await engine.write(0, Buffer.alloc(4096, 1));
+    // b's connection drops (its leaving is recorded in the background), then c fails the next write.
+    board.broken.add(b);
+    board.ports.get(b)!.onLost!(new Error("link down"));
+    await until(() => held.length === 1, "the record of b leaving");
+    board.broken.add(c);
+    let acknowledged = false;
+    const write = engine.write(4096, Buffer.alloc(4096, 2)).then(() => (acknowledged = true));
+    await until(() => engine.status().replicas.find((r) => r.location === c)?.state === "faulted", "c leaving");
+    for (let turn = 0; turn < 200; turn++) await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(
+      acknowledged,
+      false,
+      "the write was acknowledged while b, which missed it, was still recorded in sync",
+    );
+    held[0]!();
+    await write;
+    assert.equal(acknowledged, true);
+  } finally {
+    for (const release of held) release();
+    engine.fence("test over");
+    await engine.stop();
+    root.remove();
+  }
+});
