@@ -12,6 +12,7 @@
 const LAYERS = {
   core: 0,
   util: 1,
+  security: 1,
   block: 2,
   cluster: 2,
   replica: 3,

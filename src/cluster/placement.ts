@@ -117,7 +117,11 @@ export function placeReplicas(
   sizeBytes: number,
   count: number,
   health: ReadonlyMap<string, HostHealthRecord> = new Map(),
-  options: { readonly mirrorFirst?: boolean } = {},
+  options: {
+    readonly mirrorFirst?: boolean;
+    /** The hosts the first copy (the primary) may go on, with why each other live host may not. */
+    readonly primaryAmong?: { readonly hosts: ReadonlySet<string>; readonly why: string };
+  } = {},
 ): Placement[] {
   assert.ok(Number.isSafeInteger(sizeBytes) && sizeBytes > 0, `volume size ${sizeBytes} is not a positive integer`);
   assert.ok(Number.isSafeInteger(count) && count > 0, `copy count ${count} is not a positive integer`);
@@ -144,6 +148,22 @@ export function placeReplicas(
   }
 
   candidates.sort((a, b) => a.copies - b.copies || b.freeBytes - a.freeBytes || compareNames(a.host, b.host));
+  const among = options.primaryAmong;
+  if (among !== undefined) {
+    // The best candidate allowed to be primary goes first; the others keep their order.
+    const first = candidates.findIndex((candidate) => among.hosts.has(candidate.host));
+    if (first < 0) {
+      const why = [...among.hosts].map(
+        (host) => refusals.find((refusal) => refusal.startsWith(`${host} `)) ?? `${host} is not live`,
+      );
+      throw new HavenError(
+        "HAVEN_ERR_NO_SPACE",
+        `the primary of a volume of ${formatBytes(sizeBytes)} must go on ${[...among.hosts].join(" or ")} ` +
+          `(${among.why}), but ${why.join("; ")}`,
+      );
+    }
+    candidates.unshift(...candidates.splice(first, 1));
+  }
   const chosen = candidates.slice(0, count).map(({ host, disk }) => ({ host, disk }));
   assert.equal(new Set(chosen.map((placement) => placement.host)).size, count, "placement chose a host twice");
   for (const { host, disk } of chosen) {

@@ -81,6 +81,35 @@ export function hostLacks(
   return vmLacks(host, info?.vmCapacity, vmsOn(records, host), vm);
 }
 
+/**
+ * The hosts a new VM's disk may have its primary on (the VM runs there): `wanted` alone when given, else
+ * every live host, keeping those with room for the VM; refused with each host's reason when none has.
+ */
+export function hostsWithRoom(
+  records: ClusterRecords,
+  request: VmCreateRequest,
+  wanted: string | undefined,
+): { hosts: ReadonlySet<string>; why: string } {
+  if (wanted !== undefined && !records.liveHosts.has(wanted))
+    throw new HavenError(
+      records.knownHosts.has(wanted) ? "HAVEN_ERR_UNAVAILABLE" : "HAVEN_ERR_NOT_FOUND",
+      records.knownHosts.has(wanted)
+        ? `host ${wanted} is not live: its agent holds no lease (see 'haven status')`
+        : `no host named "${wanted}" (see 'haven status')`,
+    );
+  const hosts = wanted !== undefined ? [wanted] : [...records.liveHosts.keys()].sort();
+  const lacking = hosts.map((host) => ({ host, lacks: hostLacks(records, host, request) }));
+  const room = lacking.filter(({ lacks }) => lacks === undefined).map(({ host }) => host);
+  if (room.length === 0)
+    throw new HavenError(
+      "HAVEN_ERR_NO_SPACE",
+      `VM ${request.name} cannot run on ${hosts.join(" or ")}: ` +
+        lacking.map(({ host, lacks }) => `${host} lacks ${lacks}`).join("; ") +
+        (wanted !== undefined ? "" : "; ask for fewer vCPUs or less memory"),
+    );
+  return { hosts: new Set(room), why: `the hosts with room for VM ${request.name}` };
+}
+
 /** Checks a request against the cluster: the volume exists and is free, the primary's host has room. */
 export function checkCreate(records: ClusterRecords, request: VmCreateRequest): void {
   if (!isVmName(request.name))

@@ -79,6 +79,8 @@ export async function createVolume(
     readonly mirrorFirst?: boolean;
     /** Every copy's place, named by the operator (the first is the primary); `copies` is then ignored. */
     readonly places?: readonly CopyPlace[];
+    /** The hosts the primary may go on (those with room for the VM the volume is made for), and why. */
+    readonly primaryAmong?: { readonly hosts: ReadonlySet<string>; readonly why: string };
   },
   options: AdminOptions,
 ): Promise<CreatedVolume> {
@@ -94,6 +96,7 @@ export async function createVolume(
         ? checkPlacement(live, [...records.volumes.values()], request.sizeBytes, request.places, records.health)
         : placeReplicas(live, [...records.volumes.values()], request.sizeBytes, request.copies, records.health, {
             mirrorFirst: request.mirrorFirst ?? false,
+            ...(request.primaryAmong !== undefined && { primaryAmong: request.primaryAmong }),
           });
     if (placement.length > MAX_COPIES)
       throw new HavenError("HAVEN_ERR_USAGE", `a volume has at most ${MAX_COPIES} copies, not ${placement.length}`);

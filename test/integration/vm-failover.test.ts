@@ -90,6 +90,14 @@ test("bad input is refused with the fix, and nothing is left half-made", async (
     [["vm", "create", "x", "--vcpus", "1", "--memory", "64M", "--disk-size", "64M", "--cpus", "7"], /CPU 7/],
     [["vm", "create", "x", "--vcpus", "1", "--memory", "64M", "--disk-size", "64M", "--image", "nope.img"], /no image/],
     [["vm", "start", "ghost"], /no VM named "ghost"/],
+    [
+      ["vm", "create", "x", "--vcpus", "1", "--memory", "64M", "--disk-size", "64M", "--host", "h9"],
+      /no host named "h9"/,
+    ],
+    [
+      ["vm", "create", "x", "--vcpus", "1", "--memory", "64M", "--disk", "web", "--host", "h1"],
+      /--host goes with --disk-size/,
+    ],
   ];
   for (const [args, message] of cases) {
     const result = await haven(...args);
@@ -228,6 +236,8 @@ test("a VM: its vCPUs pinned, its memory; the HA ladder on real QEMU; kill -9 an
   // Bad input next to a running VM: its volume, its pinned CPUs.
   const taken = await haven("vm", "create", "other", "--vcpus", "1", "--memory", "64M", "--disk", "web");
   assert.match(taken.stderr, /volume web is already the disk of VM web/);
+  // On web's host, CPU 1 is web's: refused there before any volume is made. Anywhere, the new VM's disk
+  // goes where the VM has room.
   const pinnedAway = await haven(
     "vm",
     "create",
@@ -240,8 +250,13 @@ test("a VM: its vCPUs pinned, its memory; the HA ladder on real QEMU; kill -9 an
     "16M",
     "--cpus",
     "1",
+    "--host",
+    vm.host!,
   );
-  assert.match(pinnedAway.stderr, /CPU 1: it is pinned to VM web/);
+  assert.match(pinnedAway.stderr, new RegExp(`VM other cannot run on ${vm.host}: .*CPU 1: it is pinned to VM web`));
+  assert.notEqual(pinnedAway.code, 0);
+  const afterRefusal = await haven("volume", "list", "--json");
+  assert.doesNotMatch(afterRefusal.stdout, /"name": "other"/, "a refused VM makes no volume");
 
   // The HA ladder: QEMU killed -> restarted in place; the guest panics -> relocated; its heartbeat stops -> error.
   const firstHost = vm.host!;

@@ -83,6 +83,32 @@ test("a local mirror puts the first host's second copy on its next-best disk, an
   );
 });
 
+test("a VM's new disk has its primary on a host with room for the VM, the other copies placed as usual", () => {
+  const hosts = [host("a", [["d0", 90]]), host("b", [["d0", 50]]), host("c", [["d0", 40]])];
+  // Without a constraint the most free host is first; with one, the best allowed host is.
+  assert.deepEqual(placeReplicas(hosts, [], 10 * GiB, 2), [
+    { host: "a", disk: "d0" },
+    { host: "b", disk: "d0" },
+  ]);
+  const among = (names: string[]) => ({ primaryAmong: { hosts: new Set(names), why: "the hosts with room for VM v" } });
+  assert.deepEqual(placeReplicas(hosts, [], 10 * GiB, 2, new Map(), among(["c"])), [
+    { host: "c", disk: "d0" },
+    { host: "a", disk: "d0" },
+  ]);
+  assert.deepEqual(placeReplicas(hosts, [], 10 * GiB, 2, new Map(), among(["b", "c"])), [
+    { host: "b", disk: "d0" },
+    { host: "a", disk: "d0" },
+  ]);
+  // The allowed host cannot take the copy, or is not live: the reason names it.
+  assert.throws(
+    () => placeReplicas(hosts, [], 45 * GiB, 2, new Map(), among(["c", "z"])),
+    refused(
+      "HAVEN_ERR_NO_SPACE",
+      /must go on c or z \(the hosts with room for VM v\), but c has no disk with 45\.0 GiB free .*; z is not live/,
+    ),
+  );
+});
+
 test("copies placed by name: each must be a live host's disk with room, and no disk twice", () => {
   const hosts = [
     host("a", [

@@ -10,7 +10,15 @@ import { join } from "node:path";
 import { readClusterRecords } from "../../cluster/cluster-read.js";
 import { nbdUri } from "../../cluster/cluster-view.js";
 import type { ClusterStore } from "../../cluster/store.js";
-import { createVm, deleteVm, setVm, startVm, stopVm, type VmCreateRequest } from "../../cluster/vm-admin.js";
+import {
+  createVm,
+  deleteVm,
+  hostsWithRoom,
+  setVm,
+  startVm,
+  stopVm,
+  type VmCreateRequest,
+} from "../../cluster/vm-admin.js";
 import { formatCpuList, parseCpuList } from "../../cluster/vm-resources.js";
 import type { VmRecord, VmStatusRecord } from "../../cluster/vm-schema.js";
 import { vmEntries } from "../../cluster/cluster-view.js";
@@ -30,7 +38,7 @@ const DEFAULT_WAIT_SECONDS = 120;
 
 export const VM_USAGE = `usage: haven vm <verb> ...
 
-  vm create NAME --vcpus N --memory SIZE (--disk VOLUME | --disk-size SIZE [--replicas N])
+  vm create NAME --vcpus N --memory SIZE (--disk VOLUME | --disk-size SIZE [--replicas N] [--host HOST])
             [--image haven-test|FILE] [--format raw|qcow2] [--cpus LIST] [--shared-cpus] [--nic SPEC]...
             [--max-restart N] [--max-relocate N] [--heartbeat | --no-heartbeat] [--tcp-check ADDRESS:PORT] [--boot disk|haven-test-kernel] [--stopped]
   vm start NAME [--host HOST]     start it (on HOST: its disk's primary moves there first)
@@ -174,6 +182,7 @@ async function vmCreate(argv: string[]): Promise<number> {
       disk: { type: "string" },
       "disk-size": { type: "string" },
       replicas: { type: "string" },
+      host: { type: "string" },
       image: { type: "string" },
       format: { type: "string" },
       boot: { type: "string" },
@@ -203,6 +212,10 @@ async function vmCreate(argv: string[]): Promise<number> {
     throw usage("give exactly one of --disk VOLUME and --disk-size SIZE");
   if (disk !== undefined && values.replicas !== undefined)
     throw usage("--replicas goes with --disk-size (a new volume)");
+  if (disk !== undefined && values.host !== undefined)
+    throw usage(
+      `--host goes with --disk-size (a new volume); VM on volume ${disk} runs where its primary is (move it with 'haven volume switchover ${disk} --to HOST')`,
+    );
   const cpus = cpuList(values.cpus as string | undefined);
   if (cpus !== undefined && cpus.length !== vcpus)
     throw usage(`--cpus names ${cpus.length} CPUs for ${vcpus} vCPUs: name one host CPU per vCPU`);
@@ -246,7 +259,11 @@ async function vmCreate(argv: string[]): Promise<number> {
     const records = await readClusterRecords(client);
     if (records.vms.has(name) || records.volumes.has(name))
       throw new HavenError("HAVEN_ERR_CONFLICT", `a VM or volume named "${name}" exists already; choose another name`);
-    const created = await createVolume(client, { name, sizeBytes, copies }, actor());
+    const created = await createVolume(
+      client,
+      { name, sizeBytes, copies, primaryAmong: hostsWithRoom(records, request, values.host as string | undefined) },
+      actor(),
+    );
     // Nothing is left half-made: a VM that cannot be recorded takes its new volume with it.
     try {
       process.stderr.write(
