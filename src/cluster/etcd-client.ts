@@ -1,5 +1,5 @@
 // Haven's client for etcd v3, the store of the control plane's desired state and leases. It speaks the
-// JSON gateway over plain HTTP (no gRPC dependency): key-value reads and writes, transactions for
+// JSON gateway over HTTP or HTTPS with client certificates (no gRPC dependency): key-value reads and writes, transactions for
 // compare-and-swap (how a host takes a volume's primary key with a higher epoch), leases (how a host's
 // liveness is known), and prefix watches (how agents learn of changes). Keys and values are UTF-8 text.
 //
@@ -9,6 +9,7 @@
 // message for anything else it refuses.
 
 import { HavenError } from "../core/errors.js";
+import type { TlsIdentity } from "../security/tls-identity.js";
 import { putIf, type PutCondition } from "./store.js";
 import type {
   ClusterStore,
@@ -62,6 +63,10 @@ export interface EtcdClientOptions {
   readonly connectTimeoutMs?: number;
   /** Bound on one answer or one watch message (default 64 MiB). */
   readonly maxResponseBytes?: number;
+  /** The client's TLS identity (loadTlsIdentity), required for https:// endpoints. */
+  readonly tls?: TlsIdentity | undefined;
+  /** Offer the last TLS session again on each new connection (default true). */
+  readonly tlsSessionResumption?: boolean;
 }
 
 const COMPARE_TARGETS = {
@@ -91,7 +96,11 @@ export class EtcdClient implements ClusterStore {
     }
     this.requestTimeoutMs = limits.requestTimeoutMs;
     this.maxResponseBytes = limits.maxResponseBytes;
-    this.transport = new EtcdTransport(endpoints, limits);
+    this.transport = new EtcdTransport(endpoints, {
+      ...limits,
+      tls: options.tls,
+      ...(options.tlsSessionResumption !== undefined && { tlsSessionResumption: options.tlsSessionResumption }),
+    });
   }
 
   get endpoints(): string[] {

@@ -8,7 +8,10 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { createServer, type AddressInfo } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
+import { join } from "node:path";
 import { HavenError, errorMessage } from "../core/errors.js";
+import { CA_CERT, CERT, KEY } from "../security/pki.js";
+import { loadTlsIdentity } from "../security/tls-identity.js";
 import { EtcdClient } from "./etcd-client.js";
 
 export interface EtcdProcessOptions {
@@ -29,6 +32,11 @@ export interface EtcdProcessOptions {
    */
   readonly initialCluster?: string;
   readonly stopTimeoutMs?: number;
+  /**
+   * A host identity directory (pki.ts): etcd then serves clients and peers over TLS only, and asks both
+   * for a certificate of the same CA (readiness is probed with this identity as the client).
+   */
+  readonly tlsDir?: string;
 }
 
 /** One member's identity and addresses, all on 127.0.0.1. */
@@ -46,11 +54,36 @@ export interface EtcdMemberFlags {
    * it was killed, beside its data directory, says so rather than claim to bootstrap).
    */
   readonly initialClusterState?: "new" | "existing";
+  /**
+   * The member's host identity directory (ca-cert.pem, cert.pem, key.pem; its certificate valid for
+   * 127.0.0.1): clients and peers then speak TLS and must show a certificate of the same CA.
+   */
+  readonly tlsDir?: string;
 }
 
 /** A member's client URL (what agents list as an endpoint) and peer URL (what members list). */
-export function etcdMemberUrls(clientPort: number, peerPort: number): { endpoint: string; peerUrl: string } {
-  return { endpoint: `http://127.0.0.1:${clientPort}`, peerUrl: `http://127.0.0.1:${peerPort}` };
+export function etcdMemberUrls(
+  clientPort: number,
+  peerPort: number,
+  tls = false,
+): { endpoint: string; peerUrl: string } {
+  const scheme = tls ? "https" : "http";
+  return { endpoint: `${scheme}://127.0.0.1:${clientPort}`, peerUrl: `${scheme}://127.0.0.1:${peerPort}` };
+}
+
+/** etcd's flags for mutual TLS with clients and peers, from an identity directory. */
+function etcdTlsArgs(dir: string): string[] {
+  const [ca, cert, key] = [join(dir, CA_CERT), join(dir, CERT), join(dir, KEY)];
+  return [
+    `--cert-file=${cert}`,
+    `--key-file=${key}`,
+    `--trusted-ca-file=${ca}`,
+    "--client-cert-auth=true",
+    `--peer-cert-file=${cert}`,
+    `--peer-key-file=${key}`,
+    `--peer-trusted-ca-file=${ca}`,
+    "--peer-client-cert-auth=true",
+  ];
 }
 
 /**
@@ -58,7 +91,7 @@ export function etcdMemberUrls(clientPort: number, peerPort: number): { endpoint
  * whose data directory holds data restarts as the member it was, in the cluster it was in.
  */
 export function etcdArgs(member: EtcdMemberFlags): string[] {
-  const { endpoint, peerUrl } = etcdMemberUrls(member.clientPort, member.peerPort);
+  const { endpoint, peerUrl } = etcdMemberUrls(member.clientPort, member.peerPort, member.tlsDir !== undefined);
   return [
     `--name=${member.name}`,
     `--data-dir=${member.dataDir}`,
@@ -69,6 +102,7 @@ export function etcdArgs(member: EtcdMemberFlags): string[] {
     `--initial-cluster=${member.initialCluster ?? `${member.name}=${peerUrl}`}`,
     `--initial-cluster-state=${member.initialClusterState ?? "new"}`,
     ...(member.initialClusterToken !== undefined ? [`--initial-cluster-token=${member.initialClusterToken}`] : []),
+    ...(member.tlsDir !== undefined ? etcdTlsArgs(member.tlsDir) : []),
     // A member that comes back (restarted, or resumed after SIGSTOP) asks before it campaigns, instead of
     // deposing a working leader with a higher term: one election fewer after every such hiccup (etcd
     // 3.5's default; 3.4's is off).
@@ -79,7 +113,7 @@ export function etcdArgs(member: EtcdMemberFlags): string[] {
 }
 
 export interface EtcdProcess {
-  /** The client URL, http://127.0.0.1:PORT. */
+  /** The client URL, http://127.0.0.1:PORT (https:// with tlsDir). */
   readonly endpoint: string;
   readonly process: ChildProcess;
   /** Settles when the process has exited. */
@@ -127,7 +161,8 @@ async function startOnce(
   peerPort: number,
 ): Promise<EtcdProcess> {
   const binary = options.binary ?? "etcd";
-  const { endpoint } = etcdMemberUrls(clientPort, peerPort);
+  const { endpoint } = etcdMemberUrls(clientPort, peerPort, options.tlsDir !== undefined);
+  const identity = options.tlsDir !== undefined ? await loadTlsIdentity(options.tlsDir) : undefined;
   const child = spawn(
     binary,
     etcdArgs({
@@ -136,6 +171,7 @@ async function startOnce(
       clientPort,
       peerPort,
       ...(options.initialCluster !== undefined && { initialCluster: options.initialCluster }),
+      ...(options.tlsDir !== undefined && { tlsDir: options.tlsDir }),
     }),
     { stdio: ["ignore", "pipe", "pipe"] },
   );
@@ -176,7 +212,7 @@ async function startOnce(
 
   const startTimeoutMs = options.startTimeoutMs ?? 15_000;
   const deadlineAt = Date.now() + startTimeoutMs;
-  const probe = new EtcdClient([endpoint], { requestTimeoutMs: 1_000, connectTimeoutMs: 500 });
+  const probe = new EtcdClient([endpoint], { requestTimeoutMs: 1_000, connectTimeoutMs: 500, tls: identity });
   let lastError = "";
   for (;;) {
     if (spawnError !== undefined) {

@@ -5,9 +5,21 @@
 // to the next endpoint. A failure after that leaves a write's outcome unknown, so only reads (which are
 // safe to repeat) fail over then; a write reports HAVEN_ERR_UNAVAILABLE saying the outcome is unknown,
 // because repeating a compare-and-swap elsewhere could report "lost" for a swap that won.
+//
+// Over TLS (https:// endpoints, with the client's identity from the cluster CA) "opened" means the
+// handshake finished: etcd reads no request before that. The server must show a host certificate of
+// the cluster CA valid for the endpoint's address. Each endpoint's last TLS session is kept and offered
+// on the next connection (TLS 1.3 resumption): measured on 127.0.0.1 with bench/etcd/latency.js, a
+// range read costs about 0.6 ms over plain HTTP, 2.1 ms with a full handshake each time, and 1.2 ms
+// resumed; resumption keeps the one-connection-per-request contract without the cost of a full handshake.
 
 import { request, type IncomingMessage } from "node:http";
+import assert from "node:assert/strict";
+import { connect as netConnect, isIP, type Socket } from "node:net";
+import { checkServerIdentity, connect as tlsConnect } from "node:tls";
 import { HavenError } from "../core/errors.js";
+import { certificateInfo } from "../security/pki.js";
+import type { TlsIdentity } from "../security/tls-identity.js";
 import { parseHostPort } from "../util/units.js";
 import { GrpcCode, parseGatewayError, type JsonObject } from "./etcd-codec.js";
 
@@ -18,12 +30,18 @@ export interface EtcdTransportOptions {
   readonly connectTimeoutMs: number;
   /** Bound on one answer (or one streamed message), so a runaway range cannot exhaust memory. */
   readonly maxResponseBytes: number;
+  /** The client's identity, required for https:// endpoints (etcd then asks for a client certificate). */
+  readonly tls?: TlsIdentity | undefined;
+  /** Offer each endpoint's last TLS session again (default true; false only to measure the difference). */
+  readonly tlsSessionResumption?: boolean;
 }
 
 export interface Endpoint {
   readonly host: string;
   readonly port: number;
-  /** http://HOST:PORT, for messages. */
+  /** Whether it speaks TLS (https://). */
+  readonly tls: boolean;
+  /** http://HOST:PORT or https://HOST:PORT, for messages. */
   readonly name: string;
 }
 
@@ -48,21 +66,25 @@ class AttemptFailure extends Error {
   }
 }
 
-/** Accepts "http://host:port" or "host:port"; etcd over TLS is not supported yet. */
+/** Accepts "https://host:port", "http://host:port" or "host:port" (plain HTTP). */
 export function parseEndpoint(text: string): Endpoint {
-  const bare = text.startsWith("http://") ? text.slice("http://".length).replace(/\/$/, "") : text;
+  const scheme = /^(https?):\/\//.exec(text)?.[1];
+  const bare = scheme !== undefined ? text.slice(scheme.length + 3).replace(/\/$/, "") : text;
   if (/^[a-z]+:\/\//i.test(bare) || bare.includes("/")) {
-    throw new HavenError("HAVEN_ERR_CONFIG", `etcd endpoint "${text}" is not http://HOST:PORT (TLS is not supported)`);
+    throw new HavenError("HAVEN_ERR_CONFIG", `etcd endpoint "${text}" is not https://HOST:PORT or http://HOST:PORT`);
   }
   const { host, port } = parseHostPort(bare, "etcd endpoint");
   if (port === 0) throw new HavenError("HAVEN_ERR_CONFIG", `etcd endpoint "${text}" has port 0`);
-  return { host, port, name: `http://${host.includes(":") ? `[${host}]` : host}:${port}` };
+  const tls = scheme === "https";
+  return { host, port, tls, name: `${tls ? "https" : "http"}://${host.includes(":") ? `[${host}]` : host}:${port}` };
 }
 
 export class EtcdTransport {
   private readonly endpoints: readonly Endpoint[];
   /** Index of the endpoint that answered last; calls start there. */
   private preferred = 0;
+  /** Each TLS endpoint's last session, offered again on its next connection. */
+  private readonly sessions = new Map<string, Buffer>();
 
   constructor(
     endpoints: readonly string[],
@@ -70,6 +92,14 @@ export class EtcdTransport {
   ) {
     if (endpoints.length === 0) throw new HavenError("HAVEN_ERR_CONFIG", "no etcd endpoints given");
     this.endpoints = endpoints.map(parseEndpoint);
+    const secure = this.endpoints.find((endpoint) => endpoint.tls);
+    if (secure !== undefined && options.tls === undefined) {
+      throw new HavenError(
+        "HAVEN_ERR_CONFIG",
+        `etcd endpoint ${secure.name} uses TLS but no client identity was given (the agent's "tls": {"dir": ...}, ` +
+          `the CLI's --tls-dir or the context file's "tls"; 'haven cert issue' makes one)`,
+      );
+    }
   }
 
   get endpointNames(): string[] {
@@ -199,22 +229,23 @@ export class EtcdTransport {
         clearTimers();
         reject(new AttemptFailure(abortReason ?? reason, connected));
       };
+      const opened = (): void => {
+        connected = true;
+        clearTimeout(connectTimer);
+      };
       const req = request({
         host: endpoint.host,
         port: endpoint.port,
         path,
         method: "POST",
-        agent: false,
+        // One connection per request, made here (no agent, no pool): see the file header.
+        createConnection: () => this.connect(endpoint, opened),
         signal: controller.signal,
         headers: { "content-type": "application/json", "content-length": payload.length },
       });
       req.once("socket", (socket) => {
         // A watch may stay quiet for hours: let the kernel notice a peer that vanished.
         socket.setKeepAlive(true, 5_000);
-        socket.once("connect", () => {
-          connected = true;
-          clearTimeout(connectTimer);
-        });
       });
       // Before the headers, a failure is the attempt's; after them, the response reports it.
       req.on("error", (error) => fail(error.message));
@@ -251,6 +282,40 @@ export class EtcdTransport {
       });
       req.end(payload);
     });
+  }
+
+  /** A new connection to `endpoint`; `opened` runs once it can carry a request (after the TLS handshake). */
+  private connect(endpoint: Endpoint, opened: () => void): Socket {
+    const identity = this.options.tls;
+    if (!endpoint.tls) {
+      const socket = netConnect({ host: endpoint.host, port: endpoint.port });
+      socket.once("connect", opened);
+      return socket;
+    }
+    assert(identity !== undefined, "the constructor refuses https endpoints without an identity");
+    const session = this.options.tlsSessionResumption === false ? undefined : this.sessions.get(endpoint.name);
+    const socket = tlsConnect({
+      host: endpoint.host,
+      port: endpoint.port,
+      ca: identity.ca,
+      cert: identity.cert,
+      key: identity.key,
+      minVersion: "TLSv1.3",
+      ...(isIP(endpoint.host) === 0 && { servername: endpoint.host }),
+      ...(session !== undefined && { session }),
+      // etcd must show a host certificate of the cluster CA that names the address we dialled.
+      checkServerIdentity: (host, certificate) => {
+        const mismatch = checkServerIdentity(host, certificate);
+        if (mismatch !== undefined) return mismatch;
+        const info = certificateInfo(certificate.raw);
+        return info.kind === "host"
+          ? undefined
+          : new Error(`etcd's certificate names ${info.kind} ${info.name}, not a host`);
+      },
+    });
+    socket.once("secureConnect", opened);
+    socket.on("session", (ticket: Buffer) => this.sessions.set(endpoint.name, ticket));
+    return socket;
   }
 }
 

@@ -3,6 +3,7 @@
 // the client's certificate and both sides refuse one the cluster CA did not sign.
 
 import { X509Certificate } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { ConnectionOptions, TLSSocket, TlsOptions } from "node:tls";
@@ -24,14 +25,33 @@ export async function loadTlsIdentity(dir: string): Promise<TlsIdentity> {
     try {
       return await readFile(join(dir, name));
     } catch (error) {
-      throw new HavenError(
-        "HAVEN_ERR_CONFIG",
-        `cannot read ${join(dir, name)} (a TLS identity directory holds ${CA_CERT}, ${CERT} and ${KEY}; ` +
-          `'haven cert issue' makes one): ${(error as Error).message}`,
-      );
+      throw unreadable(dir, name, error);
     }
   };
-  const [ca, cert, key] = [await read(CA_CERT), await read(CERT), await read(KEY)];
+  return checkedIdentity(dir, await read(CA_CERT), await read(CERT), await read(KEY));
+}
+
+/** loadTlsIdentity for a constructor that cannot wait (a command's etcd client is made synchronously). */
+export function loadTlsIdentitySync(dir: string): TlsIdentity {
+  const read = (name: string): Buffer => {
+    try {
+      return readFileSync(join(dir, name));
+    } catch (error) {
+      throw unreadable(dir, name, error);
+    }
+  };
+  return checkedIdentity(dir, read(CA_CERT), read(CERT), read(KEY));
+}
+
+function unreadable(dir: string, name: string, error: unknown): HavenError {
+  return new HavenError(
+    "HAVEN_ERR_CONFIG",
+    `cannot read ${join(dir, name)} (a TLS identity directory holds ${CA_CERT}, ${CERT} and ${KEY}; ` +
+      `'haven cert issue' makes one): ${(error as Error).message}`,
+  );
+}
+
+function checkedIdentity(dir: string, ca: Buffer, cert: Buffer, key: Buffer): TlsIdentity {
   let info: CertificateInfo;
   try {
     info = certificateInfo(cert);

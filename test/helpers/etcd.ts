@@ -28,11 +28,12 @@ process.once("exit", () => {
   for (const etcd of running) etcd.kill("SIGKILL");
 });
 
-export async function startTestEtcd(prefix = "haven-etcd-"): Promise<TestEtcd> {
+/** Starts etcd; with tlsDir (a host identity valid for 127.0.0.1) it asks clients for certificates. */
+export async function startTestEtcd(prefix = "haven-etcd-", tlsDir?: string): Promise<TestEtcd> {
   const dir = tempDir(prefix);
   let etcd: EtcdProcess;
   try {
-    etcd = await startEtcd({ dataDir: join(dir.path, "data"), name: "test" });
+    etcd = await startEtcd({ dataDir: join(dir.path, "data"), name: "test", ...(tlsDir !== undefined && { tlsDir }) });
   } catch (error) {
     dir.remove();
     throw error;
