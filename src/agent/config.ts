@@ -5,9 +5,15 @@
 // an absolute path"). Unknown keys are refused, with a "did you mean" for near misses, because a
 // misspelt optional key would otherwise silently keep its default.
 //
+// Every link is TLS under the cluster CA: "tls.dir" names this host's identity directory ('haven cert
+// issue host NAME' makes one), whose certificate the agent shows etcd (and, once wired, its peers and
+// clients). An agent that listens on anything but loopback refuses to start without it, unless the file
+// says "insecure": true in so many words; on loopback alone it may run without TLS (tests, one machine).
+//
 // {
 //   "host": { "name": "node1", "address": "10.0.0.1" },
-//   "etcd": { "endpoints": ["http://10.0.0.1:2379", "http://10.0.0.2:2379", "http://10.0.0.3:2379"] },
+//   "tls": { "dir": "/etc/haven/tls/node1" },
+//   "etcd": { "endpoints": ["https://10.0.0.1:2379", "https://10.0.0.2:2379", "https://10.0.0.3:2379"] },
 //   "api": { "listen": "0.0.0.0:7480", "tokenFile": "/etc/haven/api.token" },
 //   "replication": { "listen": "0.0.0.0:7481", "secretFile": "/etc/haven/cluster.secret" },
 //   "nbd": { "listen": "0.0.0.0:10809" },
@@ -49,7 +55,11 @@ export interface AgentConfig {
     /** The IP address or DNS name other hosts and clients reach this host at (no port). */
     readonly address: string;
   };
-  /** etcd endpoints, normalised to http://HOST:PORT. */
+  /** This host's TLS identity directory (pki.ts's layout); absent: no TLS (loopback, or insecure). */
+  readonly tls?: { readonly dir: string };
+  /** The file said "insecure": true: the agent may listen beyond loopback without TLS, and reports so. */
+  readonly insecure?: true;
+  /** etcd endpoints, normalised to http://HOST:PORT or https://HOST:PORT. */
   readonly etcd: { readonly endpoints: readonly string[] };
   /** The HTTP API, for the CLI and the dashboard, guarded by the bearer token in tokenFile. */
   readonly api: { readonly listen: ListenAddress; readonly tokenFile: string };
@@ -107,8 +117,9 @@ export const MAX_CONFIG_BYTES = 1024 * 1024;
 
 const TOP_KEYS = {
   required: ["host", "etcd", "api", "replication", "nbd", "disks"],
-  optional: ["timings", "events", "vms", "stateDir", "diskPaths"],
+  optional: ["tls", "insecure", "timings", "events", "vms", "stateDir", "diskPaths"],
 } as const;
+const TLS_KEYS = { required: ["dir"], optional: [] } as const;
 const VMS_KEYS = {
   required: ["cpus", "memory", "runtimeDir"],
   optional: ["imageDir", "bridge", "netns", "accelerator", "heartbeatTimeoutMs", "bootTimeoutMs", "qmpTimeoutMs"],
@@ -129,13 +140,14 @@ const DISK_KEYS = { required: ["name", "path"], optional: ["capacity"] } as cons
 /** What to write when a key is missing: a hint at the expected value. */
 const EXAMPLES: Record<string, string> = {
   host: '{ "name": "node1", "address": "10.0.0.1" }',
-  etcd: '{ "endpoints": ["http://10.0.0.1:2379"] }',
+  etcd: '{ "endpoints": ["https://10.0.0.1:2379"] }',
+  "tls.dir": '"/etc/haven/tls/node1"',
   api: '{ "listen": "0.0.0.0:7480", "tokenFile": "/etc/haven/api.token" }',
   replication: '{ "listen": "0.0.0.0:7481", "secretFile": "/etc/haven/cluster.secret" }',
   nbd: '{ "listen": "0.0.0.0:10809" }',
   "host.name": '"node1"',
   "host.address": '"10.0.0.1"',
-  "etcd.endpoints": '["http://10.0.0.1:2379"]',
+  "etcd.endpoints": '["https://10.0.0.1:2379"]',
   "api.listen": '"0.0.0.0:7480"',
   "api.tokenFile": '"/etc/haven/api.token"',
   "replication.listen": '"0.0.0.0:7481"',
@@ -179,9 +191,9 @@ export function parseAgentConfig(text: string, sourceName: string): AgentConfig 
       const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(text)?.[1];
       fail(
         path,
-        scheme !== undefined && scheme.toLowerCase() !== "http"
-          ? `"${text}" uses ${scheme}: etcd is reached over plain http://HOST:PORT (TLS is not supported yet)`
-          : `"${text}" is not an etcd endpoint: use http://HOST:PORT with a port from 1 to 65535`,
+        scheme !== undefined && !["http", "https"].includes(scheme.toLowerCase())
+          ? `"${text}" uses ${scheme}: etcd is reached over https://HOST:PORT (or http:// without TLS)`
+          : `"${text}" is not an etcd endpoint: use https://HOST:PORT with a port from 1 to 65535`,
       );
     }
     const earlier = endpoints.indexOf(name);
@@ -217,6 +229,26 @@ export function parseAgentConfig(text: string, sourceName: string): AgentConfig 
       }
     }
   });
+  const tls =
+    root.tls === undefined
+      ? undefined
+      : { dir: read.absolutePath(read.object(root.tls, "tls", TLS_KEYS).dir, "tls.dir") };
+  if (root.insecure !== undefined && typeof root.insecure !== "boolean")
+    fail("insecure", `must be true or false, not ${JSON.stringify(root.insecure)}`);
+  const insecure = root.insecure === true;
+  if (tls !== undefined && insecure) fail("insecure", `is true but "tls" is given too: keep one of them`);
+  const exposed = listens.find(([, listen]) => !isLoopback(listen.host));
+  if (exposed !== undefined && tls === undefined && !insecure) {
+    fail(
+      exposed[0],
+      `"${formatListen(exposed[1])}" is reachable beyond this machine, and without "tls" anyone who reaches it ` +
+        `could talk to this host: add "tls": { "dir": "/etc/haven/tls/${host.name}" } ('haven cert issue host ` +
+        `${host.name} --address ${host.address}' makes it), or say "insecure": true to run without TLS`,
+    );
+  }
+  const secureEndpoint = endpoints.findIndex((endpoint) => endpoint.startsWith("https://"));
+  if (secureEndpoint >= 0 && tls === undefined)
+    fail(`etcd.endpoints[${secureEndpoint}]`, `uses TLS, which needs this host's identity: add "tls": { "dir": ... }`);
   if (isLoopback(replication.listen.host) && !isLoopback(host.address)) {
     fail(
       "replication.listen",
@@ -285,6 +317,8 @@ export function parseAgentConfig(text: string, sourceName: string): AgentConfig 
   const vms = root.vms === undefined ? undefined : readVmsConfig(read, read.object(root.vms, "vms", VMS_KEYS), fail);
   return {
     host,
+    ...(tls !== undefined && { tls }),
+    ...(insecure && { insecure: true as const }),
     etcd: { endpoints },
     api,
     replication,
@@ -370,6 +404,7 @@ export async function loadAgentConfig(file: string): Promise<AgentConfig> {
   }
   const config = parseAgentConfig(text, file);
   const expected: [string, string, "file" | "directory"][] = [
+    ...(config.tls !== undefined ? [["tls.dir", config.tls.dir, "directory"] as [string, string, "directory"]] : []),
     ["api.tokenFile", config.api.tokenFile, "file"],
     ["replication.secretFile", config.replication.secretFile, "file"],
     ...config.disks.map((disk, index): [string, string, "directory"] => [
@@ -399,6 +434,8 @@ export function formatAgentConfig(config: AgentConfig): string {
   }
   const file = {
     host: { name: config.host.name, address: config.host.address },
+    ...(config.tls !== undefined && { tls: { dir: config.tls.dir } }),
+    ...(config.insecure === true && { insecure: true }),
     etcd: { endpoints: [...config.etcd.endpoints] },
     api: { listen: formatListen(config.api.listen), tokenFile: config.api.tokenFile },
     replication: {

@@ -18,6 +18,7 @@ import { monitorEventLoopDelay } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { EtcdClient } from "../cluster/etcd-client.js";
 import { eventSequence } from "../cluster/schema.js";
+import { loadTlsIdentitySync } from "../security/tls-identity.js";
 import { NbdServer } from "../nbd/server.js";
 import { replicaOpener } from "../replica/open-replica.js";
 import { copyKey } from "../replica/port.js";
@@ -86,7 +87,11 @@ export function realWorld(
           },
         });
   return {
-    store: new EtcdClient([...config.etcd.endpoints], { requestTimeoutMs: config.timings.renewTimeoutMs * 2 }),
+    store: new EtcdClient([...config.etcd.endpoints], {
+      requestTimeoutMs: config.timings.renewTimeoutMs * 2,
+      // This host's identity, which etcd asks for over https (the agent's config names it).
+      tls: config.tls !== undefined ? loadTlsIdentitySync(config.tls.dir) : undefined,
+    }),
     clock: systemClock,
     wallTime: () => new Date(),
     eventId: () => eventSequence(),

@@ -1,13 +1,19 @@
-// How the CLI finds the cluster it talks to (its etcd endpoints). The first of these wins:
+// How the CLI finds the cluster it talks to (its etcd endpoints and the operator identity it shows etcd
+// over TLS). For the endpoints, the first of these wins:
 //
 //   1. --etcd URL[,URL...]
 //   2. the environment variable HAVEN_ETCD (same syntax)
 //   3. a context file: --context FILE, else $HAVEN_CONTEXT, else $XDG_CONFIG_HOME/haven/context.json
 //      (~/.config/haven/context.json without XDG_CONFIG_HOME)
 //
+// For the identity (a directory as `haven cert issue operator` makes it), the first of: --tls-dir DIR,
+// $HAVEN_TLS_DIR, the context file's "tls" when the endpoints came from that file. https:// endpoints
+// need one; http:// endpoints ignore it.
+//
 // A context file is what `haven cluster up` leaves behind so that later commands need no flags:
 //
-//   { "etcd": ["http://127.0.0.1:2379"], "clusterDir": "/path/to/the/cluster" }
+//   { "etcd": ["https://127.0.0.1:2379"], "clusterDir": "/path/to/the/cluster",
+//     "tls": "/path/to/the/cluster/pki/operators/admin" }
 //
 // The file is untrusted input: it is checked and refused with HAVEN_ERR_CONFIG naming the file. A
 // context file named explicitly (--context, $HAVEN_CONTEXT) must exist; the default one may not.
@@ -18,6 +24,7 @@ import { dirname, isAbsolute, join } from "node:path";
 import { HavenError, type ErrorCode } from "../core/errors.js";
 import { EtcdClient } from "../cluster/etcd-client.js";
 import { parseEndpoint } from "../cluster/etcd-transport.js";
+import { loadTlsIdentitySync } from "../security/tls-identity.js";
 import type { OptionSpec } from "./args.js";
 
 export interface ClusterContext {
@@ -25,26 +32,35 @@ export interface ClusterContext {
   readonly etcd: readonly string[];
   /** Where `haven cluster up` keeps the cluster's files, when it made this context. */
   readonly clusterDir?: string;
+  /** The operator identity directory to show etcd over TLS. */
+  readonly tls?: string;
 }
 
 export interface ResolvedCluster {
   readonly endpoints: string[];
   /** Where the endpoints came from, for messages: "--etcd", "HAVEN_ETCD" or "context file PATH". */
   readonly source: string;
+  /** The operator identity directory, when one was given (see the top of this file). */
+  readonly tlsDir?: string;
+  /** The cluster's directory, when the context file names one (its pki/ is checked for expiry). */
+  readonly clusterDir?: string;
 }
 
 /** The options every cluster command accepts, for parseCommandArgs. */
 export const CLUSTER_OPTIONS = {
   etcd: { type: "string" },
   context: { type: "string" },
+  "tls-dir": { type: "string" },
 } as const satisfies OptionSpec;
 
 /** The help text of CLUSTER_OPTIONS, for each command's USAGE. */
 export const CLUSTER_OPTIONS_USAGE = `cluster options (the first given wins):
-  --etcd URL[,URL...]  etcd endpoints (http://HOST:PORT); or set HAVEN_ETCD
-  --context FILE       a context file (default: $HAVEN_CONTEXT, else ~/.config/haven/context.json)`;
+  --etcd URL[,URL...]  etcd endpoints (https://HOST:PORT or http://); or set HAVEN_ETCD
+  --context FILE       a context file (default: $HAVEN_CONTEXT, else ~/.config/haven/context.json)
+  --tls-dir DIR        the operator identity to show etcd over TLS; or set HAVEN_TLS_DIR
+                       (default: the context file's "tls")`;
 
-const CONTEXT_KEYS = new Set(["etcd", "clusterDir"]);
+const CONTEXT_KEYS = new Set(["etcd", "clusterDir", "tls"]);
 
 /** $XDG_CONFIG_HOME/haven/context.json, or ~/.config/haven/context.json. */
 export function defaultContextPath(env: NodeJS.ProcessEnv = process.env): string {
@@ -96,7 +112,14 @@ export function parseContext(text: string, file: string): ClusterContext {
   if (o.clusterDir !== undefined && (typeof o.clusterDir !== "string" || !isAbsolute(o.clusterDir))) {
     throw bad(`"clusterDir" must be an absolute path`);
   }
-  return { etcd, ...(o.clusterDir !== undefined && { clusterDir: o.clusterDir as string }) };
+  if (o.tls !== undefined && (typeof o.tls !== "string" || !isAbsolute(o.tls))) {
+    throw bad(`"tls" must be the absolute path of an operator identity directory`);
+  }
+  return {
+    etcd,
+    ...(o.clusterDir !== undefined && { clusterDir: o.clusterDir as string }),
+    ...(o.tls !== undefined && { tls: o.tls as string }),
+  };
 }
 
 /** Reads a context file; undefined when it does not exist and `optional`. */
@@ -124,14 +147,26 @@ export function writeContext(file: string, context: ClusterContext): void {
 
 /** Which etcd endpoints the command uses, by the order at the top of this file. */
 export function resolveCluster(
-  values: { readonly etcd?: string | boolean | undefined; readonly context?: string | boolean | undefined },
+  values: {
+    readonly etcd?: string | boolean | undefined;
+    readonly context?: string | boolean | undefined;
+    readonly "tls-dir"?: string | boolean | undefined;
+  },
   env: NodeJS.ProcessEnv = process.env,
 ): ResolvedCluster {
+  const given =
+    typeof values["tls-dir"] === "string"
+      ? values["tls-dir"]
+      : env.HAVEN_TLS_DIR !== undefined && env.HAVEN_TLS_DIR !== ""
+        ? env.HAVEN_TLS_DIR
+        : undefined;
+  const tlsDir = given !== undefined ? { tlsDir: given } : {};
   if (typeof values.etcd === "string") {
-    return { endpoints: parseEndpointList(values.etcd, "--etcd", "HAVEN_ERR_USAGE"), source: "--etcd" };
+    return { endpoints: parseEndpointList(values.etcd, "--etcd", "HAVEN_ERR_USAGE"), source: "--etcd", ...tlsDir };
   }
   if (env.HAVEN_ETCD !== undefined && env.HAVEN_ETCD !== "") {
-    return { endpoints: parseEndpointList(env.HAVEN_ETCD, "HAVEN_ETCD", "HAVEN_ERR_CONFIG"), source: "HAVEN_ETCD" };
+    const endpoints = parseEndpointList(env.HAVEN_ETCD, "HAVEN_ETCD", "HAVEN_ERR_CONFIG");
+    return { endpoints, source: "HAVEN_ETCD", ...tlsDir };
   }
   const named =
     typeof values.context === "string"
@@ -148,10 +183,26 @@ export function resolveCluster(
         `(--context FILE, $HAVEN_CONTEXT, or ${file}; 'haven cluster up' writes one)`,
     );
   }
-  return { endpoints: [...context.etcd], source: `context file ${file}` };
+  const fromContext = context.tls !== undefined ? { tlsDir: context.tls } : {};
+  return {
+    endpoints: [...context.etcd],
+    source: `context file ${file}`,
+    ...(given !== undefined ? tlsDir : fromContext),
+    ...(context.clusterDir !== undefined && { clusterDir: context.clusterDir }),
+  };
 }
 
-/** A client of the cluster's etcd, found by resolveCluster. */
+/** A client of the cluster's etcd, found by resolveCluster, showing the operator identity it names. */
 export function connectCluster(values: Parameters<typeof resolveCluster>[0]): EtcdClient {
-  return new EtcdClient(resolveCluster(values).endpoints);
+  const cluster = resolveCluster(values);
+  const secure = cluster.endpoints.some((endpoint) => endpoint.startsWith("https://"));
+  if (secure && cluster.tlsDir === undefined) {
+    throw new HavenError(
+      "HAVEN_ERR_USAGE",
+      `etcd at ${cluster.endpoints.join(",")} (from ${cluster.source}) speaks TLS: pass --tls-dir DIR (an operator ` +
+        `identity, 'haven cert issue operator NAME' makes one), set HAVEN_TLS_DIR, or use a context file with "tls"`,
+    );
+  }
+  const tls = secure && cluster.tlsDir !== undefined ? loadTlsIdentitySync(cluster.tlsDir) : undefined;
+  return new EtcdClient(cluster.endpoints, { tls });
 }

@@ -18,7 +18,15 @@
 // its member again (joining the running cluster from its data) and its agent with the same config, and
 // waits until the host registers. Every pid is checked against its command line before it is signalled.
 //
+// Every link to etcd is mutual TLS under the cluster's own CA, made on the first `cluster up` and kept
+// on every later one: etcd serves https:// only and asks clients and peers for a certificate, each agent
+// gets its host's identity (its config's "tls"), and the CLI the operator identity "admin" (the context
+// file's "tls"; localClusterClient for tests). A cluster given etcdEndpoints keeps that etcd as it is.
+//
 //   DIR/cluster.json                  pids, endpoints, hosts
+//   DIR/pki/ca/                       the cluster CA (pki-dir.ts)
+//   DIR/pki/hosts/hN/, hosts/etcd/    host hN's identity; the single etcd member's
+//   DIR/pki/operators/admin/          the operator identity the CLI uses (role admin)
 //   DIR/secret, DIR/token             the cluster secret and the API token (0600)
 //   DIR/etcd/ , DIR/etcd.log          the single member's data and log
 //   DIR/hosts/hN/etcd/, etcd.log      host hN's member's data and log (one member per host)
@@ -33,7 +41,9 @@ import { join, resolve } from "node:path";
 import { HavenError } from "../core/errors.js";
 import { commandLineOf, descendants, processTable, running } from "../util/processes.js";
 import { packageRoot } from "../util/repo-root.js";
-import { EtcdClient } from "./etcd-client.js";
+import { ensureCa, ensureIdentity } from "../security/pki-dir.js";
+import { loadTlsIdentity } from "../security/tls-identity.js";
+import { EtcdClient, type EtcdClientOptions } from "./etcd-client.js";
 import { etcdArgs, etcdMemberUrls } from "./etcd-process.js";
 import { keys } from "./schema.js";
 
@@ -73,6 +83,8 @@ export interface LocalEtcdMember {
   readonly peerUrl: string;
   readonly dataDir: string;
   readonly log: string;
+  /** Its host identity directory, when it serves TLS. */
+  readonly tlsDir?: string;
 }
 
 export interface LocalClusterState {
@@ -83,6 +95,8 @@ export interface LocalClusterState {
   readonly endpoints: readonly string[];
   /** The members cluster up started (none when it was given etcdEndpoints). */
   readonly etcd: readonly LocalEtcdMember[];
+  /** The operator identity a client of this cluster's etcd uses (absent for a cluster from before TLS). */
+  readonly tlsDir?: string;
   readonly agents: {
     readonly name: string;
     readonly pid: number;
@@ -134,14 +148,16 @@ export async function clusterUp(options: LocalClusterOptions): Promise<LocalClus
   for (const file of [secretFile, tokenFile])
     if (!existsSync(file)) writeFileSync(file, `${randomBytes(24).toString("base64")}\n`, { mode: 0o600 });
 
+  const pki = await ensureLocalPki(dir, options.hosts, memberCount);
   const members = options.etcdEndpoints !== undefined ? [] : startMembers(dir, options.basePort, memberCount);
   const endpoints = options.etcdEndpoints ?? members.map((member) => member.endpoint);
   const endpoint = endpoints[0]!;
-  const etcd = new EtcdClient([...endpoints], { requestTimeoutMs: 2000 });
+  const tls = await loadTlsIdentity(pki.operator);
+  const etcd = new EtcdClient([...endpoints], { requestTimeoutMs: 2000, tls });
   const deadline = Date.now() + (options.readyTimeoutMs ?? 30_000);
   // Ready when every member started here sees a leader (each answers status before that), or, for an
   // etcd given, when one endpoint answers.
-  const probes = members.length > 0 ? members.map((member) => new EtcdClient([member.endpoint])) : [etcd];
+  const probes = members.length > 0 ? members.map((member) => new EtcdClient([member.endpoint], { tls })) : [etcd];
   try {
     await until(
       deadline,
@@ -178,6 +194,7 @@ export async function clusterUp(options: LocalClusterOptions): Promise<LocalClus
     const ports = localHostPorts(options.basePort, name);
     const config = {
       host: { name, address: "127.0.0.1" },
+      tls: { dir: hostTlsDir(dir, name) },
       etcd: { endpoints: options.etcdEndpointOf ? [options.etcdEndpointOf(name)] : [...endpoints] },
       api: { listen: `127.0.0.1:${ports.api}`, tokenFile },
       replication: {
@@ -199,7 +216,7 @@ export async function clusterUp(options: LocalClusterOptions): Promise<LocalClus
     const member = members.find((candidate) => candidate.host === name);
     agents.push({ name, pid, config: configFile, log, ...(member && { etcdPid: member.pid }) });
   }
-  const state: LocalClusterState = { dir, endpoint, endpoints, etcd: members, agents };
+  const state: LocalClusterState = { dir, endpoint, endpoints, etcd: members, agents, tlsDir: pki.operator };
   writeClusterState(state);
   let unregistered = agents;
   await until(
@@ -220,6 +237,41 @@ export async function clusterUp(options: LocalClusterOptions): Promise<LocalClus
     },
   );
   return state;
+}
+
+/** The PKI directory of a local cluster. */
+export function localPkiDir(clusterDir: string): string {
+  return join(clusterDir, "pki");
+}
+
+function hostTlsDir(clusterDir: string, name: string): string {
+  return join(localPkiDir(clusterDir), "hosts", name);
+}
+
+/** The name of the single etcd member's identity (a host identity: it serves). */
+const SINGLE_MEMBER_IDENTITY = "etcd";
+
+/**
+ * The CA (made once, kept on every later `cluster up`), an identity for each host (valid for 127.0.0.1
+ * and localhost) and the single member's, and the operator "admin"; existing ones are kept.
+ */
+async function ensureLocalPki(dir: string, hosts: number, members: number): Promise<{ operator: string }> {
+  const pki = localPkiDir(dir);
+  await ensureCa(pki, dir.split("/").filter(Boolean).at(-1) ?? "local");
+  const addresses = ["127.0.0.1", "localhost"];
+  const names = Array.from({ length: hosts }, (_, i) => `h${i + 1}`);
+  if (members === 1) names.push(SINGLE_MEMBER_IDENTITY);
+  for (const name of names) await ensureIdentity(pki, { kind: "host", name, addresses });
+  return { operator: await ensureIdentity(pki, { kind: "operator", name: "admin", role: "admin" }) };
+}
+
+/** A client of a local cluster's etcd, with the operator identity cluster up made for it. */
+export async function localClusterClient(
+  state: Pick<LocalClusterState, "endpoints" | "tlsDir">,
+  options: Omit<EtcdClientOptions, "tls"> = {},
+): Promise<EtcdClient> {
+  const tls = state.tlsDir !== undefined ? await loadTlsIdentity(state.tlsDir) : undefined;
+  return new EtcdClient([...state.endpoints], { ...options, tls });
 }
 
 /**
@@ -243,7 +295,7 @@ function startMembers(dir: string, basePort: number, count: number): LocalEtcdMe
           };
         });
   const initialCluster = layout
-    .map((member) => `${member.name}=${etcdMemberUrls(member.clientPort, member.peerPort).peerUrl}`)
+    .map((member) => `${member.name}=${etcdMemberUrls(member.clientPort, member.peerPort, true).peerUrl}`)
     .join(",");
   // A token of its own per cluster directory, so members of two local clusters never join each other.
   const initialClusterToken = `haven-${randomBytes(6).toString("hex")}`;
@@ -251,11 +303,13 @@ function startMembers(dir: string, basePort: number, count: number): LocalEtcdMe
     mkdirSync(member.home, { recursive: true });
     const dataDir = join(member.home, "etcd");
     const log = join(member.home, "etcd.log");
-    const flags = { name: member.name, dataDir, clientPort: member.clientPort, peerPort: member.peerPort };
+    const tlsDir = hostTlsDir(dir, member.host ?? SINGLE_MEMBER_IDENTITY);
+    const flags = { name: member.name, dataDir, clientPort: member.clientPort, peerPort: member.peerPort, tlsDir };
     const args = etcdArgs(count === 1 ? flags : { ...flags, initialCluster, initialClusterToken });
     const pid = spawnBackground("etcd", args, log);
-    const { endpoint, peerUrl } = etcdMemberUrls(member.clientPort, member.peerPort);
-    return { name: member.name, ...(member.host && { host: member.host }), pid, endpoint, peerUrl, dataDir, log };
+    const { endpoint, peerUrl } = etcdMemberUrls(member.clientPort, member.peerPort, true);
+    const host = member.host && { host: member.host };
+    return { name: member.name, ...host, pid, endpoint, peerUrl, dataDir, log, tlsDir };
   });
 }
 
@@ -393,6 +447,7 @@ export async function clusterRevive(
       peerPort: Number(new URL(member.peerUrl).port),
       initialCluster: etcd.map((each) => `${each.name}=${each.peerUrl}`).join(","),
       initialClusterState: "existing",
+      ...(member.tlsDir !== undefined && { tlsDir: member.tlsDir }),
     });
     member = { ...member, pid: spawnBackground("etcd", args, member.log) };
     const restarted = member;
@@ -400,7 +455,7 @@ export async function clusterRevive(
   }
   // The host key may still be there from the killed agent's lease (it lives until the lease expires):
   // only a key written after this revision is the revived agent's.
-  const client = new EtcdClient([...state.endpoints], { requestTimeoutMs: 2000 });
+  const client = await localClusterClient(state, { requestTimeoutMs: 2000 });
   let before = 0;
   await until(
     deadline,

@@ -27,7 +27,8 @@ type Json = Record<string, unknown>;
 function goodFile(): Json {
   return {
     host: { name: "node1", address: "10.0.0.1" },
-    etcd: { endpoints: ["http://10.0.0.1:2379", "10.0.0.2:2379"] },
+    tls: { dir: "/etc/haven/tls/node1" },
+    etcd: { endpoints: ["https://10.0.0.1:2379", "10.0.0.2:2379"] },
     api: { listen: "0.0.0.0:7480", tokenFile: "/etc/haven/api.token" },
     replication: { listen: "0.0.0.0:7481", secretFile: "/etc/haven/cluster.secret" },
     nbd: { listen: "0.0.0.0:10809" },
@@ -63,7 +64,8 @@ test("a good config parses to typed, normalised values with the default timings"
   const config = parseAgentConfig(JSON.stringify(goodFile()), "agent.json");
   const expected: AgentConfig = {
     host: { name: "node1", address: "10.0.0.1" },
-    etcd: { endpoints: ["http://10.0.0.1:2379", "http://10.0.0.2:2379"] },
+    tls: { dir: "/etc/haven/tls/node1" },
+    etcd: { endpoints: ["https://10.0.0.1:2379", "http://10.0.0.2:2379"] },
     api: { listen: { host: "0.0.0.0", port: 7480 }, tokenFile: "/etc/haven/api.token" },
     replication: { listen: { host: "0.0.0.0", port: 7481 }, secretFile: "/etc/haven/cluster.secret" },
     nbd: { listen: { host: "0.0.0.0", port: 10809 } },
@@ -156,12 +158,14 @@ test("any valid config round-trips through its file text", () => {
     ),
     tokenFile: absolute,
     grace: fc.integer({ min: 0, max: 600_000 }),
+    tls: fc.boolean(),
   });
   fc.assert(
     fc.property(configs, (c) => {
       const file = {
         host: { name: c.name, address: c.address },
-        etcd: { endpoints: c.endpoints.map((port) => `127.0.0.1:${port}`) },
+        ...(c.tls ? { tls: { dir: `/etc/haven/tls/${c.name}` } } : { insecure: true }),
+        etcd: { endpoints: c.endpoints.map((port) => `${c.tls ? "https" : "http"}://127.0.0.1:${port}`) },
         api: { listen: `127.0.0.1:${c.ports[0]}`, tokenFile: c.tokenFile },
         replication: { listen: `0.0.0.0:${c.ports[1]}`, secretFile: "/etc/haven/secret" },
         nbd: { listen: `[::]:${c.ports[2]}` },
@@ -196,7 +200,7 @@ test("unknown keys are refused by name, with a suggestion for near misses", () =
       }),
     ),
     'agent.json: the top level has unknown key "disk" (did you mean "disks"?); ' +
-      "known keys: host, etcd, api, replication, nbd, disks, timings, events, vms, stateDir, diskPaths",
+      "known keys: host, etcd, api, replication, nbd, disks, tls, insecure, timings, events, vms, stateDir, diskPaths",
   );
   assert.equal(
     refusal(variant((file) => (at(file, "host").adress = "x"))),
@@ -253,7 +257,7 @@ test("each bad value is refused with its JSON path and what is expected", () => 
     [
       "no etcd endpoints",
       (file) => (at(file, "etcd").endpoints = []),
-      'agent.json: etcd.endpoints must not be empty, e.g. ["http://10.0.0.1:2379"]',
+      'agent.json: etcd.endpoints must not be empty, e.g. ["https://10.0.0.1:2379"]',
     ],
     [
       "etcd endpoints not a list",
@@ -261,15 +265,24 @@ test("each bad value is refused with its JSON path and what is expected", () => 
       /^agent\.json: etcd\.endpoints must be a JSON array, not the string/,
     ],
     [
-      "etcd over TLS",
-      (file) => (at(file, "etcd").endpoints = ["http://10.0.0.1:2379", "https://10.0.0.2:2379"]),
-      'agent.json: etcd.endpoints[1] "https://10.0.0.2:2379" uses https: etcd is reached over plain ' +
-        "http://HOST:PORT (TLS is not supported yet)",
+      "etcd over TLS without this host's identity",
+      (file) => {
+        delete file.tls;
+        file.insecure = true;
+        at(file, "etcd").endpoints = ["http://10.0.0.1:2379", "https://10.0.0.2:2379"];
+      },
+      'agent.json: etcd.endpoints[1] uses TLS, which needs this host\'s identity: add "tls": { "dir": ... }',
+    ],
+    [
+      "etcd over another scheme",
+      (file) => (at(file, "etcd").endpoints = ["grpc://10.0.0.2:2379"]),
+      'agent.json: etcd.endpoints[0] "grpc://10.0.0.2:2379" uses grpc: etcd is reached over https://HOST:PORT ' +
+        "(or http:// without TLS)",
     ],
     [
       "etcd endpoint without a port",
       (file) => (at(file, "etcd").endpoints = ["10.0.0.1"]),
-      'agent.json: etcd.endpoints[0] "10.0.0.1" is not an etcd endpoint: use http://HOST:PORT with a port from 1 to 65535',
+      'agent.json: etcd.endpoints[0] "10.0.0.1" is not an etcd endpoint: use https://HOST:PORT with a port from 1 to 65535',
     ],
     [
       "etcd endpoint repeated",
@@ -395,6 +408,7 @@ test("loading reads the file and checks that the files and disks it names exist"
         at(json, "api").tokenFile = join(dir, "api.token");
         at(json, "replication").secretFile = join(dir, "cluster.secret");
         json.disks = [{ name: "ssd0", path: join(dir, "ssd0") }];
+        json.tls = { dir: join(dir, "tls") };
         edit(json);
       }),
     );
@@ -407,6 +421,8 @@ test("loading reads the file and checks that the files and disks it names exist"
 
   await refused(/^cannot read the agent config .*agent\.json: ENOENT: no such file or directory$/);
   await write();
+  await refused(/agent\.json: tls\.dir .*tls: ENOENT: no such file or directory$/);
+  await mkdir(join(dir, "tls"));
   await refused(/agent\.json: api\.tokenFile .*api\.token: ENOENT: no such file or directory$/);
   await writeFile(join(dir, "api.token"), "token\n");
   await mkdir(join(dir, "cluster.secret"));
@@ -438,4 +454,66 @@ test("replication.advertisePort is optional, a port, and round-trips", () => {
       /agent\.json: replication\.advertisePort must be a port number from 1 to 65535/,
     );
   }
+});
+
+test("an agent listening beyond loopback without tls is refused, naming the address and the fix", () => {
+  const message = refusal(variant((file) => delete file.tls));
+  assert.equal(
+    message,
+    'agent.json: api.listen "0.0.0.0:7480" is reachable beyond this machine, and without "tls" anyone who ' +
+      'reaches it could talk to this host: add "tls": { "dir": "/etc/haven/tls/node1" } (\'haven cert issue host ' +
+      'node1 --address 10.0.0.1\' makes it), or say "insecure": true to run without TLS',
+  );
+  // Only the NBD port exposed: still refused, naming that one.
+  assert.match(
+    refusal(
+      variant((file) => {
+        delete file.tls;
+        at(file, "api").listen = "127.0.0.1:7480";
+        at(file, "replication").listen = "127.0.0.1:7481";
+        at(file, "host").address = "127.0.0.1";
+        at(file, "etcd").endpoints = ["http://127.0.0.1:2379"];
+      }),
+    ),
+    /^agent\.json: nbd\.listen "0\.0\.0\.0:10809" is reachable beyond this machine/,
+  );
+});
+
+test('"insecure": true must be said in so many words, and then is exposed', () => {
+  const insecure = (value: unknown) =>
+    variant((file) => {
+      delete file.tls;
+      file.insecure = value;
+      at(file, "etcd").endpoints = ["http://10.0.0.1:2379"];
+    });
+  const config = parseAgentConfig(insecure(true), "agent.json");
+  assert.equal(config.insecure, true);
+  assert.equal(config.tls, undefined);
+  assert.match(formatAgentConfig(config), /"insecure": true/);
+  assert.match(refusal(insecure("yes")), /^agent\.json: insecure must be true or false, not "yes"$/);
+  assert.match(refusal(insecure(false)), /is reachable beyond this machine/);
+  assert.match(
+    refusal(variant((file) => (file.insecure = true))),
+    /^agent\.json: insecure is true but "tls" is given too/,
+  );
+});
+
+test("on loopback alone an agent may run without tls, and tls.dir is exposed when given", () => {
+  const loopback = (file: Json): void => {
+    delete file.tls;
+    at(file, "host").address = "127.0.0.1";
+    at(file, "etcd").endpoints = ["http://127.0.0.1:2379"];
+    at(file, "api").listen = "127.0.0.1:7480";
+    at(file, "replication").listen = "127.0.0.1:7481";
+    at(file, "nbd").listen = "[::1]:10809";
+  };
+  const plain = parseAgentConfig(variant(loopback), "agent.json");
+  assert.equal(plain.tls, undefined);
+  assert.equal(plain.insecure, undefined);
+  assert.equal(parseAgentConfig(JSON.stringify(goodFile()), "agent.json").tls?.dir, "/etc/haven/tls/node1");
+  assert.match(refusal(variant((file) => (file.tls = { dir: "relative/dir" }))), /^agent\.json: tls\.dir /);
+  assert.match(
+    refusal(variant((file) => (file.tls = {}))),
+    /^agent\.json: tls\.dir is missing, e\.g\. "\/etc\/haven\/tls\/node1"$/,
+  );
 });

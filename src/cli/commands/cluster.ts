@@ -138,11 +138,16 @@ export async function clusterUpCommand(argv: string[]): Promise<number> {
   const vms = values["no-vms"] === true ? undefined : await localVms(dir, values["vm-memory"]);
   const state = await clusterUp({ dir, hosts, basePort, etcdMembers, ...(vms && { vms }) });
   const context = contextPath(values.context);
-  writeContext(context, { etcd: [...state.endpoints], clusterDir: state.dir });
+  writeContext(context, {
+    etcd: [...state.endpoints],
+    clusterDir: state.dir,
+    ...(state.tlsDir !== undefined && { tls: state.tlsDir }),
+  });
   process.stdout.write(
     [
       `cluster up: etcd ${state.endpoints.join(",")}, hosts ${state.agents.map((agent) => agent.name).join(", ")}`,
       `  data, configs and logs: ${state.dir}`,
+      `  certificates: ${state.dir}/pki (the CLI shows etcd the operator identity ${state.tlsDir ?? "(none)"})`,
       `  context: ${context} (the cluster commands use it by default)`,
       "  try: haven status; haven vm create web --vcpus 1 --memory 256M --disk-size 256M --image haven-test --nic default",
       "",
