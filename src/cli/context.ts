@@ -193,8 +193,11 @@ export function resolveCluster(
 }
 
 /** A client of the cluster's etcd, found by resolveCluster, showing the operator identity it names. */
-export function connectCluster(values: Parameters<typeof resolveCluster>[0]): EtcdClient {
-  const cluster = resolveCluster(values);
+export function connectCluster(
+  values: Parameters<typeof resolveCluster>[0],
+  env: NodeJS.ProcessEnv = process.env,
+): EtcdClient {
+  const cluster = resolveCluster(values, env);
   const secure = cluster.endpoints.some((endpoint) => endpoint.startsWith("https://"));
   if (secure && cluster.tlsDir === undefined) {
     throw new HavenError(

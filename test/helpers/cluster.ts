@@ -54,6 +54,12 @@ export async function stopLocalCluster(dir: string, timeoutMs = 10_000): Promise
   await unmountAllUnder(dir).catch(() => undefined);
 }
 
+/** The CLI options that reach `target`'s etcd: --etcd, and --tls-dir for a local cluster's identity. */
+export function etcdArgs(target: string | Pick<LocalClusterState, "endpoint" | "tlsDir">): string[] {
+  if (typeof target === "string") return ["--etcd", target];
+  return ["--etcd", target.endpoint, ...(target.tlsDir !== undefined ? ["--tls-dir", target.tlsDir] : [])];
+}
+
 /** Polls `probe` until it gives a value (errors count as not yet), or fails naming `what`. */
 export async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
@@ -155,11 +161,19 @@ export class ClusterAgents {
   }
 }
 
-/** `haven volume create` against the cluster at `endpoint`; fails the test when it does not succeed. */
-export async function createTestVolume(endpoint: string, name: string, size: string, copies = 2): Promise<void> {
+/**
+ * `haven volume create` against the cluster at `target` (endpoints, or a local cluster whose operator
+ * identity it shows etcd); fails the test when it does not succeed.
+ */
+export async function createTestVolume(
+  target: string | Pick<LocalClusterState, "endpoint" | "tlsDir">,
+  name: string,
+  size: string,
+  copies = 2,
+): Promise<void> {
   const created = await run(
     process.execPath,
-    ["bin/haven.js", "volume", "create", name, "--size", size, "--replicas", String(copies), "--etcd", endpoint],
+    ["bin/haven.js", "volume", "create", name, "--size", size, "--replicas", String(copies), ...etcdArgs(target)],
     { timeoutMs: 60_000 },
   );
   if (created.code !== 0) throw new Error(`volume create ${name} failed: ${created.stderr}`);

@@ -6,12 +6,12 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { clusterUp, type LocalClusterState } from "../../src/cluster/local-cluster.js";
-import { EtcdClient } from "../../src/cluster/etcd-client.js";
+import { clusterUp, localClusterClient, type LocalClusterState } from "../../src/cluster/local-cluster.js";
+import type { EtcdClient } from "../../src/cluster/etcd-client.js";
 import { keys, parseVolumeSpec } from "../../src/cluster/schema.js";
 import { haveEtcd } from "../helpers/etcd.js";
 import { haveTool, run, tempDir } from "../helpers/server-process.js";
-import { freeBasePort, stopLocalCluster, until, TEST_TIMINGS, VolumeProbe } from "../helpers/cluster.js";
+import { etcdArgs, freeBasePort, stopLocalCluster, until, TEST_TIMINGS, VolumeProbe } from "../helpers/cluster.js";
 
 const VOLUME = "placed";
 const skip = !haveEtcd() || !haveTool("qemu-io") ? "needs etcd and qemu-io" : false;
@@ -23,7 +23,7 @@ describe("hosts with several disks", { skip, timeout: 120_000 }, () => {
   let etcd: EtcdClient;
   let probe: VolumeProbe;
   const haven = (args: string[]) =>
-    run(process.execPath, ["bin/haven.js", ...args, "--etcd", cluster.endpoint], { timeoutMs: 60_000 });
+    run(process.execPath, ["bin/haven.js", ...args, ...etcdArgs(cluster)], { timeoutMs: 60_000 });
   const copyDir = (host: string, disk: string) => join(dir.path, "cluster", "hosts", host, disk, VOLUME);
 
   before(async () => {
@@ -38,7 +38,7 @@ describe("hosts with several disks", { skip, timeout: 120_000 }, () => {
         { name: "big", capacity: "10G" },
       ],
     });
-    etcd = new EtcdClient([cluster.endpoint]);
+    etcd = await localClusterClient(cluster);
     probe = new VolumeProbe(etcd, VOLUME, basePort);
   });
 

@@ -9,8 +9,8 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { alive, clusterUp, type LocalClusterState } from "../../src/cluster/local-cluster.js";
-import { EtcdClient } from "../../src/cluster/etcd-client.js";
+import { alive, clusterUp, localClusterClient, type LocalClusterState } from "../../src/cluster/local-cluster.js";
+import type { EtcdClient } from "../../src/cluster/etcd-client.js";
 import { keys, parseHostHealthRecord } from "../../src/cluster/schema.js";
 import { DISK_PROBE_FILE } from "../../src/agent/health-probes.js";
 import { haveEtcd } from "../helpers/etcd.js";
@@ -24,6 +24,7 @@ import {
   TEST_TIMINGS,
   VolumeProbe,
 } from "../helpers/cluster.js";
+import { etcdArgs } from "../helpers/cluster.js";
 
 const VOLUME = "failover";
 const skip = !haveEtcd() || !haveTool("fio") ? "needs etcd and fio" : false;
@@ -72,9 +73,9 @@ describe("agent failover", { skip, timeout: 300_000 }, () => {
       basePort,
       timings: { ...TEST_TIMINGS },
     });
-    etcd = new EtcdClient([cluster.endpoint]);
+    etcd = await localClusterClient(cluster);
     probe = new VolumeProbe(etcd, VOLUME, basePort);
-    await createTestVolume(cluster.endpoint, VOLUME, "64M");
+    await createTestVolume(cluster, VOLUME, "64M");
   });
 
   after(async () => {
@@ -143,7 +144,7 @@ describe("agent failover", { skip, timeout: 300_000 }, () => {
     assert.equal((await primary())?.host, now.host, "no failback by itself");
     // Both hosts publish health checks, and haven status shows them.
     const hosts = await until("both hosts' health checks in haven status", async () => {
-      const status = await haven(["status", "--json", "--etcd", cluster.endpoint]);
+      const status = await haven(["status", "--json", ...etcdArgs(cluster)]);
       const view = JSON.parse(status.stdout) as { hosts: { name: string; health: { problems: string[] } | null }[] };
       return view.hosts.every((host) => host.health !== null && host.health.problems.length === 0)
         ? view.hosts
@@ -207,9 +208,9 @@ describe("agent failover", { skip, timeout: 300_000 }, () => {
     const target = before.host === "h1" ? "h2" : "h1";
     const written = await fio(nbdUri(before.host), ["--do_verify=0"]);
     assert.equal(written.code, 0, written.stderr);
-    const refused = await haven(["volume", "switchover", VOLUME, "--to", before.host, "--etcd", cluster.endpoint]);
+    const refused = await haven(["volume", "switchover", VOLUME, "--to", before.host, ...etcdArgs(cluster)]);
     assert.equal(refused.code, 2, "a switchover to the primary itself is refused");
-    const moved = await haven(["volume", "switchover", VOLUME, "--to", target, "--etcd", cluster.endpoint]);
+    const moved = await haven(["volume", "switchover", VOLUME, "--to", target, ...etcdArgs(cluster)]);
     assert.equal(moved.code, 0, moved.stderr);
     assert.match(moved.stdout, new RegExp(`served by ${target} at epoch \\d+; paused \\d+ ms`));
     const after = (await primary())!;
@@ -221,11 +222,11 @@ describe("agent failover", { skip, timeout: 300_000 }, () => {
     assert.equal((await replica(before.host))?.state, "in-sync", "the old primary's copy stays in sync");
 
     // Draining the new primary's host moves the volume back.
-    const drained = await haven(["host", "drain", target, "--etcd", cluster.endpoint]);
+    const drained = await haven(["host", "drain", target, ...etcdArgs(cluster)]);
     assert.equal(drained.code, 0, drained.stderr);
     assert.match(drained.stdout, new RegExp(`${VOLUME}: moved to ${before.host}`));
     assert.equal((await primary())?.host, before.host);
-    const unknown = await haven(["host", "drain", "nosuchhost", "--etcd", cluster.endpoint]);
+    const unknown = await haven(["host", "drain", "nosuchhost", ...etcdArgs(cluster)]);
     assert.equal(unknown.code, 3, unknown.stderr);
   });
 
@@ -301,11 +302,11 @@ describe("agent failover", { skip, timeout: 300_000 }, () => {
     assert.equal((await primary())?.host, now.host, "the primary record still names the dead host");
 
     // The operator's way out: refused without --force (nothing changes), then forced and logged.
-    const refused = await haven(["volume", "promote", VOLUME, "--host", standby, "--etcd", cluster.endpoint]);
+    const refused = await haven(["volume", "promote", VOLUME, "--host", standby, ...etcdArgs(cluster)]);
     assert.equal(refused.code, 2, refused.stderr);
     assert.match(refused.stderr, /may lose acknowledged writes.*nothing was changed/);
     assert.equal((await primary())?.host, now.host);
-    const forced = await haven(["volume", "promote", VOLUME, "--host", standby, "--force", "--etcd", cluster.endpoint]);
+    const forced = await haven(["volume", "promote", VOLUME, "--host", standby, "--force", ...etcdArgs(cluster)]);
     assert.equal(forced.code, 0, forced.stderr);
     await until("the forced primary to serve", async () =>
       (await run("qemu-io", ["-f", "raw", "-c", "read 0 4k", nbdUri(standby)])).code === 0 ? true : undefined,

@@ -10,8 +10,13 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { clusterUp, localHostPorts, type LocalClusterState } from "../../src/cluster/local-cluster.js";
-import { EtcdClient } from "../../src/cluster/etcd-client.js";
+import {
+  clusterUp,
+  localClusterClient,
+  localHostPorts,
+  type LocalClusterState,
+} from "../../src/cluster/local-cluster.js";
+import type { EtcdClient } from "../../src/cluster/etcd-client.js";
 import { keys, parseHostHealthRecord, parseReplicaRecord } from "../../src/cluster/schema.js";
 import { haveEtcd } from "../helpers/etcd.js";
 import { haveTool, run, tempDir } from "../helpers/server-process.js";
@@ -69,9 +74,9 @@ describe("partitions between a primary, etcd and its peer", { skip, timeout: 240
       etcdEndpointOf: (name) => `http://127.0.0.1:${proxies.get(name)!.port}`,
       replicationPortOf: (name) => links.get(name)!.port,
     });
-    etcd = new EtcdClient([cluster.endpoint]);
+    etcd = await localClusterClient(cluster);
     probe = new VolumeProbe(etcd, VOLUME, basePort);
-    await createTestVolume(cluster.endpoint, VOLUME, "64M");
+    await createTestVolume(cluster, VOLUME, "64M");
   });
 
   after(async () => {

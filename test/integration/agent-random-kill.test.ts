@@ -11,8 +11,14 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import { join } from "node:path";
-import { alive, clusterDown, clusterUp, type LocalClusterState } from "../../src/cluster/local-cluster.js";
-import { EtcdClient } from "../../src/cluster/etcd-client.js";
+import {
+  alive,
+  clusterDown,
+  clusterUp,
+  localClusterClient,
+  type LocalClusterState,
+} from "../../src/cluster/local-cluster.js";
+import type { EtcdClient } from "../../src/cluster/etcd-client.js";
 import { packageRoot } from "../../src/util/repo-root.js";
 import { haveEtcd } from "../helpers/etcd.js";
 import { run, tempDir } from "../helpers/server-process.js";
@@ -106,9 +112,9 @@ describe("kill -9 of the primary at a random moment under write load", { skip, t
   before(async () => {
     const basePort = await freeBasePort();
     cluster = await clusterUp({ dir: join(dir.path, "cluster"), hosts: 2, basePort, timings: { ...TEST_TIMINGS } });
-    etcd = new EtcdClient([cluster.endpoint]);
+    etcd = await localClusterClient(cluster);
     probe = new VolumeProbe(etcd, VOLUME, basePort);
-    await createTestVolume(cluster.endpoint, VOLUME, String(SIZE_BYTES));
+    await createTestVolume(cluster, VOLUME, String(SIZE_BYTES));
   });
 
   /** The ledger writer of the round in progress, killed by the after hook if a round fails with it running. */

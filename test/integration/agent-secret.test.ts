@@ -9,8 +9,8 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { clusterUp, type LocalClusterState } from "../../src/cluster/local-cluster.js";
-import { EtcdClient } from "../../src/cluster/etcd-client.js";
+import { clusterUp, localClusterClient, type LocalClusterState } from "../../src/cluster/local-cluster.js";
+import type { EtcdClient } from "../../src/cluster/etcd-client.js";
 import { keys, parseHostHealthRecord } from "../../src/cluster/schema.js";
 import { haveEtcd } from "../helpers/etcd.js";
 import { haveTool, tempDir } from "../helpers/server-process.js";
@@ -42,9 +42,9 @@ describe("a host with the wrong cluster secret", { skip, timeout: 120_000 }, () 
   before(async () => {
     const basePort = await freeBasePort();
     cluster = await clusterUp({ dir: join(dir.path, "cluster"), hosts: 2, basePort, timings: { ...TEST_TIMINGS } });
-    etcd = new EtcdClient([cluster.endpoint]);
+    etcd = await localClusterClient(cluster);
     probe = new VolumeProbe(etcd, VOLUME, basePort);
-    await createTestVolume(cluster.endpoint, VOLUME, "16M");
+    await createTestVolume(cluster, VOLUME, "16M");
   });
 
   after(async () => {

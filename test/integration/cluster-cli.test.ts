@@ -464,9 +464,12 @@ describe("cluster commands against a real etcd", { skip, timeout: 300_000 }, () 
       none.stderr,
       /^haven: no cluster configured: pass --etcd URL\[,URL\.\.\.\], set HAVEN_ETCD, or write a context file \(--context FILE, \$HAVEN_CONTEXT, or .*haven\/context\.json; .*\) \[HAVEN_ERR_USAGE\]$/m,
     );
-    const bad = await haven(["status", "--etcd", "https://x:2379"]);
+    const bad = await haven(["status", "--etcd", "ftp://x:2379"]);
     assert.equal(bad.code, 2);
-    assert.match(bad.stderr, /--etcd: etcd endpoint "https:\/\/x:2379" is not http:\/\/HOST:PORT/);
+    assert.match(bad.stderr, /--etcd: etcd endpoint "ftp:\/\/x:2379" is not https:\/\/HOST:PORT/);
+    const anonymous = await haven(["status", "--etcd", "https://127.0.0.1:2379"]);
+    assert.equal(anonymous.code, 2);
+    assert.match(anonymous.stderr, /speaks TLS: pass --tls-dir DIR/);
     const closed = createServer();
     await new Promise<void>((resolve) => closed.listen(0, "127.0.0.1", resolve));
     const port = (closed.address() as AddressInfo).port;

@@ -12,8 +12,13 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe } from "node:test";
-import { EtcdClient } from "../../src/cluster/etcd-client.js";
-import { clusterUp, hostStateDir, readClusterState, type LocalClusterState } from "../../src/cluster/local-cluster.js";
+import {
+  clusterUp,
+  hostStateDir,
+  localClusterClient,
+  readClusterState,
+  type LocalClusterState,
+} from "../../src/cluster/local-cluster.js";
 import { commandLineOf, running } from "../../src/util/processes.js";
 import { runtimePaths, vmRuntimeDir } from "../../src/vm/runtime-dir.js";
 import { boundedTest } from "../helpers/bounded-test.js";
@@ -79,7 +84,12 @@ describe(
     before(async () => {
       const basePort = await freeBasePort();
       state = await clusterUp({ dir: clusterDir, hosts: 3, basePort, etcdMembers: 3, timings: { ...TEST_TIMINGS } });
-      env = { ...process.env, HAVEN_CONTEXT: join(dir.path, "context.json"), HAVEN_ETCD: state.endpoints.join(",") };
+      env = {
+        ...process.env,
+        HAVEN_CONTEXT: join(dir.path, "context.json"),
+        HAVEN_ETCD: state.endpoints.join(","),
+        HAVEN_TLS_DIR: state.tlsDir,
+      };
       record();
     });
 
@@ -129,7 +139,7 @@ describe(
         /^3 hosts \(2 alive, 1 dead\)/m.test(await status()) ? true : undefined,
       );
       // The others serve: two members of three are a quorum.
-      const etcd = new EtcdClient([...state.endpoints]);
+      const etcd = await localClusterClient(state);
       await etcd.put("/test/after-kill", "yes");
       assert.equal((await etcd.get("/test/after-kill"))?.value, "yes");
     });
@@ -169,7 +179,10 @@ describe(
         /^3 hosts \(3 alive\)/m.test(await status()) ? true : undefined,
       );
       // Its member is back in the cluster: it serves what was written while it was down.
-      assert.equal((await new EtcdClient([member.endpoint]).get("/test/after-kill"))?.value, "yes");
+      assert.equal(
+        (await (await localClusterClient({ ...state, endpoints: [member.endpoint] })).get("/test/after-kill"))?.value,
+        "yes",
+      );
     });
 
     test("cluster down stops the revived host too, and leaves no process running", async () => {

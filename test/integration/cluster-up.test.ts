@@ -8,8 +8,13 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { EtcdClient } from "../../src/cluster/etcd-client.js";
-import { alive, clusterDown, readClusterState, type LocalClusterState } from "../../src/cluster/local-cluster.js";
+import {
+  alive,
+  clusterDown,
+  localClusterClient,
+  readClusterState,
+  type LocalClusterState,
+} from "../../src/cluster/local-cluster.js";
 import { freeBasePort } from "../helpers/cluster.js";
 import { haveEtcd } from "../helpers/etcd.js";
 import { run, tempDir } from "../helpers/server-process.js";
@@ -59,14 +64,20 @@ describe("haven cluster up runs one etcd member per host", { skip: !haveEtcd() &
     }
     assert.ok([...pids].every(alive));
     assert.match(up.stdout, new RegExp(`etcd ${state.endpoints.join(",")}, hosts h1, h2, h3`));
-    const context = JSON.parse(readFileSync(env.HAVEN_CONTEXT, "utf8")) as { etcd: string[] };
+    const context = JSON.parse(readFileSync(env.HAVEN_CONTEXT, "utf8")) as { etcd: string[]; tls: string };
     assert.deepEqual(context.etcd, state.endpoints);
+    assert.ok(
+      state.endpoints.every((endpoint) => endpoint.startsWith("https://")),
+      "etcd speaks TLS only",
+    );
+    assert.equal(context.tls, join(clusterDir, "pki", "operators", "admin"));
 
     const status = await haven("status");
     assert.match(status.stdout, /^3 hosts \(3 alive\)/m, status.stderr);
     // Each member answers, and they form one cluster: a write through one is read through another.
-    await new EtcdClient([state.etcd[0]!.endpoint]).put("/test/marker", "kept");
-    assert.equal((await new EtcdClient([state.etcd[2]!.endpoint]).get("/test/marker"))?.value, "kept");
+    const through = (member: number) => localClusterClient({ ...state, endpoints: [state.etcd[member]!.endpoint] });
+    await (await through(0)).put("/test/marker", "kept");
+    assert.equal((await (await through(2)).get("/test/marker"))?.value, "kept");
 
     const down = await haven("cluster", "down", "--dir", clusterDir);
     assert.equal(down.code, 0, down.stderr);
@@ -91,7 +102,7 @@ describe("haven cluster up runs one etcd member per host", { skip: !haveEtcd() &
     record(state);
     assert.equal(up.code, 0, up.stderr);
     assert.equal(state.etcd.length, 3, "the members the cluster was first started with");
-    assert.equal((await new EtcdClient([...state.endpoints]).get("/test/marker"))?.value, "kept");
+    assert.equal((await (await localClusterClient(state)).get("/test/marker"))?.value, "kept");
     const down = await haven("cluster", "down", "--dir", clusterDir);
     assert.equal(down.code, 0, down.stderr);
     assert.deepEqual([...pids].filter(alive), []);

@@ -11,8 +11,8 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { closeSync, mkdirSync, openSync, readSync, rmSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
-import { clusterUp, type LocalClusterState } from "../../src/cluster/local-cluster.js";
-import { EtcdClient } from "../../src/cluster/etcd-client.js";
+import { clusterUp, localClusterClient, type LocalClusterState } from "../../src/cluster/local-cluster.js";
+import type { EtcdClient } from "../../src/cluster/etcd-client.js";
 import { readClusterRecords, readEvents } from "../../src/cluster/cluster-read.js";
 import { copyId } from "../../src/cluster/schema.js";
 import type { DiskView } from "../../src/cluster/cluster-view.js";
@@ -26,6 +26,7 @@ import {
   TEST_TIMINGS,
   VolumeProbe,
 } from "../helpers/cluster.js";
+import { etcdArgs } from "../helpers/cluster.js";
 
 const root = process.getuid?.() === 0;
 const skip =
@@ -44,7 +45,7 @@ describe("disk procedures on loop devices", { skip, timeout: 600_000 }, () => {
   let basePort: number;
   const clusterDir = () => join(dir.path, "cluster");
   const haven = (args: string[]) =>
-    run(process.execPath, ["bin/haven.js", ...args, "--etcd", cluster.endpoint], { timeoutMs: 300_000 });
+    run(process.execPath, ["bin/haven.js", ...args, ...etcdArgs(cluster)], { timeoutMs: 300_000 });
   const disks = async (): Promise<DiskView[]> => {
     const listed = await haven(["disk", "list", "--json"]);
     assert.equal(listed.code, 0, listed.stderr);
@@ -72,7 +73,7 @@ describe("disk procedures on loop devices", { skip, timeout: 600_000 }, () => {
   before(async () => {
     basePort = await freeBasePort();
     cluster = await clusterUp({ dir: clusterDir(), hosts: 2, basePort, timings: { ...TEST_TIMINGS } });
-    etcd = new EtcdClient([cluster.endpoint]);
+    etcd = await localClusterClient(cluster);
   });
 
   after(async () => {

@@ -72,7 +72,7 @@ before(async () => {
     },
   });
   await import("node:fs/promises").then((fs) =>
-    fs.writeFile(context, JSON.stringify({ etcd: state.endpoints, clusterDir: dir })),
+    fs.writeFile(context, JSON.stringify({ etcd: state.endpoints, clusterDir: dir, tls: state.tlsDir })),
   );
 });
 

@@ -8,8 +8,8 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { clusterUp, type LocalClusterState } from "../../src/cluster/local-cluster.js";
-import { EtcdClient } from "../../src/cluster/etcd-client.js";
+import { clusterUp, localClusterClient, type LocalClusterState } from "../../src/cluster/local-cluster.js";
+import type { EtcdClient } from "../../src/cluster/etcd-client.js";
 import { readClusterRecords, readEvents } from "../../src/cluster/cluster-read.js";
 import { copyId, type VolumeSpec } from "../../src/cluster/schema.js";
 import { haveEtcd } from "../helpers/etcd.js";
@@ -22,6 +22,7 @@ import {
   TEST_TIMINGS,
   VolumeProbe,
 } from "../helpers/cluster.js";
+import { etcdArgs } from "../helpers/cluster.js";
 
 const skip = !haveEtcd() || !haveTool("fio") || !haveTool("nbdcopy") ? "needs etcd, fio and nbdcopy" : false;
 
@@ -31,7 +32,7 @@ describe("copies on (host, disk) pairs", { skip, timeout: 300_000 }, () => {
   let etcd: EtcdClient;
   let basePort: number;
   const haven = (args: string[]) =>
-    run(process.execPath, ["bin/haven.js", ...args, "--etcd", cluster.endpoint], { timeoutMs: 120_000 });
+    run(process.execPath, ["bin/haven.js", ...args, ...etcdArgs(cluster)], { timeoutMs: 120_000 });
   const copyFile = (host: string, disk: string, volume: string) =>
     join(dir.path, "cluster", "hosts", host, disk, volume, "data.raw");
   const spec = async (volume: string): Promise<VolumeSpec | undefined> =>
@@ -60,7 +61,7 @@ describe("copies on (host, disk) pairs", { skip, timeout: 300_000 }, () => {
         { name: "d1", capacity: "2G" },
       ],
     });
-    etcd = new EtcdClient([cluster.endpoint]);
+    etcd = await localClusterClient(cluster);
   });
 
   after(async () => {

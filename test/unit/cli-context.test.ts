@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { defaultContextPath, resolveCluster, writeContext } from "../../src/cli/context.js";
+import { connectCluster, defaultContextPath, resolveCluster, writeContext } from "../../src/cli/context.js";
 import { tempDir } from "../helpers/server-process.js";
 import { failsWith } from "../helpers/errors.js";
 import { boundedTest } from "../helpers/bounded-test.js";
@@ -61,6 +61,7 @@ test("--context wins over HAVEN_CONTEXT, which wins over the default file", () =
     assert.deepEqual(resolveCluster({}, env), {
       endpoints: ["http://10.0.0.9:2379"],
       source: `context file ${defaultContextPath(env)}`,
+      clusterDir: "/srv/cluster",
     });
     // An empty variable counts as unset.
     assert.deepEqual(resolveCluster({}, { ...env, HAVEN_ETCD: "", HAVEN_CONTEXT: "" }).endpoints, [
@@ -106,7 +107,8 @@ test("a malformed context file is a config error that names the file and the pro
       [{}, /"etcd" must be a non-empty list of endpoints/],
       [{ etcd: [] }, /"etcd" must be a non-empty list/],
       [{ etcd: [2379] }, /"etcd" must be a non-empty list/],
-      [{ etcd: ["https://x:2379"] }, /etcd\[0\]: etcd endpoint "https:\/\/x:2379" is not http:\/\/HOST:PORT/],
+      [{ etcd: ["ftp://x:2379"] }, /etcd\[0\]: etcd endpoint "ftp:\/\/x:2379" is not https:\/\/HOST:PORT/],
+      [{ etcd: ["https://x:2379"], tls: "relative" }, /"tls" must be the absolute path of an operator identity/],
       [{ etcd: ["x:2379"], clusterDir: "relative" }, /"clusterDir" must be an absolute path/],
       [{ etcd: ["x:2379"], endpoints: [] }, /unknown key "endpoints"/],
     ];
@@ -131,9 +133,38 @@ test("bad endpoints: a usage error for --etcd, a config error for HAVEN_ETCD, ea
     failsWith("HAVEN_ERR_USAGE", /--etcd "a:1,,b:2" has an empty endpoint/),
   );
   assert.throws(
-    () => resolveCluster({}, { HAVEN_ETCD: "a:1,https://b:2" }),
-    failsWith("HAVEN_ERR_CONFIG", /^HAVEN_ETCD: etcd endpoint "https:\/\/b:2" is not http:\/\/HOST:PORT/),
+    () => resolveCluster({}, { HAVEN_ETCD: "a:1,ftp://b:2" }),
+    failsWith("HAVEN_ERR_CONFIG", /^HAVEN_ETCD: etcd endpoint "ftp:\/\/b:2" is not https:\/\/HOST:PORT/),
   );
+});
+
+test("the operator identity: --tls-dir, then HAVEN_TLS_DIR, then the context file's tls (only with its endpoints)", () => {
+  withConfigHome((dir, env) => {
+    const file = join(dir, "context.json");
+    writeContext(file, {
+      etcd: ["https://127.0.0.1:2379"],
+      clusterDir: "/srv/haven",
+      tls: "/srv/haven/pki/operators/admin",
+    });
+    const fromContext = resolveCluster({ context: file }, env);
+    assert.equal(fromContext.tlsDir, "/srv/haven/pki/operators/admin");
+    assert.equal(fromContext.clusterDir, "/srv/haven");
+    assert.equal(resolveCluster({ context: file }, { ...env, HAVEN_TLS_DIR: "/env" }).tlsDir, "/env");
+    assert.equal(
+      resolveCluster({ context: file, "tls-dir": "/flag" }, { ...env, HAVEN_TLS_DIR: "/env" }).tlsDir,
+      "/flag",
+    );
+    // Endpoints from --etcd never borrow a context file's identity.
+    assert.equal(resolveCluster({ context: file, etcd: "https://127.0.0.1:2379" }, env).tlsDir, undefined);
+    assert.throws(
+      () => connectCluster({ etcd: "https://127.0.0.1:2379" }, {}),
+      failsWith("HAVEN_ERR_USAGE", /speaks TLS: pass --tls-dir DIR/),
+    );
+    assert.throws(
+      () => connectCluster({ etcd: "https://127.0.0.1:2379", "tls-dir": join(dir, "none") }, {}),
+      failsWith("HAVEN_ERR_CONFIG", /cannot read .*none\/ca-cert\.pem/),
+    );
+  });
 });
 
 test("writeContext creates the directory and writes a file that resolves back to the same cluster", () => {
