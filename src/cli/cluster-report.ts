@@ -14,6 +14,8 @@ export async function clusterReport<T>(
   usage: string,
   part: (view: ClusterView) => T,
   render: (part: T, options: ClusterRenderOptions) => string,
+  /** Lines to warn about on stderr after the report (stdout stays the report alone, also with --json). */
+  warnings?: (values: Record<string, string | boolean | undefined>) => Promise<string[]>,
 ): Promise<number> {
   const parsed = parseCommand(argv, { ...CLUSTER_OPTIONS, json: { type: "boolean" } }, usage);
   if (parsed === undefined) return 0; // --help was printed
@@ -21,5 +23,6 @@ export async function clusterReport<T>(
   refuseArguments(positionals, usage);
   const shown = part(clusterView(await readClusterRecords(connectCluster(values))));
   process.stdout.write(values.json ? `${JSON.stringify(shown, null, 2)}\n` : render(shown, terminalRenderOptions()));
+  for (const line of (await warnings?.(values)) ?? []) process.stderr.write(`warning: ${line}\n`);
   return 0;
 }

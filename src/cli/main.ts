@@ -17,6 +17,7 @@ import {
   clusterReviveCommand,
   clusterUpCommand,
 } from "./commands/cluster.js";
+import { CERT_USAGE, certCommand } from "./commands/cert.js";
 import { EVENTS_USAGE, events } from "./commands/events.js";
 import { HOST_DRAIN_USAGE, hostDrain } from "./commands/host-drain.js";
 import { HOST_LIST_USAGE, hostList } from "./commands/host-list.js";
@@ -49,6 +50,11 @@ a local cluster (etcd and agents on this machine):
   cluster down                      stop them (the data stays)
   cluster kill HOST                 kill a host's agent, VMs and etcd member at once, as a power loss would
   cluster revive HOST               start a killed host again and wait until it registers
+
+certificates (the cluster CA's, in the cluster directory's pki/):
+  cert list                         every host and operator certificate, with expiry (marks those near it)
+  cert issue host|operator NAME     a new identity (--address A,B for a host; --role R for an operator)
+  cert renew NAME                   the same identity again with a new expiry (--days N)
 
 a host:
   agent --config FILE               run this host's agent: lease, replica server, engines, failover
@@ -111,6 +117,12 @@ const COMMANDS: Record<string, Record<string, CommandEntry>> = {
     kill: { run: clusterKillCommand, usage: CLUSTER_KILL_USAGE },
     revive: { run: clusterReviveCommand, usage: CLUSTER_REVIVE_USAGE },
   },
+  cert: Object.fromEntries(
+    ["list", "issue", "renew"].map((verb) => [
+      verb,
+      { run: (argv: string[]) => certCommand([verb, ...argv]), usage: CERT_USAGE },
+    ]),
+  ),
   host: { list: { run: hostList, usage: HOST_LIST_USAGE }, drain: { run: hostDrain, usage: HOST_DRAIN_USAGE } },
   disk: Object.fromEntries(
     ["list", "add", "remove", "evacuate", "replace", "identify"].map((verb) => [

@@ -82,3 +82,21 @@ export function expiryState(info: CertificateInfo, now: Date): "expired" | "expi
   const left = daysLeft(info, now);
   return info.notAfter.getTime() <= now.getTime() ? "expired" : left < EXPIRY_WARNING_DAYS ? "expiring" : "ok";
 }
+
+/** One line per certificate under `pki` that has expired or expires within EXPIRY_WARNING_DAYS. */
+export async function expiryWarnings(pki: string, now: Date): Promise<string[]> {
+  const warnings: string[] = [];
+  for (const identity of await listIdentities(pki)) {
+    const state = expiryState(identity.info, now);
+    if (state === "ok") continue;
+    const what = `${identity.kind === "ca" ? "the cluster CA" : `${identity.kind} ${identity.info.name}`}'s certificate`;
+    const when = identity.info.notAfter.toISOString().slice(0, 10);
+    const renew = identity.kind === "ca" ? "" : `: 'haven cert renew ${identity.info.name}'`;
+    warnings.push(
+      state === "expired"
+        ? `${what} expired on ${when}${renew}`
+        : `${what} expires in ${daysLeft(identity.info, now)} days (${when})${renew}`,
+    );
+  }
+  return warnings;
+}

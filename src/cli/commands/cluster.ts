@@ -71,7 +71,7 @@ options:
   --dir DIR        the cluster's directory (default: the context's, else ~/.local/state/haven/cluster)
   --context FILE   the context file (default: $HAVEN_CONTEXT, else ~/.config/haven/context.json)`;
 
-function defaultClusterDir(): string {
+export function defaultClusterDir(): string {
   const xdg = process.env.XDG_STATE_HOME;
   return join(
     xdg !== undefined && isAbsolute(xdg) ? xdg : join(process.env.HOME || homedir(), ".local", "state"),
@@ -80,7 +80,7 @@ function defaultClusterDir(): string {
   );
 }
 
-function contextPath(flag: string | boolean | undefined): string {
+export function contextPath(flag: string | boolean | undefined): string {
   if (typeof flag === "string") return flag;
   return process.env.HAVEN_CONTEXT || defaultContextPath();
 }

@@ -1,0 +1,214 @@
+// `haven cert`: the cluster's certificates, kept in its PKI directory (security/pki-dir.ts): list them
+// with their expiry, issue one for a host or an operator, renew one (the same identity, a new expiry).
+// The PKI directory is --dir (a cluster directory holding pki/, or the PKI directory itself), else the
+// context file's cluster directory, else the local cluster's default directory.
+
+import { existsSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { HavenError } from "../../core/errors.js";
+import { ROLES, daysLeft, issueCertificate, readCertificate, type Identity, type Role } from "../../security/pki.js";
+import {
+  EXPIRY_WARNING_DAYS,
+  caDir,
+  expiryState,
+  identityDir,
+  listIdentities,
+  type IdentityKind,
+} from "../../security/pki-dir.js";
+import { CA_CERT, CA_KEY, CERT } from "../../security/pki.js";
+import { parseCommand } from "../args.js";
+import { readContext } from "../context.js";
+import { contextPath, defaultClusterDir } from "./cluster.js";
+
+const DIR_USAGE = `  --dir DIR            the cluster directory (holding pki/) or the PKI directory itself
+                       (default: the context file's cluster, else the local cluster's directory)
+  --context FILE       the context file that names the cluster directory`;
+
+export const CERT_USAGE = `usage: haven cert list [--json] [--dir DIR]
+       haven cert issue host NAME --address ADDR[,ADDR...] [--days N] [--dir DIR]
+       haven cert issue operator NAME --role viewer|operator|admin [--days N] [--dir DIR]
+       haven cert renew NAME [--kind host|operator] [--days N] [--dir DIR]
+
+The cluster's certificates, signed by its CA: one per host (it serves and connects as the host; valid
+for its name and addresses) and one per operator (it names the operator and their role). list shows
+each with its serial and expiry, and marks those that expire within ${EXPIRY_WARNING_DAYS} days or have expired;
+issue makes a new identity directory (what an agent's "tls.dir" or the CLI's --tls-dir names); renew
+issues the same identity again with a new expiry and a new key, in place.
+
+options:
+  --json               list as JSON
+  --address ADDR,...   a host's IP addresses or DNS names (its name is always included)
+  --role ROLE          an operator's role: viewer, operator or admin
+  --days N             how long the certificate lasts (default 365)
+  --kind KIND          which identity renew means when a host and an operator share NAME
+${DIR_USAGE}`;
+
+const OPTIONS = {
+  json: { type: "boolean" },
+  dir: { type: "string" },
+  context: { type: "string" },
+  address: { type: "string" },
+  role: { type: "string" },
+  days: { type: "string" },
+  kind: { type: "string" },
+} as const;
+
+function usage(message: string): HavenError {
+  return new HavenError("HAVEN_ERR_USAGE", `${message}\n\n${CERT_USAGE}`);
+}
+
+/** The PKI directory the command works on (see the top of this file). */
+export function pkiDirOf(values: {
+  dir?: string | boolean | undefined;
+  context?: string | boolean | undefined;
+}): string {
+  const base =
+    typeof values.dir === "string"
+      ? resolve(values.dir)
+      : (readContext(contextPath(values.context), true)?.clusterDir ?? defaultClusterDir());
+  if (existsSync(join(caDir(base), CA_CERT))) return base;
+  return join(base, "pki");
+}
+
+function days(text: string | boolean | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  if (typeof text !== "string" || !/^\d{1,5}$/.test(text) || Number(text) < 1)
+    throw usage(`--days must be a whole number of days from 1, not "${String(text)}"`);
+  return Number(text);
+}
+
+function refuse(values: Record<string, unknown>, names: readonly string[], verb: string): void {
+  for (const name of names)
+    if (values[name] !== undefined) throw usage(`--${name} does not apply to 'haven cert ${verb}'`);
+}
+
+export async function certCommand(argv: string[]): Promise<number> {
+  const parsed = parseCommand(argv, OPTIONS, CERT_USAGE);
+  if (parsed === undefined) return 0; // --help was printed
+  const { values, positionals } = parsed;
+  const [verb, ...rest] = positionals;
+  const pki = pkiDirOf(values);
+  switch (verb) {
+    case "list":
+      if (rest.length > 0) throw usage(`unexpected argument "${rest[0]}"`);
+      refuse(values, ["address", "role", "days", "kind"], "list");
+      return certList(pki, values.json === true);
+    case "issue":
+      refuse(values, ["json", "kind"], "issue");
+      return certIssue(pki, rest, values);
+    case "renew":
+      refuse(values, ["json", "address", "role"], "renew");
+      return certRenew(pki, rest, values);
+    default:
+      throw usage(verb === undefined ? "name a verb: list, issue or renew" : `unknown verb "${verb}"`);
+  }
+}
+
+async function certList(pki: string, json: boolean): Promise<number> {
+  const now = new Date();
+  const rows = (await listIdentities(pki)).map(({ kind, dir, info }) => ({
+    kind,
+    name: info.name,
+    role: info.role ?? null,
+    serial: info.serial,
+    notAfter: info.notAfter.toISOString(),
+    daysLeft: daysLeft(info, now),
+    state: expiryState(info, now),
+    dir,
+  }));
+  if (json) {
+    process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
+    return 0;
+  }
+  const table = [
+    ["KIND", "NAME", "ROLE", "SERIAL", "EXPIRES", "DAYS LEFT", ""],
+    ...rows.map((row) => [
+      row.kind,
+      row.name,
+      row.role ?? "-",
+      row.serial.slice(0, 16),
+      row.notAfter.slice(0, 10),
+      String(row.daysLeft),
+      row.state === "ok" ? "" : row.state === "expired" ? "EXPIRED" : `expires within ${EXPIRY_WARNING_DAYS} days`,
+    ]),
+  ];
+  const widths = table[0]!.map((_, column) => Math.max(...table.map((row) => row[column]!.length)));
+  const lines = table.map((row) =>
+    row
+      .map((cell, column) => cell.padEnd(widths[column]!))
+      .join("  ")
+      .trimEnd(),
+  );
+  process.stdout.write(`${lines.join("\n")}\n`);
+  return 0;
+}
+
+function parseKind(text: string | undefined): IdentityKind {
+  if (text === "host" || text === "operator") return text;
+  throw usage(text === undefined ? "name the kind: host or operator" : `"${text}" is not host or operator`);
+}
+
+async function certIssue(pki: string, args: string[], values: Record<string, string | boolean | undefined>) {
+  const [kindText, name, ...extra] = args;
+  const kind = parseKind(kindText);
+  if (name === undefined) throw usage(`name the ${kind} (for example: haven cert issue ${kind} h4 ...)`);
+  if (extra.length > 0) throw usage(`unexpected argument "${extra[0]}"`);
+  let identity: Identity;
+  if (kind === "host") {
+    if (values.role !== undefined) throw usage("--role is for operators; a host takes --address");
+    if (typeof values.address !== "string" || values.address.trim() === "")
+      throw usage(`a host's certificate names its addresses: --address ADDR[,ADDR...]`);
+    const addresses = values.address.split(",").map((address) => address.trim());
+    if (addresses.some((address) => !/^[A-Za-z0-9.:-]+$/.test(address)))
+      throw usage(`--address "${values.address}" is not a list of IP addresses or DNS names`);
+    identity = { kind, name, addresses };
+  } else {
+    if (values.address !== undefined) throw usage("--address is for hosts; an operator takes --role");
+    const role = values.role;
+    if (!ROLES.includes(role as Role))
+      throw usage(`an operator's certificate names a role: --role ${ROLES.join("|")}${role ? `, not "${role}"` : ""}`);
+    identity = { kind, name, role: role as Role };
+  }
+  const dir = identityDir(pki, kind, name);
+  if (existsSync(join(dir, CERT)))
+    throw new HavenError(
+      "HAVEN_ERR_CONFLICT",
+      `${kind} ${name} has a certificate already (${dir}): 'haven cert renew ${name}' issues it again`,
+    );
+  if (!existsSync(join(caDir(pki), CA_KEY)))
+    throw new HavenError("HAVEN_ERR_NOT_FOUND", `${pki} holds no cluster CA key (ca/ca-key.pem) to sign with`);
+  const info = await issueCertificate(caDir(pki), dir, identity, days(values.days));
+  process.stdout.write(
+    `issued ${kind} ${name}: serial ${info.serial}, expires ${info.notAfter.toISOString()}\n  ${dir}\n`,
+  );
+  return 0;
+}
+
+async function certRenew(pki: string, args: string[], values: Record<string, string | boolean | undefined>) {
+  const [name, ...extra] = args;
+  if (name === undefined) throw usage("name the identity to renew (for example: haven cert renew h1)");
+  if (extra.length > 0) throw usage(`unexpected argument "${extra[0]}"`);
+  const kinds: IdentityKind[] = values.kind !== undefined ? [parseKind(String(values.kind))] : ["host", "operator"];
+  const found = kinds.filter((kind) => existsSync(join(identityDir(pki, kind, name), CERT)));
+  if (found.length === 0)
+    throw new HavenError(
+      "HAVEN_ERR_NOT_FOUND",
+      `no ${kinds.join(" or ")} named ${name} in ${pki} ('haven cert list' shows them; 'haven cert issue' makes one)`,
+    );
+  if (found.length > 1) throw usage(`a host and an operator are both named ${name}: say which with --kind`);
+  const kind = found[0]!;
+  const dir = identityDir(pki, kind, name);
+  const old = await readCertificate(join(dir, CERT));
+  const identity: Identity =
+    kind === "host"
+      ? { kind, name, addresses: old.altNames.filter((address) => address !== name) }
+      : { kind, name, role: old.role ?? "viewer" };
+  if (kind === "operator" && old.role === undefined)
+    throw new HavenError("HAVEN_ERR_CONFIG", `${join(dir, CERT)} names no role; issue it again with a role`);
+  const info = await issueCertificate(caDir(pki), dir, identity, days(values.days));
+  process.stdout.write(
+    `renewed ${kind} ${name}: serial ${info.serial}, expires ${info.notAfter.toISOString()} ` +
+      `(was ${old.notAfter.toISOString()})\n  ${dir}\n`,
+  );
+  return 0;
+}
