@@ -25,6 +25,8 @@ describe("haven cluster up runs one etcd member per host", { skip: !haveEtcd() &
   const env = { ...process.env, HAVEN_CONTEXT: join(dir.path, "context.json") };
   const haven = (...args: string[]) => run(process.execPath, ["bin/haven.js", ...args], { env, timeoutMs: 60_000 });
   let basePort = 0;
+  /** The cluster CA the first cluster up made, which every later one keeps. */
+  let caFirst = "";
   /** Every pid a cluster up recorded, so the after hook can make sure none is left. */
   const pids = new Set<number>();
   const record = (state: LocalClusterState) => {
@@ -50,7 +52,7 @@ describe("haven cluster up runs one etcd member per host", { skip: !haveEtcd() &
     assert.equal(state.etcd.length, 3);
     assert.deepEqual(
       state.etcd.map((member) => [member.name, member.host, member.endpoint]),
-      [1, 2, 3].map((i) => [`h${i}`, `h${i}`, `http://127.0.0.1:${basePort + 10 * i + 3}`]),
+      [1, 2, 3].map((i) => [`h${i}`, `h${i}`, `https://127.0.0.1:${basePort + 10 * i + 3}`]),
     );
     assert.deepEqual(
       state.endpoints,
@@ -59,8 +61,12 @@ describe("haven cluster up runs one etcd member per host", { skip: !haveEtcd() &
     for (const agent of state.agents) {
       const member = state.etcd.find((candidate) => candidate.host === agent.name)!;
       assert.equal(agent.etcdPid, member.pid, `${agent.name}'s member pid is recorded next to its agent`);
-      const config = JSON.parse(readFileSync(agent.config, "utf8")) as { etcd: { endpoints: string[] } };
+      const config = JSON.parse(readFileSync(agent.config, "utf8")) as {
+        etcd: { endpoints: string[] };
+        tls: { dir: string };
+      };
       assert.deepEqual(config.etcd.endpoints, state.endpoints, `${agent.name}'s agent knows every member`);
+      assert.equal(config.tls.dir, join(clusterDir, "pki", "hosts", agent.name), `${agent.name} has its own identity`);
     }
     assert.ok([...pids].every(alive));
     assert.match(up.stdout, new RegExp(`etcd ${state.endpoints.join(",")}, hosts h1, h2, h3`));
@@ -71,6 +77,7 @@ describe("haven cluster up runs one etcd member per host", { skip: !haveEtcd() &
       "etcd speaks TLS only",
     );
     assert.equal(context.tls, join(clusterDir, "pki", "operators", "admin"));
+    caFirst = readFileSync(join(clusterDir, "pki", "ca", "ca-cert.pem"), "utf8");
 
     const status = await haven("status");
     assert.match(status.stdout, /^3 hosts \(3 alive\)/m, status.stderr);
@@ -102,6 +109,7 @@ describe("haven cluster up runs one etcd member per host", { skip: !haveEtcd() &
     record(state);
     assert.equal(up.code, 0, up.stderr);
     assert.equal(state.etcd.length, 3, "the members the cluster was first started with");
+    assert.equal(readFileSync(join(clusterDir, "pki", "ca", "ca-cert.pem"), "utf8"), caFirst, "the CA is kept");
     assert.equal((await (await localClusterClient(state)).get("/test/marker"))?.value, "kept");
     const down = await haven("cluster", "down", "--dir", clusterDir);
     assert.equal(down.code, 0, down.stderr);
