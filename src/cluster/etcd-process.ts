@@ -3,7 +3,9 @@
 // place that spells etcd's flags, which `haven cluster up` uses too for its background members. Ready
 // means the member answers /v3/maintenance/status (it gives no event to wait for, so this polls, within
 // a deadline; a member answers before its cluster has a leader); stopping is SIGTERM, then SIGKILL if it
-// lingers. A failure to start says why, with the end of etcd's log.
+// lingers. A failure to start says why, with the end of etcd's log. Given a host identity directory
+// (tlsDir), a member serves clients and peers over TLS only and asks each for a certificate of the same
+// CA (--client-cert-auth, --peer-client-cert-auth): nobody without one reads or writes a key.
 
 import { spawn, type ChildProcess } from "node:child_process";
 import { createServer, type AddressInfo } from "node:net";
