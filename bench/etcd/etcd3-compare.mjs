@@ -5,6 +5,7 @@
 //   npm run build && ETCD3_DIR=/tmp/etcd3-bench node bench/etcd/etcd3-compare.mjs [READS] [WATCHES]
 
 import { createRequire } from "node:module";
+import { performance } from "node:perf_hooks";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
