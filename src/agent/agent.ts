@@ -435,6 +435,7 @@ export class Agent implements AgentView {
       disks,
       ...(this.config.vms && { vmCapacity: { cpus: this.config.vms.cpus, memoryMiB: this.config.vms.memoryMiB } }),
       startedAt: this.world.wallTime().toISOString(),
+      ...(this.config.insecure === true && { insecure: true as const }),
     };
   }
 

@@ -68,6 +68,8 @@ export interface HostRecord {
   readonly vmCapacity?: VmCapacity;
   /** ISO time the agent started. */
   readonly startedAt: string;
+  /** Its config says "insecure": true: it listens beyond loopback without TLS (status reports it). */
+  readonly insecure?: true;
 }
 
 export interface VmCapacity {
@@ -352,6 +354,7 @@ export function parseHostRecord(value: string, key: string): HostRecord {
     }),
     ...(o.vmCapacity !== undefined && { vmCapacity: parseVmCapacity(o.vmCapacity, `${key} vmCapacity`) }),
     startedAt: text(o, "startedAt", key),
+    ...(o.insecure === true && { insecure: true as const }),
   };
 }
 

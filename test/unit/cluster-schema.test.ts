@@ -4,7 +4,7 @@
 // from before they existed).
 
 import assert from "node:assert/strict";
-import { parseHostHealthRecord, type HostHealthRecord } from "../../src/cluster/schema.js";
+import { parseHostHealthRecord, parseHostRecord, type HostHealthRecord } from "../../src/cluster/schema.js";
 import { failsWith } from "../helpers/errors.js";
 import { boundedTest } from "../helpers/bounded-test.js";
 
@@ -79,4 +79,19 @@ test("each malformed field of a health record is refused, naming the key and the
     );
   }
   assert.throws(() => parseHostHealthRecord("not json", KEY), failsWith("HAVEN_ERR_IO", /not JSON/));
+});
+
+test('a host record says "insecure" only when its agent runs without TLS by choice', () => {
+  const record = {
+    name: "h1",
+    address: "10.0.0.1",
+    apiPort: 7480,
+    replicationPort: 7481,
+    nbdPort: 10809,
+    disks: [],
+    startedAt: "2026-12-05T00:00:00.000Z",
+  };
+  assert.equal(parseHostRecord(JSON.stringify(record), "/hosts/h1").insecure, undefined);
+  assert.equal(parseHostRecord(JSON.stringify({ ...record, insecure: true }), "/hosts/h1").insecure, true);
+  assert.equal(parseHostRecord(JSON.stringify({ ...record, insecure: "yes" }), "/hosts/h1").insecure, undefined);
 });
