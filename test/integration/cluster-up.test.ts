@@ -7,7 +7,9 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
+import { get as httpsGet } from "node:https";
 import { join } from "node:path";
+import { loadTlsIdentity } from "../../src/security/tls-identity.js";
 import {
   alive,
   clusterDown,
@@ -18,6 +20,18 @@ import {
 import { freeBasePort } from "../helpers/cluster.js";
 import { haveEtcd } from "../helpers/etcd.js";
 import { run, tempDir } from "../helpers/server-process.js";
+
+/** A GET of a member's peer /version with the credentials given: "HTTP nnn" or "error: ...". */
+function peerProbe(peerUrl: string, credentials: { ca: Buffer; cert?: Buffer; key?: Buffer }): Promise<string> {
+  return new Promise((resolve) => {
+    const req = httpsGet(new URL("/version", peerUrl), { agent: false, ...credentials }, (response) => {
+      response.resume();
+      response.once("end", () => resolve(`HTTP ${response.statusCode}`));
+    });
+    req.once("error", (error) => resolve(`error: ${error.message}`));
+    req.setTimeout(5_000, () => req.destroy(new Error("timed out")));
+  });
+}
 
 describe("haven cluster up runs one etcd member per host", { skip: !haveEtcd() && "needs etcd" }, () => {
   const dir = tempDir("haven-cluster-up-");
@@ -78,6 +92,11 @@ describe("haven cluster up runs one etcd member per host", { skip: !haveEtcd() &
     );
     assert.equal(context.tls, join(clusterDir, "pki", "operators", "admin"));
     caFirst = readFileSync(join(clusterDir, "pki", "ca", "ca-cert.pem"), "utf8");
+    // Members talk to each other over TLS too, and a peer without a certificate of the CA is refused.
+    assert.ok(state.etcd.every((member) => member.peerUrl.startsWith("https://")));
+    const admin = await loadTlsIdentity(context.tls);
+    assert.match(await peerProbe(state.etcd[0]!.peerUrl, { ca: admin.ca }), /^error: /);
+    assert.match(await peerProbe(state.etcd[0]!.peerUrl, { ca: admin.ca, cert: admin.cert, key: admin.key }), /^HTTP /);
 
     const status = await haven("status");
     assert.match(status.stdout, /^3 hosts \(3 alive\)/m, status.stderr);
