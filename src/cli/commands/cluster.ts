@@ -25,6 +25,9 @@ disk directory and ports, and writes a context file so that 'haven status', 'hav
 the other cluster commands use this cluster by default. Stop it with 'haven cluster down'.
 etcd runs one member per host, so losing one host's member of three changes nothing; every agent
 knows every member. A cluster started again from its directory keeps the members it had.
+etcd speaks mutual TLS only, under the cluster's own CA in DIR/pki (made once, kept afterwards): each
+host has its identity (DIR/pki/hosts/hI) and the CLI the operator "admin" (DIR/pki/operators/admin,
+named by the context file's "tls"). 'haven cert list' shows them.
 
 options:
   --hosts N          hosts to start, 1 to 9 (default 3)
