@@ -10,13 +10,9 @@ import { createHash, timingSafeEqual } from "node:crypto";
 import type { TLSSocket } from "node:tls";
 import { HavenError } from "../core/errors.js";
 import { peerIdentity } from "../security/tls-identity.js";
-import { roleAllows, type Role } from "../security/pki.js";
+import { roleAllows, type Caller, type Role } from "../security/pki.js";
 
-export interface Caller {
-  /** Who, for the log and the event log: an operator's name, a host's, or "cluster-token". */
-  readonly name: string;
-  readonly role: Role;
-}
+export type { Caller };
 
 export interface CallerSources {
   /** The cluster's API token (the agent's own). */
