@@ -134,3 +134,14 @@ export async function authenticate(call: AuthCall, name: string, password: strin
 export function tokenRefused(grpcCode: number, message: string): boolean {
   return grpcCode === 16 || /invalid auth token|auth: revision in header is old/.test(message);
 }
+
+/**
+ * Turns etcd's authentication on for a new cluster: Haven's roles, the root user (its password is the
+ * cluster's recovery credential, kept by whoever set the cluster up) and auth enabled. From then on
+ * every change to users and roles needs a root-role token (an admin operator's).
+ */
+export async function bootstrapAuth(call: AuthCall, rootPassword: string): Promise<void> {
+  await createRoles(call);
+  await addUser(call, "root", rootPassword, ["root"]);
+  await enableAuth(call);
+}
