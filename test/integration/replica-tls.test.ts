@@ -8,13 +8,15 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { connect, type Socket } from "node:net";
+import { connect as connectTls } from "node:tls";
 import { join } from "node:path";
 import { replicaPinger } from "../../src/agent/replica-pinger.js";
 import { replicaOpener } from "../../src/replica/open-replica.js";
 import { RemoteReplicaPort } from "../../src/replica/remote-port.js";
 import { ReplicaClient } from "../../src/replica/replica-client.js";
 import { ReplicaServer } from "../../src/replica/replica-server.js";
-import { FRAME_MAGIC } from "../../src/replica/protocol/constants.js";
+import { FRAME_MAGIC, FrameType, ReplyStatus } from "../../src/replica/protocol/constants.js";
+import { FrameConnection } from "../../src/replica/protocol/connection.js";
 import type { TlsIdentity } from "../../src/security/tls-identity.js";
 import { tempDir } from "../helpers/server-process.js";
 import { testPki, type TestPki } from "../helpers/test-pki.js";
@@ -160,6 +162,20 @@ describe("replication over mutual TLS", { timeout: 60_000 }, () => {
     await link.ping();
     link.close();
     await assert.rejects(pinger("b", { address: "127.0.0.1", port }, 5_000), /names host a, not host b/);
+  });
+
+  test("a TLS client without a certificate gets one refusal and nothing else", async () => {
+    const from = logs.length;
+    const socket = connectTls({ host: "127.0.0.1", port, ca: hostB.ca, checkServerIdentity: () => undefined });
+    socket.on("error", () => undefined);
+    await new Promise((resolve, reject) => socket.once("secureConnect", resolve).once("error", reject));
+    const connection = new FrameConnection(socket);
+    const reply = await connection.next();
+    assert.equal(reply.type, FrameType.REPLY);
+    assert.equal(reply.status, ReplyStatus.NOT_AUTHENTICATED);
+    assert.match(reply.payload.toString(), /client certificate not accepted/);
+    await assert.rejects(connection.next(), /connection closed/, "nothing follows the refusal");
+    nothingServedSince(from);
   });
 
   test("an operator's certificate is refused on the replication port, with the reason", async () => {
