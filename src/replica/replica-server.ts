@@ -17,6 +17,7 @@
 // VOLUME@DISK (copyKey).
 
 import { HavenError } from "../core/errors.js";
+import type { CertificateInfo } from "../security/pki.js";
 import type { TlsIdentity } from "../security/tls-identity.js";
 import { DEFAULT_ADMISSION_LIMITS, type AdmissionLimits } from "./admission.js";
 import { LocalReplicaPort } from "./local-port.js";
@@ -46,6 +47,8 @@ export class ReplicaServer {
   /** One open port per copy (copyKey), shared by every connection to that copy. */
   private readonly copies = new Map<string, CopyEntry>();
   private readonly sessions = new Set<ReplicaSession>();
+  /** The client certificate each session's connection presented (TLS only). */
+  private readonly peers = new Map<ReplicaSession, CertificateInfo>();
   private readonly listener: ReplicaListener;
   private stopping = false;
   private readonly log: (line: string) => void;
@@ -107,6 +110,26 @@ export class ReplicaServer {
     await Promise.all([...this.copies].filter(([key]) => matches(key)).map(([, entry]) => entry.closing));
   }
 
+  /**
+   * Ends the connections whose client certificate the `revoked` hook names now: the hook is asked at
+   * each handshake, so a certificate revoked later needs this (call it when the revocations change).
+   * Resolves with how many were ended, once their requests have finished.
+   */
+  async dropRevoked(): Promise<number> {
+    const revoked = this.options.revoked;
+    if (revoked === undefined) return 0;
+    const ended = [...this.peers].filter(([, peer]) => revoked(peer.serial)).map(([session]) => session);
+    for (const session of ended) {
+      const peer = this.peers.get(session);
+      this.log(
+        `dropping the connection of host ${peer?.name ?? "?"}: its certificate (serial ${peer?.serial ?? "?"}) is revoked`,
+      );
+      session.destroy();
+    }
+    await Promise.all(ended.map((session) => session.finished));
+    return ended.length;
+  }
+
   /** Names of the copies open now (for status and tests). */
   openCopies(): string[] {
     return [...this.copies.keys()];
@@ -126,8 +149,10 @@ export class ReplicaServer {
           log,
         );
         this.sessions.add(session);
+        if (peer !== undefined) this.peers.set(session, peer);
         void session.finished.then(() => {
           this.sessions.delete(session);
+          this.peers.delete(session);
           this.release(session);
         });
         session.start();

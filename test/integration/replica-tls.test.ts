@@ -202,6 +202,24 @@ describe("replication over mutual TLS", { timeout: 60_000 }, () => {
     client.close();
   });
 
+  test("a certificate revoked after its connection authenticated loses the connection when the server is told", async () => {
+    const later = await pki.host("d");
+    const opener = replicaOpener({ secret: SECRET, tls: later, serverName: () => "a" });
+    const remote = (await opener(`tcp://127.0.0.1:${port}`, "vol-revoked-later", CREATE)) as RemoteReplicaPort;
+    const lost = new Promise<Error>((resolve) => (remote.onLost = resolve));
+    try {
+      await remote.write(1, 0, Buffer.alloc(4096, 1), false);
+      assert.equal(await server.dropRevoked(), 0, "nothing is revoked yet");
+      revokedSerials.add(later.info.serial);
+      assert.equal(await server.dropRevoked(), 1);
+      assert.match((await lost).message, /connection lost/);
+      await assert.rejects(remote.write(1, 0, Buffer.alloc(4096, 2), false), /connection lost/);
+    } finally {
+      revokedSerials.delete(later.info.serial);
+      await remote.close();
+    }
+  });
+
   test("the shared secret is still checked inside TLS", async () => {
     const from = logs.length;
     await assert.rejects(connectAs(hostB, "a", Buffer.from("a wrong secret, long enough")), /refused us: wrong secret/);
