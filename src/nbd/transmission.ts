@@ -102,6 +102,7 @@ export class TransmissionSession {
   private pendingWriteReserved = false;
   /** Withdraws a reservation still queued in the budget. */
   private cancelBudgetWait: (() => void) | undefined;
+  private waitedForBudget = false;
   private inflightRequests = 0;
   private inflightBytes = 0;
   private ending: string | undefined;
@@ -196,6 +197,12 @@ export class TransmissionSession {
           });
           if (!reservation.granted) {
             this.cancelBudgetWait = reservation.cancel;
+            if (!this.waitedForBudget) {
+              this.waitedForBudget = true;
+              this.log(
+                `WRITE of ${pending.length} bytes waits for the server's write budget (logged once per connection)`,
+              );
+            }
             this.socket.pause();
             return;
           }
