@@ -63,6 +63,8 @@ export class NbdServer implements ExportCatalog {
   private readonly handshaking = new Map<Socket, Handshaking>();
   /** Open TCP connections by remote address. */
   private readonly perAddress = new Map<string, number>();
+  /** Each TCP connection's remote address as it was when accepted (node forgets it once closed). */
+  private readonly addressOf = new Map<Socket, string>();
   private readonly writeBudget: WriteBudget;
   private readonly tls: HandshakeTls | undefined;
   private floodEvents = 0;
@@ -252,7 +254,8 @@ export class NbdServer implements ExportCatalog {
   private forgetConnection(socket: Socket): void {
     this.handshaking.delete(socket);
     if (!this.sockets.delete(socket)) return;
-    const address = socket.remoteAddress;
+    const address = this.addressOf.get(socket);
+    this.addressOf.delete(socket);
     if (address === undefined) return;
     const left = (this.perAddress.get(address) ?? 1) - 1;
     if (left <= 0) this.perAddress.delete(address);
@@ -269,7 +272,10 @@ export class NbdServer implements ExportCatalog {
       return;
     }
     this.sockets.add(socket);
-    if (address !== undefined) this.perAddress.set(address, (this.perAddress.get(address) ?? 0) + 1);
+    if (address !== undefined) {
+      this.addressOf.set(socket, address);
+      this.perAddress.set(address, (this.perAddress.get(address) ?? 0) + 1);
+    }
     const entry: Handshaking = { address, spoke: false };
     this.handshaking.set(socket, entry);
     socket.once("data", () => (entry.spoke = true));
