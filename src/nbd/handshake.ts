@@ -139,7 +139,7 @@ async function upgradeToTls(stream: Stream, tls: HandshakeTls): Promise<string> 
   secure.authorized = true;
   stream.socket = secure;
   stream.reader = new ByteReader(secure, MAX_OPTION_PAYLOAD_BYTES + Size.OPTION_HEADER);
-  return tls.describePeer(secure);
+  return `${tls.describePeer(secure)}, ${secure.getProtocol() ?? "TLS"} ${secure.getCipher().name}`;
 }
 
 async function haggle(
