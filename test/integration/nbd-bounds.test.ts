@@ -8,7 +8,12 @@ import assert from "node:assert/strict";
 import { once } from "node:events";
 import { readFileSync } from "node:fs";
 import { connect, type Socket } from "node:net";
-import { Command } from "../../src/nbd/constants.js";
+import { join } from "node:path";
+import { Command, Option, OptionReply } from "../../src/nbd/constants.js";
+import { NbdServer } from "../../src/nbd/server.js";
+import { FileDevice } from "../../src/block/file-device.js";
+import { createCa, issueCertificate } from "../../src/security/pki.js";
+import { loadTlsIdentity } from "../../src/security/tls-identity.js";
 import { RawNbdClient } from "../helpers/raw-nbd-client.js";
 import {
   haveTool,
@@ -159,6 +164,61 @@ describe("NBD server bounds", { timeout: 240_000 }, () => {
       const reply = await writer.readReply();
       assert.equal(reply?.simple?.error, 0);
       writer.close();
+    });
+  });
+
+  describe("handshake bounds (in-process server, small limits)", () => {
+    let server: NbdServer;
+    let device: FileDevice;
+    let port: number;
+    const logs: string[] = [];
+    before(async () => {
+      await createCa(join(dir.path, "ca"), "bounds");
+      await issueCertificate(join(dir.path, "ca"), join(dir.path, "h1"), {
+        kind: "host",
+        name: "h1",
+        addresses: ["127.0.0.1"],
+      });
+      device = await FileDevice.open(join(dir.path, "small.img"), { createSizeBytes: MIB });
+      server = new NbdServer({
+        exports: [{ name: "disk", description: "", device }],
+        log: (line) => logs.push(line),
+        limits: { maxHandshakes: 4, handshakeTimeoutMs: 1000 },
+        tls: { identity: await loadTlsIdentity(join(dir.path, "h1")), required: false },
+      });
+      port = Number((await server.listen({ kind: "tcp", host: "127.0.0.1", port: 0 })).split(":")[1]);
+    });
+    after(async () => {
+      await server.stop();
+      await device.close();
+    });
+
+    test("idle handshakes from many addresses beyond the total bound: the oldest are dropped, a new client is served", async () => {
+      const idle: Socket[] = [];
+      for (let i = 2; i < 12; i++) {
+        const socket = connect({ port, host: "127.0.0.1", localAddress: `127.0.0.${i}` });
+        socket.on("error", () => undefined);
+        socket.resume();
+        idle.push(socket);
+        await once(socket, "connect");
+      }
+      await until(() => idle.filter((socket) => !socket.destroyed).length <= 4, "all but 4 idle handshakes dropped");
+      const client = await RawNbdClient.connect({ port });
+      await client.handshake({ name: "disk" });
+      client.close();
+      for (const socket of idle) socket.destroy();
+      assert.ok(logs.some((line) => line.includes("dropped the oldest handshake (4 in progress)")));
+    });
+
+    test("a client that sends STARTTLS and then nothing is cut off at the handshake deadline", async () => {
+      const client = await RawNbdClient.connect({ port });
+      await client.readGreeting();
+      client.sendClientFlags();
+      client.sendOption(Option.STARTTLS);
+      assert.equal((await client.readOptionReply()).type, OptionReply.ACK);
+      const started = Date.now();
+      assert.ok(await client.waitForClose(5000), "the server must close a stalled TLS handshake");
+      assert.ok(Date.now() - started < 3000, `closed after ${Date.now() - started} ms; the deadline is 1 s`);
     });
   });
 });
