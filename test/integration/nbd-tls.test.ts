@@ -15,6 +15,7 @@ import { NbdServer } from "../../src/nbd/server.js";
 import { FileDevice } from "../../src/block/file-device.js";
 import { infoPayload, RawNbdClient } from "../helpers/raw-nbd-client.js";
 import {
+  HAVEN_BIN,
   haveTool,
   killStartedProcesses,
   run,
@@ -222,6 +223,23 @@ describe("NBD over TLS", { timeout: 180_000 }, () => {
       assert.match(info.stdout, /virtual size: 64 MiB/);
     },
   );
+});
+
+describe("haven nbd serve TLS flags", { timeout: 30_000 }, () => {
+  test("--tls-required without --tls-dir, or a --tls-dir without an identity, is refused with a message", async () => {
+    const dir = tempDir("haven-nbd-tls-flags-");
+    try {
+      const image = join(dir.path, "disk.img");
+      const alone = await run("node", [HAVEN_BIN, "nbd", "serve", image, "--size", "1M", "--tls-required"]);
+      assert.notEqual(alone.code, 0);
+      assert.match(alone.stderr, /--tls-required needs --tls-dir/);
+      const empty = await run("node", [HAVEN_BIN, "nbd", "serve", image, "--size", "1M", "--tls-dir", dir.path]);
+      assert.notEqual(empty.code, 0);
+      assert.match(empty.stderr, /cannot read .*ca-cert\.pem/);
+    } finally {
+      dir.remove();
+    }
+  });
 });
 
 describe("NBD without TLS configured", { timeout: 30_000 }, () => {
