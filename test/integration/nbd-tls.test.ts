@@ -223,6 +223,37 @@ describe("NBD over TLS", { timeout: 180_000 }, () => {
       assert.match(info.stdout, /virtual size: 64 MiB/);
     },
   );
+
+  test(
+    "QEMU (qemu-system-x86_64) attaches the export over TLS as a blockdev and reads what qemu-io wrote",
+    { skip: !haveTool("qemu-system-x86_64") || !haveTool("qemu-io") },
+    async () => {
+      const write = await run("qemu-io", [...qemuTls(pki("alice")), "-c", "write -P 0xc3 8M 64k"], {
+        timeoutMs: 30_000,
+      });
+      assert.equal(write.code, 0, write.stderr);
+      const monitor = await run(
+        "qemu-system-x86_64",
+        [
+          "-machine",
+          "none",
+          "-nodefaults",
+          "-display",
+          "none",
+          "-object",
+          `tls-creds-x509,id=tls0,endpoint=client,dir=${pki("alice")}`,
+          "-blockdev",
+          `driver=nbd,node-name=d0,server.type=inet,server.host=127.0.0.1,server.port=${server.port},export=disk,tls-creds=tls0`,
+          "-monitor",
+          "stdio",
+        ],
+        { input: 'qemu-io d0 "read -P 0xc3 8M 64k"\nquit\n', timeoutMs: 30_000 },
+      );
+      assert.equal(monitor.code, 0, monitor.stderr);
+      assert.match(monitor.stdout, /read 65536\/65536 bytes at offset 8388608/);
+      assert.doesNotMatch(monitor.stdout, /Pattern verification failed/);
+    },
+  );
 });
 
 describe("haven nbd serve TLS flags", { timeout: 30_000 }, () => {
