@@ -13,8 +13,8 @@ import { Command, Option, OptionReply } from "../../src/nbd/constants.js";
 import { NbdServer } from "../../src/nbd/server.js";
 import { FileDevice } from "../../src/block/file-device.js";
 import { createCa, issueCertificate } from "../../src/security/pki.js";
-import { loadTlsIdentity } from "../../src/security/tls-identity.js";
-import { RawNbdClient } from "../helpers/raw-nbd-client.js";
+import { clientTlsOptions, loadTlsIdentity } from "../../src/security/tls-identity.js";
+import { infoPayload, RawNbdClient } from "../helpers/raw-nbd-client.js";
 import {
   haveTool,
   killStartedProcesses,
@@ -94,78 +94,108 @@ describe("NBD server bounds", { timeout: 240_000 }, () => {
     );
   });
 
-  describe("partial WRITE payloads", () => {
-    const WRITE_BUDGET_BYTES = 64 * MIB;
-    const CONNECTIONS = 24;
-    const WRITE_BYTES = 32 * MIB;
-    // Node's own growth (heap, code, slabs of the paused connections) stays well within this.
-    const MARGIN_BYTES = 48 * MIB;
-    let server: ServerHandle;
-    const clients: RawNbdClient[] = [];
-    before(async () => {
-      server = await startServer({
-        dir: dir.path,
-        file: `${dir.path}/budget.img`,
-        size: "1G",
-        extraArgs: ["--write-budget", "64M"],
+  for (const overTls of [false, true]) {
+    describe(`partial WRITE payloads${overTls ? " over TLS" : ""}`, () => {
+      const WRITE_BUDGET_BYTES = 64 * MIB;
+      const CONNECTIONS = 24;
+      const WRITE_BYTES = 32 * MIB;
+      // Node's own growth (heap, code, slabs of the paused connections) stays well within this.
+      const MARGIN_BYTES = 48 * MIB;
+      let server: ServerHandle;
+      const clients: RawNbdClient[] = [];
+      const pki = join(dir.path, overTls ? "budget-pki-tls" : "budget-pki");
+      before(async () => {
+        const tlsArgs: string[] = [];
+        if (overTls) {
+          await createCa(join(pki, "ca"), "budget");
+          await issueCertificate(join(pki, "ca"), join(pki, "h1"), {
+            kind: "host",
+            name: "h1",
+            addresses: ["127.0.0.1"],
+          });
+          await issueCertificate(join(pki, "ca"), join(pki, "client"), {
+            kind: "operator",
+            name: "client",
+            role: "admin",
+          });
+          tlsArgs.push("--tls-dir", join(pki, "h1"));
+        }
+        server = await startServer({
+          dir: dir.path,
+          file: `${dir.path}/budget${overTls ? "-tls" : ""}.img`,
+          size: "1G",
+          extraArgs: ["--write-budget", "64M", ...tlsArgs],
+        });
       });
-    });
-    after(async () => {
-      for (const client of clients) client.close();
-      await server?.stop("SIGKILL");
-    });
+      after(async () => {
+        for (const client of clients) client.close();
+        await server?.stop("SIGKILL");
+      });
 
-    test(`24 connections holding partial 32 MiB WRITEs keep the server's peak RSS within the 64 MiB write budget + ${MARGIN_BYTES / MIB} MiB`, async (t) => {
-      const pid = server.process.pid!;
-      for (let i = 0; i < CONNECTIONS; i++) {
-        const client = await RawNbdClient.connect({ port: server.port });
-        await client.handshake({ name: "disk" });
-        clients.push(client);
-      }
-      const before = memoryOf(pid);
-      // Each sends all of its WRITE but the last MiB, so no write ever completes and frees its memory.
-      // Without one budget for all connections the server would hold 24 x 31 MiB = 744 MiB.
-      const piece = Buffer.alloc(MIB, 0x77);
-      clients.forEach((client, i) => {
-        client.request(Command.WRITE, { cookie: BigInt(i + 1), offset: i * WRITE_BYTES, length: WRITE_BYTES });
-        void (async () => {
-          for (let sent = 0; sent < WRITE_BYTES - MIB; sent += MIB) {
-            if (!client.socket.write(piece)) await Promise.race([once(client.socket, "drain"), client.closed]);
-            if (client.socket.destroyed) return;
+      test(`24 connections holding partial 32 MiB WRITEs keep the server's peak RSS within the 64 MiB write budget + ${MARGIN_BYTES / MIB} MiB`, async (t) => {
+        const pid = server.process.pid!;
+        const clientTls = overTls ? clientTlsOptions(await loadTlsIdentity(join(pki, "client")), "h1") : undefined;
+        for (let i = 0; i < CONNECTIONS; i++) {
+          const client = await RawNbdClient.connect({ port: server.port });
+          if (clientTls === undefined) {
+            await client.handshake({ name: "disk" });
+            clients.push(client);
+            continue;
           }
-        })();
-      });
-      const waiting = (): number => (server.log().match(/waits for the server's write budget/g) ?? []).length;
-      const admitted = WRITE_BUDGET_BYTES / WRITE_BYTES;
-      // The budget admits two WRITEs; their payloads (62 MiB) arrive, every other connection waits unread.
-      await until(
-        () =>
-          (waiting() >= CONNECTIONS - admitted && memoryOf(pid).rssBytes - before.rssBytes >= 48 * MIB) ||
-          memoryOf(pid).peakBytes - before.rssBytes > WRITE_BUDGET_BYTES + MARGIN_BYTES, // already over: fail below
-        `${CONNECTIONS - admitted} connections waiting for the budget and the admitted payloads in memory`,
-      );
-      const afterFlood = memoryOf(pid);
-      const grownBytes = afterFlood.peakBytes - before.rssBytes;
-      t.diagnostic(
-        `server RSS ${Math.round(before.rssBytes / MIB)} MiB before, peak ${Math.round(afterFlood.peakBytes / MIB)} MiB after`,
-      );
-      assert.ok(
-        grownBytes <= WRITE_BUDGET_BYTES + MARGIN_BYTES,
-        `peak RSS grew by ${Math.round(grownBytes / MIB)} MiB (from ${Math.round(before.rssBytes / MIB)} MiB)`,
-      );
-      assert.equal(waiting(), CONNECTIONS - admitted, "exactly the connections past the budget wait");
+          await client.readGreeting();
+          client.sendClientFlags();
+          client.sendOption(Option.STARTTLS);
+          assert.equal((await client.readOptionReply()).type, OptionReply.ACK);
+          const secure = await client.upgradeToTls(clientTls);
+          secure.sendOption(Option.GO, infoPayload("disk", []));
+          assert.equal((await secure.readOptionReplies()).at(-1)!.type, OptionReply.ACK);
+          clients.push(secure);
+        }
+        const before = memoryOf(pid);
+        // Each sends all of its WRITE but the last MiB, so no write ever completes and frees its memory.
+        // Without one budget for all connections the server would hold 24 x 31 MiB = 744 MiB.
+        const piece = Buffer.alloc(MIB, 0x77);
+        clients.forEach((client, i) => {
+          client.request(Command.WRITE, { cookie: BigInt(i + 1), offset: i * WRITE_BYTES, length: WRITE_BYTES });
+          void (async () => {
+            for (let sent = 0; sent < WRITE_BYTES - MIB; sent += MIB) {
+              if (!client.socket.write(piece)) await Promise.race([once(client.socket, "drain"), client.closed]);
+              if (client.socket.destroyed) return;
+            }
+          })();
+        });
+        const waiting = (): number => (server.log().match(/waits for the server's write budget/g) ?? []).length;
+        const admitted = WRITE_BUDGET_BYTES / WRITE_BYTES;
+        // The budget admits two WRITEs; their payloads (62 MiB) arrive, every other connection waits unread.
+        await until(
+          () =>
+            (waiting() >= CONNECTIONS - admitted && memoryOf(pid).rssBytes - before.rssBytes >= 48 * MIB) ||
+            memoryOf(pid).peakBytes - before.rssBytes > WRITE_BUDGET_BYTES + MARGIN_BYTES, // already over: fail below
+          `${CONNECTIONS - admitted} connections waiting for the budget and the admitted payloads in memory`,
+        );
+        const afterFlood = memoryOf(pid);
+        const grownBytes = afterFlood.peakBytes - before.rssBytes;
+        t.diagnostic(
+          `server RSS ${Math.round(before.rssBytes / MIB)} MiB before, peak ${Math.round(afterFlood.peakBytes / MIB)} MiB after`,
+        );
+        assert.ok(
+          grownBytes <= WRITE_BUDGET_BYTES + MARGIN_BYTES,
+          `peak RSS grew by ${Math.round(grownBytes / MIB)} MiB (from ${Math.round(before.rssBytes / MIB)} MiB)`,
+        );
+        assert.equal(waiting(), CONNECTIONS - admitted, "exactly the connections past the budget wait");
 
-      // The budget comes back when those clients go: a full 32 MiB write from a new client completes.
-      for (const client of clients) client.close();
-      await Promise.all(clients.map((client) => client.closed));
-      const writer = await RawNbdClient.connect({ port: server.port });
-      await writer.handshake({ name: "disk" });
-      writer.request(Command.WRITE, { cookie: 99n, offset: 0, payload: Buffer.alloc(WRITE_BYTES, 0x11) });
-      const reply = await writer.readReply();
-      assert.equal(reply?.simple?.error, 0);
-      writer.close();
+        // The budget comes back when those clients go: a full 32 MiB write from a new client completes.
+        for (const client of clients) client.close();
+        await Promise.all(clients.map((client) => client.closed));
+        const writer = await RawNbdClient.connect({ port: server.port });
+        await writer.handshake({ name: "disk" });
+        writer.request(Command.WRITE, { cookie: 99n, offset: 0, payload: Buffer.alloc(WRITE_BYTES, 0x11) });
+        const reply = await writer.readReply();
+        assert.equal(reply?.simple?.error, 0);
+        writer.close();
+      });
     });
-  });
+  }
 
   describe("handshake bounds (in-process server, small limits)", () => {
     let server: NbdServer;
