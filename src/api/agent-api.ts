@@ -1,7 +1,8 @@
 // The agent's HTTP API (`haven agent`, on the config's api.listen): what this host runs, for the CLI,
 // the dashboard and monitoring. It sees the agent only through AgentView (src/agent/view.ts); the
-// `haven agent` command puts the two together. Every request must carry the cluster's API token as a
-// bearer token (auth.ts); bodies are checked field by field and every error is JSON with the registry
+// `haven agent` command puts the two together. Every request must name its caller (callers.ts: the
+// cluster's API token, an operator's token, or an operator's certificate over HTTPS); reads need the
+// viewer role, a verify the operator role. Bodies are checked field by field and every error is JSON with the registry
 // code, as in every Haven API (server.ts): { "error": { "code": "HAVEN_ERR_...", "message": "..." } }.
 //
 //   GET  /v1/host                   this host: lease, etcd reachability, event-loop lag, disks, links, volumes
@@ -15,13 +16,16 @@
 import { HavenError } from "../core/errors.js";
 import type { EngineControl } from "../engine/status.js";
 import type { AgentView } from "../agent/view.js";
-import { bearerTokenCheck } from "./auth.js";
+import type { FastifyReply, FastifyRequest } from "fastify";
+import { callerResolver, requireRole, type Caller, type CallerSources } from "./callers.js";
 import { parseVerifyRequest } from "./requests.js";
 import { ApiServer } from "./server.js";
 
 export interface AgentApiServerOptions {
   /** One line per request that changes something (every non-GET), and per listener error; stderr by default. */
   readonly log?: (line: string) => void;
+  /** Operators' tokens and revoked certificates, beyond the cluster's API token. */
+  readonly callers?: Omit<CallerSources, "clusterToken">;
 }
 
 export class AgentApiServer {
@@ -32,11 +36,16 @@ export class AgentApiServer {
     token: string,
     options: AgentApiServerOptions = {},
   ) {
-    const check = bearerTokenCheck(token);
+    const resolve = callerResolver({ clusterToken: token, ...options.callers });
     this.server = new ApiServer({
       what: "agent API",
       failure: "the agent failed",
-      authenticate: (request) => check(request.headers.authorization),
+      authenticate: (request) => {
+        const caller = resolve(request.headers.authorization, request.socket);
+        this.callers.set(request, caller);
+        // Every route reads at least: a caller without even the viewer role learns nothing.
+        requireRole(caller, "viewer", `${request.method} ${request.url.split("?", 1)[0]!.slice(0, 200)}`);
+      },
       log: options.log ?? ((line) => process.stderr.write(`${line}\n`)),
     });
     this.server.route("/v1/host", { GET: () => this.agent.health() });
@@ -55,7 +64,8 @@ export class AgentApiServer {
       },
     });
     this.server.route("/v1/volumes/:name/verify", {
-      POST: (request) => {
+      POST: (request, reply) => {
+        requireRole(this.caller(reply), "operator", "an online verify");
         const options = parseVerifyRequest(request.body, { repairRequired: true });
         return this.engine(request.params.name!).startVerify(options);
       },
@@ -70,6 +80,13 @@ export class AgentApiServer {
   /** Stops accepting, lets requests in flight finish (for at most 2 s), then closes. */
   stop(): Promise<void> {
     return this.server.stop();
+  }
+
+  private readonly callers = new WeakMap<FastifyRequest, Caller>();
+
+  /** The caller the request was authenticated as (every request is, before it is routed). */
+  private caller(reply: FastifyReply): Caller {
+    return this.callers.get(reply.request)!;
   }
 
   private engine(name: string): EngineControl {

@@ -3,8 +3,8 @@
 // answers in the same record, and the answer is read back and the request removed. A host whose agent
 // does not answer in time gets its request withdrawn, so it is never carried out later by surprise.
 
+import { cliActor } from "./actor.js";
 import { randomBytes } from "node:crypto";
-import { hostname } from "node:os";
 import { diskKeys, parseDiskRequest, type DiskRequest } from "../cluster/disk-schema.js";
 import type { ClusterStore } from "../cluster/store.js";
 import { HavenError } from "../core/errors.js";
@@ -24,7 +24,7 @@ export async function askHost(
   const key = diskKeys.request(host, id);
   const request: DiskRequest = {
     ...ask,
-    requestedBy: `cli@${hostname()}`,
+    requestedBy: cliActor(),
     requestedAt: new Date().toISOString(),
     state: "pending",
   };

@@ -33,6 +33,7 @@ import {
 } from "./commands/volume-copies.js";
 import { VOLUME_CREATE_USAGE, volumeCreate } from "./commands/volume-create.js";
 import { VOLUME_DELETE_USAGE, volumeDelete } from "./commands/volume-delete.js";
+import { OPERATOR_USAGE, operatorCommand } from "./commands/operator.js";
 import { VOLUME_LIST_USAGE, volumeList } from "./commands/volume-list.js";
 import { VOLUME_PROMOTE_USAGE, volumePromote } from "./commands/volume-promote.js";
 import { VOLUME_SWITCHOVER_USAGE, volumeSwitchover } from "./commands/volume-switchover.js";
@@ -84,6 +85,8 @@ cluster commands (they find etcd by --etcd URL, $HAVEN_ETCD or a context file):
   volume list                       list the volumes: health, primary, copies, NBD URI
   volume show NAME                  everything about one volume, including its NBD URI
   events                            the cluster's events (--volume, --host, --limit, --follow)
+  operator add NAME --role ROLE     add an operator (viewer, operator or admin) with a token of their own
+  operator list, operator revoke NAME   who may act on the cluster; revoking ends a token at once
 
 commands on this machine:
   nbd serve FILE                    serve a file or block device over NBD
@@ -121,6 +124,12 @@ const COMMANDS: Record<string, Record<string, CommandEntry>> = {
     ["list", "issue", "renew"].map((verb) => [
       verb,
       { run: (argv: string[]) => certCommand([verb, ...argv]), usage: CERT_USAGE },
+    ]),
+  ),
+  operator: Object.fromEntries(
+    ["add", "list", "revoke"].map((verb) => [
+      verb,
+      { run: (argv: string[]) => operatorCommand([verb, ...argv]), usage: OPERATOR_USAGE },
     ]),
   ),
   host: { list: { run: hostList, usage: HOST_LIST_USAGE }, drain: { run: hostDrain, usage: HOST_DRAIN_USAGE } },

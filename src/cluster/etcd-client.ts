@@ -40,6 +40,7 @@ import {
 } from "./etcd-codec.js";
 import { EtcdTransport, type Repeatable } from "./etcd-transport.js";
 import { watchPrefix, type Watch, type WatchOptions } from "./etcd-watch.js";
+import { authenticate } from "./etcd-auth.js";
 
 export type { KeyValue, LeaseId, WatchEvent } from "./etcd-codec.js";
 export type { Watch, WatchOptions } from "./etcd-watch.js";
@@ -67,6 +68,8 @@ export interface EtcdClientOptions {
   readonly tls?: TlsIdentity | undefined;
   /** Offer the last TLS session again on each new connection (default true). */
   readonly tlsSessionResumption?: boolean;
+  /** etcd's user and password (an operator's token, a host's password) when etcd has auth on. */
+  readonly credentials?: { readonly user: string; readonly password: string };
 }
 
 const COMPARE_TARGETS = {
@@ -101,6 +104,28 @@ export class EtcdClient implements ClusterStore {
       tls: options.tls,
       ...(options.tlsSessionResumption !== undefined && { tlsSessionResumption: options.tlsSessionResumption }),
     });
+    this.credentials = options.credentials;
+  }
+
+  private readonly credentials: EtcdClientOptions["credentials"];
+  private authenticating: Promise<void> | undefined;
+
+  /** Gets a token for the credentials (one request at a time asks; the others wait for it). */
+  private authenticate(): Promise<void> {
+    const credentials = this.credentials!;
+    this.authenticating ??= (async () => {
+      try {
+        this.transport.authorization = undefined;
+        this.transport.authorization = await authenticate(
+          (path, body, what) => this.transport.call(`/v3/${path}`, body, what, "read"),
+          credentials.user,
+          credentials.password,
+        );
+      } finally {
+        this.authenticating = undefined;
+      }
+    })();
+    return this.authenticating;
   }
 
   get endpoints(): string[] {
@@ -277,8 +302,31 @@ export class EtcdClient implements ClusterStore {
     });
   }
 
-  private call(path: string, body: JsonObject, what: string, repeatable: Repeatable): Promise<JsonObject> {
-    return this.transport.call(path, body, what, repeatable);
+  /** One call to etcd's auth API (users, roles, enabling, authenticating), for etcd-auth.ts. */
+  auth(path: string, body: JsonObject, what: string): Promise<JsonObject> {
+    return this.call(`/v3/${path}`, body, what, "write");
+  }
+
+  /**
+   * One call with the client's token, when it has credentials: a token etcd no longer takes (expired,
+   * or its user changed) is renewed once and the call repeated, which is safe because etcd refused it
+   * before applying anything.
+   */
+  private async call(path: string, body: JsonObject, what: string, repeatable: Repeatable): Promise<JsonObject> {
+    if (this.credentials === undefined) return this.transport.call(path, body, what, repeatable);
+    if (this.transport.authorization === undefined) await this.authenticate();
+    try {
+      return await this.transport.call(path, body, what, repeatable);
+    } catch (error) {
+      if (!(error instanceof HavenError && error.code === "HAVEN_ERR_UNAUTHORIZED")) throw error;
+      await this.authenticate();
+      return this.transport.call(path, body, what, repeatable);
+    }
+  }
+
+  /** Makes sure the client holds a token before a watch opens (a watch cannot renew one by itself). */
+  async ready(): Promise<void> {
+    if (this.credentials !== undefined && this.transport.authorization === undefined) await this.authenticate();
   }
 }
 

@@ -144,7 +144,13 @@ export function parseWatchEvent(value: unknown, what: string): WatchEvent {
 }
 
 /** gRPC status codes etcd's errors carry. */
-export const GrpcCode = { INVALID_ARGUMENT: 3, NOT_FOUND: 5, UNAVAILABLE: 14 } as const;
+export const GrpcCode = {
+  INVALID_ARGUMENT: 3,
+  NOT_FOUND: 5,
+  PERMISSION_DENIED: 7,
+  UNAVAILABLE: 14,
+  UNAUTHENTICATED: 16,
+} as const;
 
 /**
  * etcd's error in either of the gateway's two shapes: {"error": "...", "message": "...", "code": N} for a

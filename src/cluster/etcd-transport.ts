@@ -82,6 +82,8 @@ export function parseEndpoint(text: string): Endpoint {
 }
 
 export class EtcdTransport {
+  /** The token every request carries (etcd's Authorization header) once the client authenticated. */
+  authorization: string | undefined;
   private readonly endpoints: readonly Endpoint[];
   /** Index of the endpoint that answered last; calls start there. */
   private preferred = 0;
@@ -243,7 +245,11 @@ export class EtcdTransport {
         // One connection per request, made here (no agent, no pool): see the file header.
         createConnection: () => this.connect(endpoint, opened),
         signal: controller.signal,
-        headers: { "content-type": "application/json", "content-length": payload.length },
+        headers: {
+          "content-type": "application/json",
+          "content-length": payload.length,
+          ...(this.authorization !== undefined && { authorization: this.authorization }),
+        },
       });
       req.once("socket", (socket) => {
         // A watch may stay quiet for hours: let the kernel notice a peer that vanished.
@@ -336,11 +342,21 @@ export function etcdRefused(
   error: { message: string; grpcCode: number },
 ): HavenError {
   const detail = `etcd at ${endpoint.name} refused ${what}: ${error.message}`;
+  if (/user name is empty/.test(error.message))
+    return new HavenError(
+      "HAVEN_ERR_UNAUTHORIZED",
+      `${detail}: etcd has authentication on, and this client gave no credentials (an operator's token, ` +
+        `or the host's etcd password)`,
+    );
   switch (error.grpcCode) {
     case GrpcCode.NOT_FOUND:
       return new HavenError("HAVEN_ERR_NOT_FOUND", detail);
     case GrpcCode.UNAVAILABLE:
       return new HavenError("HAVEN_ERR_UNAVAILABLE", detail);
+    case GrpcCode.UNAUTHENTICATED:
+      return new HavenError("HAVEN_ERR_UNAUTHORIZED", detail, { cause: { grpcCode: error.grpcCode } });
+    case GrpcCode.PERMISSION_DENIED:
+      return new HavenError("HAVEN_ERR_FORBIDDEN", `${detail} (the operator's role does not allow it)`);
     default:
       return new HavenError("HAVEN_ERR_IO", detail);
   }

@@ -51,6 +51,7 @@ export const ERRORS = {
   HAVEN_ERR_IO: { summary: "I/O error on the backing store", exitCode: 1, httpStatus: 500 },
   HAVEN_ERR_UNAVAILABLE: { summary: "a required service is unreachable", exitCode: 1, httpStatus: 503 },
   HAVEN_ERR_UNAUTHORIZED: { summary: "missing or wrong credentials", exitCode: 2, httpStatus: 401 },
+  HAVEN_ERR_FORBIDDEN: { summary: "the operator's role does not allow it", exitCode: 2, httpStatus: 403 },
   HAVEN_ERR_SHUTTING_DOWN: { summary: "the server is shutting down", exitCode: 1, httpStatus: 503 },
 } as const satisfies Record<string, ErrorSpec>;
 

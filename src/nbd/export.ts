@@ -17,9 +17,19 @@ export interface NbdLimits {
   readonly maxInflightBytes: number;
   /** Reply bytes queued on the socket before the server stops reading new requests. */
   readonly maxQueuedReplyBytes: number;
+  /** Time a client has from connecting to entering transmission (TLS handshake included). */
   readonly handshakeTimeoutMs: number;
   readonly maxOptionsPerHandshake: number;
   readonly maxConnections: number;
+  /**
+   * Connections from one remote address (TCP only). Past it, a new connection from that address
+   * replaces the oldest one of it still in the handshake, or is refused when all are past it.
+   */
+  readonly maxConnectionsPerAddress: number;
+  /** Connections in the handshake at once, all addresses; past it the oldest handshake is dropped. */
+  readonly maxHandshakes: number;
+  /** WRITE payload bytes held by all connections together (see write-budget.ts). */
+  readonly writeBudgetBytes: number;
   /** How long shutdown waits for in-flight requests before dropping connections. */
   readonly shutdownGraceMs: number;
   /** Minimum block size advertised (and enforced once a client asked for block sizes). */
@@ -32,9 +42,13 @@ export const DEFAULT_LIMITS: NbdLimits = {
   maxInflightRequests: 128,
   maxInflightBytes: 64 * 1024 * 1024,
   maxQueuedReplyBytes: 64 * 1024 * 1024,
-  handshakeTimeoutMs: 30_000,
+  // Real clients finish the handshake, TLS included, in milliseconds; 10 s leaves room for a loaded host.
+  handshakeTimeoutMs: 10_000,
   maxOptionsPerHandshake: 256,
   maxConnections: 4096,
+  maxConnectionsPerAddress: 64,
+  maxHandshakes: 256,
+  writeBudgetBytes: 256 * 1024 * 1024,
   shutdownGraceMs: 10_000,
   minBlockBytes: 512,
   preferredBlockBytes: 4096,

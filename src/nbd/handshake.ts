@@ -2,8 +2,18 @@
 // picks an export (or the client aborts). Every option payload is length-checked before it is parsed;
 // anything the spec says cannot be answered (bad magic, unknown client flags, oversized payloads)
 // ends the connection with a reason for the log.
+//
+// TLS (NBD_OPT_STARTTLS, the spec's "TLS" section): with TLS configured the client may upgrade the
+// connection in the middle of haggling; the server ACKs, runs a mutual X.509 handshake on the same TCP
+// connection (the client's certificate must be signed by the cluster CA) and haggling starts again on
+// the encrypted stream, forgetting what was agreed in clear (structured replies, meta contexts). With
+// TLS required, every option but STARTTLS and ABORT gets ERR_TLS_REQD before the upgrade and
+// EXPORT_NAME (which cannot be refused) drops the connection: nothing is served in clear. Bytes that a
+// client sends after STARTTLS but before our ACK would be plaintext smuggled into the encrypted
+// session, so they end the connection.
 
 import type { Socket } from "node:net";
+import { TLSSocket, type TlsOptions } from "node:tls";
 import {
   BASE_ALLOCATION,
   BASE_ALLOCATION_CONTEXT_ID,
@@ -40,6 +50,18 @@ export interface Negotiated {
   readonly blockSizesAgreed: boolean;
   /** Bytes that arrived after the handshake ended: the first transmission requests. */
   readonly leftover: Buffer[];
+  /** The stream transmission runs on: the accepted socket, or the TLS socket wrapped around it. */
+  readonly socket: Socket;
+  /** The client's certificate subject after STARTTLS, e.g. "operator alice"; undefined in clear. */
+  readonly tlsPeer: string | undefined;
+}
+
+/** How a server offers TLS: node's server options (see security/tls-identity.ts) and whether it insists. */
+export interface HandshakeTls {
+  readonly options: TlsOptions;
+  readonly required: boolean;
+  /** Names the verified client certificate for the log. */
+  readonly describePeer: (socket: TLSSocket) => string;
 }
 
 export interface ExportCatalog {
@@ -68,33 +90,75 @@ export async function negotiate(
   catalog: ExportCatalog,
   limits: NbdLimits,
   log: (line: string) => void,
+  tls?: HandshakeTls,
 ): Promise<Negotiated | undefined> {
-  const reader = new ByteReader(socket, MAX_OPTION_PAYLOAD_BYTES + Size.OPTION_HEADER);
-  const timer = setTimeout(
-    () => reader.close(`handshake not finished within ${limits.handshakeTimeoutMs} ms`),
-    limits.handshakeTimeoutMs,
-  );
+  const stream = { socket, reader: new ByteReader(socket, MAX_OPTION_PAYLOAD_BYTES + Size.OPTION_HEADER) };
+  // One deadline for the whole handshake, TLS included: a client that stalls anywhere is cut off.
+  const timer = setTimeout(() => {
+    stream.reader.close(`handshake not finished within ${limits.handshakeTimeoutMs} ms`);
+    stream.socket.destroy();
+  }, limits.handshakeTimeoutMs);
   try {
-    return await haggle(socket, reader, catalog, limits, log);
+    return await haggle(stream, catalog, limits, log, tls);
   } finally {
     clearTimeout(timer);
   }
 }
 
+interface Stream {
+  socket: Socket;
+  reader: ByteReader;
+}
+
+/**
+ * Replaces the stream's socket by a TLS server socket over it and waits for the TLS handshake; the
+ * client certificate must verify against the CA. Throws ProtocolViolation when TLS fails.
+ */
+async function upgradeToTls(stream: Stream, tls: HandshakeTls): Promise<string> {
+  const plain = stream.socket;
+  const secure = new TLSSocket(plain, { ...tls.options, isServer: true });
+  secure.on("error", () => undefined); // reported through the reader or the handshake below
+  await new Promise<void>((resolve, reject) => {
+    const onError = (error: Error): void => reject(new ProtocolViolation(`TLS handshake failed: ${error.message}`));
+    secure.once("error", onError);
+    secure.once("close", () => reject(new ProtocolViolation("connection closed during the TLS handshake")));
+    secure.once("secure", () => {
+      secure.off("error", onError);
+      resolve();
+    });
+  });
+  // A bare TLSSocket (no tls.Server) does not act on the verification result itself: check it here.
+  const verifyError = (secure as unknown as { _handle?: { verifyError(): Error | null } })._handle?.verifyError();
+  const certificate = secure.getPeerX509Certificate();
+  if (verifyError || certificate === undefined) {
+    secure.destroy();
+    throw new ProtocolViolation(
+      `TLS client certificate refused: ${verifyError ? verifyError.message : "the client sent none"}`,
+    );
+  }
+  secure.authorized = true;
+  stream.socket = secure;
+  stream.reader = new ByteReader(secure, MAX_OPTION_PAYLOAD_BYTES + Size.OPTION_HEADER);
+  return `${tls.describePeer(secure)}, ${secure.getProtocol() ?? "TLS"} ${secure.getCipher().name}`;
+}
+
 async function haggle(
-  socket: Socket,
-  reader: ByteReader,
+  stream: Stream,
   catalog: ExportCatalog,
   limits: NbdLimits,
   log: (line: string) => void,
+  tls: HandshakeTls | undefined,
 ): Promise<Negotiated | undefined> {
+  const socket = (): Socket => stream.socket;
+  const reader = (): ByteReader => stream.reader;
+  let tlsPeer: string | undefined;
   const greeting = Buffer.alloc(18);
   greeting.writeBigUInt64BE(NBD_MAGIC, 0);
   greeting.writeBigUInt64BE(IHAVEOPT, 8);
   greeting.writeUInt16BE(HandshakeFlag.FIXED_NEWSTYLE | HandshakeFlag.NO_ZEROES, 16);
-  socket.write(greeting);
+  socket().write(greeting);
 
-  const clientFlags = (await reader.read(4)).readUInt32BE(0);
+  const clientFlags = (await reader().read(4)).readUInt32BE(0);
   const knownClientFlags = HandshakeFlag.FIXED_NEWSTYLE | HandshakeFlag.NO_ZEROES;
   if ((clientFlags & ~knownClientFlags) !== 0) {
     throw new ProtocolViolation(`client sent unknown handshake flags 0x${clientFlags.toString(16)}`);
@@ -111,7 +175,7 @@ async function haggle(
     header.writeUInt32BE(option, 8);
     header.writeUInt32BE(type >>> 0, 12);
     header.writeUInt32BE(data.length, 16);
-    socket.write(data.length > 0 ? Buffer.concat([header, data]) : header);
+    socket().write(data.length > 0 ? Buffer.concat([header, data]) : header);
   };
   const fail = (option: number, type: number, message: string): void => {
     log(`option ${optionName(option)} refused: ${message}`);
@@ -122,7 +186,7 @@ async function haggle(
     if (count >= limits.maxOptionsPerHandshake) {
       throw new ProtocolViolation(`more than ${limits.maxOptionsPerHandshake} options in one handshake`);
     }
-    const header = await reader.read(Size.OPTION_HEADER);
+    const header = await reader().read(Size.OPTION_HEADER);
     if (header.readBigUInt64BE(0) !== IHAVEOPT) {
       throw new ProtocolViolation(`bad option magic 0x${header.readBigUInt64BE(0).toString(16)}`);
     }
@@ -133,7 +197,14 @@ async function haggle(
         `option ${optionName(option)} payload of ${length} bytes exceeds ${MAX_OPTION_PAYLOAD_BYTES}`,
       );
     }
-    const payload = length > 0 ? await reader.read(length) : Buffer.alloc(0);
+    const payload = length > 0 ? await reader().read(length) : Buffer.alloc(0);
+
+    const inClear = tlsPeer === undefined;
+    if (inClear && tls?.required && option !== Option.STARTTLS && option !== Option.ABORT) {
+      if (option === Option.EXPORT_NAME) throw new ProtocolViolation("EXPORT_NAME before STARTTLS; TLS is required");
+      fail(option, OptionReply.ERR_TLS_REQD, "this server requires TLS: send STARTTLS first");
+      continue;
+    }
 
     switch (option) {
       case Option.EXPORT_NAME: {
@@ -144,12 +215,12 @@ async function haggle(
         const answer = Buffer.alloc(noZeroes ? 10 : 10 + 124);
         answer.writeBigUInt64BE(BigInt(exported.device.size), 0);
         answer.writeUInt16BE(flags, 8);
-        socket.write(answer);
+        socket().write(answer);
         return finish(exported, flags, false);
       }
       case Option.ABORT:
         reply(option, OptionReply.ACK);
-        socket.end();
+        socket().end();
         return undefined;
       case Option.LIST: {
         if (length !== 0) {
@@ -168,10 +239,24 @@ async function haggle(
         reply(option, OptionReply.ACK);
         break;
       }
-      case Option.STARTTLS:
+      case Option.STARTTLS: {
         if (length !== 0) fail(option, OptionReply.ERR_INVALID, "STARTTLS takes no payload");
-        else fail(option, OptionReply.ERR_UNSUP, "this server does not offer TLS");
+        else if (tls === undefined) fail(option, OptionReply.ERR_POLICY, "this server does not offer TLS");
+        else if (!inClear) fail(option, OptionReply.ERR_INVALID, "TLS is already in use on this connection");
+        else {
+          const early = reader().detach();
+          if (early.length > 0) {
+            throw new ProtocolViolation("client sent data after STARTTLS before the server's reply");
+          }
+          reply(option, OptionReply.ACK);
+          tlsPeer = await upgradeToTls(stream, tls);
+          log(`TLS established with ${tlsPeer}`);
+          // The spec: what was negotiated in clear does not carry over into the TLS session.
+          structuredReplies = false;
+          metaContext = undefined;
+        }
         break;
+      }
       case Option.INFO:
       case Option.GO: {
         const request = parseInfoRequest(payload);
@@ -262,7 +347,9 @@ async function haggle(
       structuredReplies,
       baseAllocation: metaContext?.export === exported && metaContext.baseAllocation,
       blockSizesAgreed,
-      leftover: reader.detach(),
+      leftover: reader().detach(),
+      socket: socket(),
+      tlsPeer,
     };
   }
 }

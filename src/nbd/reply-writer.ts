@@ -5,6 +5,7 @@
 // wait in an outbox, and Node's own queue must be empty before the thread may start.
 
 import type { Socket } from "node:net";
+import { TLSSocket } from "node:tls";
 import { HavenError } from "../core/errors.js";
 import { nativeIo } from "../block/native.js";
 import type { BufferPool } from "../util/buffer-pool.js";
@@ -41,7 +42,9 @@ export class ReplyWriter {
     /** A reply was broken off mid-way: the stream is unusable. */
     private readonly abort: (reason: string) => void,
   ) {
-    const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    // sendfile would put file bytes on the wire unencrypted: never on a TLS socket.
+    const fd =
+      socket instanceof TLSSocket ? undefined : (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
     this.socketFd = typeof fd === "number" && fd >= 0 ? fd : undefined;
   }
 

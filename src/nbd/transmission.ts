@@ -3,8 +3,11 @@
 // order; the cookie matches them up). Everything a connection holds is bounded: requests in flight,
 // payload bytes in flight and reply bytes queued; past a bound the server stops reading the socket
 // until the backlog drains, so a fast or hostile client cannot make the server grow without limit.
+// WRITE payloads also count against the server's WriteBudget, shared by all its connections: a WRITE's
+// length is reserved before its payload is read, and reading waits while the budget is spent.
 
 import type { Socket } from "node:net";
+import { TLSSocket } from "node:tls";
 import { AssertionError } from "node:assert";
 import { errorMessage } from "../core/errors.js";
 import { nbdErrnoOf } from "./errno.js";
@@ -25,6 +28,7 @@ import type { BufferPool } from "../util/buffer-pool.js";
 import { ChunkQueue } from "../util/chunk-queue.js";
 import { SlabReader } from "../util/slab-reader.js";
 import { ReplyWriter, type FileSource } from "./reply-writer.js";
+import type { WriteBudget } from "./write-budget.js";
 import {
   blockStatusChunk,
   errorChunk,
@@ -94,6 +98,11 @@ export class TransmissionSession {
   private readonly received = new ChunkQueue((pieces) => this.reader?.release(pieces));
   private readonly replies: ReplyWriter;
   private pendingWrite: Request | undefined;
+  /** The pending WRITE's length is reserved in the server's budget (its payload may be read). */
+  private pendingWriteReserved = false;
+  /** Withdraws a reservation still queued in the budget. */
+  private cancelBudgetWait: (() => void) | undefined;
+  private waitedForBudget = false;
   private inflightRequests = 0;
   private inflightBytes = 0;
   private ending: string | undefined;
@@ -107,6 +116,7 @@ export class TransmissionSession {
     private readonly limits: NbdLimits,
     private readonly log: (line: string) => void,
     private readonly pool: BufferPool,
+    private readonly budget: WriteBudget,
   ) {
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
     this.replies = new ReplyWriter(
@@ -129,11 +139,13 @@ export class TransmissionSession {
     socket.on("error", (error) => this.finish(`socket error: ${error.message}`));
     socket.on("close", () => {
       this.ending ??= this.partialRequestNote("connection closed");
+      this.releasePendingWrite();
       this.resolveClosed(this.ending);
     });
     // What arrived with the handshake comes first; attach() then delivers what the socket buffered.
     for (const chunk of this.session.leftover) this.received.push(chunk);
-    this.reader = SlabReader.attach(socket, onChunk);
+    // Slab reading works on a plain socket's own handle; a TLS socket's reads go through its TLS layer.
+    this.reader = socket instanceof TLSSocket ? undefined : SlabReader.attach(socket, onChunk);
     if (this.reader === undefined) socket.on("data", onChunk);
     // The client may have gone while the handshake was finishing, before these listeners existed.
     if (socket.destroyed) {
@@ -157,8 +169,9 @@ export class TransmissionSession {
     return `inflight=${this.inflightRequests} ending=${this.ending ?? "-"} destroyed=${this.socket.destroyed} pendingWrite=${this.pendingWrite ? this.pendingWrite.length : 0} repliesQueued=${this.replies.busy}`;
   }
 
-  socketIs(socket: Socket): boolean {
-    return this.socket === socket;
+  /** Drops the connection at once (shutdown past its grace time). */
+  destroy(): void {
+    this.socket.destroy();
   }
 
   get inflight(): number {
@@ -173,9 +186,32 @@ export class TransmissionSession {
       }
       const pending = this.pendingWrite;
       if (pending !== undefined) {
+        if (!this.pendingWriteReserved) {
+          // Nothing of the payload is read until its bytes fit the server's budget.
+          if (this.cancelBudgetWait !== undefined) return; // still waiting, the socket paused
+          const reservation = this.budget.reserve(pending.length, () => {
+            this.cancelBudgetWait = undefined;
+            this.pendingWriteReserved = true;
+            if (this.ending === undefined) this.pump();
+            else this.releasePendingWrite();
+          });
+          if (!reservation.granted) {
+            this.cancelBudgetWait = reservation.cancel;
+            if (!this.waitedForBudget) {
+              this.waitedForBudget = true;
+              this.log(
+                `WRITE of ${pending.length} bytes waits for the server's write budget (logged once per connection)`,
+              );
+            }
+            this.socket.pause();
+            return;
+          }
+          this.pendingWriteReserved = true;
+        }
         if (this.received.length < pending.length) break;
         this.pendingWrite = undefined;
-        this.dispatch(pending, this.received.takePieces(pending.length));
+        this.pendingWriteReserved = false;
+        this.dispatch(pending, this.received.takePieces(pending.length), pending.length);
         continue;
       }
       if (this.received.length < Size.REQUEST_HEADER) break;
@@ -228,8 +264,22 @@ export class TransmissionSession {
     if (payload !== undefined) this.reader?.release(payload);
   }
 
-  private dispatch(request: Request, payload: Buffer[] | undefined): void {
+  /** Gives back the budget of a WRITE whose payload was never dispatched (the connection ended). */
+  private releasePendingWrite(): void {
+    this.cancelBudgetWait?.();
+    this.cancelBudgetWait = undefined;
+    if (this.pendingWriteReserved) {
+      this.pendingWriteReserved = false;
+      this.budget.release(this.pendingWrite!.length);
+    }
+  }
+
+  /** `budgetBytes`: what this request holds in the server's write budget, given back when it is done. */
+  private dispatch(request: Request, payload: Buffer[] | undefined, budgetBytes = 0): void {
     this.counters.requests++;
+    const giveBack = (): void => {
+      if (budgetBytes > 0) this.budget.release(budgetBytes);
+    };
     if (request.type === Command.DISC) {
       this.releasePayload(payload);
       this.finish("client sent DISC");
@@ -245,6 +295,7 @@ export class TransmissionSession {
         this.log(`${COMMAND_NAMES[request.type] ?? `command #${request.type}`} refused: ${refusal.reason}`);
       }
       this.releasePayload(payload);
+      giveBack();
       this.sendError(request, refusal.errno, refusal.reason);
       return;
     }
@@ -255,6 +306,7 @@ export class TransmissionSession {
       .catch((error: unknown) => this.failRequest(request, error))
       .finally(() => {
         this.releasePayload(payload);
+        giveBack();
         this.inflightRequests--;
         this.inflightBytes -= payloadBytes;
         if (this.ending !== undefined || this.shuttingDown) this.closeIfIdle();

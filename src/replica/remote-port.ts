@@ -22,6 +22,7 @@ import type { Frame } from "./protocol/frame-codec.js";
 import { decodeExtents, encodeMetadataPatch, encodeRegionBytes, parseMetadata } from "./protocol/payloads.js";
 import { ReplicaClient, ReplicaRequestError } from "./replica-client.js";
 import { parseHostPort } from "../util/units.js";
+import type { TlsIdentity } from "../security/tls-identity.js";
 import type { MetadataPatch, ReplicaMetadata } from "./replica-store.js";
 
 export interface RemoteReplicaOptions {
@@ -32,6 +33,10 @@ export interface RemoteReplicaOptions {
   /** Deadline for connecting and authenticating. */
   readonly connectTimeoutMs: number;
   readonly log?: (line: string) => void;
+  /** This host's identity: the link is then mutual TLS, and `serverName` is required. */
+  readonly tls?: TlsIdentity;
+  /** The host name the replica server's certificate must carry (the location holds only its address). */
+  readonly serverName?: string;
 }
 
 /** TRIM, WRITE_ZEROES and BLOCK_STATUS carry a 32-bit length: larger ranges go in pieces of this. */
@@ -84,6 +89,8 @@ export class RemoteReplicaPort implements ReplicaPort {
       requestTimeoutMs: options.requestTimeoutMs,
       label: `replica ${location}`,
       ...(options.log && { log: options.log }),
+      ...(options.tls && { tls: options.tls }),
+      ...(options.serverName !== undefined && { serverName: options.serverName }),
     });
     try {
       const reply = await client.openReplica(name, create, disk);

@@ -3,10 +3,14 @@
 // lost connection or a protocol violation by the server (a reply nobody asked for, a frame that is not
 // a reply) ends the connection, rejects every pending request with one HAVEN_ERR_IO saying what
 // happened, and is reported once through onClose. A reply with an error status rejects its request
-// with a ReplicaRequestError carrying the status.
+// with a ReplicaRequestError carrying the status. With a TLS identity the connection is mutual TLS
+// under the cluster CA, and the server's certificate must name the host the caller expects
+// (serverName): a certificate of another host of the cluster is refused like a stranger's.
 
 import { connect, type Socket } from "node:net";
+import { connect as connectTls } from "node:tls";
 import { HavenError } from "../core/errors.js";
+import { clientTlsOptions, type TlsIdentity } from "../security/tls-identity.js";
 import type { CreateOptions } from "./port.js";
 import { FRAME_TYPE_NAMES, FrameType, ReplyStatus } from "./protocol/constants.js";
 import { authenticateServer, frame, FrameConnection } from "./protocol/connection.js";
@@ -34,6 +38,10 @@ export interface ReplicaClientOptions {
   /** Names the server in messages and logs, e.g. "replica tcp://10.0.0.2:7400". */
   readonly label?: string;
   readonly log?: (line: string) => void;
+  /** This host's identity: the connection is then mutual TLS, and `serverName` is required. */
+  readonly tls?: TlsIdentity;
+  /** The host whose certificate the server must present (its host name in the cluster, not its address). */
+  readonly serverName?: string;
 }
 
 interface Pending {
@@ -86,14 +94,26 @@ export class ReplicaClient {
   ): Promise<ReplicaClient> {
     const label = options.label ?? `replica server ${host}:${port}`;
     const timeoutMs = options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
-    const socket = connect({ host, port, noDelay: true });
+    const { tls, serverName } = options;
+    if (tls !== undefined && serverName === undefined)
+      throw new HavenError(
+        "HAVEN_ERR_CONFIG",
+        `cannot connect to ${label} over TLS without the host name its certificate must carry (serverName)`,
+      );
+    const socket =
+      tls === undefined
+        ? connect({ host, port, noDelay: true })
+        : connectTls({ host, port, ...clientTlsOptions(tls, serverName as string) });
+    socket.setNoDelay(true);
     let timedOut = false;
     const timer = setTimeout(() => {
       timedOut = true;
       socket.destroy();
     }, timeoutMs);
+    let handshaking = true;
     try {
-      await connected(socket);
+      await connected(socket, tls === undefined ? "connect" : "secureConnect");
+      handshaking = false;
       const connection = new FrameConnection(socket);
       await authenticateServer(connection, secret);
       if (socket.destroyed) throw new Error(connection.failed?.message ?? "connection closed");
@@ -107,6 +127,13 @@ export class ReplicaClient {
       socket.destroy();
       if (timedOut)
         throw new HavenError("HAVEN_ERR_IO", `cannot connect to ${label}: no answer within ${timeoutMs} ms`);
+      if (tls !== undefined && handshaking && isTlsRefusal(error))
+        throw new HavenError(
+          "HAVEN_ERR_CONFIG",
+          `cannot connect to ${label}: TLS refused: ${(error as Error).message} (both hosts need certificates from ` +
+            `the cluster CA, and the server's must name host ${serverName as string})`,
+          { cause: error },
+        );
       const code = error instanceof HavenError ? error.code : "HAVEN_ERR_IO";
       throw new HavenError(code, `cannot connect to ${label}: ${(error as Error).message}`, { cause: error });
     } finally {
@@ -183,11 +210,22 @@ export class ReplicaClient {
   }
 }
 
-/** Resolves once the socket is connected; rejects if it errors or closes first. */
-function connected(socket: Socket): Promise<void> {
+/**
+ * Whether an error during the TLS handshake is a refusal (a configuration problem: certificates,
+ * names, a TLS/plain mismatch) rather than a lost link. A lost link is a system error (ECONNREFUSED,
+ * ECONNRESET...); a refusal is OpenSSL's (ERR_SSL_*), node's check of the server's certificate
+ * (CERT_HAS_EXPIRED, UNABLE_TO_VERIFY_LEAF_SIGNATURE...) or checkServerIdentity's, which has no code.
+ */
+function isTlsRefusal(error: unknown): boolean {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  return code === undefined || !/^E[A-Z]+$/.test(code);
+}
+
+/** Resolves once the socket is connected (`event`: TLS's secureConnect); rejects if it errors or closes first. */
+function connected(socket: Socket, event: "connect" | "secureConnect"): Promise<void> {
   return new Promise((resolve, reject) => {
     const done = (error?: Error): void => {
-      socket.off("connect", onConnect);
+      socket.off(event, onConnect);
       socket.off("error", done);
       socket.off("close", onClose);
       if (error) reject(error);
@@ -195,7 +233,7 @@ function connected(socket: Socket): Promise<void> {
     };
     const onConnect = (): void => done();
     const onClose = (): void => done(new Error("connection closed before it was established"));
-    socket.on("connect", onConnect);
+    socket.on(event, onConnect);
     socket.on("error", done);
     socket.on("close", onClose);
   });

@@ -1,6 +1,10 @@
 // The replica server: serves the copies in a directory (DIR/<volume name>/) to remote engines over
 // the replication protocol (protocol/constants.ts). Every connection must first prove it knows the
 // shared secret (mutual challenge-response); an unauthenticated peer gets a refusal and nothing else.
+// Who may get that far is the port's business (replica-listener.ts): mutual TLS under the cluster CA
+// when the server has an identity, and bounds on connections that have not authenticated yet. AUTH
+// stays on under TLS: a certificate and the secret are two independent proofs, so a host key that
+// leaks alone (or a CA mistake) does not open the copies, and plain-TCP clusters keep their one proof.
 // Each copy is opened once, as a LocalReplicaPort shared by every connection to it, so a remote engine
 // gets exactly the semantics of a local copy, epoch fence included: a deposed primary's writes are
 // refused. A copy is closed (its lock released) once the last connection to it has closed and every
@@ -12,11 +16,14 @@
 // means (a host can hold two copies of a volume, on different disks); the copy is then known as
 // VOLUME@DISK (copyKey).
 
-import { createServer, type Server, type Socket } from "node:net";
 import { HavenError } from "../core/errors.js";
+import type { CertificateInfo } from "../security/pki.js";
+import type { TlsIdentity } from "../security/tls-identity.js";
+import { DEFAULT_ADMISSION_LIMITS, type AdmissionLimits } from "./admission.js";
 import { LocalReplicaPort } from "./local-port.js";
 import { copyKey, isCopyOf, type CreateOptions } from "./port.js";
-import { authenticateEngine, FrameConnection } from "./protocol/connection.js";
+import { authenticateEngine } from "./protocol/connection.js";
+import { ReplicaListener, type IncomingConnection } from "./replica-listener.js";
 import { DEFAULT_SESSION_LIMITS, ReplicaSession, type SessionLimits, type SessionLoad } from "./replica-session.js";
 
 export interface ReplicaServerOptions {
@@ -28,16 +35,22 @@ export interface ReplicaServerOptions {
   readonly secret: Buffer;
   readonly log?: (line: string) => void;
   readonly limits?: Partial<SessionLimits>;
+  /** This host's identity: the port then speaks only mutual TLS, to clients with host certificates. */
+  readonly tls?: TlsIdentity;
+  /** Whether a client certificate's serial (lower-case hex) is revoked; checked after each TLS handshake. */
+  readonly revoked?: (serial: string) => boolean;
+  /** Bounds on connections that have not authenticated yet (admission.ts). */
+  readonly admission?: Partial<AdmissionLimits>;
 }
 
 export class ReplicaServer {
   /** One open port per copy (copyKey), shared by every connection to that copy. */
   private readonly copies = new Map<string, CopyEntry>();
-  private readonly sockets = new Set<Socket>();
   private readonly sessions = new Set<ReplicaSession>();
-  private server: Server | undefined;
+  /** The client certificate each session's connection presented (TLS only). */
+  private readonly peers = new Map<ReplicaSession, CertificateInfo>();
+  private readonly listener: ReplicaListener;
   private stopping = false;
-  private nextConnectionId = 1;
   private readonly log: (line: string) => void;
   private readonly limits: SessionLimits;
 
@@ -46,19 +59,25 @@ export class ReplicaServer {
       throw new HavenError("HAVEN_ERR_CONFIG", "the shared secret must be at least 16 bytes");
     this.log = options.log ?? ((line) => process.stderr.write(`${line}\n`));
     this.limits = { ...DEFAULT_SESSION_LIMITS, ...options.limits };
+    this.listener = new ReplicaListener(
+      {
+        ...(options.tls && { tls: options.tls }),
+        ...(options.revoked && { revoked: options.revoked }),
+        limits: { ...DEFAULT_ADMISSION_LIMITS, ...options.admission },
+        log: this.log,
+      },
+      (incoming) => this.accept(incoming),
+    );
   }
 
-  async listen(host: string, port: number): Promise<string> {
-    const server = createServer({ noDelay: true }, (socket) => this.accept(socket));
-    await new Promise<void>((resolve, reject) => {
-      server.once("error", (error) =>
-        reject(new HavenError("HAVEN_ERR_CONFIG", `cannot listen on ${host}:${port}: ${error.message}`)),
-      );
-      server.listen(port, host, resolve);
-    });
-    this.server = server;
-    const address = server.address() as { address: string; port: number };
-    return `${address.address}:${address.port}`;
+  /** Listens on HOST:PORT (port 0: any free one); resolves with the address it listens on. */
+  listen(host: string, port: number): Promise<string> {
+    return this.listener.listen(host, port);
+  }
+
+  /** Connections that have not authenticated yet (for status and the tests of the bounds). */
+  get unauthenticatedConnections(): number {
+    return this.listener.unauthenticated;
   }
 
   /** Per-connection load, for status and for the tests of the bounds. */
@@ -68,8 +87,7 @@ export class ReplicaServer {
 
   async stop(): Promise<void> {
     this.stopping = true;
-    for (const socket of this.sockets) socket.destroy();
-    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+    await this.listener.stop();
     for (const entry of this.copies.values()) {
       await entry.closing;
       await (await entry.port.catch(() => undefined))?.close();
@@ -92,22 +110,38 @@ export class ReplicaServer {
     await Promise.all([...this.copies].filter(([key]) => matches(key)).map(([, entry]) => entry.closing));
   }
 
+  /**
+   * Ends the connections whose client certificate the `revoked` hook names now: the hook is asked at
+   * each handshake, so a certificate revoked later needs this (call it when the revocations change).
+   * Resolves with how many were ended, once their requests have finished.
+   */
+  async dropRevoked(): Promise<number> {
+    const revoked = this.options.revoked;
+    if (revoked === undefined) return 0;
+    const ended = [...this.peers].filter(([, peer]) => revoked(peer.serial)).map(([session]) => session);
+    for (const session of ended) {
+      const peer = this.peers.get(session);
+      this.log(
+        `dropping the connection of host ${peer?.name ?? "?"}: its certificate (serial ${peer?.serial ?? "?"}) is revoked`,
+      );
+      session.destroy();
+    }
+    await Promise.all(ended.map((session) => session.finished));
+    return ended.length;
+  }
+
   /** Names of the copies open now (for status and tests). */
   openCopies(): string[] {
     return [...this.copies.keys()];
   }
 
-  private accept(socket: Socket): void {
-    const id = this.nextConnectionId++;
-    const log = (line: string): void =>
-      this.log(`replica conn ${id} (${socket.remoteAddress}:${socket.remotePort}): ${line}`);
-    this.sockets.add(socket);
-    socket.on("close", () => this.sockets.delete(socket));
-    const connection = new FrameConnection(socket);
+  private accept({ connection, peer, log, authenticated }: IncomingConnection): void {
+    const socket = connection.socket;
     authenticateEngine(connection, this.options.secret).then(
       () => {
         if (socket.destroyed) return log(`closed during authentication: ${connection.failed?.message ?? "?"}`);
-        log("engine authenticated");
+        authenticated();
+        log(peer === undefined ? "engine authenticated" : `engine authenticated (host ${peer.name})`);
         const session: ReplicaSession = new ReplicaSession(
           connection,
           (name, create, disk) => this.openCopy(session, name, create, disk),
@@ -115,17 +149,17 @@ export class ReplicaServer {
           log,
         );
         this.sessions.add(session);
+        if (peer !== undefined) this.peers.set(session, peer);
         void session.finished.then(() => {
           this.sessions.delete(session);
+          this.peers.delete(session);
           this.release(session);
         });
         session.start();
       },
       (error: unknown) => {
         log(`refused: ${(error as Error).message}`);
-        socket.pause(); // nothing more from this peer is read
-        connection.end(); // the refusal goes out first
-        setTimeout(() => socket.destroy(), 1000).unref();
+        connection.linger(); // the refusal authenticateEngine sent goes out; nothing more is read
       },
     );
   }

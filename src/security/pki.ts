@@ -22,6 +22,13 @@ import { HavenError } from "../core/errors.js";
 export const ROLES = ["viewer", "operator", "admin"] as const;
 export type Role = (typeof ROLES)[number];
 
+/** Who calls a Haven service, and with what role. */
+export interface Caller {
+  /** Who, for the log and the event log: an operator's name, a host's, or "cluster-token". */
+  readonly name: string;
+  readonly role: Role;
+}
+
 export type Identity =
   | { readonly kind: "host"; readonly name: string; readonly addresses: readonly string[] }
   | { readonly kind: "operator"; readonly name: string; readonly role: Role };

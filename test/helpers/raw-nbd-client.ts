@@ -2,6 +2,7 @@
 // and parses what comes back, so tests can check the server's answer to every kind of bad input.
 
 import { connect, type Socket } from "node:net";
+import { connect as tlsConnect, type ConnectionOptions } from "node:tls";
 import {
   CommandFlag,
   IHAVEOPT,
@@ -41,12 +42,14 @@ export class RawNbdClient {
   private ended = false;
   readonly closed: Promise<void>;
 
+  private readonly onData = (chunk: Buffer): void => {
+    this.buffered.push(chunk);
+    this.bufferedBytes += chunk.length;
+    this.waiter?.();
+  };
+
   private constructor(readonly socket: Socket) {
-    socket.on("data", (chunk: Buffer) => {
-      this.buffered.push(chunk);
-      this.bufferedBytes += chunk.length;
-      this.waiter?.();
-    });
+    socket.on("data", this.onData);
     this.closed = new Promise((resolve) =>
       socket.on("close", () => {
         this.ended = true;
@@ -63,6 +66,22 @@ export class RawNbdClient {
       socket.once("connect", () => resolve(new RawNbdClient(socket)));
       socket.once("error", reject);
     });
+  }
+
+  /**
+   * After the server ACKed STARTTLS: runs a TLS client handshake over this connection and returns a
+   * client that speaks over it (this one must not be used any more). Rejects if TLS fails.
+   */
+  async upgradeToTls(options: ConnectionOptions): Promise<RawNbdClient> {
+    if (this.bufferedBytes > 0) throw new Error(`${this.bufferedBytes} unread bytes before TLS`);
+    this.socket.off("data", this.onData);
+    const secure = tlsConnect({ ...options, socket: this.socket });
+    await new Promise<void>((resolve, reject) => {
+      secure.once("secureConnect", resolve);
+      secure.once("error", reject);
+      secure.once("close", () => reject(new Error("connection closed during the TLS handshake")));
+    });
+    return new RawNbdClient(secure);
   }
 
   /** Resolves with `bytes` bytes, or undefined if the server closed the connection first. */

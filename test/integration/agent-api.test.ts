@@ -8,8 +8,11 @@ import assert from "node:assert/strict";
 import { AgentApiServer } from "../../src/api/agent-api.js";
 import type { HostHealth } from "../../src/agent/view.js";
 import { FakeEngineControl, healthyStatus } from "../helpers/fake-engine.js";
+import { tokenDigest } from "../../src/cluster/operators.js";
 
 const TOKEN = "a-token-of-more-than-16-characters";
+const VIEWER_TOKEN = "haven_viewer-token-of-alice";
+const OPERATOR_TOKEN = "haven_operator-token-of-bob";
 const engine = new FakeEngineControl(healthyStatus());
 const health: HostHealth = {
   name: "h1",
@@ -45,6 +48,16 @@ const disk: DiskRecord = {
 const server = new AgentApiServer(
   { health: () => health, engines: () => new Map([["vol", engine]]), vms: () => [vm], disks: () => [disk] },
   TOKEN,
+  {
+    callers: {
+      operatorByDigest: (digest) =>
+        digest === tokenDigest(VIEWER_TOKEN)
+          ? { name: "alice", role: "viewer" }
+          : digest === tokenDigest(OPERATOR_TOKEN)
+            ? { name: "bob", role: "operator" }
+            : undefined,
+    },
+  },
 );
 let base = "";
 
@@ -135,4 +148,23 @@ test("errors take the same shape as the engine API's: a known route's wrong meth
   assert.equal(response.headers.get("allow"), "GET");
   assert.equal(response.headers.get("content-type"), "application/json");
   assert.equal(errorCode((await response.json()) as Record<string, unknown>), "HAVEN_ERR_INVALID_REQUEST");
+});
+
+test("operators' tokens carry their role: a viewer reads but cannot verify (403 naming the role), an operator can", async () => {
+  const read = await call("GET", "/v1/volumes/vol", { token: VIEWER_TOKEN });
+  assert.equal(read.status, 200);
+  const before = engine.verifyRequests.length;
+  const refused = await call("POST", "/v1/volumes/vol/verify", { token: VIEWER_TOKEN, body: { repair: false } });
+  assert.equal(refused.status, 403);
+  assert.equal(errorCode(refused.json), "HAVEN_ERR_FORBIDDEN");
+  assert.match((refused.json.error as { message: string }).message, /needs the operator role; alice is a viewer/);
+  assert.equal(engine.verifyRequests.length, before, "the viewer's verify never reached the engine");
+  engine.current = { ...engine.current, verify: null };
+  // The scheme's name is case-insensitive.
+  const allowed = await call("POST", "/v1/volumes/vol/verify", {
+    authorization: `bEaReR ${OPERATOR_TOKEN}`,
+    body: { repair: false },
+  });
+  assert.equal(allowed.status, 200, JSON.stringify(allowed.json));
+  assert.equal(engine.verifyRequests.length, before + 1);
 });

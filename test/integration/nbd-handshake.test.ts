@@ -131,11 +131,11 @@ describe("NBD handshake", { timeout: 60_000 }, () => {
     client.close();
   });
 
-  test("STARTTLS is refused (no TLS configured) and the connection stays usable in plain text", async () => {
+  test("STARTTLS gets POLICY (no TLS configured, as the spec's NOTLS mode) and the connection stays usable in plain text", async () => {
     const client = await opened();
     client.sendOption(Option.STARTTLS);
     const reply = await client.readOptionReply();
-    assert.equal(reply.type, OptionReply.ERR_UNSUP);
+    assert.equal(reply.type, OptionReply.ERR_POLICY);
     client.sendOption(Option.STARTTLS, Buffer.from("x"));
     assert.equal((await client.readOptionReply()).type, OptionReply.ERR_INVALID);
     client.sendOption(Option.GO, infoPayload("disk", []));

@@ -12,7 +12,7 @@
 //             holds copies, is not online or is the same device
 //   identify  the locate LED of the disk's bay (where the host has one), and its identity, always
 
-import { hostname } from "node:os";
+import { cliActor } from "../actor.js";
 import { readClusterRecords, type ClusterRecords } from "../../cluster/cluster-read.js";
 import { diskEntries, type DiskView } from "../../cluster/cluster-view.js";
 import type { EtcdClient } from "../../cluster/etcd-client.js";
@@ -57,7 +57,7 @@ function usage(message: string): HavenError {
 }
 
 function actor(): { actor: string } {
-  return { actor: `cli@${hostname()}` };
+  return { actor: cliActor() };
 }
 
 function knownHost(records: ClusterRecords, host: string): void {

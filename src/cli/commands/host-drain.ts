@@ -2,7 +2,7 @@
 // recorded in sync, one switchover each (no write lost), so HOST can be taken down for maintenance.
 // Volumes with no such host stay where they are and are named; the command then exits non-zero.
 
-import { hostname } from "node:os";
+import { cliActor } from "../actor.js";
 import { HavenError } from "../../core/errors.js";
 import { readClusterRecords } from "../../cluster/cluster-read.js";
 import { copyHosts, inSyncCopiesOn } from "../../cluster/schema.js";
@@ -45,7 +45,7 @@ export async function hostDrain(argv: string[]): Promise<number> {
     }
     const asked = new Date();
     try {
-      await requestSwitchover(client, name, target, { actor: `cli@${hostname()}` });
+      await requestSwitchover(client, name, target, { actor: cliActor() });
       const done = await waitForSwitchover(client, name, target, asked, 30_000);
       process.stdout.write(`${name}: moved to ${target} (epoch ${done.epoch}, paused ${done.pauseMs} ms)\n`);
       moved++;

@@ -5,6 +5,7 @@ import { basename } from "node:path";
 import { FileDevice } from "../../block/file-device.js";
 import { HavenError } from "../../core/errors.js";
 import { NbdServer, type Listen } from "../../nbd/server.js";
+import { loadTlsIdentity } from "../../security/tls-identity.js";
 import { formatBytes, parseHostPort, parseSize } from "../../util/units.js";
 import { parseCommand } from "../args.js";
 import { untilStopSignal } from "../signals.js";
@@ -19,7 +20,11 @@ options:
   --socket PATH        listen on a unix socket (what a local QEMU should use)
   --name NAME          export name (default: FILE's base name)
   --description TEXT   export description shown by nbdinfo
-  --read-only          refuse writes (EPERM)`;
+  --read-only          refuse writes (EPERM)
+  --tls-dir DIR        offer TLS (NBD STARTTLS) with the identity in DIR ('haven cert issue' makes one);
+                       clients must present a certificate signed by the same cluster CA
+  --tls-required       serve nothing in clear: every option before STARTTLS is refused (needs --tls-dir)
+  --write-budget SIZE  WRITE payload bytes held for all connections together (default 256M)`;
 
 export async function nbdServe(argv: string[]): Promise<number> {
   const parsed = parseCommand(
@@ -31,6 +36,9 @@ export async function nbdServe(argv: string[]): Promise<number> {
       name: { type: "string" },
       description: { type: "string" },
       "read-only": { type: "boolean" },
+      "tls-dir": { type: "string" },
+      "tls-required": { type: "boolean" },
+      "write-budget": { type: "string" },
     },
     NBD_SERVE_USAGE,
   );
@@ -52,6 +60,16 @@ export async function nbdServe(argv: string[]): Promise<number> {
   const name = typeof values.name === "string" ? values.name : basename(file);
   if (Buffer.byteLength(name) > 4096) throw new HavenError("HAVEN_ERR_USAGE", "--name must be at most 4096 bytes");
 
+  const tlsRequired = values["tls-required"] === true;
+  if (tlsRequired && typeof values["tls-dir"] !== "string")
+    throw new HavenError("HAVEN_ERR_USAGE", "--tls-required needs --tls-dir");
+  const tls =
+    typeof values["tls-dir"] === "string"
+      ? { identity: await loadTlsIdentity(values["tls-dir"]), required: tlsRequired }
+      : undefined;
+  const writeBudgetBytes =
+    typeof values["write-budget"] === "string" ? parseSize(values["write-budget"], "--write-budget") : undefined;
+
   const device = await FileDevice.open(file, { readOnly, ...(createSizeBytes !== undefined && { createSizeBytes }) });
   const log = (line: string): void => {
     process.stderr.write(`${new Date().toISOString()} ${line}\n`);
@@ -59,12 +77,15 @@ export async function nbdServe(argv: string[]): Promise<number> {
   const server = new NbdServer({
     exports: [{ name, description: typeof values.description === "string" ? values.description : "", device }],
     log,
+    ...(tls !== undefined && { tls }),
+    ...(writeBudgetBytes !== undefined && { limits: { writeBudgetBytes } }),
   });
   try {
     for (const where of listens) {
       const address = await server.listen(where);
       log(
-        `serving ${file} (${formatBytes(device.size)}${readOnly ? ", read-only" : ""}) as export "${name}" on ${address}`,
+        `serving ${file} (${formatBytes(device.size)}${readOnly ? ", read-only" : ""}) as export "${name}" on ${address}` +
+          (tls === undefined ? "" : tls.required ? " (TLS required)" : " (TLS offered)"),
       );
     }
   } catch (error) {

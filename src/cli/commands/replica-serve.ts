@@ -1,22 +1,26 @@
 // `haven replica serve`: serves the replicas in a directory (one sub-directory per volume name) to
 // remote engines over the replication protocol, in the foreground until SIGINT/SIGTERM. Every
-// connection must prove the shared secret.
+// connection must prove the shared secret; with --tls-dir the port speaks only mutual TLS, to clients
+// holding a host certificate from the same cluster CA.
 
 import { HavenError } from "../../core/errors.js";
 import { ReplicaServer } from "../../replica/replica-server.js";
+import { loadTlsIdentity } from "../../security/tls-identity.js";
 import { parseHostPort } from "../../util/units.js";
 import { parseCommand, refuseArguments } from "../args.js";
 import { readSecretFile } from "../secret.js";
 import { untilStopSignal } from "../signals.js";
 
-export const REPLICA_SERVE_USAGE = `usage: haven replica serve --dir DIR --listen HOST:PORT --secret-file FILE
+export const REPLICA_SERVE_USAGE = `usage: haven replica serve --dir DIR --listen HOST:PORT --secret-file FILE [--tls-dir DIR]
 
 Serves the replicas in DIR (DIR/NAME/ holds volume NAME's copy) to remote engines until SIGINT/SIGTERM.
 
 options:
   --dir DIR            directory holding the replicas (created if missing)
   --listen HOST:PORT   address for engines to connect to
-  --secret-file FILE   the cluster's shared secret (at least 16 bytes); engines must prove they know it`;
+  --secret-file FILE   the cluster's shared secret (at least 16 bytes); engines must prove they know it
+  --tls-dir DIR        this host's TLS identity ('haven cert issue'): serve mutual TLS only, to engines
+                       with a host certificate from the same cluster CA`;
 
 export async function replicaServe(argv: string[]): Promise<number> {
   const parsed = parseCommand(
@@ -25,6 +29,7 @@ export async function replicaServe(argv: string[]): Promise<number> {
       dir: { type: "string" },
       listen: { type: "string" },
       "secret-file": { type: "string" },
+      "tls-dir": { type: "string" },
     },
     REPLICA_SERVE_USAGE,
   );
@@ -40,9 +45,12 @@ export async function replicaServe(argv: string[]): Promise<number> {
   const log = (line: string): void => {
     process.stderr.write(`${new Date().toISOString()} ${line}\n`);
   };
-  const server = new ReplicaServer({ directory: values.dir as string, secret, log });
+  const tlsDir = values["tls-dir"];
+  const tls = typeof tlsDir === "string" ? await loadTlsIdentity(tlsDir) : undefined;
+  const server = new ReplicaServer({ directory: values.dir as string, secret, log, ...(tls && { tls }) });
   const address = await server.listen(host, port);
-  log(`serving replicas in ${values.dir as string} on ${address}`);
+  const over = tls ? `mutual TLS as host ${tls.info.name}` : "plain TCP";
+  log(`serving replicas in ${values.dir as string} (${over}) on ${address}`);
   const signal = await untilStopSignal();
   log(`${signal}: closing connections and replicas`);
   await server.stop();

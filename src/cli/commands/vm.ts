@@ -2,10 +2,10 @@
 // (src/cluster/vm-admin.ts) and, by default, waits until the agents have made it true, so that what it
 // prints is what runs. A VM runs where its disk's primary is.
 
+import { cliActor } from "../actor.js";
 import { execFile, spawn } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { createConnection, isIP } from "node:net";
-import { hostname } from "node:os";
 import { join } from "node:path";
 import { readClusterRecords } from "../../cluster/cluster-read.js";
 import { nbdUri } from "../../cluster/cluster-view.js";
@@ -57,7 +57,7 @@ function usage(message: string): HavenError {
 }
 
 function actor(): { actor: string } {
-  return { actor: `cli@${hostname()}` };
+  return { actor: cliActor() };
 }
 
 function nameArgument(positionals: readonly string[]): string {

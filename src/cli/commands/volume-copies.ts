@@ -4,7 +4,7 @@
 // primary's engine builds it while writes go on, and it joins the in-sync set once complete. Removing
 // refuses the last in-sync copy (src/cluster/volume-admin.ts says every refusal).
 
-import { hostname } from "node:os";
+import { cliActor } from "../actor.js";
 import { addCopy, removeCopy } from "../../cluster/volume-admin.js";
 import { HavenError } from "../../core/errors.js";
 import { parseCommand } from "../args.js";
@@ -71,7 +71,7 @@ export async function volumeAddCopy(argv: string[]): Promise<number> {
     ...(typeof values.host === "string" && { host: values.host }),
     ...(typeof values.disk === "string" && { disk: values.disk }),
   };
-  const added = await addCopy(client, name, want, { actor: `cli@${hostname()}` });
+  const added = await addCopy(client, name, want, { actor: cliActor() });
   process.stdout.write(`volume ${name}: copy added on ${added.copy.host}/${added.copy.disk}; the primary builds it\n`);
   if (values["no-wait"] === true) return 0;
   const stop = abortOnStopSignal();
@@ -103,7 +103,7 @@ export async function volumeRemoveCopy(argv: string[]): Promise<number> {
     name,
     { host: values.host, disk: values.disk },
     {
-      actor: `cli@${hostname()}`,
+      actor: cliActor(),
     },
   );
   process.stdout.write(

@@ -2,7 +2,7 @@
 // (src/cluster/placement.ts), records it in etcd in one transaction (src/cluster/volume-admin.ts), and
 // by default waits until the primary's agent serves it over NBD, so that the URI it prints works.
 
-import { hostname } from "node:os";
+import { cliActor } from "../actor.js";
 import { HavenError } from "../../core/errors.js";
 import { readClusterRecords } from "../../cluster/cluster-read.js";
 import { volumeView } from "../../cluster/cluster-view.js";
@@ -129,7 +129,7 @@ export async function volumeCreate(argv: string[]): Promise<number> {
       mirrorFirst: values["local-mirror"] === true,
       ...(places !== undefined && { places }),
     },
-    { actor: `cli@${hostname()}` },
+    { actor: cliActor() },
   );
   if (values["no-wait"] === true) {
     process.stderr.write(

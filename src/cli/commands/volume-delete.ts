@@ -1,7 +1,7 @@
 // `haven volume delete NAME --yes`: removes a volume from the cluster. The agents then stop its engine
 // and remove every copy, so the data is gone for good: the command refuses without --yes.
 
-import { hostname } from "node:os";
+import { cliActor } from "../actor.js";
 import { HavenError } from "../../core/errors.js";
 import { deleteVolume } from "../../cluster/volume-admin.js";
 import { keys, parseVolumeSpec } from "../../cluster/schema.js";
@@ -38,7 +38,7 @@ export async function volumeDelete(argv: string[]): Promise<number> {
         `nothing was deleted. To go ahead: haven volume delete ${name} --yes`,
     );
   }
-  const spec = await deleteVolume(client, name, { actor: `cli@${hostname()}` });
+  const spec = await deleteVolume(client, name, { actor: cliActor() });
   process.stdout.write(
     `deleted volume ${name}; the agents stop its engine and remove its ${spec.replicas.length} ` +
       `cop${spec.replicas.length === 1 ? "y" : "ies"}\n`,

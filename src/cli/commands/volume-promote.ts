@@ -2,7 +2,7 @@
 // is down because no copy on a live host is recorded in sync. It may lose acknowledged writes (those
 // only the unreachable copies had), so it refuses without --force and says what it risks.
 
-import { hostname } from "node:os";
+import { cliActor } from "../actor.js";
 import { HavenError } from "../../core/errors.js";
 import { forcePromote } from "../../cluster/volume-admin.js";
 import { parseCommand } from "../args.js";
@@ -42,7 +42,7 @@ export async function volumePromote(argv: string[]): Promise<number> {
       `promoting ${values.host} without an in-sync record may lose acknowledged writes that only other copies ` +
         `had; nothing was changed. To go ahead: haven volume promote ${name} --host ${values.host} --force`,
     );
-  const primary = await forcePromote(connectCluster(values), name, values.host, { actor: `cli@${hostname()}` });
+  const primary = await forcePromote(connectCluster(values), name, values.host, { actor: cliActor() });
   process.stdout.write(
     `volume ${name}: ${primary.host} is the primary at epoch ${primary.epoch}; its agent starts serving it\n`,
   );

@@ -2,7 +2,7 @@
 // primary's agent stops the engine cleanly (every copy flushed), hands the primary record over at a
 // higher epoch, and HOST's agent starts serving; clients reconnect to the new NBD URI.
 
-import { hostname } from "node:os";
+import { cliActor } from "../actor.js";
 import { HavenError } from "../../core/errors.js";
 import { requestSwitchover } from "../../cluster/volume-admin.js";
 import { parseCommand } from "../args.js";
@@ -46,7 +46,7 @@ export async function volumeSwitchover(argv: string[]): Promise<number> {
     );
   const client = connectCluster(values);
   const asked = new Date();
-  const request = await requestSwitchover(client, name, values.to, { actor: `cli@${hostname()}` });
+  const request = await requestSwitchover(client, name, values.to, { actor: cliActor() });
   process.stdout.write(`switchover of ${name} from ${request.from} to ${request.to} asked\n`);
   if (values["no-wait"] === true) return 0;
   const done = await waitForSwitchover(client, name, request.to, asked, Number(timeoutText) * 1000);

@@ -1,5 +1,8 @@
-// A replication-protocol connection over a socket, used by both sides: frames in through the decoder,
-// frames out in batches, and the mutual challenge-response handshake (auth.ts) at the start. Small
+// A replication-protocol connection over a socket (TCP or TLS), used by both sides: frames in through
+// the decoder, frames out in batches, and the mutual challenge-response handshake (auth.ts) at the
+// start. Until the handshake succeeds the connection holds almost nothing for its peer: a frame may
+// carry at most MAX_HANDSHAKE_PAYLOAD_BYTES (a larger one is refused from its header, before its
+// payload is read) and at most MAX_HANDSHAKE_QUEUED_FRAMES may wait to be read. Small
 // frames sent in one turn of the event loop are copied into one batch buffer that leaves in one socket
 // write once the loop has handled the I/O it was handling, or when it is full; a large frame's payload
 // is never copied (it leaves at once, after the batch). Measured on 4 KiB writes at queue depth 32, a
@@ -10,10 +13,23 @@ import type { Socket } from "node:net";
 import { HavenError } from "../../core/errors.js";
 import { CHALLENGE_BYTES, newChallenge, proof, verifyProof } from "./auth.js";
 import { SlabReader } from "../../util/slab-reader.js";
-import { FRAME_HEADER_BYTES, FrameType, MAX_PAYLOAD_BYTES, ReplyStatus } from "./constants.js";
+import {
+  FRAME_HEADER_BYTES,
+  FrameType,
+  MAX_HANDSHAKE_PAYLOAD_BYTES,
+  MAX_PAYLOAD_BYTES,
+  ReplyStatus,
+} from "./constants.js";
 import { encodeFrameHeader, FrameDecoder, writeFrameHeader, type Frame } from "./frame-codec.js";
 
 export const AUTH_TIMEOUT_MS = 10_000;
+/**
+ * Frames that may wait unread before authentication: an engine sends one (AUTH) and waits; a few
+ * more is an impatient peer, the old test client that pipelines requests behind its AUTH included.
+ */
+const MAX_HANDSHAKE_QUEUED_FRAMES = 4;
+/** How long a refused peer has to read its refusal before the socket is destroyed. */
+const REFUSAL_LINGER_MS = 1_000;
 /**
  * The batch buffer's size: while a turn of the event loop keeps sending, a write goes out whenever the
  * next frame does not fit, so 4 KiB WRITEs leave in batches of about fifteen. Against a batch of four
@@ -61,6 +77,7 @@ export class FrameConnection {
   private batchUsed = 0;
   private flushScheduled = false;
   private readonly spareBatches: Buffer[] = [];
+  private handshakeDone = false;
 
   constructor(readonly socket: Socket) {
     const onChunk = (chunk: Buffer): void => {
@@ -77,10 +94,34 @@ export class FrameConnection {
     };
     // Chunks attach() delivers before it returns are not slab memory: releasing them is not needed.
     this.decoder = new FrameDecoder(MAX_PAYLOAD_BYTES, (pieces) => this.reader?.release(pieces));
+    this.decoder.limitPayload(MAX_HANDSHAKE_PAYLOAD_BYTES, " before authentication");
     this.reader = SlabReader.attach(socket, onChunk);
     if (this.reader === undefined) socket.on("data", onChunk);
     socket.on("close", () => this.fail(new Error("connection closed")));
     socket.on("error", (error) => this.fail(error));
+  }
+
+  /** The handshake succeeded: frames of any size the protocol allows are read from now on. */
+  authenticated(): void {
+    this.handshakeDone = true;
+    this.decoder.limitPayload(MAX_PAYLOAD_BYTES);
+  }
+
+  /**
+   * Refuses the peer: one REPLY NOT_AUTHENTICATED with `reason` goes out, nothing more is read, and
+   * the socket is destroyed soon after (at once if the peer does not read).
+   */
+  refuse(reason: string): void {
+    const text = Buffer.from(reason, "utf8").subarray(0, MAX_HANDSHAKE_PAYLOAD_BYTES);
+    this.send(frame(FrameType.REPLY, { status: ReplyStatus.NOT_AUTHENTICATED, payload: text }));
+    this.linger();
+  }
+
+  /** After a refusal: nothing more is read, what was sent goes out, and the socket is destroyed soon. */
+  linger(): void {
+    this.socket.pause();
+    this.end();
+    setTimeout(() => this.socket.destroy(), REFUSAL_LINGER_MS).unref();
   }
 
   /** From now on every frame goes to `handler`, starting with any that arrived before this call. */
@@ -179,8 +220,13 @@ export class FrameConnection {
   private deliver(f: Frame): void {
     if (this.onFrame) return this.onFrame(f);
     const waiter = this.waiters.shift();
-    if (waiter) waiter(f);
-    else this.queued.push(f);
+    if (waiter) return waiter(f);
+    if (!this.handshakeDone && this.queued.length >= MAX_HANDSHAKE_QUEUED_FRAMES) {
+      this.fail(new Error(`more than ${MAX_HANDSHAKE_QUEUED_FRAMES} frames sent ahead of authentication`));
+      this.socket.destroy();
+      return;
+    }
+    this.queued.push(f);
   }
 
   private fail(error: Error): void {
@@ -209,6 +255,7 @@ export async function authenticateEngine(connection: FrameConnection, secret: Bu
   connection.send(
     frame(FrameType.AUTH_OK, { payload: proof(secret, "replica-server", answer.payload.subarray(32, 64)) }),
   );
+  connection.authenticated();
 }
 
 /**
@@ -217,6 +264,13 @@ export async function authenticateEngine(connection: FrameConnection, secret: Bu
  */
 export async function authenticateServer(connection: FrameConnection, secret: Buffer): Promise<void> {
   const hello = await connection.next();
+  if (hello.type === FrameType.REPLY && hello.status === ReplyStatus.NOT_AUTHENTICATED) {
+    // Refused before the challenge: the server did not accept our certificate (replica-listener.ts).
+    throw new HavenError(
+      "HAVEN_ERR_CONFIG",
+      `replica server refused us: ${hello.payload.toString("utf8").slice(0, 200)}`,
+    );
+  }
   if (hello.type !== FrameType.HELLO || hello.payload.length !== CHALLENGE_BYTES) {
     throw new HavenError(
       "HAVEN_ERR_IO",
@@ -237,4 +291,5 @@ export async function authenticateServer(connection: FrameConnection, secret: Bu
       "HAVEN_ERR_CONFIG",
       "replica server's proof does not match the shared secret (check the secret file: --secret-file, or replication.secretFile in an agent config)",
     );
+  connection.authenticated();
 }

@@ -4,7 +4,14 @@
 // A connection: the server sends HELLO (a 32-byte challenge); the engine answers AUTH (its proof, then
 // its own challenge); the server answers AUTH_OK (its proof). Then the engine sends requests, each with
 // a fresh requestId, pipelined; every request gets exactly one REPLY with the same requestId, in any
-// order. The first request must be OPEN_REPLICA: one connection serves one copy.
+// order. The first request must be OPEN_REPLICA: one connection serves one copy. Until AUTH_OK, a
+// frame may carry at most MAX_HANDSHAKE_PAYLOAD_BYTES: a header announcing more ends the connection
+// before its payload is read, so a peer that has not authenticated cannot make the other side buffer
+// anything. A server refusing a peer before HELLO (a certificate it does not accept) sends one REPLY
+// with status NOT_AUTHENTICATED and the reason, and closes.
+//
+// The link may run over mutual TLS (replica-listener.ts, replica-client.ts): the frames are the same,
+// and AUTH still runs inside it (the shared secret and the certificate are two independent proofs).
 //
 // Requests (header fields not named are ignored and sent as zero; a request with a status, a flag it
 // does not take or a payload it does not take is refused with BAD_REQUEST):
@@ -47,6 +54,11 @@ export const MAX_WRITE_BYTES = 32 * 1024 * 1024;
 export const MAX_CHECKSUM_BYTES = 64 * 1024 * 1024;
 /** Largest checksum region a CHECKSUM frame may ask for (the server reads one region at a time). */
 export const MAX_CHECKSUM_REGION_BYTES = 64 * 1024 * 1024;
+/**
+ * Largest payload of a frame before authentication: HELLO and AUTH_OK carry 32 bytes, AUTH 64, and a
+ * refusal's reason is cut to fit (the engine shows at most 200 characters of it).
+ */
+export const MAX_HANDSHAKE_PAYLOAD_BYTES = 256;
 /** Largest JSON payload of OPEN_REPLICA. */
 export const MAX_OPEN_PAYLOAD_BYTES = 4096;
 /** Bytes of one extent in a BLOCK_STATUS reply: u64 length, u8 flags. */

@@ -128,16 +128,27 @@ type FrameHeader = Omit<Frame, "payload" | "pieces"> & { readonly payloadLength:
 export class FrameDecoder {
   private readonly queue: ChunkQueue;
   private header: FrameHeader | undefined;
+  private limitNote = "";
 
   /**
    * `release`: the socket reader's, when chunks are views of recycled slabs (SlabReader). Header bytes
    * are then parsed on arrival, and only WRITE payloads stay in the slabs (see DecodedFrame).
    */
   constructor(
-    private readonly maxPayloadBytes = MAX_PAYLOAD_BYTES,
+    private maxPayloadBytes = MAX_PAYLOAD_BYTES,
     private readonly release?: (pieces: readonly Buffer[] | Buffer) => void,
   ) {
     this.queue = new ChunkQueue(release);
+  }
+
+  /**
+   * From the next header on, a payload over `maxPayloadBytes` is refused; `when` says in the refusal
+   * why the limit is what it is (" before authentication").
+   */
+  limitPayload(maxPayloadBytes: number, when = ""): void {
+    assert.ok(maxPayloadBytes >= 0 && maxPayloadBytes <= MAX_PAYLOAD_BYTES, "payload limit out of range");
+    this.maxPayloadBytes = maxPayloadBytes;
+    this.limitNote = when;
   }
 
   /** Bytes received but not yet part of a complete frame. */
@@ -189,7 +200,9 @@ export class FrameDecoder {
     if (FRAME_TYPE_NAMES[type] === undefined) throw new FrameError(`unknown frame type ${type}`);
     const payloadLength = header.readUInt32BE(44);
     if (payloadLength > this.maxPayloadBytes) {
-      throw new FrameError(`frame payload of ${payloadLength} bytes exceeds the ${this.maxPayloadBytes}-byte limit`);
+      throw new FrameError(
+        `frame payload of ${payloadLength} bytes exceeds the ${this.maxPayloadBytes}-byte limit${this.limitNote}`,
+      );
     }
     return {
       type,
