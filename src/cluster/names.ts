@@ -36,6 +36,7 @@ const MAX_QUOTED_NAME_CHARS = 64;
 /** Control characters (and the line separators JSON leaves raw) as \uXXXX escapes. */
 export function escapeControls(text: string): string {
   return text.replace(
+    // eslint-disable-next-line no-control-regex
     /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g,
     (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,
   );
