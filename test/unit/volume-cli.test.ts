@@ -27,17 +27,22 @@ import { boundedTest } from "../helpers/bounded-test.js";
 /** Every test here takes well under a second; one still running after this bound is hung, not slow. */
 const test = boundedTest(10_000);
 
+/** The engine API's token; the commands read it from $HAVEN_API_TOKEN unless a test says otherwise. */
+const TOKEN = "volume-cli-test-token-0123456789";
+
 let control: FakeEngineControl;
 let server: EngineApiServer;
 let api: string;
 
 before(async () => {
+  process.env.HAVEN_API_TOKEN = TOKEN;
   server = new EngineApiServer(
     {
       status: () => control.status(),
       startVerify: (options) => control.startVerify(options),
       resolveSplitBrain: (survivor) => control.resolveSplitBrain(survivor),
     },
+    TOKEN,
     { log: () => {} },
   );
   api = await server.listen("127.0.0.1", 0);
@@ -98,7 +103,7 @@ function assertHavenError(result: number | HavenError, code: string, message: Re
 
 /** An address where nothing listens: a server's port, just after the server stopped. */
 async function deadAddress(): Promise<string> {
-  const gone = new EngineApiServer(control, { log: () => {} });
+  const gone = new EngineApiServer(control, TOKEN, { log: () => {} });
   const address = await gone.listen("127.0.0.1", 0);
   await gone.stop();
   return address;
@@ -167,7 +172,7 @@ async function withServer(server: Server, check: (address: string) => Promise<vo
 test("an engine that accepts but never answers is given up on after the timeout", async () => {
   const silent = createTcpServer((socket) => socket.on("error", () => {}));
   await withServer(silent, async (address) => {
-    const client = new EngineApiClient(address, { timeoutMs: 100 });
+    const client = new EngineApiClient(address, { token: TOKEN, timeoutMs: 100 });
     await assert.rejects(client.status(), (error: unknown) => {
       assertHavenError(
         error as HavenError,
