@@ -70,6 +70,7 @@ test("an untrusted name is quoted cut short, control characters as \\uXXXX, no r
   fc.assert(
     fc.property(fc.string({ maxLength: 300 }), (name) => {
       const quoted = quoteName(name);
+      // eslint-disable-next-line no-control-regex
       assert.ok(!/[\u0000-\u001f\u007f-\u009f<>&\u2028\u2029]/.test(quoted), quoted);
       assert.ok(quoted.length <= 2 + 6 * 64 + 3);
       assert.equal(typeof JSON.parse(quoted), "string", "it is a JSON string");
