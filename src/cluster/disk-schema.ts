@@ -127,6 +127,9 @@ export function parseDiskRequest(value: string, key: string): DiskRequest {
   const fs = o.fs;
   if (fs !== undefined && fs !== "ext4" && fs !== "xfs")
     throw new HavenError("HAVEN_ERR_CONFIG", `${key}: fs must be ext4 or xfs`);
+  for (const field of ["disk", "answeredDisk"]) {
+    if (o[field] !== undefined) nameField(o, field, key, isDiskName, "a disk name");
+  }
   return {
     kind,
     ...optionalText("path"),
