@@ -15,7 +15,7 @@ export function bearerTokenCheck(token: string): (authorization: string | undefi
   const expected = digest(token);
   return (authorization) => {
     // The scheme is case-insensitive (RFC 9110 11.1): "bearer" and "BEARER" are "Bearer".
-    const given = /^bearer +(\S+) *$/i.exec(authorization ?? "")?.[1];
+    const given = /^bearer +(.+?) *$/i.exec(authorization ?? "")?.[1];
     if (given === undefined || !timingSafeEqual(digest(given), expected))
       throw new HavenError("HAVEN_ERR_UNAUTHORIZED", "a valid bearer token is required (the cluster's API token)");
   };

@@ -4,7 +4,8 @@
 // are left out, and counted on stderr: "haven: 2 records ignored as malformed (first: ...)".
 
 import type { HavenError } from "../core/errors.js";
-import { readClusterRecords } from "../cluster/cluster-read.js";
+import { readClusterRecords, type ClusterRecords } from "../cluster/cluster-read.js";
+import type { ClusterStore } from "../cluster/store.js";
 import { clusterView, type ClusterView } from "../cluster/cluster-view.js";
 import { parseCommand, refuseArguments } from "./args.js";
 import type { ClusterRenderOptions } from "./cluster-render.js";
@@ -16,6 +17,16 @@ export function warnIgnored(errors: readonly HavenError[], what: "records" | "ev
   if (errors.length === 0) return;
   const count = errors.length === 1 ? `1 ${what.slice(0, -1)}` : `${errors.length} ${what}`;
   process.stderr.write(`haven: ${count} ignored as malformed (first: ${errors[0]!.message})\n`);
+}
+
+/** The cluster's records for a reader that shows them: what was ignored as malformed is counted on stderr. */
+export async function readShownRecords(client: ClusterStore): Promise<ClusterRecords> {
+  const records = await readClusterRecords(client);
+  warnIgnored(
+    records.malformed.map((record) => record.error),
+    "records",
+  );
+  return records;
 }
 
 export async function clusterReport<T>(
