@@ -9,7 +9,7 @@
 // make the agent remove a volume's data or take a role it was not given.
 
 import type { MalformedRecord } from "../cluster/cluster-read.js";
-import { isVolumeName } from "../cluster/names.js";
+import { isDiskName, isHostName, isVolumeName } from "../cluster/names.js";
 import { keys } from "../cluster/schema.js";
 
 export class MalformedRecords {
@@ -40,12 +40,26 @@ export class MalformedRecords {
   }
 }
 
-/** The volume a spec, primary or copy key is of, when its name is a volume name. */
+/**
+ * The volume a spec, primary or copy key is of, when the key itself is well formed (VOLUME, or
+ * VOLUME/HOST/DISK for a copy, each a valid name) and only its value is not. A key that is not one of
+ * a volume's (`/haven/replicas/web/../../x`) holds nothing: it is ignored, as any stray key is.
+ */
 function volumeOf(key: string): string | undefined {
-  for (const prefix of [keys.volumes(), keys.primaries(), keys.replicas()]) {
+  for (const prefix of [keys.volumes(), keys.primaries()]) {
     if (!key.startsWith(prefix)) continue;
-    const name = key.slice(prefix.length).split("/", 1)[0]!;
+    const name = key.slice(prefix.length);
     return isVolumeName(name) ? name : undefined;
   }
-  return undefined;
+  if (!key.startsWith(keys.replicas())) return undefined;
+  const [volume, host, disk, ...rest] = key.slice(keys.replicas().length).split("/");
+  const wellFormed =
+    volume !== undefined &&
+    host !== undefined &&
+    disk !== undefined &&
+    rest.length === 0 &&
+    isVolumeName(volume) &&
+    isHostName(host) &&
+    isDiskName(disk);
+  return wellFormed ? volume : undefined;
 }

@@ -188,18 +188,20 @@ test("the agent logs a malformed record once per key and revision, and holds its
     modRevision,
     error: new HavenError("HAVEN_ERR_IO", `cluster state at ${key} is malformed: test`),
   });
-  const round = [malformed("/haven/volumes/../../escape", 5), malformed("/haven/primary/web", 6)];
+  const round = [
+    malformed("/haven/volumes/../../escape", 5),
+    malformed("/haven/primary/web", 6),
+    malformed("/haven/replicas/db/../../h1/d0", 8),
+    malformed("/haven/replicas/db/h1", 9),
+  ];
   for (let i = 0; i < 10; i++) records.note(round);
-  assert.equal(lines.length, 2, "ten rounds, two records, two lines");
-  assert.deepEqual(
-    [...records.heldVolumes],
-    ["web"],
-    "a valid volume with a bad record is held; a bad name is not one",
-  );
-  records.note([malformed("/haven/volumes/../../escape", 7), malformed("/haven/primary/web", 6)]);
-  assert.equal(lines.length, 3, "a rewrite (new revision) is logged again");
+  assert.equal(lines.length, 4, "ten rounds, four records, four lines");
+  assert.deepEqual([...records.heldVolumes], ["web"], "a valid volume with a bad record is held; a bad key holds none");
+  records.note([...round.slice(1), malformed("/haven/volumes/../../escape", 7)]);
+  assert.equal(lines.length, 5, "a rewrite (new revision) is logged again, the rest not");
   records.note([]);
   assert.deepEqual([...records.heldVolumes], []);
-  records.note([malformed("/haven/primary/web", 6)]);
-  assert.equal(lines.length, 4, "a key that went away and came back is logged again");
+  records.note([malformed("/haven/primary/web", 6), malformed("/haven/replicas/db/h1/d0", 10)]);
+  assert.equal(lines.length, 7, "a key that went away and came back is logged again");
+  assert.deepEqual([...records.heldVolumes].sort(), ["db", "web"], "a well-formed copy key with a bad value holds");
 });
