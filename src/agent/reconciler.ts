@@ -31,6 +31,7 @@ import { deadPrimaries, decide, type Action } from "./decide.js";
 import type { EventLog } from "./event-log.js";
 import type { HealthReporter } from "./health.js";
 import type { PeerAddress, PeerLinks } from "./peer-links.js";
+import { MalformedRecords } from "./malformed-records.js";
 import { handOver } from "./switchover.js";
 import type { VolumeLifecycle } from "./volume-lifecycle.js";
 import type { AgentWorld } from "./world.js";
@@ -80,6 +81,8 @@ export class Reconciler {
   private readonly startBackoff = new Map<string, { untilMs: number; delayMs: number }>();
   /** Volumes with a copy on this host seen while this agent ran: only their copies are removed on deletion. */
   private readonly seenVolumes = new Set<string>();
+  /** Records read from etcd that failed the checks: logged once each, and their volumes held. */
+  private readonly malformed: MalformedRecords;
   /** The view of the last round (where this host's copies are placed, who is alive). */
   private last: ClusterView = {
     alive: new Set(),
@@ -93,7 +96,9 @@ export class Reconciler {
     handovers: new Set(),
   };
 
-  constructor(private readonly options: ReconcilerOptions) {}
+  constructor(private readonly options: ReconcilerOptions) {
+    this.malformed = new MalformedRecords(options.log);
+  }
 
   get me(): string {
     return this.options.config.host.name;
@@ -126,9 +131,10 @@ export class Reconciler {
       await volumes.guarded(name, () => volumes.stop(name, `the engine fenced itself (${fenced}); it starts again`));
     }
     const startRetryAt = new Map([...this.startBackoff].map(([name, backoff]) => [name, backoff.untilMs]));
+    const held = this.malformed.heldVolumes;
     for (const spec of view.volumes.values()) {
       if (this.placedHere(spec)) this.seenVolumes.add(spec.name);
-      if (volumes.isBusy(spec.name)) continue;
+      if (volumes.isBusy(spec.name) || held.has(spec.name)) continue;
       const primary = view.primaries.get(spec.name);
       const action = decide(
         { spec, primary: primary?.record, replicas: view.replicas.get(spec.name) ?? new Map() },
@@ -162,12 +168,14 @@ export class Reconciler {
       }
     }
     for (const name of volumes.names()) {
-      if (!view.volumes.has(name) && !volumes.isBusy(name)) await this.removeVolume(name);
+      if (!view.volumes.has(name) && !volumes.isBusy(name) && !held.has(name)) await this.removeVolume(name);
     }
     for (const name of this.seenVolumes) {
-      if (!view.volumes.has(name) && volumes.get(name) === undefined) await this.removeVolume(name);
+      if (!view.volumes.has(name) && volumes.get(name) === undefined && !held.has(name)) await this.removeVolume(name);
     }
-    for (const name of volumes.names()) await volumes.healSplitBrain(name, view.replicas.get(name));
+    for (const name of volumes.names()) {
+      if (!held.has(name)) await volumes.healSplitBrain(name, view.replicas.get(name));
+    }
     await this.followCopyChanges(view);
     this.options.vms.round(view);
     await health.publish();
@@ -184,6 +192,7 @@ export class Reconciler {
     for (const spec of view.volumes.values()) {
       for (const copy of copiesOn(spec, this.me)) placedNow.add(`${spec.name} ${copy.disk}`);
       if (volumes.get(spec.name) === undefined || volumes.isBusy(spec.name)) continue;
+      if (this.malformed.heldVolumes.has(spec.name)) continue;
       const context = { alive: view.alive, hostInfo: view.hostInfo, inSync: inSyncCopies(spec, view) };
       await volumes.guarded(spec.name, () => volumes.reconcileCopies(spec, context, view.replicas.get(spec.name)));
     }
@@ -349,9 +358,8 @@ export class Reconciler {
 
   /** One consistent snapshot of the cluster (cluster-read.ts); malformed records are logged and left out. */
   private async readCluster(): Promise<ClusterView> {
-    const records = await readClusterRecords(this.options.world.store, (error) =>
-      this.options.log(`ignoring: ${error.message}`),
-    );
+    const records = await readClusterRecords(this.options.world.store);
+    this.malformed.note(records.malformed);
     const primaries = new Map<string, { record: PrimaryRecord; modRevision: number }>();
     for (const [name, record] of records.primaries)
       primaries.set(name, { record, modRevision: records.primaryRevisions.get(name)! });

@@ -14,18 +14,21 @@
 //   GET  /v1/disks                  this host's disks: identity, state, size, free, the copies on each
 
 import { HavenError } from "../core/errors.js";
+import { isVmName, isVolumeName, quoteName } from "../cluster/names.js";
 import type { EngineControl } from "../engine/status.js";
 import type { AgentView } from "../agent/view.js";
 import type { FastifyReply, FastifyRequest } from "fastify";
 import { callerResolver, requireRole, type Caller, type CallerSources } from "./callers.js";
 import { parseVerifyRequest } from "./requests.js";
-import { ApiServer } from "./server.js";
+import { ApiServer, type ApiLimits } from "./server.js";
 
 export interface AgentApiServerOptions {
   /** One line per request that changes something (every non-GET), and per listener error; stderr by default. */
   readonly log?: (line: string) => void;
   /** Operators' tokens and revoked certificates, beyond the cluster's API token. */
   readonly callers?: Omit<CallerSources, "clusterToken">;
+  /** The server's bounds, when not DEFAULT_API_LIMITS (tests). */
+  readonly limits?: Partial<ApiLimits>;
 }
 
 export class AgentApiServer {
@@ -46,6 +49,7 @@ export class AgentApiServer {
         // Every route reads at least: a caller without even the viewer role learns nothing.
         requireRole(caller, "viewer", `${request.method} ${request.url.split("?", 1)[0]!.slice(0, 200)}`);
       },
+      ...(options.limits !== undefined && { limits: options.limits }),
       log: options.log ?? ((line) => process.stderr.write(`${line}\n`)),
     });
     this.server.route("/v1/host", { GET: () => this.agent.health() });
@@ -59,7 +63,12 @@ export class AgentApiServer {
       GET: (request) => {
         const vm = this.agent.vms().find((candidate) => candidate.name === request.params.name);
         if (vm === undefined)
-          throw new HavenError("HAVEN_ERR_NOT_FOUND", `VM ${request.params.name} does not run on this host`);
+          throw new HavenError(
+            "HAVEN_ERR_NOT_FOUND",
+            isVmName(request.params.name!)
+              ? `VM ${request.params.name} does not run on this host`
+              : `${quoteName(request.params.name!)} is not a VM name`,
+          );
         return vm;
       },
     });
@@ -94,7 +103,9 @@ export class AgentApiServer {
     if (engine === undefined)
       throw new HavenError(
         "HAVEN_ERR_NOT_FOUND",
-        `volume ${name} is not served on this host ('haven volume show ${name}' says where)`,
+        isVolumeName(name)
+          ? `volume ${name} is not served on this host ('haven volume show ${name}' says where)`
+          : `${quoteName(name)} is not a volume name`,
       );
     return engine;
   }

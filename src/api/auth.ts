@@ -1,5 +1,5 @@
 // Bearer-token authentication for an API: every request must carry `Authorization: Bearer TOKEN` with
-// the cluster's API token. The check runs before routing, so without the token every path, known or
+// the API's token (the scheme in any case). The check runs before routing, so without the token every path, known or
 // not, is the same 401 and reveals nothing. Tokens are compared as SHA-256 digests in constant time:
 // equal lengths for timingSafeEqual, and no timing that depends on how much of the token was right.
 
@@ -14,7 +14,8 @@ function digest(text: string): Buffer {
 export function bearerTokenCheck(token: string): (authorization: string | undefined) => void {
   const expected = digest(token);
   return (authorization) => {
-    const given = /^Bearer (.+)$/.exec(authorization ?? "")?.[1];
+    // The scheme is case-insensitive (RFC 9110 11.1): "bearer" and "BEARER" are "Bearer".
+    const given = /^bearer +(.+?) *$/i.exec(authorization ?? "")?.[1];
     if (given === undefined || !timingSafeEqual(digest(given), expected))
       throw new HavenError("HAVEN_ERR_UNAUTHORIZED", "a valid bearer token is required (the cluster's API token)");
   };

@@ -1,5 +1,7 @@
-// The engine's HTTP API (`haven volume serve --api-listen`): a thin JSON shell over EngineControl, for
-// `haven volume status|verify|resolve-split-brain` and, later, the control plane. A bad request gets
+// The engine's HTTP API (`haven volume serve --api-listen --api-token-file`): a thin JSON shell over
+// EngineControl, for `haven volume status|verify|resolve-split-brain` and, later, the control plane.
+// Every request must carry the API's token as a bearer token (auth.ts), as on the agent API: whoever
+// reaches the port could otherwise start a repair or pick a split-brain survivor (issue 16). A bad request gets
 // a 4xx with a coded error naming what is wrong before anything reaches the engine (server.ts,
 // requests.ts).
 //
@@ -12,22 +14,28 @@
 
 import type { EngineControl } from "../engine/status.js";
 import { parseResolveSplitBrainRequest, parseVerifyRequest } from "./requests.js";
-import { ApiServer } from "./server.js";
+import { bearerTokenCheck } from "./auth.js";
+import { ApiServer, type ApiLimits } from "./server.js";
 
 export { MAX_REQUEST_BODY_BYTES } from "./server.js";
 
 export interface EngineApiServerOptions {
   /** One line per request that changes something (every non-GET), and per listener error; stderr by default. */
   readonly log?: (line: string) => void;
+  /** The server's bounds, when not DEFAULT_API_LIMITS (tests). */
+  readonly limits?: Partial<ApiLimits>;
 }
 
 export class EngineApiServer {
   private readonly server: ApiServer;
 
-  constructor(control: EngineControl, options: EngineApiServerOptions = {}) {
+  constructor(control: EngineControl, token: string, options: EngineApiServerOptions = {}) {
+    const check = bearerTokenCheck(token);
     this.server = new ApiServer({
       what: "engine API",
       failure: "the engine failed",
+      authenticate: (request) => check(request.headers.authorization),
+      ...(options.limits !== undefined && { limits: options.limits }),
       log: options.log ?? ((line) => process.stderr.write(`${line}\n`)),
     });
     this.server.route("/v1/status", { GET: () => control.status() });

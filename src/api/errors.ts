@@ -4,6 +4,7 @@
 // body over the limit) carries its own status; fastify's own errors are mapped onto the registry; and
 // anything else, a bug underneath, is still answered, as the registry's 500.
 
+import { escapeControls } from "../cluster/names.js";
 import { ERRORS, HavenError, fromSystemError, type ErrorCode } from "../core/errors.js";
 
 export interface ApiErrorBody {
@@ -38,6 +39,16 @@ function bodyTooLarge(maxBytes: number): Refusal {
   });
 }
 
+/** Most characters of a framework's message echoed (it may quote what the request sent). */
+const MAX_FRAMEWORK_MESSAGE_CHARS = 200;
+
+/** A message that may quote the request, cut short with control characters and markup escaped. */
+function echoSafe(message: string): string {
+  const cut =
+    message.length > MAX_FRAMEWORK_MESSAGE_CHARS ? `${message.slice(0, MAX_FRAMEWORK_MESSAGE_CHARS)}...` : message;
+  return escapeControls(cut).replace(/[<>&]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}
+
 /** What fastify itself throws before a handler runs (body parsing, malformed requests). */
 interface FrameworkError extends Error {
   readonly code?: string;
@@ -66,7 +77,7 @@ export function errorReply(error: unknown, context: { maxBodyBytes: number; fail
     return reply(415, "HAVEN_ERR_INVALID_REQUEST", "the Content-Type header is malformed; send application/json");
   const status = framework?.statusCode;
   if (framework?.validation !== undefined || (status !== undefined && status >= 400 && status < 500)) {
-    return reply(status ?? 400, "HAVEN_ERR_INVALID_REQUEST", framework.message);
+    return reply(status ?? 400, "HAVEN_ERR_INVALID_REQUEST", echoSafe(framework.message));
   }
   const coded = fromSystemError(error, context.failure);
   return reply(ERRORS[coded.code].httpStatus, coded.code, coded.message);

@@ -5,29 +5,50 @@
 //   content type is read as JSON; an empty body is {}) and every field (requests.ts);
 // - every error is {"error": {"code": "HAVEN_ERR_...", "message": "..."}} (errors.ts) as
 //   application/json, and every answer is JSON with a trailing newline, never cached;
-// - bounded: 64 connections, 10 s for a request's headers and body, stop() waits 2 s for requests in
-//   flight before it drops their connections;
+// - bounded (issue 16): 64 connections, at most 16 from one source address, 5 s for a new connection's
+//   first request headers (connection-gate.ts), 10 s for a request's headers and 10 s for its body (a
+//   slow body is cut with 408 in Haven's error body), stop() waits 2 s for requests in flight before it
+//   drops their connections;
+// - names and paths a request sent are echoed in messages cut short and escaped (quoteName);
 // - one log line per request that changes something (every non-GET) and per failure of the server's
 //   own (5xx); reads are not logged (`haven volume status --watch` polls every second).
 
 import assert from "node:assert/strict";
-import { STATUS_CODES } from "node:http";
 import type { AddressInfo } from "node:net";
-import type { Duplex } from "node:stream";
+import { PassThrough, type Duplex } from "node:stream";
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import { HavenError, errorMessage, type ErrorCode } from "../core/errors.js";
+import { quoteName } from "../cluster/names.js";
+import { ConnectionGate, rawErrorResponse, type ConnectionLimits } from "./connection-gate.js";
 import { errorReply, invalidRequest, Refusal, type ApiErrorBody } from "./errors.js";
 
 export const MAX_REQUEST_BODY_BYTES = 64 * 1024;
-const MAX_CONNECTIONS = 64;
-/** A client has this long to send its headers and body. */
-const REQUEST_TIMEOUT_MS = 10_000;
+
+/** The bounds of one API server; tests shorten the times. */
+export interface ApiLimits extends ConnectionLimits {
+  /** Connections open at once, from everywhere. */
+  readonly maxConnections: number;
+  /** A request's headers must arrive within this. */
+  readonly headersTimeoutMs: number;
+  /** A request's body must arrive within this once its headers have (else 408, and the connection closes). */
+  readonly bodyTimeoutMs: number;
+}
+
+export const DEFAULT_API_LIMITS: ApiLimits = {
+  maxConnections: 64,
+  // A CLI or dashboard needs a few; 16 leaves room for three more clients at the total from one flood.
+  maxConnectionsPerAddress: 16,
+  firstRequestTimeoutMs: 5_000,
+  headersTimeoutMs: 10_000,
+  bodyTimeoutMs: 10_000,
+};
+
 /** An idle keep-alive connection is closed after this (Node's own default). */
 const KEEP_ALIVE_TIMEOUT_MS = 5_000;
+/** How often Node checks its headers and request timeouts (its default, 30 s, let sockets linger). */
+const TIMEOUT_CHECK_INTERVAL_MS = 1_000;
 /** stop() waits this long for requests in flight before it drops their connections. */
 const STOP_GRACE_MS = 2_000;
-/** A path is echoed in messages and the log at most this long (a request line may hold 16 KiB). */
-const MAX_ECHOED_PATH_CHARS = 200;
 
 /** What a route's handler sees of a request: its path parameters and its parsed JSON body ({} if none). */
 export interface ApiRequest {
@@ -47,10 +68,16 @@ export interface ApiServerOptions {
   readonly authenticate?: (request: FastifyRequest) => void;
   /** One line per request that changes something, per 5xx and per listener error. */
   readonly log: (line: string) => void;
+  /** DEFAULT_API_LIMITS, with these changed. */
+  readonly limits?: Partial<ApiLimits>;
 }
 
+/** A path of only these characters, and not long, is echoed as it is. */
+const PLAIN_PATH = /^[A-Za-z0-9._~/%:-]{1,64}$/;
+
+/** A path as sent, for messages and the log: as is when plain, else cut short, quoted and escaped. */
 function clip(path: string): string {
-  return path.length > MAX_ECHOED_PATH_CHARS ? `${path.slice(0, MAX_ECHOED_PATH_CHARS)}...` : path;
+  return PLAIN_PATH.test(path) ? path : quoteName(path);
 }
 
 /** The path as sent, without its query. */
@@ -66,18 +93,52 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Duplex): void {
   if (error.code === "ECONNRESET" || socket.destroyed) return;
   const [status, code, message]: [number, ErrorCode, string] =
     error.code === "ERR_HTTP_REQUEST_TIMEOUT"
-      ? [408, "HAVEN_ERR_INVALID_REQUEST", `the request was not complete within ${REQUEST_TIMEOUT_MS} ms`]
+      ? [408, "HAVEN_ERR_INVALID_REQUEST", "the request was not complete in time"]
       : error.code === "HPE_HEADER_OVERFLOW"
         ? [431, "HAVEN_ERR_TOO_LARGE", "the request headers are too large"]
-        : [400, "HAVEN_ERR_INVALID_REQUEST", `malformed HTTP request (${error.code ?? error.message})`];
-  const body = `${JSON.stringify({ error: { code, message } } satisfies ApiErrorBody)}\n`;
-  if (socket.writable) {
-    socket.write(
-      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\ncontent-type: application/json\r\n` +
-        `content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
-    );
-  }
+        : [400, "HAVEN_ERR_INVALID_REQUEST", `malformed HTTP request (${error.code ?? "unknown"})`];
+  if (socket.writable) socket.write(rawErrorResponse(status, code, message));
   socket.destroy();
+}
+
+/** The most characters of one path parameter (fastify's maxParamLength default); a name is 63. */
+const MAX_PARAM_CHARS = 100;
+
+/**
+ * fastify's own refusals of a path, in Haven's words: the path is echoed cut short and escaped, never
+ * as fastify quotes it (whole, raw).
+ */
+function frameworkRefusal(error: Error & { code?: string }, request: FastifyRequest): unknown {
+  if (error.code === "FST_ERR_BAD_URL")
+    return new Refusal(400, "HAVEN_ERR_INVALID_REQUEST", `the path ${clip(pathOf(request))} is not valid URL encoding`);
+  if (error.code === "FST_ERR_MAX_PARAM_LENGTH")
+    return new Refusal(
+      414,
+      "HAVEN_ERR_INVALID_REQUEST",
+      `a segment of the path ${clip(pathOf(request))} is over ${MAX_PARAM_CHARS} characters`,
+    );
+  return error;
+}
+
+/**
+ * A body is JSON text in UTF-8 as sent: a compressed body or another charset is refused with 415
+ * rather than read as garbage.
+ */
+function refuseUnsupportedContent(request: FastifyRequest): void {
+  const encoding = request.headers["content-encoding"]?.trim().toLowerCase();
+  if (encoding !== undefined && encoding !== "" && encoding !== "identity")
+    throw new Refusal(
+      415,
+      "HAVEN_ERR_INVALID_REQUEST",
+      `Content-Encoding ${quoteName(encoding)} is not supported; send the body uncompressed`,
+    );
+  const charset = /;\s*charset\s*=\s*"?([^";\s]*)/i.exec(request.headers["content-type"] ?? "")?.[1]?.toLowerCase();
+  if (charset !== undefined && charset !== "utf-8" && charset !== "utf8" && charset !== "us-ascii")
+    throw new Refusal(
+      415,
+      "HAVEN_ERR_INVALID_REQUEST",
+      `charset ${quoteName(charset)} is not supported; send JSON in UTF-8 (application/json)`,
+    );
 }
 
 export class ApiServer {
@@ -86,23 +147,56 @@ export class ApiServer {
   private stopping: Promise<void> | undefined;
 
   constructor(private readonly options: ApiServerOptions) {
+    const limits = { ...DEFAULT_API_LIMITS, ...options.limits };
     const app = Fastify({
       logger: false,
       bodyLimit: MAX_REQUEST_BODY_BYTES,
-      requestTimeout: REQUEST_TIMEOUT_MS,
+      // Node's own whole-request timeout, a backstop behind the body deadline below.
+      requestTimeout: limits.headersTimeoutMs + limits.bodyTimeoutMs,
       keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
-      http: { headersTimeout: REQUEST_TIMEOUT_MS },
+      http: { headersTimeout: limits.headersTimeoutMs, connectionsCheckingInterval: TIMEOUT_CHECK_INTERVAL_MS },
       // HEAD is a method like any other: 405 where a route does not take it.
       exposeHeadRoutes: false,
       // While stopping, requests on open connections are still answered (then the connection closes),
       // rather than with fastify's own 503 body.
       return503OnClosing: false,
       // A path fastify cannot decode (`/v1/%zz`), or a parameter over its length, gets Haven's error body too.
-      frameworkErrors: (error, request, reply) => this.fail(request, reply, error),
+      // It runs before any hook, so it authenticates first: without the token, every request is 401.
+      frameworkErrors: (error, request, reply) => {
+        try {
+          options.authenticate?.(request);
+        } catch (refusal) {
+          return this.fail(request, reply, refusal);
+        }
+        return this.fail(request, reply, frameworkRefusal(error, request));
+      },
       clientErrorHandler: answerClientError,
     });
     this.app = app;
-    app.server.maxConnections = MAX_CONNECTIONS;
+    app.server.maxConnections = limits.maxConnections;
+    new ConnectionGate(app.server, limits);
+    // A body that does not arrive in time is cut with 408 (the connection then closes: the rest of
+    // the body is not read). Node's requestTimeout alone let an authenticated slow body run on.
+    app.addHook("preParsing", async (request, _reply, payload) => {
+      const timed = new PassThrough();
+      const deadline = setTimeout(() => {
+        payload.unpipe(timed);
+        timed.destroy(
+          new Refusal(
+            408,
+            "HAVEN_ERR_INVALID_REQUEST",
+            `the request body did not arrive within ${limits.bodyTimeoutMs} ms`,
+            { connection: "close" },
+          ),
+        );
+      }, limits.bodyTimeoutMs);
+      const done = (): void => clearTimeout(deadline);
+      timed.once("end", done);
+      timed.once("close", done);
+      request.raw.once("close", done);
+      payload.pipe(timed);
+      return timed;
+    });
     // Plain JSON.parse, whatever the content type (`curl -d` sends a form type): an own "__proto__"
     // key is then one more unknown field that requests.ts refuses, and never reaches a prototype.
     app.removeAllContentTypeParsers();
@@ -117,6 +211,7 @@ export class ApiServer {
     });
     const authenticate = options.authenticate;
     if (authenticate !== undefined) app.addHook("onRequest", async (request) => authenticate(request));
+    app.addHook("onRequest", async (request) => refuseUnsupportedContent(request));
     app.setErrorHandler((error, request, reply) => this.fail(request, reply, error));
     app.setNotFoundHandler((request, reply) =>
       this.fail(request, reply, new Refusal(404, "HAVEN_ERR_NOT_FOUND", `no such route: ${clip(pathOf(request))}`)),

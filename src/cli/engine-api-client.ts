@@ -1,5 +1,5 @@
 // The CLI's side of the engine's HTTP API (src/api/engine-api.ts): one call per route, each bounded
-// in time, and every failure turned into a coded HavenError. An error the engine answers with keeps its
+// in time, each carrying the API's bearer token, and every failure turned into a coded HavenError. An error the engine answers with keeps its
 // code and message; an engine that cannot be reached, or an address that is not an engine API, is a
 // configuration error that names the address.
 
@@ -7,6 +7,7 @@ import { request as httpRequest } from "node:http";
 import { ERRORS, HavenError, type ErrorCode } from "../core/errors.js";
 import type { VerifyStatus, VolumeStatus } from "../engine/status.js";
 import { parseHostPort } from "../util/units.js";
+import { API_TOKEN_ENV, clientApiToken } from "./api-token.js";
 
 /** How long one call may take, connecting included. */
 export const ENGINE_API_TIMEOUT_MS = 10_000;
@@ -22,7 +23,7 @@ export class EngineApiClient {
   /** `address` is HOST:PORT from `--api`; a malformed one is a usage error naming `what`. */
   constructor(
     address: string,
-    private readonly options: { readonly timeoutMs?: number; readonly what?: string } = {},
+    private readonly options: { readonly token: string; readonly timeoutMs?: number; readonly what?: string },
   ) {
     const { host, port } = parseHostPort(address, options.what ?? "--api");
     this.address = address;
@@ -85,6 +86,7 @@ export class EngineApiClient {
           agent: false,
           headers: {
             accept: "application/json",
+            authorization: `Bearer ${this.options.token}`,
             ...(payload !== undefined && {
               "content-type": "application/json",
               "content-length": Buffer.byteLength(payload),
@@ -168,8 +170,26 @@ function malformed(address: string, what: string): HavenError {
   );
 }
 
-/** The client for a command's `--api HOST:PORT`, which every `haven volume` command requires. */
-export function engineApiFromOption(value: string | boolean | undefined, usage: string): EngineApiClient {
-  if (typeof value !== "string") throw new HavenError("HAVEN_ERR_USAGE", `--api HOST:PORT is required\n\n${usage}`);
-  return new EngineApiClient(value);
+/** The options every engine API command takes, for parseCommand. */
+export const ENGINE_API_OPTIONS = {
+  api: { type: "string" },
+  "token-file": { type: "string" },
+} as const;
+
+/** How ENGINE_API_OPTIONS read in a command's usage. */
+export const ENGINE_API_OPTIONS_USAGE = `  --api HOST:PORT      the engine's API address
+  --token-file FILE    the engine API's token (default: $${API_TOKEN_ENV})`;
+
+/**
+ * The client for a command's `--api HOST:PORT`, which every `haven volume` command requires, with the
+ * token of --token-file or $HAVEN_API_TOKEN.
+ */
+export async function engineApiFromOptions(
+  values: { readonly api?: string | boolean | undefined; readonly "token-file"?: string | boolean | undefined },
+  usage: string,
+): Promise<EngineApiClient> {
+  const address = values.api;
+  if (typeof address !== "string") throw new HavenError("HAVEN_ERR_USAGE", `--api HOST:PORT is required\n\n${usage}`);
+  parseHostPort(address, "--api");
+  return new EngineApiClient(address, { token: await clientApiToken(values["token-file"], usage) });
 }

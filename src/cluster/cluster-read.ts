@@ -1,10 +1,17 @@
 // Reading the cluster's state out of etcd as typed records: hosts (live and known), volumes, primaries,
 // copies, and events. The state is read in one transaction, so it is one consistent snapshot (a volume
-// is never seen without the primary record created with it). Every value is checked by schema.ts.
+// is never seen without the primary record created with it).
+//
+// This is the trust boundary of the control plane (issue 16, item 5): anything with etcd access can
+// write any key, so every key's name segments (names.ts) and every value (schema.ts, vm-schema.ts,
+// disk-schema.ts) are checked here, and a record that fails is left out of the snapshot and listed in
+// `malformed`, never acted on: a forged volume `../../escape` reaches no file path. Readers go on with
+// the rest (the agent logs each bad record once, malformed-log.ts; the CLI counts them).
 
 import { HavenError } from "../core/errors.js";
 import type { KeyValue } from "./etcd-client.js";
 import type { ClusterStore } from "./store.js";
+import { isDiskName, isHostName, isVmName, isVolumeName, quoteName, showKey } from "./names.js";
 import {
   copyId,
   keys,
@@ -52,6 +59,15 @@ export interface ClusterRecords {
   readonly handovers: ReadonlySet<string>;
   /** The etcd revision of the snapshot. */
   readonly revision: number;
+  /** The records left out because their key or value failed the checks, with why. */
+  readonly malformed: readonly MalformedRecord[];
+}
+
+/** A record read from etcd that failed the checks, and so was ignored. */
+export interface MalformedRecord {
+  readonly key: string;
+  readonly modRevision: number;
+  readonly error: HavenError;
 }
 
 export interface StoredEvent {
@@ -65,51 +81,92 @@ export interface StoredEvent {
 /** A record's name must be its key's, or one host or volume could pose as another. */
 function named<T extends { readonly name: string }>(record: T, name: string, key: string): T {
   if (record.name !== name) {
-    throw new HavenError("HAVEN_ERR_IO", `cluster state at ${key} is malformed: it names "${record.name}"`);
+    throw new HavenError(
+      "HAVEN_ERR_IO",
+      `cluster state at ${showKey(key)} is malformed: it names ${quoteName(record.name)}`,
+    );
   }
   return record;
 }
 
-/** What to do with a malformed record: throw (the default), or skip it after reporting it. */
-type OnMalformed = ((error: HavenError) => void) | undefined;
+/** Told of each record left out as malformed (as it is added to ClusterRecords.malformed). */
+export type OnMalformed = (error: HavenError, record: MalformedRecord) => void;
 
-function parsed<T>(parse: () => T, onMalformed: OnMalformed): T | undefined {
-  if (onMalformed === undefined) return parse();
-  try {
-    return parse();
-  } catch (error) {
-    if (!(error instanceof HavenError)) throw error;
-    onMalformed(error);
-    return undefined;
+/** Collects the records left out of one read. */
+class Refused {
+  readonly records: MalformedRecord[] = [];
+  constructor(private readonly onMalformed: OnMalformed | undefined) {}
+
+  /** `parse()`'s record, or undefined when it throws a HavenError (the record is then listed). */
+  parsed<T>(kv: KeyValue, parse: () => T): T | undefined {
+    try {
+      return parse();
+    } catch (error) {
+      if (!(error instanceof HavenError)) throw error;
+      const record = { key: kv.key, modRevision: kv.modRevision, error };
+      this.records.push(record);
+      this.onMalformed?.(error, record);
+      return undefined;
+    }
   }
+}
+
+/** The key's name segment under `prefix`, checked against the rule of what it names. */
+function keyName(kv: KeyValue, prefix: string, valid: (name: string) => boolean, what: string): string {
+  const name = nameUnder(prefix, kv.key);
+  if (!valid(name))
+    throw new HavenError(
+      "HAVEN_ERR_IO",
+      `cluster state at ${showKey(kv.key)} is malformed: ${quoteName(name)} is not ${what}`,
+    );
+  return name;
 }
 
 function byName<T extends { readonly name: string }>(
   kvs: readonly KeyValue[],
   prefix: string,
   parse: (value: string, key: string) => T,
-  onMalformed: OnMalformed,
+  valid: (name: string) => boolean,
+  what: string,
+  refused: Refused,
 ): Map<string, T> {
   const records = new Map<string, T>();
   for (const kv of kvs) {
-    const name = nameUnder(prefix, kv.key);
-    const record = parsed(() => named(parse(kv.value, kv.key), name, kv.key), onMalformed);
-    if (record !== undefined) records.set(name, record);
+    const record = refused.parsed(kv, () => {
+      const name = keyName(kv, prefix, valid, what);
+      return named(parse(kv.value, kv.key), name, kv.key);
+    });
+    if (record !== undefined) records.set(record.name, record);
   }
   return records;
 }
 
 function replicasByVolume(
   kvs: readonly KeyValue[],
-  onMalformed: OnMalformed,
+  refused: Refused,
   revisions: Map<string, Map<string, number>>,
 ): Map<string, Map<string, ReplicaRecord>> {
   const replicas = new Map<string, Map<string, ReplicaRecord>>();
   for (const kv of kvs) {
-    const [volume, host, disk, ...rest] = nameUnder(keys.replicas(), kv.key).split("/");
-    if (volume === undefined || host === undefined || disk === undefined || rest.length > 0) continue; // not a copy's key
-    const record = parsed(() => parseReplicaRecord(kv.value, kv.key), onMalformed);
-    if (record === undefined) continue;
+    const parsed = refused.parsed(kv, () => {
+      const [volume, host, disk, ...rest] = nameUnder(keys.replicas(), kv.key).split("/");
+      if (
+        volume === undefined ||
+        host === undefined ||
+        disk === undefined ||
+        rest.length > 0 ||
+        !isVolumeName(volume) ||
+        !isHostName(host) ||
+        !isDiskName(disk)
+      )
+        throw new HavenError(
+          "HAVEN_ERR_IO",
+          `cluster state at ${showKey(kv.key)} is malformed: not a copy's key (VOLUME/HOST/DISK)`,
+        );
+      return { volume, host, disk, record: parseReplicaRecord(kv.value, kv.key) };
+    });
+    if (parsed === undefined) continue;
+    const { volume, host, disk, record } = parsed;
     const id = copyId({ host, disk });
     const copies = replicas.get(volume) ?? new Map<string, ReplicaRecord>();
     copies.set(id, record);
@@ -122,26 +179,27 @@ function replicasByVolume(
 }
 
 /** The disks' records by HOST/DISK; a record whose key and content disagree is malformed. */
-function disksByCopyPlace(kvs: readonly KeyValue[], onMalformed: OnMalformed): Map<string, DiskRecord> {
+function disksByCopyPlace(kvs: readonly KeyValue[], refused: Refused): Map<string, DiskRecord> {
   const disks = new Map<string, DiskRecord>();
   for (const kv of kvs) {
     const id = nameUnder(diskKeys.disks(), kv.key);
-    const record = parsed(() => {
+    const record = refused.parsed(kv, () => {
       const disk = parseDiskRecord(kv.value, kv.key);
       if (`${disk.host}/${disk.disk}` !== id)
-        throw new HavenError("HAVEN_ERR_CONFIG", `${kv.key}: the record is of ${disk.host}/${disk.disk}`);
+        throw new HavenError("HAVEN_ERR_CONFIG", `${showKey(kv.key)}: the record is of ${disk.host}/${disk.disk}`);
       return disk;
-    }, onMalformed);
+    });
     if (record !== undefined) disks.set(id, record);
   }
   return disks;
 }
 
 /**
- * The hosts, volumes, primaries and copies as of one revision. A malformed record throws, unless
- * `onMalformed` is given: then it is reported and left out (an agent must go on with the rest).
+ * The hosts, volumes, primaries and copies as of one revision. A malformed record is left out, listed
+ * in `malformed` and handed to `onMalformed`: one forged key must not stop the agents or the CLI.
  */
 export async function readClusterRecords(client: ClusterStore, onMalformed?: OnMalformed): Promise<ClusterRecords> {
+  const refused = new Refused(onMalformed);
   const prefixes = [
     keys.hosts(),
     keys.hostInfos(),
@@ -174,38 +232,52 @@ export async function readClusterRecords(client: ClusterStore, onMalformed?: OnM
     ];
   const vmStatus = new Map<string, { record: VmStatusRecord; modRevision: number }>();
   for (const kv of vmStatuses) {
-    const record = parsed(() => parseVmStatusRecord(kv.value, kv.key), onMalformed);
-    if (record !== undefined)
-      vmStatus.set(nameUnder(keys.vmStatuses(), kv.key), { record, modRevision: kv.modRevision });
+    const parsed = refused.parsed(kv, () => ({
+      name: keyName(kv, keys.vmStatuses(), isVmName, "a VM name"),
+      record: parseVmStatusRecord(kv.value, kv.key),
+    }));
+    if (parsed !== undefined) vmStatus.set(parsed.name, { record: parsed.record, modRevision: kv.modRevision });
   }
   const health = new Map<string, HostHealthRecord>();
   for (const kv of healths) {
-    const record = parsed(() => parseHostHealthRecord(kv.value, kv.key), onMalformed);
-    if (record !== undefined) health.set(nameUnder(keys.healths(), kv.key), record);
+    const parsed = refused.parsed(kv, () => ({
+      host: keyName(kv, keys.healths(), isHostName, "a host name"),
+      record: parseHostHealthRecord(kv.value, kv.key),
+    }));
+    if (parsed !== undefined) health.set(parsed.host, parsed.record);
   }
   const primaryRecords = new Map<string, PrimaryRecord>();
   const primaryRevisions = new Map<string, number>();
   for (const kv of primaries) {
-    const record = parsed(() => parsePrimaryRecord(kv.value, kv.key), onMalformed);
-    if (record === undefined) continue;
-    primaryRecords.set(nameUnder(keys.primaries(), kv.key), record);
-    primaryRevisions.set(nameUnder(keys.primaries(), kv.key), kv.modRevision);
+    const parsed = refused.parsed(kv, () => ({
+      volume: keyName(kv, keys.primaries(), isVolumeName, "a volume name"),
+      record: parsePrimaryRecord(kv.value, kv.key),
+    }));
+    if (parsed === undefined) continue;
+    primaryRecords.set(parsed.volume, parsed.record);
+    primaryRevisions.set(parsed.volume, kv.modRevision);
+  }
+  const handoverNames = new Set<string>();
+  for (const kv of handovers) {
+    const volume = refused.parsed(kv, () => keyName(kv, keys.handovers(), isVolumeName, "a volume name"));
+    if (volume !== undefined) handoverNames.add(volume);
   }
   const replicaRevisions = new Map<string, Map<string, number>>();
   return {
-    liveHosts: byName(hosts, keys.hosts(), parseHostRecord, onMalformed),
-    knownHosts: byName(hostInfos, keys.hostInfos(), parseHostRecord, onMalformed),
-    volumes: byName(volumes, keys.volumes(), parseVolumeSpec, onMalformed),
+    liveHosts: byName(hosts, keys.hosts(), parseHostRecord, isHostName, "a host name", refused),
+    knownHosts: byName(hostInfos, keys.hostInfos(), parseHostRecord, isHostName, "a host name", refused),
+    volumes: byName(volumes, keys.volumes(), parseVolumeSpec, isVolumeName, "a volume name", refused),
     primaries: primaryRecords,
     primaryRevisions,
-    replicas: replicasByVolume(replicas, onMalformed, replicaRevisions),
+    replicas: replicasByVolume(replicas, refused, replicaRevisions),
     replicaRevisions,
     health,
-    vms: byName(vms, keys.vms(), parseVmRecord, onMalformed),
+    vms: byName(vms, keys.vms(), parseVmRecord, isVmName, "a VM name", refused),
     vmStatus,
-    handovers: new Set(handovers.map((kv) => nameUnder(keys.handovers(), kv.key))),
-    disks: disksByCopyPlace(disks, onMalformed),
+    handovers: handoverNames,
+    disks: disksByCopyPlace(disks, refused),
     revision: result.revision,
+    malformed: refused.records,
   };
 }
 

@@ -7,7 +7,8 @@
 // (du), and `fsId`, the filesystem the disk lives on, so that placement does not count one filesystem
 // twice when several disks (or the hosts of a local cluster) share it.
 
-import { CLUSTER_PREFIX, count, flag, member, object, text } from "./schema.js";
+import { isDiskName, isHostName, isVolumeName } from "./names.js";
+import { CLUSTER_PREFIX, count, flag, member, nameField, object, text } from "./schema.js";
 import { HavenError } from "../core/errors.js";
 
 export type DiskState = "online" | "failing" | "failed" | "missing" | "foreign" | "new" | "spare";
@@ -60,8 +61,8 @@ export function parseDiskRecord(value: string, key: string): DiskRecord {
   if (!Array.isArray(copies)) throw new HavenError("HAVEN_ERR_CONFIG", `${key}: copies is not a list`);
   const device = identity.device;
   return {
-    host: text(o, "host", key),
-    disk: text(o, "disk", key),
+    host: nameField(o, "host", key, isHostName, "a host name"),
+    disk: nameField(o, "disk", key, isDiskName, "a disk name"),
     path: text(o, "path", key),
     state: state as DiskState,
     reason: text(o, "reason", key),
@@ -78,7 +79,7 @@ export function parseDiskRecord(value: string, key: string): DiskRecord {
     copies: copies.map((c: unknown, i) => {
       const copy = member(c);
       return {
-        volume: text(copy, "volume", `${key} copies[${i}]`),
+        volume: nameField(copy, "volume", `${key} copies[${i}]`, isVolumeName, "a volume name"),
         allocatedBytes: count(copy, "allocatedBytes", `${key} copies[${i}]`),
       };
     }),
@@ -126,6 +127,9 @@ export function parseDiskRequest(value: string, key: string): DiskRequest {
   const fs = o.fs;
   if (fs !== undefined && fs !== "ext4" && fs !== "xfs")
     throw new HavenError("HAVEN_ERR_CONFIG", `${key}: fs must be ext4 or xfs`);
+  for (const field of ["disk", "answeredDisk"]) {
+    if (o[field] !== undefined) nameField(o, field, key, isDiskName, "a disk name");
+  }
   return {
     kind,
     ...optionalText("path"),

@@ -19,11 +19,9 @@
 
 import { randomBytes } from "node:crypto";
 import { HavenError } from "../core/errors.js";
+import { isDiskName, isEventKind, isHostName, isVolumeName, quoteName, showKey } from "./names.js";
 
 export const CLUSTER_PREFIX = "/haven/";
-
-/** A host or disk name as a key segment: no "/" (it separates segments) and no "@" (copy names use it). */
-const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 
 export const keys = {
   host: (name: string): string => `${CLUSTER_PREFIX}hosts/${name}`,
@@ -287,7 +285,11 @@ export interface HandoverRecord {
 
 export function parseHandoverRecord(value: string, key: string): HandoverRecord {
   const o = object(value, key);
-  return { to: text(o, "to", key), requestedBy: text(o, "requestedBy", key), requestedAt: text(o, "requestedAt", key) };
+  return {
+    to: nameField(o, "to", key, isHostName, "a host name"),
+    requestedBy: text(o, "requestedBy", key),
+    requestedAt: text(o, "requestedAt", key),
+  };
 }
 
 export interface EventRecord {
@@ -307,7 +309,7 @@ export function eventSequence(now = Date.now()): string {
 // ---- reading values back -------------------------------------------------------------------------
 
 export function bad(key: string, detail: string): HavenError {
-  return new HavenError("HAVEN_ERR_IO", `cluster state at ${key} is malformed: ${detail}`);
+  return new HavenError("HAVEN_ERR_IO", `cluster state at ${showKey(key)} is malformed: ${detail}`);
 }
 
 export function object(text: string, key: string): Record<string, unknown> {
@@ -333,12 +335,32 @@ export function count(o: Record<string, unknown>, field: string, key: string): n
   return v;
 }
 
+/** Field `field` of `o`, a string that `valid` accepts (a name); `what` names the rule in the message. */
+export function nameField(
+  o: Record<string, unknown>,
+  field: string,
+  key: string,
+  valid: (name: string) => boolean,
+  what: string,
+): string {
+  const name = text(o, field, key);
+  if (!valid(name)) throw bad(key, `${field} ${quoteName(name)} is not ${what}`);
+  return name;
+}
+
+/** An ISO time that parses. */
+function time(o: Record<string, unknown>, field: string, key: string): string {
+  const at = text(o, field, key);
+  if (at.length > 64 || Number.isNaN(Date.parse(at))) throw bad(key, `${field} is not a time`);
+  return at;
+}
+
 export function parseHostRecord(value: string, key: string): HostRecord {
   const o = object(value, key);
   const disks = o.disks;
   if (!Array.isArray(disks)) throw bad(key, "disks is not a list");
   return {
-    name: text(o, "name", key),
+    name: nameField(o, "name", key, isHostName, "a host name"),
     address: text(o, "address", key),
     apiPort: count(o, "apiPort", key),
     replicationPort: count(o, "replicationPort", key),
@@ -346,7 +368,7 @@ export function parseHostRecord(value: string, key: string): HostRecord {
     disks: disks.map((d: unknown, i) => {
       const disk = typeof d === "object" && d !== null ? (d as Record<string, unknown>) : {};
       return {
-        name: text(disk, "name", `${key} disks[${i}]`),
+        name: nameField(disk, "name", `${key} disks[${i}]`, isDiskName, "a disk name"),
         capacityBytes: count(disk, "capacityBytes", `${key} disks[${i}]`),
         usedBytes: count(disk, "usedBytes", `${key} disks[${i}]`),
         ...(disk.limited === true && { limited: true }),
@@ -372,16 +394,17 @@ export function parseVolumeSpec(value: string, key: string): VolumeSpec {
   if (!Array.isArray(replicas) || replicas.length === 0) throw bad(key, "replicas is not a non-empty list");
   const copies = replicas.map((r: unknown, i): CopyPlace => {
     const replica = typeof r === "object" && r !== null ? (r as Record<string, unknown>) : {};
-    const host = text(replica, "host", `${key} replicas[${i}]`);
-    const disk = text(replica, "disk", `${key} replicas[${i}]`);
-    if (!NAME.test(host) || !NAME.test(disk)) throw bad(`${key} replicas[${i}]`, "host or disk is not a valid name");
-    return { host, disk };
+    const where = `${key} replicas[${i}]`;
+    return {
+      host: nameField(replica, "host", where, isHostName, "a host name"),
+      disk: nameField(replica, "disk", where, isDiskName, "a disk name"),
+    };
   });
   const ids = copies.map(copyId);
   const twice = ids.find((id, i) => ids.indexOf(id) !== i);
   if (twice !== undefined) throw bad(key, `two copies share disk ${twice}`);
   return {
-    name: text(o, "name", key),
+    name: nameField(o, "name", key, isVolumeName, "a volume name"),
     sizeBytes: count(o, "sizeBytes", key),
     replicas: copies,
     createdAt: text(o, "createdAt", key),
@@ -391,7 +414,7 @@ export function parseVolumeSpec(value: string, key: string): VolumeSpec {
 export function parsePrimaryRecord(value: string, key: string): PrimaryRecord {
   const o = object(value, key);
   return {
-    host: text(o, "host", key),
+    host: nameField(o, "host", key, isHostName, "a host name"),
     epoch: count(o, "epoch", key),
     since: text(o, "since", key),
     reason: text(o, "reason", key),
@@ -405,16 +428,22 @@ export function parseReplicaRecord(value: string, key: string): ReplicaRecord {
   return { state, detail: text(o, "detail", key), epoch: count(o, "epoch", key), updatedAt: text(o, "updatedAt", key) };
 }
 
+/** Who wrote an event: a host, or an operator's CLI ("cli@HOSTNAME"). */
+const EVENT_AUTHOR_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}$/;
+/** An event's message is a sentence or two; anything longer is not one of Haven's. */
+export const MAX_EVENT_MESSAGE_CHARS = 4096;
+
 export function parseEventRecord(value: string, key: string): EventRecord {
   const o = object(value, key);
-  const volume = o.volume;
-  if (volume !== undefined && typeof volume !== "string") throw bad(key, "volume is not a string");
+  const volume = o.volume === undefined ? undefined : nameField(o, "volume", key, isVolumeName, "a volume name");
+  const message = text(o, "message", key);
+  if (message.length > MAX_EVENT_MESSAGE_CHARS) throw bad(key, `message is over ${MAX_EVENT_MESSAGE_CHARS} characters`);
   return {
-    time: text(o, "time", key),
-    host: text(o, "host", key),
+    time: time(o, "time", key),
+    host: nameField(o, "host", key, (name) => EVENT_AUTHOR_PATTERN.test(name), "a host or an operator"),
     ...(volume !== undefined && { volume }),
-    kind: text(o, "kind", key),
-    message: text(o, "message", key),
+    kind: nameField(o, "kind", key, isEventKind, "an event kind"),
+    message,
   };
 }
 

@@ -4,7 +4,8 @@
 // read back are checked here, since anything with etcd access could have written them.
 
 import { isIP } from "node:net";
-import { bad, count, flag, member, object, text } from "./schema.js";
+import { isHostName, isVmName, isVolumeName } from "./names.js";
+import { bad, count, flag, member, nameField, object, text } from "./schema.js";
 
 /** started: the agents keep it running (restart, relocate, follow its disk); stopped: nowhere. */
 export type VmDesiredState = "started" | "stopped";
@@ -98,14 +99,11 @@ export interface VmStatusRecord {
   readonly updatedAt: string;
 }
 
-const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 const MAC_PATTERN = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
 const STATES: readonly VmState[] = ["starting", "running", "paused", "stopping", "stopped", "pending", "error"];
 
-/** Whether `name` can name a VM (it names files, sockets and QEMU's process). */
-export function isVmName(name: string): boolean {
-  return NAME_PATTERN.test(name);
-}
+/** Whether `name` can name a VM (it names files, sockets and QEMU's process): names.ts. */
+export { isVmName };
 
 function cpuList(value: unknown, key: string): number[] {
   if (!Array.isArray(value) || value.some((cpu) => !Number.isSafeInteger(cpu) || (cpu as number) < 0))
@@ -133,7 +131,7 @@ export function parseVmRecord(value: string, key: string): VmRecord {
     name,
     vcpus,
     memoryMiB: count(o, "memoryMiB", key),
-    volume: text(o, "volume", key),
+    volume: nameField(o, "volume", key, isVolumeName, "a volume name"),
     ...(o.image !== undefined && { image: text(o, "image", key) }),
     boot,
     ...(cpus !== undefined && { cpus }),
@@ -190,7 +188,7 @@ export function parseVmStatusRecord(value: string, key: string): VmStatusRecord 
     };
   }
   return {
-    host: text(o, "host", key),
+    host: nameField(o, "host", key, isHostName, "a host name"),
     state,
     reason: text(o, "reason", key),
     since: text(o, "since", key),
@@ -198,7 +196,7 @@ export function parseVmStatusRecord(value: string, key: string): VmStatusRecord 
     restarts: count(o, "restarts", key),
     relocations: count(o, "relocations", key),
     ...(run !== undefined && { run }),
-    ...(o.relocatingTo !== undefined && { relocatingTo: text(o, "relocatingTo", key) }),
+    ...(o.relocatingTo !== undefined && { relocatingTo: nameField(o, "relocatingTo", key, isHostName, "a host name") }),
     checks,
     updatedAt: text(o, "updatedAt", key),
   };

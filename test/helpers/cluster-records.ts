@@ -75,5 +75,6 @@ export function clusterRecords(options: {
     handovers: new Set(),
     disks: new Map(),
     revision: 1,
+    malformed: [],
   };
 }

@@ -1,7 +1,8 @@
 // Real `haven replica serve` and `haven volume serve` processes for integration tests, with waits
 // on conditions (log lines, the engine's status over its HTTP API), never on the clock alone.
 
-import { writeFileSync } from "node:fs";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { VolumeStatus } from "../../src/engine/status.js";
 import { readyOrKilled, spawnHaven, type HavenProcess } from "./server-process.js";
@@ -40,13 +41,33 @@ export interface VolumeProcess extends HavenProcess {
   waitForStatus(predicate: (status: VolumeStatus) => boolean, what: string, timeoutMs?: number): Promise<VolumeStatus>;
 }
 
-/** Starts `haven volume serve ARGS --api-listen 127.0.0.1:0` and waits for its API. */
+/** The engine API token the volumes started here take, and the file that holds it. */
+export const ENGINE_API_TOKEN = "integration-engine-api-token-0123456789";
+let tokenFile: string | undefined;
+
+function engineApiTokenFile(): string {
+  tokenFile ??= join(mkdtempSync(join(tmpdir(), "haven-api-token-")), "token");
+  writeFileSync(tokenFile, `${ENGINE_API_TOKEN}\n`, { mode: 0o600 });
+  return tokenFile;
+}
+
+/** Starts `haven volume serve ARGS --api-listen 127.0.0.1:0 --api-token-file FILE` and waits for its API. */
 export async function startVolume(args: string[]): Promise<VolumeProcess> {
-  const child = spawnHaven(["volume", "serve", ...args, "--api-listen", "127.0.0.1:0"]);
+  const child = spawnHaven([
+    "volume",
+    "serve",
+    ...args,
+    "--api-listen",
+    "127.0.0.1:0",
+    "--api-token-file",
+    engineApiTokenFile(),
+  ]);
   await readyOrKilled(child, child.waitForLog(/engine API on http:\/\/127\.0\.0\.1:\d+/, 60_000));
   const api = /engine API on http:\/\/(127\.0\.0\.1:\d+)/.exec(child.log())![1]!;
   const status = async (): Promise<VolumeStatus> => {
-    const response = await fetch(`http://${api}/v1/status`);
+    const response = await fetch(`http://${api}/v1/status`, {
+      headers: { authorization: `Bearer ${ENGINE_API_TOKEN}` },
+    });
     return (await response.json()) as VolumeStatus;
   };
   const waitForStatus = async (

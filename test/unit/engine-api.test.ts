@@ -10,6 +10,10 @@ import { EngineApiServer, MAX_REQUEST_BODY_BYTES } from "../../src/api/engine-ap
 import { HavenError } from "../../src/core/errors.js";
 import { FakeEngineControl, healthyStatus, splitBrainStatus, verifyStatus } from "../helpers/fake-engine.js";
 
+/** The engine API's bearer token; every request here carries it unless a test says otherwise. */
+const TOKEN = "engine-api-test-token-0123456789";
+const AUTHORIZATION = { authorization: `Bearer ${TOKEN}` };
+
 let control: FakeEngineControl;
 let server: EngineApiServer;
 let base: string;
@@ -23,7 +27,7 @@ before(async () => {
     startVerify: (options: { repair: boolean }) => control.startVerify(options),
     resolveSplitBrain: (survivor: string) => control.resolveSplitBrain(survivor),
   };
-  server = new EngineApiServer(proxy, { log: (line) => logLines.push(line) });
+  server = new EngineApiServer(proxy, TOKEN, { log: (line) => logLines.push(line) });
   base = `http://${await server.listen("127.0.0.1", 0)}`;
 });
 
@@ -41,7 +45,8 @@ async function call(
 ): Promise<{ status: number; json: unknown; headers: Headers }> {
   const response = await fetch(`${base}${path}`, {
     method,
-    ...(body !== undefined && { body, headers: { "content-type": "application/json" } }),
+    headers: { ...AUTHORIZATION, ...(body !== undefined && { "content-type": "application/json" }) },
+    ...(body !== undefined && { body }),
   });
   const text = await response.text();
   return { status: response.status, json: JSON.parse(text), headers: response.headers };
@@ -176,7 +181,8 @@ test("a body over 64 KiB is 413, whether its length is declared or streamed", as
 
   const streamed = await new Promise<{ status: number; body: string }>((resolve, reject) => {
     const url = new URL(`${base}/v1/verify`);
-    const req = request({ host: url.hostname, port: url.port, path: url.pathname, method: "POST" }, (res) => {
+    const options = { host: url.hostname, port: url.port, path: url.pathname, method: "POST", headers: AUTHORIZATION };
+    const req = request(options, (res) => {
       let body = "";
       res.setEncoding("utf8");
       res.on("data", (chunk: string) => (body += chunk));
@@ -222,7 +228,12 @@ test("garbage that is not HTTP does not crash the server", async () => {
 });
 
 test("a path that is not valid URL encoding, and input that is not HTTP, get the same coded error body", async () => {
-  assertApiError(await call("GET", "/v1/%zz"), 400, "HAVEN_ERR_INVALID_REQUEST", /not a valid url component/);
+  assertApiError(
+    await call("GET", "/v1/%zz"),
+    400,
+    "HAVEN_ERR_INVALID_REQUEST",
+    /the path \/v1\/%zz is not valid URL encoding/,
+  );
   const address = new URL(base);
   const answer = await new Promise<string>((resolve) => {
     let text = "";
@@ -240,7 +251,7 @@ test("a path that is not valid URL encoding, and input that is not HTTP, get the
 
 test("listening on an address in use is HAVEN_ERR_CONFIG saying so", async () => {
   const port = Number(new URL(base).port);
-  const second = new EngineApiServer(control, { log: () => {} });
+  const second = new EngineApiServer(control, TOKEN, { log: () => {} });
   await assert.rejects(
     second.listen("127.0.0.1", port),
     (error: unknown) =>
@@ -253,10 +264,10 @@ test("listening on an address in use is HAVEN_ERR_CONFIG saying so", async () =>
 });
 
 test("stop() closes the listener, keep-alive connections included", async () => {
-  const own = new EngineApiServer(control, { log: () => {} });
+  const own = new EngineApiServer(control, TOKEN, { log: () => {} });
   const address = await own.listen("127.0.0.1", 0);
-  assert.equal((await fetch(`http://${address}/v1/status`)).status, 200);
+  assert.equal((await fetch(`http://${address}/v1/status`, { headers: AUTHORIZATION })).status, 200);
   await own.stop();
-  await assert.rejects(fetch(`http://${address}/v1/status`));
+  await assert.rejects(fetch(`http://${address}/v1/status`, { headers: AUTHORIZATION }));
   await own.stop(); // twice is harmless
 });

@@ -14,6 +14,10 @@ import { EngineApiClient } from "../../src/cli/engine-api-client.js";
 import { volumeStatus } from "../../src/cli/commands/volume-status.js";
 import { volumeVerify } from "../../src/cli/commands/volume-verify.js";
 import { volumeResolveSplitBrain } from "../../src/cli/commands/volume-resolve-split-brain.js";
+import { volumeServe } from "../../src/cli/commands/volume-serve.js";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { tempDir } from "../helpers/server-process.js";
 import {
   FakeEngineControl,
   healthyStatus,
@@ -27,17 +31,22 @@ import { boundedTest } from "../helpers/bounded-test.js";
 /** Every test here takes well under a second; one still running after this bound is hung, not slow. */
 const test = boundedTest(10_000);
 
+/** The engine API's token; the commands read it from $HAVEN_API_TOKEN unless a test says otherwise. */
+const TOKEN = "volume-cli-test-token-0123456789";
+
 let control: FakeEngineControl;
 let server: EngineApiServer;
 let api: string;
 
 before(async () => {
+  process.env.HAVEN_API_TOKEN = TOKEN;
   server = new EngineApiServer(
     {
       status: () => control.status(),
       startVerify: (options) => control.startVerify(options),
       resolveSplitBrain: (survivor) => control.resolveSplitBrain(survivor),
     },
+    TOKEN,
     { log: () => {} },
   );
   api = await server.listen("127.0.0.1", 0);
@@ -98,7 +107,7 @@ function assertHavenError(result: number | HavenError, code: string, message: Re
 
 /** An address where nothing listens: a server's port, just after the server stopped. */
 async function deadAddress(): Promise<string> {
-  const gone = new EngineApiServer(control, { log: () => {} });
+  const gone = new EngineApiServer(control, TOKEN, { log: () => {} });
   const address = await gone.listen("127.0.0.1", 0);
   await gone.stop();
   return address;
@@ -167,7 +176,7 @@ async function withServer(server: Server, check: (address: string) => Promise<vo
 test("an engine that accepts but never answers is given up on after the timeout", async () => {
   const silent = createTcpServer((socket) => socket.on("error", () => {}));
   await withServer(silent, async (address) => {
-    const client = new EngineApiClient(address, { timeoutMs: 100 });
+    const client = new EngineApiClient(address, { token: TOKEN, timeoutMs: 100 });
     await assert.rejects(client.status(), (error: unknown) => {
       assertHavenError(
         error as HavenError,
@@ -356,4 +365,47 @@ test("resolve-split-brain usage errors: NAME, --survivor and --api are all requi
     assertHavenError((await capture(() => volumeResolveSplitBrain(argv))).result, "HAVEN_ERR_USAGE", message);
   }
   assert.deepEqual(control.resolveRequests, []);
+});
+
+test("the engine API commands need its token: --token-file, or $HAVEN_API_TOKEN; a wrong one is 401", async () => {
+  const dir = tempDir("haven-volume-cli-token-");
+  try {
+    delete process.env.HAVEN_API_TOKEN;
+    const none = await capture(() => volumeStatus(["--api", api]));
+    assertHavenError(none.result, "HAVEN_ERR_USAGE", /needs its token: give --token-file FILE or set HAVEN_API_TOKEN/);
+
+    const good = join(dir.path, "good");
+    writeFileSync(good, `${TOKEN}\n`, { mode: 0o600 });
+    assert.equal((await capture(() => volumeStatus(["--api", api, "--token-file", good]))).result, 0);
+
+    const wrong = join(dir.path, "wrong");
+    writeFileSync(wrong, "not-the-engine-token-0123456789\n", { mode: 0o600 });
+    for (const run of [
+      () => volumeStatus(["--api", api, "--token-file", wrong]),
+      () => volumeVerify(["--api", api, "--repair", "--token-file", wrong]),
+      () => volumeResolveSplitBrain([healthyStatus().name, "--survivor", "x", "--api", api, "--token-file", wrong]),
+    ]) {
+      assertHavenError((await capture(run)).result, "HAVEN_ERR_UNAUTHORIZED", /a valid bearer token is required/);
+    }
+    assert.deepEqual(control.verifyRequests, [], "nothing reached the engine without its token");
+    assert.deepEqual(control.resolveRequests, []);
+
+    const short = join(dir.path, "short");
+    writeFileSync(short, "short\n", { mode: 0o600 });
+    assertHavenError(
+      (await capture(() => volumeStatus(["--api", api, "--token-file", short]))).result,
+      "HAVEN_ERR_CONFIG",
+      /must be at least 16 characters/,
+    );
+  } finally {
+    process.env.HAVEN_API_TOKEN = TOKEN;
+    dir.remove();
+  }
+});
+
+test("volume serve refuses --api-listen without --api-token-file, before it opens anything", async () => {
+  const { result } = await capture(() =>
+    volumeServe(["vol", "--replica", "/nonexistent/haven", "--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"]),
+  );
+  assertHavenError(result, "HAVEN_ERR_USAGE", /--api-listen needs --api-token-file FILE/);
 });

@@ -13,6 +13,7 @@
 //   identify  the locate LED of the disk's bay (where the host has one), and its identity, always
 
 import { cliActor } from "../actor.js";
+import { readShownRecords } from "../cluster-report.js";
 import { readClusterRecords, type ClusterRecords } from "../../cluster/cluster-read.js";
 import { diskEntries, type DiskView } from "../../cluster/cluster-view.js";
 import type { EtcdClient } from "../../cluster/etcd-client.js";
@@ -116,7 +117,7 @@ export async function diskList(argv: string[]): Promise<number> {
   if (parsed === undefined) return 0;
   const { values, positionals } = parsed;
   if (positionals.length > 0) throw usage(`disk list takes no arguments, not "${positionals[0]}"`);
-  const records = await readClusterRecords(connectCluster(values));
+  const records = await readShownRecords(connectCluster(values));
   const host = values.host as string | undefined;
   if (host !== undefined) knownHost(records, host);
   const disks = diskEntries(records).filter((disk) => host === undefined || disk.host === host);

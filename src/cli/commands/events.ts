@@ -8,6 +8,7 @@ import type { EtcdClient } from "../../cluster/etcd-client.js";
 import { keys } from "../../cluster/schema.js";
 import { parseCommand, refuseArguments } from "../args.js";
 import { renderEvent } from "../cluster-render.js";
+import { warnIgnored } from "../cluster-report.js";
 import { CLUSTER_OPTIONS, CLUSTER_OPTIONS_USAGE, connectCluster } from "../context.js";
 import { abortOnStopSignal, pause } from "../poll.js";
 
@@ -81,7 +82,9 @@ export async function events(argv: string[]): Promise<number> {
     process.stdout.write(values.json ? `${JSON.stringify(stored.event)}\n` : renderEvent(stored.event));
   };
   const printPast = async (): Promise<Set<string>> => {
-    const past = await readEvents(client, warnMalformed);
+    const ignored: HavenError[] = [];
+    const past = await readEvents(client, (error) => ignored.push(error));
+    warnIgnored(ignored, "events");
     past
       .filter((stored) => matches(filter, stored))
       .slice(-limit)

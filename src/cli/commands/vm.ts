@@ -3,6 +3,7 @@
 // prints is what runs. A VM runs where its disk's primary is.
 
 import { cliActor } from "../actor.js";
+import { readShownRecords } from "../cluster-report.js";
 import { execFile, spawn } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { createConnection, isIP } from "node:net";
@@ -438,7 +439,7 @@ async function vmList(argv: string[]): Promise<number> {
   const parsed = parseCommand(argv, { ...CLUSTER_OPTIONS, json: { type: "boolean" } }, VM_USAGE);
   if (parsed === undefined) return 0;
   if (parsed.positionals.length > 0) throw usage(`vm list takes no arguments, got ${parsed.positionals.join(" ")}`);
-  const records = await readClusterRecords(connectCluster(parsed.values));
+  const records = await readShownRecords(connectCluster(parsed.values));
   const entries = vmEntries(records);
   process.stdout.write(
     parsed.values.json
@@ -461,7 +462,7 @@ async function vmShow(argv: string[]): Promise<number> {
   const parsed = parseCommand(argv, { ...CLUSTER_OPTIONS, json: { type: "boolean" } }, VM_USAGE);
   if (parsed === undefined) return 0;
   const name = nameArgument(parsed.positionals);
-  const records = await readClusterRecords(connectCluster(parsed.values));
+  const records = await readShownRecords(connectCluster(parsed.values));
   const entry = vmEntries(records).find((e) => e.name === name);
   if (entry === undefined) throw new HavenError("HAVEN_ERR_NOT_FOUND", `no VM named "${name}" (see 'haven vm list')`);
   if (parsed.values.json) {
@@ -503,7 +504,7 @@ async function vmConsole(argv: string[]): Promise<number> {
   const parsed = parseCommand(argv, { ...CLUSTER_OPTIONS, log: { type: "boolean" } }, VM_USAGE);
   if (parsed === undefined) return 0;
   const name = nameArgument(parsed.positionals);
-  const records = await readClusterRecords(connectCluster(parsed.values));
+  const records = await readShownRecords(connectCluster(parsed.values));
   if (!records.vms.has(name))
     throw new HavenError("HAVEN_ERR_NOT_FOUND", `no VM named "${name}" (see 'haven vm list')`);
   const run = records.vmStatus.get(name)?.record.run;

@@ -6,10 +6,10 @@
 import { HavenError } from "../../core/errors.js";
 import { renderVolumeStatus } from "../status-render.js";
 import { parseCommand } from "../args.js";
-import { engineApiFromOption } from "../engine-api-client.js";
+import { ENGINE_API_OPTIONS, engineApiFromOptions } from "../engine-api-client.js";
 import { terminalRenderOptions } from "../terminal.js";
 
-export const VOLUME_RESOLVE_SPLIT_BRAIN_USAGE = `usage: haven volume resolve-split-brain NAME --survivor LOCATION --api HOST:PORT
+export const VOLUME_RESOLVE_SPLIT_BRAIN_USAGE = `usage: haven volume resolve-split-brain NAME --survivor LOCATION --api HOST:PORT [--token-file FILE]
 
 Ends a split brain of volume NAME: the copy at LOCATION (as 'haven volume status' shows it) keeps its
 data, and the copies on the other side of the split are rebuilt from it. Their changes since the
@@ -19,11 +19,12 @@ engine and restart 'haven volume serve' with --survivor.
 
 options:
   --survivor LOCATION  the copy whose data survives
-  --api HOST:PORT      the engine's API address (it must serve volume NAME)`;
+  --api HOST:PORT      the engine's API address (it must serve volume NAME)
+  --token-file FILE    the engine API's token (default: $HAVEN_API_TOKEN)`;
 
 export async function volumeResolveSplitBrain(argv: string[]): Promise<number> {
   const usage = VOLUME_RESOLVE_SPLIT_BRAIN_USAGE;
-  const parsed = parseCommand(argv, { survivor: { type: "string" }, api: { type: "string" } }, usage);
+  const parsed = parseCommand(argv, { survivor: { type: "string" }, ...ENGINE_API_OPTIONS }, usage);
   if (parsed === undefined) return 0; // --help was printed
   const { values, positionals } = parsed;
   if (positionals.length !== 1)
@@ -32,7 +33,7 @@ export async function volumeResolveSplitBrain(argv: string[]): Promise<number> {
   if (typeof values.survivor !== "string" || values.survivor === "")
     throw new HavenError("HAVEN_ERR_USAGE", `--survivor LOCATION is required\n\n${usage}`);
   const survivor = values.survivor;
-  const client = engineApiFromOption(values.api, usage);
+  const client = await engineApiFromOptions(values, usage);
 
   const before = await client.status();
   if (before.name !== name) {

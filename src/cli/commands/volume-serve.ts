@@ -1,6 +1,7 @@
 // `haven volume serve NAME`: runs a volume's engine over its replicas (local directories and remote
 // replica servers) and serves it over NBD in the foreground until SIGINT/SIGTERM, with the engine's
-// HTTP API on --api-listen for `haven volume status`, verify and split-brain resolution.
+// HTTP API on --api-listen (guarded by the bearer token in --api-token-file) for `haven volume
+// status`, verify and split-brain resolution.
 
 import { HavenError } from "../../core/errors.js";
 import { EngineApiServer } from "../../api/engine-api.js";
@@ -10,6 +11,7 @@ import { parseReplicaLocation, replicaOpener } from "../../replica/open-replica.
 import { isValidVolumeName } from "../../replica/port.js";
 import { formatBytes, parseHostPort, parseSize } from "../../util/units.js";
 import { parseCommand } from "../args.js";
+import { readApiTokenFile } from "../api-token.js";
 import { readSecretFile } from "../secret.js";
 import { untilStopSignal } from "../signals.js";
 
@@ -27,6 +29,8 @@ options:
   --socket PATH           serve NBD on a unix socket
   --epoch N               writer epoch (default: one above the highest any replica has seen)
   --api-listen HOST:PORT  HTTP API for 'haven volume status|verify|resolve-split-brain'
+  --api-token-file FILE   the bearer token every API request must carry (required with --api-listen;
+                          at least 16 characters; clients give it with --token-file or $HAVEN_API_TOKEN)
   --survivor LOCATION     at start, after a split brain: the replica whose data survives (others are rebuilt)
   --resync-rate RATE      resync/rebuild ceiling per second when clients are idle (default 1G)
   --resync-busy-rate RATE ceiling while clients are doing I/O (default 64M)
@@ -52,6 +56,7 @@ export async function volumeServe(argv: string[]): Promise<number> {
       socket: { type: "string" },
       epoch: { type: "string" },
       "api-listen": { type: "string" },
+      "api-token-file": { type: "string" },
       survivor: { type: "string" },
       "resync-rate": { type: "string" },
       "resync-busy-rate": { type: "string" },
@@ -79,6 +84,14 @@ export async function volumeServe(argv: string[]): Promise<number> {
   const epoch = values.epoch === undefined ? undefined : parseCount(values.epoch as string, "--epoch");
   const api =
     typeof values["api-listen"] === "string" ? parseHostPort(values["api-listen"], "--api-listen") : undefined;
+  if (api !== undefined && typeof values["api-token-file"] !== "string")
+    throw usage("--api-listen needs --api-token-file FILE: the engine API takes no request without its token");
+  if (api === undefined && values["api-token-file"] !== undefined)
+    throw usage("--api-token-file goes with --api-listen");
+  const apiToken =
+    typeof values["api-token-file"] === "string"
+      ? await readApiTokenFile(values["api-token-file"], "--api-token-file")
+      : undefined;
   const secret = typeof values["secret-file"] === "string" ? await readSecretFile(values["secret-file"]) : undefined;
   const timeout =
     values["replica-timeout"] === undefined
@@ -121,7 +134,7 @@ export async function volumeServe(argv: string[]): Promise<number> {
     log("WARNING: --force: the volume may start from copies that lack writes a missing copy holds");
   await engine.start();
   const nbd = new NbdServer({ exports: [{ name, description: `Haven volume ${name}`, device: engine }], log });
-  const apiServer = api ? new EngineApiServer(engine, { log }) : undefined;
+  const apiServer = api && apiToken !== undefined ? new EngineApiServer(engine, apiToken, { log }) : undefined;
   try {
     for (const where of listens) {
       const address = await nbd.listen(where);

@@ -2,8 +2,8 @@
 // host, epoch and why it is primary, each copy's host, disk and recorded state, and the NBD URI where
 // clients connect.
 
+import { readShownRecords } from "../cluster-report.js";
 import { HavenError } from "../../core/errors.js";
-import { readClusterRecords } from "../../cluster/cluster-read.js";
 import { volumeView } from "../../cluster/cluster-view.js";
 import { parseCommand } from "../args.js";
 import { renderVolume } from "../cluster-render.js";
@@ -26,7 +26,7 @@ export async function volumeShow(argv: string[]): Promise<number> {
   if (parsed === undefined) return 0; // --help was printed
   const { values, positionals } = parsed;
   const name = volumeNameArgument(positionals, VOLUME_SHOW_USAGE);
-  const records = await readClusterRecords(connectCluster(values));
+  const records = await readShownRecords(connectCluster(values));
   const spec = records.volumes.get(name);
   if (spec === undefined) {
     throw new HavenError("HAVEN_ERR_NOT_FOUND", `no volume "${name}" in the cluster; 'haven volume list' shows them`);

@@ -5,11 +5,11 @@ import { HavenError } from "../../core/errors.js";
 import { renderVolumeStatus } from "../status-render.js";
 import type { VolumeStatus } from "../../engine/status.js";
 import { parseCommand } from "../args.js";
-import { engineApiFromOption } from "../engine-api-client.js";
+import { ENGINE_API_OPTIONS, engineApiFromOptions } from "../engine-api-client.js";
 import { abortOnStopSignal, pause } from "../poll.js";
 import { CLEAR_SCREEN, isTerminal, terminalRenderOptions } from "../terminal.js";
 
-export const VOLUME_STATUS_USAGE = `usage: haven volume status --api HOST:PORT [--json] [--watch [SECONDS]]
+export const VOLUME_STATUS_USAGE = `usage: haven volume status --api HOST:PORT [--token-file FILE] [--json] [--watch [SECONDS]]
 
 Shows the volume a running engine serves: its state, epoch and generation, each copy (in sync,
 resyncing with progress and ETA, faulted or in split brain with the reason), a verify in progress
@@ -17,6 +17,7 @@ and the I/O counters.
 
 options:
   --api HOST:PORT      the engine's API address
+  --token-file FILE    the engine API's token (default: $HAVEN_API_TOKEN)
   --json               print the status as JSON (with --watch, one line per refresh)
   --watch [SECONDS]    refresh every SECONDS (default 1, at least 0.1) until Ctrl-C`;
 
@@ -31,7 +32,7 @@ export async function volumeStatus(argv: string[]): Promise<number> {
   const parsed = parseCommand(
     args,
     {
-      api: { type: "string" },
+      ...ENGINE_API_OPTIONS,
       json: { type: "boolean" },
       watch: { type: "boolean" },
     },
@@ -43,7 +44,7 @@ export async function volumeStatus(argv: string[]): Promise<number> {
   if (positionals.length > (watch ? 1 : 0))
     throw new HavenError("HAVEN_ERR_USAGE", `unexpected argument "${positionals.at(-1)}"\n\n${VOLUME_STATUS_USAGE}`);
   const seconds = positionals[0] === undefined ? DEFAULT_WATCH_SECONDS : parseWatchSeconds(positionals[0]);
-  const client = engineApiFromOption(values.api, VOLUME_STATUS_USAGE);
+  const client = await engineApiFromOptions(values, VOLUME_STATUS_USAGE);
   const json = values.json === true;
   const show = (status: VolumeStatus): string =>
     json

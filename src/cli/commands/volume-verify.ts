@@ -6,17 +6,18 @@ import { HavenError } from "../../core/errors.js";
 import { formatVerifyProgress, renderVerifyStatus } from "../status-render.js";
 import type { VerifyStatus } from "../../engine/status.js";
 import { parseCommand, refuseArguments } from "../args.js";
-import { engineApiFromOption } from "../engine-api-client.js";
+import { ENGINE_API_OPTIONS, engineApiFromOptions } from "../engine-api-client.js";
 import { abortOnStopSignal, pause } from "../poll.js";
 import { CLEAR_TO_END_OF_LINE, isTerminal, terminalRenderOptions } from "../terminal.js";
 
-export const VOLUME_VERIFY_USAGE = `usage: haven volume verify --api HOST:PORT [--repair] [--wait]
+export const VOLUME_VERIFY_USAGE = `usage: haven volume verify --api HOST:PORT [--token-file FILE] [--repair] [--wait]
 
 Starts an online verify: every region of the volume is compared across its in-sync copies while
 clients carry on. Only one verify runs at a time.
 
 options:
   --api HOST:PORT   the engine's API address
+  --token-file FILE the engine API's token (default: $HAVEN_API_TOKEN)
   --repair          resync the regions that differ from the volume's data
   --wait            follow the verify to the end, then list the regions that differ; exit status 1 if
                     copies differ (without --repair) or the verify failed, 0 if they agree`;
@@ -34,7 +35,7 @@ export async function volumeVerify(argv: string[], options: VolumeVerifyOptions 
   const parsed = parseCommand(
     argv,
     {
-      api: { type: "string" },
+      ...ENGINE_API_OPTIONS,
       repair: { type: "boolean" },
       wait: { type: "boolean" },
     },
@@ -43,7 +44,7 @@ export async function volumeVerify(argv: string[], options: VolumeVerifyOptions 
   if (parsed === undefined) return 0; // --help was printed
   const { values, positionals } = parsed;
   refuseArguments(positionals, VOLUME_VERIFY_USAGE);
-  const client = engineApiFromOption(values.api, VOLUME_VERIFY_USAGE);
+  const client = await engineApiFromOptions(values, VOLUME_VERIFY_USAGE);
   const repair = values.repair === true;
   const started = await client.startVerify({ repair });
   const follow = `haven volume status --api ${client.address} --watch`;
