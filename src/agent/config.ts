@@ -60,7 +60,12 @@ export interface AgentConfig {
   /** The file said "insecure": true: the agent may listen beyond loopback without TLS, and reports so. */
   readonly insecure?: true;
   /** etcd endpoints, normalised to http://HOST:PORT or https://HOST:PORT. */
-  readonly etcd: { readonly endpoints: readonly string[] };
+  readonly etcd: {
+    readonly endpoints: readonly string[];
+    /** etcd's user for this host (host.NAME) when etcd has authentication on; its password is in passwordFile. */
+    readonly user?: string;
+    readonly passwordFile?: string;
+  };
   /** The HTTP API, for the CLI and the dashboard, guarded by the bearer token in tokenFile. */
   readonly api: { readonly listen: ListenAddress; readonly tokenFile: string };
   /** The replica server and peer heartbeats, authenticated with the cluster secret in secretFile. */
@@ -131,7 +136,7 @@ const EVENTS_KEYS = { required: [], optional: ["maxAgeDays", "maxCount"] } as co
 const EVENT_MAX_AGE_DAYS = { min: 1, max: 3650 };
 const EVENT_MAX_COUNT = { min: 1_000, max: 10_000_000 };
 const HOST_KEYS = { required: ["name", "address"], optional: [] } as const;
-const ETCD_KEYS = { required: ["endpoints"], optional: [] } as const;
+const ETCD_KEYS = { required: ["endpoints"], optional: ["user", "passwordFile"] } as const;
 const API_KEYS = { required: ["listen", "tokenFile"], optional: [] } as const;
 const REPLICATION_KEYS = { required: ["listen", "secretFile"], optional: ["advertisePort"] } as const;
 const NBD_KEYS = { required: ["listen"], optional: [] } as const;
@@ -148,6 +153,8 @@ const EXAMPLES: Record<string, string> = {
   "host.name": '"node1"',
   "host.address": '"10.0.0.1"',
   "etcd.endpoints": '["https://10.0.0.1:2379"]',
+  "etcd.user": '"host.node1"',
+  "etcd.passwordFile": '"/etc/haven/etcd.password"',
   "api.listen": '"0.0.0.0:7480"',
   "api.tokenFile": '"/etc/haven/api.token"',
   "replication.listen": '"0.0.0.0:7481"',
@@ -237,6 +244,11 @@ export function parseAgentConfig(text: string, sourceName: string): AgentConfig 
     fail("insecure", `must be true or false, not ${JSON.stringify(root.insecure)}`);
   const insecure = root.insecure === true;
   if (tls !== undefined && insecure) fail("insecure", `is true but "tls" is given too: keep one of them`);
+  if ((etcdObject.user === undefined) !== (etcdObject.passwordFile === undefined))
+    fail(
+      "etcd",
+      `gives ${etcdObject.user === undefined ? "passwordFile without user" : "user without passwordFile"}: give both or neither`,
+    );
   const exposed = listens.find(([, listen]) => !isLoopback(listen.host));
   if (exposed !== undefined && tls === undefined && !insecure) {
     fail(
@@ -319,7 +331,13 @@ export function parseAgentConfig(text: string, sourceName: string): AgentConfig 
     host,
     ...(tls !== undefined && { tls }),
     ...(insecure && { insecure: true as const }),
-    etcd: { endpoints },
+    etcd: {
+      endpoints,
+      ...(etcdObject.user !== undefined && { user: read.string(etcdObject.user, "etcd.user") }),
+      ...(etcdObject.passwordFile !== undefined && {
+        passwordFile: read.absolutePath(etcdObject.passwordFile, "etcd.passwordFile"),
+      }),
+    },
     api,
     replication,
     nbd,
@@ -436,7 +454,11 @@ export function formatAgentConfig(config: AgentConfig): string {
     host: { name: config.host.name, address: config.host.address },
     ...(config.tls !== undefined && { tls: { dir: config.tls.dir } }),
     ...(config.insecure === true && { insecure: true }),
-    etcd: { endpoints: [...config.etcd.endpoints] },
+    etcd: {
+      endpoints: [...config.etcd.endpoints],
+      ...(config.etcd.user !== undefined && { user: config.etcd.user }),
+      ...(config.etcd.passwordFile !== undefined && { passwordFile: config.etcd.passwordFile }),
+    },
     api: { listen: formatListen(config.api.listen), tokenFile: config.api.tokenFile },
     replication: {
       listen: formatListen(config.replication.listen),

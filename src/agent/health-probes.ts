@@ -49,15 +49,17 @@ export async function probeDisk(disk: { readonly name: string; readonly path: st
 
 /**
  * Lists the exports of the NBD server at host:port as a client would (fixed newstyle handshake,
- * NBD_OPT_LIST, NBD_OPT_ABORT). Rejects with what went wrong.
+ * NBD_OPT_LIST, NBD_OPT_ABORT). Rejects with what went wrong; "tls-required" when the server answers
+ * but lists nothing before TLS (a front that requires it).
  */
-export function listNbdExports(host: string, port: number, timeoutMs: number): Promise<string[]> {
-  return new Promise<string[]>((resolve, reject) => {
+export function listNbdExports(host: string, port: number, timeoutMs: number): Promise<string[] | "tls-required"> {
+  return new Promise<string[] | "tls-required">((resolve, reject) => {
     const socket = connect({ host, port });
     let buffered = Buffer.alloc(0);
     let stage: "greeting" | "replies" = "greeting";
     const names: string[] = [];
     const timer = setTimeout(() => finish(new Error(`no complete answer within ${timeoutMs} ms`)), timeoutMs);
+    let tlsRequired = false;
     const finish = (error?: Error): void => {
       clearTimeout(timer);
       socket.removeAllListeners("data");
@@ -71,7 +73,7 @@ export function listNbdExports(host: string, port: number, timeoutMs: number): P
       abort.writeBigUInt64BE(IHAVEOPT, 0);
       abort.writeUInt32BE(Option.ABORT, 8);
       socket.end(abort);
-      resolve(names);
+      resolve(tlsRequired ? "tls-required" : names);
     };
     socket.on("error", (error) => finish(error));
     socket.on("close", () => finish(new Error("the server closed the connection during the handshake")));
@@ -100,6 +102,10 @@ export function listNbdExports(host: string, port: number, timeoutMs: number): P
         const data = buffered.subarray(20, 20 + length);
         buffered = buffered.subarray(20 + length);
         if (type === OptionReply.ACK) return finish();
+        if (type === OptionReply.ERR_TLS_REQD) {
+          tlsRequired = true;
+          return finish();
+        }
         if (type !== OptionReply.SERVER || data.length < 4)
           return finish(new Error(`NBD_OPT_LIST was answered with reply type 0x${type.toString(16)}`));
         const nameBytes = data.readUInt32BE(0);
@@ -117,9 +123,11 @@ export async function probeNbdFront(
   served: readonly string[],
   timeoutMs: number,
 ): Promise<{ problems: string[]; missing: string[] }> {
-  let listed: string[];
+  let listed: string[] | "tls-required";
   try {
     listed = await listNbdExports(host, port, timeoutMs);
+    // It answers the handshake; its list is for clients that came over TLS.
+    if (listed === "tls-required") return { problems: [], missing: [] };
   } catch (error) {
     const message = errorMessage(error);
     return { problems: [`the NBD front on ${host}:${port} does not answer a handshake: ${message}`], missing: [] };

@@ -4,7 +4,7 @@
 // process that kills the agent and its VMs when its event loop stops checking in, and its VMs when it dies.
 
 import { spawn } from "node:child_process";
-import { existsSync, statSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import { identifyPath } from "../disk/disk-identity.js";
 import { formatDevice, isReadOnlyMount, mountDisk, mountedDevice, unmountDisk } from "../disk/disk-format.js";
 import { inspectForAdd } from "../disk/disk-inspect.js";
@@ -29,6 +29,8 @@ import { probeDisk, probeNbdFront } from "./health-probes.js";
 import { HavenError } from "../core/errors.js";
 import { replicaPinger } from "./replica-pinger.js";
 import { DiskEndpoints } from "./disk-endpoints.js";
+import { OperatorCache } from "./operator-cache.js";
+import { PeerNames } from "./peer-names.js";
 import { QemuDriver } from "./qemu-driver.js";
 import { watchdogLine, type WatchdogMessage } from "./watchdog-protocol.js";
 import type { AgentWorld, VmDriver, Watchdog } from "./world.js";
@@ -38,19 +40,63 @@ const REPLICA_TIMEOUT_MS = 3_000;
 /** An NBD front probe still running after this is reported as hung. */
 const NBD_PROBE_TIMEOUT_MS = 5_000;
 
+/** The real world, and what the agent's API and stop need of it beyond AgentWorld. */
+export interface RealWorld extends AgentWorld {
+  /** Operators' tokens and revoked certificates, refreshed from etcd. */
+  readonly operators: OperatorCache;
+  /** Stops the refreshing of operators and peers' names. */
+  stopCaches(): void;
+}
+
+/** The first line of a secret file the config names; a config error naming the key when unreadable. */
+function readSecretLine(file: string, key: string): string {
+  try {
+    return readFileSync(file, "utf8").trim();
+  } catch (error) {
+    throw new HavenError("HAVEN_ERR_CONFIG", `cannot read ${key} ${file}: ${(error as Error).message}`);
+  }
+}
+
+function isLoopback(host: string): boolean {
+  return host === "localhost" || host === "::1" || /^127\./.test(host);
+}
+
 export function realWorld(
   config: AgentConfig,
   secret: Buffer,
   log: (line: string) => void,
   /** The directory of this host's copy of a volume (the agent knows where the cluster placed it). */
   copyDirectory: (volume: string, disk: string | undefined) => Promise<string>,
-): AgentWorld {
+): RealWorld {
+  // This host's certificate: every network link is mutual TLS under the cluster CA when the config names one.
+  const identity = config.tls !== undefined ? loadTlsIdentitySync(config.tls.dir) : undefined;
+  const { user, passwordFile } = config.etcd;
+  const store = new EtcdClient([...config.etcd.endpoints], {
+    requestTimeoutMs: config.timings.renewTimeoutMs * 2,
+    tls: identity,
+    ...(user !== undefined &&
+      passwordFile !== undefined && {
+        credentials: { user, password: readSecretLine(passwordFile, "etcd.passwordFile") },
+      }),
+  });
+  const operators = new OperatorCache(store, log);
+  const peers = new PeerNames(store);
+  operators.start();
+  peers.start();
   const replicaServer = new ReplicaServer({
     directory: copyDirectory,
     secret,
     log: (line) => log(`replica server: ${line}`),
+    ...(identity !== undefined && { tls: identity, revoked: operators.revoked }),
   });
-  const nbd = new NbdServer({ exports: [], dynamicExports: true, log: (line) => log(`nbd: ${line}`) });
+  // Over the network TLS is offered, and insisted on where the front listens beyond loopback; a local
+  // QEMU's unix socket needs none.
+  const nbd = new NbdServer({
+    exports: [],
+    dynamicExports: true,
+    log: (line) => log(`nbd: ${line}`),
+    ...(identity !== undefined && { tls: { identity, required: !isLoopback(config.nbd.listen.host) } }),
+  });
   let nbdPort = 0;
   const lag = monitorEventLoopDelay({ resolution: 20 });
   lag.enable();
@@ -87,11 +133,7 @@ export function realWorld(
           },
         });
   return {
-    store: new EtcdClient([...config.etcd.endpoints], {
-      requestTimeoutMs: config.timings.renewTimeoutMs * 2,
-      // This host's identity, which etcd asks for over https (the agent's config names it).
-      tls: config.tls !== undefined ? loadTlsIdentitySync(config.tls.dir) : undefined,
-    }),
+    store,
     clock: systemClock,
     wallTime: () => new Date(),
     eventId: () => eventSequence(),
@@ -132,8 +174,18 @@ export function realWorld(
         return fs ? fs.bavail * fs.bsize : 0;
       },
     },
-    opener: replicaOpener({ secret, requestTimeoutMs: REPLICA_TIMEOUT_MS, connectTimeoutMs: REPLICA_TIMEOUT_MS }),
-    pinger: replicaPinger(secret, (line) => log(`heartbeat: ${line}`)),
+    opener: replicaOpener({
+      secret,
+      requestTimeoutMs: REPLICA_TIMEOUT_MS,
+      connectTimeoutMs: REPLICA_TIMEOUT_MS,
+      ...(identity !== undefined && { tls: identity, serverName: peers.nameOf }),
+    }),
+    pinger: replicaPinger(secret, (line) => log(`heartbeat: ${line}`), identity),
+    operators,
+    stopCaches: () => {
+      operators.stop();
+      peers.stop();
+    },
     diskInfo: {
       identify: (path) => identifyPath(path),
       readLabel: (root) => readDiskLabel(root),

@@ -18,6 +18,7 @@ import { isVmName, isVolumeName, quoteName } from "../cluster/names.js";
 import type { EngineControl } from "../engine/status.js";
 import type { AgentView } from "../agent/view.js";
 import type { FastifyReply, FastifyRequest } from "fastify";
+import type { TlsOptions } from "node:tls";
 import { callerResolver, requireRole, type Caller, type CallerSources } from "./callers.js";
 import { parseVerifyRequest } from "./requests.js";
 import { ApiServer, type ApiLimits } from "./server.js";
@@ -29,6 +30,8 @@ export interface AgentApiServerOptions {
   readonly callers?: Omit<CallerSources, "clusterToken">;
   /** The server's bounds, when not DEFAULT_API_LIMITS (tests). */
   readonly limits?: Partial<ApiLimits>;
+  /** Serve HTTPS with the host's certificate (an operator's certificate then names its caller). */
+  readonly https?: TlsOptions;
 }
 
 export class AgentApiServer {
@@ -50,6 +53,7 @@ export class AgentApiServer {
         requireRole(caller, "viewer", `${request.method} ${request.url.split("?", 1)[0]!.slice(0, 200)}`);
       },
       ...(options.limits !== undefined && { limits: options.limits }),
+      ...(options.https !== undefined && { https: options.https }),
       log: options.log ?? ((line) => process.stderr.write(`${line}\n`)),
     });
     this.server.route("/v1/host", { GET: () => this.agent.health() });

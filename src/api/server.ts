@@ -14,9 +14,17 @@
 //   own (5xx); reads are not logged (`haven volume status --watch` polls every second).
 
 import assert from "node:assert/strict";
+import type { RequestListener } from "node:http";
+import { createServer as createHttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
+import type { TlsOptions } from "node:tls";
 import { PassThrough, type Duplex } from "node:stream";
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
+import Fastify, {
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+  type FastifyServerFactory,
+} from "fastify";
 import { HavenError, errorMessage, type ErrorCode } from "../core/errors.js";
 import { quoteName } from "../cluster/names.js";
 import { ConnectionGate, rawErrorResponse, type ConnectionLimits } from "./connection-gate.js";
@@ -70,6 +78,8 @@ export interface ApiServerOptions {
   readonly log: (line: string) => void;
   /** DEFAULT_API_LIMITS, with these changed. */
   readonly limits?: Partial<ApiLimits>;
+  /** Serve HTTPS with these options (a host's certificate; client certificates asked for, not required). */
+  readonly https?: TlsOptions;
 }
 
 /** A path of only these characters, and not long, is echoed as it is. */
@@ -148,6 +158,22 @@ export class ApiServer {
 
   constructor(private readonly options: ApiServerOptions) {
     const limits = { ...DEFAULT_API_LIMITS, ...options.limits };
+    // Over HTTPS the same server, with the same timeouts, on a TLS socket.
+    const https = options.https;
+    const serverFactory =
+      https === undefined
+        ? undefined
+        : (((handler: RequestListener) =>
+            createHttpsServer(
+              {
+                ...https,
+                headersTimeout: limits.headersTimeoutMs,
+                connectionsCheckingInterval: TIMEOUT_CHECK_INTERVAL_MS,
+                requestTimeout: limits.headersTimeoutMs + limits.bodyTimeoutMs,
+                keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
+              },
+              handler,
+            )) as unknown as FastifyServerFactory);
     const app = Fastify({
       logger: false,
       bodyLimit: MAX_REQUEST_BODY_BYTES,
@@ -171,6 +197,7 @@ export class ApiServer {
         return this.fail(request, reply, frameworkRefusal(error, request));
       },
       clientErrorHandler: answerClientError,
+      ...(serverFactory !== undefined && { serverFactory }),
     });
     this.app = app;
     app.server.maxConnections = limits.maxConnections;

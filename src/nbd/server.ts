@@ -289,7 +289,10 @@ export class NbdServer implements ExportCatalog {
     socket.once("data", () => (entry.spoke = true));
     socket.on("close", () => this.forgetConnection(socket));
     socket.on("error", () => undefined); // reported by whoever owns the socket at that stage
-    negotiate(socket, this, this.limits, log, this.tls).then(
+    // A unix socket is this host's (its mode lets only Haven's user in: a local QEMU's disk endpoint);
+    // TLS is for the network.
+    const tls = this.tls !== undefined && address === undefined ? { ...this.tls, required: false } : this.tls;
+    negotiate(socket, this, this.limits, log, tls).then(
       (negotiated) => {
         this.handshaking.delete(socket);
         if (negotiated === undefined) {

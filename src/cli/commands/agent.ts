@@ -11,10 +11,10 @@ import { Agent } from "../../agent/agent.js";
 import { AgentApiServer } from "../../api/agent-api.js";
 import { realWorld } from "../../agent/real-world.js";
 import { loadAgentConfig } from "../../agent/config.js";
-import { OperatorCache } from "../../agent/operator-cache.js";
 import { parseCommand, refuseArguments } from "../args.js";
 import { readSecretFile } from "../secret.js";
 import { untilStopSignal } from "../signals.js";
+import { loadTlsIdentitySync, serverTlsOptions } from "../../security/tls-identity.js";
 
 export const AGENT_USAGE = `usage: haven agent --config FILE
 
@@ -46,26 +46,29 @@ export async function agentCommand(argv: string[]): Promise<number> {
   // The replica server asks the agent where a volume's copy lives; the agent exists once the world does.
   const world = realWorld(config, secret, log, (volume, disk) => agent.copyDirectory(volume, disk));
   const agent = new Agent(config, world, log);
-  // Operators' tokens and revoked certificates, as etcd holds them, for the API's callers.
-  const operators = new OperatorCache(world.store, log);
-  operators.start();
   const api = new AgentApiServer(agent, token, {
     log,
-    callers: { operatorByDigest: operators.operatorByDigest, revoked: operators.revoked },
+    callers: { operatorByDigest: world.operators.operatorByDigest, revoked: world.operators.revoked },
+    // With the host's certificate the API is HTTPS; a client certificate is asked for, not required
+    // (a token names the caller too), and only one the cluster CA signed counts.
+    ...(config.tls !== undefined && {
+      https: { ...serverTlsOptions(loadTlsIdentitySync(config.tls.dir)), rejectUnauthorized: false },
+    }),
   });
-  log(`agent API on http://${await api.listen(config.api.listen.host, config.api.listen.port)}`);
+  const scheme = config.tls !== undefined ? "https" : "http";
+  log(`agent API on ${scheme}://${await api.listen(config.api.listen.host, config.api.listen.port)}`);
   try {
     await agent.start();
   } catch (error) {
     await api.stop();
-    operators.stop();
+    world.stopCaches();
     throw error;
   }
   const signal = await untilStopSignal();
   log(`${signal}: stopping every volume served here, then giving the lease back`);
   await agent.stop();
   await api.stop();
-  operators.stop();
+  world.stopCaches();
   log("stopped cleanly");
   return 0;
 }
