@@ -23,6 +23,8 @@ import { homedir } from "node:os";
 import { dirname, isAbsolute, join } from "node:path";
 import { HavenError, type ErrorCode } from "../core/errors.js";
 import { EtcdClient } from "../cluster/etcd-client.js";
+import { readIdentityToken } from "../security/identity-token.js";
+import { actAs } from "./actor.js";
 import { parseEndpoint } from "../cluster/etcd-transport.js";
 import { loadTlsIdentitySync } from "../security/tls-identity.js";
 import type { OptionSpec } from "./args.js";
@@ -207,5 +209,13 @@ export function connectCluster(
     );
   }
   const tls = secure && cluster.tlsDir !== undefined ? loadTlsIdentitySync(cluster.tlsDir) : undefined;
-  return new EtcdClient(cluster.endpoints, { tls });
+  // The operator named by the identity, with their token when it is kept beside the certificate: etcd
+  // then checks the operator's role, and events name them.
+  const token = cluster.tlsDir !== undefined ? readIdentityToken(cluster.tlsDir) : undefined;
+  const operator = tls?.info.kind === "operator" ? tls.info.name : undefined;
+  actAs(operator);
+  return new EtcdClient(cluster.endpoints, {
+    tls,
+    ...(token !== undefined && operator !== undefined && { credentials: { user: operator, password: token } }),
+  });
 }

@@ -86,6 +86,22 @@ export async function addUser(call: AuthCall, name: string, password: string, ro
   for (const role of roles) await call("auth/user/grant", { user: name, role }, `granting role ${role} to ${name}`);
 }
 
+/** Makes sure user `name` exists with `password` and the given roles (a user left by a run cut short is reset). */
+export async function ensureUser(
+  call: AuthCall,
+  name: string,
+  password: string,
+  roles: readonly string[],
+): Promise<void> {
+  try {
+    await addUser(call, name, password, roles);
+  } catch (error) {
+    if (!(error instanceof HavenError && error.code === "HAVEN_ERR_CONFLICT")) throw error;
+    await call("auth/user/changepw", { name, password }, `setting the password of ${name}`);
+    for (const role of roles) await call("auth/user/grant", { user: name, role }, `granting role ${role} to ${name}`);
+  }
+}
+
 /** Removes user `name`: its tokens stop working at once. */
 export async function deleteUser(call: AuthCall, name: string): Promise<void> {
   await call("auth/user/delete", { name }, `deleting user ${name}`).catch((error: unknown) => {

@@ -152,20 +152,24 @@ export async function issueCertificate(
   const csr = join(outDir, "request.csr");
   const extensions = join(outDir, "extensions.cnf");
   const unit = identity.kind === "host" ? "host" : identity.role;
-  const altNames =
-    identity.kind === "host"
+  // The name is in the subject's alternative names (URI haven:KIND:NAME), not a common name: etcd's JSON
+  // gateway refuses every request from a client certificate with a common name once authentication is on.
+  const altNames = [
+    `URI:haven:${identity.kind}:${identity.name}`,
+    ...(identity.kind === "host"
       ? [
           `DNS:${identity.name}`,
           ...identity.addresses.map((address) => (isIP(address) ? `IP:${address}` : `DNS:${address}`)),
         ]
-      : [];
+      : []),
+  ];
   await writeFile(
     extensions,
     [
       "basicConstraints=critical,CA:FALSE",
       "keyUsage=critical,digitalSignature,keyEncipherment",
       `extendedKeyUsage=${identity.kind === "host" ? "serverAuth,clientAuth" : "clientAuth"}`,
-      ...(altNames.length > 0 ? [`subjectAltName=${[...new Set(altNames)].join(",")}`] : []),
+      `subjectAltName=${[...new Set(altNames)].join(",")}`,
       "",
     ].join("\n"),
   );
@@ -183,7 +187,7 @@ export async function issueCertificate(
       "-out",
       csr,
       "-subj",
-      `/O=haven/OU=${unit}/CN=${identity.name}`,
+      `/O=haven/OU=${unit}`,
     ]);
     await chmod(join(outDir, KEY), 0o600);
     await openssl([
@@ -226,8 +230,12 @@ function subjectField(subject: string, field: string): string | undefined {
 export function certificateInfo(pem: string | Buffer): CertificateInfo {
   const certificate = new X509Certificate(pem);
   const unit = subjectField(certificate.subject, "OU");
-  const name = subjectField(certificate.subject, "CN") ?? "";
-  const kind = certificate.ca ? "ca" : unit === "host" ? "host" : "operator";
+  const entries = (certificate.subjectAltName ?? "").split(", ").filter((entry) => entry !== "");
+  // haven:KIND:NAME names the identity; a certificate without one (made elsewhere) by its common name.
+  const named = entries.map((entry) => /^URI:haven:(host|operator):(.+)$/.exec(entry)).find((match) => match !== null);
+  const name = named?.[2] ?? subjectField(certificate.subject, "CN") ?? "";
+  const namedKind = named?.[1] as "host" | "operator" | undefined;
+  const kind = certificate.ca ? "ca" : (namedKind ?? (unit === "host" ? "host" : "operator"));
   const role = kind === "operator" ? ROLES.find((candidate) => candidate === unit) : undefined;
   return {
     kind,
@@ -236,9 +244,8 @@ export function certificateInfo(pem: string | Buffer): CertificateInfo {
     serial: certificate.serialNumber.toLowerCase(),
     notBefore: new Date(certificate.validFrom),
     notAfter: new Date(certificate.validTo),
-    altNames: (certificate.subjectAltName ?? "")
-      .split(", ")
-      .filter((entry) => entry !== "")
+    altNames: entries
+      .filter((entry) => !entry.startsWith("URI:"))
       .map((entry) => entry.replace(/^(DNS|IP Address):/, "")),
     fingerprint: certificate.fingerprint256,
   };
