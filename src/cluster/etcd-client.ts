@@ -72,6 +72,9 @@ export interface EtcdClientOptions {
   readonly credentials?: { readonly user: string; readonly password: string };
 }
 
+/** Bound on authenticating (etcd checks the password with bcrypt). */
+const AUTHENTICATE_TIMEOUT_MS = 5_000;
+
 const COMPARE_TARGETS = {
   version: ["VERSION", "version"],
   createRevision: ["CREATE", "create_revision"],
@@ -117,7 +120,15 @@ export class EtcdClient implements ClusterStore {
       try {
         this.transport.authorization = undefined;
         this.transport.authorization = await authenticate(
-          (path, body, what) => this.transport.call(`/v3/${path}`, body, what, "read"),
+          // Checking a password is slow by design (bcrypt): this call gets longer than a round's bound.
+          (path, body, what) =>
+            this.transport.call(
+              `/v3/${path}`,
+              body,
+              what,
+              "read",
+              Math.max(this.requestTimeoutMs, AUTHENTICATE_TIMEOUT_MS),
+            ),
           credentials.user,
           credentials.password,
         );

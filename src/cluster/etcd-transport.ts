@@ -111,8 +111,14 @@ export class EtcdTransport {
   }
 
   /** POSTs `body` to `path` and returns etcd's JSON answer; `what` names the call in errors. */
-  async call(path: string, body: JsonObject, what: string, repeatable: Repeatable): Promise<JsonObject> {
-    const { stream, text } = await this.send(path, body, what, repeatable, false);
+  async call(
+    path: string,
+    body: JsonObject,
+    what: string,
+    repeatable: Repeatable,
+    timeoutMs = this.options.requestTimeoutMs,
+  ): Promise<JsonObject> {
+    const { stream, text } = await this.send(path, body, what, repeatable, false, timeoutMs);
     const parsed = safeJson(text!);
     if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
       throw new HavenError(
@@ -140,9 +146,10 @@ export class EtcdTransport {
     what: string,
     repeatable: Repeatable,
     streaming: boolean,
+    timeoutMs = this.options.requestTimeoutMs,
   ): Promise<{ stream: EtcdStream; text: string | undefined }> {
     const payload = Buffer.from(JSON.stringify(body), "utf8");
-    const deadlineAt = Date.now() + this.options.requestTimeoutMs;
+    const deadlineAt = Date.now() + timeoutMs;
     const failures: string[] = [];
     const count = this.endpoints.length;
     let tried = 0;
