@@ -35,7 +35,7 @@ export async function clusterReport<T>(
   part: (view: ClusterView) => T,
   render: (part: T, options: ClusterRenderOptions) => string,
   /** Lines to warn about on stderr after the report (stdout stays the report alone, also with --json). */
-  warnings?: (values: Record<string, string | boolean | undefined>) => Promise<string[]>,
+  warnings?: (values: Record<string, string | boolean | undefined>, records: ClusterRecords) => Promise<string[]>,
 ): Promise<number> {
   const parsed = parseCommand(argv, { ...CLUSTER_OPTIONS, json: { type: "boolean" } }, usage);
   if (parsed === undefined) return 0; // --help was printed
@@ -48,6 +48,6 @@ export async function clusterReport<T>(
   );
   const shown = part(clusterView(records));
   process.stdout.write(values.json ? `${JSON.stringify(shown, null, 2)}\n` : render(shown, terminalRenderOptions()));
-  for (const line of (await warnings?.(values)) ?? []) process.stderr.write(`warning: ${line}\n`);
+  for (const line of (await warnings?.(values, records)) ?? []) process.stderr.write(`warning: ${line}\n`);
   return 0;
 }

@@ -2,6 +2,7 @@
 // its address and disks) and each volume (size, primary and epoch, each copy's recorded state, health,
 // and where clients connect).
 
+import type { ClusterRecords } from "../../cluster/cluster-read.js";
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { CA_CERT } from "../../security/pki.js";
@@ -28,7 +29,24 @@ options:
 ${CLUSTER_OPTIONS_USAGE}`;
 
 export function status(argv: string[]): Promise<number> {
-  return clusterReport(argv, STATUS_USAGE, (view) => view, renderStatus, certificateWarnings);
+  return clusterReport(
+    argv,
+    STATUS_USAGE,
+    (view) => view,
+    renderStatus,
+    async (values, records) => [...insecureHosts(records), ...(await certificateWarnings(values))],
+  );
+}
+
+/** Hosts whose config says "insecure": true: their links beyond loopback are in clear. */
+function insecureHosts(records: ClusterRecords): string[] {
+  return [...records.knownHosts.values()]
+    .filter((host) => host.insecure === true)
+    .map(
+      (host) =>
+        `host ${host.name} runs without TLS ("insecure": true in its config): its replication, NBD and API ` +
+        `traffic at ${host.address} is in clear`,
+    );
 }
 
 /**
