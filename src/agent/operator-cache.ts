@@ -16,6 +16,8 @@ export class OperatorCache {
   private revokedSet = new Set<string>();
   private timer: NodeJS.Timeout | undefined;
   private lastError: string | undefined;
+  /** Called after each read that found revocations (live connections of a revoked certificate end). */
+  onRevocations: (() => void) | undefined;
 
   constructor(
     private readonly store: ClusterStore,
@@ -31,6 +33,7 @@ export class OperatorCache {
       );
       this.revokedSet = await revokedSerials(this.store);
       this.lastError = undefined;
+      if (this.revokedSet.size > 0) this.onRevocations?.();
     } catch (error) {
       const message = errorMessage(error);
       if (message !== this.lastError) this.log(`operators: cannot read them (keeping the last copy): ${message}`);

@@ -89,6 +89,10 @@ export function realWorld(
     log: (line) => log(`replica server: ${line}`),
     ...(identity !== undefined && { tls: identity, revoked: operators.revoked }),
   });
+  operators.onRevocations = () =>
+    void replicaServer
+      .dropRevoked()
+      .then((ended) => ended > 0 && log(`replica server: ended ${ended} connection(s) of a revoked certificate`));
   // Over the network TLS is offered, and insisted on where the front listens beyond loopback; a local
   // QEMU's unix socket needs none.
   const nbd = new NbdServer({

@@ -71,7 +71,7 @@ describe("partitions between a primary, etcd and its peer", { skip, timeout: 240
       hosts: 2,
       basePort,
       timings: { ...TEST_TIMINGS },
-      etcdEndpointOf: (name) => `http://127.0.0.1:${proxies.get(name)!.port}`,
+      etcdEndpointOf: (name) => `https://127.0.0.1:${proxies.get(name)!.port}`,
       replicationPortOf: (name) => links.get(name)!.port,
     });
     etcd = await localClusterClient(cluster);

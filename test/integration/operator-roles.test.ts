@@ -18,7 +18,7 @@ import {
   type LocalClusterState,
 } from "../../src/cluster/local-cluster.js";
 import { createCa, issueCertificate } from "../../src/security/pki.js";
-import { freeBasePort } from "../helpers/cluster.js";
+import { freeBasePort, until } from "../helpers/cluster.js";
 import { haveEtcd } from "../helpers/etcd.js";
 import { run, tempDir } from "../helpers/server-process.js";
 
@@ -163,6 +163,19 @@ describe("operators and their roles on a local cluster", { skip: !haveEtcd() && 
     });
     const foreign = await apiCall(port, "GET", "/v1/host", { identity: join(other, "mallory") }, ca);
     assert.equal(foreign.status, 401, foreign.body);
+  });
+
+  test("a revoked certificate is refused by the agent's API within seconds, though the CA signed it", async () => {
+    const port = localHostPorts(basePort, "h2").api;
+    const ca = join(pki, "ca", "ca-cert.pem");
+    const bob = join(pki, "operators", "bob");
+    assert.equal((await apiCall(port, "GET", "/v1/host", { identity: bob }, ca)).status, 200);
+    const revoked = await haven("cert", "revoke", "bob", "--dir", clusterDir);
+    assert.equal(revoked.code, 0, revoked.stderr);
+    assert.match(revoked.stdout, /revoked the certificate of operator bob/);
+    await until("the agent refusing bob's certificate", async () =>
+      (await apiCall(port, "GET", "/v1/host", { identity: bob }, ca)).status === 401 ? true : undefined,
+    );
   });
 
   test("a revoked operator's token stops working at once", async () => {

@@ -17,7 +17,9 @@ import {
 } from "../../security/pki-dir.js";
 import { CA_CERT, CA_KEY, CERT } from "../../security/pki.js";
 import { parseCommand } from "../args.js";
-import { readContext } from "../context.js";
+import { CLUSTER_OPTIONS, connectCluster, readContext } from "../context.js";
+import { cliActor } from "../actor.js";
+import { revokeCertificate } from "../../cluster/revocations.js";
 import { contextPath, defaultClusterDir } from "./cluster.js";
 
 const DIR_USAGE = `  --dir DIR            the cluster directory (holding pki/) or the PKI directory itself
@@ -28,12 +30,15 @@ export const CERT_USAGE = `usage: haven cert list [--json] [--dir DIR]
        haven cert issue host NAME --address ADDR[,ADDR...] [--days N] [--dir DIR]
        haven cert issue operator NAME --role viewer|operator|admin [--days N] [--dir DIR]
        haven cert renew NAME [--kind host|operator] [--days N] [--dir DIR]
+       haven cert revoke NAME [--kind host|operator] [--dir DIR] [cluster options]
 
 The cluster's certificates, signed by its CA: one per host (it serves and connects as the host; valid
 for its name and addresses) and one per operator (it names the operator and their role). list shows
 each with its serial and expiry, and marks those that expire within ${EXPIRY_WARNING_DAYS} days or have expired;
 issue makes a new identity directory (what an agent's "tls.dir" or the CLI's --tls-dir names); renew
-issues the same identity again with a new expiry and a new key, in place.
+issues the same identity again with a new expiry and a new key, in place; revoke records the
+certificate's serial in the cluster, and every agent refuses it from then on (its API, the replication
+port), though the CA signed it (renew to give the identity a new one).
 
 options:
   --json               list as JSON
@@ -44,6 +49,7 @@ options:
 ${DIR_USAGE}`;
 
 const OPTIONS = {
+  ...CLUSTER_OPTIONS,
   json: { type: "boolean" },
   dir: { type: "string" },
   context: { type: "string" },
@@ -99,8 +105,11 @@ export async function certCommand(argv: string[]): Promise<number> {
     case "renew":
       refuse(values, ["json", "address", "role"], "renew");
       return certRenew(pki, rest, values);
+    case "revoke":
+      refuse(values, ["json", "address", "role", "days"], "revoke");
+      return certRevoke(pki, rest, values);
     default:
-      throw usage(verb === undefined ? "name a verb: list, issue or renew" : `unknown verb "${verb}"`);
+      throw usage(verb === undefined ? "name a verb: list, issue, renew or revoke" : `unknown verb "${verb}"`);
   }
 }
 
@@ -184,9 +193,15 @@ async function certIssue(pki: string, args: string[], values: Record<string, str
   return 0;
 }
 
-async function certRenew(pki: string, args: string[], values: Record<string, string | boolean | undefined>) {
+/** The identity NAME names (of --kind, when a host and an operator share it). */
+function findIdentity(
+  pki: string,
+  args: string[],
+  values: Record<string, string | boolean | undefined>,
+  verb: string,
+): { name: string; kind: IdentityKind; dir: string } {
   const [name, ...extra] = args;
-  if (name === undefined) throw usage("name the identity to renew (for example: haven cert renew h1)");
+  if (name === undefined) throw usage(`name the identity to ${verb} (for example: haven cert ${verb} h1)`);
   if (extra.length > 0) throw usage(`unexpected argument "${extra[0]}"`);
   const kinds: IdentityKind[] = values.kind !== undefined ? [parseKind(String(values.kind))] : ["host", "operator"];
   const found = kinds.filter((kind) => existsSync(join(identityDir(pki, kind, name), CERT)));
@@ -197,7 +212,28 @@ async function certRenew(pki: string, args: string[], values: Record<string, str
     );
   if (found.length > 1) throw usage(`a host and an operator are both named ${name}: say which with --kind`);
   const kind = found[0]!;
-  const dir = identityDir(pki, kind, name);
+  return { name, kind, dir: identityDir(pki, kind, name) };
+}
+
+async function certRevoke(pki: string, args: string[], values: Record<string, string | boolean | undefined>) {
+  const { name, kind, dir } = findIdentity(pki, args, values, "revoke");
+  const info = await readCertificate(join(dir, CERT));
+  await revokeCertificate(connectCluster(values), {
+    serial: info.serial,
+    subject: `${kind} ${name}`,
+    revokedAt: new Date().toISOString(),
+    revokedBy: cliActor(),
+  });
+  process.stdout.write(
+    `revoked the certificate of ${kind} ${name} (serial ${info.serial}): every agent refuses it within seconds` +
+      (kind === "operator" ? `; 'haven operator revoke ${name}' ends their token too` : "") +
+      `; 'haven cert renew ${name}' gives a new one\n`,
+  );
+  return 0;
+}
+
+async function certRenew(pki: string, args: string[], values: Record<string, string | boolean | undefined>) {
+  const { name, kind, dir } = findIdentity(pki, args, values, "renew");
   const old = await readCertificate(join(dir, CERT));
   const identity: Identity =
     kind === "host"
