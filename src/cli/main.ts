@@ -56,6 +56,7 @@ certificates (the cluster CA's, in the cluster directory's pki/):
   cert list                         every host and operator certificate, with expiry (marks those near it)
   cert issue host|operator NAME     a new identity (--address A,B for a host; --role R for an operator)
   cert renew NAME                   the same identity again with a new expiry (--days N)
+  cert revoke NAME                  every agent refuses the certificate from then on (renew gives a new one)
 
 a host:
   agent --config FILE               run this host's agent: lease, replica server, engines, failover
@@ -121,7 +122,7 @@ const COMMANDS: Record<string, Record<string, CommandEntry>> = {
     revive: { run: clusterReviveCommand, usage: CLUSTER_REVIVE_USAGE },
   },
   cert: Object.fromEntries(
-    ["list", "issue", "renew"].map((verb) => [
+    ["list", "issue", "renew", "revoke"].map((verb) => [
       verb,
       { run: (argv: string[]) => certCommand([verb, ...argv]), usage: CERT_USAGE },
     ]),
