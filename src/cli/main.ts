@@ -34,6 +34,7 @@ import {
 import { VOLUME_CREATE_USAGE, volumeCreate } from "./commands/volume-create.js";
 import { VOLUME_DELETE_USAGE, volumeDelete } from "./commands/volume-delete.js";
 import { OPERATOR_USAGE, operatorCommand } from "./commands/operator.js";
+import { CLUSTER_INIT_USAGE, clusterInitCommand } from "./commands/cluster-init.js";
 import { VOLUME_LIST_USAGE, volumeList } from "./commands/volume-list.js";
 import { VOLUME_PROMOTE_USAGE, volumePromote } from "./commands/volume-promote.js";
 import { VOLUME_SWITCHOVER_USAGE, volumeSwitchover } from "./commands/volume-switchover.js";
@@ -57,6 +58,9 @@ certificates (the cluster CA's, in the cluster directory's pki/):
   cert issue host|operator NAME     a new identity (--address A,B for a host; --role R for an operator)
   cert renew NAME                   the same identity again with a new expiry (--days N)
   cert revoke NAME                  every agent refuses the certificate from then on (renew gives a new one)
+
+a cluster of real machines:
+  cluster init --dir DIR --host NAME=ADDR...   its CA, a certificate per host and the admin; --etcd URL turns etcd's roles on
 
 a host:
   agent --config FILE               run this host's agent: lease, replica server, engines, failover
@@ -116,6 +120,7 @@ const NOUN_COMMANDS: Record<string, CommandEntry> = {
 
 const COMMANDS: Record<string, Record<string, CommandEntry>> = {
   cluster: {
+    init: { run: clusterInitCommand, usage: CLUSTER_INIT_USAGE },
     up: { run: clusterUpCommand, usage: CLUSTER_UP_USAGE },
     down: { run: clusterDownCommand, usage: CLUSTER_DOWN_USAGE },
     kill: { run: clusterKillCommand, usage: CLUSTER_KILL_USAGE },

@@ -324,7 +324,18 @@ export class EtcdClient implements ClusterStore {
    * before applying anything.
    */
   private async call(path: string, body: JsonObject, what: string, repeatable: Repeatable): Promise<JsonObject> {
-    if (this.credentials === undefined) return this.transport.call(path, body, what, repeatable);
+    if (this.credentials === undefined)
+      return this.transport.call(path, body, what, repeatable).catch((error: unknown) => {
+        // With authentication on, etcd denies a client that gave no credentials as it would a role.
+        if (error instanceof HavenError && error.code === "HAVEN_ERR_FORBIDDEN")
+          throw new HavenError(
+            "HAVEN_ERR_UNAUTHORIZED",
+            `${error.message.replace(/ \(the operator's role does not allow it\)$/, "")}: etcd has authentication ` +
+              `on, and this client gave no credentials (an operator's token beside their certificate, or the ` +
+              `host's etcd password)`,
+          );
+        throw error;
+      });
     if (this.transport.authorization === undefined) await this.authenticate();
     try {
       return await this.transport.call(path, body, what, repeatable);

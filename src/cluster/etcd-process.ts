@@ -74,7 +74,7 @@ export function etcdMemberUrls(
 }
 
 /** etcd's flags for mutual TLS with clients and peers, from an identity directory. */
-function etcdTlsArgs(dir: string): string[] {
+export function etcdTlsArgs(dir: string): string[] {
   const [ca, cert, key] = [join(dir, CA_CERT), join(dir, CERT), join(dir, KEY)];
   return [
     `--cert-file=${cert}`,

@@ -44,9 +44,9 @@ import { packageRoot } from "../util/repo-root.js";
 import { ensureCa, ensureIdentity } from "../security/pki-dir.js";
 import { loadTlsIdentity } from "../security/tls-identity.js";
 import { EtcdClient, type EtcdClientOptions } from "./etcd-client.js";
-import { createRoles, enableAuth, ensureUser, etcdRolesFor, hostUser } from "./etcd-auth.js";
-import { addOperator } from "./operators.js";
-import { TOKEN_FILE, readIdentityToken } from "../security/identity-token.js";
+import { hostUser } from "./etcd-auth.js";
+import { ensureClusterAuth } from "./cluster-auth.js";
+import { readIdentityToken } from "../security/identity-token.js";
 import { etcdArgs, etcdMemberUrls } from "./etcd-process.js";
 import { keys } from "./schema.js";
 
@@ -195,7 +195,8 @@ export async function clusterUp(options: LocalClusterOptions): Promise<LocalClus
   const hostNames = Array.from({ length: options.hosts }, (_, i) => `h${i + 1}`);
   // Roles in the etcd this cluster runs (an etcd given is kept as it is): each host and the admin get
   // users of their own, and authentication goes on.
-  const auth = members.length > 0 ? await ensureLocalAuth(dir, etcd, pki.operator, hostNames) : undefined;
+  const auth =
+    members.length > 0 ? await ensureClusterAuth(localPkiDir(dir), etcd, pki.operator, hostNames) : undefined;
   const authed = auth === undefined ? etcd : await localClusterClient({ endpoints, tlsDir: pki.operator });
 
   const agents: LocalAgent[] = [];
@@ -290,55 +291,6 @@ export async function localClusterClient(
   const token = state.tlsDir !== undefined ? readIdentityToken(state.tlsDir) : undefined;
   const credentials = token !== undefined && tls !== undefined ? { user: tls.info.name, password: token } : undefined;
   return new EtcdClient([...state.endpoints], { ...options, tls, credentials });
-}
-
-/**
- * etcd's users and roles for a local cluster (etcd-auth.ts): set up on the first `cluster up` (Haven's
- * roles, root, a user per host, the operator admin with a token beside its certificate, authentication
- * on) and completed on a later one (a host added since gets its user). The files, all 0600:
- *   DIR/pki/etcd-root.password           root's password: the recovery credential
- *   DIR/pki/hosts/hN/etcd.password       host hN's (its agent's config names it)
- *   DIR/pki/operators/admin/token        the admin's token (the CLI finds it beside the certificate)
- */
-async function ensureLocalAuth(
-  dir: string,
-  plain: EtcdClient,
-  adminDir: string,
-  hosts: readonly string[],
-): Promise<{ hostPasswordFile: (name: string) => string }> {
-  const pki = localPkiDir(dir);
-  const rootFile = join(pki, "etcd-root.password");
-  const hostPasswordFile = (name: string): string => join(hostTlsDir(dir, name), "etcd.password");
-  const secret = (): string => randomBytes(24).toString("base64url");
-  const fresh = !existsSync(rootFile);
-  const rootPassword = fresh ? secret() : readFileSync(rootFile, "utf8").trim();
-  const client = fresh
-    ? plain
-    : new EtcdClient([...plain.endpoints], {
-        requestTimeoutMs: 2000,
-        tls: await loadTlsIdentity(adminDir),
-        credentials: { user: "root", password: rootPassword },
-      });
-  const call = client.auth.bind(client);
-  if (fresh) {
-    await createRoles(call);
-    await ensureUser(call, "root", rootPassword, ["root"]);
-  }
-  for (const name of hosts) {
-    if (existsSync(hostPasswordFile(name))) continue;
-    const password = secret();
-    await ensureUser(call, hostUser(name), password, etcdRolesFor("host"));
-    writeFileSync(hostPasswordFile(name), `${password}\n`, { mode: 0o600 });
-  }
-  if (readIdentityToken(adminDir) === undefined) {
-    const { token } = await addOperator(client, call, { name: "admin", role: "admin" }, "cluster-up");
-    writeFileSync(join(adminDir, TOKEN_FILE), `${token}\n`, { mode: 0o600 });
-  }
-  if (fresh) {
-    await enableAuth(call);
-    writeFileSync(rootFile, `${rootPassword}\n`, { mode: 0o600 });
-  }
-  return { hostPasswordFile };
 }
 
 /**
