@@ -24,6 +24,7 @@ import { EtcdClient } from "../../src/cluster/etcd-client.js";
 import {
   clusterDown,
   clusterUp,
+  localClusterClient,
   localHostPorts,
   type LocalClusterState,
   type LocalEtcdMember,
@@ -157,8 +158,15 @@ class NbdWriter {
 
 /** A member's status, or undefined when it does not answer. */
 async function memberStatus(member: LocalEtcdMember): Promise<{ leader: string; memberId: string } | undefined> {
-  return new EtcdClient([member.endpoint], { requestTimeoutMs: 1_000 }).status().catch(() => undefined);
+  const client = await localClusterClient(
+    { endpoints: [member.endpoint], tlsDir: clusterTlsDir },
+    { requestTimeoutMs: 1_000 },
+  );
+  return client.status().catch(() => undefined);
 }
+
+/** The operator identity of the cluster under test (set when it is up). */
+let clusterTlsDir: string | undefined;
 
 /** The member every member names as the leader, if they all answer and agree. */
 async function agreedLeader(cluster: LocalClusterState): Promise<LocalEtcdMember | undefined> {
@@ -218,9 +226,11 @@ function outageCluster(hosts: number, members: number) {
     });
     world.cluster = cluster;
     assert.equal(cluster.etcd.length, members);
-    world.etcd = new EtcdClient([...cluster.endpoints]);
-    world.probe = new VolumeProbe(world.etcd, VOLUME, world.basePort);
-    await createTestVolume(cluster.endpoints.join(","), VOLUME, "64M");
+    clusterTlsDir = cluster.tlsDir;
+    const client = await localClusterClient(cluster);
+    world.etcd = client;
+    world.probe = new VolumeProbe(client, VOLUME, world.basePort);
+    await createTestVolume({ endpoint: cluster.endpoints.join(","), tlsDir: cluster.tlsDir }, VOLUME, "64M");
     const primary = await until("the volume's primary", () => world.probe!.primary());
     world.primaryHost = primary.host;
     world.epoch = primary.epoch;

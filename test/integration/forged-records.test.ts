@@ -8,13 +8,13 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { clusterUp, type LocalClusterState } from "../../src/cluster/local-cluster.js";
+import { clusterUp, localClusterClient, type LocalClusterState } from "../../src/cluster/local-cluster.js";
 import { EtcdClient } from "../../src/cluster/etcd-client.js";
 import { readClusterRecords, readEvents } from "../../src/cluster/cluster-read.js";
 import { keys } from "../../src/cluster/schema.js";
 import { haveEtcd } from "../helpers/etcd.js";
 import { run, tempDir } from "../helpers/server-process.js";
-import { createTestVolume, freeBasePort, stopLocalCluster, until, TEST_TIMINGS } from "../helpers/cluster.js";
+import { createTestVolume, etcdArgs, freeBasePort, stopLocalCluster, until, TEST_TIMINGS } from "../helpers/cluster.js";
 
 const VOLUME = "good";
 const skip = !haveEtcd() ? "needs etcd" : false;
@@ -41,13 +41,13 @@ describe("records forged into etcd", { skip, timeout: 120_000 }, () => {
   let cluster: LocalClusterState;
   let etcd: EtcdClient;
   const haven = (...args: string[]) =>
-    run(process.execPath, ["bin/haven.js", ...args, "--etcd", cluster.endpoint], { timeoutMs: 30_000 });
+    run(process.execPath, ["bin/haven.js", ...args, ...etcdArgs(cluster)], { timeoutMs: 30_000 });
 
   before(async () => {
     const basePort = await freeBasePort();
     cluster = await clusterUp({ dir: clusterDir, hosts: 2, basePort, timings: { ...TEST_TIMINGS } });
-    etcd = new EtcdClient([cluster.endpoint]);
-    await createTestVolume(cluster.endpoint, VOLUME, "16M");
+    etcd = await localClusterClient(cluster);
+    await createTestVolume(cluster, VOLUME, "16M");
     await until("the volume's primary to serve it", async () => {
       const records = await readClusterRecords(etcd);
       const copies = records.replicas.get(VOLUME);
