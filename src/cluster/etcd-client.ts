@@ -307,10 +307,31 @@ export class EtcdClient implements ClusterStore {
    * reconnect: after onClose, re-read and watch again from `revision + 1`.
    */
   watchPrefix(prefix: string, options: WatchOptions, onEvent: (event: WatchEvent) => void): Watch {
-    return watchPrefix(this.transport, prefix, options, onEvent, {
-      maxMessageBytes: this.maxResponseBytes,
-      createTimeoutMs: this.requestTimeoutMs,
-    });
+    // A watch carries the token it was opened with and cannot renew it: one refused for its token (or
+    // for having none) drops the token, so the next call, or ready(), logs in again before a new watch.
+    const refusedToken = (reason: unknown): void => {
+      if (
+        this.credentials !== undefined &&
+        reason instanceof Error &&
+        /permission denied|invalid auth token|user name is empty/.test(reason.message)
+      )
+        this.transport.authorization = undefined;
+    };
+    const watch = watchPrefix(
+      this.transport,
+      prefix,
+      {
+        ...options,
+        onClose: (reason) => {
+          refusedToken(reason);
+          options.onClose?.(reason);
+        },
+      },
+      onEvent,
+      { maxMessageBytes: this.maxResponseBytes, createTimeoutMs: this.requestTimeoutMs },
+    );
+    watch.ready.catch(refusedToken);
+    return watch;
   }
 
   /** One call to etcd's auth API (users, roles, enabling, authenticating), for etcd-auth.ts. */

@@ -7,6 +7,7 @@
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { request } from "node:https";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -176,6 +177,25 @@ describe("operators and their roles on a local cluster", { skip: !haveEtcd() && 
     await until("the agent refusing bob's certificate", async () =>
       (await apiCall(port, "GET", "/v1/host", { identity: bob }, ca)).status === 401 ? true : undefined,
     );
+  });
+
+  test("events --follow watches with the operator's token: a new event shows up", async () => {
+    const follower = spawn(process.execPath, ["bin/haven.js", "events", "--follow"], {
+      env,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let output = "";
+    follower.stdout.on("data", (chunk: Buffer) => (output += chunk.toString()));
+    follower.stderr.on("data", (chunk: Buffer) => (output += chunk.toString()));
+    try {
+      await until("the past events", async () => (/operator-added/.test(output) ? true : undefined));
+      const added = await haven("operator", "add", "carol", "--role", "viewer");
+      assert.equal(added.code, 0, added.stderr);
+      await until("carol's event in the follow", async () => (/operator carol added/.test(output) ? true : undefined));
+      assert.doesNotMatch(output, /permission denied|watching again/);
+    } finally {
+      follower.kill("SIGTERM");
+    }
   });
 
   test("a revoked operator's token stops working at once", async () => {

@@ -2,7 +2,7 @@
 // one line per event, optionally narrowed to a volume or a host. With --follow it then prints each new
 // event as etcd reports it, until Ctrl-C; a watch that breaks is resumed where it stopped.
 
-import { HavenError } from "../../core/errors.js";
+import { HavenError, errorMessage } from "../../core/errors.js";
 import { readEvents, tryStoredEvent, type StoredEvent } from "../../cluster/cluster-read.js";
 import type { EtcdClient } from "../../cluster/etcd-client.js";
 import { keys } from "../../cluster/schema.js";
@@ -123,6 +123,14 @@ async function follow(
   });
   try {
     while (!stop.signal.aborted) {
+      // A watch opens with the client's token: log in first (again, after a watch refused its token).
+      try {
+        await client.ready();
+      } catch (error) {
+        process.stderr.write(`haven: ${errorMessage(error)}; watching again\n`);
+        if (!(await pause(REWATCH_DELAY_MS, stop.signal))) return;
+        continue;
+      }
       let ended!: (reason: HavenError | undefined) => void;
       const closed = new Promise<HavenError | undefined>((resolve) => (ended = resolve));
       const watch = client.watchPrefix(
