@@ -73,6 +73,11 @@ function openssl(args: readonly string[]): Promise<void> {
   });
 }
 
+/** openssl req's arguments for a new P-256 key, unencrypted, written to `keyFile`. */
+function newKeyArgs(keyFile: string): string[] {
+  return ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", keyFile];
+}
+
 function checkDays(days: number): void {
   if (!Number.isInteger(days) || days < 1 || days > 36500)
     throw new HavenError("HAVEN_ERR_USAGE", `a certificate lasts 1 to 36500 days, not ${days}`);
@@ -113,13 +118,7 @@ export async function createCa(dir: string, clusterId: string, days = DEFAULT_CA
   await openssl([
     "req",
     "-x509",
-    "-newkey",
-    "ec",
-    "-pkeyopt",
-    "ec_paramgen_curve:prime256v1",
-    "-nodes",
-    "-keyout",
-    join(dir, CA_KEY),
+    ...newKeyArgs(join(dir, CA_KEY)),
     "-out",
     join(dir, CA_CERT),
     "-days",
@@ -174,21 +173,7 @@ export async function issueCertificate(
     ].join("\n"),
   );
   try {
-    await openssl([
-      "req",
-      "-new",
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:prime256v1",
-      "-nodes",
-      "-keyout",
-      join(outDir, KEY),
-      "-out",
-      csr,
-      "-subj",
-      `/O=haven/OU=${unit}`,
-    ]);
+    await openssl(["req", "-new", ...newKeyArgs(join(outDir, KEY)), "-out", csr, "-subj", `/O=haven/OU=${unit}`]);
     await chmod(join(outDir, KEY), 0o600);
     await openssl([
       "x509",
