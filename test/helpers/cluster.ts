@@ -200,6 +200,8 @@ export function fioWriteVerify(
       "--iodepth=4",
       "--verify=crc32c",
       "--do_verify=1",
+      // No verify state files left in the working directory.
+      "--verify_state_save=0",
       `--loops=${loops}`,
     ],
     { timeoutMs: 300_000 },
