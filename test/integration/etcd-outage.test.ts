@@ -179,11 +179,12 @@ async function agreedLeader(cluster: LocalClusterState): Promise<LocalEtcdMember
 
 /** Moves etcd's leadership to `target` (MoveLeader, asked of the current leader); false if etcd refused. */
 async function moveLeader(leader: LocalEtcdMember, targetId: string): Promise<boolean> {
-  const response = await fetch(`${leader.endpoint}/v3/maintenance/transfer-leadership`, {
-    method: "POST",
-    body: JSON.stringify({ targetID: targetId }),
-  }).catch(() => undefined);
-  return response?.ok === true;
+  // Over TLS, as the cluster's admin (moving the leader needs etcd's root role).
+  const client = await localClusterClient({ endpoints: [leader.endpoint], tlsDir: clusterTlsDir });
+  return client.auth("maintenance/transfer-leadership", { targetID: targetId }, "moving etcd's leader").then(
+    () => true,
+    () => false,
+  );
 }
 
 function signal(pid: number, name: NodeJS.Signals): void {
