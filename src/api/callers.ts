@@ -6,7 +6,8 @@
 // Without any of them every path is the same 401 and reveals nothing; with a role too weak, 403 names
 // the role needed.
 
-import { createHash, timingSafeEqual } from "node:crypto";
+import { timingSafeEqual } from "node:crypto";
+import { bearerToken, digest } from "./auth.js";
 import type { TLSSocket } from "node:tls";
 import { HavenError } from "../core/errors.js";
 import { peerIdentity } from "../security/tls-identity.js";
@@ -21,15 +22,6 @@ export interface CallerSources {
   readonly operatorByDigest?: (digest: string) => Caller | undefined;
   /** Whether a certificate's serial (lower-case hex) was revoked. */
   readonly revoked?: (serial: string) => boolean;
-}
-
-function digest(text: string): Buffer {
-  return createHash("sha256").update(text, "utf8").digest();
-}
-
-/** The token of an `Authorization: Bearer TOKEN` header; the scheme's name is case-insensitive. */
-export function bearerToken(authorization: string | undefined): string | undefined {
-  return /^bearer +(\S+)\s*$/i.exec(authorization ?? "")?.[1];
 }
 
 /** Resolves a request's caller from its Authorization header and its TLS socket, or throws 401. */
