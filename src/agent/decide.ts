@@ -54,6 +54,8 @@ export interface HostView {
    * tried (each start takes a new epoch: retrying at once would burn epochs and flood the events).
    */
   readonly startRetryAt?: ReadonlyMap<string, number>;
+  /** This host is in maintenance (`haven host drain`): it takes over nothing. */
+  readonly inMaintenance?: boolean;
 }
 
 export type Action =
@@ -109,6 +111,11 @@ function decideIgnoringBackoff(volume: VolumeView, host: HostView): Action {
     return {
       kind: "wait",
       reason: `primary ${primary.host} is gone, but this host's ${inSync.map((copy) => host.diskProblem?.(copy.disk)).join("; ")}: it does not take over`,
+    };
+  if (host.inMaintenance === true)
+    return {
+      kind: "wait",
+      reason: `primary ${primary.host} is gone, but this host is in maintenance: it takes over nothing until 'haven host undrain ${host.me}'`,
     };
   const deadSince = host.primaryDeadSince.get(name) ?? host.now;
   if (host.now - deadSince < host.failoverGraceMs)

@@ -149,6 +149,7 @@ export class Reconciler {
           alive: view.alive,
           holdsLease: this.options.holdsLease(),
           running: new Set(volumes.names()),
+          inMaintenance: view.maintenance.has(this.me),
           now,
           primaryDeadSince: this.deadSince,
           failoverGraceMs: this.options.config.timings.failoverGraceMs,

@@ -2,6 +2,7 @@
 // read-mostly view, so they depend on this interface and not on the Agent class, and the agent does
 // not know they exist.
 
+import type { TransferProgress } from "../vm/migration.js";
 import type { DiskRecord } from "../cluster/disk-schema.js";
 import type { DiskHealth, LinkHealth } from "../cluster/schema.js";
 import type { EngineControl } from "../engine/status.js";
@@ -26,6 +27,15 @@ export interface VmHere {
   readonly pid: number | null;
   readonly runState: string;
   readonly checks: Readonly<Record<string, { readonly ok: boolean; readonly value: string; readonly at: string }>>;
+  /** A live migration this host takes part in: its role, state and (at the source) QEMU's last progress. */
+  readonly migration?: MigrationHereView;
+}
+
+export interface MigrationHereView {
+  readonly role: "source" | "destination";
+  readonly peer: string;
+  readonly state: string;
+  readonly progress?: TransferProgress;
 }
 
 export interface AgentView {

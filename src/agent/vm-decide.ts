@@ -228,3 +228,31 @@ function onFailure(vm: VmRecord, status: VmStatusRecord | undefined, failure: st
 function seconds(ms: number): string {
   return `${Math.round(ms / 100) / 10} s`;
 }
+
+/** What the failback rule needs to know of the cluster, beyond the VM host view. */
+export interface FailbackView {
+  /** Hosts in maintenance. */
+  readonly inMaintenance: (host: string) => boolean;
+  /** A migration of the VM is under way. */
+  readonly migrating: boolean;
+}
+
+/**
+ * The VM's failback policy: the host it should be live-migrated home to now, or undefined. Only a VM
+ * that runs well here (its guest running, no failure), whose home is another live host out of
+ * maintenance with a copy in sync and room, and with no switchover or migration under way.
+ */
+export function failbackTarget(
+  vm: VmRecord,
+  seen: VmObservation,
+  host: VmHostView,
+  cluster: FailbackView,
+): string | undefined {
+  const home = vm.policy.failback;
+  if (home === undefined || home === host.me || vm.desired !== "started") return undefined;
+  if (seen.runState !== "running" || vmFailure(vm, seen, host.now, host.timings) !== undefined) return undefined;
+  if (cluster.migrating || host.handoverPending(vm.volume) || host.primaryOf(vm.volume) !== host.me) return undefined;
+  if (!host.alive.has(home) || cluster.inMaintenance(home)) return undefined;
+  if (!host.inSyncHosts(vm.volume).includes(home)) return undefined;
+  return host.hostLacks(home, vm) === undefined ? home : undefined;
+}

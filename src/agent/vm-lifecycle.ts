@@ -22,6 +22,8 @@ import type { ClusterView } from "./reconciler.js";
 import {
   countsOf,
   decideVm,
+  failbackTarget,
+  type VmHostView,
   vmFailure,
   type VmAction,
   type VmCounts,
@@ -31,6 +33,11 @@ import {
 import type { VmHere } from "./view.js";
 import type { AgentWorld, VmInstance, Watchdog } from "./world.js";
 import { VmMigrations } from "./vm-migrations.js";
+import { randomUUID } from "node:crypto";
+import type { MigrationRecord } from "../cluster/migration-schema.js";
+
+/** A failback that did not happen (refused, failed) is asked for again after this long at the soonest. */
+const FAILBACK_RETRY_MS = 60_000;
 
 /** A status record is written again at least this often while nothing changes (the checks' ages). */
 const STATUS_REFRESH_MS = 5_000;
@@ -82,6 +89,8 @@ export class VmLifecycle {
   private readonly pendingReason = new Map<string, string>();
   /** VMs taken over from a live migration, with why, until their status is published here. */
   private readonly adopted = new Map<string, string>();
+  /** When each VM's failback was last asked for (monotonic ms). */
+  private readonly failbackAskedAtMs = new Map<string, number>();
   private stopped = false;
   /** Live migrations this host takes part in: the VMs they hold are theirs meanwhile. */
   private readonly migrations: VmMigrations;
@@ -105,11 +114,6 @@ export class VmLifecycle {
     });
   }
 
-  /** The live migrations this host takes part in, for the API. */
-  describeMigrations(): ReturnType<VmMigrations["describe"]> {
-    return this.migrations.describe();
-  }
-
   /** Kills any QEMU an earlier run of this agent left: a VM never runs twice (before the lease is taken). */
   async init(): Promise<void> {
     const killed = await this.options.world.vms.killLeftovers();
@@ -122,13 +126,30 @@ export class VmLifecycle {
 
   /** What runs here, for the API. */
   describe(): VmHere[] {
-    return [...this.running].map(([name, entry]) => ({
-      name,
-      volume: entry.vm.volume,
-      pid: entry.instance?.pid ?? null,
-      runState: entry.exited !== undefined ? "exited" : (entry.instance?.runState() ?? "failed"),
-      checks: this.checks(entry, entry.vm),
-    }));
+    const migrations = this.migrations.describe();
+    const here: VmHere[] = [...this.running].map(([name, entry]) => {
+      const migration = migrations.get(name);
+      return {
+        name,
+        volume: entry.vm.volume,
+        pid: entry.instance?.pid ?? null,
+        runState: entry.exited !== undefined ? "exited" : (entry.instance?.runState() ?? "failed"),
+        checks: this.checks(entry, entry.vm),
+        ...(migration !== undefined && { migration }),
+      };
+    });
+    // A migration's destination: its QEMU waits here, paused, for the state.
+    for (const [name, migration] of migrations)
+      if (migration.role === "destination")
+        here.push({
+          name,
+          volume: migration.volume ?? "",
+          pid: migration.pid ?? null,
+          runState: "incoming-migration",
+          checks: {},
+          migration: { role: migration.role, peer: migration.peer, state: migration.state },
+        });
+    return here;
   }
 
   /** Decides and acts on every VM (ones recorded in the store and ones running here). */
@@ -143,9 +164,15 @@ export class VmLifecycle {
       const status = view.vmStatus.get(name)?.record;
       const entry = this.running.get(name);
       if (entry?.instance !== undefined && entry.exited === undefined) this.probe(entry);
-      const action = decideVm(view.vms.get(name), status, entry && this.observe(entry), this.hostView(view));
+      const hostView = this.hostView(view);
+      const seen = entry && this.observe(entry);
+      const action = decideVm(view.vms.get(name), status, seen, hostView);
       if (action.kind === "none") {
-        if (entry !== undefined && vm !== undefined) this.guarded(name, () => this.publishRunning(name, view));
+        if (entry === undefined || vm === undefined || seen === undefined) continue;
+        const home = this.failbackDue(name, vm, seen, hostView, view);
+        this.guarded(name, () =>
+          home !== undefined ? this.requestFailback(vm, home, view) : this.publishRunning(name, view),
+        );
         continue;
       }
       this.guarded(name, () => this.act(name, vm, action, view));
@@ -250,6 +277,7 @@ export class VmLifecycle {
       ],
       lacks: (vm: VmRecord) => vmLacks(me, this.options.capacity, runningHere(), vm),
       hostLacks: (host: string, vm: VmRecord) => {
+        if (view.maintenance.has(host)) return "nothing: it is in maintenance";
         const others = vmsPlacedOn(
           view.vms.values(),
           host,
@@ -415,6 +443,58 @@ export class VmLifecycle {
     }
     await events.event("vm-started", `VM ${vm.name} started as pid ${instance.pid}: ${reason}`, vm.volume);
     await this.publish(vm.name, vm, view, { state: "running", reason, counts });
+  }
+
+  /** The VM's home host when its failback policy sends it there now (at most once a FAILBACK_RETRY_MS). */
+  private failbackDue(
+    name: string,
+    vm: VmRecord,
+    seen: VmObservation,
+    host: VmHostView,
+    view: ClusterView,
+  ): string | undefined {
+    const last = this.failbackAskedAtMs.get(name);
+    if (last !== undefined && host.now - last < FAILBACK_RETRY_MS) return undefined;
+    return failbackTarget(vm, seen, host, {
+      inMaintenance: (other) => view.maintenance.has(other),
+      migrating: view.migrations.has(name),
+    });
+  }
+
+  /** Asks for the VM's live migration home (the same record an operator's `vm migrate` writes). */
+  private async requestFailback(vm: VmRecord, home: string, view: ClusterView): Promise<void> {
+    const { world, me, events } = this.options;
+    const primary = view.primaries.get(vm.volume);
+    if (primary === undefined) return;
+    this.failbackAskedAtMs.set(vm.name, world.clock.now());
+    const now = world.wallTime().toISOString();
+    const record: MigrationRecord = {
+      vm: vm.name,
+      volume: vm.volume,
+      from: me,
+      to: home,
+      id: randomUUID(),
+      phase: "requested",
+      requestedBy: `agent@${me} (failback)`,
+      requestedAt: now,
+      since: now,
+    };
+    await world.store.txn(
+      [
+        { key: keys.migration(vm.name), target: "createRevision", result: "equal", value: 0 },
+        { key: keys.primary(vm.volume), target: "modRevision", result: "equal", value: primary.modRevision },
+        { key: keys.maintenance(home), target: "createRevision", result: "equal", value: 0 },
+      ],
+      [
+        { type: "put", key: keys.migration(vm.name), value: JSON.stringify(record) },
+        events.put(
+          "vm-failback",
+          `VM ${vm.name}: its home ${home} is back with its disk in sync; it is live-migrated there (failback policy)`,
+          vm.volume,
+        ),
+      ],
+      [],
+    );
   }
 
   /** A live migration's destination QEMU becomes the VM's instance here (its guest runs). */

@@ -16,6 +16,7 @@ import type { TransferProgress } from "../vm/migration.js";
 import type { EventLog } from "./event-log.js";
 import { decideMigration, type IncomingState, type MigrationAction, type OutgoingState } from "./migration-decide.js";
 import type { ClusterView } from "./reconciler.js";
+import type { MigrationHereView } from "./view.js";
 import type { AgentWorld, IncomingVm, VmInstance, Watchdog } from "./world.js";
 
 /** How often the source writes the transfer's progress to the record. */
@@ -23,6 +24,9 @@ const PROGRESS_WRITE_MS = 1_000;
 
 interface Outgoing {
   readonly id: string;
+  readonly to: string;
+  /** QEMU's last report. */
+  progress?: TransferProgress;
   state: OutgoingState;
   failure?: string;
   readonly abort: AbortController;
@@ -37,6 +41,7 @@ interface Outgoing {
 
 interface Incoming {
   readonly id: string;
+  readonly from: string;
   readonly vm: VmRecord;
   state: IncomingState;
   vmIncoming?: IncomingVm;
@@ -78,12 +83,16 @@ export class VmMigrations {
     return involved || this.outgoing.has(name) || this.incoming.has(name) || this.busy.has(name);
   }
 
-  /** The migrations this host takes part in, for the API. */
-  describe(): { vm: string; role: "source" | "destination"; state: string }[] {
-    return [
-      ...[...this.outgoing].map(([vm, o]) => ({ vm, role: "source" as const, state: o.state })),
-      ...[...this.incoming].map(([vm, i]) => ({ vm, role: "destination" as const, state: i.state })),
-    ];
+  /** The migrations this host takes part in, by VM, for the API. */
+  describe(): Map<string, MigrationHereView & { readonly pid?: number; readonly volume?: string }> {
+    const views = new Map<string, MigrationHereView & { readonly pid?: number; readonly volume?: string }>();
+    for (const [vm, o] of this.outgoing)
+      views.set(vm, { role: "source", peer: o.to, state: o.state, ...(o.progress && { progress: o.progress }) });
+    for (const [vm, i] of this.incoming) {
+      const pid = i.vmIncoming?.instance.pid;
+      views.set(vm, { role: "destination", peer: i.from, state: i.state, volume: i.vm.volume, ...(pid && { pid }) });
+    }
+    return views;
   }
 
   round(view: ClusterView): void {
@@ -152,7 +161,7 @@ export class VmMigrations {
       case "prepare":
         return this.prepare(record, revision, view);
       case "resume-here":
-        return this.resumeHere(record);
+        return this.resumeHere(record, revision, view);
       case "abandon":
         return this.abandon(record.vm, action.reason);
       case "transfer":
@@ -171,7 +180,7 @@ export class VmMigrations {
     const vm = view.vms.get(record.vm);
     const primaryHost = view.hostInfo.get(record.from);
     if (vm === undefined || primaryHost === undefined) return;
-    const entry: Incoming = { id: record.id, vm, state: "starting" };
+    const entry: Incoming = { id: record.id, from: record.from, vm, state: "starting" };
     this.incoming.set(record.vm, entry);
     let tracked: number | undefined;
     try {
@@ -213,20 +222,17 @@ export class VmMigrations {
   }
 
   /** The transfer is complete and the disk is served here: the guest resumes on this host. */
-  private async resumeHere(record: MigrationRecord): Promise<void> {
+  private async resumeHere(record: MigrationRecord, revision: number, view: ClusterView): Promise<void> {
     const { world, events, me } = this.options;
     const entry = this.incoming.get(record.vm);
     const instance = entry?.vmIncoming?.instance;
-    if (entry === undefined || instance === undefined) return;
-    const fresh = await world.store.get(keys.migration(record.vm));
-    const primary = await world.store.get(keys.primary(record.volume));
-    if (fresh === undefined || primary === undefined) return;
-    const current = parseMigrationRecord(fresh.value, fresh.key);
-    if (current.id !== record.id || parsePrimaryRecord(primary.value, primary.key).host !== me) return;
-    const pausedAt = current.pausedAt;
+    const primary = view.primaries.get(record.volume);
+    if (entry === undefined || instance === undefined || primary?.record.host !== me) return;
+    const pausedAt = record.pausedAt;
+    // Conditioned on the record and the primary as the round read them: both say the guest is ours.
     const result = await world.store.txn(
-      [revisionIs(fresh.key, fresh.modRevision), revisionIs(primary.key, primary.modRevision)],
-      [{ type: "delete", key: fresh.key }],
+      [revisionIs(keys.migration(record.vm), revision), revisionIs(keys.primary(record.volume), primary.modRevision)],
+      [{ type: "delete", key: keys.migration(record.vm) }],
       [],
     );
     if (!result.succeeded) return; // the next round decides again
@@ -262,6 +268,7 @@ export class VmMigrations {
     if (instance === undefined) return;
     const entry: Outgoing = {
       id: record.id,
+      to: record.to,
       state: "transferring",
       abort: new AbortController(),
       revision,
@@ -282,6 +289,8 @@ export class VmMigrations {
           entry.totalTimeMs = done.totalTimeMs;
           entry.pausedAtMs = world.wallTime().getTime() - (done.downtimeMs ?? 0);
           entry.state = "completed";
+          // The guest is paused now: the switch starts at once rather than at the next round.
+          if (!this.busy.has(record.vm)) this.guarded(record.vm, () => this.switchDisk(record));
         },
         (error) => {
           entry.failure = errorMessage(error);
@@ -292,6 +301,7 @@ export class VmMigrations {
 
   private progress(record: MigrationRecord, entry: Outgoing, progress: TransferProgress): void {
     const { world } = this.options;
+    entry.progress = progress;
     const now = world.clock.now();
     if (progress.status !== "active" || now - entry.lastWriteMs < PROGRESS_WRITE_MS || entry.state !== "transferring")
       return;

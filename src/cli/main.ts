@@ -19,7 +19,7 @@ import {
 } from "./commands/cluster.js";
 import { CERT_USAGE, certCommand } from "./commands/cert.js";
 import { EVENTS_USAGE, events } from "./commands/events.js";
-import { HOST_DRAIN_USAGE, hostDrain } from "./commands/host-drain.js";
+import { HOST_DRAIN_USAGE, hostDrain, hostUndrain } from "./commands/host-drain.js";
 import { HOST_LIST_USAGE, hostList } from "./commands/host-list.js";
 import { NBD_SERVE_USAGE, nbdServe } from "./commands/nbd-serve.js";
 import { REPLICA_SERVE_USAGE, replicaServe } from "./commands/replica-serve.js";
@@ -74,7 +74,8 @@ cluster commands (they find etcd by --etcd URL, $HAVEN_ETCD or a context file):
   disk evacuate HOST DISK           move every copy off a disk (new copy in sync first), with progress
   disk replace HOST OLD NEW         move every copy from OLD onto NEW, then release OLD
   disk identify HOST DISK           light the disk's locate LED and print its identity
-  host drain HOST                   move every volume's primary off HOST (switchovers, no write lost)
+  host drain HOST [--allow-restart] maintenance: live-migrate its VMs away, move its volumes' primaries
+  host undrain HOST                 end HOST's maintenance
   vm create NAME --vcpus N --memory SIZE --disk-size SIZE [--image haven-test|FILE]
                                     a virtual server on a replicated volume, running where its disk's primary is
   vm start|stop|restart|delete NAME start it, stop it (ACPI, --force), restart it, delete it (--yes)
@@ -139,7 +140,11 @@ const COMMANDS: Record<string, Record<string, CommandEntry>> = {
       { run: (argv: string[]) => operatorCommand([verb, ...argv]), usage: OPERATOR_USAGE },
     ]),
   ),
-  host: { list: { run: hostList, usage: HOST_LIST_USAGE }, drain: { run: hostDrain, usage: HOST_DRAIN_USAGE } },
+  host: {
+    list: { run: hostList, usage: HOST_LIST_USAGE },
+    drain: { run: hostDrain, usage: HOST_DRAIN_USAGE },
+    undrain: { run: hostUndrain, usage: HOST_DRAIN_USAGE },
+  },
   disk: Object.fromEntries(
     ["list", "add", "remove", "evacuate", "replace", "identify"].map((verb) => [
       verb,

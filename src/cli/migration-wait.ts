@@ -6,7 +6,7 @@
 import { readClusterRecords, readEvents } from "../cluster/cluster-read.js";
 import { planMigration, requestMigration } from "../cluster/migration-admin.js";
 import { parseMigrationRecord, type MigrationProgress } from "../cluster/migration-schema.js";
-import { keys } from "../cluster/schema.js";
+import { keys, type EventRecord } from "../cluster/schema.js";
 import type { ClusterStore } from "../cluster/store.js";
 import { addCopy } from "../cluster/volume-admin.js";
 import { HavenError } from "../core/errors.js";
@@ -82,15 +82,9 @@ export async function migrateVm(
     await new Promise((resolve) => setTimeout(resolve, POLL_MS));
   }
   if (terminal) write("\n");
-  const events = (await readEvents(client)).map((stored) => stored.event);
-  const mine = events.filter(
-    (event) => Date.parse(event.time) >= started - 1_000 && event.message.startsWith(`VM ${name}`),
-  );
-  const failed = mine.find((event) => event.kind === "vm-migration-failed");
-  if (failed !== undefined) throw new HavenError("HAVEN_ERR_CONFLICT", failed.message);
-  const done = mine.find((event) => event.kind === "vm-migrated");
-  if (done === undefined)
-    throw new HavenError("HAVEN_ERR_CONFLICT", `VM ${name}'s migration ended without a result; see 'haven events'`);
+  // The record goes first; the destination writes its event once the guest runs there.
+  const done = await outcomeEvent(client, name, started);
+  if (done.kind === "vm-migration-failed") throw new HavenError("HAVEN_ERR_CONFLICT", done.message);
   const paused = /paused for about (\d+) ms/.exec(done.message);
   return {
     vm: name,
@@ -99,6 +93,25 @@ export async function migrateVm(
     ...(paused !== null && { pausedMs: Number(paused[1]) }),
     seconds: (Date.now() - started) / 1000,
   };
+}
+
+const OUTCOME_WAIT_MS = 15_000;
+
+async function outcomeEvent(client: ClusterStore, name: string, since: number): Promise<EventRecord> {
+  const deadline = Date.now() + OUTCOME_WAIT_MS;
+  for (;;) {
+    const events = (await readEvents(client)).map((stored) => stored.event);
+    const outcome = events.find(
+      (event) =>
+        Date.parse(event.time) >= since - 1_000 &&
+        event.message.startsWith(`VM ${name}`) &&
+        (event.kind === "vm-migrated" || event.kind === "vm-migration-failed"),
+    );
+    if (outcome !== undefined) return outcome;
+    if (Date.now() > deadline)
+      throw new HavenError("HAVEN_ERR_CONFLICT", `VM ${name}'s migration ended without a result; see 'haven events'`);
+    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+  }
 }
 
 function percentOf(progress: MigrationProgress | undefined): number {

@@ -97,7 +97,13 @@ export function hostsWithRoom(
         ? `host ${wanted} is not live: its agent holds no lease (see 'haven status')`
         : `no host named "${wanted}" (see 'haven status')`,
     );
-  const hosts = wanted !== undefined ? [wanted] : [...records.liveHosts.keys()].sort();
+  if (wanted !== undefined && records.maintenance.has(wanted))
+    throw new HavenError(
+      "HAVEN_ERR_CONFLICT",
+      `host ${wanted} is in maintenance: nothing is placed there until 'haven host undrain ${wanted}'`,
+    );
+  const hosts =
+    wanted !== undefined ? [wanted] : [...records.liveHosts.keys()].filter((h) => !records.maintenance.has(h)).sort();
   const lacking = hosts.map((host) => ({ host, lacks: hostLacks(records, host, request) }));
   const room = lacking.filter(({ lacks }) => lacks === undefined).map(({ host }) => host);
   if (room.length === 0)
@@ -298,11 +304,23 @@ export async function stopVm(
   return next;
 }
 
+function failbackPolicy(policy: VmPolicy, failback: string | null | undefined): VmPolicy {
+  if (failback === undefined) return policy;
+  const rest: VmPolicy = { maxRestart: policy.maxRestart, maxRelocate: policy.maxRelocate };
+  return failback === null ? rest : { ...rest, failback };
+}
+
 /** Changes CPUs and memory; says whether it applies now (the VM is stopped) or at its next start. */
 export async function setVm(
   client: ClusterStore,
   name: string,
-  change: { readonly vcpus?: number; readonly memoryMiB?: number; readonly cpus?: readonly number[] | null },
+  change: {
+    readonly vcpus?: number;
+    readonly memoryMiB?: number;
+    readonly cpus?: readonly number[] | null;
+    /** The failback host; null: none. */
+    readonly failback?: string | null;
+  },
   options: VmAdminOptions,
 ): Promise<{ vm: VmRecord; when: "now" | "next start" }> {
   const { vm, modRevision, records } = await readVm(client, name);
@@ -314,7 +332,10 @@ export async function setVm(
     vcpus: change.vcpus ?? vm.vcpus,
     memoryMiB: change.memoryMiB ?? vm.memoryMiB,
     ...(cpus !== undefined && { cpus }),
+    policy: failbackPolicy(vm.policy, change.failback),
   };
+  if (change.failback !== undefined && change.failback !== null && !records.knownHosts.has(change.failback))
+    throw new HavenError("HAVEN_ERR_NOT_FOUND", `no host named "${change.failback}" (see 'haven host list')`);
   if (next.cpus !== undefined && next.cpus.length !== next.vcpus)
     throw new HavenError(
       "HAVEN_ERR_USAGE",
@@ -328,7 +349,8 @@ export async function setVm(
   await rewrite(client, name, modRevision, next, [
     event(
       "vm-changed",
-      `VM ${name}: ${next.vcpus} vCPUs, ${next.memoryMiB} MiB${next.cpus ? `, pinned to ${next.cpus.join(",")}` : ""}`,
+      `VM ${name}: ${next.vcpus} vCPUs, ${next.memoryMiB} MiB${next.cpus ? `, pinned to ${next.cpus.join(",")}` : ""}` +
+        `, failback ${next.policy.failback ?? "none"}`,
       options,
       vm.volume,
     ),

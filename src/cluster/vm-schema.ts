@@ -26,6 +26,12 @@ export interface VmPolicy {
   readonly maxRestart: number;
   /** Relocations to another host with an in-sync copy before the VM is marked `error`. */
   readonly maxRelocate: number;
+  /**
+   * The VM's home host: when it runs elsewhere (a failover, a relocation, a drain) and this host is
+   * back, out of maintenance, with its copy in sync and room, the VM is live-migrated home. Absent:
+   * nothing moves back by itself (Proxmox HA's nofailback).
+   */
+  readonly failback?: string;
 }
 
 export const DEFAULT_VM_POLICY: VmPolicy = { maxRestart: 1, maxRelocate: 1 };
@@ -148,7 +154,13 @@ export function parseVmRecord(value: string, key: string): VmRecord {
     desired,
     startRequest: count(o, "startRequest", key),
     ...(o.forceStop !== undefined && { forceStop: flag(o, "forceStop", key) }),
-    policy: { maxRestart: count(policy, "maxRestart", key), maxRelocate: count(policy, "maxRelocate", key) },
+    policy: {
+      maxRestart: count(policy, "maxRestart", key),
+      maxRelocate: count(policy, "maxRelocate", key),
+      ...(policy.failback !== undefined && {
+        failback: nameField(policy, "failback", `${key} policy`, isHostName, "a host name"),
+      }),
+    },
     createdAt: text(o, "createdAt", key),
   };
 }

@@ -90,7 +90,9 @@ export async function createVolume(
     const records = await readClusterRecords(client);
     const existing = records.volumes.get(request.name);
     if (existing !== undefined) throw alreadyExists(request.name, existing.createdAt);
-    const live = withDiskRecords([...records.liveHosts.values()], records.disks, [...records.volumes.values()]);
+    // A host in maintenance is given nothing new.
+    const open = [...records.liveHosts.values()].filter((host) => !records.maintenance.has(host.name));
+    const live = withDiskRecords(open, records.disks, [...records.volumes.values()]);
     const placement =
       request.places !== undefined
         ? checkPlacement(live, [...records.volumes.values()], request.sizeBytes, request.places, records.health)
@@ -353,7 +355,12 @@ export async function addCopy(
   )
     throw new HavenError("HAVEN_ERR_CONFLICT", `volume ${name} has a copy on ${want.host}/${want.disk} already`);
   const copy = placeAnotherCopy(
-    withDiskRecords([...records.liveHosts.values()], records.disks, [...records.volumes.values()], want),
+    withDiskRecords(
+      [...records.liveHosts.values()].filter((host) => !records.maintenance.has(host.name) || host.name === want.host),
+      records.disks,
+      [...records.volumes.values()],
+      want,
+    ),
     [...records.volumes.values()],
     spec,
     want,

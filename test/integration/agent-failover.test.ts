@@ -224,8 +224,11 @@ describe("agent failover", { skip, timeout: 300_000 }, () => {
     // Draining the new primary's host moves the volume back.
     const drained = await haven(["host", "drain", target, ...etcdArgs(cluster)]);
     assert.equal(drained.code, 0, drained.stderr);
-    assert.match(drained.stdout, new RegExp(`${VOLUME}: moved to ${before.host}`));
+    assert.match(drained.stdout, new RegExp(`volume ${VOLUME}\\s+switched over to ${before.host}`));
     assert.equal((await primary())?.host, before.host);
+    // The drained host is in maintenance until undrained (it would take over nothing meanwhile).
+    const undrained = await haven(["host", "undrain", target, ...etcdArgs(cluster)]);
+    assert.equal(undrained.code, 0, undrained.stderr);
     const unknown = await haven(["host", "drain", "nosuchhost", ...etcdArgs(cluster)]);
     assert.equal(unknown.code, 3, unknown.stderr);
   });

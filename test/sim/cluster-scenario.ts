@@ -43,6 +43,7 @@ import {
 } from "../../src/cluster/volume-admin.js";
 import { DEFAULT_VM_POLICY, type VmRecord, type VmStatusRecord } from "../../src/cluster/vm-schema.js";
 import { SimVmFleet } from "./sim-vm.js";
+import type { MigrationRecord } from "../../src/cluster/migration-schema.js";
 import {
   copiesOn,
   copyId,
@@ -391,6 +392,7 @@ export class ClusterSim {
       ["disk-fail", 2],
       ["disk-hang", 1],
       ["switchover", 2],
+      ["migrate", 2],
       ["vm-crash", 2],
       ["vm-panic", 1],
       ["vm-heartbeat-freeze", 1],
@@ -502,6 +504,37 @@ export class ClusterSim {
         if (fault === "vm-crash") instance.crash();
         else if (fault === "vm-panic") instance.panic();
         else instance.freezeHeartbeat();
+        return;
+      }
+      case "migrate": {
+        // An operator's `vm migrate`: the record the CLI writes, with only the CLI's own check that the
+        // VM's disk has a primary; the agents refuse or carry out the rest under whatever faults come.
+        const volume = this.rng.pick(this.volumeNames);
+        const primary = this.store.readKey(keys.primary(volume));
+        if (primary === undefined) return;
+        const from = (JSON.parse(primary.value) as PrimaryRecord).host;
+        const to = this.rng.pick(this.hostNames.filter((h) => h !== from));
+        const at = new Date(WALL_EPOCH_MS + this.clock.now()).toISOString();
+        this.note(`operator: migrate ${vmOf(volume)} from ${from} to ${to}`);
+        const record: MigrationRecord = {
+          vm: vmOf(volume),
+          volume,
+          from,
+          to,
+          id: `sim-${Math.round(this.clock.now())}`,
+          phase: "requested",
+          requestedBy: "operator",
+          requestedAt: at,
+          since: at,
+        };
+        this.store
+          .client("operator")
+          .txn(
+            [{ key: keys.migration(record.vm), target: "createRevision", result: "equal", value: 0 }],
+            [{ type: "put", key: keys.migration(record.vm), value: JSON.stringify(record) }],
+            [],
+          )
+          .catch(() => undefined);
         return;
       }
       case "switchover": {
@@ -732,6 +765,8 @@ export class ClusterSim {
   private vmsSettled(): boolean {
     return this.volumeNames.every((volume) => {
       const vm = vmOf(volume);
+      // A migration ends (carried out or given up) once the faults stop: a record left is a stuck VM.
+      if (this.store.readKey(keys.migration(vm)) !== undefined) return false;
       const kv = this.store.readKey(keys.vmStatus(vm));
       const status = kv === undefined ? undefined : (JSON.parse(kv.value) as VmStatusRecord);
       if (status?.state === "error") return this.fleet.live(vm).length === 0;

@@ -21,6 +21,7 @@ import {
   type VmCreateRequest,
 } from "../../cluster/vm-admin.js";
 import { formatCpuList, parseCpuList } from "../../cluster/vm-resources.js";
+import { isHostName } from "../../cluster/names.js";
 import type { VmRecord, VmStatusRecord } from "../../cluster/vm-schema.js";
 import { vmEntries } from "../../cluster/cluster-view.js";
 import { renderVmTable } from "../cluster-render.js";
@@ -42,7 +43,7 @@ export const VM_USAGE = `usage: haven vm <verb> ...
 
   vm create NAME --vcpus N --memory SIZE (--disk VOLUME | --disk-size SIZE [--replicas N] [--host HOST])
             [--image haven-test|FILE] [--format raw|qcow2] [--cpus LIST] [--shared-cpus] [--nic SPEC]...
-            [--max-restart N] [--max-relocate N] [--heartbeat | --no-heartbeat] [--tcp-check ADDRESS:PORT] [--boot disk|haven-test-kernel] [--stopped]
+            [--max-restart N] [--max-relocate N] [--failback HOST] [--heartbeat | --no-heartbeat] [--tcp-check ADDRESS:PORT] [--boot disk|haven-test-kernel] [--stopped]
   vm start NAME [--host HOST]     start it (on HOST: its disk's primary moves there first)
   vm migrate NAME --to HOST [--copy]  live-migrate it (the guest pauses briefly, never reboots)
   vm stop NAME [--force]          ACPI power-down (--force: at once)
@@ -50,7 +51,9 @@ export const VM_USAGE = `usage: haven vm <verb> ...
   vm delete NAME --yes [--force] [--with-disk]   delete it (--force stops it first)
   vm list [--json]                every VM: state, host, CPUs, memory, disk
   vm show NAME [--json]           one VM, with its health on several parameters
-  vm set NAME [--vcpus N] [--memory SIZE] [--cpus LIST|none]   change CPUs and memory
+  vm set NAME [--vcpus N] [--memory SIZE] [--cpus LIST|none] [--failback HOST|none]
+                                  change CPUs and memory; --failback: the host it is live-migrated
+                                  back to whenever that host is back (none: it stays where it is)
   vm console NAME [--log]         the serial console (--log: print this run's output and exit)
 
 ${CLUSTER_OPTIONS_USAGE}`;
@@ -97,6 +100,12 @@ function cpuList(text: string | undefined): number[] | undefined {
 function parseNic(spec: string, vm: string, index: number): { bridge?: string; mac: string } {
   const nic = parseNicSpec(spec);
   return { ...(nic.bridge !== undefined && { bridge: nic.bridge }), mac: nic.mac ?? macAddress(vm, index) };
+}
+
+/** --failback HOST: the VM's home host. */
+function failbackHost(text: string): string {
+  if (!isHostName(text)) throw usage(`--failback "${text}" is not a host name (or "none" with vm set)`);
+  return text;
 }
 
 /** --tcp-check ADDRESS:PORT: the guest's service that must accept connections. */
@@ -194,6 +203,7 @@ async function vmCreate(argv: string[]): Promise<number> {
       nic: { type: "string", multiple: true },
       "max-restart": { type: "string" },
       "max-relocate": { type: "string" },
+      failback: { type: "string" },
       stopped: { type: "boolean" },
       "no-heartbeat": { type: "boolean" },
       heartbeat: { type: "boolean" },
@@ -232,6 +242,7 @@ async function vmCreate(argv: string[]): Promise<number> {
   const policy = {
     maxRestart: wholeNumber(values["max-restart"] as string | undefined, "--max-restart", 0, 100) ?? 1,
     maxRelocate: wholeNumber(values["max-relocate"] as string | undefined, "--max-relocate", 0, 100) ?? 1,
+    ...(values.failback !== undefined && { failback: failbackHost(values.failback as string) }),
   };
   const client = connectCluster(values);
   const request: VmCreateRequest = {
@@ -406,14 +417,31 @@ async function vmDelete(argv: string[]): Promise<number> {
 async function vmSet(argv: string[]): Promise<number> {
   const parsed = parseCommand(
     argv,
-    { ...CLUSTER_OPTIONS, vcpus: { type: "string" }, memory: { type: "string" }, cpus: { type: "string" } },
+    {
+      ...CLUSTER_OPTIONS,
+      vcpus: { type: "string" },
+      memory: { type: "string" },
+      cpus: { type: "string" },
+      failback: { type: "string" },
+    },
     VM_USAGE,
   );
   if (parsed === undefined) return 0;
   const name = nameArgument(parsed.positionals);
   const { values } = parsed;
-  if (values.vcpus === undefined && values.memory === undefined && values.cpus === undefined)
-    throw usage("vm set needs --vcpus, --memory or --cpus");
+  if (
+    values.vcpus === undefined &&
+    values.memory === undefined &&
+    values.cpus === undefined &&
+    values.failback === undefined
+  )
+    throw usage("vm set needs --vcpus, --memory, --cpus or --failback");
+  const failback =
+    values.failback === undefined
+      ? undefined
+      : values.failback === "none"
+        ? null
+        : failbackHost(values.failback as string);
   const vcpus = wholeNumber(values.vcpus as string | undefined, "--vcpus", 1, MAX_VCPUS);
   const memory = memoryMiB(values.memory as string | undefined);
   const cpus = values.cpus === "none" ? null : cpuList(values.cpus as string | undefined);
@@ -425,6 +453,7 @@ async function vmSet(argv: string[]): Promise<number> {
       ...(vcpus !== undefined && { vcpus }),
       ...(memory !== undefined && { memoryMiB: memory }),
       ...(cpus !== undefined && { cpus }),
+      ...(failback !== undefined && { failback }),
     },
     actor(),
   );
@@ -485,6 +514,7 @@ async function vmShow(argv: string[]): Promise<number> {
         (spec.image === "haven-test" ? `, guest address ${ipv4FromMac(nic.mac)}` : ""),
     ),
     `  policy:    restart in place ${spec.policy.maxRestart}x, then relocate ${spec.policy.maxRelocate}x, then error; used ${entry.restarts} restart(s), ${entry.relocations} relocation(s)`,
+    `  failback:  ${spec.policy.failback === undefined ? "none (it stays where it runs)" : `to ${spec.policy.failback} whenever that host is back with its disk in sync`}`,
   ];
   if (status?.run !== undefined) {
     const run = status.run;
