@@ -51,8 +51,11 @@ export type MigrationAction =
   | { readonly kind: "prepare" }
   /** Destination: resume the guest here (the transfer is complete and the disk is served here). */
   | { readonly kind: "resume-here" }
-  /** Destination: its incoming QEMU goes (the source gave up, or died before the transfer ended). */
-  | { readonly kind: "abandon"; readonly reason: string }
+  /**
+   * Destination: its incoming QEMU (if any) goes, and the record with it when `end` (the source cannot
+   * end it: it is down, or the disk's primary moved elsewhere meanwhile).
+   */
+  | { readonly kind: "abandon"; readonly reason: string; readonly end: boolean }
   /** Source: migrate the QEMU to the destination's incoming one. */
   | { readonly kind: "transfer"; readonly uri: string }
   /** Source: the transfer is complete: the disk's primary moves to the destination. */
@@ -76,9 +79,14 @@ function decideDestination(record: MigrationRecord, here: MigrationHere, view: M
     // source's give-up, which removes the record and so ends this QEMU).
     return none;
   }
-  if (incoming === "failed") return { kind: "abandon", reason: "the incoming transfer failed" };
-  if (!view.alive.has(record.from))
-    return incoming === undefined ? none : { kind: "abandon", reason: `the source ${record.from} is down` };
+  if (incoming === "failed") return { kind: "abandon", reason: "the incoming transfer failed", end: false };
+  if (!view.alive.has(record.from)) return { kind: "abandon", reason: `the source ${record.from} is down`, end: true };
+  if (view.primary !== record.from && view.primary !== view.me)
+    return {
+      kind: "abandon",
+      reason: `the disk's primary moved to ${view.primary ?? "nowhere"} meanwhile (not the source ${record.from})`,
+      end: true,
+    };
   if (incoming === undefined && record.phase === "requested" && view.primary === record.from)
     return { kind: "prepare" };
   return none;

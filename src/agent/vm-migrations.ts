@@ -163,7 +163,9 @@ export class VmMigrations {
       case "resume-here":
         return this.resumeHere(record, revision, view);
       case "abandon":
-        return this.abandon(record.vm, action.reason);
+        await this.abandon(record.vm, action.reason);
+        if (action.end) await this.endRecord(record, action.reason, false);
+        return;
       case "transfer":
         return this.transfer(record, revision, action.uri);
       case "switch":
@@ -217,7 +219,7 @@ export class VmMigrations {
     } catch (error) {
       if (tracked !== undefined) this.options.watchdog()?.untrackVm(tracked);
       await this.abandon(record.vm, `the incoming QEMU did not start: ${errorMessage(error)}`);
-      await this.endRecord(record, `${me} could not start the incoming QEMU: ${errorMessage(error)}`);
+      await this.endRecord(record, `${me} could not start the incoming QEMU: ${errorMessage(error)}`, false);
     }
   }
 
@@ -371,7 +373,7 @@ export class VmMigrations {
   private async giveUp(record: MigrationRecord, reason: string): Promise<void> {
     const entry = this.outgoing.get(record.vm);
     entry?.abort.abort(reason);
-    const ended = await this.endRecord(record, reason);
+    const ended = await this.endRecord(record, reason, entry?.state === "completed");
     if (!ended) return;
     this.outgoing.delete(record.vm);
     if (entry?.state === "completed") {
@@ -381,16 +383,16 @@ export class VmMigrations {
   }
 
   /**
-   * Removes the record (conditioned on it and on this host's view of the primary) with an event saying
-   * why the migration failed; false when another party changed it first.
+   * Removes the record (conditioned on it, and with `resumesSource` on the disk's primary still being
+   * this host) with an event saying why the migration failed; false when another party changed it first.
    */
-  private async endRecord(record: MigrationRecord, reason: string): Promise<boolean> {
+  private async endRecord(record: MigrationRecord, reason: string, resumesSource: boolean): Promise<boolean> {
     const { world, events, me } = this.options;
     const fresh = await world.store.get(keys.migration(record.vm));
     if (fresh === undefined) return true;
     if (parseMigrationRecord(fresh.value, fresh.key).id !== record.id) return false;
     const compare: Compare[] = [revisionIs(fresh.key, fresh.modRevision)];
-    if (record.from === me) {
+    if (resumesSource) {
       // The source resumes its guest only while the disk's primary is still here.
       const primary = await world.store.get(keys.primary(record.volume));
       if (primary === undefined || parsePrimaryRecord(primary.value, primary.key).host !== me) return false;
@@ -400,7 +402,8 @@ export class VmMigrations {
       { type: "delete", key: fresh.key },
       events.put(
         "vm-migration-failed",
-        `VM ${record.vm}: live migration from ${record.from} to ${record.to} failed: ${reason}; it runs on ${record.from}`,
+        `VM ${record.vm}: live migration from ${record.from} to ${record.to} failed: ${reason}` +
+          (record.from === me && this.options.instanceOf(record.vm) !== undefined ? `; it runs on ${me}` : ""),
         record.volume,
       ),
     ];

@@ -45,7 +45,12 @@ const idle: MigrationHere = { runsHere: false, seenAtMs: 10_000 };
 test("the destination prepares an incoming QEMU once, and only while the source is the primary", () => {
   assert.equal(decideMigration(record, idle, view()).kind, "prepare");
   assert.equal(decideMigration(record, { ...idle, incoming: "listening" }, view()).kind, "none");
-  assert.equal(decideMigration(record, idle, view({ primary: "h3" })).kind, "none");
+  // The disk moved elsewhere meanwhile (a failover): the request is moot and the destination ends it.
+  assert.deepEqual(decideMigration(record, idle, view({ primary: "h3" })), {
+    kind: "abandon",
+    reason: "the disk's primary moved to h3 meanwhile (not the source h1)",
+    end: true,
+  });
   assert.equal(decideMigration({ ...record, phase: "incoming" }, idle, view()).kind, "none");
 });
 
@@ -64,7 +69,10 @@ test("the destination abandons its QEMU when the transfer fails or the source di
   const failed = decideMigration(record, { ...idle, incoming: "failed" }, view());
   assert.equal(failed.kind, "abandon");
   const dead = decideMigration(record, { ...idle, incoming: "listening" }, view({ alive: new Set(["h2"]) }));
-  assert.deepEqual(dead, { kind: "abandon", reason: "the source h1 is down" });
+  assert.deepEqual(dead, { kind: "abandon", reason: "the source h1 is down", end: true });
+  assert.equal((decideMigration(record, { ...idle, incoming: "failed" }, view()) as { end: boolean }).end, false);
+  // Nothing started here yet and the source is gone: the record ends here too.
+  assert.equal(decideMigration(record, idle, view({ alive: new Set(["h2"]) })).kind, "abandon");
 });
 
 test("the source transfers once the destination listens, then switches the disk, then waits", () => {
