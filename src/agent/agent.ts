@@ -127,6 +127,7 @@ export class Agent implements AgentView {
       copyDirectory: (volume, disk) => this.copyDirectory(volume, disk),
       disks: () => this.diskList(),
       ...(options.engineOptions && { engineOptions: options.engineOptions }),
+      onServing: (volume) => this.vmLifecycle.onServing(volume),
     });
     this.vmLifecycle = new VmLifecycle({
       me: config.host.name,

@@ -179,6 +179,11 @@ export class VmLifecycle {
     }
   }
 
+  /** This host serves the volume from now on (VolumeLifecycle says so at once). */
+  onServing(volume: string): void {
+    this.migrations.onServing(volume);
+  }
+
   /** The lease is lost: every QEMU dies now (by pid, synchronously), before another host may start it. */
   fenceAll(reason: string): void {
     this.migrations.fenceAll();

@@ -160,8 +160,14 @@ export class VmMigrations {
         return;
       case "prepare":
         return this.prepare(record, revision, view);
-      case "resume-here":
-        return this.resumeHere(record, revision, view);
+      case "resume-here": {
+        const primary = view.primaries.get(record.volume);
+        return this.resumeHere(
+          record,
+          revision,
+          primary && { host: primary.record.host, modRevision: primary.modRevision },
+        );
+      }
       case "abandon":
         await this.abandon(record.vm, action.reason);
         if (action.end) await this.endRecord(record, action.reason, false);
@@ -224,14 +230,36 @@ export class VmMigrations {
   }
 
   /** The transfer is complete and the disk is served here: the guest resumes on this host. */
-  private async resumeHere(record: MigrationRecord, revision: number, view: ClusterView): Promise<void> {
+  /**
+   * This host's engine serves the volume now: a guest whose whole state is here resumes at once, without
+   * waiting for the next round (it is paused until then).
+   */
+  onServing(volume: string): void {
+    for (const [name, entry] of this.incoming) {
+      if (entry.vm.volume !== volume || entry.state !== "completed" || this.busy.has(name)) continue;
+      this.guarded(name, async () => {
+        const kv = await this.options.world.store.get(keys.migration(name));
+        if (kv === undefined) return;
+        const record = parseMigrationRecord(kv.value, kv.key);
+        const primary = await this.options.world.store.get(keys.primary(volume));
+        if (record.id !== entry.id || primary === undefined) return;
+        const host = parsePrimaryRecord(primary.value, primary.key).host;
+        await this.resumeHere(record, kv.modRevision, { host, modRevision: primary.modRevision });
+      });
+    }
+  }
+
+  private async resumeHere(
+    record: MigrationRecord,
+    revision: number,
+    primary: { host: string; modRevision: number } | undefined,
+  ): Promise<void> {
     const { world, events, me } = this.options;
     const entry = this.incoming.get(record.vm);
     const instance = entry?.vmIncoming?.instance;
-    const primary = view.primaries.get(record.volume);
-    if (entry === undefined || instance === undefined || primary?.record.host !== me) return;
+    if (entry === undefined || instance === undefined || primary?.host !== me) return;
     const pausedAt = record.pausedAt;
-    // Conditioned on the record and the primary as the round read them: both say the guest is ours.
+    // Conditioned on the record and the primary as read: both say the guest is ours.
     const result = await world.store.txn(
       [revisionIs(keys.migration(record.vm), revision), revisionIs(keys.primary(record.volume), primary.modRevision)],
       [{ type: "delete", key: keys.migration(record.vm) }],

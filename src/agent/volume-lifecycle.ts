@@ -56,6 +56,8 @@ export interface VolumeLifecycleOptions {
   readonly copyDirectory: (volume: string, disk: string) => Promise<string>;
   /** Engine options a test or the simulation adds (writeback, resync pacing, ids). */
   readonly engineOptions?: Partial<EngineOptions>;
+  /** The volume is served here from now on (a live migration's destination resumes its guest at once). */
+  readonly onServing?: (volume: string) => void;
 }
 
 export class VolumeLifecycle {
@@ -155,6 +157,7 @@ export class VolumeLifecycle {
       () => world.clock.now(),
     );
     this.running.set(name, { engine, role, copyOf, leaving, liveness });
+    this.options.onServing?.(name);
     await events.event("volume-serving", `serving at epoch ${role.epoch} on ${uri}`, name);
   }
 
