@@ -60,11 +60,16 @@ async function cleanup() {
 process.on("SIGINT", () => cleanup().finally(() => process.exit(130)));
 process.on("SIGTERM", () => cleanup().finally(() => process.exit(143)));
 
-/** Lines from a serial socket with their arrival times. */
+/** Lines from a serial socket with their arrival times (connecting again until the socket is there). */
 class Console {
   constructor(path) {
     this.lines = [];
     this.partial = "";
+    this.closed = false;
+    this.open(path);
+  }
+  open(path) {
+    if (this.closed) return;
     this.socket = connect(path);
     this.socket.setEncoding("utf8");
     this.socket.on("data", (chunk) => {
@@ -73,7 +78,7 @@ class Console {
       this.partial = parts.pop();
       for (const text of parts) this.lines.push({ atMs, text: text.trim() });
     });
-    this.socket.on("error", () => undefined);
+    this.socket.on("error", () => void sleep(20).then(() => this.open(path)));
   }
   counters() {
     return this.lines
@@ -84,6 +89,7 @@ class Console {
     this.socket.write(`${line}\n`);
   }
   close() {
+    this.closed = true;
     this.socket.destroy();
   }
 }

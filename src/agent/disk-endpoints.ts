@@ -29,10 +29,19 @@ import { join } from "node:path";
 import { errorMessage, HavenError } from "../core/errors.js";
 import { isValidVolumeName } from "../replica/port.js";
 import { removeStaleSocket } from "../util/unix-socket.js";
+import type { Duplex } from "node:stream";
+import type { ConnectionOptions } from "node:tls";
+import { upgradeRelay } from "./nbd-tls-relay.js";
 
 export type DiskRoute =
   | { readonly kind: "local" }
-  | { readonly kind: "remote"; readonly host: string; readonly port: number }
+  | {
+      readonly kind: "remote";
+      readonly host: string;
+      readonly port: number;
+      /** The primary host's name: with TLS, its certificate must name it. */
+      readonly name?: string;
+    }
   | { readonly kind: "none"; readonly reason: string };
 
 /** The local NBD front as the endpoints see it: it takes over an accepted connection. */
@@ -47,6 +56,11 @@ export interface DiskEndpointsOptions {
   readonly log?: (line: string) => void;
   /** How long a remote route may take to connect to the primary before the client's connection is closed. */
   readonly remoteConnectTimeoutMs?: number;
+  /**
+   * TLS for remote routes (the primary's NBD front beyond loopback insists on it): the client options
+   * for a server that must be host `name`. Absent: remote routes pipe plain NBD.
+   */
+  readonly remoteTls?: (name: string) => ConnectionOptions;
   /** Open connections one endpoint accepts (QEMU opens one per disk; nbdcopy up to four). */
   readonly maxConnectionsPerVolume?: number;
 }
@@ -90,6 +104,7 @@ export class DiskEndpoints {
   private readonly local: LocalNbdFront;
   private readonly log: (line: string) => void;
   private readonly remoteConnectTimeoutMs: number;
+  private readonly remoteTls: ((name: string) => ConnectionOptions) | undefined;
   private readonly maxConnectionsPerVolume: number;
   private readonly endpoints = new Map<string, Endpoint>();
   private stopped = false;
@@ -99,6 +114,7 @@ export class DiskEndpoints {
     this.local = options.local;
     this.log = options.log ?? ((line) => process.stderr.write(`disk endpoints: ${line}\n`));
     this.remoteConnectTimeoutMs = options.remoteConnectTimeoutMs ?? DEFAULT_REMOTE_CONNECT_TIMEOUT_MS;
+    this.remoteTls = options.remoteTls;
     this.maxConnectionsPerVolume = options.maxConnectionsPerVolume ?? DEFAULT_MAX_CONNECTIONS_PER_VOLUME;
     if (!(Number.isSafeInteger(this.remoteConnectTimeoutMs) && this.remoteConnectTimeoutMs > 0))
       throw new HavenError("HAVEN_ERR_CONFIG", `remoteConnectTimeoutMs must be a positive integer`);
@@ -277,7 +293,7 @@ export class DiskEndpoints {
   }
 
   /** Pipes `client` to the primary's NBD port; closing either side closes the other. */
-  private pipeToRemote(endpoint: Endpoint, client: Socket, route: { host: string; port: number }): void {
+  private pipeToRemote(endpoint: Endpoint, client: Socket, route: { host: string; port: number; name?: string }): void {
     const target = `${route.host}:${route.port}`;
     const upstream = connect({ host: route.host, port: route.port, allowHalfOpen: true, noDelay: true });
     let closed = false;
@@ -311,8 +327,24 @@ export class DiskEndpoints {
     client.on("error", (error) => closeBoth(`client: ${error.message}`));
     // pipe() gives backpressure both ways (a full socket pauses the other side's reads) and passes a
     // FIN on as end(), so a client that half-closes still gets its last replies.
-    client.pipe(upstream);
-    upstream.pipe(client);
+    const start = (remote: Duplex): void => {
+      client.pipe(remote);
+      remote.pipe(client);
+    };
+    const tls = route.name !== undefined ? this.remoteTls?.(route.name) : undefined;
+    if (tls === undefined) {
+      start(upstream);
+      return;
+    }
+    upstream.once("connect", () =>
+      upgradeRelay(client, upstream, tls).then(
+        (secure) => {
+          secure.on("error", (error) => closeBoth(error.message));
+          start(secure);
+        },
+        (error) => closeBoth(`TLS to the primary: ${errorMessage(error)}`),
+      ),
+    );
   }
 }
 
@@ -362,7 +394,12 @@ function checkRoute(volume: string, route: DiskRoute): DiskRoute {
         bad(`remote host must be a host name or address, got ${JSON.stringify(route.host)}`);
       if (!Number.isSafeInteger(route.port) || route.port < 1 || route.port > 65_535)
         bad(`remote port must be an integer from 1 to 65535, got ${String(route.port)}`);
-      return { kind: "remote", host: route.host, port: route.port };
+      return {
+        kind: "remote",
+        host: route.host,
+        port: route.port,
+        ...(route.name !== undefined && { name: route.name }),
+      };
     case "none":
       if (typeof route.reason !== "string") bad("a route to none needs a reason");
       return { kind: "none", reason: route.reason };

@@ -34,7 +34,7 @@ export interface QemuDriverOptions {
   /** The stable endpoint for the volume on this host: a unix socket and the export name to ask for. */
   readonly diskEndpoint: (volume: string) => Promise<{ socketPath: string; exportName: string }>;
   /** Routes the volume's endpoint to another host's NBD front while this host does not serve it. */
-  readonly routeDiskTo: (volume: string, primary: { host: string; port: number } | undefined) => void;
+  readonly routeDiskTo: (volume: string, primary: { host: string; port: number; name: string } | undefined) => void;
   /** This host's name and the address its incoming migrations listen on. */
   readonly host: { readonly name: string; readonly address: string };
   /** The host's identity directory: migrations run over TLS under the cluster's CA; absent: plain TCP. */
@@ -81,7 +81,7 @@ export class QemuDriver implements VmDriver {
     return killed;
   }
 
-  routeDiskTo(volume: string, primary: { host: string; port: number } | undefined): void {
+  routeDiskTo(volume: string, primary: { host: string; port: number; name: string } | undefined): void {
     this.options.routeDiskTo(volume, primary);
   }
 

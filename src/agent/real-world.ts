@@ -18,7 +18,7 @@ import { monitorEventLoopDelay } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { EtcdClient } from "../cluster/etcd-client.js";
 import { eventSequence } from "../cluster/schema.js";
-import { loadTlsIdentitySync } from "../security/tls-identity.js";
+import { clientTlsOptions, loadTlsIdentitySync } from "../security/tls-identity.js";
 import { NbdServer } from "../nbd/server.js";
 import { replicaOpener } from "../replica/open-replica.js";
 import { copyKey } from "../replica/port.js";
@@ -115,10 +115,11 @@ export function realWorld(
           directory: join(vmsConfig.runtimeDir, "endpoints"),
           local: nbd,
           log: (line) => log(`disk endpoints: ${line}`),
+          ...(identity !== undefined && { remoteTls: (name: string) => clientTlsOptions(identity, name) }),
         });
   // A live migration's destination reaches the disk through the primary's NBD front until it is the
   // primary itself (VmDriver.routeDiskTo).
-  const remoteRoutes = new Map<string, { host: string; port: number }>();
+  const remoteRoutes = new Map<string, { host: string; port: number; name: string }>();
   const routeEndpoint = (volume: string): void => {
     if (!endpoints?.status().some((endpoint) => endpoint.volume === volume)) return;
     const remote = remoteRoutes.get(volume);

@@ -193,7 +193,11 @@ export class VmMigrations {
     let tracked: number | undefined;
     try {
       // Its disk opens through this host's endpoint, led to the primary's NBD front meanwhile.
-      world.vms.routeDiskTo(record.volume, { host: primaryHost.address, port: primaryHost.nbdPort });
+      world.vms.routeDiskTo(record.volume, {
+        host: primaryHost.address,
+        port: primaryHost.nbdPort,
+        name: record.from,
+      });
       const incoming = await world.vms.launchIncoming(vm, vm.cpus, (pid) => {
         tracked = pid;
         this.options.watchdog()?.trackVm(pid, vm.name);

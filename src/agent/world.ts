@@ -108,7 +108,10 @@ export interface VmDriver {
    * `primary` (a live migration's destination opens the disk before it is the primary); undefined
    * ends that (the endpoint then follows only this host's own engine again).
    */
-  routeDiskTo(volume: string, primary: { readonly host: string; readonly port: number } | undefined): void;
+  routeDiskTo(
+    volume: string,
+    primary: { readonly host: string; readonly port: number; readonly name: string } | undefined,
+  ): void;
   /** Starts the VM as a live migration's destination (paused, listening); `track` as for launch. */
   launchIncoming(
     vm: VmRecord,

@@ -40,6 +40,7 @@ const TONES: Record<string, Tone> = {
   failed: "bad",
   missing: "bad",
   foreign: "bad",
+  maintenance: "busy",
 };
 
 function printable<T>(value: T): T {
@@ -163,7 +164,7 @@ function linkText(link: LinkHealth): string {
 function hostRows(hosts: readonly HostView[]): Cell[][] {
   return hosts.map((host) => [
     { text: host.name },
-    { text: host.state, toned: true },
+    { text: host.maintenance && host.state === "alive" ? "maintenance" : host.state, toned: true },
     { text: host.address },
     { text: String(host.nbdPort) },
     { text: String(host.copies) },

@@ -29,6 +29,8 @@ export type VolumeHealth = "healthy" | "degraded" | "down";
 
 export interface HostView extends HostRecord {
   readonly state: HostState;
+  /** In maintenance (`haven host drain`): nothing is placed, promoted or migrated there. */
+  readonly maintenance: boolean;
   /** How many volumes have a copy on this host. */
   readonly copies: number;
   /** Its latest health check, while it is alive. */
@@ -175,6 +177,7 @@ export function clusterView(records: ClusterRecords): ClusterView {
         return found === undefined ? disk : { ...disk, capacityBytes: found.sizeBytes, usedBytes: found.usedBytes };
       }),
       state: records.liveHosts.has(host.name) ? "alive" : "dead",
+      maintenance: records.maintenance.has(host.name),
       copies: copies.get(host.name) ?? 0,
       health: hostHealth(records, host.name),
     }))
