@@ -233,7 +233,7 @@ function convert(args: string[], what: string, progress: ConvertProgress, signal
 export function copyImageToVolume(image: ImageFile, target: VolumeEndpoint, signal?: AbortSignal): Promise<void> {
   const nbd = nbdImageArguments(target);
   process.stderr.write(
-    `copying ${image.file} (${image.format}, ${formatBytes(image.virtualSizeBytes)}) onto volume ${target.volume}\n`,
+    `copying ${image.file} (${image.format}, ${formatBytes(image.virtualSizeBytes)}) onto ${target.volume}\n`,
   );
   return convert(
     [
