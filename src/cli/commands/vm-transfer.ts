@@ -4,7 +4,7 @@
 // and makes the VM with `vm create`'s own code, so an imported VM is checked, placed, copied and cleaned
 // up after a failure exactly as a created one: the description only becomes vm create's arguments.
 
-import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { readClusterRecords } from "../../cluster/cluster-read.js";
 import { HavenError, errorMessage } from "../../core/errors.js";
@@ -153,21 +153,28 @@ export async function vmExport(argv: string[]): Promise<number> {
   const descriptionFile = join(dir, VM_DESCRIPTION_FILE);
   refuseExisting(descriptionFile, force);
   refuseExisting(join(dir, diskFile), force);
+  // A directory this export makes goes again when it fails: a refusal leaves nothing behind.
+  const madeDir = !existsSync(dir);
   mkdirSync(dir, { recursive: true });
-  // A description from an earlier export must not sit beside a disk this one is writing.
-  rmSync(descriptionFile, { force: true });
-  const tlsDir = resolveCluster(values).tlsDir;
-  const { sizeBytes } = await exportVolume(client, vm.volume, join(dir, diskFile), format, {
-    force,
-    ...(tlsDir !== undefined && { tlsDir }),
-  });
-  const description = describeVm(vm, { file: diskFile, format, virtualSizeBytes: sizeBytes }, new Date());
-  const temporary = `${descriptionFile}.partial`;
-  writeFileSync(temporary, `${JSON.stringify(description, null, 2)}\n`);
-  renameSync(temporary, descriptionFile);
-  process.stdout.write(
-    `VM ${name} exported into ${dir}: ${diskFile} (${formatBytes(sizeBytes)}) and ${VM_DESCRIPTION_FILE}; ` +
-      `'haven vm import NAME --from ${dir}' makes it again\n`,
-  );
+  try {
+    // A description from an earlier export must not sit beside a disk this one is writing.
+    rmSync(descriptionFile, { force: true });
+    const tlsDir = resolveCluster(values).tlsDir;
+    const { sizeBytes } = await exportVolume(client, vm.volume, join(dir, diskFile), format, {
+      force,
+      ...(tlsDir !== undefined && { tlsDir }),
+    });
+    const description = describeVm(vm, { file: diskFile, format, virtualSizeBytes: sizeBytes }, new Date());
+    const temporary = `${descriptionFile}.partial`;
+    writeFileSync(temporary, `${JSON.stringify(description, null, 2)}\n`);
+    renameSync(temporary, descriptionFile);
+    process.stdout.write(
+      `VM ${name} exported into ${dir}: ${diskFile} (${formatBytes(sizeBytes)}) and ${VM_DESCRIPTION_FILE}; ` +
+        `'haven vm import NAME --from ${dir}' makes it again\n`,
+    );
+  } catch (error) {
+    if (madeDir) rmSync(dir, { recursive: true, force: true });
+    throw error;
+  }
   return 0;
 }
