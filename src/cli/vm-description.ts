@@ -2,7 +2,7 @@
 // NAME --from DIR` on another cluster reads back to make the same VM: its CPUs, memory, how it boots,
 // its NICs with their MACs and bridges (a guest keeps its addresses), its health checks and its policy,
 // and which file in DIR holds its disk. What only makes sense on the cluster it came from (pinned host
-// CPUs, the volume's name and copies, run state) is left out.
+// CPUs, the failback host, the volume's name and copies, run state) is left out.
 //
 // The file may come from anywhere, so it is checked whole before anything is made: a known "kind" and
 // "version" (a newer version is refused, not half-read), no unknown keys, every value in range, and a
