@@ -33,6 +33,8 @@ import {
 } from "./commands/volume-copies.js";
 import { VOLUME_CREATE_USAGE, volumeCreate } from "./commands/volume-create.js";
 import { VOLUME_DELETE_USAGE, volumeDelete } from "./commands/volume-delete.js";
+import { VOLUME_EXPORT_USAGE, volumeExport } from "./commands/volume-export.js";
+import { VOLUME_IMPORT_USAGE, volumeImport } from "./commands/volume-import.js";
 import { OPERATOR_USAGE, operatorCommand } from "./commands/operator.js";
 import { CLUSTER_INIT_USAGE, clusterInitCommand } from "./commands/cluster-init.js";
 import { VOLUME_LIST_USAGE, volumeList } from "./commands/volume-list.js";
@@ -83,8 +85,11 @@ cluster commands (they find etcd by --etcd URL, $HAVEN_ETCD or a context file):
   vm set NAME --vcpus N --memory S  change CPUs and memory (applies at the next start)
   vm migrate NAME --to HOST [--copy] live-migrate it to HOST (progress; the guest never reboots)
   vm console NAME [--log]           its serial console
+  vm export NAME DIR, vm import NAME --image FILE | --from DIR   a VM's disk and description out and in
   volume create NAME --size SIZE    create a replicated volume on the live hosts and wait until it is served
   volume delete NAME --yes          delete a volume and the data on every copy
+  volume import NAME FILE           a new volume holding a disk image (qcow2, vmdk, vdi, vhdx, raw), with progress
+  volume export NAME FILE           write a volume into an image file (--format; --force), with progress
   volume promote NAME --host H      make H's copy primary when none is in sync (--force; may lose writes)
   volume switchover NAME --to H    move the primary to H with no write lost (a planned move)
   volume add-copy NAME              add a copy while writes go on (--host, --disk: a mirror), with progress
@@ -167,6 +172,8 @@ const COMMANDS: Record<string, Record<string, CommandEntry>> = {
     show: { run: volumeShow, usage: VOLUME_SHOW_USAGE },
     "add-copy": { run: volumeAddCopy, usage: VOLUME_ADD_COPY_USAGE },
     "remove-copy": { run: volumeRemoveCopy, usage: VOLUME_REMOVE_COPY_USAGE },
+    import: { run: volumeImport, usage: VOLUME_IMPORT_USAGE },
+    export: { run: volumeExport, usage: VOLUME_EXPORT_USAGE },
   },
 };
 

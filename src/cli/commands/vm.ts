@@ -4,12 +4,9 @@
 
 import { cliActor } from "../actor.js";
 import { readShownRecords } from "../cluster-report.js";
-import { execFile, spawn } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { createConnection, isIP } from "node:net";
-import { join } from "node:path";
 import { readClusterRecords } from "../../cluster/cluster-read.js";
-import { nbdUri } from "../../cluster/cluster-view.js";
 import type { ClusterStore } from "../../cluster/store.js";
 import {
   createVm,
@@ -25,16 +22,19 @@ import { isHostName } from "../../cluster/names.js";
 import type { VmRecord, VmStatusRecord } from "../../cluster/vm-schema.js";
 import { vmEntries } from "../../cluster/cluster-view.js";
 import { renderVmTable } from "../cluster-render.js";
-import { createVolume, deleteVolume } from "../../cluster/volume-admin.js";
+import { deleteVolume } from "../../cluster/volume-admin.js";
 import { HavenError, errorMessage } from "../../core/errors.js";
 import { formatBytes, parseHostPort, parseSize } from "../../util/units.js";
-import { packageRoot } from "../../util/repo-root.js";
 import { ipv4FromMac, macAddress, parseNicSpec } from "../../vm/network.js";
 import { parseCommand } from "../args.js";
-import { CLUSTER_OPTIONS, CLUSTER_OPTIONS_USAGE, connectCluster } from "../context.js";
+import { CLUSTER_OPTIONS, CLUSTER_OPTIONS_USAGE, connectCluster, resolveCluster } from "../context.js";
+import { inspectImage, parseImageFormat, resolveImage } from "../image-copy.js";
+import { createVolumeFromImage, volumeSizeFor } from "../image-volume.js";
 import { abortOnStopSignal, pause } from "../poll.js";
-import { waitUntilServed } from "../volume-served.js";
 import { vmMigrate } from "./vm-migrate.js";
+import { VM_TRANSFER_USAGE, vmExport, vmImport } from "./vm-transfer.js";
+
+export { imageDir } from "../image-copy.js";
 
 const MAX_VCPUS = 64;
 const DEFAULT_WAIT_SECONDS = 120;
@@ -42,7 +42,7 @@ const DEFAULT_WAIT_SECONDS = 120;
 export const VM_USAGE = `usage: haven vm <verb> ...
 
   vm create NAME --vcpus N --memory SIZE (--disk VOLUME | --disk-size SIZE [--replicas N] [--host HOST])
-            [--image haven-test|FILE] [--format raw|qcow2] [--cpus LIST] [--shared-cpus] [--nic SPEC]...
+            [--image haven-test|FILE (disk size: the image's when no --disk-size)] [--format raw|qcow2|vmdk|vdi|vhdx] [--cpus LIST] [--shared-cpus] [--nic SPEC]...
             [--max-restart N] [--max-relocate N] [--failback HOST] [--heartbeat | --no-heartbeat] [--tcp-check ADDRESS:PORT] [--boot disk|haven-test-kernel] [--stopped]
   vm start NAME [--host HOST]     start it (on HOST: its disk's primary moves there first)
   vm migrate NAME --to HOST [--copy]  live-migrate it (the guest pauses briefly, never reboots)
@@ -55,6 +55,7 @@ export const VM_USAGE = `usage: haven vm <verb> ...
                                   change CPUs and memory; --failback: the host it is live-migrated
                                   back to whenever that host is back (none: it stays where it is)
   vm console NAME [--log]         the serial console (--log: print this run's output and exit)
+${VM_TRANSFER_USAGE}
 
 ${CLUSTER_OPTIONS_USAGE}`;
 
@@ -115,75 +116,6 @@ function tcpCheck(text: string): { address: string; port: number } {
   return { address: host, port };
 }
 
-/** The built-in images' directory: where scripts/build-test-image.sh leaves haven-test. */
-export function imageDir(): string {
-  return process.env.HAVEN_IMAGE_DIR ?? join(packageRoot(), ".cache", "images");
-}
-
-function resolveImage(image: string): { file: string; format: string; builtIn: boolean } {
-  if (image === "haven-test") {
-    const file = join(imageDir(), "haven-test.raw");
-    if (!existsSync(file))
-      throw new HavenError(
-        "HAVEN_ERR_NOT_FOUND",
-        `the haven-test image is not built: run scripts/build-test-image.sh (it writes ${file})`,
-      );
-    return { file, format: "raw", builtIn: true };
-  }
-  if (!existsSync(image))
-    throw new HavenError(
-      "HAVEN_ERR_NOT_FOUND",
-      `no image "${image}": give haven-test or the path of a raw or qcow2 file`,
-    );
-  return { file: image, format: "", builtIn: false };
-}
-
-/** The image's format and virtual size, as qemu-img sees it (refusing what is not a disk image). */
-function imageInfo(file: string, format: string): Promise<{ format: string; virtualSize: number }> {
-  return new Promise((resolve, reject) => {
-    execFile(
-      "qemu-img",
-      ["info", "--output=json", ...(format ? ["-f", format] : []), file],
-      { timeout: 30_000 },
-      (error, stdout, stderr) => {
-        if (error) {
-          reject(
-            new HavenError(
-              "HAVEN_ERR_USAGE",
-              `${file} is not a disk image qemu-img can read: ${stderr.trim() || error.message}`,
-            ),
-          );
-          return;
-        }
-        const info = JSON.parse(stdout) as { format: string; "virtual-size": number };
-        resolve({ format: info.format, virtualSize: info["virtual-size"] });
-      },
-    );
-  });
-}
-
-/** Copies the image onto the volume over NBD (no zero writes: the volume is new), with qemu-img's progress. */
-function copyImage(file: string, format: string, target: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const child = spawn("qemu-img", ["convert", "-p", "-n", "-f", format, "-O", "raw", "-t", "none", file, target], {
-      stdio: ["ignore", "inherit", "pipe"],
-    });
-    let stderr = "";
-    child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
-    child.on("error", (error) => reject(new HavenError("HAVEN_ERR_IO", `qemu-img did not run: ${error.message}`)));
-    child.on("exit", (code) =>
-      code === 0
-        ? resolve()
-        : reject(
-            new HavenError(
-              "HAVEN_ERR_IO",
-              `copying ${file} onto the volume failed: ${stderr.trim() || `exit ${code}`}`,
-            ),
-          ),
-    );
-  });
-}
-
 async function vmCreate(argv: string[]): Promise<number> {
   const parsed = parseCommand(
     argv,
@@ -221,8 +153,9 @@ async function vmCreate(argv: string[]): Promise<number> {
   if (memory === undefined) throw usage("--memory is required");
   const disk = values.disk as string | undefined;
   const diskSize = values["disk-size"] as string | undefined;
-  if ((disk === undefined) === (diskSize === undefined))
-    throw usage("give exactly one of --disk VOLUME and --disk-size SIZE");
+  if (disk !== undefined && diskSize !== undefined) throw usage("give one of --disk VOLUME and --disk-size SIZE");
+  if (disk === undefined && diskSize === undefined && values.image === undefined)
+    throw usage("give --disk VOLUME, --disk-size SIZE or --image FILE (a disk of the image's size)");
   if (disk !== undefined && values.replicas !== undefined)
     throw usage("--replicas goes with --disk-size (a new volume)");
   if (disk !== undefined && values.host !== undefined)
@@ -235,6 +168,7 @@ async function vmCreate(argv: string[]): Promise<number> {
   const image = values.image === undefined ? undefined : resolveImage(values.image as string);
   if (image !== undefined && disk !== undefined)
     throw usage("--image writes a new disk: use it with --disk-size, not --disk");
+  const format = parseImageFormat(values.format as string | undefined);
   const boot = (values.boot as string | undefined) ?? (image?.builtIn ? "haven-test-kernel" : "disk");
   if (boot !== "disk" && boot !== "haven-test-kernel")
     throw usage(`--boot must be disk or haven-test-kernel, got "${boot}"`);
@@ -262,50 +196,30 @@ async function vmCreate(argv: string[]): Promise<number> {
     ...(values.stopped === true && { stopped: true }),
   };
 
-  if (diskSize !== undefined) {
-    let sizeBytes = parseSize(diskSize, "--disk-size");
-    const info = image && (await imageInfo(image.file, image.format));
-    if (info !== undefined && info.virtualSize > sizeBytes)
-      throw usage(`--disk-size ${formatBytes(sizeBytes)} is smaller than the image (${formatBytes(info.virtualSize)})`);
-    sizeBytes = Math.ceil(sizeBytes / 4096) * 4096;
+  if (disk === undefined) {
+    const info = image && (await inspectImage(image.file, format));
+    const sizeBytes = volumeSizeFor(
+      diskSize !== undefined ? parseSize(diskSize, "--disk-size") : info!.virtualSizeBytes,
+    );
+    if (info !== undefined && info.virtualSizeBytes > sizeBytes)
+      throw usage(
+        `--disk-size ${formatBytes(sizeBytes)} is smaller than the image (${formatBytes(info.virtualSizeBytes)})`,
+      );
     const copies = wholeNumber(values.replicas as string | undefined, "--replicas", 1, 4) ?? 2;
     // Refuse before anything is made: the name, and the room on some host.
     const records = await readClusterRecords(client);
     if (records.vms.has(name) || records.volumes.has(name))
       throw new HavenError("HAVEN_ERR_CONFLICT", `a VM or volume named "${name}" exists already; choose another name`);
-    const created = await createVolume(
-      client,
-      { name, sizeBytes, copies, primaryAmong: hostsWithRoom(records, request, values.host as string | undefined) },
-      actor(),
-    );
+    const primaryAmong = hostsWithRoom(records, request, values.host as string | undefined);
     // Nothing is left half-made: a VM that cannot be recorded takes its new volume with it.
-    try {
-      process.stderr.write(
-        `volume ${name} created (${formatBytes(sizeBytes)}, ${copies} copies); waiting for ${created.primary.host} to serve it\n`,
-      );
-      const stop = abortOnStopSignal();
-      try {
-        if (!(await waitUntilServed(client, created, 60_000, stop.signal)))
-          throw new HavenError("HAVEN_ERR_UNAVAILABLE", `volume ${name} was not served within 60 s`);
-      } finally {
-        stop.dispose();
-      }
-      if (image !== undefined && info !== undefined) {
-        const host = (await readClusterRecords(client)).liveHosts.get(created.primary.host)!;
-        process.stderr.write(`copying ${image.file} (${info.format}, ${formatBytes(info.virtualSize)}) onto ${name}\n`);
-        await copyImage(image.file, info.format, nbdUri(host, name));
-      }
-      const vm = await createVm(client, request, actor());
-      return await reportAndWait(
-        client,
-        vm,
-        values["no-wait"] === true || vm.desired === "stopped" ? undefined : "running",
-      );
-    } catch (error) {
-      await deleteVolume(client, name, actor()).catch(() => undefined);
-      process.stderr.write(`volume ${name} deleted again (the VM was not created)\n`);
-      throw error;
-    }
+    const vm = await createVolumeFromImage(
+      client,
+      { name, sizeBytes, copies, primaryAmong },
+      info,
+      resolveCluster(values).tlsDir,
+      () => createVm(client, request, actor()),
+    );
+    return reportAndWait(client, vm, values["no-wait"] === true || vm.desired === "stopped" ? undefined : "running");
   }
   const vm = await createVm(client, request, actor());
   return reportAndWait(client, vm, values["no-wait"] === true || vm.desired === "stopped" ? undefined : "running");
@@ -593,4 +507,6 @@ export const VM_COMMANDS: Record<string, (argv: string[]) => Promise<number>> = 
   set: vmSet,
   console: vmConsole,
   migrate: vmMigrate,
+  import: (argv) => vmImport(argv, vmCreate),
+  export: vmExport,
 };
