@@ -316,30 +316,43 @@ export class DiskEndpoints {
       // Nobody is left to read what the primary sends: drop the upstream connection.
       closeBoth();
     });
-    upstream.once("close", (hadError) => {
-      clearTimeout(connectTimer);
-      if (hadError) return; // the error handler closed both
-      // The primary closed cleanly: pipe() has ended the client's side after the last byte; give the
-      // client a bounded time to close its own.
+    // Once the piped connection runs, the primary going away (its engine stopped for a switchover)
+    // does not close the client's side at once: an EOF now would have QEMU reconnect while the route
+    // still leads to the old primary, fail, and back off for a second or more. The client's side is
+    // closed when the route changes (to the new primary: QEMU's next attempt lands there) or after a
+    // bounded linger.
+    let piping = false;
+    let upstreamGone = false;
+    const upstreamEnded = (why?: string): void => {
+      if (!piping) return closeBoth(why);
+      if (upstreamGone) return;
+      upstreamGone = true;
+      if (why !== undefined) this.log(`${endpoint.volume}: connection to ${target} lost: ${why}`);
+      upstream.destroy();
       setTimeout(() => closeBoth(), CLOSE_LINGER_MS).unref();
+    };
+    upstream.once("close", () => {
+      clearTimeout(connectTimer);
+      upstreamEnded();
     });
-    upstream.on("error", (error) => closeBoth(error.message));
+    upstream.on("error", (error) => upstreamEnded(error.message));
     client.on("error", (error) => closeBoth(`client: ${error.message}`));
-    // pipe() gives backpressure both ways (a full socket pauses the other side's reads) and passes a
-    // FIN on as end(), so a client that half-closes still gets its last replies.
+    // pipe() gives backpressure both ways (a full socket pauses the other side's reads); the client's
+    // half-close is passed on, the primary's is not (see above).
     const start = (remote: Duplex): void => {
+      piping = true;
       client.pipe(remote);
-      remote.pipe(client);
+      remote.pipe(client, { end: false });
     };
     const tls = route.name !== undefined ? this.remoteTls?.(route.name) : undefined;
     if (tls === undefined) {
-      start(upstream);
+      upstream.once("connect", () => start(upstream));
       return;
     }
     upstream.once("connect", () =>
       upgradeRelay(client, upstream, tls).then(
         (secure) => {
-          secure.on("error", (error) => closeBoth(error.message));
+          secure.on("error", (error) => upstreamEnded(error.message));
           start(secure);
         },
         (error) => closeBoth(`TLS to the primary: ${errorMessage(error)}`),
