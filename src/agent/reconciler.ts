@@ -64,7 +64,12 @@ export interface ReconcilerOptions {
   readonly events: EventLog;
   readonly volumes: VolumeLifecycle;
   /** The VMs: decided and acted on after the volumes, each round (their disks first). */
-  readonly vms: { round(view: ClusterView): void; stopForVolume(volume: string, reason: string): Promise<void> };
+  readonly vms: {
+    round(view: ClusterView): void;
+    stopForVolume(volume: string, reason: string): Promise<void>;
+    /** The volume's engine serves it at sizeBytes now: its VM's guest is told. */
+    diskGrew(volume: string, sizeBytes: number): void;
+  };
   readonly health: HealthReporter;
   readonly links: PeerLinks;
   /** Whether this host holds its lease now. */
@@ -304,12 +309,13 @@ export class Reconciler {
         await volumes.guarded(name, () => volumes.stop(name, `it grows ${grown}`));
         await this.act(spec, { kind: "serve", epoch: action.epoch }, view, primaryRevision);
         const served = volumes.get(name)?.engine;
-        if (served !== undefined && served.size >= action.toBytes)
-          await events.event(
-            "volume-grown",
-            `volume ${name} is served at ${formatBytes(served.size)} (was ${formatBytes(action.fromBytes)})`,
-            name,
-          );
+        if (served === undefined || served.size < action.toBytes) return;
+        this.options.vms.diskGrew(name, served.size);
+        await events.event(
+          "volume-grown",
+          `volume ${name} is served at ${formatBytes(served.size)} (was ${formatBytes(action.fromBytes)})`,
+          name,
+        );
         return;
       }
       case "wait":

@@ -73,6 +73,11 @@ export interface VmInstance {
   stop(force: boolean): Promise<string>;
   /** SIGKILL by pid, now (a fence: no await between the decision and the signal). */
   kill(): void;
+  /**
+   * Tells the guest its disk grew to sizeBytes (the volume's engine serves that size now), within
+   * timeoutMs; rejects with why not. Absent where a VM has no disk size to tell (the simulation's).
+   */
+  growDisk?(sizeBytes: number, timeoutMs: number): Promise<void>;
 }
 
 /** Starts VMs on this host (QEMU over the volume's stable endpoint, or the simulation's model of one). */

@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import { readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { clusterUp, localClusterClient, type LocalClusterState } from "../../src/cluster/local-cluster.js";
+import { alive, clusterUp, localClusterClient, type LocalClusterState } from "../../src/cluster/local-cluster.js";
 import type { EtcdClient } from "../../src/cluster/etcd-client.js";
 import { readClusterRecords } from "../../src/cluster/cluster-read.js";
 import { copyId, type VolumeSpec } from "../../src/cluster/schema.js";
@@ -18,7 +18,15 @@ import { MetadataStore } from "../../src/replica/metadata-store.js";
 import { FileMetadataFile } from "../../src/replica/metadata-file.js";
 import { haveEtcd } from "../helpers/etcd.js";
 import { haveTool, run, tempDir } from "../helpers/server-process.js";
-import { etcdArgs, freeBasePort, stopLocalCluster, until, TEST_TIMINGS, VolumeProbe } from "../helpers/cluster.js";
+import {
+  ClusterAgents,
+  etcdArgs,
+  freeBasePort,
+  stopLocalCluster,
+  until,
+  TEST_TIMINGS,
+  VolumeProbe,
+} from "../helpers/cluster.js";
 
 const skip = !haveEtcd() || !haveTool("qemu-io") || !haveTool("nbdinfo") ? "needs etcd, qemu-io and nbdinfo" : false;
 const MiB = 1024 * 1024;
@@ -32,8 +40,9 @@ describe("volume resize", { skip, timeout: 300_000 }, () => {
   const writers: ChildProcess[] = [];
   const haven = (args: string[]) =>
     run(process.execPath, ["bin/haven.js", ...args, ...etcdArgs(cluster)], { timeoutMs: 120_000 });
-  const copyDir = (copy: { host: string; disk: string }) =>
-    join(dir.path, "cluster", "hosts", copy.host, copy.disk, "grow");
+  const agents = new ClusterAgents(() => cluster);
+  const copyDir = (copy: { host: string; disk: string }, volume = "grow") =>
+    join(dir.path, "cluster", "hosts", copy.host, copy.disk, volume);
   const spec = async (volume: string): Promise<VolumeSpec | undefined> =>
     (await readClusterRecords(etcd)).volumes.get(volume);
   const allInSync = async (volume: string): Promise<true | undefined> => {
@@ -66,6 +75,7 @@ describe("volume resize", { skip, timeout: 300_000 }, () => {
 
   after(async () => {
     for (const writer of writers) if (writer.exitCode === null && writer.pid !== undefined) process.kill(writer.pid);
+    agents.killRestarted();
     await stopLocalCluster(join(dir.path, "cluster"));
     dir.remove();
   });
@@ -179,5 +189,76 @@ describe("volume resize", { skip, timeout: 300_000 }, () => {
     assert.equal(missing.code, 2, missing.stderr);
     assert.match(missing.stderr, /--size is required/);
     assert.deepEqual(await spec("grow"), before);
+  });
+
+  /** Kills host's agent (and with it its replica server) by pid, and waits until it is gone. */
+  const killAgent = async (host: string): Promise<void> => {
+    const pid = agents.pid(host);
+    process.kill(pid, "SIGKILL");
+    await until(`${host}'s agent gone`, async () => (alive(pid) ? undefined : true));
+  };
+  const fileOf = (host: string, volume: string) => join(copyDir({ host, disk: "d0" }, volume), "data.raw");
+
+  test("a copy on a host that is down grows before it rejoins, and then holds the volume's data", async () => {
+    const created = await haven(["volume", "create", "away", "--size", "64M", "--copies", "h1:d0,h2:d0"]);
+    assert.equal(created.code, 0, created.stderr);
+    const probe = new VolumeProbe(etcd, "away", basePort);
+    assert.ok(await probe.qemuIo("h1", "write -P 0x5a 0 4M"));
+    await until("both copies in sync", () => allInSync("away"));
+    await killAgent("h2");
+
+    const resized = await haven(["volume", "resize", "away", "--size", "96M"]);
+    assert.equal(resized.code, 0, resized.stderr);
+    assert.match(resized.stdout, /the copies on h2 \(down\) grow when their host returns|served at 96\.0 MiB/);
+    assert.equal(await exportSize(probe.uri("h1")), 96 * MiB);
+    assert.ok(await probe.qemuIo("h1", "write -P 0x66 90M 4M"));
+    assert.equal((await probe.replica("h2"))?.state, "out-of-sync");
+    assert.equal(statSync(fileOf("h2", "away")).size, 64 * MiB, "h2's copy has not grown while its host was down");
+
+    agents.restart("h2");
+    await until("h2's copy grown and back in sync", () => allInSync("away"), 60_000);
+    const data = readFileSync(fileOf("h2", "away"));
+    assert.equal(data.length, 96 * MiB);
+    assert.ok(
+      data.subarray(0, 4 * MiB).every((b) => b === 0x5a),
+      "h2 keeps the old data",
+    );
+    assert.ok(
+      data.subarray(90 * MiB, 94 * MiB).every((b) => b === 0x66),
+      "h2 has the write to the new space",
+    );
+  });
+
+  test("the primary dies after the new size is recorded, before its engine grew: the standby takes over at the new size", async () => {
+    const created = await haven(["volume", "create", "crash", "--size", "64M", "--copies", "h1:d0,h2:d0"]);
+    assert.equal(created.code, 0, created.stderr);
+    const probe = new VolumeProbe(etcd, "crash", basePort);
+    assert.equal((await probe.primary())?.host, "h1");
+    assert.ok(await probe.qemuIo("h1", "write -P 0x5a 0 4M"));
+    await until("both copies in sync", () => allInSync("crash"));
+    await killAgent("h1");
+
+    // The new size is on record; no engine has grown anything yet (the primary is dead).
+    const resized = await haven(["volume", "resize", "crash", "--size", "96M", "--no-wait"]);
+    assert.equal(resized.code, 0, resized.stderr);
+    assert.equal(statSync(fileOf("h2", "crash")).size, 64 * MiB);
+    await until("h2 promoted", async () => ((await probe.primary())?.host === "h2" ? true : undefined), 60_000);
+    assert.equal(await until("h2 serves", () => exportSize(probe.uri("h2"))), 96 * MiB);
+    assert.equal(statSync(fileOf("h2", "crash")).size, 96 * MiB);
+    assert.ok(await probe.qemuIo("h2", "read -P 0x5a 0 4M"));
+    assert.ok(await probe.qemuIo("h2", "write -P 0x66 90M 4M"));
+
+    agents.restart("h1");
+    await until("h1's copy grown and back in sync", () => allInSync("crash"), 60_000);
+    const data = readFileSync(fileOf("h1", "crash"));
+    assert.equal(data.length, 96 * MiB);
+    assert.ok(
+      data.subarray(0, 4 * MiB).every((b) => b === 0x5a),
+      "h1 keeps the old data",
+    );
+    assert.ok(
+      data.subarray(90 * MiB, 94 * MiB).every((b) => b === 0x66),
+      "h1 has the write to the new space",
+    );
   });
 });
