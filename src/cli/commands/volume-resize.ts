@@ -61,12 +61,18 @@ export async function volumeResize(argv: string[]): Promise<number> {
   const stop = abortOnStopSignal();
   try {
     for (;;) {
-      const grown = (await readEvents(client)).find(
+      // The primary's grow, or any engine started since at the new size (a standby promoted meanwhile).
+      const served = (await readEvents(client)).find(
         ({ event, createRevision }) =>
-          createRevision > request.revision && event.volume === name && event.kind === "volume-grown",
+          createRevision > request.revision &&
+          event.volume === name &&
+          (event.kind === "volume-grown" ||
+            (event.kind === "volume-serving" && event.message.startsWith(`serving ${formatBytes(sizeBytes)} `))),
       );
-      if (grown !== undefined) {
-        process.stdout.write(`${grown.event.message}\n`);
+      if (served !== undefined) {
+        process.stdout.write(
+          `volume ${name} is served at ${formatBytes(sizeBytes)} (was ${formatBytes(request.fromBytes)}) by ${served.event.host}\n`,
+        );
         return 0;
       }
       const leftMs = deadline - Date.now();
