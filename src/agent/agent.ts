@@ -179,7 +179,7 @@ export class Agent implements AgentView {
       store: world.store,
       clock: world.clock,
       intervalMs: timings.healthCheckIntervalMs,
-      watched: [keys.hosts(), keys.primaries(), keys.handovers(), keys.vms()],
+      watched: [keys.hosts(), keys.primaries(), keys.handovers(), keys.vms(), keys.migrations()],
       round: async () => {
         await this.reconciler.round();
         await this.publishDisks();

@@ -17,7 +17,9 @@ import { QemuProcess } from "../vm/qemu-process.js";
 import { createRuntimeDir, runtimePaths, trustedPid } from "../vm/runtime-dir.js";
 import type { VmsConfig } from "./config.js";
 import type { VmRunState } from "./vm-decide.js";
-import type { VmDriver, VmInstance } from "./world.js";
+import type { IncomingVm, VmDriver, VmInstance } from "./world.js";
+import { incomingCompleted, listenIncoming, migrateOut, type TransferProgress } from "../vm/migration.js";
+import type { QmpClient } from "../vm/qmp-client.js";
 
 /** How often a VM's TCP check runs, and its bound. */
 const TCP_CHECK_INTERVAL_MS = 2_000;
@@ -33,7 +35,19 @@ export interface QemuDriverOptions {
   readonly log: (line: string) => void;
   /** The stable endpoint for the volume on this host: a unix socket and the export name to ask for. */
   readonly diskEndpoint: (volume: string) => Promise<{ socketPath: string; exportName: string }>;
+  /** Routes the volume's endpoint to another host's NBD front while this host does not serve it. */
+  readonly routeDiskTo: (volume: string, primary: { host: string; port: number } | undefined) => void;
+  /** This host's name and the address its incoming migrations listen on. */
+  readonly host: { readonly name: string; readonly address: string };
+  /** The host's identity directory: migrations run over TLS under the cluster's CA; absent: plain TCP. */
+  readonly tlsDir?: string;
 }
+
+/** The longest pause QEMU may plan for a migration's last pass. */
+const MIGRATION_DOWNTIME_LIMIT_MS = 300;
+/** A migration may use the link at up to this many bytes per second (QEMU's default is 128 MiB/s). */
+const MIGRATION_MAX_BANDWIDTH = 4 * 1024 ** 3;
+const MIGRATION_POLL_MS = 100;
 
 export class QemuDriver implements VmDriver {
   private accelerator: Promise<Accelerator> | undefined;
@@ -69,18 +83,45 @@ export class QemuDriver implements VmDriver {
     return killed;
   }
 
-  async launch(
+  routeDiskTo(volume: string, primary: { host: string; port: number } | undefined): void {
+    this.options.routeDiskTo(volume, primary);
+  }
+
+  launch(vm: VmRecord, hostCpus: readonly number[] | undefined, track: (pid: number) => void): Promise<VmInstance> {
+    return this.start(vm, hostCpus, track, false);
+  }
+
+  async launchIncoming(
     vm: VmRecord,
     hostCpus: readonly number[] | undefined,
     track: (pid: number) => void,
-  ): Promise<VmInstance> {
+  ): Promise<IncomingVm> {
+    const instance = await this.start(vm, hostCpus, track, true);
+    try {
+      const tls = this.options.tlsDir === undefined ? undefined : { dir: this.options.tlsDir };
+      const uri = await listenIncoming(instance.qmp, this.options.host.address, tls);
+      const completed = incomingCompleted(instance.qmp);
+      completed.catch(() => undefined); // read by whoever waits for it
+      return { instance, uri, completed };
+    } catch (error) {
+      instance.kill();
+      throw error;
+    }
+  }
+
+  private async start(
+    vm: VmRecord,
+    hostCpus: readonly number[] | undefined,
+    track: (pid: number) => void,
+    incoming: boolean,
+  ): Promise<QemuInstance> {
     const { config } = this.options;
     const dir = this.runtimeDir(vm.name);
     const runtime = await createRuntimeDir(dir);
     // `vm console --log` shows the current run: the last run's log moves aside.
     await rename(runtime.serialLog, `${runtime.serialLog}.1`).catch(() => undefined);
     const disk = await this.options.diskEndpoint(vm.volume);
-    const taps = vm.nics.map((_nic, index) => tapName(vm.name, index));
+    const taps = vm.nics.map((_nic, index) => tapName(vm.name, index, this.options.host.name));
     const bridges = vm.nics.map((nic) => nic.bridge ?? config.bridge);
     if (bridges.some((bridge) => bridge === undefined))
       throw new HavenError(
@@ -96,6 +137,7 @@ export class QemuDriver implements VmDriver {
       ...(vm.boot === "haven-test-kernel" && { kernelBoot: this.testKernel() }),
       nics: vm.nics.map((nic, index) => ({ tapName: taps[index]!, mac: nic.mac })),
       runtime,
+      incoming,
     };
     const namespace = config.netns;
     const qemu = await QemuProcess.start({
@@ -108,8 +150,12 @@ export class QemuDriver implements VmDriver {
         for (const [index, tap] of taps.entries())
           await plugTap({ tap, bridge: bridges[index]!, ...(namespace !== undefined && { namespace }) });
       },
+      stayPaused: incoming,
     });
-    const instance = new QemuInstance(qemu, runtime.heartbeatSocket, this.options.clock, this.options.log, vm.name);
+    const instance = new QemuInstance(qemu, runtime.heartbeatSocket, this.options.clock, this.options.log, vm.name, {
+      ...(this.options.tlsDir !== undefined && { tlsDir: this.options.tlsDir }),
+      incoming,
+    });
     if (vm.tcpCheck !== undefined) instance.checkTcp({ ...vm.tcpCheck, ...(namespace !== undefined && { namespace }) });
     return instance;
   }
@@ -168,8 +214,11 @@ class QemuInstance implements VmInstance {
     private readonly clock: Clock,
     private readonly log: (line: string) => void,
     private readonly name: string,
+    private readonly migration: { readonly tlsDir?: string; readonly incoming?: boolean },
   ) {
     this.pid = qemu.pid;
+    // A migration's destination waits paused until Haven resumes it (RESUME then says running).
+    if (migration.incoming === true) this.state = "starting";
     this.exited = qemu.exited.then((exit) => {
       this.done = true;
       this.heartbeat?.destroy();
@@ -228,6 +277,27 @@ class QemuInstance implements VmInstance {
     );
     this.heartbeat?.destroy();
     return outcome;
+  }
+
+  get qmp(): QmpClient {
+    return this.qemu.qmp;
+  }
+
+  migrateOut(
+    target: { uri: string; host: string },
+    onProgress: (progress: TransferProgress) => void,
+    abort: AbortSignal,
+  ): Promise<TransferProgress> {
+    const tlsDir = this.migration.tlsDir;
+    return migrateOut(this.qemu.qmp, {
+      uri: target.uri,
+      ...(tlsDir !== undefined && { tls: { dir: tlsDir, peerName: target.host } }),
+      downtimeLimitMs: MIGRATION_DOWNTIME_LIMIT_MS,
+      maxBandwidth: MIGRATION_MAX_BANDWIDTH,
+      onProgress,
+      pollMs: MIGRATION_POLL_MS,
+      abort,
+    });
   }
 
   kill(): void {

@@ -116,12 +116,20 @@ export function realWorld(
           local: nbd,
           log: (line) => log(`disk endpoints: ${line}`),
         });
+  // A live migration's destination reaches the disk through the primary's NBD front until it is the
+  // primary itself (VmDriver.routeDiskTo).
+  const remoteRoutes = new Map<string, { host: string; port: number }>();
   const routeEndpoint = (volume: string): void => {
-    if (endpoints?.status().some((endpoint) => endpoint.volume === volume))
-      endpoints.route(
-        volume,
-        nbd.find(volume) ? { kind: "local" } : { kind: "none", reason: "not served on this host" },
-      );
+    if (!endpoints?.status().some((endpoint) => endpoint.volume === volume)) return;
+    const remote = remoteRoutes.get(volume);
+    endpoints.route(
+      volume,
+      nbd.find(volume)
+        ? { kind: "local" }
+        : remote !== undefined
+          ? { kind: "remote", ...remote }
+          : { kind: "none", reason: "not served on this host" },
+    );
   };
   const vms: VmDriver =
     vmsConfig === undefined || endpoints === undefined
@@ -135,6 +143,13 @@ export function realWorld(
             routeEndpoint(volume);
             return { socketPath, exportName: volume };
           },
+          routeDiskTo: (volume, primary) => {
+            if (primary === undefined) remoteRoutes.delete(volume);
+            else remoteRoutes.set(volume, primary);
+            routeEndpoint(volume);
+          },
+          host: { name: config.host.name, address: config.host.address },
+          ...(config.tls !== undefined && { tlsDir: config.tls.dir }),
         });
   return {
     store,
@@ -246,11 +261,14 @@ function startWatchdogProcess(timeoutMs: number): Watchdog {
 
 /** The driver of a host whose config gives nothing to VMs: every start is refused, with the fix. */
 function noVms(host: string): VmDriver {
+  const refuse = (): Promise<never> =>
+    Promise.reject(
+      new HavenError("HAVEN_ERR_CONFIG", `host ${host} runs no VMs: its agent config has no "vms" section`),
+    );
   return {
-    launch: () =>
-      Promise.reject(
-        new HavenError("HAVEN_ERR_CONFIG", `host ${host} runs no VMs: its agent config has no "vms" section`),
-      ),
+    launch: refuse,
+    launchIncoming: refuse,
+    routeDiskTo: () => undefined,
     killLeftovers: () => Promise.resolve([]),
     serialLog: () => undefined,
     serialSocket: () => undefined,

@@ -6,7 +6,7 @@
 // - promote: the same compare-and-swap, so of two standbys racing only one wins;
 // - copy records and switchovers: only while the primary record is the one the engine started under.
 
-import { readClusterRecords } from "../cluster/cluster-read.js";
+import { readClusterRecords, type ClusterRecords } from "../cluster/cluster-read.js";
 import type { Compare, TxnResult } from "../cluster/etcd-client.js";
 import {
   copiesOn,
@@ -56,6 +56,10 @@ export interface ClusterView {
   readonly vmStatus: ReadonlyMap<string, { readonly record: VmStatusRecord; readonly modRevision: number }>;
   /** Volumes with a switchover asked for and not yet carried out. */
   readonly handovers: ReadonlySet<string>;
+  /** Live migrations under way, by VM name. */
+  readonly migrations: ClusterRecords["migrations"];
+  /** Hosts in maintenance. */
+  readonly maintenance: ClusterRecords["maintenance"];
 }
 
 export interface ReconcilerOptions {
@@ -100,6 +104,8 @@ export class Reconciler {
     vms: new Map(),
     vmStatus: new Map(),
     handovers: new Set(),
+    migrations: new Map(),
+    maintenance: new Map(),
   };
 
   constructor(private readonly options: ReconcilerOptions) {
@@ -404,6 +410,8 @@ export class Reconciler {
       vms: records.vms,
       vmStatus: records.vmStatus,
       handovers: records.handovers,
+      migrations: records.migrations,
+      maintenance: records.maintenance,
     };
   }
 }

@@ -31,6 +31,7 @@ import {
 } from "./vm-decide.js";
 import type { VmHere } from "./view.js";
 import type { AgentWorld, VmInstance, Watchdog } from "./world.js";
+import { VmMigrations } from "./vm-migrations.js";
 
 /**
  * How long a VM's disk may take to grow: its nbd node reconnects (QEMU retries after 1, 2, 4 s...) and
@@ -85,9 +86,35 @@ export class VmLifecycle {
   /** What was last published per VM (to write only changes, and refresh now and then). */
   private readonly published = new Map<string, { text: string; atMs: number }>();
   private readonly pendingReason = new Map<string, string>();
+  /** VMs taken over from a live migration, with why, until their status is published here. */
+  private readonly adopted = new Map<string, string>();
   private stopped = false;
+  /** Live migrations this host takes part in: the VMs they hold are theirs meanwhile. */
+  private readonly migrations: VmMigrations;
 
-  constructor(private readonly options: VmLifecycleOptions) {}
+  constructor(private readonly options: VmLifecycleOptions) {
+    this.migrations = new VmMigrations({
+      me: options.me,
+      world: options.world,
+      events: options.events,
+      log: options.log,
+      watchdog: options.watchdog,
+      servedHere: options.servedHere,
+      instanceOf: (name) => {
+        const entry = this.running.get(name);
+        return entry?.exited === undefined ? entry?.instance : undefined;
+      },
+      adopt: (vm, instance, reason) => this.adopt(vm, instance, reason),
+      release: async (name) => {
+        await this.stopVm(name, true, "it was live-migrated away");
+      },
+    });
+  }
+
+  /** The live migrations this host takes part in, for the API. */
+  describeMigrations(): ReturnType<VmMigrations["describe"]> {
+    return this.migrations.describe();
+  }
 
   /** Kills any QEMU an earlier run of this agent left: a VM never runs twice (before the lease is taken). */
   async init(): Promise<void> {
@@ -113,9 +140,10 @@ export class VmLifecycle {
   /** Decides and acts on every VM (ones recorded in the store and ones running here). */
   round(view: ClusterView): void {
     if (this.stopped) return;
+    this.migrations.round(view);
     const names = new Set([...view.vms.keys(), ...this.running.keys()]);
     for (const name of names) {
-      if (this.busy.has(name)) continue;
+      if (this.busy.has(name) || this.migrations.owns(name, view)) continue;
       const vm = view.vms.get(name) ?? this.running.get(name)?.vm;
       if (vm !== undefined && this.options.volumeBusy(vm.volume)) continue;
       const status = view.vmStatus.get(name)?.record;
@@ -132,6 +160,7 @@ export class VmLifecycle {
 
   /** The lease is lost: every QEMU dies now (by pid, synchronously), before another host may start it. */
   fenceAll(reason: string): void {
+    this.migrations.fenceAll();
     for (const [name, entry] of this.running) {
       if (entry.instance === undefined) continue;
       entry.instance.kill();
@@ -153,6 +182,8 @@ export class VmLifecycle {
   resumeAfterFence(): void {
     for (const [name, entry] of this.running) {
       if (!entry.pausedByFence || entry.instance === undefined) continue;
+      // A migration's source may have completed its transfer meanwhile: only the migration resumes it.
+      if (this.migrations.holds(name)) continue;
       entry.pausedByFence = false;
       entry.instance.resume().catch((error) => this.options.log(`VM ${name}: resume failed: ${errorMessage(error)}`));
     }
@@ -342,7 +373,8 @@ export class VmLifecycle {
 
   async stopForVolume(volume: string, reason: string): Promise<void> {
     for (const [name, entry] of [...this.running]) {
-      if (entry.vm.volume !== volume) continue;
+      // A live migration's source stays as it is: the guest continues on the destination.
+      if (entry.vm.volume !== volume || this.migrations.holds(name)) continue;
       const how = await this.stopVm(name, false, reason);
       await this.options.events.event("vm-stopped", `VM ${name} stopped (${how}): ${reason}`, volume);
     }
@@ -419,6 +451,38 @@ export class VmLifecycle {
     await this.publish(vm.name, vm, view, { state: "running", reason, counts });
   }
 
+  /** A live migration's destination QEMU becomes the VM's instance here (its guest runs). */
+  private async adopt(vm: VmRecord, instance: VmInstance, reason: string): Promise<void> {
+    const { world } = this.options;
+    const run: VmRun = {
+      pid: instance.pid,
+      vcpus: vm.vcpus,
+      memoryMiB: vm.memoryMiB,
+      ...(vm.cpus !== undefined && { cpus: vm.cpus }),
+      startedAt: world.wallTime().toISOString(),
+      startRequest: vm.startRequest,
+      ...(world.vms.serialSocket(vm.name) !== undefined && { serialSocket: world.vms.serialSocket(vm.name) }),
+      ...(world.vms.serialLog(vm.name) !== undefined && { serialLog: world.vms.serialLog(vm.name) }),
+    };
+    const entry: RunningVm = {
+      vm,
+      instance,
+      startRequest: vm.startRequest,
+      startedAtMs: world.clock.now(),
+      run,
+      // A migration is the operator's move, not a failure: the counts begin again.
+      counts: { restarts: 0, relocations: 0 },
+      pausedByFence: false,
+      probing: false,
+    };
+    this.running.set(vm.name, entry);
+    void instance.exited.then((why) => {
+      entry.exited = why;
+      this.options.watchdog()?.untrackVm(instance.pid);
+    });
+    this.adopted.set(vm.name, reason);
+  }
+
   /** Stops the VM's QEMU here (if any) and forgets it; says how it ended. */
   private async stopVm(name: string, force: boolean, reason: string): Promise<string> {
     const entry = this.running.get(name);
@@ -472,8 +536,10 @@ export class VmLifecycle {
     const runState = entry.instance.runState();
     const state: VmState = runState === "running" ? "running" : runState === "starting" ? "starting" : "paused";
     const status = view.vmStatus.get(name)?.record;
-    const reason = state === "paused" ? `QEMU reports ${runState}` : (status?.reason ?? "running");
+    const reason =
+      state === "paused" ? `QEMU reports ${runState}` : (this.adopted.get(name) ?? status?.reason ?? "running");
     await this.publish(name, vm, view, { state, reason, counts: entry.counts });
+    this.adopted.delete(name);
   }
 
   private checks(entry: RunningVm | undefined, vm: VmRecord): Record<string, VmCheck> {

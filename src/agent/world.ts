@@ -17,6 +17,7 @@ import type { Clock } from "../util/clock.js";
 import type { VmRecord } from "../cluster/vm-schema.js";
 import type { PingerFactory } from "./peer-links.js";
 import type { VmRunState } from "./vm-decide.js";
+import type { TransferProgress } from "../vm/migration.js";
 
 /** The host's replica server: serves its copies to other hosts' engines. */
 export interface ReplicaService {
@@ -74,10 +75,29 @@ export interface VmInstance {
   /** SIGKILL by pid, now (a fence: no await between the decision and the signal). */
   kill(): void;
   /**
+   * Live-migrates this QEMU to an incoming one (`target.uri`, on host `target.host`); resolves once the
+   * transfer completed (the guest is paused here, its disks flushed and inactive: `resume` takes it
+   * back), rejects with why it failed (the guest then still runs here). `abort` cancels it.
+   */
+  migrateOut(
+    target: { readonly uri: string; readonly host: string },
+    onProgress: (progress: TransferProgress) => void,
+    abort: AbortSignal,
+  ): Promise<TransferProgress>;
+  /**
    * Tells the guest its disk grew to sizeBytes (the volume's engine serves that size now), within
    * timeoutMs; rejects with why not. Absent where a VM has no disk size to tell (the simulation's).
    */
   growDisk?(sizeBytes: number, timeoutMs: number): Promise<void>;
+}
+
+/** A live migration's destination: a QEMU started paused that waits for the source's state. */
+export interface IncomingVm {
+  readonly instance: VmInstance;
+  /** Where the source sends it (tcp:ADDRESS:PORT). */
+  readonly uri: string;
+  /** Resolves when the whole state has arrived (the guest is still paused); rejects when it failed. */
+  readonly completed: Promise<void>;
 }
 
 /** Starts VMs on this host (QEMU over the volume's stable endpoint, or the simulation's model of one). */
@@ -88,6 +108,18 @@ export interface VmDriver {
    * with why it did not start.
    */
   launch(vm: VmRecord, hostCpus: readonly number[] | undefined, track: (pid: number) => void): Promise<VmInstance>;
+  /**
+   * While this host does not serve `volume`, its disk endpoint leads to the primary's NBD front at
+   * `primary` (a live migration's destination opens the disk before it is the primary); undefined
+   * ends that (the endpoint then follows only this host's own engine again).
+   */
+  routeDiskTo(volume: string, primary: { readonly host: string; readonly port: number } | undefined): void;
+  /** Starts the VM as a live migration's destination (paused, listening); `track` as for launch. */
+  launchIncoming(
+    vm: VmRecord,
+    hostCpus: readonly number[] | undefined,
+    track: (pid: number) => void,
+  ): Promise<IncomingVm>;
   /** Kills every VM process an earlier run of this agent left (trusted pids only); says which. */
   killLeftovers(): Promise<string[]>;
   /** The serial console's log of the VM's current run, for `vm console --log`; undefined when unknown. */

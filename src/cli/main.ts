@@ -81,6 +81,7 @@ cluster commands (they find etcd by --etcd URL, $HAVEN_ETCD or a context file):
   vm start|stop|restart|delete NAME start it, stop it (ACPI, --force), restart it, delete it (--yes)
   vm list, vm show NAME             VMs: state, host, CPUs, memory, health on several parameters
   vm set NAME --vcpus N --memory S  change CPUs and memory (applies at the next start)
+  vm migrate NAME --to HOST [--copy] live-migrate it to HOST (progress; the guest never reboots)
   vm console NAME [--log]           its serial console
   volume create NAME --size SIZE    create a replicated volume on the live hosts and wait until it is served
   volume delete NAME --yes          delete a volume and the data on every copy

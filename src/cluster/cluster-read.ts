@@ -13,6 +13,7 @@ import type { KeyValue } from "./etcd-client.js";
 import type { ClusterStore } from "./store.js";
 import { isDiskName, isHostName, isVmName, isVolumeName, quoteName, showKey } from "./names.js";
 import {
+  bad,
   copyId,
   keys,
   nameUnder,
@@ -31,6 +32,12 @@ import {
 } from "./schema.js";
 import { diskKeys, parseDiskRecord, type DiskRecord } from "./disk-schema.js";
 import { parseVmRecord, parseVmStatusRecord, type VmRecord, type VmStatusRecord } from "./vm-schema.js";
+import {
+  parseMaintenanceRecord,
+  parseMigrationRecord,
+  type MaintenanceRecord,
+  type MigrationRecord,
+} from "./migration-schema.js";
 
 export interface ClusterRecords {
   /** Hosts whose lease-bound record exists, by name. */
@@ -57,6 +64,10 @@ export interface ClusterRecords {
   readonly vmStatus: ReadonlyMap<string, { readonly record: VmStatusRecord; readonly modRevision: number }>;
   /** Volumes with a switchover asked for and not yet carried out. */
   readonly handovers: ReadonlySet<string>;
+  /** Live migrations under way, by VM name, with each record's mod revision. */
+  readonly migrations: ReadonlyMap<string, { readonly record: MigrationRecord; readonly modRevision: number }>;
+  /** Hosts in maintenance (drained): nothing is placed, promoted or migrated there. */
+  readonly maintenance: ReadonlyMap<string, MaintenanceRecord>;
   /** The etcd revision of the snapshot. */
   readonly revision: number;
   /** The records left out because their key or value failed the checks, with why. */
@@ -211,25 +222,41 @@ export async function readClusterRecords(client: ClusterStore, onMalformed?: OnM
     keys.vmStatuses(),
     keys.handovers(),
     diskKeys.disks(),
+    keys.migrations(),
+    keys.maintenances(),
   ];
   const result = await client.txn(
     [],
     prefixes.map((prefix) => ({ type: "getPrefix", prefix })),
     [],
   );
-  const [hosts, hostInfos, volumes, primaries, replicas, healths, vms, vmStatuses, handovers, disks] =
-    result.results.map((operation) => (operation.type === "get" ? operation.kvs : [])) as KeyValue[][] as [
-      KeyValue[],
-      KeyValue[],
-      KeyValue[],
-      KeyValue[],
-      KeyValue[],
-      KeyValue[],
-      KeyValue[],
-      KeyValue[],
-      KeyValue[],
-      KeyValue[],
-    ];
+  const [
+    hosts,
+    hostInfos,
+    volumes,
+    primaries,
+    replicas,
+    healths,
+    vms,
+    vmStatuses,
+    handovers,
+    disks,
+    migrationKvs,
+    maintenanceKvs,
+  ] = result.results.map((operation) => (operation.type === "get" ? operation.kvs : [])) as KeyValue[][] as [
+    KeyValue[],
+    KeyValue[],
+    KeyValue[],
+    KeyValue[],
+    KeyValue[],
+    KeyValue[],
+    KeyValue[],
+    KeyValue[],
+    KeyValue[],
+    KeyValue[],
+    KeyValue[],
+    KeyValue[],
+  ];
   const vmStatus = new Map<string, { record: VmStatusRecord; modRevision: number }>();
   for (const kv of vmStatuses) {
     const parsed = refused.parsed(kv, () => ({
@@ -262,8 +289,28 @@ export async function readClusterRecords(client: ClusterStore, onMalformed?: OnM
     const volume = refused.parsed(kv, () => keyName(kv, keys.handovers(), isVolumeName, "a volume name"));
     if (volume !== undefined) handoverNames.add(volume);
   }
+  const migrations = new Map<string, { record: MigrationRecord; modRevision: number }>();
+  for (const kv of migrationKvs) {
+    const parsed = refused.parsed(kv, () => {
+      const name = keyName(kv, keys.migrations(), isVmName, "a VM name");
+      const record = parseMigrationRecord(kv.value, kv.key);
+      if (record.vm !== name) throw bad(kv.key, `the record names VM ${record.vm}`);
+      return record;
+    });
+    if (parsed !== undefined) migrations.set(parsed.vm, { record: parsed, modRevision: kv.modRevision });
+  }
+  const maintenance = new Map<string, MaintenanceRecord>();
+  for (const kv of maintenanceKvs) {
+    const parsed = refused.parsed(kv, () => ({
+      host: keyName(kv, keys.maintenances(), isHostName, "a host name"),
+      record: parseMaintenanceRecord(kv.value, kv.key),
+    }));
+    if (parsed !== undefined) maintenance.set(parsed.host, parsed.record);
+  }
   const replicaRevisions = new Map<string, Map<string, number>>();
   return {
+    migrations,
+    maintenance,
     liveHosts: byName(hosts, keys.hosts(), parseHostRecord, isHostName, "a host name", refused),
     knownHosts: byName(hostInfos, keys.hostInfos(), parseHostRecord, isHostName, "a host name", refused),
     volumes: byName(volumes, keys.volumes(), parseVolumeSpec, isVolumeName, "a volume name", refused),

@@ -35,7 +35,7 @@ export const ETCD_ROLES: Readonly<Record<string, readonly Permission[]>> = {
   "haven-viewer": [{ type: "READ", prefix: everything }],
   "haven-operator": [
     { type: "READ", prefix: everything },
-    ...["handover/", "vms/", "disk-requests/", "events/"].map((part): Permission => ({
+    ...["handover/", "vms/", "migrations/", "maintenance/", "disk-requests/", "events/"].map((part): Permission => ({
       type: "READWRITE",
       prefix: `${CLUSTER_PREFIX}${part}`,
     })),

@@ -44,6 +44,10 @@ export const keys = {
   vms: (): string => `${CLUSTER_PREFIX}vms/`,
   vmStatus: (name: string): string => `${CLUSTER_PREFIX}vm-status/${name}`,
   vmStatuses: (): string => `${CLUSTER_PREFIX}vm-status/`,
+  migration: (vm: string): string => `${CLUSTER_PREFIX}migrations/${vm}`,
+  migrations: (): string => `${CLUSTER_PREFIX}migrations/`,
+  maintenance: (host: string): string => `${CLUSTER_PREFIX}maintenance/${host}`,
+  maintenances: (): string => `${CLUSTER_PREFIX}maintenance/`,
   events: (): string => `${CLUSTER_PREFIX}events/`,
   event: (sequence: string): string => `${CLUSTER_PREFIX}events/${sequence}`,
 } as const;

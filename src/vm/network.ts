@@ -82,10 +82,15 @@ export function macAddress(vmName: string, nicIndex: number): string {
   return `${MAC_PREFIX}:${hex(hash[0] as number)}:${hex(low >> 8)}:${hex(low & 0xff)}`;
 }
 
-/** The tap of NIC `nicIndex` of VM `vmName`: `hv` + 12 hex digits + the index, 15 characters. */
-export function tapName(vmName: string, nicIndex: number): string {
+/**
+ * The tap of NIC `nicIndex` of VM `vmName`: `hv` + 12 hex digits + the index, 15 characters. With
+ * `host`, the name is that host's own: during a live migration the VM has a QEMU on two hosts at once,
+ * and hosts that share one network namespace (a local cluster) must not ask for the same tap.
+ */
+export function tapName(vmName: string, nicIndex: number, host?: string): string {
   checkVmName(vmName, nicIndex);
-  const digest = sha256(`haven-tap\0${vmName}`).toString("hex").slice(0, TAP_HASH_HEX_DIGITS);
+  const seed = host === undefined ? `haven-tap\0${vmName}` : `haven-tap\0${vmName}\0${host}`;
+  const digest = sha256(seed).toString("hex").slice(0, TAP_HASH_HEX_DIGITS);
   return `${TAP_PREFIX}${digest}${nicIndex}`;
 }
 

@@ -107,6 +107,11 @@ export interface VmSpec {
   readonly kernelBoot?: VmKernelBoot;
   readonly nics: readonly VmNic[];
   readonly runtime: VmRuntimePaths;
+  /**
+   * The QEMU is a live migration's destination (-incoming defer): it waits for the source's state
+   * instead of booting, and stays paused (-S) after the transfer until Haven resumes it.
+   */
+  readonly incoming?: boolean;
 }
 
 const MAC_PATTERN = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
@@ -261,5 +266,6 @@ export function qemuCommand(spec: VmSpec): string[] {
     if (spec.kernelBoot.initrd !== undefined) args.push("-initrd", spec.kernelBoot.initrd);
     if (spec.kernelBoot.append !== undefined) args.push("-append", spec.kernelBoot.append);
   }
+  if (spec.incoming === true) args.push("-incoming", "defer");
   return args;
 }

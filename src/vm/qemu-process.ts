@@ -57,6 +57,8 @@ export interface QemuStartOptions {
    * the start's bound; a rejection fails the start and kills QEMU.
    */
   readonly beforeResume?: (qemu: PausedQemu) => Promise<void>;
+  /** Leave QEMU paused after the start (a live migration's destination: Haven resumes it later). */
+  readonly stayPaused?: boolean;
 }
 
 /** A QEMU started but not yet resumed, as beforeResume sees it. */
@@ -182,7 +184,7 @@ export class QemuProcess {
         });
         await withinBound(step, remaining(), `VM ${spec.name}: the step before resuming`);
       }
-      await client.execute("cont", undefined, timeout());
+      if (options.stayPaused !== true) await client.execute("cont", undefined, timeout());
       return new QemuProcess(child, exited, client, vcpuThreads, qmpCommandTimeoutMs);
     } catch (error) {
       qmp?.close();

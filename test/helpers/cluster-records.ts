@@ -73,6 +73,8 @@ export function clusterRecords(options: {
     vms: new Map(),
     vmStatus: new Map(),
     handovers: new Set(),
+    migrations: new Map(),
+    maintenance: new Map(),
     disks: new Map(),
     revision: 1,
     malformed: [],

@@ -8,7 +8,8 @@
 // never runs twice (at most one live, unpaused instance of each VM at any moment).
 
 import type { VmRunState } from "../../src/agent/vm-decide.js";
-import type { VmDriver, VmInstance } from "../../src/agent/world.js";
+import type { IncomingVm, VmDriver, VmInstance } from "../../src/agent/world.js";
+import type { TransferProgress } from "../../src/vm/migration.js";
 import type { VmRecord } from "../../src/cluster/vm-schema.js";
 import { HavenError } from "../../src/core/errors.js";
 import type { HostClock } from "./sim-host.js";
@@ -33,6 +34,8 @@ export interface SimVmRecord {
 /** Every VM instance of the run, and the faults the scenario can inject into them. */
 export class SimVmFleet {
   readonly instances: SimVmRecord[] = [];
+  /** Live migrations' destinations waiting for a source, by uri. */
+  readonly incoming = new Map<string, { instance: SimVmInstance; complete: (error?: Error) => void }>();
   private nextPid = 1000;
 
   constructor(
@@ -79,8 +82,37 @@ export class SimVmDriver implements VmDriver {
   ) {}
 
   launch(vm: VmRecord, _hostCpus: readonly number[] | undefined, track: (pid: number) => void): Promise<VmInstance> {
+    return this.start(vm, track, false);
+  }
+
+  routeDiskTo(): void {
+    // The simulation's VMs reach their disk through the model, not endpoints.
+  }
+
+  /** A destination: a paused instance that a source's migrateOut completes (or fails). */
+  async launchIncoming(
+    vm: VmRecord,
+    _hostCpus: readonly number[] | undefined,
+    track: (pid: number) => void,
+  ): Promise<IncomingVm> {
+    const instance = await this.start(vm, track, true);
+    const uri = `tcp:127.0.0.1:${instance.pid}`;
+    let complete!: (error?: Error) => void;
+    const completed = this.clock.pass(
+      new Promise<void>((resolve, reject) => (complete = (error) => (error ? reject(error) : resolve()))),
+    );
+    completed.catch(() => undefined);
+    this.fleet.incoming.set(uri, { instance, complete });
+    void instance.exited.then(() => {
+      this.fleet.incoming.delete(uri);
+      complete(new HavenError("HAVEN_ERR_IO", "the incoming QEMU exited"));
+    });
+    return { instance, uri, completed };
+  }
+
+  private start(vm: VmRecord, track: (pid: number) => void, incoming: boolean): Promise<SimVmInstance> {
     return this.clock.pass(
-      new Promise<VmInstance>((resolve, reject) => {
+      new Promise<SimVmInstance>((resolve, reject) => {
         this.global.schedule(this.fleet.rng.int(50, 400), () => {
           // The agent died while QEMU started: the watchdog kills it (found by its pidfile); it never runs.
           if (this.clock.isDead) return;
@@ -93,7 +125,7 @@ export class SimVmDriver implements VmDriver {
             host: this.host,
             pid: this.fleet.newPid(),
             startedAt: this.global.now(),
-            paused: false,
+            paused: incoming,
             panicked: false,
             heartbeatFrozen: false,
             frozen: this.frozen,
@@ -101,7 +133,7 @@ export class SimVmDriver implements VmDriver {
           };
           this.fleet.instances.push(record);
           track(record.pid);
-          const instance = new SimVmInstance(record, this.clock, this.global, vm.heartbeat);
+          const instance = new SimVmInstance(record, this.clock, this.global, vm.heartbeat, this.fleet);
           this.mine.add(instance);
           resolve(instance);
         });
@@ -151,8 +183,10 @@ export class SimVmInstance implements VmInstance {
     private readonly clock: HostClock,
     private readonly global: SimClock,
     heartbeat: boolean,
+    private readonly fleet: SimVmFleet,
   ) {
     this.pid = record.pid;
+    if (record.paused) this.state = "starting";
     const exited = new Promise<string>((resolve) => (this.resolveExit = resolve));
     this.exited = clock.pass(exited);
     if (heartbeat) this.scheduleBeat(1_500);
@@ -211,6 +245,65 @@ export class SimVmInstance implements VmInstance {
 
   kill(): void {
     this.end("killed by SIGKILL");
+  }
+
+  /**
+   * The model of a live migration: RAM moves for a while (progress at each step), then the guest
+   * pauses here and the destination has the whole state. Either end dying fails it; the guest keeps
+   * running here unless the transfer completed.
+   */
+  migrateOut(
+    target: { uri: string; host: string },
+    onProgress: (progress: TransferProgress) => void,
+    abort: AbortSignal,
+  ): Promise<TransferProgress> {
+    const destination = this.fleet.incoming.get(target.uri);
+    if (destination === undefined)
+      return Promise.reject(new HavenError("HAVEN_ERR_IO", `nothing listens at ${target.uri}`));
+    const steps = this.fleet.rng.int(2, 8);
+    const total = 256 * 1024 * 1024;
+    const progress = (step: number, status: string): TransferProgress => ({
+      status,
+      totalBytes: total,
+      transferredBytes: Math.round((total * step) / steps),
+      remainingBytes: total - Math.round((total * step) / steps),
+      dirtyPagesRate: 100,
+      pageSize: 4096,
+      expectedDowntimeMs: 50,
+      passes: step,
+      mbps: 800,
+    });
+    return this.clock.pass(
+      new Promise<TransferProgress>((resolve, reject) => {
+        const step = (n: number): void => {
+          const failed =
+            this.record.endedAt !== undefined
+              ? "the source QEMU is gone"
+              : destination.instance.record.endedAt !== undefined
+                ? "the destination QEMU is gone"
+                : abort.aborted
+                  ? "cancelled"
+                  : undefined;
+          if (failed !== undefined) {
+            destination.complete(new HavenError("HAVEN_ERR_IO", `the migration failed: ${failed}`));
+            reject(new HavenError("HAVEN_ERR_IO", `QEMU's migration failed: ${failed}`));
+            return;
+          }
+          if (n < steps) {
+            this.clock.run(() => onProgress(progress(n, "active")));
+            this.global.schedule(this.fleet.rng.int(50, 300), () => step(n + 1));
+            return;
+          }
+          // The last pass: the guest stops here, the destination has everything (still paused).
+          this.record.paused = true;
+          this.state = "paused";
+          this.fleet.incoming.delete(target.uri);
+          destination.complete();
+          resolve(progress(steps, "completed"));
+        };
+        step(0);
+      }),
+    );
   }
 
   /** Faults the scenario injects. */

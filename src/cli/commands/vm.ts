@@ -33,6 +33,7 @@ import { parseCommand } from "../args.js";
 import { CLUSTER_OPTIONS, CLUSTER_OPTIONS_USAGE, connectCluster } from "../context.js";
 import { abortOnStopSignal, pause } from "../poll.js";
 import { waitUntilServed } from "../volume-served.js";
+import { vmMigrate } from "./vm-migrate.js";
 
 const MAX_VCPUS = 64;
 const DEFAULT_WAIT_SECONDS = 120;
@@ -43,6 +44,7 @@ export const VM_USAGE = `usage: haven vm <verb> ...
             [--image haven-test|FILE] [--format raw|qcow2] [--cpus LIST] [--shared-cpus] [--nic SPEC]...
             [--max-restart N] [--max-relocate N] [--heartbeat | --no-heartbeat] [--tcp-check ADDRESS:PORT] [--boot disk|haven-test-kernel] [--stopped]
   vm start NAME [--host HOST]     start it (on HOST: its disk's primary moves there first)
+  vm migrate NAME --to HOST [--copy]  live-migrate it (the guest pauses briefly, never reboots)
   vm stop NAME [--force]          ACPI power-down (--force: at once)
   vm restart NAME                 stop and start again (failure counts begin again)
   vm delete NAME --yes [--force] [--with-disk]   delete it (--force stops it first)
@@ -560,4 +562,5 @@ export const VM_COMMANDS: Record<string, (argv: string[]) => Promise<number>> = 
   show: vmShow,
   set: vmSet,
   console: vmConsole,
+  migrate: vmMigrate,
 };

@@ -1,0 +1,72 @@
+// `haven vm migrate NAME --to HOST`: live migration. The guest keeps running while its RAM is copied to
+// the destination, pauses for the last pass and the disk's switchover, and resumes there; a failure
+// before that leaves it running where it was. Progress is drawn while it runs.
+
+import { cliActor } from "../actor.js";
+import { HavenError } from "../../core/errors.js";
+import { parseCommand } from "../args.js";
+import { CLUSTER_OPTIONS, CLUSTER_OPTIONS_USAGE, connectCluster } from "../context.js";
+import { migrateVm } from "../migration-wait.js";
+import { abortOnStopSignal } from "../poll.js";
+
+const DEFAULT_WAIT_SECONDS = 600;
+
+export const VM_MIGRATE_USAGE = `usage: haven vm migrate NAME --to HOST [--copy] [--no-wait] [--wait-timeout SECONDS] [cluster options]
+
+Live-migrates running VM NAME to HOST, which must hold a copy of its disk recorded in sync (with
+--copy, one is built there first, with progress) and have room for its vCPUs and memory. The guest
+runs on while its memory is copied over TLS between the two hosts' QEMUs, then pauses for the last
+pass while its disk's primary moves to HOST (no write lost), and resumes there. Any failure before
+that leaves it running where it was, and the event says why. A stopped VM is not migrated: start it
+where you want it with 'haven vm start NAME --host HOST'.
+
+${CLUSTER_OPTIONS_USAGE}`;
+
+export async function vmMigrate(argv: string[]): Promise<number> {
+  const parsed = parseCommand(
+    argv,
+    {
+      ...CLUSTER_OPTIONS,
+      to: { type: "string" },
+      copy: { type: "boolean" },
+      "no-wait": { type: "boolean" },
+      "wait-timeout": { type: "string" },
+    },
+    VM_MIGRATE_USAGE,
+  );
+  if (parsed === undefined) return 0;
+  const { values, positionals } = parsed;
+  if (positionals.length !== 1) throw new HavenError("HAVEN_ERR_USAGE", `give one VM NAME\n\n${VM_MIGRATE_USAGE}`);
+  if (typeof values.to !== "string" || values.to === "")
+    throw new HavenError("HAVEN_ERR_USAGE", `--to HOST is required: where the VM goes\n\n${VM_MIGRATE_USAGE}`);
+  const wait = values["wait-timeout"] === undefined ? DEFAULT_WAIT_SECONDS : Number(values["wait-timeout"]);
+  if (!Number.isSafeInteger(wait) || wait <= 0)
+    throw new HavenError(
+      "HAVEN_ERR_USAGE",
+      `--wait-timeout "${values["wait-timeout"]}" is not a whole number of seconds`,
+    );
+  const name = positionals[0]!;
+  const client = connectCluster(values);
+  const stop = abortOnStopSignal();
+  try {
+    const done = await migrateVm(client, name, values.to, {
+      actor: cliActor(),
+      copy: values.copy === true,
+      timeoutMs: wait * 1000,
+      signal: stop.signal,
+      noWait: values["no-wait"] === true,
+    });
+    if (values["no-wait"] === true) return 0;
+    if (done === undefined) {
+      process.stderr.write(`stopped waiting; the migration goes on: follow it with 'haven vm show ${name}'\n`);
+      return 130;
+    }
+    const paused = done.pausedMs === undefined ? "" : `, guest paused ${done.pausedMs} ms`;
+    process.stdout.write(
+      `VM ${name}: migrated from ${done.from} to ${done.to} in ${done.seconds.toFixed(1)} s${paused}\n`,
+    );
+    return 0;
+  } finally {
+    stop.dispose();
+  }
+}

@@ -1,0 +1,123 @@
+// Asking for a live migration and following it to its end, as `vm migrate` and `host drain` do: a
+// progress line from the source's reports in the migration record (a bar of RAM sent, the rate, how
+// fast the guest dirties memory, the pause QEMU expects), redrawn in place on a terminal and printed
+// at most every 25 percent otherwise; then the outcome from the events the agents wrote.
+
+import { readClusterRecords, readEvents } from "../cluster/cluster-read.js";
+import { planMigration, requestMigration } from "../cluster/migration-admin.js";
+import { parseMigrationRecord, type MigrationProgress } from "../cluster/migration-schema.js";
+import { keys } from "../cluster/schema.js";
+import type { ClusterStore } from "../cluster/store.js";
+import { addCopy } from "../cluster/volume-admin.js";
+import { HavenError } from "../core/errors.js";
+import { formatBytes } from "../util/units.js";
+import { waitForCopies } from "./copy-progress.js";
+import { CLEAR_TO_END_OF_LINE, isTerminal } from "./terminal.js";
+
+const POLL_MS = 250;
+
+export interface MigrationOutcome {
+  readonly vm: string;
+  readonly from: string;
+  readonly to: string;
+  /** The pause the guest saw, as the destination measured it (ms), when it said. */
+  readonly pausedMs?: number;
+  readonly seconds: number;
+}
+
+export interface MigrateOptions {
+  readonly actor: string;
+  /** Build an in-sync copy on the destination first when it has none. */
+  readonly copy: boolean;
+  readonly timeoutMs: number;
+  readonly signal: AbortSignal;
+  readonly write?: (text: string) => void;
+  /** Ask only: do not wait for the end. */
+  readonly noWait?: boolean;
+}
+
+/** Migrates VM `name` to `to` and resolves when it runs there; rejects with the reason when it failed. */
+export async function migrateVm(
+  client: ClusterStore,
+  name: string,
+  to: string,
+  options: MigrateOptions,
+): Promise<MigrationOutcome | undefined> {
+  const write = options.write ?? ((text: string) => process.stderr.write(text));
+  let records = await readClusterRecords(client);
+  let plan = planMigration(records, name, to, options.copy);
+  if (plan.needsCopy) {
+    const added = await addCopy(client, plan.vm.volume, { host: to }, { actor: options.actor });
+    write(`VM ${name}: building a copy of ${plan.vm.volume} on ${to}/${added.copy.disk} first\n`);
+    const copy = { volume: plan.vm.volume, copy: added.copy };
+    if (!(await waitForCopies(client, [copy], options.timeoutMs, options.signal, write))) return undefined;
+    records = await readClusterRecords(client);
+    plan = planMigration(records, name, to, false);
+  }
+  const started = Date.now();
+  const record = await requestMigration(client, plan, records, { actor: options.actor });
+  write(`VM ${name}: live migration from ${plan.from} to ${to} asked\n`);
+  if (options.noWait === true) return undefined;
+  const terminal = isTerminal() && options.write === undefined;
+  let lastStep = -1;
+  for (;;) {
+    if (options.signal.aborted) return undefined;
+    const kv = await client.get(keys.migration(name));
+    const current = kv === undefined ? undefined : parseMigrationRecord(kv.value, kv.key);
+    if (current === undefined || current.id !== record.id) break;
+    const line = `${name} ${plan.from} -> ${to}: ${progressText(current.phase, current.progress)}`;
+    if (terminal) write(`\r${line}${CLEAR_TO_END_OF_LINE}`);
+    else {
+      const step = current.phase === "switching" ? 4 : Math.floor(percentOf(current.progress) / 25);
+      if (step > lastStep) {
+        write(`${line}\n`);
+        lastStep = step;
+      }
+    }
+    if (Date.now() - started > options.timeoutMs)
+      throw new HavenError(
+        "HAVEN_ERR_UNAVAILABLE",
+        `VM ${name}'s migration has not ended after ${options.timeoutMs / 1000} s; it goes on: follow it with 'haven vm show ${name}'`,
+      );
+    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+  }
+  if (terminal) write("\n");
+  const events = (await readEvents(client)).map((stored) => stored.event);
+  const mine = events.filter(
+    (event) => Date.parse(event.time) >= started - 1_000 && event.message.startsWith(`VM ${name}`),
+  );
+  const failed = mine.find((event) => event.kind === "vm-migration-failed");
+  if (failed !== undefined) throw new HavenError("HAVEN_ERR_CONFLICT", failed.message);
+  const done = mine.find((event) => event.kind === "vm-migrated");
+  if (done === undefined)
+    throw new HavenError("HAVEN_ERR_CONFLICT", `VM ${name}'s migration ended without a result; see 'haven events'`);
+  const paused = /paused for about (\d+) ms/.exec(done.message);
+  return {
+    vm: name,
+    from: plan.from,
+    to,
+    ...(paused !== null && { pausedMs: Number(paused[1]) }),
+    seconds: (Date.now() - started) / 1000,
+  };
+}
+
+function percentOf(progress: MigrationProgress | undefined): number {
+  if (progress === undefined || progress.totalBytes === 0) return 0;
+  return Math.min(100, (100 * (progress.totalBytes - progress.remainingBytes)) / progress.totalBytes);
+}
+
+/** "sending RAM 42% [########............] 98 MB/s, dirtying 1.2 MB/s, pass 2, pause ~120 ms" */
+export function progressText(phase: string, progress: MigrationProgress | undefined): string {
+  if (phase === "requested") return "the destination prepares";
+  if (phase === "switching") return "RAM and devices sent; the disk moves and the guest resumes there";
+  if (progress === undefined) return "starting the transfer";
+  const percent = percentOf(progress);
+  const width = 20;
+  const filled = Math.round((percent / 100) * width);
+  const dirty = progress.dirtyPagesRate * progress.pageSize;
+  return (
+    `sending RAM ${percent.toFixed(0).padStart(3)}% [${"#".repeat(filled)}${".".repeat(width - filled)}] ` +
+    `${formatBytes(progress.mbps * 125_000)}/s, guest dirties ${formatBytes(dirty)}/s, pass ${progress.passes}, ` +
+    `pause ~${progress.expectedDowntimeMs} ms`
+  );
+}
