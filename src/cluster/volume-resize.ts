@@ -12,6 +12,8 @@
 // Growing only: a smaller size would cut off data, so it is refused, with how to move to a smaller volume.
 // Copies on hosts that are down do not block the resize: they cannot serve at the old size anyway
 // (an engine only ever uses a copy at the volume's size), and they grow before they rejoin.
+// A live migration of the volume's VM does: the destination's QEMU would keep the size it connected
+// with, and the agent tells only the VMs it runs (so the resize waits until the migration ended).
 
 import { HavenError } from "../core/errors.js";
 import { formatBytes } from "../util/units.js";
@@ -82,6 +84,14 @@ export async function resizeVolume(
   const spec = records.volumes.get(name);
   if (spec === undefined)
     throw new HavenError("HAVEN_ERR_NOT_FOUND", `no volume "${name}" in the cluster; 'haven volume list' shows them`);
+  const migrating = [...records.migrations.values()].find(({ record }) => record.volume === name)?.record;
+  if (migrating !== undefined)
+    throw new HavenError(
+      "HAVEN_ERR_CONFLICT",
+      `VM ${migrating.vm} on volume ${name} is being live-migrated from ${migrating.from} to ${migrating.to}; ` +
+        `resize the volume once the migration has ended`,
+    );
+  const vmsOnVolume = [...records.vms.values()].filter((vm) => vm.volume === name);
   const volumes = [...records.volumes.values()];
   const hosts = withDiskRecords(
     [...new Map([...records.knownHosts, ...records.liveHosts]).values()],
@@ -105,7 +115,16 @@ export async function resizeVolume(
       (down.length > 0 ? `; the copies on ${down.join(", ")} (down) grow when their host returns` : ""),
   };
   const result = await client.txn(
-    [{ key: keys.volume(name), target: "modRevision", result: "less", value: records.revision + 1 }],
+    [
+      { key: keys.volume(name), target: "modRevision", result: "less", value: records.revision + 1 },
+      // No migration of its VM began since the snapshot.
+      ...vmsOnVolume.map((vm) => ({
+        key: keys.migration(vm.name),
+        target: "createRevision" as const,
+        result: "equal" as const,
+        value: 0,
+      })),
+    ],
     [
       { type: "put", key: keys.volume(name), value: JSON.stringify(next) },
       { type: "put", key: keys.event(eventSequence(now.getTime())), value: JSON.stringify(event) },
