@@ -2,6 +2,9 @@
 // pure, so every case (and every race between two standbys) is a unit test with no etcd and no clock.
 //
 // - This host is the recorded primary and holds its lease: serve the volume (start the engine).
+// - It serves the volume smaller than the spec says (haven volume resize recorded a larger size): grow,
+//   that is restart the engine at the spec's size, which grows every copy it reaches before it serves
+//   (engine.ts), so the NBD front offers the new size only once they have all grown.
 // - This host runs the volume but is not the recorded primary (deposed, or the volume was deleted): stop.
 // - The primary's host has no live lease: a standby with a copy recorded in-sync takes over after
 //   the grace period, with an epoch one above the record's, by compare-and-swap on the primary key (so
@@ -56,6 +59,8 @@ export interface HostView {
   readonly startRetryAt?: ReadonlyMap<string, number>;
   /** This host is in maintenance (`haven host drain`): it takes over nothing. */
   readonly inMaintenance?: boolean;
+  /** The size each engine running here serves; absent: each serves its spec's size. */
+  readonly runningSizeBytes?: ReadonlyMap<string, number>;
 }
 
 export type Action =
@@ -69,6 +74,8 @@ export type Action =
       readonly vouching: string;
     }
   | { readonly kind: "wait"; readonly reason: string }
+  /** Restart the running engine at the spec's larger size, at epoch + 1 (as serve). */
+  | { readonly kind: "grow"; readonly epoch: number; readonly fromBytes: number; readonly toBytes: number }
   | { readonly kind: "none" };
 
 export function decide(volume: VolumeView, host: HostView): Action {
@@ -88,7 +95,11 @@ function decideIgnoringBackoff(volume: VolumeView, host: HostView): Action {
   if (primary === undefined) return running ? { kind: "stop", reason: "the volume has no primary on record" } : none;
   if (primary.host === host.me) {
     if (!mine) return running ? { kind: "stop", reason: "this host holds no copy of the volume" } : none;
-    return running ? none : { kind: "serve", epoch: primary.epoch };
+    if (!running) return { kind: "serve", epoch: primary.epoch };
+    const served = host.runningSizeBytes?.get(name);
+    return served !== undefined && served < spec.sizeBytes
+      ? { kind: "grow", epoch: primary.epoch, fromBytes: served, toBytes: spec.sizeBytes }
+      : none;
   }
   if (running) return { kind: "stop", reason: `${primary.host} is the primary now (epoch ${primary.epoch})` };
   if (!mine || host.alive.has(primary.host)) return none;

@@ -11,7 +11,7 @@ import type { VmRecord } from "../cluster/vm-schema.js";
 import { HavenError, errorMessage } from "../core/errors.js";
 import type { Clock } from "../util/clock.js";
 import { chooseAccelerator } from "../vm/accelerator.js";
-import type { Accelerator, VmKernelBoot, VmSpec } from "../vm/qemu-command.js";
+import { DISK_NODE_NAME, type Accelerator, type VmKernelBoot, type VmSpec } from "../vm/qemu-command.js";
 import { plugTap, tapName, tcpAnswers } from "../vm/network.js";
 import { QemuProcess } from "../vm/qemu-process.js";
 import { createRuntimeDir, runtimePaths, trustedPid } from "../vm/runtime-dir.js";
@@ -24,6 +24,8 @@ import type { QmpClient } from "../vm/qmp-client.js";
 /** How often a VM's TCP check runs, and its bound. */
 const TCP_CHECK_INTERVAL_MS = 2_000;
 const TCP_CHECK_TIMEOUT_MS = 2_000;
+/** Between two attempts to grow a VM's disk while its nbd node has not reconnected yet. */
+const GROW_RETRY_MS = 250;
 /** How long a guest has to power off after ACPI power-down before QEMU is told to quit. */
 const POWERDOWN_TIMEOUT_MS = 30_000;
 
@@ -303,6 +305,38 @@ class QemuInstance implements VmInstance {
       process.kill(this.pid, "SIGKILL");
     } catch {
       // already gone
+    }
+  }
+
+  /**
+   * QEMU 7.2's nbd node refuses to grow past the export size it learned at its last handshake
+   * (block/nbd.c nbd_co_truncate: "Cannot grow NBD nodes"), and learns the size again only when it
+   * reconnects (nbd_co_establish_connection fills its info anew). The endpoint closed the node's
+   * connection when the engine restarted at the new size, but an idle client notices that only at its
+   * next request: a read through the node (HMP qemu-io) makes it reconnect, then block_resize grows the
+   * raw format node above it, and virtio-blk tells the guest (its /sys/block/vda/size changes). While
+   * the node has not reconnected yet, block_resize fails and is tried again, until timeoutMs.
+   */
+  async growDisk(sizeBytes: number, timeoutMs: number): Promise<void> {
+    const deadline = this.clock.now() + timeoutMs;
+    for (;;) {
+      const leftMs = (): number => Math.max(1, deadline - this.clock.now());
+      await this.qemu.qmp.execute(
+        "human-monitor-command",
+        { "command-line": `qemu-io ${DISK_NODE_NAME} "read 0 512"` },
+        { timeoutMs: leftMs() },
+      );
+      try {
+        await this.qemu.qmp.execute(
+          "block_resize",
+          { "node-name": DISK_NODE_NAME, size: sizeBytes },
+          { timeoutMs: leftMs() },
+        );
+        return;
+      } catch (error) {
+        if (this.clock.now() + GROW_RETRY_MS >= deadline) throw error;
+        await this.clock.sleep(GROW_RETRY_MS);
+      }
     }
   }
 

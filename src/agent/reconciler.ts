@@ -26,6 +26,7 @@ import {
 } from "../cluster/schema.js";
 import type { VmRecord, VmStatusRecord } from "../cluster/vm-schema.js";
 import { errorMessage } from "../core/errors.js";
+import { formatBytes } from "../util/units.js";
 import type { AgentConfig } from "./config.js";
 import { deadPrimaries, decide, type Action } from "./decide.js";
 import type { EventLog } from "./event-log.js";
@@ -67,7 +68,12 @@ export interface ReconcilerOptions {
   readonly events: EventLog;
   readonly volumes: VolumeLifecycle;
   /** The VMs: decided and acted on after the volumes, each round (their disks first). */
-  readonly vms: { round(view: ClusterView): void; stopForVolume(volume: string, reason: string): Promise<void> };
+  readonly vms: {
+    round(view: ClusterView): void;
+    stopForVolume(volume: string, reason: string): Promise<void>;
+    /** The volume's engine serves it at sizeBytes now: its VM's guest is told. */
+    diskGrew(volume: string, sizeBytes: number): void;
+  };
   readonly health: HealthReporter;
   readonly links: PeerLinks;
   /** Whether this host holds its lease now. */
@@ -156,6 +162,7 @@ export class Reconciler {
           diskProblem: (disk) => health.diskProblem(disk),
           linkUp: (host) => links.isUp(host),
           startRetryAt,
+          runningSizeBytes: new Map([...volumes.entries()].map(([name, running]) => [name, running.engine.size])),
         },
       );
       try {
@@ -295,6 +302,29 @@ export class Reconciler {
       }
       case "stop":
         return volumes.guarded(name, () => volumes.stop(name, action.reason));
+      case "grow": {
+        // The spec's size is on record first (haven volume resize); the engine stops cleanly (every copy
+        // flushed) and starts again at that size, growing each copy it opens before it serves; a copy it
+        // cannot reach grows when it returns, before it rejoins. Clients reconnect (the endpoint closes
+        // their connections while nothing serves) and learn the new size; VMs are told (vm-lifecycle.ts).
+        const grown = `from ${formatBytes(action.fromBytes)} to ${formatBytes(action.toBytes)}`;
+        await events.event(
+          "volume-growing",
+          `growing ${grown}: the engine restarts at the new size, growing every copy it reaches first`,
+          name,
+        );
+        await volumes.guarded(name, () => volumes.stop(name, `it grows ${grown}`));
+        await this.act(spec, { kind: "serve", epoch: action.epoch }, view, primaryRevision);
+        const served = volumes.get(name)?.engine;
+        if (served === undefined || served.size < action.toBytes) return;
+        this.options.vms.diskGrew(name, served.size);
+        await events.event(
+          "volume-grown",
+          `volume ${name} is served at ${formatBytes(served.size)} (was ${formatBytes(action.fromBytes)})`,
+          name,
+        );
+        return;
+      }
       case "wait":
         if (this.lastWaitReason.get(name) !== action.reason) {
           this.lastWaitReason.set(name, action.reason);

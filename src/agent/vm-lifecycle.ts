@@ -17,6 +17,7 @@ import type { VmRecord, VmRun, VmState, VmStatusRecord, VmCheck } from "../clust
 import { parseVmRecord } from "../cluster/vm-schema.js";
 import { vmLacks, vmsPlacedOn } from "../cluster/vm-resources.js";
 import { errorMessage } from "../core/errors.js";
+import { formatBytes } from "../util/units.js";
 import type { EventLog } from "./event-log.js";
 import type { ClusterView } from "./reconciler.js";
 import {
@@ -39,6 +40,11 @@ import type { MigrationRecord } from "../cluster/migration-schema.js";
 /** A failback that did not happen (refused, failed) is asked for again after this long at the soonest. */
 const FAILBACK_RETRY_MS = 60_000;
 
+/**
+ * How long a VM's disk may take to grow: its nbd node reconnects (QEMU retries after 1, 2, 4 s...) and
+ * block_resize runs; 40 s is QEMU's reconnect delay (vm/qemu-command.ts).
+ */
+const GROW_DISK_TIMEOUT_MS = 40_000;
 /** A status record is written again at least this often while nothing changes (the checks' ages). */
 const STATUS_REFRESH_MS = 5_000;
 
@@ -370,6 +376,34 @@ export class VmLifecycle {
   }
 
   /** The VMs whose disk is `volume` stop here (before a switchover moves the disk away). */
+  /**
+   * The volume's engine serves it at sizeBytes now (haven volume resize): each VM on it grows its disk
+   * in the background (QemuInstance.growDisk), with an event either way. A VM that starts later gets
+   * the new size at its first connection.
+   */
+  diskGrew(volume: string, sizeBytes: number): void {
+    for (const [name, entry] of this.running) {
+      const instance = entry.instance;
+      if (entry.vm.volume !== volume || instance?.growDisk === undefined || entry.exited !== undefined) continue;
+      this.options.events.track(
+        instance.growDisk(sizeBytes, GROW_DISK_TIMEOUT_MS).then(
+          () =>
+            this.options.events.event(
+              "vm-disk-grown",
+              `VM ${name}'s guest sees its disk at ${formatBytes(sizeBytes)}`,
+              volume,
+            ),
+          (error: unknown) =>
+            this.options.events.event(
+              "vm-disk-grow-failed",
+              `VM ${name}'s guest still sees its disk at the old size (${errorMessage(error)}); it sees ${formatBytes(sizeBytes)} from its next start ('haven vm restart' or a stop and start)`,
+              volume,
+            ),
+        ),
+      );
+    }
+  }
+
   async stopForVolume(volume: string, reason: string): Promise<void> {
     for (const [name, entry] of [...this.running]) {
       // A live migration's source stays as it is: the guest continues on the destination.

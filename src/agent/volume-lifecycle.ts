@@ -6,6 +6,7 @@
 
 import { copyId, type CopyPlace, type HostRecord, type ReplicaRecord, type VolumeSpec } from "../cluster/schema.js";
 import { HavenError, errorMessage, hasCode } from "../core/errors.js";
+import { formatBytes } from "../util/units.js";
 import { VolumeEngine, type EngineOptions } from "../engine/engine.js";
 import type { ReplicaOpener } from "../replica/port.js";
 import type { AgentConfig, DiskConfig } from "./config.js";
@@ -158,7 +159,7 @@ export class VolumeLifecycle {
     );
     this.running.set(name, { engine, role, copyOf, leaving, liveness });
     this.options.onServing?.(name);
-    await events.event("volume-serving", `serving at epoch ${role.epoch} on ${uri}`, name);
+    await events.event("volume-serving", `serving ${formatBytes(engine.size)} at epoch ${role.epoch} on ${uri}`, name);
   }
 
   private newEngine(

@@ -84,6 +84,11 @@ export interface VmInstance {
     onProgress: (progress: TransferProgress) => void,
     abort: AbortSignal,
   ): Promise<TransferProgress>;
+  /**
+   * Tells the guest its disk grew to sizeBytes (the volume's engine serves that size now), within
+   * timeoutMs; rejects with why not. Absent where a VM has no disk size to tell (the simulation's).
+   */
+  growDisk?(sizeBytes: number, timeoutMs: number): Promise<void>;
 }
 
 /** A live migration's destination: a QEMU started paused that waits for the source's state. */

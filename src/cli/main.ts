@@ -39,6 +39,7 @@ import { OPERATOR_USAGE, operatorCommand } from "./commands/operator.js";
 import { CLUSTER_INIT_USAGE, clusterInitCommand } from "./commands/cluster-init.js";
 import { VOLUME_LIST_USAGE, volumeList } from "./commands/volume-list.js";
 import { VOLUME_PROMOTE_USAGE, volumePromote } from "./commands/volume-promote.js";
+import { VOLUME_RESIZE_USAGE, volumeResize } from "./commands/volume-resize.js";
 import { VOLUME_SWITCHOVER_USAGE, volumeSwitchover } from "./commands/volume-switchover.js";
 import { VOLUME_RESOLVE_SPLIT_BRAIN_USAGE, volumeResolveSplitBrain } from "./commands/volume-resolve-split-brain.js";
 import { VOLUME_SERVE_USAGE, volumeServe } from "./commands/volume-serve.js";
@@ -94,6 +95,7 @@ cluster commands (they find etcd by --etcd URL, $HAVEN_ETCD or a context file):
   volume switchover NAME --to H    move the primary to H with no write lost (a planned move)
   volume add-copy NAME              add a copy while writes go on (--host, --disk: a mirror), with progress
   volume remove-copy NAME           remove a copy (--host H --disk D); never the last one in sync
+  volume resize NAME --size SIZE    grow a volume while it is in use (every copy grows first); never shrinks
   volume list                       list the volumes: health, primary, copies, NBD URI
   volume show NAME                  everything about one volume, including its NBD URI
   events                            the cluster's events (--volume, --host, --limit, --follow)
@@ -169,6 +171,7 @@ const COMMANDS: Record<string, Record<string, CommandEntry>> = {
     list: { run: volumeList, usage: VOLUME_LIST_USAGE },
     promote: { run: volumePromote, usage: VOLUME_PROMOTE_USAGE },
     switchover: { run: volumeSwitchover, usage: VOLUME_SWITCHOVER_USAGE },
+    resize: { run: volumeResize, usage: VOLUME_RESIZE_USAGE },
     show: { run: volumeShow, usage: VOLUME_SHOW_USAGE },
     "add-copy": { run: volumeAddCopy, usage: VOLUME_ADD_COPY_USAGE },
     "remove-copy": { run: volumeRemoveCopy, usage: VOLUME_REMOVE_COPY_USAGE },

@@ -32,7 +32,7 @@ import type { WriteData, WriteOptions, ZeroOptions } from "../block/device.js";
 import { HavenError, errorMessage, hasCode } from "../core/errors.js";
 import { decodeBitmap } from "../replica/bitmap-codec.js";
 import type { Generations } from "../replica/generations.js";
-import type { ReplicaOpener, ReplicaPort } from "../replica/port.js";
+import type { CreateOptions, ReplicaOpener, ReplicaPort } from "../replica/port.js";
 import type { RegionBitmap } from "../replica/region-bitmap.js";
 import { ACTIVITY_EXTENT_BYTES, type ReplicaMetadata } from "../replica/replica-store.js";
 import { systemClock, type Clock } from "../util/clock.js";
@@ -321,7 +321,7 @@ export class VolumeEngine implements BlockDevice, EngineControl {
         this.options.locations.map(async (location, index) => {
           if (found.ports.has(index) || found.absent.has(index)) return;
           try {
-            found.ports.set(index, await this.options.opener(location, this.options.name, undefined));
+            found.ports.set(index, await this.openAtSize(location, undefined, this.sizeAtStart()));
           } catch (error) {
             if (hasCode(error, "HAVEN_ERR_NOT_FOUND")) found.absent.add(index);
             else found.reasons.set(index, errorMessage(error));
@@ -828,7 +828,7 @@ export class VolumeEngine implements BlockDevice, EngineControl {
     const attachment = copy.attachment;
     let port: ReplicaPort;
     try {
-      port = await this.options.opener(copy.location, this.options.name, this.createOptions());
+      port = await this.openAtSize(copy.location, this.createOptions(), this.copies.sizeBytes);
     } catch (error) {
       if (copy.reason === null || !copy.reason.includes(errorMessage(error)))
         this.log(`${copy.location}: still unreachable: ${errorMessage(error)}`);
@@ -841,6 +841,48 @@ export class VolumeEngine implements BlockDevice, EngineControl {
       return;
     }
     this.attachReturning(copy, port);
+  }
+
+  /**
+   * The size a starting engine grows the copies it opens to: the one it was given (the control plane's
+   * volume spec), when it was also given its epoch (the control plane's engine, which may write); 0
+   * (grow nothing) otherwise.
+   */
+  private sizeAtStart(): number {
+    return this.options.epoch === undefined ? 0 : (this.options.sizeBytes ?? 0);
+  }
+
+  /**
+   * Opens the copy at `location`, and grows it first to `sizeBytes` when it is smaller (haven volume
+   * resize grew the volume while the copy was away, or a crash came between growing the copies; see
+   * replica/grow.ts): a copy is used at the volume's size or not at all, so every copy has grown before
+   * the engine serves, or lets a returning copy rejoin, at the new size. Copies of another volume are
+   * left as they are (refused later); `sizeBytes` 0 grows nothing. A copy that cannot grow is closed
+   * and the error thrown, as if it were unreachable: the engine tries it again later.
+   */
+  private async openAtSize(
+    location: string,
+    create: CreateOptions | undefined,
+    sizeBytes: number,
+  ): Promise<ReplicaPort> {
+    const port = await this.options.opener(location, this.options.name, create);
+    const metadata = port.metadata;
+    const volumeId = this.copies.volumeId;
+    if (metadata.sizeBytes >= sizeBytes || (volumeId !== "" && metadata.volumeId !== volumeId)) return port;
+    try {
+      if (port.grow === undefined)
+        throw new HavenError(
+          "HAVEN_ERR_NOT_SUPPORTED",
+          `${location}: this copy cannot grow to ${formatBytes(sizeBytes)}`,
+        );
+      const epoch = this.copies.volumeId === "" ? this.options.epoch! : this.copies.epoch;
+      await port.grow(epoch, sizeBytes);
+      this.log(`${location}: grew the copy from ${formatBytes(metadata.sizeBytes)} to ${formatBytes(sizeBytes)}`);
+      return port;
+    } catch (error) {
+      await port.close();
+      throw error;
+    }
   }
 
   private createOptions(): { volumeId: string; sizeBytes: number; regionBytes: number } {
@@ -879,7 +921,7 @@ export class VolumeEngine implements BlockDevice, EngineControl {
 
   private async createCopy(copy: CopyView): Promise<void> {
     try {
-      const port = await this.options.opener(copy.location, this.options.name, this.createOptions());
+      const port = await this.openAtSize(copy.location, this.createOptions(), this.copies.sizeBytes);
       this.copies.attach(copy, port);
       this.watchLoss(copy);
       this.beginResync(
@@ -1037,7 +1079,7 @@ export class VolumeEngine implements BlockDevice, EngineControl {
       this.refusedClosing.delete(loser.location);
       let port: ReplicaPort;
       try {
-        port = await this.options.opener(loser.location, this.options.name, this.createOptions());
+        port = await this.openAtSize(loser.location, this.createOptions(), this.copies.sizeBytes);
       } catch (error) {
         // Away now: the reconnect loop retries it as it retries any copy away (it comes back as the
         // split brain it still is, to be resolved again); left connecting, nothing would retry it.
@@ -1111,7 +1153,7 @@ export class VolumeEngine implements BlockDevice, EngineControl {
     let port: ReplicaPort | undefined;
     let unreachable = "";
     try {
-      port = await this.options.opener(location, name, this.createOptions());
+      port = await this.openAtSize(location, this.createOptions(), this.copies.sizeBytes);
     } catch (error) {
       unreachable = errorMessage(error);
     }

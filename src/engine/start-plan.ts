@@ -166,7 +166,8 @@ export function planStart(input: StartInput): StartPlan {
   if (input.sizeBytes !== undefined && input.sizeBytes !== sizeBytes)
     throw new HavenError(
       "HAVEN_ERR_CONFIG",
-      `volume ${name} is ${sizeBytes} bytes, --size says ${input.sizeBytes}; resizing is not supported`,
+      `volume ${name} is ${sizeBytes} bytes, --size says ${input.sizeBytes}: a copy is grown only by an ` +
+        `engine started at its epoch by the control plane ('haven volume resize'), never here`,
     );
   const plans: CopyPlan[] = input.copies.map((copy) =>
     copy.kind === "unreachable" ? { action: "away", reason: copy.reason } : { action: "create" },

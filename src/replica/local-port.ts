@@ -83,6 +83,10 @@ export class LocalReplicaPort implements ReplicaPort {
     return this.store.data.flush();
   }
 
+  grow(epoch: number, sizeBytes: number): Promise<ReplicaMetadata> {
+    return this.store.grow(epoch, sizeBytes);
+  }
+
   updateMetadata(epoch: number, patch: MetadataPatch): Promise<ReplicaMetadata> {
     return this.store.update(epoch, patch);
   }

@@ -34,6 +34,12 @@ export interface ReplicaPort {
   copyFrom?(epoch: number, offset: number, source: { fd: number; position: number }, length: number): Promise<void>;
   /** Local copies: starts writing the range to disk without waiting (a bulk copy's hint, not a flush). */
   startWriteback?(offset: number, length: number): Promise<void>;
+  /**
+   * Grows the copy to `sizeBytes` (never shrinks it: refused) for a writer at `epoch`: its data file with
+   * zeroes, then its metadata (bitmaps re-sized), durable before this resolves with the new metadata.
+   * Absent on ports that cannot grow (the simulation's); the engine then leaves such a copy out.
+   */
+  grow?(epoch: number, sizeBytes: number): Promise<ReplicaMetadata>;
   /** Durably changes the writer-owned metadata; resolves with the new metadata once it is synced. */
   updateMetadata(epoch: number, patch: MetadataPatch): Promise<ReplicaMetadata>;
   /** One digest of REGION_DIGEST_BYTES per region of `regionBytes` in [offset, offset+length), concatenated. */

@@ -159,6 +159,12 @@ export class RemoteReplicaPort implements ReplicaPort {
     return this.current;
   }
 
+  async grow(epoch: number, sizeBytes: number): Promise<ReplicaMetadata> {
+    const reply = await this.call(FrameType.GROW, { epoch: BigInt(epoch), offset: BigInt(sizeBytes) });
+    this.current = this.parseMetadataReply(reply);
+    return this.current;
+  }
+
   /** Asks the server for the copy's metadata now. */
   async refreshMetadata(): Promise<ReplicaMetadata> {
     this.current = this.parseMetadataReply(await this.call(FrameType.GET_METADATA));

@@ -75,6 +75,7 @@ const REQUEST_TYPES: ReadonlySet<number> = new Set([
   FrameType.SET_METADATA,
   FrameType.CHECKSUM,
   FrameType.PING,
+  FrameType.GROW,
   FrameType.BLOCK_STATUS,
 ]);
 const TAKES_PAYLOAD: ReadonlySet<number> = new Set([
@@ -260,6 +261,11 @@ export class ReplicaSession {
       case FrameType.SET_METADATA: {
         const patch = parseMetadataPatch(request.payload);
         return encodeMetadata(await port.updateMetadata(epochOf(request), patch));
+      }
+      case FrameType.GROW: {
+        if (request.offset > BigInt(Number.MAX_SAFE_INTEGER))
+          throw invalid(`GROW to ${request.offset} bytes is too large`);
+        return encodeMetadata(await port.grow(epochOf(request), Number(request.offset)));
       }
       case FrameType.CHECKSUM: {
         if (request.payload.length !== 4)

@@ -4,12 +4,13 @@
 // rule 4 at the storage level: a writer's epoch lower than the highest ever seen is refused, and a
 // higher one is made durable before the first write under it is accepted.
 
-import { mkdir, stat } from "node:fs/promises";
+import { mkdir, open as openFile, stat, truncate } from "node:fs/promises";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { FileDevice } from "../block/file-device.js";
 import { HavenError } from "../core/errors.js";
 import { checkGenerations, isValidGenerationId, NEW_COPY, type Generations } from "./generations.js";
+import { grownMetadata, mustGrow } from "./grow.js";
 import { FileMetadataFile } from "./metadata-file.js";
 import { MetadataStore } from "./metadata-store.js";
 import { DEFAULT_REGION_BYTES } from "./region-bitmap.js";
@@ -123,7 +124,7 @@ function isChangedSince(value: unknown): value is Record<string, string> {
 export class ReplicaStore {
   private constructor(
     readonly directory: string,
-    readonly data: FileDevice,
+    private dataDevice: FileDevice,
     private readonly metaFile: FileMetadataFile,
     private readonly store: MetadataStore<ReplicaMetadata>,
   ) {}
@@ -176,7 +177,14 @@ export class ReplicaStore {
         `${directory}: no valid metadata record in either slot; the copy cannot be trusted`,
       );
     }
-    const data = await FileDevice.open(join(directory, DATA_FILE));
+    let data = await FileDevice.open(join(directory, DATA_FILE));
+    if (data.size > metadata.sizeBytes) {
+      // A grow (grow.ts) that extended the file and crashed before its metadata was saved: the tail was
+      // never written, so the copy is as it was before the grow began.
+      await data.close();
+      await truncate(join(directory, DATA_FILE), metadata.sizeBytes);
+      data = await FileDevice.open(join(directory, DATA_FILE));
+    }
     if (data.size !== metadata.sizeBytes) {
       await data.close();
       await metaFile.close();
@@ -190,6 +198,41 @@ export class ReplicaStore {
 
   get metadata(): ReplicaMetadata {
     return this.store.current!.value;
+  }
+
+  /** The copy's data file (replaced, never changed in place, when the copy grows). */
+  get data(): FileDevice {
+    return this.dataDevice;
+  }
+
+  /**
+   * Grows the copy to `sizeBytes` for a writer at `epoch` (refused below the highest seen; the epoch is
+   * not taken: growing writes no data). The data file is extended with zeroes and made durable before
+   * the metadata of the new size is saved (grow.ts says why that order is safe). A smaller size is
+   * refused; the same size changes nothing. The engine grows a copy just after opening it, with no I/O
+   * in flight on it.
+   */
+  async grow(epoch: number, sizeBytes: number): Promise<ReplicaMetadata> {
+    checkEpoch(epoch, this.metadata);
+    if (!mustGrow(this.metadata, sizeBytes)) return this.metadata;
+    const path = join(this.directory, DATA_FILE);
+    await this.dataDevice.flush();
+    await truncate(path, sizeBytes);
+    const handle = await openFile(path, "r+");
+    try {
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    const grown = await FileDevice.open(path);
+    const before = this.dataDevice;
+    this.dataDevice = grown;
+    await before.close();
+    await this.store.modify((newest) => {
+      checkEpoch(epoch, newest!);
+      return newest!.sizeBytes >= sizeBytes ? undefined : grownMetadata(newest!, sizeBytes);
+    });
+    return this.metadata;
   }
 
   /**

@@ -383,6 +383,51 @@ describe("replica server", { timeout: 60_000 }, () => {
     await assertBystanderCarriesOn();
   });
 
+  test("GROW from a stale epoch, to a smaller size or with a payload is refused and changes nothing; a good one grows file and metadata", async () => {
+    const grower = await RemoteReplicaPort.open(`tcp://127.0.0.1:${port}`, "vol-g", create("00000000000000c1"), {
+      secret: SECRET,
+      requestTimeoutMs: 10_000,
+      connectTimeoutMs: 5_000,
+    });
+    const head = randomBytes(4096);
+    await grower.write(3, 0, head, true);
+    const file = join(dir.path, "vol-g", "data.raw");
+    const client = await ReplicaClient.connect("127.0.0.1", port, SECRET);
+    await client.openReplica("vol-g");
+    const before = (await client.request(FrameType.GET_METADATA)).payload.toString();
+    await assert.rejects(
+      client.request(FrameType.GROW, { epoch: 2n, offset: BigInt(8 * MiB) }),
+      refusedWith(ReplyStatus.STALE_EPOCH, /epoch 2 is stale/),
+    );
+    await assert.rejects(
+      client.request(FrameType.GROW, { epoch: 3n, offset: BigInt(MiB) }),
+      refusedWith(ReplyStatus.BAD_REQUEST, /never shrinks/),
+    );
+    await assert.rejects(
+      client.request(FrameType.GROW, { epoch: 3n, offset: BigInt(8 * MiB), payload: Buffer.alloc(1) }),
+      refusedWith(ReplyStatus.BAD_REQUEST, /GROW takes no payload/),
+    );
+    await assert.rejects(
+      client.request(FrameType.GROW, { epoch: 3n, offset: 1n << 60n }),
+      refusedWith(ReplyStatus.BAD_REQUEST, /too large/),
+    );
+    assert.equal((await client.request(FrameType.GET_METADATA)).payload.toString(), before, "metadata unchanged");
+    assert.equal(readFileSync(file).length, 4 * MiB, "data file unchanged");
+
+    const grown = await grower.grow(3, 8 * MiB);
+    assert.equal(grown.sizeBytes, 8 * MiB);
+    assert.equal(grower.metadata.sizeBytes, 8 * MiB);
+    const data = readFileSync(file);
+    assert.equal(data.length, 8 * MiB);
+    assert.ok(data.subarray(0, 4096).equals(head), "the old data stays");
+    const tail = randomBytes(4096);
+    await grower.write(3, 8 * MiB - 4096, tail, true);
+    assert.ok((await grower.read(8 * MiB - 4096, 4096)).equals(tail), "the new space takes writes");
+    client.close();
+    await grower.close();
+    await assertBystanderCarriesOn();
+  });
+
   test("CHECKSUM and BLOCK_STATUS answer in their documented binary forms", async () => {
     const client = await ReplicaClient.connect("127.0.0.1", port, SECRET);
     await client.openReplica("vol-a");

@@ -48,7 +48,7 @@ function usageError(message: string): HavenError {
   return new HavenError("HAVEN_ERR_USAGE", `${message}\n\n${VOLUME_CREATE_USAGE}`);
 }
 
-function parseVolumeSize(text: string | undefined): number {
+export function parseVolumeSize(text: string | undefined): number {
   if (text === undefined) throw usageError("--size is required");
   const bytes = parseSize(text, "--size");
   if (bytes % VOLUME_SIZE_ALIGNMENT_BYTES !== 0) {

@@ -33,6 +33,11 @@
 //                  u64 length | u8 flags (ExtentFlag) — consecutive from `offset`, at least one,
 //                  together covering at least the first byte and at most `length` bytes.
 //   PING           reply: empty.
+//   GROW           epoch, offset = the copy's new size in bytes (never smaller: refused). Extends the data
+//                  file with zeroes, then saves the metadata at the new size (bitmaps re-sized, grow.ts).
+//                  Reply payload: the new metadata (JSON), durable before the reply. A server that
+//                  predates GROW ends the connection (unknown type): the engine leaves that copy out
+//                  until its host runs a Haven that knows it.
 // A request from an epoch lower than the highest the copy has seen gets STALE_EPOCH and changes nothing.
 // A frame with a bad magic, another version, an unknown type or a payload over MAX_PAYLOAD_BYTES ends
 // its connection (the stream cannot be trusted past it). The server runs at most 64 requests / 64 MiB
@@ -82,6 +87,7 @@ export const FrameType = {
   CHECKSUM: 18,
   PING: 19,
   BLOCK_STATUS: 20,
+  GROW: 21,
   /** Reply to any request, same requestId; status 0 or an error code with a message payload. */
   REPLY: 100,
 } as const;
