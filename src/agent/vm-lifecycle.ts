@@ -449,31 +449,7 @@ export class VmLifecycle {
       await events.event("vm-start-failed", `VM ${vm.name} ${failed}`, vm.volume);
       return;
     }
-    const run: VmRun = {
-      pid: instance.pid,
-      vcpus: vm.vcpus,
-      memoryMiB: vm.memoryMiB,
-      ...(vm.cpus !== undefined && { cpus: vm.cpus }),
-      startedAt: world.wallTime().toISOString(),
-      startRequest: vm.startRequest,
-      ...(world.vms.serialSocket(vm.name) !== undefined && { serialSocket: world.vms.serialSocket(vm.name) }),
-      ...(world.vms.serialLog(vm.name) !== undefined && { serialLog: world.vms.serialLog(vm.name) }),
-    };
-    const entry: RunningVm = {
-      vm,
-      instance,
-      startRequest: vm.startRequest,
-      startedAtMs,
-      run,
-      counts,
-      pausedByFence: false,
-      probing: false,
-    };
-    this.running.set(vm.name, entry);
-    void instance.exited.then((why) => {
-      entry.exited = why;
-      this.options.watchdog()?.untrackVm(instance.pid);
-    });
+    this.track(vm, instance, startedAtMs, counts);
     if (!this.options.mayStart()) {
       // The lease went (or became unproven) while QEMU started: it must not run a moment longer.
       instance.kill();
@@ -538,6 +514,13 @@ export class VmLifecycle {
 
   /** A live migration's destination QEMU becomes the VM's instance here (its guest runs). */
   private async adopt(vm: VmRecord, instance: VmInstance, reason: string): Promise<void> {
+    // A migration is the operator's move, not a failure: the counts begin again.
+    this.track(vm, instance, this.options.world.clock.now(), { restarts: 0, relocations: 0 });
+    this.adopted.set(vm.name, reason);
+  }
+
+  /** `instance` runs VM `vm` here from now on: what the API and the status records say of it. */
+  private track(vm: VmRecord, instance: VmInstance, startedAtMs: number, counts: VmCounts): RunningVm {
     const { world } = this.options;
     const run: VmRun = {
       pid: instance.pid,
@@ -553,10 +536,9 @@ export class VmLifecycle {
       vm,
       instance,
       startRequest: vm.startRequest,
-      startedAtMs: world.clock.now(),
+      startedAtMs,
       run,
-      // A migration is the operator's move, not a failure: the counts begin again.
-      counts: { restarts: 0, relocations: 0 },
+      counts,
       pausedByFence: false,
       probing: false,
     };
@@ -565,7 +547,7 @@ export class VmLifecycle {
       entry.exited = why;
       this.options.watchdog()?.untrackVm(instance.pid);
     });
-    this.adopted.set(vm.name, reason);
+    return entry;
   }
 
   /** Stops the VM's QEMU here (if any) and forgets it; says how it ended. */

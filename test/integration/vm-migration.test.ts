@@ -12,19 +12,12 @@ import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
-import {
-  alive,
-  clusterRevive,
-  clusterUp,
-  localClusterClient,
-  type LocalClusterState,
-} from "../../src/cluster/local-cluster.js";
+import { alive, clusterRevive, localClusterClient, type LocalClusterState } from "../../src/cluster/local-cluster.js";
+import { havenCli, runningVm, vmClusterUp, type VmShow } from "../helpers/vm-cluster.js";
 import { readEvents } from "../../src/cluster/cluster-read.js";
 import { parseMigrationRecord } from "../../src/cluster/migration-schema.js";
 import { keys } from "../../src/cluster/schema.js";
-import { packageRoot } from "../../src/util/repo-root.js";
-import { TEST_TIMINGS, freeBasePort, stopLocalCluster, until } from "../helpers/cluster.js";
-import { ensureTestImage } from "../helpers/test-image.js";
+import { stopLocalCluster, until } from "../helpers/cluster.js";
 import {
   LOCAL_CLUSTER_BRIDGE,
   ensureNamespaceNetwork,
@@ -37,62 +30,12 @@ const context = join(dir, "context.json");
 const namespace = `haven-migtest-${process.pid}`;
 let state: LocalClusterState;
 
-function haven(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      [join(packageRoot(), "bin", "haven.js"), ...args],
-      { env: { ...process.env, HAVEN_CONTEXT: context }, timeout: 300_000 },
-      (error, stdout, stderr) => resolve({ code: error ? Number(error.code ?? 1) : 0, stdout, stderr }),
-    );
-  });
-}
-
-interface VmShow {
-  spec: { name: string; nics: { mac: string }[] };
-  state: string;
-  host: string | null;
-  status: { run?: { pid: number; serialLog?: string; serialSocket?: string } } | null;
-}
-
-async function show(name: string): Promise<VmShow> {
-  const result = await haven("vm", "show", name, "--json");
-  assert.equal(result.code, 0, result.stderr);
-  return JSON.parse(result.stdout) as VmShow;
-}
-
-async function running(name: string, accept: (vm: VmShow) => boolean = () => true): Promise<VmShow> {
-  return until(
-    `VM ${name} running`,
-    async () => {
-      const vm = await show(name);
-      return vm.state === "running" && vm.status?.run !== undefined && accept(vm) ? vm : undefined;
-    },
-    180_000,
-  );
-}
+const haven = havenCli(context, 300_000);
+const running = (name: string, accept?: (vm: VmShow) => boolean): Promise<VmShow> => runningVm(haven, name, accept);
 
 before(async () => {
-  const image = await ensureTestImage();
   await ensureNamespaceNetwork({ namespace, bridge: LOCAL_CLUSTER_BRIDGE });
-  state = await clusterUp({
-    dir,
-    hosts: 2,
-    basePort: await freeBasePort(),
-    timings: { ...TEST_TIMINGS },
-    vms: {
-      cpus: "0-1",
-      memory: "1G",
-      imageDir: join(image.disk, ".."),
-      heartbeatTimeoutMs: 15_000,
-      bootTimeoutMs: 60_000,
-      bridge: LOCAL_CLUSTER_BRIDGE,
-      netns: namespace,
-    },
-  });
-  await import("node:fs/promises").then((fs) =>
-    fs.writeFile(context, JSON.stringify({ etcd: state.endpoints, clusterDir: dir, tls: state.tlsDir })),
-  );
+  state = await vmClusterUp({ dir, context, hosts: 2, network: { bridge: LOCAL_CLUSTER_BRIDGE, namespace } });
   const created = await haven(
     "vm",
     "create",

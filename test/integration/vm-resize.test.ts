@@ -5,41 +5,19 @@
 // sector readable inside the guest.
 
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
-import { clusterUp, type LocalClusterState } from "../../src/cluster/local-cluster.js";
-import { packageRoot } from "../../src/util/repo-root.js";
-import { TEST_TIMINGS, freeBasePort, stopLocalCluster, until } from "../helpers/cluster.js";
-import { SerialConsole, ensureTestImage } from "../helpers/test-image.js";
+import { stopLocalCluster, until } from "../helpers/cluster.js";
+import { SerialConsole } from "../helpers/test-image.js";
+import { havenCli, showVm, vmClusterUp, type VmShow } from "../helpers/vm-cluster.js";
 
 const dir = mkdtempSync(join(tmpdir(), "haven-vm-resize-"));
 const context = join(dir, "context.json");
-let state: LocalClusterState;
 
-function haven(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      [join(packageRoot(), "bin", "haven.js"), ...args],
-      { env: { ...process.env, HAVEN_CONTEXT: context }, timeout: 240_000 },
-      (error, stdout, stderr) => resolve({ code: error ? Number(error.code ?? 1) : 0, stdout, stderr }),
-    );
-  });
-}
-
-interface VmShow {
-  state: string;
-  status: { run?: { pid: number; serialLog?: string; serialSocket?: string } } | null;
-}
-
-async function show(name: string): Promise<VmShow> {
-  const result = await haven("vm", "show", name, "--json");
-  assert.equal(result.code, 0, result.stderr);
-  return JSON.parse(result.stdout) as VmShow;
-}
+const haven = havenCli(context);
+const show = (name: string): Promise<VmShow> => showVm(haven, name);
 
 /** Runs a shell command on the guest's console and resolves with what it printed before a marker. */
 async function onConsole(vm: VmShow, command: string): Promise<string> {
@@ -63,23 +41,7 @@ async function guestNumber(vm: VmShow, command: string): Promise<number> {
 }
 
 before(async () => {
-  const image = await ensureTestImage();
-  state = await clusterUp({
-    dir,
-    hosts: 2,
-    basePort: await freeBasePort(),
-    timings: { ...TEST_TIMINGS },
-    vms: {
-      cpus: "0-1",
-      memory: "1G",
-      imageDir: join(image.disk, ".."),
-      heartbeatTimeoutMs: 15_000,
-      bootTimeoutMs: 60_000,
-    },
-  });
-  await import("node:fs/promises").then((fs) =>
-    fs.writeFile(context, JSON.stringify({ etcd: state.endpoints, clusterDir: dir, tls: state.tlsDir })),
-  );
+  await vmClusterUp({ dir, context, hosts: 2 });
 });
 
 after(async () => {
