@@ -432,7 +432,7 @@ describe("cluster commands against a real etcd", { skip, timeout: 300_000 }, () 
       [["volume", "delete", "nope", "--yes"], 3, /no volume "nope" in the cluster/],
       [["events", "--limit", "0"], 2, /--limit must be a whole number from 1 to 100000, got "0"/],
       [["status", "extra"], 2, /unexpected argument "extra"/],
-      [["host", "frob"], 2, /unknown or missing verb for "host" \(known: list, drain\)/],
+      [["host", "frob"], 2, /unknown or missing verb for "host" \(known: list, drain, undrain\)/],
     ];
     for (const [args, code, message] of cases) {
       const result = await cluster(...args);

