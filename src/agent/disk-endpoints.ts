@@ -79,8 +79,12 @@ export interface DiskEndpointStatus {
 
 export const DEFAULT_REMOTE_CONNECT_TIMEOUT_MS = 5_000;
 export const DEFAULT_MAX_CONNECTIONS_PER_VOLUME = 64;
-/** How long a piped connection whose primary has closed may wait for the client to close its side. */
-const CLOSE_LINGER_MS = 5_000;
+/**
+ * How long a piped connection whose primary has gone stays open for its client when the route does not
+ * change meanwhile (a change closes it at once). Long enough for a switchover on a loaded host: an EOF
+ * before the route leads to the new primary would have QEMU back off.
+ */
+const CLOSE_LINGER_MS = 30_000;
 /** Linux's bound on a unix socket path (sun_path is 108 bytes with the terminating NUL). */
 const MAX_SOCKET_PATH_BYTES = 107;
 

@@ -284,7 +284,7 @@ class QemuInstance implements VmInstance {
   }
 
   migrateOut(
-    target: { uri: string; host: string },
+    target: { uri: string; host: string; maxBandwidth?: number },
     onProgress: (progress: TransferProgress) => void,
     abort: AbortSignal,
   ): Promise<TransferProgress> {
@@ -293,7 +293,7 @@ class QemuInstance implements VmInstance {
       uri: target.uri,
       ...(tlsDir !== undefined && { tls: { dir: tlsDir, peerName: target.host } }),
       downtimeLimitMs: MIGRATION_DOWNTIME_LIMIT_MS,
-      maxBandwidth: MIGRATION_MAX_BANDWIDTH,
+      maxBandwidth: target.maxBandwidth ?? MIGRATION_MAX_BANDWIDTH,
       onProgress,
       pollMs: MIGRATION_POLL_MS,
       abort,

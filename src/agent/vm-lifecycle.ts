@@ -406,8 +406,9 @@ export class VmLifecycle {
 
   async stopForVolume(volume: string, reason: string): Promise<void> {
     for (const [name, entry] of [...this.running]) {
-      // A live migration's source stays as it is: the guest continues on the destination.
-      if (entry.vm.volume !== volume || this.migrations.holds(name)) continue;
+      // A completed transfer's source stays as it is: the guest continues on the destination. Any
+      // other switchover stops the guest here first, even mid-transfer (the migration then fails).
+      if (entry.vm.volume !== volume || this.migrations.awaitsSwitch(name)) continue;
       const how = await this.stopVm(name, false, reason);
       await this.options.events.event("vm-stopped", `VM ${name} stopped (${how}): ${reason}`, volume);
     }

@@ -76,6 +76,14 @@ export class VmMigrations {
     return this.outgoing.has(name) || this.incoming.has(name);
   }
 
+  /**
+   * Whether the VM's guest here is a completed transfer's source: paused, its state on the
+   * destination, waiting for its own migration's switchover (which must not stop it).
+   */
+  awaitsSwitch(name: string): boolean {
+    return this.outgoing.get(name)?.state === "completed";
+  }
+
   /** Whether the VM is this class's now (VmLifecycle leaves it alone). */
   owns(name: string, view: ClusterView): boolean {
     const record = view.migrations.get(name)?.record;
@@ -316,7 +324,11 @@ export class VmMigrations {
     );
     // The transfer runs outside the guarded action: rounds go on (and may abort it) meanwhile.
     void instance
-      .migrateOut({ uri, host: record.to }, (progress) => this.progress(record, entry, progress), entry.abort.signal)
+      .migrateOut(
+        { uri, host: record.to, ...(record.maxBandwidth !== undefined && { maxBandwidth: record.maxBandwidth }) },
+        (progress) => this.progress(record, entry, progress),
+        entry.abort.signal,
+      )
       .then(
         (done) => {
           entry.downtimeMs = done.downtimeMs;

@@ -80,7 +80,7 @@ export interface VmInstance {
    * back), rejects with why it failed (the guest then still runs here). `abort` cancels it.
    */
   migrateOut(
-    target: { readonly uri: string; readonly host: string },
+    target: { readonly uri: string; readonly host: string; readonly maxBandwidth?: number },
     onProgress: (progress: TransferProgress) => void,
     abort: AbortSignal,
   ): Promise<TransferProgress>;

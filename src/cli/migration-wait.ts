@@ -34,6 +34,8 @@ export interface MigrateOptions {
   readonly write?: (text: string) => void;
   /** Ask only: do not wait for the end. */
   readonly noWait?: boolean;
+  /** The most the transfer may send per second (bytes). */
+  readonly maxBandwidth?: number;
 }
 
 /** Migrates VM `name` to `to` and resolves when it runs there; rejects with the reason when it failed. */
@@ -55,7 +57,10 @@ export async function migrateVm(
     plan = planMigration(records, name, to, false);
   }
   const started = Date.now();
-  const record = await requestMigration(client, plan, records, { actor: options.actor });
+  const record = await requestMigration(client, plan, records, {
+    actor: options.actor,
+    ...(options.maxBandwidth !== undefined && { maxBandwidth: options.maxBandwidth }),
+  });
   write(`VM ${name}: live migration from ${plan.from} to ${to} asked\n`);
   if (options.noWait === true) return undefined;
   const terminal = isTerminal() && options.write === undefined;

@@ -79,6 +79,8 @@ export function planMigration(records: ClusterRecords, name: string, to: string,
 
 export interface RequestOptions {
   readonly actor: string;
+  /** The most the transfer may send per second (bytes). */
+  readonly maxBandwidth?: number;
   readonly now?: () => Date;
 }
 
@@ -100,6 +102,7 @@ export async function requestMigration(
     requestedBy: options.actor,
     requestedAt: now.toISOString(),
     since: now.toISOString(),
+    ...(options.maxBandwidth !== undefined && { maxBandwidth: options.maxBandwidth }),
   };
   const primaryRevision = records.primaryRevisions.get(plan.vm.volume) ?? 0;
   const compare: Compare[] = [

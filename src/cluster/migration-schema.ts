@@ -45,6 +45,8 @@ export interface MigrationRecord {
   /** Where the destination's QEMU listens (tcp:ADDRESS:PORT), once it does. */
   readonly incoming?: string;
   readonly progress?: MigrationProgress;
+  /** The most the transfer may send per second (bytes); absent: as fast as the link allows. */
+  readonly maxBandwidth?: number;
   /** When the guest paused on the source for the last pass (ISO), once the transfer completed. */
   readonly pausedAt?: string;
   /** When the phase last changed (ISO). */
@@ -72,6 +74,7 @@ export function parseMigrationRecord(value: string, key: string): MigrationRecor
     ...(incoming !== undefined && { incoming }),
     ...(o.progress !== undefined && { progress: parseProgress(member(o.progress), `${key} progress`) }),
     ...(o.pausedAt !== undefined && { pausedAt: text(o, "pausedAt", key) }),
+    ...(o.maxBandwidth !== undefined && { maxBandwidth: count(o, "maxBandwidth", key) }),
     since: text(o, "since", key),
   };
 }

@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { connect } from "node:net";
+import { connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
@@ -68,19 +68,28 @@ after(async () => {
 class TimedConsole {
   readonly lines: { atMs: number; text: string }[] = [];
   private partial = "";
-  private readonly socket;
+  private socket: Socket;
+  private closed = false;
 
   constructor(path: string) {
-    this.socket = connect(path);
-    this.socket.setEncoding("utf8");
-    this.socket.on("data", (chunk: string) => {
+    this.socket = this.open(path);
+  }
+
+  /** Connects, and again after a refusal (the socket may not be there yet). */
+  private open(path: string): Socket {
+    const socket = connect(path);
+    socket.setEncoding("utf8");
+    socket.on("data", (chunk: string) => {
       const atMs = Date.now();
       const text = this.partial + chunk.replace(/\r/g, "");
       const parts = text.split("\n");
       this.partial = parts.pop()!;
       for (const line of parts) this.lines.push({ atMs, text: line });
     });
-    this.socket.on("error", () => undefined);
+    socket.on("error", () => {
+      if (!this.closed) setTimeout(() => (this.socket = this.open(path)), 50);
+    });
+    return socket;
   }
 
   type(line: string): void {
@@ -96,6 +105,7 @@ class TimedConsole {
   }
 
   close(): void {
+    this.closed = true;
     this.socket.destroy();
   }
 }
@@ -129,6 +139,7 @@ test("bad requests are refused with the reason and the fix", async () => {
     [["vm", "migrate", "web"], /--to HOST is required/],
     [["vm", "migrate", "web", "--to", "h9"], /no host named "h9"/],
     [["vm", "migrate", "web", "--to", from], /runs on .* already/],
+    [["vm", "migrate", "web", "--to", other, "--bandwidth", "10k"], /--bandwidth "10k" is not a rate/],
   ];
   for (const [args, message] of cases) {
     const result = await haven(...args);
@@ -220,7 +231,8 @@ test("a migration whose destination agent is killed during the transfer leaves t
   const etcd = await localClusterClient(state);
   t.after(() => clusterRevive(dir, to));
   const asked = Date.now();
-  const request = await haven("vm", "migrate", "web", "--to", to, "--no-wait");
+  // Capped at 16 MiB/s, the transfer of 256 MiB lasts long enough to be cut in the middle.
+  const request = await haven("vm", "migrate", "web", "--to", to, "--no-wait", "--bandwidth", "16M");
   assert.equal(request.code, 0, request.stderr);
   // Kill the destination's agent once RAM is moving (its watchdog takes the incoming QEMU down).
   await until(

@@ -253,7 +253,7 @@ export class SimVmInstance implements VmInstance {
    * running here unless the transfer completed.
    */
   migrateOut(
-    target: { uri: string; host: string },
+    target: { uri: string; host: string; maxBandwidth?: number },
     onProgress: (progress: TransferProgress) => void,
     abort: AbortSignal,
   ): Promise<TransferProgress> {

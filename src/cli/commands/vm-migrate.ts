@@ -4,6 +4,7 @@
 
 import { cliActor } from "../actor.js";
 import { HavenError } from "../../core/errors.js";
+import { parseSize } from "../../util/units.js";
 import { parseCommand } from "../args.js";
 import { CLUSTER_OPTIONS, CLUSTER_OPTIONS_USAGE, connectCluster } from "../context.js";
 import { migrateVm } from "../migration-wait.js";
@@ -11,16 +12,30 @@ import { abortOnStopSignal } from "../poll.js";
 
 const DEFAULT_WAIT_SECONDS = 600;
 
-export const VM_MIGRATE_USAGE = `usage: haven vm migrate NAME --to HOST [--copy] [--no-wait] [--wait-timeout SECONDS] [cluster options]
+export const VM_MIGRATE_USAGE = `usage: haven vm migrate NAME --to HOST [--copy] [--bandwidth RATE] [--no-wait] [--wait-timeout SECONDS] [cluster options]
 
 Live-migrates running VM NAME to HOST, which must hold a copy of its disk recorded in sync (with
 --copy, one is built there first, with progress) and have room for its vCPUs and memory. The guest
 runs on while its memory is copied over TLS between the two hosts' QEMUs, then pauses for the last
 pass while its disk's primary moves to HOST (no write lost), and resumes there. Any failure before
 that leaves it running where it was, and the event says why. A stopped VM is not migrated: start it
-where you want it with 'haven vm start NAME --host HOST'.
+where you want it with 'haven vm start NAME --host HOST'. --bandwidth caps the transfer (bytes per
+second: 64M is 64 MiB/s) so that it leaves the link to the replication traffic.
 
 ${CLUSTER_OPTIONS_USAGE}`;
+
+/** --bandwidth RATE: bytes per second, with the units of sizes (64M), at least 1 MiB/s. */
+function bandwidth(text: string): number {
+  let bytes: number;
+  try {
+    bytes = parseSize(text);
+  } catch {
+    bytes = 0;
+  }
+  if (!(bytes >= 1024 * 1024))
+    throw new HavenError("HAVEN_ERR_USAGE", `--bandwidth "${text}" is not a rate of at least 1M (bytes per second)`);
+  return bytes;
+}
 
 export async function vmMigrate(argv: string[]): Promise<number> {
   const parsed = parseCommand(
@@ -31,6 +46,7 @@ export async function vmMigrate(argv: string[]): Promise<number> {
       copy: { type: "boolean" },
       "no-wait": { type: "boolean" },
       "wait-timeout": { type: "string" },
+      bandwidth: { type: "string" },
     },
     VM_MIGRATE_USAGE,
   );
@@ -46,6 +62,7 @@ export async function vmMigrate(argv: string[]): Promise<number> {
       `--wait-timeout "${values["wait-timeout"]}" is not a whole number of seconds`,
     );
   const name = positionals[0]!;
+  const maxBandwidth = values.bandwidth === undefined ? undefined : bandwidth(values.bandwidth as string);
   const client = connectCluster(values);
   const stop = abortOnStopSignal();
   try {
@@ -55,6 +72,7 @@ export async function vmMigrate(argv: string[]): Promise<number> {
       timeoutMs: wait * 1000,
       signal: stop.signal,
       noWait: values["no-wait"] === true,
+      ...(maxBandwidth !== undefined && { maxBandwidth }),
     });
     if (values["no-wait"] === true) return 0;
     if (done === undefined) {
