@@ -22,6 +22,10 @@ const CHUNK = 250;
  * were picked again (2 -> 23, 504 -> 36, 815 -> 4, 6 -> 8), and the copy-change seeds below are those
  * that found their bugs.
  */
+// Retired: seed 7444 ("a start that failed recorded the copy it started from out of sync: no copy
+// recorded in sync, never started again"). Since the agents also read and watch migrations and
+// maintenance, its draws differ, and no seed in 1-23350 takes that path any more; the fix stays covered
+// only by the random seeds.
 const REGRESSIONS: readonly (readonly [number, string, RegExp])[] = [
   [
     23,
@@ -61,11 +65,6 @@ const REGRESSIONS: readonly (readonly [number, string, RegExp])[] = [
     1773,
     "a primary whose own copy is still to be built (replaced, or its sibling removed) never started: only its own copy could vouch",
     /degraded start without \/sim\/h\d\/disk\d[^,]*, as the control plane vouches/,
-  ],
-  [
-    7444,
-    "a start that failed recorded the copy it started from out of sync: no copy recorded in sync, never started again",
-    /volume-start-failed .*no copy could be brought in sync/,
   ],
   [
     2938,
