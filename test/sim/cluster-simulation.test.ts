@@ -20,12 +20,10 @@ const CHUNK = 250;
  * were 81, 230 and 130, the VM seeds 212 and 815 found theirs; when the hosts got two disks and the
  * operator copy changes, the seeds for the last-in-sync, split-brain, metadata-save and relocation paths
  * were picked again (2 -> 23, 504 -> 36, 815 -> 4, 6 -> 8), and the copy-change seeds below are those
- * that found their bugs.
+ * that found their bugs. Retired: seed 7444 ("a start that failed recorded the copy it started from out
+ * of sync: no copy recorded in sync, never started again"); since the agents also read and watch
+ * migrations and maintenance, no seed in 1-23350 takes that path, and only the random seeds cover it.
  */
-// Retired: seed 7444 ("a start that failed recorded the copy it started from out of sync: no copy
-// recorded in sync, never started again"). Since the agents also read and watch migrations and
-// maintenance, its draws differ, and no seed in 1-23350 takes that path any more; the fix stays covered
-// only by the random seeds.
 const REGRESSIONS: readonly (readonly [number, string, RegExp])[] = [
   [
     23,
