@@ -41,6 +41,8 @@ export type DiskRoute =
       readonly port: number;
       /** The primary host's name: with TLS, its certificate must name it. */
       readonly name?: string;
+      /** Keep the client's connection when the primary goes away, until the route changes (see pipeToRemote). */
+      readonly hold?: boolean;
     }
   | { readonly kind: "none"; readonly reason: string };
 
@@ -79,12 +81,14 @@ export interface DiskEndpointStatus {
 
 export const DEFAULT_REMOTE_CONNECT_TIMEOUT_MS = 5_000;
 export const DEFAULT_MAX_CONNECTIONS_PER_VOLUME = 64;
+/** How long a piped connection whose primary has closed may wait for the client to close its side. */
+const CLOSE_LINGER_MS = 5_000;
 /**
- * How long a piped connection whose primary has gone stays open for its client when the route does not
- * change meanwhile (a change closes it at once). Long enough for a switchover on a loaded host: an EOF
- * before the route leads to the new primary would have QEMU back off.
+ * How long a held connection (route `hold`) whose primary has gone stays open for its client when the
+ * route does not change meanwhile (a change closes it at once): long enough for a switchover on a
+ * loaded host.
  */
-const CLOSE_LINGER_MS = 30_000;
+const HOLD_LINGER_MS = 30_000;
 /** Linux's bound on a unix socket path (sun_path is 108 bytes with the terminating NUL). */
 const MAX_SOCKET_PATH_BYTES = 107;
 
@@ -297,7 +301,11 @@ export class DiskEndpoints {
   }
 
   /** Pipes `client` to the primary's NBD port; closing either side closes the other. */
-  private pipeToRemote(endpoint: Endpoint, client: Socket, route: { host: string; port: number; name?: string }): void {
+  private pipeToRemote(
+    endpoint: Endpoint,
+    client: Socket,
+    route: { host: string; port: number; name?: string; hold?: boolean },
+  ): void {
     const target = `${route.host}:${route.port}`;
     const upstream = connect({ host: route.host, port: route.port, allowHalfOpen: true, noDelay: true });
     let closed = false;
@@ -320,20 +328,22 @@ export class DiskEndpoints {
       // Nobody is left to read what the primary sends: drop the upstream connection.
       closeBoth();
     });
-    // Once the piped connection runs, the primary going away (its engine stopped for a switchover)
-    // does not close the client's side at once: an EOF now would have QEMU reconnect while the route
-    // still leads to the old primary, fail, and back off for a second or more. The client's side is
-    // closed when the route changes (to the new primary: QEMU's next attempt lands there) or after a
-    // bounded linger.
+    // With `hold` (a live migration's destination, whose QEMU waits paused for the switch), the primary
+    // going away (its engine stopped for the switchover) does not close the client's side at once: an
+    // EOF now would have QEMU reconnect while the route still leads to the old primary, fail, and back
+    // off for a second or more. Its side is closed when the route changes (to the new primary: QEMU's
+    // next attempt lands there) or after a bound. Without `hold`, the primary's close is passed on
+    // (a client that disconnects waits for it), and the client's own side closes soon after.
+    const hold = route.hold === true;
     let piping = false;
     let upstreamGone = false;
     const upstreamEnded = (why?: string): void => {
-      if (!piping) return closeBoth(why);
+      if (!piping || (!hold && why !== undefined)) return closeBoth(why);
       if (upstreamGone) return;
       upstreamGone = true;
       if (why !== undefined) this.log(`${endpoint.volume}: connection to ${target} lost: ${why}`);
-      upstream.destroy();
-      setTimeout(() => closeBoth(), CLOSE_LINGER_MS).unref();
+      if (hold) upstream.destroy();
+      setTimeout(() => closeBoth(), hold ? HOLD_LINGER_MS : CLOSE_LINGER_MS).unref();
     };
     upstream.once("close", () => {
       clearTimeout(connectTimer);
@@ -342,11 +352,11 @@ export class DiskEndpoints {
     upstream.on("error", (error) => upstreamEnded(error.message));
     client.on("error", (error) => closeBoth(`client: ${error.message}`));
     // pipe() gives backpressure both ways (a full socket pauses the other side's reads); the client's
-    // half-close is passed on, the primary's is not (see above).
+    // half-close is passed on, and the primary's too unless held (see above).
     const start = (remote: Duplex): void => {
       piping = true;
       client.pipe(remote);
-      remote.pipe(client, { end: false });
+      remote.pipe(client, { end: !hold });
     };
     const tls = route.name !== undefined ? this.remoteTls?.(route.name) : undefined;
     if (tls === undefined) {
@@ -416,6 +426,7 @@ function checkRoute(volume: string, route: DiskRoute): DiskRoute {
         host: route.host,
         port: route.port,
         ...(route.name !== undefined && { name: route.name }),
+        ...(route.hold === true && { hold: true }),
       };
     case "none":
       if (typeof route.reason !== "string") bad("a route to none needs a reason");

@@ -128,7 +128,7 @@ export function realWorld(
       nbd.find(volume)
         ? { kind: "local" }
         : remote !== undefined
-          ? { kind: "remote", ...remote }
+          ? { kind: "remote", ...remote, hold: true }
           : { kind: "none", reason: "not served on this host" },
     );
   };
