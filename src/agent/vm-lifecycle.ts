@@ -163,6 +163,7 @@ export class VmLifecycle {
     if (this.stopped) return;
     this.migrations.round(view);
     const names = new Set([...view.vms.keys(), ...this.running.keys()]);
+    const hostView = this.hostView(view);
     for (const name of names) {
       if (this.busy.has(name) || this.migrations.owns(name, view)) continue;
       const vm = view.vms.get(name) ?? this.running.get(name)?.vm;
@@ -170,7 +171,6 @@ export class VmLifecycle {
       const status = view.vmStatus.get(name)?.record;
       const entry = this.running.get(name);
       if (entry?.instance !== undefined && entry.exited === undefined) this.probe(entry);
-      const hostView = this.hostView(view);
       const seen = entry && this.observe(entry);
       const action = decideVm(view.vms.get(name), status, seen, hostView);
       if (action.kind === "none") {

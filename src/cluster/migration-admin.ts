@@ -6,9 +6,9 @@ import { randomUUID } from "node:crypto";
 import { HavenError } from "../core/errors.js";
 import type { ClusterRecords } from "./cluster-read.js";
 import type { MigrationRecord } from "./migration-schema.js";
-import { eventSequence, inSyncCopiesOn, keys, type EventRecord } from "./schema.js";
+import { inSyncCopiesOn, keys } from "./schema.js";
 import type { ClusterStore, Compare, TxnOperation } from "./store.js";
-import { hostLacks } from "./vm-admin.js";
+import { event, hostLacks } from "./vm-admin.js";
 import type { VmRecord } from "./vm-schema.js";
 
 export interface MigrationPlan {
@@ -117,9 +117,8 @@ export async function requestMigration(
       event(
         "vm-migration-requested",
         `VM ${plan.vm.name}: live migration from ${plan.from} to ${plan.to} asked`,
+        { actor: options.actor, now: () => now },
         plan.vm.volume,
-        options.actor,
-        now,
       ),
     ],
     [],
@@ -144,23 +143,15 @@ export async function setMaintenance(
   const operations: TxnOperation[] = on
     ? [
         { type: "put", key, value: JSON.stringify({ since: now.toISOString(), by: options.actor }) },
-        event("host-maintenance", `host ${host} is in maintenance (drained)`, undefined, options.actor, now),
+        event("host-maintenance", `host ${host} is in maintenance (drained)`, { actor: options.actor, now: () => now }),
       ]
     : [
         { type: "delete", key },
-        event("host-maintenance-ended", `host ${host} is back from maintenance`, undefined, options.actor, now),
+        event("host-maintenance-ended", `host ${host} is back from maintenance`, {
+          actor: options.actor,
+          now: () => now,
+        }),
       ];
   const compare: Compare[] = [{ key, target: "createRevision", result: on ? "equal" : "greater", value: 0 }];
   return (await client.txn(compare, operations, [])).succeeded;
-}
-
-function event(kind: string, message: string, volume: string | undefined, actor: string, now: Date): TxnOperation {
-  const record: EventRecord = {
-    time: now.toISOString(),
-    host: actor,
-    ...(volume !== undefined && { volume }),
-    kind,
-    message,
-  };
-  return { type: "put", key: keys.event(eventSequence(now.getTime())), value: JSON.stringify(record) };
 }

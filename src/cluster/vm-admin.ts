@@ -45,7 +45,8 @@ export type VmCreateRequest = Pick<
   readonly stopped?: boolean;
 };
 
-function event(kind: string, message: string, options: VmAdminOptions, volume?: string): TxnOperation {
+/** An event of an operator's action, written in the action's transaction. */
+export function event(kind: string, message: string, options: VmAdminOptions, volume?: string): TxnOperation {
   const now = (options.now ?? (() => new Date()))();
   const record: EventRecord = {
     time: now.toISOString(),
