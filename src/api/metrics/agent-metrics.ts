@@ -404,11 +404,11 @@ export class AgentMetricsRegistry {
     const cluster = (s: Scrape) => s.metrics.cluster;
     this.gauge(
       "haven_cluster_view_age_seconds",
-      "How long ago this agent's last round read the cluster from etcd (absent before its first).",
-      [],
+      "How long ago the last round of this host's agent read the cluster from etcd (absent before its first).",
+      ["host"],
       (s, emit) => {
         const view = cluster(s);
-        if (view !== undefined) emit({}, view.ageMs / 1000);
+        if (view !== undefined) emit({ host: s.health.name }, view.ageMs / 1000);
       },
     );
     this.gauge(
