@@ -471,8 +471,15 @@ export class Agent implements AgentView {
       served: [...this.volumes.entries()].map(([, running]) => ({
         status: running.engine.status(),
         copies: running.copyOf,
-        readSeconds: running.engine.latency.reads.snapshot(),
-        writeSeconds: running.engine.latency.writes.snapshot(),
+        requests: {
+          reads: running.served.reads,
+          readBytes: running.served.readBytes,
+          writes: running.served.writes,
+          writtenBytes: running.served.writtenBytes,
+          errors: running.served.errors,
+          readSeconds: running.served.readSeconds.snapshot(),
+          writeSeconds: running.served.writeSeconds.snapshot(),
+        },
       })),
       roleChanges,
       vms: this.vmMetrics(),

@@ -73,7 +73,18 @@ export interface ServedVolumeMetrics {
   readonly status: VolumeStatus;
   /** Each copy's host and disk, by its location as the status names it. */
   readonly copies: ReadonlyMap<string, { readonly host: string; readonly disk: string }>;
-  /** Client reads and mutations (writes, trims, zeroing) completed, from entry to completion. */
+  /** What the NBD front served of it (src/util/served-requests.ts), since its engine started. */
+  readonly requests: ServedRequestCounts;
+}
+
+/** Client requests completed: reads, and writes (writes, trims, zeroing); latency from dispatch to reply. */
+export interface ServedRequestCounts {
+  readonly reads: number;
+  readonly readBytes: number;
+  readonly writes: number;
+  readonly writtenBytes: number;
+  /** Requests answered with an error. */
+  readonly errors: number;
   readonly readSeconds: HistogramSnapshot;
   readonly writeSeconds: HistogramSnapshot;
 }

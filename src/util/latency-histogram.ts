@@ -2,7 +2,7 @@
 // preallocated array of counts, and observe() is a short scan and two additions (no allocation, no
 // labels, no hashing). It knows nothing of Prometheus; the metrics layer (src/api/metrics/) reads
 // snapshot() at scrape time and renders it with `le` labels, as a Prometheus histogram's cumulative
-// buckets. Bench: bench/metrics/latency-histogram.ts puts its cost next to a request's.
+// buckets. bench/metrics puts its cost next to an NBD request's.
 
 import assert from "node:assert/strict";
 

@@ -83,8 +83,15 @@ function metrics(): AgentMetrics {
           [local, { host: "h1", disk: "disk0" }],
           [remote, { host: "h2", disk: "disk0" }],
         ]),
-        readSeconds: histogramOf([0.0002, 0.0003, 0.004]),
-        writeSeconds: histogramOf([0.001, 7]),
+        requests: {
+          reads: 3,
+          readBytes: 3 * 65536,
+          writes: 2,
+          writtenBytes: 4096,
+          errors: 1,
+          readSeconds: histogramOf([0.0002, 0.0003, 0.004]),
+          writeSeconds: histogramOf([0.001, 7]),
+        },
       },
     ],
     roleChanges: new Map([
@@ -231,8 +238,11 @@ test("the samples carry the agent's values", async () => {
   assert.equal(value("haven_volume_primary_info", { ...vol, host: "h1" }), 1);
   assert.equal(value("haven_volume_in_sync_copies", vol), 1);
   assert.equal(value("haven_volume_copies", vol), 2);
-  assert.equal(value("haven_volume_reads_total", vol), status.io.reads);
-  assert.equal(value("haven_volume_written_bytes_total", vol), status.io.bytesWritten);
+  assert.equal(value("haven_volume_reads_total", vol), 3);
+  assert.equal(value("haven_volume_read_bytes_total", vol), 3 * 65536);
+  assert.equal(value("haven_volume_written_bytes_total", vol), 4096);
+  assert.equal(value("haven_volume_request_errors_total", vol), 1);
+  assert.equal(value("haven_volume_flushes_total", vol), status.io.flushes);
   assert.equal(value("haven_volume_read_duration_seconds_bucket", { ...vol, le: "0.00025" }), 1);
   assert.equal(value("haven_volume_read_duration_seconds_bucket", { ...vol, le: "0.005" }), 3);
   assert.equal(value("haven_volume_read_duration_seconds_count", vol), 3);

@@ -199,33 +199,36 @@ export class AgentMetricsRegistry {
     this.gauge("haven_volume_size_bytes", "The volume's size.", ["volume"], (s, emit) => {
       for (const { status } of served(s)) emit(volume(status.name), status.sizeBytes);
     });
-    const io = (name: string, help: string, pick: (io: AgentMetrics["served"][number]["status"]["io"]) => number) =>
+    type Served = AgentMetrics["served"][number];
+    const count = (name: string, help: string, pick: (volume: Served) => number) =>
       this.counter(name, help, ["volume"], (s, emit) => {
-        for (const { status } of served(s)) emit(volume(status.name), pick(status.io));
+        for (const entry of served(s)) emit(volume(entry.status.name), pick(entry));
       });
-    io("haven_volume_reads_total", "Client reads completed by the volume's engine since it started.", (c) => c.reads);
-    io(
+    count("haven_volume_reads_total", "Client reads the NBD front served from the volume.", (v) => v.requests.reads);
+    count(
       "haven_volume_writes_total",
-      "Client writes, trims and zeroing completed by the volume's engine since it started.",
-      (c) => c.writes,
+      "Client writes, trims and zeroing the NBD front completed on the volume.",
+      (v) => v.requests.writes,
     );
-    io("haven_volume_flushes_total", "Flushes completed by the volume's engine since it started.", (c) => c.flushes);
-    io("haven_volume_read_bytes_total", "Bytes read by clients through the volume's engine.", (c) => c.bytesRead);
-    io(
-      "haven_volume_written_bytes_total",
-      "Bytes written by clients through the volume's engine.",
-      (c) => c.bytesWritten,
+    count("haven_volume_read_bytes_total", "Bytes clients read from the volume.", (v) => v.requests.readBytes);
+    count("haven_volume_written_bytes_total", "Bytes clients wrote to the volume.", (v) => v.requests.writtenBytes);
+    count(
+      "haven_volume_request_errors_total",
+      "Client requests to the volume answered with an error.",
+      (v) => v.requests.errors,
     );
-    io("haven_volume_io_errors_total", "Client requests the volume's engine failed.", (c) => c.errors);
+    count("haven_volume_flushes_total", "Flushes the volume's engine completed.", (v) => v.status.io.flushes);
     this.histogram(
       "haven_volume_read_duration_seconds",
-      "Client reads through the volume's engine, from arrival to completion.",
-      (s) => served(s).map(({ status, readSeconds }) => ({ labels: volume(status.name), histogram: readSeconds })),
+      "Client reads of the volume, from the NBD front's dispatch to the reply.",
+      (s) =>
+        served(s).map(({ status, requests }) => ({ labels: volume(status.name), histogram: requests.readSeconds })),
     );
     this.histogram(
       "haven_volume_write_duration_seconds",
-      "Client writes, trims and zeroing through the volume's engine, from arrival to completion on every in-sync copy.",
-      (s) => served(s).map(({ status, writeSeconds }) => ({ labels: volume(status.name), histogram: writeSeconds })),
+      "Client writes, trims and zeroing of the volume, from the NBD front's dispatch to the reply (every in-sync copy applied it).",
+      (s) =>
+        served(s).map(({ status, requests }) => ({ labels: volume(status.name), histogram: requests.writeSeconds })),
     );
     const roleChanges = (s: Scrape) => [...s.metrics.roleChanges];
     this.counter(
