@@ -4,7 +4,8 @@
 // volume healthy with both copies in sync and the I/O a client did; after its host's agent is killed
 // (kill -9, as agent-failover.test.ts does), the new primary's metrics show the primary and the epoch
 // moved, its failover counter risen, the volume degraded with one copy in sync, and every live agent's
-// view of etcd shows the dead host down. promtool (when installed) accepts a real scrape.
+// view of etcd shows the dead host down; a switchover back is counted by the primary that hands over.
+// promtool (when installed) accepts a real scrape.
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
@@ -225,6 +226,39 @@ describe("agent metrics on a local cluster", { skip, timeout: 300_000 }, () => {
         sampleValue(m, "haven_cluster_volume_in_sync_copies", volume) === 1,
     );
     await assert.rejects(scrape(first.host, token), "the dead agent answers nothing");
+  });
+
+  test("a switchover is counted by the primary that hands the volume over, and the target serves at a higher epoch", async () => {
+    const source = (await probe.primary())!;
+    const target = source.host === "h1" ? "h2" : "h1";
+    const volume = { volume: VOLUME };
+    agents.restart(target); // killed by the previous test
+    await until(
+      `${target}'s copy back in sync`,
+      async () => ((await probe.replica(target))?.state === "in-sync" ? true : undefined),
+      120_000,
+    );
+    const moved = await run(
+      process.execPath,
+      ["bin/haven.js", "volume", "switchover", VOLUME, "--to", target, ...etcdArgs(cluster)],
+      { timeoutMs: 60_000 },
+    );
+    assert.equal(moved.code, 0, moved.stderr);
+    const handedOver = await families(source.host);
+    assert.equal(sampleValue(handedOver, "haven_volume_switchovers_total", { ...volume, result: "done" }), 1);
+    assert.equal(sampleValue(handedOver, "haven_volume_switchovers_total", { ...volume, result: "refused" }), 0);
+    assert.equal(sampleValue(handedOver, "haven_volume_switchover_duration_seconds_count", volume), 1);
+    assert.equal(sampleValue(handedOver, "haven_volume_epoch", volume), undefined, "the source serves it no more");
+    const now = (await probe.primary())!;
+    assert.equal(now.host, target);
+    await metricsWhen(
+      target,
+      "the volume served at the switchover's epoch",
+      (m) =>
+        sampleValue(m, "haven_volume_epoch", volume) === now.epoch &&
+        sampleValue(m, "haven_volume_primary_info", { ...volume, host: target }) === 1,
+    );
+    assert.ok(now.epoch > source.epoch);
   });
 
   test(
