@@ -36,7 +36,6 @@ import type { CreateOptions, ReplicaOpener, ReplicaPort } from "../replica/port.
 import type { RegionBitmap } from "../replica/region-bitmap.js";
 import { ACTIVITY_EXTENT_BYTES, type ReplicaMetadata } from "../replica/replica-store.js";
 import { systemClock, type Clock } from "../util/clock.js";
-import { LatencyHistogram } from "../util/latency-histogram.js";
 import { formatBytes } from "../util/units.js";
 import { ActivityLog, DEFAULT_ACTIVITY_LOG_EXTENTS } from "./activity-log.js";
 import type { BackgroundAccess, ResyncSettings } from "./background-access.js";
@@ -175,12 +174,6 @@ export class VolumeEngine implements BlockDevice, EngineControl {
   readonly resyncSettings: ResyncSettings;
   nbdUris: string[] = [];
   readonly io = { reads: 0, writes: 0, flushes: 0, bytesRead: 0, bytesWritten: 0, errors: 0 };
-  /**
-   * How long the client's reads and mutations (writes, trims, zeroing) took to complete, from entry to
-   * completion, on this engine's clock: preallocated buckets, so observing costs a clock read and a
-   * short scan per request (bench/metrics). Failed requests count in io.errors, not here.
-   */
-  readonly latency = { reads: new LatencyHistogram(), writes: new LatencyHistogram() };
 
   private readonly log: (line: string) => void;
   private readonly newId: () => string;
@@ -465,7 +458,6 @@ export class VolumeEngine implements BlockDevice, EngineControl {
 
   async read(offset: number, target: Buffer): Promise<void> {
     this.checkUsable();
-    const startedAt = this.clock.now();
     this.throttle.noteClientIo();
     for (;;) {
       const copy = this.copies.readCopy();
@@ -485,7 +477,6 @@ export class VolumeEngine implements BlockDevice, EngineControl {
       if (failure === undefined) {
         this.io.reads++;
         this.io.bytesRead += target.length;
-        this.latency.reads.observe((this.clock.now() - startedAt) / 1000);
         return;
       }
       const { error } = failure;
@@ -612,7 +603,6 @@ export class VolumeEngine implements BlockDevice, EngineControl {
         "HAVEN_ERR_NO_SPACE",
         `${op} of ${length} bytes at ${offset} is past the volume's end (${this.copies.sizeBytes})`,
       );
-    const startedAt = this.clock.now();
     this.throttle.noteClientIo();
     const release = this.locks.tryAcquire(offset, length, false) ?? (await this.locks.acquire(offset, length, false));
     const logChange = this.activityLog.pin(offset, length, 3);
@@ -656,7 +646,6 @@ export class VolumeEngine implements BlockDevice, EngineControl {
       this.io.writes++;
       assert.ok(this.io.writes <= this.mutationsSent, "more mutations acknowledged than sent");
       this.io.bytesWritten += op === "WRITE" ? length : 0;
-      this.latency.writes.observe((this.clock.now() - startedAt) / 1000);
       if (!fua) this.scheduleWriteback();
     } catch (error) {
       this.io.errors++;
