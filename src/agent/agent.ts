@@ -23,6 +23,7 @@ import type { DiskRecord } from "../cluster/disk-schema.js";
 import type { LeaseId } from "../cluster/etcd-client.js";
 import {
   copiesOn,
+  copyId,
   keys,
   parseVolumeSpec,
   type CopyPlace,
@@ -40,6 +41,8 @@ import { DiskRegistry } from "./disk-registry.js";
 import { EventLog } from "./event-log.js";
 import { HealthReporter } from "./health.js";
 import type { AgentView, HostHealth, VmHere } from "./view.js";
+import type { AgentMetrics, ClusterFacts, VmMetrics } from "./view.js";
+import { RoleChanges, type VolumeRoleChanges } from "./role-changes.js";
 import { LeaseKeeper } from "./lease-keeper.js";
 import { PeerLinks } from "./peer-links.js";
 import { Reconciler } from "./reconciler.js";
@@ -76,6 +79,8 @@ export class Agent implements AgentView {
   private readonly diskRegistry: DiskRegistry | undefined;
   private replicationPort = 0;
   private nbdPort = 0;
+  /** The failovers and switchovers carried out here (metrics()). */
+  private readonly roleChanges = new RoleChanges();
 
   constructor(
     readonly config: AgentConfig,
@@ -163,6 +168,7 @@ export class Agent implements AgentView {
       links: this.links,
       holdsLease: () => this.lease.current !== undefined,
       log,
+      roleChanges: this.roleChanges,
     });
     this.diskRegistry =
       world.diskInfo &&
@@ -444,5 +450,86 @@ export class Agent implements AgentView {
     this.vmLifecycle.fenceAll(`host ${this.name} lost its cluster lease (${reason})`);
     this.volumes.fenceAll(`host ${this.name} lost its cluster lease (${reason})`);
     this.events.note("fenced", `lease lost (${reason}): every volume here stopped completing writes`);
+  }
+
+  // ---- metrics (src/api/metrics/): AgentView.metrics() ----
+
+  /** What the metrics need beyond health(), engines(), vms() and disks(); no I/O. */
+  metrics(): AgentMetrics {
+    const { timings } = this.config;
+    const view = this.reconciler.view;
+    const roleChanges = new Map<string, VolumeRoleChanges>();
+    const placedHere = [...view.volumes.values()].filter((spec) => this.reconciler.placedHere(spec));
+    for (const name of [...placedHere.map((spec) => spec.name), ...this.roleChanges.names()])
+      roleChanges.set(name, this.roleChanges.snapshot(name));
+    return {
+      timings: {
+        leaseTtlMs: timings.leaseTtlMs,
+        renewIntervalMs: timings.renewIntervalMs,
+        fenceAfterMs: timings.fenceAfterMs,
+      },
+      served: [...this.volumes.entries()].map(([, running]) => ({
+        status: running.engine.status(),
+        copies: running.copyOf,
+        requests: {
+          reads: running.served.reads,
+          readBytes: running.served.readBytes,
+          writes: running.served.writes,
+          writtenBytes: running.served.writtenBytes,
+          errors: running.served.errors,
+          readSeconds: running.served.readSeconds.snapshot(),
+          writeSeconds: running.served.writeSeconds.snapshot(),
+        },
+      })),
+      roleChanges,
+      vms: this.vmMetrics(),
+      cluster: this.clusterFacts(),
+    };
+  }
+
+  private vmMetrics(): VmMetrics[] {
+    const statuses = this.reconciler.view.vmStatus;
+    const here = new Map(this.vmLifecycle.describe().map((vm) => [vm.name, vm]));
+    const names = new Set([
+      ...here.keys(),
+      ...[...statuses].filter(([, status]) => status.record.host === this.name).map(([name]) => name),
+    ]);
+    return [...names].sort().map((name) => {
+      const record = statuses.get(name)?.record;
+      const mine = record?.host === this.name ? record : undefined;
+      return {
+        name,
+        volume: here.get(name)?.volume ?? this.reconciler.view.vms.get(name)?.volume ?? "",
+        state: mine?.state,
+        restarts: mine?.restarts ?? 0,
+        relocations: mine?.relocations ?? 0,
+        runState: here.get(name)?.runState,
+      };
+    });
+  }
+
+  private clusterFacts(): ClusterFacts | undefined {
+    const readAtMs = this.reconciler.viewReadAtMs;
+    if (readAtMs === undefined) return undefined;
+    const view = this.reconciler.view;
+    const hostNames = new Set([...view.hostInfo.keys(), ...view.alive]);
+    return {
+      ageMs: Math.max(0, this.world.clock.now() - readAtMs),
+      hosts: [...hostNames].sort().map((name) => ({ name, alive: view.alive.has(name) })),
+      volumes: [...view.volumes.values()].map((spec) => {
+        const primary = view.primaries.get(spec.name)?.record.host ?? null;
+        const records = view.replicas.get(spec.name);
+        return {
+          name: spec.name,
+          primaryHost: primary,
+          primaryAlive: primary !== null && view.alive.has(primary),
+          copies: spec.replicas.map((copy) => ({
+            host: copy.host,
+            disk: copy.disk,
+            inSync: records?.get(copyId(copy))?.state === "in-sync",
+          })),
+        };
+      }),
+    };
   }
 }

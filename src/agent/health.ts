@@ -196,7 +196,12 @@ export class HealthReporter {
     for (const name of result.missing) {
       const running = volumes.get(name);
       if (running === undefined || world.nbd.has(name)) continue;
-      world.nbd.addExport({ name, description: `Haven volume ${name}`, device: running.engine });
+      world.nbd.addExport({
+        name,
+        description: `Haven volume ${name}`,
+        device: running.engine,
+        served: running.served,
+      });
       events.note("nbd-export-restored", "the NBD front had lost this volume's export; restored", name);
     }
     return result.problems;

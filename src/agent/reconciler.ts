@@ -33,6 +33,7 @@ import type { EventLog } from "./event-log.js";
 import type { HealthReporter } from "./health.js";
 import type { PeerAddress, PeerLinks } from "./peer-links.js";
 import { MalformedRecords } from "./malformed-records.js";
+import type { RoleChanges } from "./role-changes.js";
 import { handOver } from "./switchover.js";
 import type { VolumeLifecycle } from "./volume-lifecycle.js";
 import type { AgentWorld } from "./world.js";
@@ -79,6 +80,8 @@ export interface ReconcilerOptions {
   /** Whether this host holds its lease now. */
   readonly holdsLease: () => boolean;
   readonly log: (line: string) => void;
+  /** Where the failovers and switchovers carried out here are counted (the metrics). */
+  readonly roleChanges?: RoleChanges;
 }
 
 export class Reconciler {
@@ -108,6 +111,9 @@ export class Reconciler {
     maintenance: new Map(),
   };
 
+  /** When (monotonic ms) the last round read the cluster. */
+  private lastReadAtMs: number | undefined;
+
   constructor(private readonly options: ReconcilerOptions) {
     this.malformed = new MalformedRecords(options.log);
   }
@@ -119,6 +125,11 @@ export class Reconciler {
   /** The cluster as of the last round. */
   get view(): ClusterView {
     return this.last;
+  }
+
+  /** When (monotonic ms) the last round read the cluster; undefined before the first one. */
+  get viewReadAtMs(): number | undefined {
+    return this.lastReadAtMs;
   }
 
   /** Whether the volume has a copy on this host (one, or two on different disks). */
@@ -133,6 +144,7 @@ export class Reconciler {
     this.last = view;
     links.setPeers(this.peers(view));
     const now = world.clock.now();
+    this.lastReadAtMs = now;
     const primaryHosts = new Map([...view.primaries].map(([name, { record }]) => [name, record.host]));
     this.deadSince = deadPrimaries(this.deadSince, primaryHosts, view.alive, now);
     // An engine that fenced itself while this host holds its lease (a copy record it could not write)
@@ -265,6 +277,7 @@ export class Reconciler {
         events,
         volumes,
         log,
+        ...(this.options.roleChanges !== undefined && { roleChanges: this.options.roleChanges }),
       };
       const target = {
         targetAlive: view.alive.has(handover.to),
@@ -345,9 +358,12 @@ export class Reconciler {
         const won = await this.takePrimary(name, record, primaryRevision, vouching);
         if (won === undefined) return; // another standby was faster, or the primary came back: next round decides again
         await events.event("failover", `promoted to primary at epoch ${action.epoch}: ${action.reason}`, name);
-        return volumes.guarded(name, () =>
+        const deadSince = this.deadSince.get(name) ?? world.clock.now();
+        await volumes.guarded(name, () =>
           volumes.start(spec, { volume: name, epoch: action.epoch, primaryRevision: won.revision }, context),
         );
+        this.options.roleChanges?.failover(name, world.clock.now() - deadSince);
+        return;
       }
     }
   }

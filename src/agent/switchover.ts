@@ -18,6 +18,7 @@ import type { ClusterStore } from "../cluster/store.js";
 import type { Clock } from "../util/clock.js";
 import type { EventLog } from "./event-log.js";
 import { stillPrimary } from "./copy-records.js";
+import type { RoleChanges } from "./role-changes.js";
 import type { VolumeLifecycle } from "./volume-lifecycle.js";
 
 /** Flushes before a switchover's clean stop, each with less left to write (see handOver). */
@@ -31,6 +32,8 @@ export interface SwitchoverContext {
   readonly events: EventLog;
   readonly volumes: VolumeLifecycle;
   readonly log: (line: string) => void;
+  /** Where a switchover carried out or refused here is counted, with its duration (the metrics). */
+  readonly roleChanges?: RoleChanges;
 }
 
 /** Where the cluster stood when the round read it. */
@@ -50,7 +53,9 @@ export async function handOver(
   const running = volumes.get(name);
   if (running === undefined) return;
   const { role, engine } = running;
+  const begun = clock.now();
   const refuse = async (reason: string): Promise<void> => {
+    context.roleChanges?.switchover(name, "refused", clock.now() - begun);
     await store.txn(
       [stillPrimary(role)],
       [
@@ -95,4 +100,5 @@ export async function handOver(
     [],
   );
   if (!result.succeeded) return refuse("the primary record or the target's copy record changed meanwhile");
+  context.roleChanges?.switchover(name, "done", clock.now() - begun);
 }

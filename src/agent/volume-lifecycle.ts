@@ -7,6 +7,7 @@
 import { copyId, type CopyPlace, type HostRecord, type ReplicaRecord, type VolumeSpec } from "../cluster/schema.js";
 import { HavenError, errorMessage, hasCode } from "../core/errors.js";
 import { formatBytes } from "../util/units.js";
+import { ServedRequests } from "../util/served-requests.js";
 import { VolumeEngine, type EngineOptions } from "../engine/engine.js";
 import type { ReplicaOpener } from "../replica/port.js";
 import type { AgentConfig, DiskConfig } from "./config.js";
@@ -29,6 +30,8 @@ export interface Running {
   readonly leaving: Set<string>;
   /** A 4 KiB read through the engine each round: what is wrong, or undefined when it completed. */
   readonly liveness: BackgroundProbe<string | undefined>;
+  /** What the NBD front served of the volume since this engine started (the metrics read it). */
+  readonly served: ServedRequests;
 }
 
 /** What starting a volume needs to know of the cluster, as of the round that decided it. */
@@ -150,14 +153,15 @@ export class VolumeLifecycle {
     }
     const uri = `nbd://${config.host.address}:${this.options.nbdPort()}/${name}`;
     engine.nbdUris.push(uri);
-    world.nbd.addExport({ name, description: `Haven volume ${name}`, device: engine });
-    const served = engine;
+    const served = new ServedRequests();
+    world.nbd.addExport({ name, description: `Haven volume ${name}`, device: engine, served });
+    const serving = engine;
     const liveness = new BackgroundProbe(
-      () => engineAnswers(served),
+      () => engineAnswers(serving),
       LIVENESS_TIMEOUT_MS,
       () => world.clock.now(),
     );
-    this.running.set(name, { engine, role, copyOf, leaving, liveness });
+    this.running.set(name, { engine, role, copyOf, leaving, liveness, served });
     this.options.onServing?.(name);
     await events.event("volume-serving", `serving ${formatBytes(engine.size)} at epoch ${role.epoch} on ${uri}`, name);
   }

@@ -11,6 +11,7 @@ import type { DiskLabel } from "../disk/disk-label.js";
 import type { DiskUsage } from "../disk/disk-usage.js";
 import type { ClusterStore } from "../cluster/store.js";
 import type { DiskHealth } from "../cluster/schema.js";
+import type { ServedRequests } from "../util/served-requests.js";
 import type { BlockDevice } from "../block/device.js";
 import type { ReplicaOpener } from "../replica/port.js";
 import type { Clock } from "../util/clock.js";
@@ -36,7 +37,8 @@ export interface ReplicaService {
 export interface NbdExporter {
   /** Starts listening; resolves with the port. */
   listen(host: string, port: number): Promise<number>;
-  addExport(entry: { name: string; description: string; device: BlockDevice }): void;
+  /** `served`, when given, counts what the export serves (the metrics read it). */
+  addExport(entry: { name: string; description: string; device: BlockDevice; served?: ServedRequests }): void;
   removeExport(name: string): void;
   has(name: string): boolean;
   stop(): Promise<void>;

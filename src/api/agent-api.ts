@@ -12,6 +12,8 @@
 //   GET  /v1/vms                    the VMs whose QEMU runs here, with their health on several parameters
 //   GET  /v1/vms/:name              one of them (404 when it does not run here)
 //   GET  /v1/disks                  this host's disks: identity, state, size, free, the copies on each
+//   GET  /metrics                   Prometheus metrics, text format 0.0.4 (metrics/agent-metrics.ts,
+//                                   docs/metrics.md); the viewer role, as every read
 
 import { HavenError } from "../core/errors.js";
 import { isVmName, isVolumeName, quoteName } from "../cluster/names.js";
@@ -21,7 +23,9 @@ import type { FastifyReply, FastifyRequest } from "fastify";
 import type { TlsOptions } from "node:tls";
 import { callerResolver, requireRole, type Caller, type CallerSources } from "./callers.js";
 import { parseVerifyRequest } from "./requests.js";
-import { ApiServer, type ApiLimits } from "./server.js";
+import { ApiServer, TextBody, type ApiLimits } from "./server.js";
+import { AgentMetricsRegistry, METRICS_CONTENT_TYPE } from "./metrics/agent-metrics.js";
+import { havenVersion } from "./metrics/version.js";
 
 export interface AgentApiServerOptions {
   /** One line per request that changes something (every non-GET), and per listener error; stderr by default. */
@@ -63,6 +67,8 @@ export class AgentApiServer {
     this.server.route("/v1/volumes/:name", { GET: (request) => this.engine(request.params.name!).status() });
     this.server.route("/v1/vms", { GET: () => this.agent.vms() });
     this.server.route("/v1/disks", { GET: () => this.agent.disks() });
+    const metrics = new AgentMetricsRegistry(this.agent, havenVersion());
+    this.server.route("/metrics", { GET: async () => new TextBody(METRICS_CONTENT_TYPE, await metrics.render()) });
     this.server.route("/v1/vms/:name", {
       GET: (request) => {
         const vm = this.agent.vms().find((candidate) => candidate.name === request.params.name);

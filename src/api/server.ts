@@ -4,7 +4,8 @@
 //   method is 405 with Allow), the body's size (64 KiB, declared or streamed: 413), its JSON (any
 //   content type is read as JSON; an empty body is {}) and every field (requests.ts);
 // - every error is {"error": {"code": "HAVEN_ERR_...", "message": "..."}} (errors.ts) as
-//   application/json, and every answer is JSON with a trailing newline, never cached;
+//   application/json, and every answer is JSON with a trailing newline, never cached (the one
+//   exception: a handler may answer a TextBody, such as the metrics in Prometheus' text format);
 // - bounded (issue 16): 64 connections, at most 16 from one source address, 5 s for a new connection's
 //   first request headers (connection-gate.ts), 10 s for a request's headers and 10 s for its body (a
 //   slow body is cut with 408 in Haven's error body), stop() waits 2 s for requests in flight before it
@@ -64,7 +65,15 @@ export interface ApiRequest {
   readonly body: unknown;
 }
 
-/** Answers with what it returns (as JSON); it may set the status and headers on `reply` first. */
+/** An answer that is not JSON (the metrics' text exposition): sent as it is, with its content type. */
+export class TextBody {
+  constructor(
+    readonly contentType: string,
+    readonly text: string,
+  ) {}
+}
+
+/** Answers with what it returns (as JSON, or a TextBody as it is); it may set the status and headers on `reply` first. */
 export type RouteHandler = (request: ApiRequest, reply: FastifyReply) => unknown;
 
 export interface ApiServerOptions {
@@ -334,6 +343,11 @@ export class ApiServer {
       body !== undefined,
       `the ${this.options.what}'s handler for ${request.method} ${pathOf(request)} answered nothing`,
     );
+    if (body instanceof TextBody)
+      return reply
+        .header("content-type", body.contentType)
+        .header("cache-control", "no-store")
+        .send(Buffer.from(body.text));
     return reply
       .header("content-type", "application/json")
       .header("cache-control", "no-store")

@@ -1,11 +1,14 @@
 // What the NBD front serves: a named export over a block device, and the limits every connection obeys.
 
 import type { BlockDevice } from "../block/device.js";
+import type { ServedRequests } from "../util/served-requests.js";
 
 export interface NbdExport {
   readonly name: string;
   readonly description: string;
   readonly device: BlockDevice;
+  /** Counts what the export served (requests, bytes, latency) when given: the metrics read it. */
+  readonly served?: ServedRequests;
 }
 
 export interface NbdLimits {

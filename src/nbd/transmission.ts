@@ -29,6 +29,7 @@ import { ChunkQueue } from "../util/chunk-queue.js";
 import { SlabReader } from "../util/slab-reader.js";
 import { ReplyWriter, type FileSource } from "./reply-writer.js";
 import type { WriteBudget } from "./write-budget.js";
+import type { ServedRequests } from "../util/served-requests.js";
 import {
   blockStatusChunk,
   errorChunk,
@@ -302,8 +303,16 @@ export class TransmissionSession {
     const payloadBytes = request.type === Command.READ || request.type === Command.WRITE ? request.length : 0;
     this.inflightRequests++;
     this.inflightBytes += payloadBytes;
+    const served = this.session.export.served;
+    const startedAt = served === undefined ? 0 : performance.now();
     this.execute(request, payload)
-      .catch((error: unknown) => this.failRequest(request, error))
+      .then(
+        () => served !== undefined && countServed(served, request, (performance.now() - startedAt) / 1000),
+        (error: unknown) => {
+          if (served !== undefined) served.errors++;
+          this.failRequest(request, error);
+        },
+      )
       .finally(() => {
         this.releasePayload(payload);
         giveBack();
@@ -554,5 +563,18 @@ export class TransmissionSession {
     }
     if (this.received.length > 0) return `${reason} in the middle of a request header (${this.received.length} bytes)`;
     return reason;
+  }
+}
+
+/** A request that completed, in the export's counts: reads, and writes (trims and zeroing write no bytes). */
+function countServed(served: ServedRequests, request: Request, seconds: number): void {
+  switch (request.type) {
+    case Command.READ:
+      return served.read(request.length, seconds);
+    case Command.WRITE:
+      return served.write(request.length, seconds);
+    case Command.TRIM:
+    case Command.WRITE_ZEROES:
+      return served.write(0, seconds);
   }
 }

@@ -9,6 +9,7 @@ import { AgentApiServer } from "../../src/api/agent-api.js";
 import type { HostHealth } from "../../src/agent/view.js";
 import { FakeEngineControl, healthyStatus } from "../helpers/fake-engine.js";
 import { tokenDigest } from "../../src/cluster/operators.js";
+import { noAgentMetrics } from "../helpers/agent-metrics.js";
 
 const TOKEN = "a-token-of-more-than-16-characters";
 const VIEWER_TOKEN = "haven_viewer-token-of-alice";
@@ -46,7 +47,13 @@ const disk: DiskRecord = {
   updatedAt: "2026-12-05T00:00:00.000Z",
 };
 const server = new AgentApiServer(
-  { health: () => health, engines: () => new Map([["vol", engine]]), vms: () => [vm], disks: () => [disk] },
+  {
+    health: () => health,
+    engines: () => new Map([["vol", engine]]),
+    vms: () => [vm],
+    disks: () => [disk],
+    metrics: noAgentMetrics,
+  },
   TOKEN,
   {
     callers: {

@@ -11,6 +11,7 @@ import { connect, type Socket } from "node:net";
 import { AgentApiServer } from "../../src/api/agent-api.js";
 import { EngineApiServer } from "../../src/api/engine-api.js";
 import { FakeEngineControl, healthyStatus } from "../helpers/fake-engine.js";
+import { noAgentMetrics } from "../helpers/agent-metrics.js";
 
 const TOKEN = "api-bounds-test-token-0123456789";
 const AUTHORIZATION = `Bearer ${TOKEN}`;
@@ -37,6 +38,7 @@ const agentApi = new AgentApiServer(
     engines: () => new Map([["vol", control]]),
     vms: () => [],
     disks: () => [],
+    metrics: noAgentMetrics,
   },
   TOKEN,
   { log: () => {}, limits: LIMITS },
