@@ -199,6 +199,15 @@ export class EtcdTransport {
     }
     const untried = count - tried;
     const suffix = untried > 0 ? `; ${untried} more not tried within ${this.options.requestTimeoutMs} ms` : "";
+    if (repeatable === "read") {
+      // A read changes nothing, so what the operator needs is who did not answer, and for how long.
+      throw new HavenError(
+        "HAVEN_ERR_UNAVAILABLE",
+        `etcd is unreachable for ${what}: ${failures.join("; ")}${suffix}. etcd did not answer within ` +
+          `${(timeoutMs / 1000).toFixed(1)} s at ${this.endpointNames.join(", ")}: check that it runs there ` +
+          "(a read changes nothing, so it is safe to run again)",
+      );
+    }
     throw new HavenError(
       "HAVEN_ERR_UNAVAILABLE",
       `etcd is unreachable for ${what}: ${failures.join("; ")}${suffix}; check that etcd runs at ` +
