@@ -8,6 +8,7 @@ import { ERRORS, HavenError, type ErrorCode } from "../core/errors.js";
 import type { VerifyStatus, VolumeStatus } from "../engine/status.js";
 import { parseHostPort } from "../util/units.js";
 import { API_TOKEN_ENV, clientApiToken } from "./api-token.js";
+import { resolveCluster } from "./context.js";
 
 /** How long one call may take, connecting included. */
 export const ENGINE_API_TIMEOUT_MS = 10_000;
@@ -23,7 +24,13 @@ export class EngineApiClient {
   /** `address` is HOST:PORT from `--api`; a malformed one is a usage error naming `what`. */
   constructor(
     address: string,
-    private readonly options: { readonly token: string; readonly timeoutMs?: number; readonly what?: string },
+    private readonly options: {
+      readonly token: string;
+      /** Where the token came from ("--token-file FILE", ...), for a refusal's message. */
+      readonly tokenSource?: string;
+      readonly timeoutMs?: number;
+      readonly what?: string;
+    },
   ) {
     const { host, port } = parseHostPort(address, options.what ?? "--api");
     this.address = address;
@@ -56,6 +63,7 @@ export class EngineApiClient {
     if (status >= 200 && status < 300) return parsed;
     const error = (parsed as { error?: { code?: unknown; message?: unknown } } | null)?.error;
     if (typeof error?.code === "string" && Object.hasOwn(ERRORS, error.code) && typeof error.message === "string") {
+      if (status === 401 || status === 403) throw this.refused(error.code as ErrorCode, error.message);
       throw new HavenError(error.code as ErrorCode, error.message);
     }
     throw this.notTheApi(`HTTP ${status} without a Haven error`);
@@ -119,6 +127,16 @@ export class EngineApiClient {
     });
   }
 
+  /** A 401 or 403: which token was refused, and how to give another. */
+  private refused(code: ErrorCode, message: string): HavenError {
+    const source = this.options.tokenSource ?? "the token given";
+    return new HavenError(
+      code,
+      `the API at ${this.address} refused ${source}: ${message}. Give the API's token with --token-file FILE ` +
+        `or ${API_TOKEN_ENV} (a local cluster keeps it in its directory, in the file "token")`,
+    );
+  }
+
   private notTheApi(what: string): HavenError {
     return new HavenError(
       "HAVEN_ERR_CONFIG",
@@ -174,22 +192,40 @@ function malformed(address: string, what: string): HavenError {
 export const ENGINE_API_OPTIONS = {
   api: { type: "string" },
   "token-file": { type: "string" },
+  context: { type: "string" },
 } as const;
 
 /** How ENGINE_API_OPTIONS read in a command's usage. */
-export const ENGINE_API_OPTIONS_USAGE = `  --api HOST:PORT      the engine's API address
-  --token-file FILE    the engine API's token (default: $${API_TOKEN_ENV})`;
+export const ENGINE_API_OPTIONS_USAGE = `  --api HOST:PORT      the engine's API address (http://HOST:PORT is taken too)
+  --token-file FILE    the API's token (default: $${API_TOKEN_ENV}, else the token in the directory of the
+                       context file's cluster)
+  --context FILE       the context file whose cluster's token to use`;
+
+/** The cluster directory the context names, if any: a local cluster keeps its API token there. */
+function contextClusterDir(context: string | boolean | undefined): string | undefined {
+  try {
+    return resolveCluster({ context }, { ...process.env, HAVEN_ETCD: "" }).clusterDir;
+  } catch {
+    return undefined; // no context file: the token must come from --token-file or the environment
+  }
+}
 
 /**
  * The client for a command's `--api HOST:PORT`, which every `haven volume` command requires, with the
- * token of --token-file or $HAVEN_API_TOKEN.
+ * token of --token-file, $HAVEN_API_TOKEN or the context's cluster directory.
  */
 export async function engineApiFromOptions(
-  values: { readonly api?: string | boolean | undefined; readonly "token-file"?: string | boolean | undefined },
+  values: {
+    readonly api?: string | boolean | undefined;
+    readonly "token-file"?: string | boolean | undefined;
+    readonly context?: string | boolean | undefined;
+  },
   usage: string,
 ): Promise<EngineApiClient> {
-  const address = values.api;
-  if (typeof address !== "string") throw new HavenError("HAVEN_ERR_USAGE", `--api HOST:PORT is required\n\n${usage}`);
+  if (typeof values.api !== "string") throw new HavenError("HAVEN_ERR_USAGE", "--api HOST:PORT is required");
+  const address = values.api.replace(/^http:\/\//, "").replace(/\/$/, "");
   parseHostPort(address, "--api");
-  return new EngineApiClient(address, { token: await clientApiToken(values["token-file"], usage) });
+  const clusterDir = typeof values["token-file"] === "string" ? undefined : contextClusterDir(values.context);
+  const { token, source } = await clientApiToken(values["token-file"], usage, clusterDir);
+  return new EngineApiClient(address, { token, tokenSource: source });
 }

@@ -5,7 +5,7 @@ import { HavenError } from "../../core/errors.js";
 import { renderVolumeStatus } from "../status-render.js";
 import type { VolumeStatus } from "../../engine/status.js";
 import { parseCommand } from "../args.js";
-import { ENGINE_API_OPTIONS, engineApiFromOptions } from "../engine-api-client.js";
+import { ENGINE_API_OPTIONS, ENGINE_API_OPTIONS_USAGE, engineApiFromOptions } from "../engine-api-client.js";
 import { abortOnStopSignal, pause } from "../poll.js";
 import { CLEAR_SCREEN, isTerminal, terminalRenderOptions } from "../terminal.js";
 
@@ -16,8 +16,7 @@ resyncing with progress and ETA, faulted or in split brain with the reason), a v
 and the I/O counters.
 
 options:
-  --api HOST:PORT      the engine's API address
-  --token-file FILE    the engine API's token (default: $HAVEN_API_TOKEN)
+${ENGINE_API_OPTIONS_USAGE}
   --json               print the status as JSON (with --watch, one line per refresh)
   --watch [SECONDS]    refresh every SECONDS (default 1, at least 0.1) until Ctrl-C`;
 
