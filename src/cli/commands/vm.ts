@@ -31,6 +31,7 @@ import { CLUSTER_OPTIONS, CLUSTER_OPTIONS_USAGE, connectCluster, resolveCluster 
 import { inspectImage, parseImageFormat, resolveImage } from "../image-copy.js";
 import { createVolumeFromImage, volumeSizeFor } from "../image-volume.js";
 import { abortOnStopSignal, pause } from "../poll.js";
+import { terminalRenderOptions } from "../terminal.js";
 import { VM_MIGRATE_USAGE, vmMigrate } from "./vm-migrate.js";
 import { VM_EXPORT_USAGE, VM_IMPORT_USAGE, VM_TRANSFER_USAGE, vmExport, vmImport } from "./vm-transfer.js";
 
@@ -468,7 +469,7 @@ async function vmList(argv: string[]): Promise<number> {
           null,
           2,
         )}\n`
-      : renderVmTable(entries),
+      : renderVmTable(entries, terminalRenderOptions()),
   );
   return 0;
 }
