@@ -250,12 +250,7 @@ export async function main(argv: string[]): Promise<number> {
     const entry = verb === undefined || !Object.hasOwn(verbs, verb) ? undefined : verbs[verb];
     if (entry === undefined) {
       const known = Object.keys(verbs).join(", ");
-      throw new HavenError(
-        "HAVEN_ERR_USAGE",
-        verb === undefined
-          ? `unknown or missing verb: "${noun}" needs one of ${known}`
-          : `unknown or missing verb: "${noun} ${verb}" is not a command (known: ${known})`,
-      );
+      throw new HavenError("HAVEN_ERR_USAGE", `unknown or missing verb for "${noun}" (known: ${known})`);
     }
     hint = usageHint(`haven ${noun} ${verb}`);
     if (line.help) {

@@ -31,6 +31,7 @@ import { askHost } from "../disk-requests.js";
 import { abortOnStopSignal } from "../poll.js";
 import { waitForSwitchover } from "../switchover-wait.js";
 import { terminalRenderOptions } from "../terminal.js";
+import { WATCH_OPTIONS, WATCH_OPTIONS_USAGE, watchFrames, watchSeconds } from "../watch.js";
 
 export const DISK_USAGE = `usage: haven disk <command> [options] [cluster options]
 
@@ -62,7 +63,7 @@ The disks of every host (or of HOST): state, use, identity, and the copies on ea
 options:
   --host HOST          only HOST's disks
   --json               print the disks as JSON
-  --watch              redraw every --interval seconds (default 2) until Ctrl-C
+${WATCH_OPTIONS_USAGE}
 
 ${CLUSTER_OPTIONS_USAGE}`,
   add: `usage: haven disk add HOST PATH [--spare] [--fs ext4|xfs] [--name ID] [--wipe IDENTITY] [cluster options]
@@ -169,19 +170,26 @@ export async function diskCommand(argv: string[]): Promise<number> {
 export async function diskList(argv: string[]): Promise<number> {
   const parsed = parseCommand(
     argv,
-    { ...CLUSTER_OPTIONS, host: { type: "string" }, json: { type: "boolean" } },
-    DISK_USAGE,
+    { ...CLUSTER_OPTIONS, ...WATCH_OPTIONS, host: { type: "string" }, json: { type: "boolean" } },
+    DISK_VERB_USAGE.list!,
   );
   if (parsed === undefined) return 0;
   const { values, positionals } = parsed;
   if (positionals.length > 0) throw usage(`disk list takes no arguments, not "${positionals[0]}"`);
-  const records = await readShownRecords(connectCluster(values));
+  const seconds = watchSeconds(values);
+  const client = connectCluster(values);
   const host = values.host as string | undefined;
-  if (host !== undefined) knownHost(records, host);
-  const disks = diskEntries(records).filter((disk) => host === undefined || disk.host === host);
-  process.stdout.write(
-    values.json ? `${JSON.stringify(disks, null, 2)}\n` : renderDiskList(disks, terminalRenderOptions()),
-  );
+  const json = values.json === true;
+  const list = async (): Promise<string> => {
+    const records = await readShownRecords(client);
+    if (host !== undefined) knownHost(records, host);
+    const disks = diskEntries(records).filter((disk) => host === undefined || disk.host === host);
+    return json
+      ? `${JSON.stringify(disks, null, seconds === undefined ? 2 : undefined)}\n`
+      : renderDiskList(disks, terminalRenderOptions());
+  };
+  if (seconds !== undefined) return watchFrames(list, { seconds, title: "haven disk list", json });
+  process.stdout.write(await list());
   return 0;
 }
 

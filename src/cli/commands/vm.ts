@@ -20,7 +20,7 @@ import {
 import { formatCpuList, parseCpuList } from "../../cluster/vm-resources.js";
 import { isHostName } from "../../cluster/names.js";
 import type { VmRecord, VmStatusRecord } from "../../cluster/vm-schema.js";
-import { vmEntries } from "../../cluster/cluster-view.js";
+import { vmEntries, type VmListEntry } from "../../cluster/cluster-view.js";
 import { renderVmTable } from "../cluster-render.js";
 import { deleteVolume } from "../../cluster/volume-admin.js";
 import { HavenError, errorMessage } from "../../core/errors.js";
@@ -32,6 +32,7 @@ import { inspectImage, parseImageFormat, resolveImage } from "../image-copy.js";
 import { createVolumeFromImage, volumeSizeFor } from "../image-volume.js";
 import { abortOnStopSignal, pause } from "../poll.js";
 import { terminalRenderOptions } from "../terminal.js";
+import { WATCH_OPTIONS, WATCH_OPTIONS_USAGE, watchFrames, watchSeconds } from "../watch.js";
 import { VM_MIGRATE_USAGE, vmMigrate } from "./vm-migrate.js";
 import { VM_EXPORT_USAGE, VM_IMPORT_USAGE, VM_TRANSFER_USAGE, vmExport, vmImport } from "./vm-transfer.js";
 
@@ -116,7 +117,7 @@ One VM: its state and why, CPUs, memory, disk, NICs, policy, run and health chec
 
 options:
   --json               print the VM as JSON
-  --watch              redraw every --interval seconds (default 2) until Ctrl-C
+${WATCH_OPTIONS_USAGE}
 
 ${CLUSTER_OPTIONS_USAGE}`,
   set: `usage: haven vm set NAME [--vcpus N] [--memory SIZE] [--cpus LIST|none] [--failback HOST|none] [cluster options]
@@ -480,16 +481,30 @@ function age(iso: string, now: number): string {
 }
 
 async function vmShow(argv: string[]): Promise<number> {
-  const parsed = parseCommand(argv, { ...CLUSTER_OPTIONS, json: { type: "boolean" } }, VM_USAGE);
+  const parsed = parseCommand(
+    argv,
+    { ...CLUSTER_OPTIONS, ...WATCH_OPTIONS, json: { type: "boolean" } },
+    VM_VERB_USAGE.show!,
+  );
   if (parsed === undefined) return 0;
   const name = nameArgument(parsed.positionals);
-  const records = await readShownRecords(connectCluster(parsed.values));
-  const entry = vmEntries(records).find((e) => e.name === name);
-  if (entry === undefined) throw new HavenError("HAVEN_ERR_NOT_FOUND", `no VM named "${name}" (see 'haven vm list')`);
-  if (parsed.values.json) {
-    process.stdout.write(`${JSON.stringify(entry, null, 2)}\n`);
-    return 0;
-  }
+  const seconds = watchSeconds(parsed.values);
+  const client = connectCluster(parsed.values);
+  const json = parsed.values.json === true;
+  const show = async (): Promise<string> => {
+    const records = await readShownRecords(client);
+    const entry = vmEntries(records).find((e) => e.name === name);
+    if (entry === undefined) throw new HavenError("HAVEN_ERR_NOT_FOUND", `no VM named "${name}" (see 'haven vm list')`);
+    return json ? `${JSON.stringify(entry, null, seconds === undefined ? 2 : undefined)}\n` : describeVm(entry);
+  };
+  if (seconds !== undefined) return watchFrames(show, { seconds, title: `haven vm show ${name}`, json });
+  process.stdout.write(await show());
+  return 0;
+}
+
+/** `haven vm show`'s text for one VM. */
+function describeVm(entry: VmListEntry): string {
+  const name = entry.name;
   const { spec, status } = entry;
   const now = Date.now();
   const lines = [
@@ -518,8 +533,7 @@ async function vmShow(argv: string[]): Promise<number> {
     for (const [check, value] of checks)
       lines.push(`    ${check.padEnd(10)} ${value.ok ? "ok  " : "FAIL"} ${value.value} (${age(value.at, now)})`);
   }
-  process.stdout.write(`${lines.join("\n")}\n`);
-  return 0;
+  return `${lines.join("\n")}\n`;
 }
 
 async function vmConsole(argv: string[]): Promise<number> {
