@@ -4,11 +4,13 @@
 // configuration error that names the address.
 
 import { request as httpRequest } from "node:http";
+import { request as httpsRequest } from "node:https";
 import { ERRORS, HavenError, type ErrorCode } from "../core/errors.js";
 import type { VerifyStatus, VolumeStatus } from "../engine/status.js";
 import { parseHostPort } from "../util/units.js";
 import { API_TOKEN_ENV, clientApiToken } from "./api-token.js";
 import { resolveCluster } from "./context.js";
+import { loadTlsIdentity, type TlsIdentity } from "../security/tls-identity.js";
 
 /** How long one call may take, connecting included. */
 export const ENGINE_API_TIMEOUT_MS = 10_000;
@@ -28,6 +30,8 @@ export class EngineApiClient {
       readonly token: string;
       /** Where the token came from ("--token-file FILE", ...), for a refusal's message. */
       readonly tokenSource?: string;
+      /** Over HTTPS (a host agent's API): the operator identity shown, and the cluster CA trusted. */
+      readonly tls?: TlsIdentity;
       readonly timeoutMs?: number;
       readonly what?: string;
     },
@@ -38,8 +42,13 @@ export class EngineApiClient {
     this.port = port;
   }
 
-  async status(): Promise<VolumeStatus> {
-    return checkVolumeStatus(await this.call("GET", "/v1/status"), this.address);
+  /**
+   * The volume's status: from an engine's own API, or, given `volume`, from a host agent's API (which
+   * serves the status of every engine running on its host at /v1/volumes/NAME).
+   */
+  async status(volume?: string): Promise<VolumeStatus> {
+    const path = volume === undefined ? "/v1/status" : `/v1/volumes/${encodeURIComponent(volume)}`;
+    return checkVolumeStatus(await this.call("GET", path), this.address);
   }
 
   async startVerify(options: { repair: boolean }): Promise<VerifyStatus> {
@@ -81,17 +90,30 @@ export class EngineApiClient {
   ): Promise<{ status: number; text: string }> {
     const payload = body === undefined ? undefined : JSON.stringify(body);
     return new Promise((resolve, reject) => {
+      // A TLS server (a host agent's API) hangs up on a request in clear: say what to try.
+      const hint = (reason: string): string =>
+        this.options.tls === undefined && reason === "socket hang up"
+          ? " (a host agent's API speaks TLS: give --api https://HOST:PORT)"
+          : "";
       const unreachable = (reason: string, cause?: unknown): void =>
         reject(
-          new HavenError("HAVEN_ERR_CONFIG", `cannot reach the engine API at ${this.address}: ${reason}`, { cause }),
+          new HavenError(
+            "HAVEN_ERR_CONFIG",
+            `cannot reach the engine API at ${this.address}: ${reason}${hint(reason)}`,
+            {
+              cause,
+            },
+          ),
         );
-      const request = httpRequest(
+      const tls = this.options.tls;
+      const request = (tls === undefined ? httpRequest : httpsRequest)(
         {
           host: this.host,
           port: this.port,
           path,
           method,
           agent: false,
+          ...(tls !== undefined && { ca: tls.ca, cert: tls.cert, key: tls.key }),
           headers: {
             accept: "application/json",
             authorization: `Bearer ${this.options.token}`,
@@ -193,20 +215,28 @@ export const ENGINE_API_OPTIONS = {
   api: { type: "string" },
   "token-file": { type: "string" },
   context: { type: "string" },
+  "tls-dir": { type: "string" },
 } as const;
 
 /** How ENGINE_API_OPTIONS read in a command's usage. */
-export const ENGINE_API_OPTIONS_USAGE = `  --api HOST:PORT      the engine's API address (http://HOST:PORT is taken too)
+export const ENGINE_API_OPTIONS_USAGE = `  --api HOST:PORT      the engine's API address (http://HOST:PORT is taken too; https://HOST:PORT
+                       for a host agent's API over TLS, showing the --tls-dir or context's identity)
   --token-file FILE    the API's token (default: $${API_TOKEN_ENV}, else the token in the directory of the
                        context file's cluster)
-  --context FILE       the context file whose cluster's token to use`;
+  --context FILE       the context file whose cluster's token (and identity) to use
+  --tls-dir DIR        the operator identity for https:// (default: $HAVEN_TLS_DIR, the context's "tls")`;
 
-/** The cluster directory the context names, if any: a local cluster keeps its API token there. */
-function contextClusterDir(context: string | boolean | undefined): string | undefined {
+/** What the context names, if there is one: a local cluster keeps its API token in its directory. */
+function contextOf(values: {
+  readonly context?: string | boolean | undefined;
+  readonly "tls-dir"?: string | boolean | undefined;
+}): { clusterDir?: string; tlsDir?: string } {
   try {
-    return resolveCluster({ context }, { ...process.env, HAVEN_ETCD: "" }).clusterDir;
+    return resolveCluster(values, { ...process.env, HAVEN_ETCD: "" });
   } catch {
-    return undefined; // no context file: the token must come from --token-file or the environment
+    // No context file: the token comes from --token-file or the environment, the identity from --tls-dir.
+    const tlsDir = typeof values["tls-dir"] === "string" ? values["tls-dir"] : process.env.HAVEN_TLS_DIR;
+    return tlsDir !== undefined && tlsDir !== "" ? { tlsDir } : {};
   }
 }
 
@@ -223,9 +253,18 @@ export async function engineApiFromOptions(
   usage: string,
 ): Promise<EngineApiClient> {
   if (typeof values.api !== "string") throw new HavenError("HAVEN_ERR_USAGE", "--api HOST:PORT is required");
-  const address = values.api.replace(/^http:\/\//, "").replace(/\/$/, "");
+  const secure = values.api.startsWith("https://");
+  const address = values.api.replace(/^https?:\/\//, "").replace(/\/$/, "");
   parseHostPort(address, "--api");
-  const clusterDir = typeof values["token-file"] === "string" ? undefined : contextClusterDir(values.context);
+  const context = contextOf(values);
+  if (secure && context.tlsDir === undefined)
+    throw new HavenError(
+      "HAVEN_ERR_USAGE",
+      `--api ${values.api} speaks TLS: give --tls-dir DIR (an operator identity), set HAVEN_TLS_DIR, or use a ` +
+        `context file with "tls"`,
+    );
+  const tls = secure ? await loadTlsIdentity(context.tlsDir!) : undefined;
+  const clusterDir = typeof values["token-file"] === "string" ? undefined : context.clusterDir;
   const { token, source } = await clientApiToken(values["token-file"], usage, clusterDir);
-  return new EngineApiClient(address, { token, tokenSource: source });
+  return new EngineApiClient(address, { token, tokenSource: source, ...(tls !== undefined && { tls }) });
 }

@@ -41,6 +41,11 @@ export async function volumePromote(argv: string[]): Promise<number> {
   if (values.force !== true) {
     // While the primary lives, --force would be refused too: the move that works is a switchover.
     const records = await readClusterRecords(client);
+    if (!records.knownHosts.has(values.host))
+      throw new HavenError(
+        "HAVEN_ERR_NOT_FOUND",
+        `there is no host "${values.host}" in the cluster (hosts: ${[...records.knownHosts.keys()].sort().join(", ") || "none"})`,
+      );
     const primary = records.primaries.get(name);
     if (primary !== undefined && records.liveHosts.has(primary.host) && primary.host !== values.host)
       throw new HavenError(

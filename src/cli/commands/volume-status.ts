@@ -9,7 +9,7 @@ import { ENGINE_API_OPTIONS, ENGINE_API_OPTIONS_USAGE, engineApiFromOptions } fr
 import { abortOnStopSignal, pause } from "../poll.js";
 import { CLEAR_SCREEN, isTerminal, terminalRenderOptions } from "../terminal.js";
 
-export const VOLUME_STATUS_USAGE = `usage: haven volume status --api HOST:PORT [--token-file FILE] [--json] [--watch [SECONDS]]
+export const VOLUME_STATUS_USAGE = `usage: haven volume status --api HOST:PORT [--volume NAME] [--token-file FILE] [--json] [--watch [SECONDS]]
 
 Shows the volume a running engine serves: its state, epoch and generation, each copy (in sync,
 resyncing with progress and ETA, faulted or in split brain with the reason), a verify in progress
@@ -17,6 +17,7 @@ and the I/O counters.
 
 options:
 ${ENGINE_API_OPTIONS_USAGE}
+  --volume NAME        ask a host agent's API (its "api.listen") for the volume NAME its host serves
   --json               print the status as JSON (with --watch, one line per refresh)
   --watch [SECONDS]    refresh every SECONDS (default 1, at least 0.1) until Ctrl-C`;
 
@@ -32,6 +33,7 @@ export async function volumeStatus(argv: string[]): Promise<number> {
     args,
     {
       ...ENGINE_API_OPTIONS,
+      volume: { type: "string" },
       json: { type: "boolean" },
       watch: { type: "boolean" },
     },
@@ -44,6 +46,7 @@ export async function volumeStatus(argv: string[]): Promise<number> {
     throw new HavenError("HAVEN_ERR_USAGE", `unexpected argument "${positionals.at(-1)}"\n\n${VOLUME_STATUS_USAGE}`);
   const seconds = positionals[0] === undefined ? DEFAULT_WATCH_SECONDS : parseWatchSeconds(positionals[0]);
   const client = await engineApiFromOptions(values, VOLUME_STATUS_USAGE);
+  const volume = typeof values.volume === "string" ? values.volume : undefined;
   const json = values.json === true;
   const show = (status: VolumeStatus): string =>
     json
@@ -51,7 +54,7 @@ export async function volumeStatus(argv: string[]): Promise<number> {
       : renderVolumeStatus(status, { ...terminalRenderOptions(), api: client.address });
 
   if (!watch) {
-    process.stdout.write(show(await client.status()));
+    process.stdout.write(show(await client.status(volume)));
     return 0;
   }
   const redraw = isTerminal() && !json;
@@ -61,7 +64,7 @@ export async function volumeStatus(argv: string[]): Promise<number> {
     do {
       let text: string;
       try {
-        text = show(await client.status());
+        text = show(await client.status(volume));
       } catch (error) {
         // An engine that restarts while watched is shown, not fatal; an engine never reached is.
         if (first || !(error instanceof HavenError)) throw error;
