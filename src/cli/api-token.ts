@@ -1,8 +1,10 @@
 // The bearer token of an HTTP API as the CLI gets it: from a file (`--token-file`, `--api-token-file`)
-// or, for the client, from the environment (HAVEN_API_TOKEN). The engine API takes one always (issue
+// or, for the client, from the environment (HAVEN_API_TOKEN) or the local cluster's directory. The engine API takes one always (issue
 // 16): whoever reaches its port could otherwise start a repair or pick a split-brain survivor.
 
+import { existsSync } from "node:fs";
 import { readFile, stat } from "node:fs/promises";
+import { join } from "node:path";
 import { HavenError } from "../core/errors.js";
 
 /** Shorter tokens can be guessed; the agent API asks the same of its token. */
@@ -35,14 +37,36 @@ export async function readApiTokenFile(file: string, flag: string): Promise<stri
   return checkApiToken(text.trim(), file);
 }
 
-/** A client's token: --token-file FILE, else $HAVEN_API_TOKEN; neither is a usage error. */
-export async function clientApiToken(tokenFile: string | boolean | undefined, usage: string): Promise<string> {
-  if (typeof tokenFile === "string") return readApiTokenFile(tokenFile, "--token-file");
+/** A client's token and where it came from, for messages. */
+export interface ClientApiToken {
+  readonly token: string;
+  /** "--token-file FILE", "$HAVEN_API_TOKEN" or "the cluster's token FILE". */
+  readonly source: string;
+}
+
+/**
+ * A client's token: --token-file FILE, else $HAVEN_API_TOKEN, else the token a local cluster keeps in
+ * its directory (`clusterDir`/token, named by the context file, as `haven cluster up` writes it).
+ * None of them is a usage error.
+ */
+export async function clientApiToken(
+  tokenFile: string | boolean | undefined,
+  _usage: string,
+  clusterDir?: string,
+): Promise<ClientApiToken> {
+  if (typeof tokenFile === "string")
+    return { token: await readApiTokenFile(tokenFile, "--token-file"), source: `--token-file ${tokenFile}` };
   const fromEnvironment = process.env[API_TOKEN_ENV];
   if (fromEnvironment !== undefined && fromEnvironment.trim() !== "")
-    return checkApiToken(fromEnvironment.trim(), `$${API_TOKEN_ENV}`);
+    return { token: checkApiToken(fromEnvironment.trim(), `$${API_TOKEN_ENV}`), source: `$${API_TOKEN_ENV}` };
+  if (clusterDir !== undefined) {
+    const file = join(clusterDir, "token");
+    if (existsSync(file))
+      return { token: await readApiTokenFile(file, "the cluster's token"), source: `the cluster's token ${file}` };
+  }
   throw new HavenError(
     "HAVEN_ERR_USAGE",
-    `the engine API needs its token: give --token-file FILE or set ${API_TOKEN_ENV}\n\n${usage}`,
+    `the API needs its token: give --token-file FILE, set ${API_TOKEN_ENV}, or use a context file whose ` +
+      `cluster directory holds it ('haven cluster up' writes one)`,
   );
 }

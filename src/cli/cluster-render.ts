@@ -9,10 +9,13 @@ import type { VmListEntry } from "../cluster/cluster-view.js";
 import type { ClusterSummary, ClusterView, CopyView, DiskView, HostView, VolumeView } from "../cluster/cluster-view.js";
 import type { EventRecord, LinkHealth } from "../cluster/schema.js";
 import { formatBytes } from "../util/units.js";
+import { DEFAULT_MIN_COLUMN_WIDTH, cutToWidth, fitColumnWidths } from "./table-fit.js";
 
 export interface ClusterRenderOptions {
   /** ANSI colors for states (green: fine, yellow: on its way or reduced, red: needs the operator). */
   readonly color?: boolean;
+  /** The width tables must fit (src/cli/table-fit.ts); none: every cell whole. */
+  readonly width?: number;
 }
 
 type Tone = "good" | "busy" | "bad";
@@ -56,26 +59,56 @@ interface Cell {
   readonly toned?: boolean;
 }
 
+/** How much a column is needed (higher: more), and whether it may only be shown whole or left out. */
+interface ColumnRank {
+  readonly rank: number;
+  readonly whole?: boolean;
+}
+
+/**
+ * A table with its columns aligned. When `options.width` is given the table fits it, the least needed
+ * columns (by `ranks`) giving way first.
+ */
 function table(
   headings: readonly string[],
   rows: readonly (readonly Cell[])[],
   options: ClusterRenderOptions,
+  ranks?: readonly ColumnRank[],
 ): string[] {
-  const widths = headings.map((heading, column) =>
+  const natural = headings.map((heading, column) =>
     Math.max(heading.length, ...rows.map((row) => row[column]!.text.length)),
   );
+  const widths =
+    options.width === undefined || ranks === undefined
+      ? natural
+      : fitColumnWidths(
+          natural.map((width, column) => ({
+            width,
+            rank: ranks[column]!.rank,
+            min: ranks[column]!.whole === true ? width : DEFAULT_MIN_COLUMN_WIDTH,
+          })),
+          options.width,
+          COLUMN_GAP.length,
+        );
   const line = (cells: readonly Cell[]): string =>
     cells
-      .map((cell, column) => {
-        const padding = " ".repeat(widths[column]! - cell.text.length);
-        const tone = cell.toned ? TONES[cell.text] : undefined;
+      .flatMap((cell, column) => {
+        const width = widths[column]!;
+        if (width === 0) return [];
+        const text = cutToWidth(cell.text, width);
+        const padding = " ".repeat(width - text.length);
+        const tone = cell.toned ? TONES[text] : undefined;
         // Color the word, not the padding, so that columns line up with or without escapes.
-        const text = options.color && tone !== undefined ? `${ANSI[tone]}${cell.text}${ANSI_RESET}` : cell.text;
-        return `${text}${padding}`;
+        const shown = options.color && tone !== undefined ? `${ANSI[tone]}${text}${ANSI_RESET}` : text;
+        return [`${shown}${padding}`];
       })
       .join(COLUMN_GAP)
       .trimEnd();
   return [line(headings.map((text) => ({ text }))), ...rows.map(line)];
+}
+
+function ranked(ranks: readonly number[]): ColumnRank[] {
+  return ranks.map((rank) => ({ rank }));
 }
 
 function paint(text: string, options: ClusterRenderOptions): string {
@@ -175,6 +208,8 @@ function hostRows(hosts: readonly HostView[]): Cell[][] {
 }
 
 const HOST_HEADINGS = ["HOST", "STATE", "ADDRESS", "NBD PORT", "COPIES", "DISKS (USED/CAPACITY)", "LINKS", "HEALTH"];
+/** What gives way first on a narrow terminal: the links, then the disks; the name and state stay. */
+const HOST_RANKS = ranked([9, 8, 6, 4, 5, 3, 2, 7]);
 
 function volumeRows(volumes: readonly VolumeView[]): Cell[][] {
   return volumes.map((volume) => [
@@ -188,17 +223,19 @@ function volumeRows(volumes: readonly VolumeView[]): Cell[][] {
 }
 
 const VOLUME_HEADINGS = ["VOLUME", "SIZE", "HEALTH", "PRIMARY", "COPIES", "NBD"];
+/** The copies give way first ('haven volume show' has each); a cut NBD URI would mislead: whole or none. */
+const VOLUME_RANKS: ColumnRank[] = [...ranked([9, 5, 8, 6, 3]), { rank: 7, whole: true }];
 
 export function renderHostList(untrusted: readonly HostView[], options: ClusterRenderOptions = {}): string {
   const hosts = printable(untrusted);
   if (hosts.length === 0) return "no hosts have joined the cluster (start 'haven agent' on each host)\n";
-  return `${table(HOST_HEADINGS, hostRows(hosts), options).join("\n")}\n`;
+  return `${table(HOST_HEADINGS, hostRows(hosts), options, HOST_RANKS).join("\n")}\n`;
 }
 
 export function renderVolumeList(untrusted: readonly VolumeView[], options: ClusterRenderOptions = {}): string {
   const volumes = printable(untrusted);
   if (volumes.length === 0) return "no volumes (create one with 'haven volume create NAME --size SIZE')\n";
-  return `${table(VOLUME_HEADINGS, volumeRows(volumes), options).join("\n")}\n`;
+  return `${table(VOLUME_HEADINGS, volumeRows(volumes), options, VOLUME_RANKS).join("\n")}\n`;
 }
 
 /** `haven status`: the summary line, then the hosts and the volumes. */
@@ -210,7 +247,7 @@ export function renderStatus(untrusted: ClusterView, options: ClusterRenderOptio
     renderHostList(view.hosts, options).trimEnd(),
     "",
     renderVolumeList(view.volumes, options),
-    ...(view.vms.length > 0 ? [renderVmTable(view.vms)] : []),
+    ...(view.vms.length > 0 ? [renderVmTable(view.vms, options)] : []),
   ].join("\n");
 }
 
@@ -250,6 +287,7 @@ export function renderVolume(untrusted: VolumeView, options: ClusterRenderOption
         { text: copy.updatedAt ?? "-" },
       ]),
       options,
+      ranked([9, 8, 6, 7, 4, 5, 3]),
     ),
   ];
   return `${lines.join("\n")}\n`;
@@ -274,31 +312,19 @@ export function renderEvent(untrusted: EventRecord): string {
 }
 
 /** The VM table, as `vm list` and `haven status` print it. */
-export function renderVmTable(entries: readonly VmListEntry[]): string {
+export function renderVmTable(entries: readonly VmListEntry[], options: ClusterRenderOptions = {}): string {
   if (entries.length === 0) return "no VMs (create one with 'haven vm create')\n";
-  const rows = [
-    ["VM", "STATE", "HOST", "CPU", "MEMORY", "DISK", "RESTARTS"],
-    ...entries.map((e) => [
-      e.name,
-      e.state,
-      e.host ?? "-",
-      `${e.vcpus}${e.cpus ? `@${e.cpus}` : ""}`,
-      `${e.memoryMiB}M`,
-      e.volume,
-      `${e.restarts}/${e.relocations}`,
-    ]),
-  ];
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
-  return (
-    rows
-      .map((row) =>
-        row
-          .map((cell, i) => cell.padEnd(widths[i]!))
-          .join("  ")
-          .trimEnd(),
-      )
-      .join("\n") + "\n"
-  );
+  const rows = entries.map((e) => [
+    { text: e.name },
+    { text: e.state, toned: true },
+    { text: e.host ?? "-" },
+    { text: `${e.vcpus}${e.cpus ? `@${e.cpus}` : ""}` },
+    { text: `${e.memoryMiB}M` },
+    { text: e.volume },
+    { text: `${e.restarts}/${e.relocations}` },
+  ]);
+  const headings = ["VM", "STATE", "HOST", "CPU", "MEMORY", "DISK", "RESTARTS"];
+  return `${table(headings, rows, options, ranked([9, 8, 7, 4, 5, 6, 3])).join("\n")}\n`;
 }
 
 /** A bar for a share of a whole: [#####...............]. */

@@ -11,6 +11,7 @@ import { parseCommand, refuseArguments } from "./args.js";
 import type { ClusterRenderOptions } from "./cluster-render.js";
 import { CLUSTER_OPTIONS, connectCluster } from "./context.js";
 import { terminalRenderOptions } from "./terminal.js";
+import { WATCH_OPTIONS, watchFrames, watchSeconds } from "./watch.js";
 
 /** One line on stderr for the records a reader left out as malformed, if any. */
 export function warnIgnored(errors: readonly HavenError[], what: "records" | "events"): void {
@@ -36,18 +37,30 @@ export async function clusterReport<T>(
   render: (part: T, options: ClusterRenderOptions) => string,
   /** Lines to warn about on stderr after the report (stdout stays the report alone, also with --json). */
   warnings?: (values: Record<string, string | boolean | undefined>, records: ClusterRecords) => Promise<string[]>,
+  /** The command, for the header of --watch: "haven status". */
+  title = "haven",
 ): Promise<number> {
-  const parsed = parseCommand(argv, { ...CLUSTER_OPTIONS, json: { type: "boolean" } }, usage);
+  const parsed = parseCommand(argv, { ...CLUSTER_OPTIONS, ...WATCH_OPTIONS, json: { type: "boolean" } }, usage);
   if (parsed === undefined) return 0; // --help was printed
   const { values, positionals } = parsed;
   refuseArguments(positionals, usage);
-  const records = await readClusterRecords(connectCluster(values));
-  warnIgnored(
-    records.malformed.map((record) => record.error),
-    "records",
-  );
-  const shown = part(clusterView(records));
-  process.stdout.write(values.json ? `${JSON.stringify(shown, null, 2)}\n` : render(shown, terminalRenderOptions()));
-  for (const line of (await warnings?.(values, records)) ?? []) process.stderr.write(`warning: ${line}\n`);
+  const seconds = watchSeconds(values);
+  const client = connectCluster(values);
+  const json = values.json === true;
+  let records: ClusterRecords | undefined;
+  const report = async (): Promise<string> => {
+    records = await readClusterRecords(client);
+    warnIgnored(
+      records.malformed.map((record) => record.error),
+      "records",
+    );
+    const shown = part(clusterView(records));
+    return json
+      ? `${JSON.stringify(shown, null, seconds === undefined ? 2 : undefined)}\n`
+      : render(shown, terminalRenderOptions());
+  };
+  if (seconds !== undefined) return watchFrames(report, { seconds, title, json });
+  process.stdout.write(await report());
+  for (const line of (await warnings?.(values, records!)) ?? []) process.stderr.write(`warning: ${line}\n`);
   return 0;
 }

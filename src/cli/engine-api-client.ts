@@ -4,10 +4,13 @@
 // configuration error that names the address.
 
 import { request as httpRequest } from "node:http";
+import { request as httpsRequest } from "node:https";
 import { ERRORS, HavenError, type ErrorCode } from "../core/errors.js";
 import type { VerifyStatus, VolumeStatus } from "../engine/status.js";
 import { parseHostPort } from "../util/units.js";
 import { API_TOKEN_ENV, clientApiToken } from "./api-token.js";
+import { resolveCluster } from "./context.js";
+import { loadTlsIdentity, type TlsIdentity } from "../security/tls-identity.js";
 
 /** How long one call may take, connecting included. */
 export const ENGINE_API_TIMEOUT_MS = 10_000;
@@ -23,7 +26,15 @@ export class EngineApiClient {
   /** `address` is HOST:PORT from `--api`; a malformed one is a usage error naming `what`. */
   constructor(
     address: string,
-    private readonly options: { readonly token: string; readonly timeoutMs?: number; readonly what?: string },
+    private readonly options: {
+      readonly token: string;
+      /** Where the token came from ("--token-file FILE", ...), for a refusal's message. */
+      readonly tokenSource?: string;
+      /** Over HTTPS (a host agent's API): the operator identity shown, and the cluster CA trusted. */
+      readonly tls?: TlsIdentity;
+      readonly timeoutMs?: number;
+      readonly what?: string;
+    },
   ) {
     const { host, port } = parseHostPort(address, options.what ?? "--api");
     this.address = address;
@@ -31,8 +42,13 @@ export class EngineApiClient {
     this.port = port;
   }
 
-  async status(): Promise<VolumeStatus> {
-    return checkVolumeStatus(await this.call("GET", "/v1/status"), this.address);
+  /**
+   * The volume's status: from an engine's own API, or, given `volume`, from a host agent's API (which
+   * serves the status of every engine running on its host at /v1/volumes/NAME).
+   */
+  async status(volume?: string): Promise<VolumeStatus> {
+    const path = volume === undefined ? "/v1/status" : `/v1/volumes/${encodeURIComponent(volume)}`;
+    return checkVolumeStatus(await this.call("GET", path), this.address);
   }
 
   async startVerify(options: { repair: boolean }): Promise<VerifyStatus> {
@@ -56,6 +72,7 @@ export class EngineApiClient {
     if (status >= 200 && status < 300) return parsed;
     const error = (parsed as { error?: { code?: unknown; message?: unknown } } | null)?.error;
     if (typeof error?.code === "string" && Object.hasOwn(ERRORS, error.code) && typeof error.message === "string") {
+      if (status === 401 || status === 403) throw this.refused(error.code as ErrorCode, error.message);
       throw new HavenError(error.code as ErrorCode, error.message);
     }
     throw this.notTheApi(`HTTP ${status} without a Haven error`);
@@ -73,17 +90,30 @@ export class EngineApiClient {
   ): Promise<{ status: number; text: string }> {
     const payload = body === undefined ? undefined : JSON.stringify(body);
     return new Promise((resolve, reject) => {
+      // A TLS server (a host agent's API) hangs up on a request in clear: say what to try.
+      const hint = (reason: string): string =>
+        this.options.tls === undefined && reason === "socket hang up"
+          ? " (a host agent's API speaks TLS: give --api https://HOST:PORT)"
+          : "";
       const unreachable = (reason: string, cause?: unknown): void =>
         reject(
-          new HavenError("HAVEN_ERR_CONFIG", `cannot reach the engine API at ${this.address}: ${reason}`, { cause }),
+          new HavenError(
+            "HAVEN_ERR_CONFIG",
+            `cannot reach the engine API at ${this.address}: ${reason}${hint(reason)}`,
+            {
+              cause,
+            },
+          ),
         );
-      const request = httpRequest(
+      const tls = this.options.tls;
+      const request = (tls === undefined ? httpRequest : httpsRequest)(
         {
           host: this.host,
           port: this.port,
           path,
           method,
           agent: false,
+          ...(tls !== undefined && { ca: tls.ca, cert: tls.cert, key: tls.key }),
           headers: {
             accept: "application/json",
             authorization: `Bearer ${this.options.token}`,
@@ -117,6 +147,16 @@ export class EngineApiClient {
       request.on("close", () => clearTimeout(timer));
       request.end(payload);
     });
+  }
+
+  /** A 401 or 403: which token was refused, and how to give another. */
+  private refused(code: ErrorCode, message: string): HavenError {
+    const source = this.options.tokenSource ?? "the token given";
+    return new HavenError(
+      code,
+      `the API at ${this.address} refused ${source}: ${message}. Give the API's token with --token-file FILE ` +
+        `or ${API_TOKEN_ENV} (a local cluster keeps it in its directory, in the file "token")`,
+    );
   }
 
   private notTheApi(what: string): HavenError {
@@ -174,22 +214,57 @@ function malformed(address: string, what: string): HavenError {
 export const ENGINE_API_OPTIONS = {
   api: { type: "string" },
   "token-file": { type: "string" },
+  context: { type: "string" },
+  "tls-dir": { type: "string" },
 } as const;
 
 /** How ENGINE_API_OPTIONS read in a command's usage. */
-export const ENGINE_API_OPTIONS_USAGE = `  --api HOST:PORT      the engine's API address
-  --token-file FILE    the engine API's token (default: $${API_TOKEN_ENV})`;
+export const ENGINE_API_OPTIONS_USAGE = `  --api HOST:PORT      the engine's API address (http://HOST:PORT is taken too; https://HOST:PORT
+                       for a host agent's API over TLS, showing the --tls-dir or context's identity)
+  --token-file FILE    the API's token (default: $${API_TOKEN_ENV}, else the token in the directory of the
+                       context file's cluster)
+  --context FILE       the context file whose cluster's token (and identity) to use
+  --tls-dir DIR        the operator identity for https:// (default: $HAVEN_TLS_DIR, the context's "tls")`;
+
+/** What the context names, if there is one: a local cluster keeps its API token in its directory. */
+function contextOf(values: {
+  readonly context?: string | boolean | undefined;
+  readonly "tls-dir"?: string | boolean | undefined;
+}): { clusterDir?: string; tlsDir?: string } {
+  try {
+    return resolveCluster(values, { ...process.env, HAVEN_ETCD: "" });
+  } catch {
+    // No context file: the token comes from --token-file or the environment, the identity from --tls-dir.
+    const tlsDir = typeof values["tls-dir"] === "string" ? values["tls-dir"] : process.env.HAVEN_TLS_DIR;
+    return tlsDir !== undefined && tlsDir !== "" ? { tlsDir } : {};
+  }
+}
 
 /**
  * The client for a command's `--api HOST:PORT`, which every `haven volume` command requires, with the
- * token of --token-file or $HAVEN_API_TOKEN.
+ * token of --token-file, $HAVEN_API_TOKEN or the context's cluster directory.
  */
 export async function engineApiFromOptions(
-  values: { readonly api?: string | boolean | undefined; readonly "token-file"?: string | boolean | undefined },
+  values: {
+    readonly api?: string | boolean | undefined;
+    readonly "token-file"?: string | boolean | undefined;
+    readonly context?: string | boolean | undefined;
+  },
   usage: string,
 ): Promise<EngineApiClient> {
-  const address = values.api;
-  if (typeof address !== "string") throw new HavenError("HAVEN_ERR_USAGE", `--api HOST:PORT is required\n\n${usage}`);
+  if (typeof values.api !== "string") throw new HavenError("HAVEN_ERR_USAGE", "--api HOST:PORT is required");
+  const secure = values.api.startsWith("https://");
+  const address = values.api.replace(/^https?:\/\//, "").replace(/\/$/, "");
   parseHostPort(address, "--api");
-  return new EngineApiClient(address, { token: await clientApiToken(values["token-file"], usage) });
+  const context = contextOf(values);
+  if (secure && context.tlsDir === undefined)
+    throw new HavenError(
+      "HAVEN_ERR_USAGE",
+      `--api ${values.api} speaks TLS: give --tls-dir DIR (an operator identity), set HAVEN_TLS_DIR, or use a ` +
+        `context file with "tls"`,
+    );
+  const tls = secure ? await loadTlsIdentity(context.tlsDir!) : undefined;
+  const clusterDir = typeof values["token-file"] === "string" ? undefined : context.clusterDir;
+  const { token, source } = await clientApiToken(values["token-file"], usage, clusterDir);
+  return new EngineApiClient(address, { token, tokenSource: source, ...(tls !== undefined && { tls }) });
 }

@@ -17,14 +17,14 @@ import {
   clusterReviveCommand,
   clusterUpCommand,
 } from "./commands/cluster.js";
-import { CERT_USAGE, certCommand } from "./commands/cert.js";
+import { CERT_VERB_USAGE, certCommand } from "./commands/cert.js";
 import { EVENTS_USAGE, events } from "./commands/events.js";
-import { HOST_DRAIN_USAGE, hostDrain, hostUndrain } from "./commands/host-drain.js";
+import { HOST_DRAIN_USAGE, HOST_UNDRAIN_USAGE, hostDrain, hostUndrain } from "./commands/host-drain.js";
 import { HOST_LIST_USAGE, hostList } from "./commands/host-list.js";
 import { NBD_SERVE_USAGE, nbdServe } from "./commands/nbd-serve.js";
 import { REPLICA_SERVE_USAGE, replicaServe } from "./commands/replica-serve.js";
 import { STATUS_USAGE, status } from "./commands/status.js";
-import { DISK_USAGE, diskCommand } from "./commands/disk.js";
+import { DISK_VERB_USAGE, diskCommand } from "./commands/disk.js";
 import {
   VOLUME_ADD_COPY_USAGE,
   VOLUME_REMOVE_COPY_USAGE,
@@ -35,7 +35,7 @@ import { VOLUME_CREATE_USAGE, volumeCreate } from "./commands/volume-create.js";
 import { VOLUME_DELETE_USAGE, volumeDelete } from "./commands/volume-delete.js";
 import { VOLUME_EXPORT_USAGE, volumeExport } from "./commands/volume-export.js";
 import { VOLUME_IMPORT_USAGE, volumeImport } from "./commands/volume-import.js";
-import { OPERATOR_USAGE, operatorCommand } from "./commands/operator.js";
+import { OPERATOR_VERB_USAGE, operatorCommand } from "./commands/operator.js";
 import { CLUSTER_INIT_USAGE, clusterInitCommand } from "./commands/cluster-init.js";
 import { VOLUME_LIST_USAGE, volumeList } from "./commands/volume-list.js";
 import { VOLUME_PROMOTE_USAGE, volumePromote } from "./commands/volume-promote.js";
@@ -46,7 +46,9 @@ import { VOLUME_SERVE_USAGE, volumeServe } from "./commands/volume-serve.js";
 import { VOLUME_SHOW_USAGE, volumeShow } from "./commands/volume-show.js";
 import { VOLUME_STATUS_USAGE, volumeStatus } from "./commands/volume-status.js";
 import { VOLUME_VERIFY_USAGE, volumeVerify } from "./commands/volume-verify.js";
-import { VM_COMMANDS, VM_USAGE } from "./commands/vm.js";
+import { VM_COMMANDS, VM_VERB_USAGE } from "./commands/vm.js";
+import { readCommandLine } from "./command-line.js";
+import { reportError, usageHint } from "./usage-error.js";
 
 const USAGE = `usage: haven <command> [options]
 
@@ -109,13 +111,19 @@ commands on this machine:
   volume status                     show a running volume: its copies, resync and verify progress
   volume verify                     compare a volume's copies online (--repair resyncs what differs)
   volume resolve-split-brain NAME   end a split brain by naming the copy whose data survives
-  version                           print Haven's version
+  version                           print Haven's version (also --version, -V)
+
+global options, anywhere on the line:
+  --etcd URL[,URL...], --context FILE, --tls-dir DIR   which cluster, as who (see any cluster command's --help)
+  --json                            machine-readable output, where a command has it
+  --help, -h                        the usage of the command they stand with (exit 0)
+  --version, -V                     print Haven's version
 
 Run 'haven <command> --help' for a command's options.`;
 
 type Command = (argv: string[]) => Promise<number>;
 
-interface CommandEntry {
+export interface CommandEntry {
   readonly run: Command;
   readonly usage: string;
 }
@@ -127,6 +135,16 @@ const NOUN_COMMANDS: Record<string, CommandEntry> = {
   agent: { run: agentCommand, usage: AGENT_USAGE },
 };
 
+/** Verbs whose command takes the verb as its first argument, each with its own usage. */
+function verbsOf(
+  verbs: Record<string, string>,
+  run: (argv: string[]) => Promise<number>,
+): Record<string, CommandEntry> {
+  return Object.fromEntries(
+    Object.entries(verbs).map(([verb, usage]) => [verb, { run: (argv: string[]) => run([verb, ...argv]), usage }]),
+  );
+}
+
 const COMMANDS: Record<string, Record<string, CommandEntry>> = {
   cluster: {
     init: { run: clusterInitCommand, usage: CLUSTER_INIT_USAGE },
@@ -135,32 +153,19 @@ const COMMANDS: Record<string, Record<string, CommandEntry>> = {
     kill: { run: clusterKillCommand, usage: CLUSTER_KILL_USAGE },
     revive: { run: clusterReviveCommand, usage: CLUSTER_REVIVE_USAGE },
   },
-  cert: Object.fromEntries(
-    ["list", "issue", "renew", "revoke"].map((verb) => [
-      verb,
-      { run: (argv: string[]) => certCommand([verb, ...argv]), usage: CERT_USAGE },
-    ]),
-  ),
-  operator: Object.fromEntries(
-    ["add", "list", "revoke"].map((verb) => [
-      verb,
-      { run: (argv: string[]) => operatorCommand([verb, ...argv]), usage: OPERATOR_USAGE },
-    ]),
-  ),
+  cert: verbsOf(CERT_VERB_USAGE, certCommand),
+  operator: verbsOf(OPERATOR_VERB_USAGE, operatorCommand),
   host: {
     list: { run: hostList, usage: HOST_LIST_USAGE },
     drain: { run: hostDrain, usage: HOST_DRAIN_USAGE },
-    undrain: { run: hostUndrain, usage: HOST_DRAIN_USAGE },
+    undrain: { run: hostUndrain, usage: HOST_UNDRAIN_USAGE },
   },
-  disk: Object.fromEntries(
-    ["list", "add", "remove", "evacuate", "replace", "identify"].map((verb) => [
-      verb,
-      { run: (argv: string[]) => diskCommand([verb, ...argv]), usage: DISK_USAGE },
-    ]),
-  ),
+  disk: verbsOf(DISK_VERB_USAGE, diskCommand),
   nbd: { serve: { run: nbdServe, usage: NBD_SERVE_USAGE } },
   replica: { serve: { run: replicaServe, usage: REPLICA_SERVE_USAGE } },
-  vm: Object.fromEntries(Object.entries(VM_COMMANDS).map(([verb, run]) => [verb, { run, usage: VM_USAGE }])),
+  vm: Object.fromEntries(
+    Object.entries(VM_COMMANDS).map(([verb, run]) => [verb, { run, usage: VM_VERB_USAGE[verb]! }]),
+  ),
   volume: {
     serve: { run: volumeServe, usage: VOLUME_SERVE_USAGE },
     status: { run: volumeStatus, usage: VOLUME_STATUS_USAGE },
@@ -192,39 +197,68 @@ function nounUsage(noun: string): string {
   ].join("\n");
 }
 
+/** Every usage text of the CLI, by its command words: what `--help` prints and docs/cli.md shows. */
+export function usageTexts(): { command: string; usage: string }[] {
+  return [
+    { command: "haven", usage: USAGE },
+    ...Object.entries(NOUN_COMMANDS).map(([noun, entry]) => ({ command: `haven ${noun}`, usage: entry.usage })),
+    ...Object.entries(COMMANDS).flatMap(([noun, verbs]) => [
+      { command: `haven ${noun}`, usage: nounUsage(noun) },
+      ...Object.entries(verbs).map(([verb, entry]) => ({ command: `haven ${noun} ${verb}`, usage: entry.usage })),
+    ]),
+  ];
+}
+
+function version(json: boolean): number {
+  const manifest = JSON.parse(readFileSync(join(packageRoot(), "package.json"), "utf8")) as { version: string };
+  process.stdout.write(json ? `${JSON.stringify({ version: manifest.version })}\n` : `haven ${manifest.version}\n`);
+  return 0;
+}
+
+const takesVerb = (noun: string): boolean => Object.hasOwn(COMMANDS, noun);
+
 export async function main(argv: string[]): Promise<number> {
+  // Where a usage error sends the operator: the help of the command as far as it was read.
+  let hint = usageHint("haven");
   try {
-    const [noun, verb, ...rest] = argv;
-    if (noun === "version" || noun === "--version") {
-      const manifest = JSON.parse(readFileSync(join(packageRoot(), "package.json"), "utf8")) as { version: string };
-      process.stdout.write(`haven ${manifest.version}\n`);
-      return 0;
-    }
-    if (noun === undefined || noun === "help" || noun === "--help" || noun === "-h") {
-      process.stdout.write(`${USAGE}\n`);
-      return noun === undefined ? 2 : 0;
+    const line = readCommandLine(argv, takesVerb);
+    const [noun, verb] = line.words;
+    if (line.version) return version(line.rest.includes("--json"));
+    if (noun === undefined || noun === "help") {
+      if (noun === "help" || line.help) {
+        process.stdout.write(`${USAGE}\n`);
+        return 0;
+      }
+      throw new HavenError("HAVEN_ERR_USAGE", "no command given");
     }
     const nounCommand = Object.hasOwn(NOUN_COMMANDS, noun) ? NOUN_COMMANDS[noun] : undefined;
-    if (nounCommand !== undefined) return await nounCommand.run(argv.slice(1));
+    if (nounCommand !== undefined) {
+      hint = usageHint(`haven ${noun}`);
+      if (line.help) {
+        process.stdout.write(`${nounCommand.usage}\n`);
+        return 0;
+      }
+      return await nounCommand.run(line.rest);
+    }
     const verbs = Object.hasOwn(COMMANDS, noun) ? COMMANDS[noun] : undefined;
-    if (verbs === undefined) throw new HavenError("HAVEN_ERR_USAGE", `unknown command "${noun}"\n\n${USAGE}`);
-    if (verb === "--help" || verb === "-h" || verb === "help") {
+    if (verbs === undefined) throw new HavenError("HAVEN_ERR_USAGE", `unknown command "${noun}"`);
+    hint = usageHint(`haven ${noun}`, true);
+    if (verb === "help" || (verb === undefined && line.help)) {
       process.stdout.write(`${nounUsage(noun)}\n`);
       return 0;
     }
-    const command = verb === undefined || !Object.hasOwn(verbs, verb) ? undefined : verbs[verb];
-    if (command === undefined) {
+    const entry = verb === undefined || !Object.hasOwn(verbs, verb) ? undefined : verbs[verb];
+    if (entry === undefined) {
       const known = Object.keys(verbs).join(", ");
-      throw new HavenError("HAVEN_ERR_USAGE", `unknown or missing verb for "${noun}" (known: ${known})\n\n${USAGE}`);
+      throw new HavenError("HAVEN_ERR_USAGE", `unknown or missing verb for "${noun}" (known: ${known})`);
     }
-    return await command.run(rest);
+    hint = usageHint(`haven ${noun} ${verb}`);
+    if (line.help) {
+      process.stdout.write(`${entry.usage}\n`);
+      return 0;
+    }
+    return await entry.run(line.rest);
   } catch (error) {
-    if (error instanceof HavenError) {
-      // The code goes on the first line, next to what went wrong; any usage text follows.
-      const [first, ...rest] = error.message.split("\n");
-      process.stderr.write(`haven: ${first} [${error.code}]\n${rest.length > 0 ? `${rest.join("\n")}\n` : ""}`);
-      return error.exitCode;
-    }
-    throw error;
+    return reportError(error, hint);
   }
 }

@@ -232,7 +232,9 @@ export class EtcdClient implements ClusterStore {
       success: success.map(operationRequest),
       failure: failure.map(operationRequest),
     };
-    const response = await this.call("/v3/kv/txn", body, what, "write");
+    // A transaction of reads only changes nothing: like a range, it may be asked of another member.
+    const readOnly = [...success, ...failure].every((item) => item.type === "get" || item.type === "getPrefix");
+    const response = await this.call("/v3/kv/txn", body, what, readOnly ? "read" : "write");
     const succeeded = booleanField(response, "succeeded", what);
     const ran = succeeded ? success : failure;
     const responses = asArray(response.responses, what, "responses");

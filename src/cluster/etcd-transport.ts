@@ -4,7 +4,8 @@
 // reached etcd: a failure before the connection opened proves it did not, and any request may then go
 // to the next endpoint. A failure after that leaves a write's outcome unknown, so only reads (which are
 // safe to repeat) fail over then; a write reports HAVEN_ERR_UNAVAILABLE saying the outcome is unknown,
-// because repeating a compare-and-swap elsewhere could report "lost" for a swap that won.
+// because repeating a compare-and-swap elsewhere could report "lost" for a swap that won. A read that
+// no endpoint answered says so, with the time it waited and the endpoints: nothing was changed.
 //
 // Over TLS (https:// endpoints, with the client's identity from the cluster CA) "opened" means the
 // handshake finished: etcd reads no request before that. The server must show a host certificate of
@@ -199,6 +200,15 @@ export class EtcdTransport {
     }
     const untried = count - tried;
     const suffix = untried > 0 ? `; ${untried} more not tried within ${this.options.requestTimeoutMs} ms` : "";
+    if (repeatable === "read") {
+      // A read changes nothing, so what the operator needs is who did not answer, and for how long.
+      throw new HavenError(
+        "HAVEN_ERR_UNAVAILABLE",
+        `etcd is unreachable for ${what}: ${failures.join("; ")}${suffix}. etcd did not answer within ` +
+          `${(timeoutMs / 1000).toFixed(1)} s at ${this.endpointNames.join(", ")}: check that it runs there ` +
+          "(a read changes nothing, so it is safe to run again)",
+      );
+    }
     throw new HavenError(
       "HAVEN_ERR_UNAVAILABLE",
       `etcd is unreachable for ${what}: ${failures.join("; ")}${suffix}; check that etcd runs at ` +

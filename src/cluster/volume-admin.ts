@@ -23,6 +23,7 @@ import {
   keys,
   parseVolumeSpec,
   type EventRecord,
+  type HostRecord,
   type HandoverRecord,
   type CopyPlace,
   type PrimaryRecord,
@@ -65,6 +66,29 @@ function alreadyExists(name: string, createdAt: string | undefined): HavenError 
   );
 }
 
+/** HAVEN_ERR_NOT_FOUND, listing the hosts, when the cluster has no host `host`. */
+function knownHost(records: ClusterRecords, host: string): void {
+  if (records.knownHosts.has(host)) return;
+  const hosts = [...records.knownHosts.keys()].sort();
+  throw new HavenError(
+    "HAVEN_ERR_NOT_FOUND",
+    `there is no host "${host}" in the cluster (hosts: ${hosts.join(", ") || "none"})`,
+  );
+}
+
+/** More copies asked for than there are hosts to hold them: each copy needs a host of its own. */
+function tooFewHosts(copies: number, records: ClusterRecords, open: readonly HostRecord[]): HavenError {
+  const names = open.map((host) => host.name).sort();
+  const draining = [...records.maintenance.keys()].filter((host) => records.liveHosts.has(host)).sort();
+  return new HavenError(
+    "HAVEN_ERR_INVALID_REQUEST",
+    `${copies} copies need ${copies} live hosts (each copy goes on a host of its own), but only ` +
+      `${names.length} can take one${names.length > 0 ? ` (${names.join(", ")})` : ""}` +
+      (draining.length > 0 ? `; in maintenance: ${draining.join(", ")}` : "") +
+      `: ask for ${Math.max(1, names.length)} cop${names.length === 1 ? "y" : "ies"} or fewer, or bring more hosts up`,
+  );
+}
+
 /**
  * Places a new volume's copies on the live hosts and records it; HAVEN_ERR_CONFLICT if the name is taken,
  * or if other volumes kept being created while this one was placed.
@@ -92,6 +116,7 @@ export async function createVolume(
     if (existing !== undefined) throw alreadyExists(request.name, existing.createdAt);
     // A host in maintenance is given nothing new.
     const open = [...records.liveHosts.values()].filter((host) => !records.maintenance.has(host.name));
+    if (request.places === undefined && request.copies > open.length) throw tooFewHosts(request.copies, records, open);
     const live = withDiskRecords(open, records.disks, [...records.volumes.values()]);
     const placement =
       request.places !== undefined
@@ -198,6 +223,7 @@ export async function forcePromote(
   options: AdminOptions,
 ): Promise<PrimaryRecord> {
   const { records, spec } = await readVolume(client, name);
+  knownHost(records, host);
   const hostCopies = copiesOn(spec, host);
   if (hostCopies.length === 0)
     throw new HavenError(
@@ -211,7 +237,7 @@ export async function forcePromote(
     throw new HavenError(
       "HAVEN_ERR_CONFLICT",
       `volume ${name}'s primary ${current.host} is alive; promoting another host would make two writers. ` +
-        "--force is only for a volume whose primary's host is gone",
+        `To move the primary with no write lost: haven volume switchover ${name} --to ${host}`,
     );
   const kv = await client.get(keys.primary(name));
   const now = (options.now ?? (() => new Date()))();
@@ -275,6 +301,7 @@ export async function requestSwitchover(
   options: AdminOptions,
 ): Promise<SwitchoverRequest> {
   const { records, spec } = await readVolume(client, name);
+  knownHost(records, to);
   const primary = records.primaries.get(name);
   if (primary === undefined || !records.liveHosts.has(primary.host))
     throw new HavenError(

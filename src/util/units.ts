@@ -21,6 +21,11 @@ const SIZE_UNITS: Record<string, number> = {
 
 /** Sizes are binary: "1G" and "1GiB" both mean 2^30 bytes, as qemu-img and nbdkit read them. */
 export function parseSize(text: string, what = "size"): number {
+  if (/^\s*-/.test(text))
+    throw new HavenError(
+      "HAVEN_ERR_USAGE",
+      `${what} "${text}" is negative; give a size above zero, such as 512M or 10G`,
+    );
   const match = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(text);
   const unit = match ? SIZE_UNITS[match[2]!.toLowerCase()] : undefined;
   if (!match || unit === undefined) {

@@ -33,7 +33,15 @@ let configHome: ReturnType<typeof tempDir>;
 
 /** The environment of a shell with no cluster configured: no HAVEN_* and an empty config home. */
 function cleanEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { ...process.env, XDG_CONFIG_HOME: configHome.path, NO_COLOR: "1", ...extra };
+  // COLUMNS: tables as wide as their cells, since these tests read whole rows (cli-surface.test.ts
+  // checks that a pipe gets 80 columns without it).
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    XDG_CONFIG_HOME: configHome.path,
+    NO_COLOR: "1",
+    COLUMNS: "250",
+    ...extra,
+  };
   if (extra.HAVEN_ETCD === undefined) delete env.HAVEN_ETCD;
   if (extra.HAVEN_CONTEXT === undefined) delete env.HAVEN_CONTEXT;
   return env;

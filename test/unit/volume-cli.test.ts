@@ -15,7 +15,7 @@ import { volumeStatus } from "../../src/cli/commands/volume-status.js";
 import { volumeVerify } from "../../src/cli/commands/volume-verify.js";
 import { volumeResolveSplitBrain } from "../../src/cli/commands/volume-resolve-split-brain.js";
 import { volumeServe } from "../../src/cli/commands/volume-serve.js";
-import { writeFileSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { tempDir } from "../helpers/server-process.js";
 import {
@@ -219,7 +219,7 @@ test("status usage errors: no --api, a bad address, a stray argument, a bad --wa
     [["--api", api, "extra"], /unexpected argument "extra"/],
     [["--api", api, "--watch", "0"], /--watch SECONDS must be a number from 0.1/],
     [["--api", api, "--watch=soon"], /got "soon"/],
-    [["--api", api, "--colour"], /Unknown option '--colour'/],
+    [["--api", api, "--colour"], /unknown option --colour/],
   ];
   for (const [argv, message] of cases) {
     assertHavenError((await capture(() => volumeStatus(argv))).result, "HAVEN_ERR_USAGE", message);
@@ -367,12 +367,23 @@ test("resolve-split-brain usage errors: NAME, --survivor and --api are all requi
   assert.deepEqual(control.resolveRequests, []);
 });
 
-test("the engine API commands need its token: --token-file, or $HAVEN_API_TOKEN; a wrong one is 401", async () => {
+test("the engine API commands need its token: --token-file, $HAVEN_API_TOKEN or the context's cluster; a wrong one is 401 naming it", async () => {
   const dir = tempDir("haven-volume-cli-token-");
+  const configHome = process.env.XDG_CONFIG_HOME;
   try {
     delete process.env.HAVEN_API_TOKEN;
+    // No context file either: the default one is looked for under this test's own config directory.
+    process.env.XDG_CONFIG_HOME = dir.path;
     const none = await capture(() => volumeStatus(["--api", api]));
-    assertHavenError(none.result, "HAVEN_ERR_USAGE", /needs its token: give --token-file FILE or set HAVEN_API_TOKEN/);
+    assertHavenError(none.result, "HAVEN_ERR_USAGE", /needs its token: give --token-file FILE, set HAVEN_API_TOKEN/);
+
+    // A context file naming a cluster directory: the token kept there is used.
+    const clusterDir = join(dir.path, "cluster");
+    mkdirSync(clusterDir);
+    writeFileSync(join(clusterDir, "token"), `${TOKEN}\n`, { mode: 0o600 });
+    const context = join(dir.path, "context.json");
+    writeFileSync(context, JSON.stringify({ etcd: ["http://127.0.0.1:1"], clusterDir }));
+    assert.equal((await capture(() => volumeStatus(["--api", `http://${api}`, "--context", context]))).result, 0);
 
     const good = join(dir.path, "good");
     writeFileSync(good, `${TOKEN}\n`, { mode: 0o600 });
@@ -385,7 +396,11 @@ test("the engine API commands need its token: --token-file, or $HAVEN_API_TOKEN;
       () => volumeVerify(["--api", api, "--repair", "--token-file", wrong]),
       () => volumeResolveSplitBrain([healthyStatus().name, "--survivor", "x", "--api", api, "--token-file", wrong]),
     ]) {
-      assertHavenError((await capture(run)).result, "HAVEN_ERR_UNAUTHORIZED", /a valid bearer token is required/);
+      assertHavenError(
+        (await capture(run)).result,
+        "HAVEN_ERR_UNAUTHORIZED",
+        /refused --token-file .*wrong: a valid bearer token is required.*--token-file FILE or HAVEN_API_TOKEN/,
+      );
     }
     assert.deepEqual(control.verifyRequests, [], "nothing reached the engine without its token");
     assert.deepEqual(control.resolveRequests, []);
@@ -399,6 +414,8 @@ test("the engine API commands need its token: --token-file, or $HAVEN_API_TOKEN;
     );
   } finally {
     process.env.HAVEN_API_TOKEN = TOKEN;
+    if (configHome === undefined) delete process.env.XDG_CONFIG_HOME;
+    else process.env.XDG_CONFIG_HOME = configHome;
     dir.remove();
   }
 });

@@ -17,7 +17,7 @@ import {
 } from "../../security/pki-dir.js";
 import { CA_CERT, CA_KEY, CERT } from "../../security/pki.js";
 import { parseCommand } from "../args.js";
-import { CLUSTER_OPTIONS, connectCluster, readContext } from "../context.js";
+import { CLUSTER_OPTIONS, CLUSTER_OPTIONS_USAGE, connectCluster, readContext } from "../context.js";
 import { cliActor } from "../actor.js";
 import { revokeCertificate } from "../../cluster/revocations.js";
 import { contextPath, defaultClusterDir } from "./cluster.js";
@@ -47,6 +47,48 @@ options:
   --days N             how long the certificate lasts (default 365)
   --kind KIND          which identity renew means when a host and an operator share NAME
 ${DIR_USAGE}`;
+
+/** Each verb's own usage, for `haven cert VERB --help`. */
+export const CERT_VERB_USAGE: Record<string, string> = {
+  list: `usage: haven cert list [--json] [--dir DIR]
+
+Every host and operator certificate of the cluster's CA, with its serial and expiry; marks those that
+expire within ${EXPIRY_WARNING_DAYS} days or have expired.
+
+options:
+  --json               print the list as JSON
+${DIR_USAGE}`,
+  issue: `usage: haven cert issue host NAME --address ADDR[,ADDR...] [--days N] [--dir DIR]
+       haven cert issue operator NAME --role viewer|operator|admin [--days N] [--dir DIR]
+
+Makes a new identity directory signed by the cluster's CA: a host's (it serves and connects as the
+host, valid for its name and addresses; an agent's "tls.dir" names it) or an operator's (it names the
+operator and their role; the CLI's --tls-dir names it).
+
+options:
+  --address ADDR,...   a host's IP addresses or DNS names (its name is always included)
+  --role ROLE          an operator's role: viewer, operator or admin
+  --days N             how long the certificate lasts (default 365)
+${DIR_USAGE}`,
+  renew: `usage: haven cert renew NAME [--kind host|operator] [--days N] [--dir DIR]
+
+Issues the same identity again, in place, with a new expiry and a new key.
+
+options:
+  --kind KIND          which identity NAME means when a host and an operator share it
+  --days N             how long the certificate lasts (default 365)
+${DIR_USAGE}`,
+  revoke: `usage: haven cert revoke NAME [--kind host|operator] [--dir DIR] [cluster options]
+
+Records the certificate's serial in the cluster: every agent refuses it from then on (its API, the
+replication port), though the CA signed it. 'haven cert renew NAME' gives the identity a new one.
+
+options:
+  --kind KIND          which identity NAME means when a host and an operator share it
+${DIR_USAGE}
+
+${CLUSTER_OPTIONS_USAGE}`,
+};
 
 const OPTIONS = {
   ...CLUSTER_OPTIONS,

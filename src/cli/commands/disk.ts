@@ -31,6 +31,7 @@ import { askHost } from "../disk-requests.js";
 import { abortOnStopSignal } from "../poll.js";
 import { waitForSwitchover } from "../switchover-wait.js";
 import { terminalRenderOptions } from "../terminal.js";
+import { WATCH_OPTIONS, WATCH_OPTIONS_USAGE, watchFrames, watchSeconds } from "../watch.js";
 
 export const DISK_USAGE = `usage: haven disk <command> [options] [cluster options]
 
@@ -52,6 +53,64 @@ ${CLUSTER_OPTIONS_USAGE}`;
 
 const ANSWER_TIMEOUT_MS = 120_000;
 const DEFAULT_WAIT_SECONDS = 3600;
+
+/** Each verb's own usage, for `haven disk VERB --help`. */
+export const DISK_VERB_USAGE: Record<string, string> = {
+  list: `usage: haven disk list [--host HOST] [--json] [--watch [--interval SECONDS]] [cluster options]
+
+The disks of every host (or of HOST): state, use, identity, and the copies on each.
+
+options:
+  --host HOST          only HOST's disks
+  --json               print the disks as JSON
+${WATCH_OPTIONS_USAGE}
+
+${CLUSTER_OPTIONS_USAGE}`,
+  add: `usage: haven disk add HOST PATH [--spare] [--fs ext4|xfs] [--name ID] [--wipe IDENTITY] [cluster options]
+
+Gives HOST's agent a disk: a block device is formatted and mounted, a directory is used as it is. A
+path that holds data, a filesystem or another cluster's label is refused unless --wipe repeats the
+disk's identity (its serial, WWN or backing path, as the refusal prints it): that destroys what is on it.
+
+options:
+  --spare              keep the disk for rebuilds and replacements only
+  --fs ext4|xfs        the filesystem made on a block device (default ext4)
+  --name ID            the disk's id within its host (a-z, 0-9 and -)
+  --wipe IDENTITY      destroy what the disk holds; IDENTITY must match the disk's
+
+${CLUSTER_OPTIONS_USAGE}`,
+  remove: `usage: haven disk remove HOST DISK [cluster options]
+
+Lets go of a disk that holds no copy (move them first with 'haven disk evacuate').
+
+${CLUSTER_OPTIONS_USAGE}`,
+  evacuate: `usage: haven disk evacuate HOST DISK [--wait-timeout SECONDS] [cluster options]
+
+Moves every copy off the disk, with progress: each copy is released only once a new copy of its
+volume is in sync.
+
+options:
+  --wait-timeout S     give up waiting after S seconds (default ${DEFAULT_WAIT_SECONDS}; the moves go on)
+
+${CLUSTER_OPTIONS_USAGE}`,
+  replace: `usage: haven disk replace HOST OLD NEW [--wait-timeout SECONDS] [cluster options]
+
+Moves every copy from disk OLD onto disk NEW of the same host, then releases OLD. A copy is only
+released once its new copy is in sync.
+
+options:
+  --wait-timeout S     give up waiting after S seconds (default ${DEFAULT_WAIT_SECONDS}; the moves go on)
+
+${CLUSTER_OPTIONS_USAGE}`,
+  identify: `usage: haven disk identify HOST DISK [--off] [cluster options]
+
+Lights the disk's locate LED (where the enclosure has one) and prints its identity.
+
+options:
+  --off                turn the LED off again
+
+${CLUSTER_OPTIONS_USAGE}`,
+};
 
 function usage(message: string): HavenError {
   return new HavenError("HAVEN_ERR_USAGE", `${message}\n\n${DISK_USAGE}`);
@@ -111,19 +170,26 @@ export async function diskCommand(argv: string[]): Promise<number> {
 export async function diskList(argv: string[]): Promise<number> {
   const parsed = parseCommand(
     argv,
-    { ...CLUSTER_OPTIONS, host: { type: "string" }, json: { type: "boolean" } },
-    DISK_USAGE,
+    { ...CLUSTER_OPTIONS, ...WATCH_OPTIONS, host: { type: "string" }, json: { type: "boolean" } },
+    DISK_VERB_USAGE.list!,
   );
   if (parsed === undefined) return 0;
   const { values, positionals } = parsed;
   if (positionals.length > 0) throw usage(`disk list takes no arguments, not "${positionals[0]}"`);
-  const records = await readShownRecords(connectCluster(values));
+  const seconds = watchSeconds(values);
+  const client = connectCluster(values);
   const host = values.host as string | undefined;
-  if (host !== undefined) knownHost(records, host);
-  const disks = diskEntries(records).filter((disk) => host === undefined || disk.host === host);
-  process.stdout.write(
-    values.json ? `${JSON.stringify(disks, null, 2)}\n` : renderDiskList(disks, terminalRenderOptions()),
-  );
+  const json = values.json === true;
+  const list = async (): Promise<string> => {
+    const records = await readShownRecords(client);
+    if (host !== undefined) knownHost(records, host);
+    const disks = diskEntries(records).filter((disk) => host === undefined || disk.host === host);
+    return json
+      ? `${JSON.stringify(disks, null, seconds === undefined ? 2 : undefined)}\n`
+      : renderDiskList(disks, terminalRenderOptions());
+  };
+  if (seconds !== undefined) return watchFrames(list, { seconds, title: "haven disk list", json });
+  process.stdout.write(await list());
   return 0;
 }
 

@@ -19,7 +19,6 @@ import { abortOnStopSignal } from "../poll.js";
 import { waitForSwitchover } from "../switchover-wait.js";
 
 export const HOST_DRAIN_USAGE = `usage: haven host drain HOST [--allow-restart] [cluster options]
-       haven host undrain HOST [cluster options]
 
 drain: puts HOST in maintenance (nothing is placed, promoted or migrated there until undrain), then
 live-migrates every VM running on HOST to another live host that holds an in-sync copy of its disk and
@@ -28,7 +27,14 @@ HOST serves with a switchover (no write lost). A VM that cannot be live-migrated
 --allow-restart lets it be stopped and started on another host. Ends with a summary; exits 1 when
 anything stayed on HOST.
 
-undrain: ends HOST's maintenance; nothing moves back by itself (see a VM's failback policy).
+'haven host undrain HOST' ends the maintenance.
+
+${CLUSTER_OPTIONS_USAGE}`;
+
+export const HOST_UNDRAIN_USAGE = `usage: haven host undrain HOST [cluster options]
+
+Ends HOST's maintenance: volumes and VMs may be placed, promoted and migrated there again. Nothing
+moves back by itself (see a VM's failback policy).
 
 ${CLUSTER_OPTIONS_USAGE}`;
 
@@ -89,10 +95,10 @@ export async function hostDrain(argv: string[]): Promise<number> {
 }
 
 export async function hostUndrain(argv: string[]): Promise<number> {
-  const parsed = parseCommand(argv, { ...CLUSTER_OPTIONS }, HOST_DRAIN_USAGE);
+  const parsed = parseCommand(argv, { ...CLUSTER_OPTIONS }, HOST_UNDRAIN_USAGE);
   if (parsed === undefined) return 0;
   const { values, positionals } = parsed;
-  if (positionals.length !== 1) throw new HavenError("HAVEN_ERR_USAGE", `give one HOST\n\n${HOST_DRAIN_USAGE}`);
+  if (positionals.length !== 1) throw new HavenError("HAVEN_ERR_USAGE", `give one HOST\n\n${HOST_UNDRAIN_USAGE}`);
   const host = positionals[0]!;
   const client = connectCluster(values);
   const records = await readClusterRecords(client);

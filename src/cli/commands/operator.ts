@@ -22,6 +22,33 @@ split brains and manages operators. Adding and revoking needs the admin role.
 
 ${CLUSTER_OPTIONS_USAGE}`;
 
+/** Each verb's own usage, for `haven operator VERB --help`. */
+export const OPERATOR_VERB_USAGE: Record<string, string> = {
+  add: `usage: haven operator add NAME --role viewer|operator|admin [--token-file FILE] [cluster options]
+
+Adds an operator with a token of their own, printed once (or written to FILE, mode 0600): Haven keeps
+only its digest. Needs the admin role.
+
+options:
+  --role ROLE          viewer, operator or admin (see 'haven operator --help')
+  --token-file FILE    write the token to FILE instead of printing it
+
+${CLUSTER_OPTIONS_USAGE}`,
+  list: `usage: haven operator list [--json] [cluster options]
+
+Every operator and their role.
+
+options:
+  --json               print the list as JSON
+
+${CLUSTER_OPTIONS_USAGE}`,
+  revoke: `usage: haven operator revoke NAME [cluster options]
+
+The operator's token stops working at once, in etcd and on every agent. Needs the admin role.
+
+${CLUSTER_OPTIONS_USAGE}`,
+};
+
 function usage(message: string): HavenError {
   return new HavenError("HAVEN_ERR_USAGE", `${message}\n\n${OPERATOR_USAGE}`);
 }

@@ -10,8 +10,9 @@ import { EXPIRY_WARNING_DAYS, caDir, expiryWarnings } from "../../security/pki-d
 import { renderStatus } from "../cluster-render.js";
 import { clusterReport } from "../cluster-report.js";
 import { CLUSTER_OPTIONS_USAGE, resolveCluster } from "../context.js";
+import { WATCH_OPTIONS_USAGE } from "../watch.js";
 
-export const STATUS_USAGE = `usage: haven status [--json] [cluster options]
+export const STATUS_USAGE = `usage: haven status [--json] [--watch [--interval SECONDS]] [cluster options]
 
 Shows the cluster at a glance: how many hosts are alive and how many volumes are healthy, then every
 host (alive or dead, address, disks) and every volume (size, health, primary host and epoch, each
@@ -23,8 +24,12 @@ is out of sync or on a dead host, and down when no live host serves it.
 It warns (on stderr) about every certificate of the cluster's PKI directory (the context file's
 cluster, or the one holding the --tls-dir identity) that expires within ${EXPIRY_WARNING_DAYS} days or has expired.
 
+Tables fit the terminal (80 columns in a pipe unless $COLUMNS says otherwise): the least needed
+columns are cut (…) or left out; --json has every detail.
+
 options:
   --json               print the hosts and volumes as JSON
+${WATCH_OPTIONS_USAGE}
 
 ${CLUSTER_OPTIONS_USAGE}`;
 
@@ -35,6 +40,7 @@ export function status(argv: string[]): Promise<number> {
     (view) => view,
     renderStatus,
     async (values, records) => [...insecureHosts(records), ...(await certificateWarnings(values))],
+    "haven status",
   );
 }
 

@@ -34,6 +34,21 @@ ${VM_TRANSFER_USAGE}
 
 ${CLUSTER_OPTIONS_USAGE}`;
 
+export const VM_EXPORT_USAGE = `usage: haven vm export NAME DIR [--format F] [--force] [cluster options]
+
+Writes the VM's disk (DIR/disk.qcow2, or --format F) and DIR/vm.json (CPUs, memory, NICs, MACs). A
+running VM is refused unless --force (no snapshot: stop it first).
+
+${CLUSTER_OPTIONS_USAGE}`;
+
+export const VM_IMPORT_USAGE = `usage: haven vm import NAME --image FILE [--format F] [vm create's options] [cluster options]
+       haven vm import NAME --from DIR [--replicas N] [--host HOST] [--stopped] [cluster options]
+
+--image: a VM on a copy of a disk image (--vcpus 1 and --memory 512M unless given; formats
+${IMAGE_FORMATS.join(", ")}). --from: the VM 'haven vm export' wrote into DIR.
+
+${CLUSTER_OPTIONS_USAGE}`;
+
 const DEFAULT_EXPORT_FORMAT = "qcow2";
 const IMPORT_DEFAULTS: readonly (readonly [string, string])[] = [
   ["--vcpus", "1"],

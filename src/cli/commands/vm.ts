@@ -20,7 +20,7 @@ import {
 import { formatCpuList, parseCpuList } from "../../cluster/vm-resources.js";
 import { isHostName } from "../../cluster/names.js";
 import type { VmRecord, VmStatusRecord } from "../../cluster/vm-schema.js";
-import { vmEntries } from "../../cluster/cluster-view.js";
+import { vmEntries, type VmListEntry } from "../../cluster/cluster-view.js";
 import { renderVmTable } from "../cluster-render.js";
 import { deleteVolume } from "../../cluster/volume-admin.js";
 import { HavenError, errorMessage } from "../../core/errors.js";
@@ -31,8 +31,10 @@ import { CLUSTER_OPTIONS, CLUSTER_OPTIONS_USAGE, connectCluster, resolveCluster 
 import { inspectImage, parseImageFormat, resolveImage } from "../image-copy.js";
 import { createVolumeFromImage, volumeSizeFor } from "../image-volume.js";
 import { abortOnStopSignal, pause } from "../poll.js";
-import { vmMigrate } from "./vm-migrate.js";
-import { VM_TRANSFER_USAGE, vmExport, vmImport } from "./vm-transfer.js";
+import { terminalRenderOptions } from "../terminal.js";
+import { WATCH_OPTIONS, WATCH_OPTIONS_USAGE, watchFrames, watchSeconds } from "../watch.js";
+import { VM_MIGRATE_USAGE, vmMigrate } from "./vm-migrate.js";
+import { VM_EXPORT_USAGE, VM_IMPORT_USAGE, VM_TRANSFER_USAGE, vmExport, vmImport } from "./vm-transfer.js";
 
 export { imageDir } from "../image-copy.js";
 
@@ -58,6 +60,81 @@ export const VM_USAGE = `usage: haven vm <verb> ...
 ${VM_TRANSFER_USAGE}
 
 ${CLUSTER_OPTIONS_USAGE}`;
+
+/** Each verb's own usage, for `haven vm VERB --help` (migrate, import and export have theirs in their files). */
+export const VM_VERB_USAGE: Record<string, string> = {
+  create: `usage: haven vm create NAME --vcpus N --memory SIZE (--disk VOLUME | --disk-size SIZE | --image FILE) [options] [cluster options]
+
+A virtual server on a replicated volume, running where its disk's primary is. Waits until it runs.
+
+options:
+  --vcpus N            virtual CPUs (1 to ${MAX_VCPUS})
+  --memory SIZE        memory, a whole number of MiB from 16M (e.g. 512M, 2G)
+  --disk VOLUME        boot from an existing volume
+  --disk-size SIZE     a new volume of SIZE for its disk (--replicas N copies, --host HOST its primary)
+  --image haven-test|FILE   write a disk image onto the new disk (its size when no --disk-size)
+  --format F           the image's format: raw, qcow2, vmdk, vdi or vhdx (default: detected)
+  --cpus LIST          pin the vCPUs to these host CPUs (2,3 or 0-3); --shared-cpus lets VMs share them
+  --nic SPEC           a network interface: default, bridge=NAME, mac=MAC (repeat for more)
+  --max-restart N      restarts in place before relocating (default 1)
+  --max-relocate N     relocations to another host before giving up (default 1)
+  --failback HOST      the host it goes back to whenever that host is back
+  --heartbeat | --no-heartbeat   watch the guest's heartbeat
+  --tcp-check ADDRESS:PORT       a health check: the guest accepts TCP there
+  --boot disk|haven-test-kernel  what it boots
+  --stopped            create it stopped
+  --no-wait            return once the request is recorded
+
+${CLUSTER_OPTIONS_USAGE}`,
+  start: `usage: haven vm start NAME [--host HOST] [--no-wait] [cluster options]
+
+Starts the VM and waits until it runs. With --host, its disk's primary moves to HOST first.
+
+${CLUSTER_OPTIONS_USAGE}`,
+  restart: `usage: haven vm restart NAME [--no-wait] [cluster options]
+
+Stops the VM and starts it again (its failure counts begin again).
+
+${CLUSTER_OPTIONS_USAGE}`,
+  stop: `usage: haven vm stop NAME [--force] [--no-wait] [cluster options]
+
+Powers the VM down through ACPI and waits until it stopped; --force stops it at once.
+
+${CLUSTER_OPTIONS_USAGE}`,
+  delete: `usage: haven vm delete NAME --yes [--force] [--with-disk] [cluster options]
+
+Deletes the VM (--force stops it first). Its disk stays unless --with-disk deletes that volume too.
+
+${CLUSTER_OPTIONS_USAGE}`,
+  list: `usage: haven vm list [--json] [cluster options]
+
+Every VM: state, host, CPUs, memory, disk, restarts and relocations.
+
+${CLUSTER_OPTIONS_USAGE}`,
+  show: `usage: haven vm show NAME [--json] [--watch [--interval SECONDS]] [cluster options]
+
+One VM: its state and why, CPUs, memory, disk, NICs, policy, run and health checks.
+
+options:
+  --json               print the VM as JSON
+${WATCH_OPTIONS_USAGE}
+
+${CLUSTER_OPTIONS_USAGE}`,
+  set: `usage: haven vm set NAME [--vcpus N] [--memory SIZE] [--cpus LIST|none] [--failback HOST|none] [cluster options]
+
+Changes CPUs and memory (they apply at the next start); --failback names the host the VM is
+live-migrated back to whenever that host is back (none: it stays where it is).
+
+${CLUSTER_OPTIONS_USAGE}`,
+  console: `usage: haven vm console NAME [--log] [cluster options]
+
+The VM's serial console (--log: print this run's output and exit).
+
+${CLUSTER_OPTIONS_USAGE}`,
+  migrate: VM_MIGRATE_USAGE,
+  import: VM_IMPORT_USAGE,
+  export: VM_EXPORT_USAGE,
+};
 
 function usage(message: string): HavenError {
   return new HavenError("HAVEN_ERR_USAGE", `${message}\n\n${VM_USAGE}`);
@@ -393,7 +470,7 @@ async function vmList(argv: string[]): Promise<number> {
           null,
           2,
         )}\n`
-      : renderVmTable(entries),
+      : renderVmTable(entries, terminalRenderOptions()),
   );
   return 0;
 }
@@ -404,16 +481,30 @@ function age(iso: string, now: number): string {
 }
 
 async function vmShow(argv: string[]): Promise<number> {
-  const parsed = parseCommand(argv, { ...CLUSTER_OPTIONS, json: { type: "boolean" } }, VM_USAGE);
+  const parsed = parseCommand(
+    argv,
+    { ...CLUSTER_OPTIONS, ...WATCH_OPTIONS, json: { type: "boolean" } },
+    VM_VERB_USAGE.show!,
+  );
   if (parsed === undefined) return 0;
   const name = nameArgument(parsed.positionals);
-  const records = await readShownRecords(connectCluster(parsed.values));
-  const entry = vmEntries(records).find((e) => e.name === name);
-  if (entry === undefined) throw new HavenError("HAVEN_ERR_NOT_FOUND", `no VM named "${name}" (see 'haven vm list')`);
-  if (parsed.values.json) {
-    process.stdout.write(`${JSON.stringify(entry, null, 2)}\n`);
-    return 0;
-  }
+  const seconds = watchSeconds(parsed.values);
+  const client = connectCluster(parsed.values);
+  const json = parsed.values.json === true;
+  const show = async (): Promise<string> => {
+    const records = await readShownRecords(client);
+    const entry = vmEntries(records).find((e) => e.name === name);
+    if (entry === undefined) throw new HavenError("HAVEN_ERR_NOT_FOUND", `no VM named "${name}" (see 'haven vm list')`);
+    return json ? `${JSON.stringify(entry, null, seconds === undefined ? 2 : undefined)}\n` : describeVm(entry);
+  };
+  if (seconds !== undefined) return watchFrames(show, { seconds, title: `haven vm show ${name}`, json });
+  process.stdout.write(await show());
+  return 0;
+}
+
+/** `haven vm show`'s text for one VM. */
+function describeVm(entry: VmListEntry): string {
+  const name = entry.name;
   const { spec, status } = entry;
   const now = Date.now();
   const lines = [
@@ -442,8 +533,7 @@ async function vmShow(argv: string[]): Promise<number> {
     for (const [check, value] of checks)
       lines.push(`    ${check.padEnd(10)} ${value.ok ? "ok  " : "FAIL"} ${value.value} (${age(value.at, now)})`);
   }
-  process.stdout.write(`${lines.join("\n")}\n`);
-  return 0;
+  return `${lines.join("\n")}\n`;
 }
 
 async function vmConsole(argv: string[]): Promise<number> {

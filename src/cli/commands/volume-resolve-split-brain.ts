@@ -6,7 +6,7 @@
 import { HavenError } from "../../core/errors.js";
 import { renderVolumeStatus } from "../status-render.js";
 import { parseCommand } from "../args.js";
-import { ENGINE_API_OPTIONS, engineApiFromOptions } from "../engine-api-client.js";
+import { ENGINE_API_OPTIONS, ENGINE_API_OPTIONS_USAGE, engineApiFromOptions } from "../engine-api-client.js";
 import { terminalRenderOptions } from "../terminal.js";
 
 export const VOLUME_RESOLVE_SPLIT_BRAIN_USAGE = `usage: haven volume resolve-split-brain NAME --survivor LOCATION --api HOST:PORT [--token-file FILE]
@@ -19,8 +19,8 @@ engine and restart 'haven volume serve' with --survivor.
 
 options:
   --survivor LOCATION  the copy whose data survives
-  --api HOST:PORT      the engine's API address (it must serve volume NAME)
-  --token-file FILE    the engine API's token (default: $HAVEN_API_TOKEN)`;
+${ENGINE_API_OPTIONS_USAGE}
+                       (the engine must serve volume NAME)`;
 
 export async function volumeResolveSplitBrain(argv: string[]): Promise<number> {
   const usage = VOLUME_RESOLVE_SPLIT_BRAIN_USAGE;

@@ -5,19 +5,19 @@ import { HavenError } from "../../core/errors.js";
 import { renderVolumeStatus } from "../status-render.js";
 import type { VolumeStatus } from "../../engine/status.js";
 import { parseCommand } from "../args.js";
-import { ENGINE_API_OPTIONS, engineApiFromOptions } from "../engine-api-client.js";
+import { ENGINE_API_OPTIONS, ENGINE_API_OPTIONS_USAGE, engineApiFromOptions } from "../engine-api-client.js";
 import { abortOnStopSignal, pause } from "../poll.js";
 import { CLEAR_SCREEN, isTerminal, terminalRenderOptions } from "../terminal.js";
 
-export const VOLUME_STATUS_USAGE = `usage: haven volume status --api HOST:PORT [--token-file FILE] [--json] [--watch [SECONDS]]
+export const VOLUME_STATUS_USAGE = `usage: haven volume status --api HOST:PORT [--volume NAME] [--token-file FILE] [--json] [--watch [SECONDS]]
 
 Shows the volume a running engine serves: its state, epoch and generation, each copy (in sync,
 resyncing with progress and ETA, faulted or in split brain with the reason), a verify in progress
 and the I/O counters.
 
 options:
-  --api HOST:PORT      the engine's API address
-  --token-file FILE    the engine API's token (default: $HAVEN_API_TOKEN)
+${ENGINE_API_OPTIONS_USAGE}
+  --volume NAME        ask a host agent's API (its "api.listen") for the volume NAME its host serves
   --json               print the status as JSON (with --watch, one line per refresh)
   --watch [SECONDS]    refresh every SECONDS (default 1, at least 0.1) until Ctrl-C`;
 
@@ -33,6 +33,7 @@ export async function volumeStatus(argv: string[]): Promise<number> {
     args,
     {
       ...ENGINE_API_OPTIONS,
+      volume: { type: "string" },
       json: { type: "boolean" },
       watch: { type: "boolean" },
     },
@@ -45,6 +46,7 @@ export async function volumeStatus(argv: string[]): Promise<number> {
     throw new HavenError("HAVEN_ERR_USAGE", `unexpected argument "${positionals.at(-1)}"\n\n${VOLUME_STATUS_USAGE}`);
   const seconds = positionals[0] === undefined ? DEFAULT_WATCH_SECONDS : parseWatchSeconds(positionals[0]);
   const client = await engineApiFromOptions(values, VOLUME_STATUS_USAGE);
+  const volume = typeof values.volume === "string" ? values.volume : undefined;
   const json = values.json === true;
   const show = (status: VolumeStatus): string =>
     json
@@ -52,7 +54,7 @@ export async function volumeStatus(argv: string[]): Promise<number> {
       : renderVolumeStatus(status, { ...terminalRenderOptions(), api: client.address });
 
   if (!watch) {
-    process.stdout.write(show(await client.status()));
+    process.stdout.write(show(await client.status(volume)));
     return 0;
   }
   const redraw = isTerminal() && !json;
@@ -62,7 +64,7 @@ export async function volumeStatus(argv: string[]): Promise<number> {
     do {
       let text: string;
       try {
-        text = show(await client.status());
+        text = show(await client.status(volume));
       } catch (error) {
         // An engine that restarts while watched is shown, not fatal; an engine never reached is.
         if (first || !(error instanceof HavenError)) throw error;

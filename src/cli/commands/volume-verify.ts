@@ -6,7 +6,7 @@ import { HavenError } from "../../core/errors.js";
 import { formatVerifyProgress, renderVerifyStatus } from "../status-render.js";
 import type { VerifyStatus } from "../../engine/status.js";
 import { parseCommand, refuseArguments } from "../args.js";
-import { ENGINE_API_OPTIONS, engineApiFromOptions } from "../engine-api-client.js";
+import { ENGINE_API_OPTIONS, ENGINE_API_OPTIONS_USAGE, engineApiFromOptions } from "../engine-api-client.js";
 import { abortOnStopSignal, pause } from "../poll.js";
 import { CLEAR_TO_END_OF_LINE, isTerminal, terminalRenderOptions } from "../terminal.js";
 
@@ -16,8 +16,7 @@ Starts an online verify: every region of the volume is compared across its in-sy
 clients carry on. Only one verify runs at a time.
 
 options:
-  --api HOST:PORT   the engine's API address
-  --token-file FILE the engine API's token (default: $HAVEN_API_TOKEN)
+${ENGINE_API_OPTIONS_USAGE}
   --repair          resync the regions that differ from the volume's data
   --wait            follow the verify to the end, then list the regions that differ; exit status 1 if
                     copies differ (without --repair) or the verify failed, 0 if they agree`;
