@@ -32,6 +32,8 @@ const TONES: Record<string, Tone> = {
   "in-sync": "good",
   "out-of-sync": "bad",
   unrecorded: "busy",
+  resyncing: "busy",
+  suspected: "busy",
   ok: "good",
   online: "good",
   spare: "good",
@@ -119,7 +121,17 @@ function disks(host: HostView): string {
 function primaryCell(volume: VolumeView): string {
   const { primary } = volume;
   if (primary === null) return "-";
-  return `${primary.host} (epoch ${primary.epoch}${primary.hostState === "alive" ? "" : `, ${primary.hostState}`})`;
+  const state =
+    primary.hostState !== "alive" ? `, ${primary.hostState}` : primary.suspectedBy.length > 0 ? ", suspected" : "";
+  return `${primary.host} (epoch ${primary.epoch}${state})`;
+}
+
+/** "alive", or "alive, suspected: h1 has its link to it down (3 heartbeats missed)" when a copy's host says so. */
+function primaryState(primary: NonNullable<VolumeView["primary"]>, options: ClusterRenderOptions): string {
+  const state = paint(primary.hostState, options);
+  if (primary.hostState !== "alive" || primary.suspectedBy.length === 0) return state;
+  const verdicts = primary.suspectedBy.map((each) => `${each.host} has its link to it down (${each.detail})`);
+  return `${state}, ${paint("suspected", options)}: ${verdicts.join("; ")}`;
 }
 
 /** "resyncing  42% [########............] 80.0 MiB/s, 12 s left": a picture, then the numbers. */
@@ -232,7 +244,7 @@ export function renderVolume(untrusted: VolumeView, options: ClusterRenderOption
       "primary",
       primary === null
         ? "-"
-        : `${primary.host} (${paint(primary.hostState, options)}), epoch ${primary.epoch}, since ${primary.since} ` +
+        : `${primary.host} (${primaryState(primary, options)}), epoch ${primary.epoch}, since ${primary.since} ` +
             `(${primary.reason})`,
     ),
     field("nbd", nbdLine(volume)),
