@@ -271,11 +271,76 @@ const EVENT_HOST_COLUMNS = 12;
 const EVENT_VOLUME_COLUMNS = 12;
 const EVENT_KIND_COLUMNS = 20;
 
+export interface EventRenderOptions {
+  /** Times in UTC; by default in this machine's local time. */
+  readonly utc?: boolean;
+}
+
+/** "2026-12-05 21:45:03.123": an event's time in local time (or UTC), to the millisecond, or the text as stored if it is no time. */
+export function eventTime(iso: string, options: EventRenderOptions = {}): string {
+  const time = new Date(iso);
+  if (Number.isNaN(time.getTime())) return iso;
+  const two = (n: number): string => String(n).padStart(2, "0");
+  const parts = options.utc
+    ? [
+        time.getUTCFullYear(),
+        time.getUTCMonth() + 1,
+        time.getUTCDate(),
+        time.getUTCHours(),
+        time.getUTCMinutes(),
+        time.getUTCSeconds(),
+        time.getUTCMilliseconds(),
+      ]
+    : [
+        time.getFullYear(),
+        time.getMonth() + 1,
+        time.getDate(),
+        time.getHours(),
+        time.getMinutes(),
+        time.getSeconds(),
+        time.getMilliseconds(),
+      ];
+  const [year, month, day, hours, minutes, seconds, ms] = parts as [
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+  ];
+  return `${year}-${two(month)}-${two(day)} ${two(hours)}:${two(minutes)}:${two(seconds)}.${String(ms).padStart(3, "0")}`;
+}
+
+/** The zone the times are in: "UTC", or the local offset at `at` ("UTC+01:00"). */
+function zoneName(options: EventRenderOptions, at: Date): string {
+  if (options.utc) return "UTC";
+  const offset = -at.getTimezoneOffset();
+  const sign = offset < 0 ? "-" : "+";
+  const hours = String(Math.floor(Math.abs(offset) / 60)).padStart(2, "0");
+  return `UTC${sign}${hours}:${String(Math.abs(offset) % 60).padStart(2, "0")}`;
+}
+
+const EVENT_TIME_COLUMNS = "2026-12-05 21:45:03.123".length;
+
+/** The line above the events: the columns' names, the time's with its zone. */
+export function renderEventHeader(options: EventRenderOptions = {}, now = new Date()): string {
+  return [
+    `TIME (${zoneName(options, now)})`.padEnd(EVENT_TIME_COLUMNS),
+    "HOST".padEnd(EVENT_HOST_COLUMNS),
+    "VOLUME".padEnd(EVENT_VOLUME_COLUMNS),
+    "KIND".padEnd(EVENT_KIND_COLUMNS),
+    "MESSAGE",
+  ]
+    .join(COLUMN_GAP)
+    .concat("\n");
+}
+
 /** One event per line: time, host, volume, kind, message (columns padded, never cut). */
-export function renderEvent(untrusted: EventRecord): string {
+export function renderEvent(untrusted: EventRecord, options: EventRenderOptions = {}): string {
   const event = printable(untrusted);
   return [
-    event.time,
+    eventTime(event.time, options).padEnd(EVENT_TIME_COLUMNS),
     event.host.padEnd(EVENT_HOST_COLUMNS),
     (event.volume ?? "-").padEnd(EVENT_VOLUME_COLUMNS),
     event.kind.padEnd(EVENT_KIND_COLUMNS),
