@@ -43,6 +43,8 @@ export class HealthReporter {
   private readonly nbdProbe: BackgroundProbe<{ problems: string[]; missing: string[] }>;
   /** Each disk's verdict at the previous check, so a change is an event. */
   private readonly diskWasOk = new Map<string, boolean>();
+  /** The NBD front's problems at its last probe ("" when it answered well): a change is an event. */
+  private nbdFrontWas = "";
   private latestDisks: readonly DiskHealth[] = [];
   /** Start, every 20% and end of each copy's resync or rebuild, as events. */
   private readonly resyncEvents = new ResyncEvents();
@@ -193,6 +195,15 @@ export class HealthReporter {
       missing: [],
     }));
     if (result === undefined) return [];
+    // A probe that starts or stops failing is an event (not every round of the same failure).
+    const front = result.problems.filter((problem) => !problem.startsWith("volume ")).join("; ");
+    if (front !== this.nbdFrontWas) {
+      events.note(
+        front === "" ? "nbd-probe-ok" : "nbd-probe-failed",
+        front === "" ? "the NBD front answers its health probe again" : front,
+      );
+      this.nbdFrontWas = front;
+    }
     for (const name of result.missing) {
       const running = volumes.get(name);
       if (running === undefined || world.nbd.has(name)) continue;
