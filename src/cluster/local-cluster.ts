@@ -466,9 +466,14 @@ export async function stopProcess(pid: number, timeoutMs: number): Promise<void>
   const deadline = Date.now() + timeoutMs;
   while (running(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
   if (running(pid)) signal(pid, "SIGKILL");
-  const killedAt = Date.now();
-  while (running(pid) && Date.now() < killedAt + 5_000) await new Promise((r) => setTimeout(r, 50));
+  // Gone, not only exited: its parent (often not this process) reaps it soon after; a caller that then
+  // looks the pid up must not find it. Bounded: a parent that never reaps must not hold us up.
+  const endedAt = Date.now();
+  while (alive(pid) && Date.now() < endedAt + REAP_WAIT_MS) await new Promise((r) => setTimeout(r, 50));
 }
+
+/** How long stopProcess waits for an exited process to be reaped by its parent. */
+const REAP_WAIT_MS = 5_000;
 
 /** Sends `name` to `pid`; false when it is gone (an exited process is not an error here). */
 export function signal(pid: number, name: NodeJS.Signals): boolean {
