@@ -80,7 +80,9 @@ was started, and each one acted on is printed with its pid.
   kill     a power loss: SIGKILL to all of them at once; nothing is flushed and no lease is given back:
            the other hosts take over once its lease expires (--keep-etcd: its etcd member lives on)
   freeze   a hung host: SIGSTOP to all of them (the other hosts see its heartbeats and lease stop)
-  thaw     SIGCONT to all of them: the host wakes up and finds out what happened meanwhile
+  thaw     SIGCONT to all of them: the host wakes up and finds out what happened meanwhile; frozen
+           longer than the watchdog's timeout, its watchdog may fence (kill) the agent at once, as on a
+           real machine that hung: 'cluster host start' brings it back
 
 'haven cluster status' shows each host's processes. 'haven cluster kill HOST' and 'haven cluster
 revive HOST' are older names of 'cluster host kill' and 'cluster host start'.
