@@ -95,6 +95,7 @@ export class Agent implements AgentView {
       clock: world.clock,
       timings,
       log,
+      wallTime: world.wallTime,
       onLost: (reason) => this.onLeaseLost(reason),
       onRegained: (lease) => this.register(lease),
       onUnproven: () => this.vmLifecycle.pauseAll(),
@@ -223,6 +224,9 @@ export class Agent implements AgentView {
       throw error;
     }
     this.events.note("agent-started", `agent up: replication on port ${this.replicationPort}, NBD on ${this.nbdPort}`);
+    // What an earlier watchdog of this host killed (it has no way to etcd itself): now cluster events.
+    for (const report of this.watchdog?.takeReports?.() ?? [])
+      this.events.note("watchdog-kill", `${report.message} (at ${report.time})`);
     this.scheduler.start();
     this.trimEvents();
   }
@@ -449,7 +453,7 @@ export class Agent implements AgentView {
   private onLeaseLost(reason: string): void {
     this.vmLifecycle.fenceAll(`host ${this.name} lost its cluster lease (${reason})`);
     this.volumes.fenceAll(`host ${this.name} lost its cluster lease (${reason})`);
-    this.events.note("fenced", `lease lost (${reason}): every volume here stopped completing writes`);
+    this.events.note("fenced", `lease given up (${reason}): every volume here stopped completing writes`);
   }
 
   // ---- metrics (src/api/metrics/): AgentView.metrics() ----

@@ -43,6 +43,10 @@ export class HealthReporter {
   private readonly nbdProbe: BackgroundProbe<{ problems: string[]; missing: string[] }>;
   /** Each disk's verdict at the previous check, so a change is an event. */
   private readonly diskWasOk = new Map<string, boolean>();
+  /** Volumes whose engine was failed or stuck at the last round: a volume entering that state is an event. */
+  private enginesInTrouble = new Set<string>();
+  /** The NBD front's problems at its last probe ("" when it answered well): a change is an event. */
+  private nbdFrontWas = "";
   private latestDisks: readonly DiskHealth[] = [];
   /** Start, every 20% and end of each copy's resync or rebuild, as events. */
   private readonly resyncEvents = new ResyncEvents();
@@ -98,12 +102,16 @@ export class HealthReporter {
       if (!link.up && !link.starting) problems.push(`replication link to ${link.peer} down: ${link.detail}`);
     const copies: CopyHealth[] = [];
     const progress: CopyProgress[] = [];
+    const inTrouble = new Set<string>();
     for (const [name, running] of volumes.entries()) {
       const status = running.engine.status();
-      if (status.state === "failed") problems.push(`volume ${name}: the engine failed (no in-sync copy, or fenced)`);
-      else {
-        const stuck = running.liveness.poll((ms) => `the engine has not completed a 4 KiB read for ${ms} ms`);
-        if (stuck !== undefined) problems.push(`volume ${name}: ${stuck}`);
+      let trouble: string | undefined;
+      if (status.state === "failed") trouble = "the engine failed (no in-sync copy, or fenced)";
+      else trouble = running.liveness.poll((ms) => `the engine has not completed a 4 KiB read for ${ms} ms`);
+      if (trouble !== undefined) {
+        problems.push(`volume ${name}: ${trouble}`);
+        inTrouble.add(name);
+        if (!this.enginesInTrouble.has(name)) this.options.events.note("engine-failed", trouble, name);
       }
       for (const replica of status.replicas) {
         const copy = running.copyOf.get(replica.location) ?? { host: replica.location, disk: "" };
@@ -129,6 +137,7 @@ export class HealthReporter {
         });
       }
     }
+    this.enginesInTrouble = inTrouble;
     for (const event of this.resyncEvents.observe(world.clock.now(), progress))
       this.options.events.note(event.kind, event.message, event.volume);
     const record: HostHealthRecord = {
@@ -193,6 +202,15 @@ export class HealthReporter {
       missing: [],
     }));
     if (result === undefined) return [];
+    // A probe that starts or stops failing is an event (not every round of the same failure).
+    const front = result.problems.filter((problem) => !problem.startsWith("volume ")).join("; ");
+    if (front !== this.nbdFrontWas) {
+      events.note(
+        front === "" ? "nbd-probe-ok" : "nbd-probe-failed",
+        front === "" ? "the NBD front answers its health probe again" : front,
+      );
+      this.nbdFrontWas = front;
+    }
     for (const name of result.missing) {
       const running = volumes.get(name);
       if (running === undefined || world.nbd.has(name)) continue;

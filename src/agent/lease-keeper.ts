@@ -44,7 +44,15 @@ export interface LeaseKeeperOptions {
   readonly onUnproven?: () => void;
   readonly onHeldAgain?: () => void;
   readonly log: (line: string) => void;
+  /** The wall clock, to say in the log at what time the lease expires (without it: in how long). */
+  readonly wallTime?: () => Date;
 }
+
+/**
+ * While keepalives fail, the log says so once at the first failure, then at most once per this long:
+ * a line per keepalive (several a second) said nothing new and buried everything else.
+ */
+export const KEEPALIVE_FAILURE_LOG_INTERVAL_MS = 5_000;
 
 type Answer = "accepted" | "refused" | "failed";
 
@@ -63,6 +71,9 @@ export class LeaseKeeper {
   private waiters: ((mayComplete: boolean) => void)[] = [];
   /** Wakes every pause in progress (stop uses it, so no timer outlives the keeper). */
   private readonly pauses = new Set<() => void>();
+  /** Since when keepalives have been failing or going unanswered (cleared by an accepted one), and when that was last logged. */
+  private failingSince: number | undefined;
+  private failureLoggedAt = Number.NEGATIVE_INFINITY;
 
   constructor(private readonly options: LeaseKeeperOptions) {}
 
@@ -83,7 +94,10 @@ export class LeaseKeeper {
     const now = this.options.clock.now();
     if (now < fenceDeadlineMs(this.lastRenewSentAt, this.options.timings)) return "held";
     if (now < leaseLostDeadlineMs(this.lastRenewSentAt, this.options.timings)) return "unproven";
-    this.lose(`no keepalive accepted for ${this.options.timings.leaseTtlMs} ms, the lease's TTL`);
+    this.lose(
+      `no keepalive answered for ${this.options.timings.leaseTtlMs} ms, the lease's TTL: etcd expires it ` +
+        `(unless it took a keepalive whose answer never came here)`,
+    );
     return "lost";
   }
 
@@ -178,8 +192,7 @@ export class LeaseKeeper {
       const sentAt = clock.now();
       const answer = await this.within(this.keepAlive(lease, sentAt), timings.renewTimeoutMs);
       if (answer === "accepted" || answer === "refused" || this.stopped) return;
-      if (answer === undefined)
-        this.options.log(`lease: keepalive ${attempt} got no answer within ${timings.renewTimeoutMs} ms`);
+      if (answer === undefined) this.keepAliveFailed(`no answer within ${timings.renewTimeoutMs} ms`);
       await this.pause(sentAt + timings.renewTimeoutMs - clock.now()).done;
       // A late answer to an earlier attempt proved the lease meanwhile: the round is done.
       if (this.lastRenewSentAt > provenBefore) return;
@@ -202,9 +215,31 @@ export class LeaseKeeper {
           if (lease === this.lease) this.lose(`etcd does not know the lease: ${error.message}`);
           return "refused";
         }
-        if (lease === this.lease) this.options.log(`lease: keepalive failed: ${errorMessage(error)}`);
+        if (lease === this.lease) this.keepAliveFailed(errorMessage(error));
         return "failed";
       },
+    );
+  }
+
+  /**
+   * Logs what this host knows while keepalives fail: for how long, why, and when the lease expires
+   * unless etcd answers one (it cannot know whether etcd has expired or revoked it meanwhile).
+   */
+  private keepAliveFailed(why: string): void {
+    const { clock, timings, wallTime } = this.options;
+    const now = clock.now();
+    this.failingSince ??= now;
+    if (now - this.failureLoggedAt < KEEPALIVE_FAILURE_LOG_INTERVAL_MS) return;
+    this.failureLoggedAt = now;
+    const inMs = leaseLostDeadlineMs(this.lastRenewSentAt, timings) - now;
+    const seconds = (ms: number): string => `${(Math.max(0, ms) / 1000).toFixed(1)} s`;
+    const when =
+      wallTime === undefined
+        ? `in ${seconds(inMs)}`
+        : `at ${new Date(wallTime().getTime() + Math.max(0, inMs)).toISOString()} (in ${seconds(inMs)})`;
+    this.options.log(
+      `lease: keepalives failing for ${seconds(now - this.failingSince)} (${why}); the lease expires ${when} ` +
+        `unless etcd answers one`,
     );
   }
 
@@ -217,6 +252,13 @@ export class LeaseKeeper {
     if (this.stopped || lease !== this.lease) return;
     const { clock } = this.options;
     this.lastRenewSentAt = Math.max(this.lastRenewSentAt, sentAt);
+    if (this.failingSince !== undefined) {
+      this.options.log(
+        `lease: etcd answered a keepalive again after ${((clock.now() - this.failingSince) / 1000).toFixed(1)} s of failures`,
+      );
+      this.failingSince = undefined;
+      this.failureLoggedAt = Number.NEGATIVE_INFINITY;
+    }
     const state = this.state();
     if (state === "lost") return;
     this.armDeadline();
@@ -267,7 +309,9 @@ export class LeaseKeeper {
     this.unprovenLogged = false;
     this.deadlineTimer?.cancel();
     this.deadlineTimer = undefined;
-    this.options.log(`lease lost: ${reason}`);
+    this.failingSince = undefined;
+    this.failureLoggedAt = Number.NEGATIVE_INFINITY;
+    this.options.log(`lease given up: ${reason}; no write completes here until a new lease`);
     this.settleWaiters(false);
     this.options.onLost(reason);
   }

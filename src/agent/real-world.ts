@@ -3,6 +3,7 @@
 // connections, probes that write to the disks and shake hands with the NBD front, and a watchdog
 // process that kills the agent and its VMs when its event loop stops checking in, and its VMs when it dies.
 
+import { takeWatchdogReports, watchdogReportFile } from "./watchdog-reports.js";
 import { spawn } from "node:child_process";
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { identifyPath } from "../disk/disk-identity.js";
@@ -223,7 +224,8 @@ export function realWorld(
     },
     probeDisk,
     probeNbdFront: (served) => probeNbdFront(config.host.address, nbdPort, served, NBD_PROBE_TIMEOUT_MS),
-    startWatchdog: (timeoutMs) => startWatchdogProcess(timeoutMs),
+    startWatchdog: (timeoutMs) =>
+      startWatchdogProcess(timeoutMs, config.stateDir === undefined ? undefined : watchdogReportFile(config.stateDir)),
     vms,
     eventLoopLag: {
       maxMs: () => lag.max / 1e6,
@@ -237,9 +239,10 @@ export function realWorld(
  * The watchdog process (watchdog-process.ts): kills this process and the VMs it tracks if the event
  * loop stops kicking it, and the VMs if this process dies without saying bye.
  */
-function startWatchdogProcess(timeoutMs: number): Watchdog {
+function startWatchdogProcess(timeoutMs: number, reportFile: string | undefined): Watchdog {
   const script = fileURLToPath(new URL("./watchdog-process.js", import.meta.url));
-  const watchdog = spawn(process.execPath, [script, String(process.pid), String(timeoutMs)], {
+  const args = [script, String(process.pid), String(timeoutMs), ...(reportFile !== undefined ? [reportFile] : [])];
+  const watchdog = spawn(process.execPath, args, {
     stdio: ["pipe", "inherit", "inherit"],
   });
   const stdin = watchdog.stdin!;
@@ -257,6 +260,7 @@ function startWatchdogProcess(timeoutMs: number): Watchdog {
       send({ kind: "bye" });
       stdin.end();
     },
+    ...(reportFile !== undefined && { takeReports: () => takeWatchdogReports(reportFile) }),
   };
 }
 

@@ -4,7 +4,7 @@
 // lease has expired elsewhere, and a VM must not run on here while its host's agent is dead or hung,
 // because another host boots it once the lease has expired (a VM never runs twice: DESIGN.md).
 // Run as:
-//   node watchdog-process.js AGENT_PID TIMEOUT_MS
+//   node watchdog-process.js AGENT_PID TIMEOUT_MS [REPORT_FILE]
 // The agent writes lines to its stdin (watchdog-protocol.ts): `kick` every watchdogIntervalMs,
 // `vm +PID NAME` / `vm -PID` when it starts / stops a VM's QEMU (spawned detached, in a process group of
 // its own, so killing the agent does not kill it), `bye` on a clean stop. The watchdog:
@@ -15,20 +15,23 @@
 // - on `bye`: exits and kills nothing.
 // A tracked pid is killed only while /proc/PID/cmdline still names its VM (`-name guest=NAME`), so a pid
 // reused by another process after its QEMU exited is never killed. Every kill, skip and ignored line is
-// logged to stderr (the agent's log) with the reason.
+// logged to stderr (the agent's log) with the reason. Every kill is also appended to REPORT_FILE (one
+// JSON object a line: time and message): the watchdog has no way to etcd, so the host's next agent
+// records them as cluster events (watchdog-reports.ts).
 
 import { commandLineNamesVm } from "../vm/qemu-name.js";
 import { WATCHDOG_MAX_LINE_BYTES, parseWatchdogLine } from "./watchdog-protocol.js";
 import { commandLineOf } from "../util/processes.js";
+import { appendWatchdogReport } from "./watchdog-reports.js";
 
 /** More VMs than any host runs; a `vm +` beyond it is refused and logged rather than grown without bound. */
 const MAX_TRACKED_VMS = 4096;
 
-const [pidText, timeoutText] = process.argv.slice(2);
+const [pidText, timeoutText, reportFile] = process.argv.slice(2);
 const agentPid = Number(pidText);
 const timeoutMs = Number(timeoutText);
 if (!(Number.isInteger(agentPid) && agentPid > 1 && Number.isInteger(timeoutMs) && timeoutMs > 0)) {
-  process.stderr.write("usage: watchdog-process AGENT_PID TIMEOUT_MS\n");
+  process.stderr.write("usage: watchdog-process AGENT_PID TIMEOUT_MS [REPORT_FILE]\n");
   process.exit(2);
 }
 
@@ -42,6 +45,16 @@ let dropping = false;
 
 function log(message: string): void {
   process.stderr.write(`${new Date().toISOString()} watchdog: ${message}\n`);
+}
+
+/** A kill, for the cluster's events (written by the host's next agent). */
+function report(message: string): void {
+  if (reportFile === undefined) return;
+  try {
+    appendWatchdogReport(reportFile, { time: new Date().toISOString(), message });
+  } catch (error) {
+    log(`could not write the report to ${reportFile}: ${(error as Error).message}`);
+  }
 }
 
 function killVms(reason: string): void {
@@ -58,6 +71,7 @@ function killVms(reason: string): void {
     try {
       process.kill(pid, "SIGKILL");
       log(`killed VM ${name}'s QEMU (pid ${pid}): ${reason}`);
+      report(`the watchdog killed VM ${name}'s QEMU (pid ${pid}): ${reason}`);
     } catch (error) {
       log(`could not kill VM ${name}'s QEMU (pid ${pid}): ${(error as Error).message}`);
     }
@@ -125,6 +139,10 @@ setInterval(
     log(`agent ${agentPid} silent for ${Math.round(silentMs)} ms; killing it (fence)`);
     try {
       process.kill(agentPid, "SIGKILL");
+      report(
+        `the watchdog killed the agent (pid ${agentPid}): its event loop was silent for ${Math.round(silentMs)} ms ` +
+          `(limit ${timeoutMs} ms), so it could no longer keep its writes within its lease`,
+      );
     } catch {
       // already gone
     }

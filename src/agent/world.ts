@@ -146,6 +146,11 @@ export interface Watchdog {
   untrackVm(pid: number): void;
   /** A clean stop: the watchdog exits and kills nothing. */
   stop(): void;
+  /**
+   * What earlier watchdogs of this host did (each kill, with its time), not yet recorded as events;
+   * taking them clears them. Absent where no watchdog leaves reports.
+   */
+  takeReports?(): readonly { readonly time: string; readonly message: string }[];
   /** A VM's QEMU the watchdog kills too when it fences (and when the agent dies). */
   trackVm(pid: number, name: string): void;
   untrackVm(pid: number): void;

@@ -35,6 +35,8 @@ const TONES: Record<string, Tone> = {
   "in-sync": "good",
   "out-of-sync": "bad",
   unrecorded: "busy",
+  resyncing: "busy",
+  suspected: "busy",
   ok: "good",
   online: "good",
   spare: "good",
@@ -152,7 +154,17 @@ function disks(host: HostView): string {
 function primaryCell(volume: VolumeView): string {
   const { primary } = volume;
   if (primary === null) return "-";
-  return `${primary.host} (epoch ${primary.epoch}${primary.hostState === "alive" ? "" : `, ${primary.hostState}`})`;
+  const state =
+    primary.hostState !== "alive" ? `, ${primary.hostState}` : primary.suspectedBy.length > 0 ? ", suspected" : "";
+  return `${primary.host} (epoch ${primary.epoch}${state})`;
+}
+
+/** "alive", or "alive, suspected: h1 has its link to it down (3 heartbeats missed)" when a copy's host says so. */
+function primaryState(primary: NonNullable<VolumeView["primary"]>, options: ClusterRenderOptions): string {
+  const state = paint(primary.hostState, options);
+  if (primary.hostState !== "alive" || primary.suspectedBy.length === 0) return state;
+  const verdicts = primary.suspectedBy.map((each) => `${each.host} has its link to it down (${each.detail})`);
+  return `${state}, ${paint("suspected", options)}: ${verdicts.join("; ")}`;
 }
 
 /** "resyncing  42% [########............] 80.0 MiB/s, 12 s left": a picture, then the numbers. */
@@ -269,7 +281,7 @@ export function renderVolume(untrusted: VolumeView, options: ClusterRenderOption
       "primary",
       primary === null
         ? "-"
-        : `${primary.host} (${paint(primary.hostState, options)}), epoch ${primary.epoch}, since ${primary.since} ` +
+        : `${primary.host} (${primaryState(primary, options)}), epoch ${primary.epoch}, since ${primary.since} ` +
             `(${primary.reason})`,
     ),
     field("nbd", nbdLine(volume)),
@@ -297,11 +309,76 @@ const EVENT_HOST_COLUMNS = 12;
 const EVENT_VOLUME_COLUMNS = 12;
 const EVENT_KIND_COLUMNS = 20;
 
+export interface EventRenderOptions {
+  /** Times in UTC; by default in this machine's local time. */
+  readonly utc?: boolean;
+}
+
+/** "2026-12-05 21:45:03.123": an event's time in local time (or UTC), to the millisecond, or the text as stored if it is no time. */
+export function eventTime(iso: string, options: EventRenderOptions = {}): string {
+  const time = new Date(iso);
+  if (Number.isNaN(time.getTime())) return iso;
+  const two = (n: number): string => String(n).padStart(2, "0");
+  const parts = options.utc
+    ? [
+        time.getUTCFullYear(),
+        time.getUTCMonth() + 1,
+        time.getUTCDate(),
+        time.getUTCHours(),
+        time.getUTCMinutes(),
+        time.getUTCSeconds(),
+        time.getUTCMilliseconds(),
+      ]
+    : [
+        time.getFullYear(),
+        time.getMonth() + 1,
+        time.getDate(),
+        time.getHours(),
+        time.getMinutes(),
+        time.getSeconds(),
+        time.getMilliseconds(),
+      ];
+  const [year, month, day, hours, minutes, seconds, ms] = parts as [
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+  ];
+  return `${year}-${two(month)}-${two(day)} ${two(hours)}:${two(minutes)}:${two(seconds)}.${String(ms).padStart(3, "0")}`;
+}
+
+/** The zone the times are in: "UTC", or the local offset at `at` ("UTC+01:00"). */
+function zoneName(options: EventRenderOptions, at: Date): string {
+  if (options.utc) return "UTC";
+  const offset = -at.getTimezoneOffset();
+  const sign = offset < 0 ? "-" : "+";
+  const hours = String(Math.floor(Math.abs(offset) / 60)).padStart(2, "0");
+  return `UTC${sign}${hours}:${String(Math.abs(offset) % 60).padStart(2, "0")}`;
+}
+
+const EVENT_TIME_COLUMNS = "2026-12-05 21:45:03.123".length;
+
+/** The line above the events: the columns' names, the time's with its zone. */
+export function renderEventHeader(options: EventRenderOptions = {}, now = new Date()): string {
+  return [
+    `TIME (${zoneName(options, now)})`.padEnd(EVENT_TIME_COLUMNS),
+    "HOST".padEnd(EVENT_HOST_COLUMNS),
+    "VOLUME".padEnd(EVENT_VOLUME_COLUMNS),
+    "KIND".padEnd(EVENT_KIND_COLUMNS),
+    "MESSAGE",
+  ]
+    .join(COLUMN_GAP)
+    .concat("\n");
+}
+
 /** One event per line: time, host, volume, kind, message (columns padded, never cut). */
-export function renderEvent(untrusted: EventRecord): string {
+export function renderEvent(untrusted: EventRecord, options: EventRenderOptions = {}): string {
   const event = printable(untrusted);
   return [
-    event.time,
+    eventTime(event.time, options).padEnd(EVENT_TIME_COLUMNS),
     event.host.padEnd(EVENT_HOST_COLUMNS),
     (event.volume ?? "-").padEnd(EVENT_VOLUME_COLUMNS),
     event.kind.padEnd(EVENT_KIND_COLUMNS),

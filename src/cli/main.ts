@@ -9,12 +9,16 @@ import { packageRoot } from "../util/repo-root.js";
 import { AGENT_USAGE, agentCommand } from "./commands/agent.js";
 import {
   CLUSTER_DOWN_USAGE,
+  CLUSTER_HOST_USAGE,
   CLUSTER_KILL_USAGE,
   CLUSTER_REVIVE_USAGE,
+  CLUSTER_STATUS_USAGE,
   CLUSTER_UP_USAGE,
   clusterDownCommand,
+  clusterHostCommand,
   clusterKillCommand,
   clusterReviveCommand,
+  clusterStatusCommand,
   clusterUpCommand,
 } from "./commands/cluster.js";
 import { CERT_VERB_USAGE, certCommand } from "./commands/cert.js";
@@ -54,9 +58,13 @@ const USAGE = `usage: haven <command> [options]
 
 a local cluster (etcd and agents on this machine):
   cluster up [--hosts N]            start etcd and N host agents in the background, and a context file
-  cluster down                      stop them (the data stays)
-  cluster kill HOST                 kill a host's agent, VMs and etcd member at once, as a power loss would
-  cluster revive HOST               start a killed host again and wait until it registers
+  cluster down                      stop every process of it, listed with pids (the data stays)
+  cluster status                    each host's processes (pids, running/frozen/stopped), ports, context
+  cluster host start HOST           start what of a host does not run and wait until it registers
+  cluster host stop HOST            stop a host cleanly (the agent flushes and gives its lease back)
+  cluster host kill HOST            kill a host's agent, VMs and etcd member at once, as a power loss would
+  cluster host freeze|thaw HOST     SIGSTOP / SIGCONT a host's processes: a hung host, and its waking
+  cluster kill HOST, cluster revive HOST   older names of cluster host kill and cluster host start
 
 certificates (the cluster CA's, in the cluster directory's pki/):
   cert list                         every host and operator certificate, with expiry (marks those near it)
@@ -152,6 +160,8 @@ const COMMANDS: Record<string, Record<string, CommandEntry>> = {
     down: { run: clusterDownCommand, usage: CLUSTER_DOWN_USAGE },
     kill: { run: clusterKillCommand, usage: CLUSTER_KILL_USAGE },
     revive: { run: clusterReviveCommand, usage: CLUSTER_REVIVE_USAGE },
+    host: { run: clusterHostCommand, usage: CLUSTER_HOST_USAGE },
+    status: { run: clusterStatusCommand, usage: CLUSTER_STATUS_USAGE },
   },
   cert: verbsOf(CERT_VERB_USAGE, certCommand),
   operator: verbsOf(OPERATOR_VERB_USAGE, operatorCommand),

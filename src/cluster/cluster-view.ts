@@ -6,8 +6,18 @@
 // A volume is:
 //   down      when no live host serves it: no primary record, or the primary's host is dead;
 //   degraded  when it is served but has less redundancy than its spec: a copy not recorded in-sync,
-//             or on a dead host (its record may still say in-sync until the primary's next write);
+//             resyncing, or on a dead host (its record may still say in-sync until the primary's next
+//             write); or when its primary is suspected;
 //   healthy   otherwise.
+//
+// A copy being resynced is shown "resyncing", whatever its record says: the primary writes the record
+// when the copy's state changes, while its health check reports the resync as it runs, so the record
+// can still say in-sync from before a reconnect.
+//
+// A primary is suspected when a live host holding a copy of the volume says, in its latest health
+// check, that its replication link to the primary's host is down. That verdict comes from heartbeats
+// (peer-links.ts: a few hundred ms each), long before the primary's lease expires and its host record
+// goes, so the view shows it at once; it does not make the host dead: only the lease decides that.
 
 import type { VmRecord, VmStatusRecord } from "./vm-schema.js";
 import { formatCpuList } from "./vm-resources.js";
@@ -43,12 +53,15 @@ export interface HostView extends HostRecord {
   } | null;
 }
 
+/** A copy's state: as recorded, "resyncing" while the primary resyncs it, "unrecorded" without a record. */
+export type CopyState = RecordedReplicaState | "resyncing" | "unrecorded";
+
 export interface CopyView {
   readonly host: string;
   readonly disk: string;
   readonly hostState: HostState | "unknown";
-  /** As the primary last recorded it; "unrecorded" when there is no record (yet). */
-  readonly state: RecordedReplicaState | "unrecorded";
+  /** As the primary last recorded it, but "resyncing" while a resync runs; "unrecorded" without a record (yet). */
+  readonly state: CopyState;
   readonly detail: string;
   readonly epoch: number | null;
   readonly updatedAt: string | null;
@@ -61,7 +74,16 @@ export interface VolumeView {
   readonly sizeBytes: number;
   readonly createdAt: string;
   readonly health: VolumeHealth;
-  readonly primary: (PrimaryRecord & { readonly hostState: HostState | "unknown" }) | null;
+  readonly primary:
+    | (PrimaryRecord & {
+        readonly hostState: HostState | "unknown";
+        /**
+         * Live hosts holding a copy whose latest health check says their link to the primary's host is
+         * down, each with its reason, in host order; empty while none does (or the primary is not alive).
+         */
+        readonly suspectedBy: readonly { readonly host: string; readonly detail: string }[];
+      })
+    | null;
   readonly copies: readonly CopyView[];
   /** Where clients connect, while a live host serves the volume. */
   readonly nbd: string | null;
@@ -101,9 +123,34 @@ function hostState(records: ClusterRecords, name: string): HostState | "unknown"
   return records.knownHosts.has(name) ? "dead" : "unknown";
 }
 
-export function volumeHealth(primaryAlive: boolean, copies: readonly CopyView[]): VolumeHealth {
+export function volumeHealth(primaryAlive: boolean, copies: readonly CopyView[], suspected = false): VolumeHealth {
   if (!primaryAlive) return "down";
+  if (suspected) return "degraded";
   return copies.every((copy) => copy.state === "in-sync" && copy.hostState === "alive") ? "healthy" : "degraded";
+}
+
+/** A copy's state as shown: "resyncing" while a resync of it runs, else its record's (or "unrecorded"). */
+function copyState(recorded: RecordedReplicaState | undefined, resync: CopyHealth["resync"]): CopyState {
+  if (resync !== null) return "resyncing";
+  return recorded ?? "unrecorded";
+}
+
+/**
+ * The live hosts of `copyHosts` (other than the primary's) whose latest health check has the link to
+ * `primaryHost` down: their verdict on the primary, known before its lease can expire.
+ */
+export function primarySuspicions(
+  records: ClusterRecords,
+  primaryHost: string,
+  copyHosts: readonly string[],
+): { host: string; detail: string }[] {
+  const suspicions: { host: string; detail: string }[] = [];
+  for (const host of [...new Set(copyHosts)].sort()) {
+    if (host === primaryHost || !records.liveHosts.has(host)) continue;
+    const link = records.health.get(host)?.links.find((each) => each.peer === primaryHost);
+    if (link !== undefined && !link.up && link.starting !== true) suspicions.push({ host, detail: link.detail });
+  }
+  return suspicions;
 }
 
 /**
@@ -123,25 +170,34 @@ export function volumeView(records: ClusterRecords, spec: VolumeSpec): VolumeVie
   const recorded = records.replicas.get(spec.name);
   const copies = spec.replicas.map(({ host, disk }): CopyView => {
     const record = recorded?.get(copyId({ host, disk }));
+    const resync = liveResync(records, spec.name, { host, disk });
     return {
       host,
       disk,
       hostState: hostState(records, host),
-      state: record?.state ?? "unrecorded",
+      state: copyState(record?.state, resync),
       detail: record?.detail ?? "",
       epoch: record?.epoch ?? null,
       updatedAt: record?.updatedAt ?? null,
-      resync: liveResync(records, spec.name, { host, disk }),
+      resync,
     };
   });
   const primary = records.primaries.get(spec.name);
   const server = primary === undefined ? undefined : records.liveHosts.get(primary.host);
+  const suspectedBy =
+    server === undefined || primary === undefined
+      ? []
+      : primarySuspicions(
+          records,
+          primary.host,
+          spec.replicas.map((copy) => copy.host),
+        );
   return {
     name: spec.name,
     sizeBytes: spec.sizeBytes,
     createdAt: spec.createdAt,
-    health: volumeHealth(server !== undefined, copies),
-    primary: primary === undefined ? null : { ...primary, hostState: hostState(records, primary.host) },
+    health: volumeHealth(server !== undefined, copies, suspectedBy.length > 0),
+    primary: primary === undefined ? null : { ...primary, hostState: hostState(records, primary.host), suspectedBy },
     copies,
     nbd: server === undefined ? null : nbdUri(server, spec.name),
   };
@@ -243,7 +299,7 @@ export function vmEntries(records: ClusterRecords): VmListEntry[] {
 /** One copy on a disk, as `disk list` shows it. */
 export interface DiskCopyView {
   readonly volume: string;
-  readonly state: RecordedReplicaState | "unrecorded";
+  readonly state: CopyState;
   readonly detail: string;
   readonly resync: CopyHealth["resync"];
   readonly allocatedBytes: number;
@@ -282,11 +338,12 @@ export function diskEntries(records: ClusterRecords): DiskView[] {
     const { host, disk } = copyPlace(id);
     const copies = (placed.get(id) ?? []).sort().map((volume): DiskCopyView => {
       const recorded = records.replicas.get(volume)?.get(id);
+      const resync = liveResync(records, volume, { host, disk });
       return {
         volume,
-        state: recorded?.state ?? "unrecorded",
+        state: copyState(recorded?.state, resync),
         detail: recorded?.detail ?? "",
-        resync: liveResync(records, volume, { host, disk }),
+        resync,
         allocatedBytes: record?.copies.find((copy) => copy.volume === volume)?.allocatedBytes ?? 0,
       };
     });

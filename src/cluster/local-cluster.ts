@@ -36,10 +36,11 @@
 
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, openSync, readdirSync, readFileSync, writeFileSync, closeSync } from "node:fs";
+import { existsSync, mkdirSync, openSync, readFileSync, writeFileSync, closeSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { HavenError } from "../core/errors.js";
-import { commandLineOf, descendants, processTable, running } from "../util/processes.js";
+import { running } from "../util/processes.js";
+import { clusterProcesses, type ClusterProcess, type FindVms } from "./local-processes.js";
 import { packageRoot } from "../util/repo-root.js";
 import { ensureCa, ensureIdentity } from "../security/pki-dir.js";
 import { loadTlsIdentity } from "../security/tls-identity.js";
@@ -133,11 +134,16 @@ export async function clusterUp(options: LocalClusterOptions): Promise<LocalClus
   if (!(Number.isInteger(options.hosts) && options.hosts >= 1 && options.hosts <= 9))
     throw new HavenError("HAVEN_ERR_USAGE", `--hosts must be 1 to 9, not ${options.hosts}`);
   const existing = readClusterState(dir);
-  if (existing && existing.agents.some((agent) => alive(agent.pid)))
+  const runningHere = existing === undefined ? [] : await clusterProcesses(existing);
+  if (runningHere.length > 0) {
+    const hosts = [...new Set(runningHere.map((each) => each.host ?? "etcd"))].join(", ");
     throw new HavenError(
       "HAVEN_ERR_CONFLICT",
-      `a cluster is already running from ${dir}: run 'haven cluster down --dir ${dir}' first`,
+      `the cluster in ${dir} is running already (processes of ${hosts}; 'haven cluster status --dir ${dir}' lists ` +
+        `them): start a stopped host with 'haven cluster host start HOST --dir ${dir}', or stop them all with ` +
+        `'haven cluster down --dir ${dir}' first`,
     );
+  }
   // A cluster started again keeps its members: their data holds the cluster's state.
   const memberCount = existing && existing.etcd.length > 0 ? existing.etcd.length : (options.etcdMembers ?? 1);
   if (!(Number.isInteger(memberCount) && memberCount >= 1 && memberCount <= options.hosts))
@@ -236,12 +242,23 @@ export async function clusterUp(options: LocalClusterOptions): Promise<LocalClus
   const state: LocalClusterState = { dir, endpoint, endpoints, etcd: members, agents, tlsDir: pki.operator };
   writeClusterState(state);
   let unregistered = agents;
+  // An agent gives up at once when etcd does not answer its first reads in time, which a machine under
+  // heavy load can make happen just after the members answered here: start it again, a bounded number
+  // of times, before the whole start counts as failed.
+  const restarts = new Map<string, number>();
   await until(
     deadline,
     async () => {
       const hosts = await authed.getPrefix(keys.hosts()).catch(() => undefined);
       if (hosts !== undefined)
         unregistered = agents.filter((agent) => !hosts.some((kv) => kv.key === keys.host(agent.name)));
+      for (const [i, agent] of agents.entries()) {
+        const count = restarts.get(agent.name) ?? 0;
+        if (!unregistered.includes(agent) || running(agent.pid) || count >= MAX_AGENT_START_RETRIES) continue;
+        restarts.set(agent.name, count + 1);
+        agents[i] = { ...agent, pid: spawnAgent(agent.config, agent.log) };
+        writeClusterState({ ...state, agents: [...agents] });
+      }
       return hosts !== undefined && unregistered.length === 0;
     },
     () => {
@@ -253,8 +270,11 @@ export async function clusterUp(options: LocalClusterOptions): Promise<LocalClus
       return `not every agent registered in time: ${missing.join("; ")}`;
     },
   );
-  return state;
+  return { ...state, agents: [...agents] };
 }
+
+/** How many times cluster up starts an agent again that exited before it registered. */
+const MAX_AGENT_START_RETRIES = 3;
 
 /** The PKI directory of a local cluster. */
 export function localPkiDir(clusterDir: string): string {
@@ -333,19 +353,36 @@ function startMembers(dir: string, basePort: number, count: number): LocalEtcdMe
 }
 
 /**
- * Stops the agents (each flushes its volumes and gives its lease back), then every etcd member, by pid,
- * each only while its command line is still that agent's or that member's (a recorded pid of a process
- * that exited long ago may belong to another one now).
+ * Stops every process of the cluster, however each was started (local-processes.ts finds them by the
+ * cluster's files on their command lines): the agents first (each stops its VMs, flushes its volumes
+ * and gives its lease back), then what is left of the hosts (the QEMUs and watchdogs of agents that
+ * died), then the etcd members one after another. A frozen process is thawed first, or it could not
+ * act on its SIGTERM. Returns the cluster and every process stopped, with its pid.
  */
-export async function clusterDown(dir: string, timeoutMs = 20_000): Promise<LocalClusterState> {
+export async function clusterDown(
+  dir: string,
+  timeoutMs = 20_000,
+  findVms?: FindVms,
+): Promise<{ state: LocalClusterState; stopped: ClusterProcess[] }> {
   const state = requireClusterState(dir);
-  // An agent restarted by hand has another pid than the one recorded: find it by its config file.
-  const pids = new Set(state.agents.flatMap(agentPids));
-  await Promise.all([...pids].map((pid) => stopProcess(pid, timeoutMs)));
+  const stopped = new Map<number, ClusterProcess>();
+  const scan = async (): Promise<ClusterProcess[]> => {
+    const found = await clusterProcesses(state, findVms && { findVms });
+    for (const each of found) {
+      if (!stopped.has(each.pid)) stopped.set(each.pid, each);
+      if (each.state === "frozen") signal(each.pid, "SIGCONT");
+    }
+    return found;
+  };
+  const agents = (await scan()).filter((each) => each.role === "agent");
+  await Promise.all(agents.map((agent) => stopProcess(agent.pid, timeoutMs)));
+  const rest = (await scan()).filter((each) => each.role !== "etcd member");
+  await Promise.all(rest.map((each) => stopProcess(each.pid, timeoutMs)));
   // One member after another: stopped together, each waits for the others on its way out (measured with
   // three: about 9 s together, 5 s in turn); in turn, each but the last leaves a quorum behind it.
-  for (const member of state.etcd) if (memberRunning(member)) await stopProcess(member.pid, timeoutMs);
-  return state;
+  for (const member of (await scan()).filter((each) => each.role === "etcd member"))
+    await stopProcess(member.pid, timeoutMs);
+  return { state, stopped: [...stopped.values()] };
 }
 
 /** The state directory of host NAME: its config, log, disks, etcd member and VM runtime directories. */
@@ -353,172 +390,13 @@ export function hostStateDir(clusterDir: string, name: string): string {
   return join(clusterDir, "hosts", name);
 }
 
-/** A process `haven cluster kill` killed, and what it was to the host. */
-export interface KilledProcess {
-  readonly role: "agent" | "watchdog" | "agent's child" | "VM" | "etcd member";
-  readonly pid: number;
-  /** The VM's or the member's name. */
-  readonly name?: string;
-}
-
-export interface ClusterKillOptions {
-  /** Leave the host's etcd member running (default: a power loss takes it down too). */
-  readonly keepEtcd?: boolean;
-  /**
-   * The QEMUs running for the host's VMs, found from its state directory without asking its agent (the
-   * VM layer's runningVms; injected, as this layer sits below it).
-   */
-  readonly findVms: (hostStateDir: string) => Promise<readonly { name: string; pid: number }[]>;
-  /** Bound on waiting for the killed processes to be gone. */
-  readonly timeoutMs?: number;
-}
-
-/**
- * Kills host NAME as a power loss would: every process of it found first, then SIGKILL to all of them
- * at once, then waits until they are gone, and records the host as killed. Refused for a host the
- * cluster does not have, and for one with nothing running.
- */
-export async function clusterKill(
-  dir: string,
-  name: string,
-  options: ClusterKillOptions,
-): Promise<{ state: LocalClusterState; killed: KilledProcess[] }> {
-  const state = requireClusterState(dir);
-  const agent = hostOf(state, name);
-  const targets = new Map<number, KilledProcess>();
-  for (const vm of await options.findVms(hostStateDir(state.dir, name)))
-    targets.set(vm.pid, { role: "VM", pid: vm.pid, name: vm.name });
-  const table = processTable();
-  for (const pid of agentPids(agent)) {
-    targets.set(pid, { role: "agent", pid });
-    for (const child of descendants(pid, table)) {
-      if (targets.has(child)) continue;
-      const watchdog = (commandLineOf(child) ?? []).some((arg) => arg.endsWith("watchdog-process.js"));
-      targets.set(child, { role: watchdog ? "watchdog" : "agent's child", pid: child });
-    }
-  }
-  const member = state.etcd.find((candidate) => candidate.host === name);
-  if (member !== undefined && !options.keepEtcd && memberRunning(member))
-    targets.set(member.pid, { role: "etcd member", pid: member.pid, name: member.name });
-  if (targets.size === 0)
-    throw new HavenError(
-      "HAVEN_ERR_CONFLICT",
-      `host ${name} runs nothing to kill${agent.killedAt ? ` (killed at ${agent.killedAt})` : ""}: ` +
-        `'haven cluster revive ${name}' starts it again`,
-    );
-  const killed = [...targets.values()];
-  for (const target of killed) {
-    try {
-      process.kill(target.pid, "SIGKILL");
-    } catch {
-      // gone meanwhile
-    }
-  }
-  const deadline = Date.now() + (options.timeoutMs ?? 10_000);
-  await until(
-    deadline,
-    async () => killed.every((target) => !running(target.pid)),
-    () =>
-      `host ${name}'s processes did not all die: ${killed
-        .filter((target) => running(target.pid))
-        .map((target) => target.pid)
-        .join(", ")} still run`,
-  );
-  const after = replaceAgent(state, { ...agent, killedAt: new Date().toISOString() });
-  writeClusterState(after);
-  return { state: after, killed };
-}
-
-/**
- * Starts host NAME again after a kill: its etcd member (if it has one and it is down), joining the
- * running cluster from its data directory, and its agent with the same config and log; records the new
- * pids, then waits until the host registers (a host key written after this call began). Refused for a
- * host the cluster does not have, a host whose agent runs, and a cluster that is not up.
- */
-export async function clusterRevive(
-  dir: string,
-  name: string,
-  options: { readonly readyTimeoutMs?: number } = {},
-): Promise<{ state: LocalClusterState; agentPid: number; etcdPid?: number }> {
-  const state = requireClusterState(dir);
-  const agent = hostOf(state, name);
-  const runningAgents = agentPids(agent);
-  if (runningAgents.length > 0)
-    throw new HavenError(
-      "HAVEN_ERR_CONFLICT",
-      `host ${name} is running (agent pid ${runningAgents.join(", ")}); 'haven cluster kill ${name}' stops it first`,
-    );
-  const othersUp =
-    state.agents.some((other) => other.name !== name && agentPids(other).length > 0) || state.etcd.some(memberRunning);
-  if (!othersUp)
-    throw new HavenError(
-      "HAVEN_ERR_CONFLICT",
-      `the cluster in ${state.dir} is not up: start it with 'haven cluster up --dir ${state.dir}'`,
-    );
-  const deadline = Date.now() + (options.readyTimeoutMs ?? 30_000);
-  let etcd = state.etcd;
-  let member = etcd.find((candidate) => candidate.host === name);
-  if (member !== undefined && !memberRunning(member)) {
-    const args = etcdArgs({
-      name: member.name,
-      dataDir: member.dataDir,
-      clientPort: Number(new URL(member.endpoint).port),
-      peerPort: Number(new URL(member.peerUrl).port),
-      initialCluster: etcd.map((each) => `${each.name}=${each.peerUrl}`).join(","),
-      initialClusterState: "existing",
-      ...(member.tlsDir !== undefined && { tlsDir: member.tlsDir }),
-    });
-    member = { ...member, pid: spawnBackground("etcd", args, member.log) };
-    const restarted = member;
-    etcd = etcd.map((each) => (each.name === restarted.name ? restarted : each));
-  }
-  // The host key may still be there from the killed agent's lease (it lives until the lease expires):
-  // only a key written after this revision is the revived agent's.
-  const client = await localClusterClient(state, { requestTimeoutMs: 2000 });
-  let before = 0;
-  await until(
-    deadline,
-    async () => {
-      const read = await client.get(keys.host(name)).then(
-        (kv) => ({ revision: kv?.modRevision ?? 0 }),
-        () => undefined,
-      );
-      if (read !== undefined) before = read.revision;
-      return read !== undefined;
-    },
-    () => `etcd did not answer on ${state.endpoints.join(", ")}`,
-  );
-  const agentPid = spawnAgent(agent.config, agent.log);
-  const revived: LocalAgent = {
-    name,
-    pid: agentPid,
-    config: agent.config,
-    log: agent.log,
-    ...(member && { etcdPid: member.pid }),
-  };
-  const after: LocalClusterState = { ...replaceAgent(state, revived), etcd };
-  writeClusterState(after);
-  await until(
-    deadline,
-    async () => {
-      const kv = await client.get(keys.host(name)).catch(() => undefined);
-      return kv !== undefined && kv.modRevision > before;
-    },
-    () =>
-      running(agentPid)
-        ? `host ${name} did not register in time; its log ends: ${lastLine(agent.log)}`
-        : `host ${name}'s agent exited (see ${agent.log}): ${lastLine(agent.log)}`,
-  );
-  return { state: after, agentPid, ...(member && { etcdPid: member.pid }) };
-}
-
-function requireClusterState(dir: string): LocalClusterState {
+export function requireClusterState(dir: string): LocalClusterState {
   const state = readClusterState(resolve(dir));
   if (state === undefined) throw new HavenError("HAVEN_ERR_NOT_FOUND", `no cluster was started from ${resolve(dir)}`);
   return state;
 }
 
-function hostOf(state: LocalClusterState, name: string): LocalAgent {
+export function hostOf(state: LocalClusterState, name: string): LocalAgent {
   const agent = state.agents.find((candidate) => candidate.name === name);
   if (agent === undefined)
     throw new HavenError(
@@ -528,60 +406,21 @@ function hostOf(state: LocalClusterState, name: string): LocalAgent {
   return agent;
 }
 
-function replaceAgent(state: LocalClusterState, agent: LocalAgent): LocalClusterState {
+export function replaceAgent(state: LocalClusterState, agent: LocalAgent): LocalClusterState {
   return { ...state, agents: state.agents.map((each) => (each.name === agent.name ? agent : each)) };
 }
 
-function writeClusterState(state: LocalClusterState): void {
+export function writeClusterState(state: LocalClusterState): void {
   writeFileSync(join(state.dir, CLUSTER_FILE), `${JSON.stringify(state, null, 2)}\n`);
 }
 
 /** `haven agent --config CONFIG` in the background, its output appended to `log`. */
-function spawnAgent(config: string, log: string): number {
+export function spawnAgent(config: string, log: string): number {
   return spawnBackground(process.execPath, [join(packageRoot(), "bin", "haven.js"), "agent", "--config", config], log);
 }
 
-/** The pids of the agents running with this host's config: the recorded one, or one restarted by hand. */
-function agentPids(agent: LocalAgent): number[] {
-  return agentProcesses([agent.config]);
-}
-
-/** Whether the member's recorded pid is still that etcd member (its name and data directory on its command line). */
-function memberRunning(member: LocalEtcdMember): boolean {
-  const argv = commandLineOf(member.pid);
-  return (
-    argv !== undefined &&
-    running(member.pid) &&
-    argv.includes(`--name=${member.name}`) &&
-    argv.includes(`--data-dir=${member.dataDir}`)
-  );
-}
-
-/** Processes running `haven agent --config FILE` for one of `configs` (read from /proc; Linux only). */
-function agentProcesses(configs: readonly string[]): number[] {
-  let entries: string[];
-  try {
-    entries = readdirSync("/proc");
-  } catch {
-    return [];
-  }
-  const found: number[] = [];
-  for (const entry of entries) {
-    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
-    let args: string[];
-    try {
-      args = readFileSync(`/proc/${entry}/cmdline`, "utf8").split("\0");
-    } catch {
-      continue; // gone meanwhile, or not ours to read
-    }
-    const at = args.indexOf("--config");
-    if (at > 0 && args[at - 1] === "agent" && configs.includes(args[at + 1] ?? "")) found.push(Number(entry));
-  }
-  return found;
-}
-
 /** The last line of a log file, for an error message. */
-function lastLine(file: string): string {
+export function lastLine(file: string): string {
   try {
     return readFileSync(file, "utf8").trimEnd().split("\n").at(-1) ?? "";
   } catch {
@@ -612,7 +451,7 @@ export function readClusterState(dir: string): LocalClusterState | undefined {
   return { ...rest, endpoints: [state.endpoint], etcd: etcdPid ? [single] : [] };
 }
 
-function spawnBackground(command: string, args: string[], logFile: string): number {
+export function spawnBackground(command: string, args: string[], logFile: string): number {
   const out = openSync(logFile, "a");
   try {
     const child = spawn(command, args, { detached: true, stdio: ["ignore", out, out] });
@@ -634,15 +473,34 @@ export function alive(pid: number): boolean {
   }
 }
 
-async function stopProcess(pid: number, timeoutMs: number): Promise<void> {
+/** SIGTERM, then SIGKILL if `pid` still runs `timeoutMs` later; resolves once it no longer runs. */
+export async function stopProcess(pid: number, timeoutMs: number): Promise<void> {
   if (!alive(pid)) return; // also refuses 0 and below, which would signal a whole process group
-  process.kill(pid, "SIGTERM");
+  signal(pid, "SIGTERM");
   const deadline = Date.now() + timeoutMs;
-  while (alive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-  if (alive(pid)) process.kill(pid, "SIGKILL");
+  while (running(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  if (running(pid)) signal(pid, "SIGKILL");
+  // Gone, not only exited: its parent (often not this process) reaps it soon after; a caller that then
+  // looks the pid up must not find it. Bounded: a parent that never reaps must not hold us up.
+  const endedAt = Date.now();
+  while (alive(pid) && Date.now() < endedAt + REAP_WAIT_MS) await new Promise((r) => setTimeout(r, 50));
 }
 
-async function until(deadline: number, ready: () => Promise<boolean>, failure: () => string): Promise<void> {
+/** How long stopProcess waits for an exited process to be reaped by its parent. */
+const REAP_WAIT_MS = 5_000;
+
+/** Sends `name` to `pid`; false when it is gone (an exited process is not an error here). */
+export function signal(pid: number, name: NodeJS.Signals): boolean {
+  if (!(Number.isInteger(pid) && pid > 0)) return false; // 0 and below name process groups
+  try {
+    process.kill(pid, name);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export async function until(deadline: number, ready: () => Promise<boolean>, failure: () => string): Promise<void> {
   while (!(await ready())) {
     if (Date.now() > deadline) throw new HavenError("HAVEN_ERR_UNAVAILABLE", failure());
     await new Promise((r) => setTimeout(r, 100));

@@ -295,10 +295,9 @@ export class NbdServer implements ExportCatalog {
     negotiate(socket, this, this.limits, log, tls).then(
       (negotiated) => {
         this.handshaking.delete(socket);
-        if (negotiated === undefined) {
-          log("client aborted the handshake");
-          return;
-        }
+        // NBD_OPT_ABORT: a clean end of the handshake (a client that listed the exports and left, such
+        // as the agent's own health probe every round, or `nbdinfo --list`): nothing to report.
+        if (negotiated === undefined) return;
         if (this.stopping) {
           negotiated.socket.destroy();
           socket.destroy();

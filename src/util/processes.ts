@@ -3,7 +3,7 @@
 // them all at once, as a power loss would stop them. A pid is only a name that the kernel reuses, so
 // callers check a process's command line before they signal it.
 
-import { readdirSync, readFileSync } from "node:fs";
+import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 
 export interface ProcessEntry {
   readonly pid: number;
@@ -11,6 +11,8 @@ export interface ProcessEntry {
   readonly groupId: number;
   /** Exited, not reaped yet: it runs nothing any more. */
   readonly zombie: boolean;
+  /** Stopped by a signal (SIGSTOP, SIGTSTP...): state T in /proc/PID/stat, until SIGCONT. */
+  readonly stopped: boolean;
 }
 
 /** One process's entry, or undefined if it does not exist (or /proc cannot be read). */
@@ -24,7 +26,13 @@ export function processEntry(pid: number): ProcessEntry | undefined {
   }
   // "PID (COMMAND) STATE PPID PGRP ...": the command may hold spaces and parentheses, so read after the last ")".
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return { pid, parentPid: Number(fields[1]), groupId: Number(fields[2]), zombie: fields[0] === "Z" };
+  return {
+    pid,
+    parentPid: Number(fields[1]),
+    groupId: Number(fields[2]),
+    zombie: fields[0] === "Z",
+    stopped: fields[0] === "T",
+  };
 }
 
 /** Every process on this machine. */
@@ -81,4 +89,13 @@ export function descendants(pid: number, table: readonly ProcessEntry[]): number
       }
   }
   return [...found];
+}
+
+/** The working directory of `pid` (what its relative paths are relative to), or undefined if it cannot be read. */
+export function workingDirectoryOf(pid: number): string | undefined {
+  try {
+    return readlinkSync(`/proc/${pid}/cwd`);
+  } catch {
+    return undefined;
+  }
 }

@@ -286,15 +286,17 @@ describe("cluster commands against a real etcd", { skip, timeout: 300_000 }, () 
       message: "ok",
     });
 
-    const web = await cluster("events", "--volume", "web");
+    const web = await cluster("events", "--volume", "web", "--utc");
     assert.equal(web.code, 0, web.stderr);
     const lines = web.stdout.trim().split("\n");
-    assert.equal(lines.length, 2, web.stdout);
-    assert.match(lines[0]!, /^\S+Z {2}cli@\S+ +web +volume-created +volume web created: 1\.00 GiB/);
-    assert.match(lines[1]!, /^\S+Z {2}node1 +web +copy-faulted +disk error$/);
+    assert.equal(lines.length, 3, web.stdout);
+    assert.match(lines[0]!, /^TIME \(UTC\) +HOST +VOLUME +KIND +MESSAGE$/);
+    const time = "\\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\d\\.\\d{3}";
+    assert.match(lines[1]!, new RegExp(`^${time} {2}cli@\\S+ +web +volume-created +volume web created: 1\\.00 GiB`));
+    assert.match(lines[2]!, new RegExp(`^${time} {2}node1 +web +copy-faulted +disk error$`));
 
     const byHost = await cluster("events", "--host", "node3");
-    assert.deepEqual(byHost.stdout.trim().split("\n").length, 1, byHost.stdout);
+    assert.deepEqual(byHost.stdout.trim().split("\n").length, 2, byHost.stdout);
     assert.match(byHost.stdout, /volume-serving/);
 
     const last = await cluster("events", "--limit", "1", "--json");

@@ -150,7 +150,7 @@ describe(
       assert.match(unknown.stderr, /has no host "h9" \(hosts: h1, h2, h3\) \[HAVEN_ERR_NOT_FOUND\]/);
       const again = await haven("cluster", "kill", "h2", "--dir", clusterDir);
       assert.notEqual(again.code, 0);
-      assert.match(again.stderr, /host h2 runs nothing to kill \(killed at .*\): 'haven cluster revive h2'/);
+      assert.match(again.stderr, /host h2 runs nothing to kill \(killed at .*\): 'haven cluster host start h2'/);
       const live = await haven("cluster", "revive", "h1", "--dir", clusterDir);
       assert.notEqual(live.code, 0);
       assert.match(live.stderr, /host h1 is running \(agent pid \d+\)/);

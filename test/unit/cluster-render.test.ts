@@ -7,6 +7,8 @@ import assert from "node:assert/strict";
 import { clusterView, volumeView } from "../../src/cluster/cluster-view.js";
 import {
   renderEvent,
+  renderEventHeader,
+  eventTime,
   renderHostList,
   renderStatus,
   renderSummary,
@@ -140,15 +142,32 @@ test("text from etcd cannot carry terminal escapes", () => {
   assert.ok(!line.includes(ESC));
 });
 
-test("an event is one line: time, host, volume (or -), kind, message", () => {
+test("an event is one line: time, host, volume (or -), kind, message; under a header naming the time zone", () => {
+  const utc = { utc: true };
   assert.equal(
-    renderEvent({ time: TIME, host: "node1", volume: "web", kind: "failover", message: "node2 took over at epoch 2" }),
-    `${TIME}  node1         web           failover              node2 took over at epoch 2\n`,
+    renderEvent(
+      { time: TIME, host: "node1", volume: "web", kind: "failover", message: "node2 took over at epoch 2" },
+      utc,
+    ),
+    `2024-05-01 12:00:00.000  node1         web           failover              node2 took over at epoch 2\n`,
   );
   assert.equal(
-    renderEvent({ time: TIME, host: "cli@admin-laptop", kind: "host-joined", message: "m" }),
-    `${TIME}  cli@admin-laptop  -             host-joined           m\n`,
+    renderEvent({ time: TIME, host: "cli@admin-laptop", kind: "host-joined", message: "m" }, utc),
+    `2024-05-01 12:00:00.000  cli@admin-laptop  -             host-joined           m\n`,
   );
+  assert.equal(
+    renderEventHeader(utc),
+    "TIME (UTC)               HOST          VOLUME        KIND                  MESSAGE\n",
+  );
+});
+
+test("event times are local unless --utc: the same instant, shifted by the local offset the header names", () => {
+  const event = { time: TIME, host: "node1", kind: "x", message: "m" };
+  const local = renderEvent(event).slice(0, 23);
+  const offsetMs = -new Date(TIME).getTimezoneOffset() * 60_000;
+  assert.equal(local, eventTime(new Date(Date.parse(TIME) + offsetMs).toISOString(), { utc: true }));
+  assert.match(renderEventHeader({}, new Date(TIME)), /^TIME \(UTC[+-]\d\d:\d\d\) /);
+  assert.equal(eventTime("not a time"), "not a time", "a malformed time is shown as stored");
 });
 
 test("health checks: each live host's verdict, and a resyncing copy's progress as a bar with rate and time left", () => {

@@ -4,7 +4,8 @@
 // URI only while its host is alive.
 
 import assert from "node:assert/strict";
-import { clusterView, nbdUri, volumeView } from "../../src/cluster/cluster-view.js";
+import { clusterView, diskEntries, nbdUri, volumeView } from "../../src/cluster/cluster-view.js";
+import type { CopyHealth, HostHealthRecord, LinkHealth } from "../../src/cluster/schema.js";
 import { clusterRecords, hostRecord } from "../helpers/cluster-records.js";
 import { boundedTest } from "../helpers/bounded-test.js";
 
@@ -96,4 +97,82 @@ test("copies are listed in the spec's order with their recorded state, or 'unrec
       ["a", "unrecorded", null],
     ],
   );
+});
+
+/** A health check of `host` with its links and the copies its engines report. */
+function healthOf(links: LinkHealth[], copies: CopyHealth[] = []): HostHealthRecord {
+  return { checkedAt: "2024-05-01T12:00:05.000Z", eventLoopLagMs: 1, problems: [], copies, disks: [], links };
+}
+
+const link = (peer: string, up: boolean, extra: Partial<LinkHealth> = {}): LinkHealth => ({
+  peer,
+  up,
+  rttMs: up ? 0.3 : null,
+  detail: up ? "ok" : "4 heartbeats missed",
+  ...extra,
+});
+
+test("a primary is suspected as soon as a live copy-holder has its link to it down, before its lease expires", () => {
+  const records = clusterRecords({
+    alive: [a, b, c],
+    volumes: [
+      { name: "db", copies: { a: "in-sync", b: "in-sync" } },
+      { name: "web", copies: { c: "in-sync", b: "in-sync" } },
+    ],
+  });
+  const health = new Map([
+    ["b", healthOf([link("a", false), link("c", true)])],
+    // c holds no copy of db: its word on a says nothing about db's primary.
+    ["c", healthOf([link("a", false)])],
+  ]);
+  const view = clusterView({ ...records, health });
+  const db = view.volumes.find((volume) => volume.name === "db")!;
+  assert.equal(db.primary?.hostState, "alive", "only the lease makes a host dead");
+  assert.deepEqual(db.primary?.suspectedBy, [{ host: "b", detail: "4 heartbeats missed" }]);
+  assert.equal(db.health, "degraded");
+  const web = view.volumes.find((volume) => volume.name === "web")!;
+  assert.deepEqual(web.primary?.suspectedBy, []);
+  assert.equal(web.health, "healthy");
+});
+
+test("a link still starting, a link that is up, or the word of a dead host does not make a primary suspected", () => {
+  const records = clusterRecords({
+    alive: [a, b],
+    dead: [c],
+    volumes: [{ name: "db", copies: { a: "in-sync", b: "in-sync", c: "in-sync" } }],
+  });
+  for (const [host, links] of [
+    ["b", [link("a", false, { starting: true })]],
+    ["b", [link("a", true)]],
+    ["c", [link("a", false)]],
+  ] as const) {
+    const view = volumeView(
+      { ...records, health: new Map([[host, healthOf([...links])]]) },
+      records.volumes.get("db")!,
+    );
+    assert.deepEqual(view.primary?.suspectedBy, [], `${host}: ${JSON.stringify(links)}`);
+  }
+});
+
+test("a copy is never shown in-sync while the primary resyncs it, whatever its record says", () => {
+  const records = clusterRecords({
+    alive: [a, b],
+    volumes: [{ name: "db", copies: { a: "in-sync", b: "in-sync" } }],
+  });
+  const resync = { percent: 98, bytesPerSecond: 1e6, etaSeconds: 1 };
+  const health = new Map([
+    ["a", healthOf([], [{ volume: "db", host: "b", disk: "ssd0", state: "resyncing", resync }])],
+  ]);
+  const view = clusterView({ ...records, health });
+  const db = view.volumes[0]!;
+  assert.deepEqual(
+    db.copies.map((copy) => [copy.host, copy.state]),
+    [
+      ["a", "in-sync"],
+      ["b", "resyncing"],
+    ],
+  );
+  assert.equal(db.health, "degraded");
+  const disk = diskEntries({ ...records, health }).find((entry) => entry.host === "b")!;
+  assert.equal(disk.copies[0]!.state, "resyncing");
 });

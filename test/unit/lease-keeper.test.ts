@@ -198,7 +198,14 @@ test("an unanswered keepalive counts as failed after renewTimeoutMs, and its lat
   await h.runTo(4400);
   assert.equal(h.etcd.keepalives.at(-1)!.sentAt, 4400);
   assert.deepEqual(h.lost, []);
-  assert.ok(h.log.some((line) => line.includes("got no answer within 800 ms")));
+  assert.ok(
+    h.log.some((line) => /keepalives failing for .*\(no answer within 800 ms\)/.test(line)),
+    h.log.join("\n"),
+  );
+  assert.ok(
+    h.log.some((line) => /etcd answered a keepalive again after/.test(line)),
+    h.log.join("\n"),
+  );
   await h.keeper.stop(false);
 });
 
@@ -238,7 +245,13 @@ test("lost once no keepalive was accepted for a whole leaseTtlMs: onLost once, w
   assert.deepEqual(waiting.outcome, { state: "fulfilled", value: false });
   assert.equal(h.keeper.completionGate(), false);
   assert.equal(h.keeper.current, undefined);
-  assert.deepEqual(h.lost, [{ at: 6000, reason: "no keepalive accepted for 6000 ms, the lease's TTL" }]);
+  assert.deepEqual(h.lost, [
+    {
+      at: 6000,
+      reason:
+        "no keepalive answered for 6000 ms, the lease's TTL: etcd expires it (unless it took a keepalive whose answer never came here)",
+    },
+  ]);
   // A new lease is asked for every renewIntervalMs; etcd is back at 8000.
   h.etcd.grantFails = true;
   await h.runTo(7999);
@@ -380,4 +393,25 @@ test("whatever etcd does, a completion goes through only while the lease is aliv
     ),
     { numRuns: 150 },
   );
+});
+
+test("while keepalives fail, the log says for how long and when the lease expires, once per 5 s, not per keepalive", async () => {
+  const h = await harness();
+  h.etcd.fate = outage(500, 12_000);
+  await h.runTo(5_999);
+  const failing = h.log.filter((line) => /lease: keepalives failing/.test(line));
+  const sent = h.etcd.keepalives.filter((k) => k.sentAt >= 500 && k.sentAt < 6000).length;
+  assert.ok(sent >= 5, `${sent} keepalives failed`);
+  assert.equal(failing.length, 1, h.log.join("\n"));
+  assert.match(
+    failing[0]!,
+    /^100\d: lease: keepalives failing for 0\.0 s \(.+\); the lease expires in 5\.0 s unless etcd answers one$/,
+  );
+  await h.runTo(6_000);
+  assert.ok(
+    h.log.some((line) => /lease given up: no keepalive answered for 6000 ms/.test(line)),
+    h.log.join("\n"),
+  );
+  assert.ok(!h.log.some((line) => /revoked/.test(line)), "the host cannot know that etcd revoked its lease");
+  await h.keeper.stop(false);
 });

@@ -6,14 +6,25 @@ import { errorMessage } from "../../core/errors.js";
 import { parseSize } from "../../util/units.js";
 import { ensureNamespaceNetwork, localClusterNetwork, removeNamespaceNetwork } from "../../vm/network.js";
 import { imageDir } from "./vm.js";
-// `haven cluster up|down|kill|revive`: a local cluster (etcd and N agents on loopback) for trying Haven
-// and for tests, started in the background, with a context file so later commands find it by
-// themselves; kill and revive take one host down as a power loss would, and bring it back.
+// `haven cluster up|down|status|host ...`: a local cluster (etcd and N agents on loopback) for trying
+// Haven and as a test bench, started in the background, with a context file so later commands find it
+// by themselves; `cluster host start|stop|kill|freeze|thaw HOST` brings one host up, stops it cleanly,
+// takes it down as a power loss would, or hangs it and wakes it (`cluster kill` and `cluster revive` are
+// the older names of host kill and host start).
 
 import { homedir } from "node:os";
 import { isAbsolute, join } from "node:path";
 import { HavenError } from "../../core/errors.js";
-import { clusterDown, clusterKill, clusterRevive, clusterUp } from "../../cluster/local-cluster.js";
+import { clusterDown, clusterUp } from "../../cluster/local-cluster.js";
+import {
+  clusterHostFreeze,
+  clusterHostStart,
+  clusterHostStop,
+  clusterKill,
+  clusterStatus,
+  type ClusterStatus,
+} from "../../cluster/local-hosts.js";
+import type { ClusterProcess } from "../../cluster/local-processes.js";
 import { runningVms } from "../../vm/runtime-dir.js";
 import { parseCommand, refuseArguments } from "../args.js";
 import { defaultContextPath, readContext, writeContext } from "../context.js";
@@ -42,37 +53,70 @@ options:
 
 export const CLUSTER_DOWN_USAGE = `usage: haven cluster down [--dir DIR] [--context FILE]
 
-Stops the agents of a cluster started by 'haven cluster up' (each flushes the volumes it serves and
-gives its lease back), then its etcd members, each by the pid cluster.json records. The data stays in
-DIR; 'haven cluster up --dir DIR' starts it again.
+Stops every process of a cluster started by 'haven cluster up', however each was started (by
+'cluster up', 'cluster host start', or by hand with a relative path): the agents first (each stops its
+VMs, flushes the volumes it serves and gives its lease back), then what is left of the hosts, then the
+etcd members. Processes are found by pid, in /proc, by the cluster's config files and data directories
+on their command lines; each one stopped is listed with its pid. The data stays in DIR; 'haven cluster
+up --dir DIR' starts it again.
 
 options:
   --dir DIR        the cluster's directory (default: the context's, else ~/.local/state/haven/cluster)
   --context FILE   the context file (default: $HAVEN_CONTEXT, else ~/.config/haven/context.json)`;
+
+const DIR_OPTIONS = `  --dir DIR        the cluster's directory (default: the context's, else ~/.local/state/haven/cluster)
+  --context FILE   the context file (default: $HAVEN_CONTEXT, else ~/.config/haven/context.json)`;
+
+export const CLUSTER_HOST_USAGE = `usage: haven cluster host start|stop|kill|freeze|thaw HOST [--keep-etcd] [--dir DIR] [--context FILE]
+
+Acts on one host of a cluster started by 'haven cluster up', as a test bench: each of its processes
+(agent, the agent's watchdog, the QEMU of each of its VMs, its etcd member) is found by pid, however it
+was started, and each one acted on is printed with its pid.
+
+  start    starts what of the host does not run: its etcd member (joining the running cluster from its
+           data) and its agent (same config), then waits until the host registers
+  stop     a clean stop: the agent (it stops its VMs, flushes its volumes, gives its lease back), then
+           what is left, then its etcd member
+  kill     a power loss: SIGKILL to all of them at once; nothing is flushed and no lease is given back:
+           the other hosts take over once its lease expires (--keep-etcd: its etcd member lives on)
+  freeze   a hung host: SIGSTOP to all of them (the other hosts see its heartbeats and lease stop)
+  thaw     SIGCONT to all of them: the host wakes up and finds out what happened meanwhile; frozen
+           longer than the watchdog's timeout, its watchdog may fence (kill) the agent at once, as on a
+           real machine that hung: 'cluster host start' brings it back
+
+'haven cluster status' shows each host's processes. 'haven cluster kill HOST' and 'haven cluster
+revive HOST' are older names of 'cluster host kill' and 'cluster host start'.
+
+options:
+  --keep-etcd      (kill) leave the host's etcd member running
+${DIR_OPTIONS}`;
 
 export const CLUSTER_KILL_USAGE = `usage: haven cluster kill HOST [--keep-etcd] [--dir DIR] [--context FILE]
 
-Kills HOST of a cluster started by 'haven cluster up' as a power loss would: SIGKILL, all at once, to
-its agent, the agent's watchdog, the QEMU of every VM it runs (found by the pidfiles in the host's VM
-runtime directories, each trusted only while the process's command line names its VM) and its etcd
-member. Nothing is flushed and no lease is given back: the other hosts take over once its lease
-expires. Prints what was killed, with pids. 'haven cluster revive HOST' brings it back.
+The older name of 'haven cluster host kill HOST': kills HOST as a power loss would (SIGKILL, all at
+once, to its agent, watchdog, VMs' QEMUs and etcd member). See 'haven cluster host --help'.
 
 options:
   --keep-etcd      leave the host's etcd member running (only the host's own processes die)
-  --dir DIR        the cluster's directory (default: the context's, else ~/.local/state/haven/cluster)
-  --context FILE   the context file (default: $HAVEN_CONTEXT, else ~/.config/haven/context.json)`;
+${DIR_OPTIONS}`;
 
 export const CLUSTER_REVIVE_USAGE = `usage: haven cluster revive HOST [--dir DIR] [--context FILE]
 
-Brings back HOST of a cluster started by 'haven cluster up' after 'haven cluster kill' (or any crash):
-starts its etcd member again, joining the running cluster from its data, and its agent with the same
-config, records their pids in cluster.json, and waits until the host registers. Refused while the
-host's agent runs, and when the cluster is not up.
+The older name of 'haven cluster host start HOST': starts what of HOST does not run (its etcd member
+and agent) and waits until it registers. See 'haven cluster host --help'.
 
 options:
-  --dir DIR        the cluster's directory (default: the context's, else ~/.local/state/haven/cluster)
-  --context FILE   the context file (default: $HAVEN_CONTEXT, else ~/.config/haven/context.json)`;
+${DIR_OPTIONS}`;
+
+export const CLUSTER_STATUS_USAGE = `usage: haven cluster status [--json] [--dir DIR] [--context FILE]
+
+Each host of a cluster started by 'haven cluster up': its state (running, partial, frozen, stopped),
+its processes (agent, watchdog, VMs' QEMUs, etcd member) with pids and state (running, or frozen: T in
+/proc/PID/stat), its ports, config and log; and the etcd endpoints and the context file.
+
+options:
+  --json           the same as one JSON object
+${DIR_OPTIONS}`;
 
 export function defaultClusterDir(): string {
   const xdg = process.env.XDG_STATE_HOME;
@@ -164,50 +208,162 @@ export async function clusterDownCommand(argv: string[]): Promise<number> {
   if (parsed === undefined) return 0; // --help was printed
   const { values, positionals } = parsed;
   refuseArguments(positionals, CLUSTER_DOWN_USAGE);
-  const state = await clusterDown(clusterDirOf(values));
+  const { state, stopped } = await clusterDown(clusterDirOf(values), undefined, runningVms);
   // The VMs are gone with their agents: their network namespace goes too.
   await removeNamespaceNetwork(localNetwork(state.dir).namespace!).catch(() => undefined);
   // Disks `disk add` mounted in the hosts' directories are let go of (the devices stay as they are).
   const unmounted = await unmountAllUnder(state.dir).catch(() => []);
   if (unmounted.length > 0) process.stdout.write(`unmounted ${unmounted.join(", ")}\n`);
-  const members = state.etcd.length === 1 ? "etcd" : `${state.etcd.length} etcd members`;
+  const count = (role: ClusterProcess["role"]): number => stopped.filter((each) => each.role === role).length;
+  const summary =
+    stopped.length === 0
+      ? "nothing was running"
+      : `stopped ${plural(count("agent"), "agent")}, ${plural(count("etcd member"), "etcd member")}, ${plural(count("VM"), "VM")}`;
   process.stdout.write(
-    `cluster down: stopped ${state.agents.length} agents and ${members}; data kept in ${state.dir}\n`,
+    `cluster down: ${summary}; data kept in ${state.dir}\n${stopped.map((each) => `${processLine(each)}\n`).join("")}`,
   );
   return 0;
 }
 
-export async function clusterKillCommand(argv: string[]): Promise<number> {
+function plural(count: number, noun: string): string {
+  return `${count} ${noun}${count === 1 ? "" : "s"}`;
+}
+
+/** "  h2 agent: pid 1234", "  h2 VM web's QEMU: pid 1300 (frozen)". */
+function processLine(each: ClusterProcess): string {
+  const what =
+    each.role === "VM"
+      ? `VM ${each.name}'s QEMU`
+      : each.role === "etcd member"
+        ? `etcd member ${each.name}`
+        : each.role;
+  return `  ${each.host === undefined ? "" : `${each.host} `}${what}: pid ${each.pid}`;
+}
+
+const HOST_VERBS = ["start", "stop", "kill", "freeze", "thaw"] as const;
+
+/** `haven cluster host VERB HOST`. */
+export async function clusterHostCommand(argv: string[]): Promise<number> {
+  const [verb, ...rest] = argv;
+  if (verb === "--help" || verb === "-h") {
+    process.stdout.write(`${CLUSTER_HOST_USAGE}\n`);
+    return 0;
+  }
+  if (!HOST_VERBS.includes(verb as (typeof HOST_VERBS)[number]))
+    throw usage(
+      verb === undefined ? "say what to do with the host" : `unknown host action "${verb}"`,
+      CLUSTER_HOST_USAGE,
+    );
+  if (verb === "start") return hostStart(rest, CLUSTER_HOST_USAGE);
+  if (verb === "kill") return hostKill(rest, CLUSTER_HOST_USAGE);
+  const parsed = parseCommand(rest, { dir: { type: "string" }, context: { type: "string" } }, CLUSTER_HOST_USAGE);
+  if (parsed === undefined) return 0; // --help was printed
+  const host = oneHost(parsed.positionals, CLUSTER_HOST_USAGE);
+  const dir = clusterDirOf(parsed.values);
+  if (verb === "stop") {
+    const { stopped } = await clusterHostStop(dir, host, { findVms: runningVms });
+    process.stdout.write(
+      `cluster host stop: host ${host} stopped cleanly; stopped:\n${stopped.map(processLine).join("\n")}\n`,
+    );
+    return 0;
+  }
+  const how = verb === "freeze" ? "freeze" : "thaw";
+  const acted = await clusterHostFreeze(dir, host, how, { findVms: runningVms });
+  const what = how === "freeze" ? "frozen (SIGSTOP), as a hung machine" : "thawed (SIGCONT)";
+  process.stdout.write(`cluster host ${how}: host ${host} is ${what}:\n${acted.map(processLine).join("\n")}\n`);
+  return 0;
+}
+
+export function clusterKillCommand(argv: string[]): Promise<number> {
+  return hostKill(argv, CLUSTER_KILL_USAGE);
+}
+
+export function clusterReviveCommand(argv: string[]): Promise<number> {
+  return hostStart(argv, CLUSTER_REVIVE_USAGE);
+}
+
+async function hostKill(argv: string[], help: string): Promise<number> {
   const parsed = parseCommand(
     argv,
     { dir: { type: "string" }, context: { type: "string" }, "keep-etcd": { type: "boolean" } },
-    CLUSTER_KILL_USAGE,
+    help,
   );
   if (parsed === undefined) return 0; // --help was printed
-  const host = oneHost(parsed.positionals, CLUSTER_KILL_USAGE);
+  const host = oneHost(parsed.positionals, help);
   const { killed } = await clusterKill(clusterDirOf(parsed.values), host, {
     keepEtcd: parsed.values["keep-etcd"] === true,
     findVms: runningVms,
   });
-  const lines = killed.map((target) => {
-    const what =
-      target.role === "VM" ? `VM ${target.name}'s QEMU` : target.name ? `${target.role} ${target.name}` : target.role;
-    return `  ${what}: pid ${target.pid}`;
-  });
+  const lines = killed.map((each) => processLine({ ...each, host: undefined }));
   process.stdout.write(`cluster kill: host ${host} is down, as after a power loss; killed:\n${lines.join("\n")}\n`);
   return 0;
 }
 
-export async function clusterReviveCommand(argv: string[]): Promise<number> {
-  const parsed = parseCommand(argv, { dir: { type: "string" }, context: { type: "string" } }, CLUSTER_REVIVE_USAGE);
+async function hostStart(argv: string[], help: string): Promise<number> {
+  const parsed = parseCommand(argv, { dir: { type: "string" }, context: { type: "string" } }, help);
   if (parsed === undefined) return 0; // --help was printed
-  const host = oneHost(parsed.positionals, CLUSTER_REVIVE_USAGE);
-  process.stderr.write(`starting host ${host} again ...\n`);
-  const { agentPid, etcdPid } = await clusterRevive(clusterDirOf(parsed.values), host);
+  const host = oneHost(parsed.positionals, help);
+  process.stderr.write(`starting host ${host} ...\n`);
+  const { agentPid, etcdPid } = await clusterHostStart(clusterDirOf(parsed.values), host);
+  const started = [
+    ...(agentPid !== undefined ? [`agent pid ${agentPid}`] : []),
+    ...(etcdPid !== undefined ? [`etcd member pid ${etcdPid}`] : []),
+  ];
   process.stdout.write(
-    `cluster revive: host ${host} registered again (agent pid ${agentPid}${etcdPid !== undefined ? `, etcd member pid ${etcdPid}` : ""})\n`,
+    `cluster host start: host ${host} ${agentPid !== undefined ? "registered again" : "runs its etcd member again"} (${started.join(", ")})\n`,
   );
   return 0;
+}
+
+export async function clusterStatusCommand(argv: string[]): Promise<number> {
+  const parsed = parseCommand(
+    argv,
+    { dir: { type: "string" }, context: { type: "string" }, json: { type: "boolean" } },
+    CLUSTER_STATUS_USAGE,
+  );
+  if (parsed === undefined) return 0; // --help was printed
+  refuseArguments(parsed.positionals, CLUSTER_STATUS_USAGE);
+  const status = await clusterStatus(clusterDirOf(parsed.values), runningVms);
+  const context = contextPath(parsed.values.context);
+  if (parsed.values.json === true) {
+    process.stdout.write(`${JSON.stringify({ ...status, context }, null, 2)}\n`);
+    return 0;
+  }
+  process.stdout.write(renderClusterStatus(status, context));
+  return 0;
+}
+
+function renderClusterStatus(status: ClusterStatus, context: string): string {
+  const lines = [`cluster ${status.dir}`, `  etcd:    ${status.endpoints.join(", ")}`, `  context: ${context}`, ""];
+  const processRows = (processes: readonly ClusterProcess[]): string[] =>
+    processes.map((each) => {
+      const what =
+        each.role === "VM" ? `VM ${each.name}` : each.role === "etcd member" ? `etcd member ${each.name}` : each.role;
+      return `    ${what.padEnd(22)} pid ${String(each.pid).padEnd(8)} ${each.state}`;
+    });
+  for (const host of status.hosts) {
+    lines.push(
+      `${host.name}: ${host.state}${host.killedAt !== null && host.state === "stopped" ? ` (killed at ${host.killedAt})` : ""}`,
+    );
+    lines.push(`  ports: API ${host.api || "?"}, replication ${host.replication || "?"}, NBD ${host.nbd || "?"}`);
+    if (host.etcd !== null)
+      lines.push(`  etcd member ${host.etcd.name}: ${host.etcd.endpoint} (peers ${host.etcd.peerUrl})`);
+    lines.push(`  config ${host.config}, log ${host.log}`);
+    const hasAgent = host.processes.some((each) => each.role === "agent");
+    const hasMember = host.processes.some((each) => each.role === "etcd member");
+    lines.push(...processRows(host.processes));
+    if (!hasAgent) lines.push(`    ${"agent".padEnd(22)} -            stopped`);
+    if (host.etcd !== null && !hasMember)
+      lines.push(`    ${`etcd member ${host.etcd.name}`.padEnd(22)} -            stopped`);
+    lines.push("");
+  }
+  if (status.etcd !== null) {
+    lines.push(
+      `etcd (one member, ${status.etcd.endpoint}): ${status.etcd.processes.length > 0 ? status.etcd.processes[0]!.state : "stopped"}`,
+    );
+    lines.push(...processRows(status.etcd.processes), "");
+  }
+  return `${lines.join("\n")}`;
 }
 
 /** The cluster's directory: --dir, else the context file's, else the default. */

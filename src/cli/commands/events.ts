@@ -1,49 +1,53 @@
 // `haven events`: the cluster's diary (volume created, failover, copy out of sync...), oldest first,
-// one line per event, optionally narrowed to a volume or a host. With --follow it then prints each new
-// event as etcd reports it, until Ctrl-C; a watch that breaks is resumed where it stopped.
+// one line per event under a header, optionally narrowed to a volume, a host or a time. With --follow
+// it then prints each new event as etcd reports it, until Ctrl-C (follow.ts rides out etcd outages).
 
-import { HavenError, errorMessage } from "../../core/errors.js";
-import { readEvents, tryStoredEvent, type StoredEvent } from "../../cluster/cluster-read.js";
-import type { EtcdClient } from "../../cluster/etcd-client.js";
-import { keys } from "../../cluster/schema.js";
+import { HavenError } from "../../core/errors.js";
+import { readEvents, type StoredEvent } from "../../cluster/cluster-read.js";
 import { parseCommand, refuseArguments } from "../args.js";
-import { renderEvent } from "../cluster-render.js";
+import { renderEvent, renderEventHeader } from "../cluster-render.js";
 import { warnIgnored } from "../cluster-report.js";
 import { CLUSTER_OPTIONS, CLUSTER_OPTIONS_USAGE, connectCluster } from "../context.js";
-import { abortOnStopSignal, pause } from "../poll.js";
+import { followEvents } from "./events-follow.js";
 
 const DEFAULT_LIMIT = 50;
 const MAX_LIMIT = 100_000;
-/** Pause before watching again after a watch broke, so a flapping etcd is not hammered. */
-const REWATCH_DELAY_MS = 1000;
 
-export const EVENTS_USAGE = `usage: haven events [--volume NAME] [--host NAME] [--limit N] [--follow] [--json] [cluster options]
+export const EVENTS_USAGE = `usage: haven events [--volume NAME] [--host NAME] [--since DURATION|TIME] [--limit N] [--follow] [--utc] [--json] [cluster options]
 
-Prints the cluster's events, oldest first: time, host, volume, kind and message.
+Prints the cluster's events, oldest first, under a header line: time, host, volume, kind and message.
+Times are this machine's local time (the header names the offset) unless --utc.
 
 options:
   --volume NAME        only the events of this volume
   --host NAME          only the events this host wrote
-  --limit N            the last N events (default ${DEFAULT_LIMIT}, at most ${MAX_LIMIT})
-  --follow             then print new events as they happen, until Ctrl-C
-  --json               one JSON object per line
+  --since WHEN         only the events since WHEN: a duration back from now (90s, 10m, 2h, 1d) or a
+                       time (2026-12-05T21:00:00Z, 2026-12-05 21:00 in local time)
+  --limit N            the last N events (default ${DEFAULT_LIMIT}, or all since --since; at most ${MAX_LIMIT})
+  --follow             then print new events as they happen, until Ctrl-C; when etcd cannot be reached
+                       it says so on stderr, tries again, and goes on from the last event it saw
+  --utc                times in UTC
+  --json               one JSON object per line (times as stored, in UTC; no header)
 
 ${CLUSTER_OPTIONS_USAGE}`;
 
-interface Filter {
+export interface EventFilter {
   readonly volume: string | undefined;
   readonly host: string | undefined;
+  /** Only events at or after this time (ms since the epoch). */
+  readonly sinceMs: number | undefined;
 }
 
-function matches(filter: Filter, { event }: StoredEvent): boolean {
+export function matchesFilter(filter: EventFilter, { event }: StoredEvent): boolean {
   return (
     (filter.volume === undefined || event.volume === filter.volume) &&
-    (filter.host === undefined || event.host === filter.host)
+    (filter.host === undefined || event.host === filter.host) &&
+    (filter.sinceMs === undefined || Date.parse(event.time) >= filter.sinceMs)
   );
 }
 
-function parseLimit(text: string | undefined): number {
-  if (text === undefined) return DEFAULT_LIMIT;
+function parseLimit(text: string | undefined, fallback: number): number {
+  if (text === undefined) return fallback;
   const limit = Number(text);
   if (!/^\d+$/.test(text) || limit < 1 || limit > MAX_LIMIT) {
     throw new HavenError(
@@ -52,6 +56,27 @@ function parseLimit(text: string | undefined): number {
     );
   }
   return limit;
+}
+
+const UNIT_MS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/**
+ * --since: a duration back from `nowMs` ("90s", "10m", "2h", "1d") or a time Date.parse reads (ISO 8601
+ * with a zone, or without one in local time); the time it names, in ms since the epoch.
+ */
+export function parseSince(text: string, nowMs: number): number {
+  const duration = /^(\d{1,9})([smhd])$/.exec(text);
+  if (duration !== null) return nowMs - Number(duration[1]) * UNIT_MS[duration[2]!]!;
+  // A date and time: "2026-12-05T21:00:00Z", "2026-12-05 21:00" (local), "2026-12-05" (local midnight).
+  const dateOnly = /^\d{4}-\d{2}-\d{2}$/.test(text);
+  const time =
+    /^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}/.test(text) || dateOnly ? Date.parse(dateOnly ? `${text}T00:00` : text) : NaN;
+  if (Number.isNaN(time))
+    throw new HavenError(
+      "HAVEN_ERR_USAGE",
+      `--since takes a duration (90s, 10m, 2h, 1d) or a time (2026-12-05T21:00:00Z, 2026-12-05 21:00), got "${text}"\n\n${EVENTS_USAGE}`,
+    );
+  return time;
 }
 
 const warnMalformed = (error: HavenError): void => {
@@ -65,8 +90,10 @@ export async function events(argv: string[]): Promise<number> {
       ...CLUSTER_OPTIONS,
       volume: { type: "string" },
       host: { type: "string" },
+      since: { type: "string" },
       limit: { type: "string" },
       follow: { type: "boolean" },
+      utc: { type: "boolean" },
       json: { type: "boolean" },
     },
     EVENTS_USAGE,
@@ -74,89 +101,44 @@ export async function events(argv: string[]): Promise<number> {
   if (parsed === undefined) return 0; // --help was printed
   const { values, positionals } = parsed;
   refuseArguments(positionals, EVENTS_USAGE);
-  const filter: Filter = { volume: values.volume as string | undefined, host: values.host as string | undefined };
-  const limit = parseLimit(values.limit as string | undefined);
+  const since = values.since as string | undefined;
+  const filter: EventFilter = {
+    volume: values.volume as string | undefined,
+    host: values.host as string | undefined,
+    sinceMs: since === undefined ? undefined : parseSince(since, Date.now()),
+  };
+  const limit = parseLimit(values.limit as string | undefined, since === undefined ? DEFAULT_LIMIT : MAX_LIMIT);
+  const render = { utc: values.utc === true };
   const client = connectCluster(values);
   const print = (stored: StoredEvent): void => {
-    if (!matches(filter, stored)) return;
-    process.stdout.write(values.json ? `${JSON.stringify(stored.event)}\n` : renderEvent(stored.event));
+    if (!matchesFilter(filter, stored)) return;
+    process.stdout.write(values.json ? `${JSON.stringify(stored.event)}\n` : renderEvent(stored.event, render));
   };
-  const printPast = async (): Promise<Set<string>> => {
+  /** The first read: the last `limit` matching events. */
+  const printPast = (past: readonly StoredEvent[]): void => {
+    if (values.json !== true) process.stdout.write(renderEventHeader(render));
+    past
+      .filter((stored) => matchesFilter(filter, stored))
+      .slice(-limit)
+      .forEach(print);
+  };
+  const read = async (): Promise<StoredEvent[]> => {
     const ignored: HavenError[] = [];
     const past = await readEvents(client, (error) => ignored.push(error));
     warnIgnored(ignored, "events");
-    past
-      .filter((stored) => matches(filter, stored))
-      .slice(-limit)
-      .forEach(print);
-    return new Set(past.map((stored) => stored.key));
+    return past;
   };
 
   if (values.follow !== true) {
-    await printPast();
+    printPast(await read());
     return 0;
   }
-  await follow(client, printPast, print);
-  return 0;
-}
-
-/**
- * Prints the past events, then each new one until SIGINT/SIGTERM. The watch starts before the past is
- * read, so no event falls between the two; one that is in both is printed once.
- */
-async function follow(
-  client: EtcdClient,
-  printPast: () => Promise<Set<string>>,
-  print: (stored: StoredEvent) => void,
-): Promise<void> {
-  const stop = abortOnStopSignal();
-  let pending: StoredEvent[] | undefined = [];
-  let printed: Set<string> | undefined;
-  const onEvent = (stored: StoredEvent): void => {
-    if (pending !== undefined) pending.push(stored);
-    else if (!printed?.has(stored.key)) print(stored);
-  };
-  let startRevision: number | undefined;
-  const aborted = new Promise<"aborted">((resolve) => {
-    if (stop.signal.aborted) resolve("aborted");
-    else stop.signal.addEventListener("abort", () => resolve("aborted"), { once: true });
+  await followEvents(client, {
+    read,
+    printPast,
+    print,
+    warnMalformed,
+    say: (line) => process.stderr.write(`haven: ${line}\n`),
   });
-  try {
-    while (!stop.signal.aborted) {
-      // A watch opens with the client's token: log in first (again, after a watch refused its token).
-      try {
-        await client.ready();
-      } catch (error) {
-        process.stderr.write(`haven: ${errorMessage(error)}; watching again\n`);
-        if (!(await pause(REWATCH_DELAY_MS, stop.signal))) return;
-        continue;
-      }
-      let ended!: (reason: HavenError | undefined) => void;
-      const closed = new Promise<HavenError | undefined>((resolve) => (ended = resolve));
-      const watch = client.watchPrefix(
-        keys.events(),
-        { ...(startRevision !== undefined && { startRevision }), onClose: ended },
-        (change) => {
-          if (change.type !== "PUT") return;
-          const stored = tryStoredEvent(change, warnMalformed);
-          if (stored !== undefined) onEvent(stored);
-        },
-      );
-      await watch.ready;
-      if (pending !== undefined) {
-        printed = await printPast();
-        const caught = pending;
-        pending = undefined;
-        caught.forEach(onEvent);
-      }
-      const reason = await Promise.race([closed, aborted]);
-      watch.cancel();
-      if (reason === "aborted" || reason === undefined) return;
-      process.stderr.write(`haven: ${reason.message} [${reason.code}]; watching again\n`);
-      startRevision = watch.revision + 1;
-      if (!(await pause(REWATCH_DELAY_MS, stop.signal))) return;
-    }
-  } finally {
-    stop.dispose();
-  }
+  return 0;
 }
