@@ -27,9 +27,9 @@ import { parseCommand } from "../args.js";
 import { renderDiskList } from "../cluster-render.js";
 import { CLUSTER_OPTIONS, CLUSTER_OPTIONS_USAGE, connectCluster } from "../context.js";
 import { waitForCopies } from "../copy-progress.js";
-import { askHost } from "../disk-requests.js";
+import { askHost } from "../../cluster/disk-requests.js";
 import { abortOnStopSignal } from "../poll.js";
-import { waitForSwitchover } from "../switchover-wait.js";
+import { waitForSwitchover } from "../../cluster/switchover-wait.js";
 import { terminalRenderOptions } from "../terminal.js";
 
 export const DISK_USAGE = `usage: haven disk <command> [options] [cluster options]
@@ -163,6 +163,7 @@ async function diskAdd(argv: string[]): Promise<number> {
       ...(typeof values.wipe === "string" && { wipe: values.wipe }),
     },
     ANSWER_TIMEOUT_MS,
+    cliActor(),
   );
   if (answer.state === "refused") throw new HavenError("HAVEN_ERR_CONFLICT", `${host}: ${answer.result}`);
   process.stdout.write(`${host}: ${answer.result}\n`);
@@ -204,6 +205,7 @@ async function diskRemove(argv: string[]): Promise<number> {
     host,
     { kind: "remove", disk: name, ...(disk.identity !== null && { identity: identityText(disk) }) },
     ANSWER_TIMEOUT_MS,
+    cliActor(),
   );
   if (answer.state === "refused") throw new HavenError("HAVEN_ERR_CONFLICT", `${host}: ${answer.result}`);
   process.stdout.write(`${host}: ${answer.result}\n`);
@@ -224,6 +226,7 @@ async function diskIdentify(argv: string[]): Promise<number> {
     host,
     { kind: "identify", disk: name, off: values.off === true },
     ANSWER_TIMEOUT_MS,
+    cliActor(),
   );
   if (answer.state === "refused") throw new HavenError("HAVEN_ERR_CONFLICT", `${host}: ${answer.result}`);
   process.stdout.write(`${host}: ${answer.result}\n`);
