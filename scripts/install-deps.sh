@@ -14,6 +14,7 @@ PACKAGES=(
   etcd-server etcd-client iproute2                     # cluster state; network namespaces for partitions
   util-linux mount xfsprogs ledmon fuse3               # disks: blkid, partx, losetup, mount; mkfs.xfs; ledctl; nbdfuse (failing disk)
   g++ make python3                                     # node-gyp builds the native addon
+  chromium                                             # the dashboard's browser tests (playwright-core drives it)
 )
 
 missing=()
