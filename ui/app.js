@@ -115,7 +115,13 @@ function render() {
     if (main.dataset.page !== "events") main.innerHTML = views.eventsPage();
   } else {
     const kept = [...main.querySelectorAll("[data-events]")].map((box) => [box.dataset.events, box.innerHTML]);
+    // What the operator chose or typed survives the redraw.
+    const values = [...main.querySelectorAll("input[id], select[id]")].map((field) => [field.id, field.value]);
     main.innerHTML = html;
+    for (const [id, value] of values) {
+      const field = $(id);
+      if (field && [...(field.options ?? [{ value }])].some((option) => option.value === value)) field.value = value;
+    }
     for (const [query, inner] of kept) {
       const box = main.querySelector(`[data-events="${CSS.escape(query)}"]`);
       if (box) {

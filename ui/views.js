@@ -153,7 +153,12 @@ export function hostPage(snapshot, name) {
 export function volumePage(snapshot, name) {
   const volume = snapshot.volumes.find((v) => v.name === name);
   if (volume === undefined) return `<h1>Volume ${escape(name)}</h1><p class="error">no such volume</p>`;
-  const targets = [...new Set(volume.copies.map((c) => c.host))].filter((h) => h !== volume.primary?.host);
+  // Every other host is offered: the guards say why one cannot take the volume (no copy, not in sync).
+  const copyHosts = new Set(volume.copies.map((c) => c.host));
+  const targets = snapshot.hosts
+    .map((h) => h.name)
+    .filter((h) => h !== volume.primary?.host)
+    .sort((a, b) => Number(copyHosts.has(b)) - Number(copyHosts.has(a)));
   const vm = snapshot.vms.find((v) => v.volume === name);
   return `<h1>Volume ${escape(name)} ${badge(volume.health)}</h1>
     <p>${bytes(volume.sizeBytes)} · primary ${volume.primary ? `${link("host", volume.primary.host)} (epoch ${volume.primary.epoch})` : "none"}${vm ? ` · disk of VM ${link("vm", vm.name)}` : ""}</p>
