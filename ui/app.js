@@ -70,21 +70,12 @@ function onLive(name, data) {
     state.receivedAt = Date.now();
     render();
   } else if (name === "event") {
-    for (const box of document.querySelectorAll("[data-events]")) {
-      if (matches(box.dataset.events, data)) box.dataset.pending = "1";
-    }
+    for (const query of events.lists.keys()) events.stale.add(query);
     refreshEvents();
   } else if (name === "task") {
     state.tasks = [data, ...state.tasks.filter((t) => t.id !== data.id)];
     if (route()[0] === "tasks") render();
   }
-}
-
-/** Whether an event may pass a box's filter (the server decides; this only says to ask again). */
-function matches(query, event) {
-  const filter = new URLSearchParams(query);
-  if (filter.get("volume") && filter.get("volume") !== event.volume) return false;
-  return true;
 }
 
 function route() {
@@ -114,20 +105,12 @@ function render() {
     // The events page keeps its filter form; only its list is drawn again.
     if (main.dataset.page !== "events") main.innerHTML = views.eventsPage();
   } else {
-    const kept = [...main.querySelectorAll("[data-events]")].map((box) => [box.dataset.events, box.innerHTML]);
     // What the operator chose or typed survives the redraw.
     const values = [...main.querySelectorAll("input[id], select[id]")].map((field) => [field.id, field.value]);
     main.innerHTML = html;
     for (const [id, value] of values) {
       const field = $(id);
       if (field && [...(field.options ?? [{ value }])].some((option) => option.value === value)) field.value = value;
-    }
-    for (const [query, inner] of kept) {
-      const box = main.querySelector(`[data-events="${CSS.escape(query)}"]`);
-      if (box) {
-        box.innerHTML = inner;
-        box.dataset.loaded = "1";
-      }
     }
   }
   main.dataset.page = page;
@@ -138,19 +121,36 @@ function render() {
   tickAges();
 }
 
-/** Loads the events of every box not loaded yet or told of a new event. */
+/**
+ * The event lists the pages show, by their query (host=NAME, volume=NAME, vm=NAME or a filter): drawn
+ * from here on every redraw, fetched again when a new event arrives. A list is put into whichever
+ * boxes show its query once the answer is in (a redraw may have replaced the box meanwhile).
+ */
+const events = { lists: new Map(), stale: new Set(), loading: new Set() };
+
+function fillEventBoxes(query) {
+  for (const box of document.querySelectorAll("[data-events]"))
+    if (box.dataset.events === query && events.lists.has(query)) box.innerHTML = events.lists.get(query);
+}
+
 async function refreshEvents() {
-  for (const box of document.querySelectorAll("[data-events]")) {
-    if (box.dataset.loaded === "1" && box.dataset.pending !== "1") continue;
-    box.dataset.loaded = "1";
-    delete box.dataset.pending;
+  const queries = new Set([...document.querySelectorAll("[data-events]")].map((box) => box.dataset.events));
+  for (const query of queries) {
+    fillEventBoxes(query);
+    if ((events.lists.has(query) && !events.stale.has(query)) || events.loading.has(query)) continue;
+    events.loading.add(query);
+    events.stale.delete(query);
     try {
-      const query = box.dataset.events;
-      const { events } = await call(`/v1/dashboard/events?${query}${query ? "&" : ""}limit=100`);
-      box.innerHTML = views.eventList(events);
+      const answer = await call(`/v1/dashboard/events?${query}${query ? "&" : ""}limit=100`);
+      events.lists.set(query, views.eventList(answer.events));
     } catch (error) {
-      box.innerHTML = `<p class="error" role="alert">${views.escape(error.message)}</p>`;
+      events.lists.set(query, `<p class="error" role="alert">${views.escape(error.message)}</p>`);
+    } finally {
+      events.loading.delete(query);
     }
+    fillEventBoxes(query);
+    // An event that arrived while this list loaded asks for it again.
+    if (events.stale.has(query)) void refreshEvents();
   }
 }
 
@@ -292,7 +292,7 @@ document.addEventListener("submit", (event) => {
       if (form.elements[field].value) query.set(field, form.elements[field].value.trim());
     const box = $("main").querySelector("[data-events]");
     box.dataset.events = query.toString();
-    box.dataset.loaded = "";
+    box.innerHTML = "";
     refreshEvents();
   }
 });
