@@ -113,7 +113,8 @@ describe("the dashboard in a browser", () => {
   after(async () => {
     await browser?.close();
     if (existsSync(dir)) await stopLocalCluster(dir, 20_000);
-    rmSync(dir, { recursive: true, force: true });
+    // HAVEN_KEEP_TEST_DIRS=1 keeps the cluster's logs for a post-mortem.
+    if (process.env.HAVEN_KEEP_TEST_DIRS !== "1") rmSync(dir, { recursive: true, force: true });
   });
 
   test("sign-in refuses a bad token; the overview shows hosts, disks, copies and the VM on its host", async () => {
