@@ -276,6 +276,16 @@ document.addEventListener("submit", (event) => {
     }
     return run();
   }
+  if (form.dataset.action === "replace") {
+    const { host, disk } = form.dataset;
+    return act({
+      title: `Replace disk ${host}/${disk} with ${form.elements.with.value}`,
+      path: `/v1/dashboard/disks/${host}/${disk}/replace`,
+      body: { with: form.elements.with.value },
+      confirmName: `${host}/${disk}`,
+      opener: form.querySelector("button"),
+    });
+  }
   if (form.dataset.action === "switchover") {
     const to = form.elements.to.value;
     return act({

@@ -128,6 +128,17 @@ export function eventList(events) {
     .join("")}</ol>`;
 }
 
+/** Replacing a disk by another of the same host (an administrator's action). */
+function replaceForm(host, disk, disks) {
+  const others = disks.filter((other) => other.disk !== disk);
+  if (others.length === 0) return "";
+  const id = `replace-${disk}`;
+  return `<form class="inline-form" data-action="replace" data-host="${escape(host)}" data-disk="${escape(disk)}">
+    <label for="${escape(id)}">replace with</label>
+    <select id="${escape(id)}" name="with">${others.map((o) => `<option>${escape(o.disk)}</option>`).join("")}</select>
+    <button type="submit" class="danger">Replace ${escape(disk)}…</button></form>`;
+}
+
 export function hostPage(snapshot, name) {
   const host = snapshot.hosts.find((h) => h.name === name);
   if (host === undefined) return `<h1>Host ${escape(name)}</h1><p class="error">no such host in the cluster</p>`;
@@ -135,7 +146,8 @@ export function hostPage(snapshot, name) {
   const disks = host.diskViews
     .map(
       (d) => `<li>${escape(d.disk)} ${badge(d.state)} <span class="muted">${escape(d.path)}</span>
-        <button type="button" data-action="identify" data-host="${escape(name)}" data-disk="${escape(d.disk)}">Identify ${escape(d.disk)}</button></li>`,
+        <button type="button" data-action="identify" data-host="${escape(name)}" data-disk="${escape(d.disk)}">Identify ${escape(d.disk)}</button>
+        ${replaceForm(name, d.disk, host.diskViews)}</li>`,
     )
     .join("");
   return `<h1>Host ${escape(name)} ${badge(host.state)} ${host.maintenance ? badge("maintenance") : ""}</h1>

@@ -1,7 +1,7 @@
 // The dashboard's actions, on the agent API, with the CLI's guards: each calls the cluster function the
 // CLI command calls (volume-admin.ts requestSwitchover, vm-admin.ts startVm/stopVm, host-drain.ts,
 // disk-requests.ts askHost), so a refusal is the same message in both. Roles as etcd's (etcd-auth.ts):
-// the operator role for all of them. A caller who came with an operator's token acts in etcd as that
+// the operator role for all of them but disk replace, which needs the admin role. A caller who came with an operator's token acts in etcd as that
 // operator (their own etcd login), so etcd's RBAC applies exactly as for their CLI; the events name
 // them NAME@dashboard.
 //
@@ -16,11 +16,15 @@
 //   POST /v1/dashboard/vms/:name/stop             {"force"?: boolean, "preview"?: boolean}
 //   POST /v1/dashboard/vms/:name/restart          {"preview"?: boolean}
 //   POST /v1/dashboard/disks/:host/:disk/identify {"off"?: boolean}
+//   POST /v1/dashboard/disks/:host/:disk/replace  {"with": DISK, "preview"?: boolean}   (admin)
 
 import type { FastifyReply } from "fastify";
 import { HavenError } from "../core/errors.js";
 import { readClusterRecords } from "../cluster/cluster-read.js";
 import { askHost } from "../cluster/disk-requests.js";
+import { waitUntilInSync } from "../cluster/copy-wait.js";
+import { checkReplacement, diskOf, identityText, moveDiskCopies, planMoves } from "../cluster/disk-moves.js";
+import { formatBytes } from "../util/units.js";
 import { drainHost, drainPreview, undrainHost } from "../cluster/host-drain.js";
 import { isDiskName, isHostName, isVmName, isVolumeName, quoteName } from "../cluster/names.js";
 import type { ClusterStore } from "../cluster/store.js";
@@ -39,6 +43,8 @@ import type { ApiRequest, ApiServer } from "./server.js";
 const SWITCHOVER_WAIT_MS = 60_000;
 /** How long a disk's host has to answer an identify. */
 const DISK_ANSWER_MS = 30_000;
+/** Bound on building each new copy of a disk replace (and each switchover it needs). */
+const DISK_MOVE_TIMEOUT_MS = 3_600_000;
 
 export interface ActionSources {
   /** The agent's own etcd client. */
@@ -81,15 +87,22 @@ export class DashboardActions {
     server.route("/v1/dashboard/disks/:host/:disk/identify", {
       POST: (request, reply) => this.identify(request, reply),
     });
+    server.route("/v1/dashboard/disks/:host/:disk/replace", {
+      POST: (request, reply) => this.replace(request, reply),
+    });
   }
 
   /**
    * The caller, checked for `needs`, with the store to act through and the actor events name: an
    * operator's own etcd login when they came with their token, else the agent's.
    */
-  private actingAs(reply: FastifyReply, what: string): { store: ClusterStore; actor: string; caller: Caller } {
+  private actingAs(
+    reply: FastifyReply,
+    what: string,
+    needs: "operator" | "admin" = "operator",
+  ): { store: ClusterStore; actor: string; caller: Caller } {
     const caller = this.sources.callerOf(reply);
-    requireRole(caller, "operator", what);
+    requireRole(caller, needs, what);
     const token = bearerToken(reply.request.headers.authorization);
     const operator = token !== undefined && caller.name !== "cluster-token";
     return {
@@ -216,5 +229,50 @@ export class DashboardActions {
     const answer = await askHost(store, host, { kind: "identify", disk, off }, DISK_ANSWER_MS, actor);
     if (answer.state === "refused") throw new HavenError("HAVEN_ERR_CONFLICT", `${host}: ${answer.result}`);
     return { done: `${host}: ${answer.result}` };
+  }
+
+  private async replace(request: ApiRequest, reply: FastifyReply): Promise<Preview | { task: DashboardTask }> {
+    const host = named(request.params.host!, isHostName, "a host name");
+    const name = named(request.params.disk!, isDiskName, "a disk name");
+    const fields = expectObject(request.body, ["with", "preview"], `{"with": "disk1", "preview": true}`);
+    if (typeof fields.with !== "string") throw invalidRequest(`field "with" is required: the disk that takes over`);
+    const onto = named(fields.with, isDiskName, "a disk name");
+    const preview = flag(fields, "preview");
+    const { store, actor } = this.actingAs(reply, `a disk replace`, "admin");
+    const records = await readClusterRecords(store);
+    const disk = diskOf(records, host, name);
+    checkReplacement(records, disk, diskOf(records, host, onto));
+    const moves = disk.copies.length === 0 ? [] : planMoves(records, host, name, onto);
+    if (preview) {
+      const total = moves.reduce((sum, move) => sum + move.spec.sizeBytes, 0);
+      return {
+        preview: true,
+        summary:
+          `disk ${host}/${name} (${identityText(disk)}): ${moves.length} cop${moves.length === 1 ? "y" : "ies"} ` +
+          `(${formatBytes(total)}) move onto ${host}/${onto}; each new copy is in sync before the old one is released`,
+        steps: moves.map(
+          (move) => `${move.spec.name}: a new copy on ${host}/${onto}, then ${host}/${name}'s is released`,
+        ),
+      };
+    }
+    reply.code(202);
+    return {
+      task: this.sources.tasks.start("disk replace", `disk ${host}/${name}`, actor, async (line) => {
+        const outcome = await moveDiskCopies(store, moves, "replace", {
+          actor,
+          timeoutMs: DISK_MOVE_TIMEOUT_MS,
+          signal: new AbortController().signal,
+          write: line,
+          waitForCopies: (client, copies, timeoutMs, signal) =>
+            waitUntilInSync(client, copies, timeoutMs, signal, line),
+        });
+        return outcome.done
+          ? {
+              ok: true,
+              summary: `disk ${host}/${name}: ${moves.length} cop${moves.length === 1 ? "y" : "ies"} moved onto ${onto}; it holds no copy now and may be removed`,
+            }
+          : { ok: false, summary: `stopped; ${host}/${name} still holds ${outcome.stoppedAt.spec.name}` };
+      }),
+    };
   }
 }

@@ -31,6 +31,7 @@ describe("the dashboard's routes on a local cluster", { skip: !haveEtcd() && "ne
   let port = 0;
   let admin = "";
   const tokens: Record<string, string> = {};
+  let loop: string | undefined;
   const call = (method: string, path: string, token?: string, body?: unknown) =>
     agentCall(port, ca, method, path, token, body);
   const primaryOf = async (): Promise<string> =>
@@ -68,6 +69,10 @@ describe("the dashboard's routes on a local cluster", { skip: !haveEtcd() && "ne
     if (readClusterState(clusterDir)) await clusterDown(clusterDir, 10_000).catch(() => undefined);
     for (const agent of state?.agents ?? []) if (alive(agent.pid)) process.kill(agent.pid, "SIGKILL");
     for (const member of state?.etcd ?? []) if (alive(member.pid)) process.kill(member.pid, "SIGKILL");
+    if (loop !== undefined) {
+      await run("umount", ["-l", join(clusterDir, "hosts", "h1", "disks", "disk1")]).catch(() => undefined);
+      await run("losetup", ["-d", loop]).catch(() => undefined);
+    }
     dir.remove();
   });
 
@@ -256,5 +261,53 @@ describe("the dashboard's routes on a local cluster", { skip: !haveEtcd() && "ne
     assert.match(answer.body, /h2: /);
     const missing = await call("POST", "/v1/dashboard/disks/h2/disk9/identify", tokens.bob, {});
     assert.equal(missing.status, 404, missing.body);
+  });
+
+  test("disk replace needs the admin role, checks the new disk first, and moves the copy onto it", async () => {
+    // A disk of its own (a loop device: a directory on disk0's filesystem would be the same device).
+    const image = join(dir.path, "disk1.img");
+    assert.equal((await run("truncate", ["-s", String(256 * 1024 * 1024), image])).code, 0);
+    const attached = await run("losetup", ["--find", "--show", image]);
+    assert.equal(attached.code, 0, attached.stderr);
+    loop = attached.stdout.trim();
+    const added = await haven("disk", "add", "h1", loop, "--name", "disk1");
+    assert.equal(added.code, 0, added.stderr);
+    await until("h1/disk1 online in the snapshot", async () => {
+      const h1 = (await call("GET", "/v1/dashboard/cluster", admin)).json.hosts[0];
+      return h1.diskViews.some(
+        (disk: { disk: string; state: string }) => disk.disk === "disk1" && disk.state === "online",
+      )
+        ? true
+        : undefined;
+    });
+    const path1 = "/v1/dashboard/disks/h1/disk0/replace";
+    const operator = await call("POST", path1, tokens.bob, { with: "disk1", preview: true });
+    assert.equal(operator.status, 403, operator.body);
+    assert.match(operator.json.error.message, /a disk replace needs the admin role; bob is an operator/);
+    const itself = await call("POST", path1, admin, { with: "disk0", preview: true });
+    assert.equal(itself.status, 409, itself.body);
+    assert.match(itself.json.error.message, /cannot replace disk0: it is the same disk; nothing was changed/);
+    const preview = await call("POST", path1, admin, { with: "disk1", preview: true });
+    assert.equal(preview.status, 200, preview.body);
+    assert.deepEqual(preview.json.steps, ["v1: a new copy on h1/disk1, then h1/disk0's is released"]);
+    const copiesOfV1 = async (): Promise<string[]> =>
+      (await call("GET", "/v1/dashboard/cluster", admin)).json.volumes
+        .find((volume: { name: string }) => volume.name === "v1")
+        .copies.map((copy: { host: string; disk: string; state: string }) => `${copy.host}/${copy.disk} ${copy.state}`)
+        .sort();
+    assert.deepEqual(await copiesOfV1(), ["h1/disk0 in-sync", "h2/disk0 in-sync"], "the preview moved nothing");
+    const started = await call("POST", path1, admin, { with: "disk1" });
+    assert.equal(started.status, 202, started.body);
+    const task = await until(
+      "the disk replace's end",
+      async () => {
+        const tasks = (await call("GET", "/v1/dashboard/tasks", admin)).json.tasks as { id: string; state: string }[];
+        const found = tasks.find((one) => one.id === started.json.task.id);
+        return found?.state === "running" ? undefined : found;
+      },
+      120_000,
+    );
+    assert.equal(task.state, "done", JSON.stringify(task));
+    assert.deepEqual(await copiesOfV1(), ["h1/disk1 in-sync", "h2/disk0 in-sync"]);
   });
 });
