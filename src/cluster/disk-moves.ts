@@ -7,7 +7,6 @@
 // bars, the dashboard reports lines).
 
 import { HavenError, errorMessage } from "../core/errors.js";
-import { formatIdentity, type DiskIdentity } from "../disk/disk-identity.js";
 import { formatBytes } from "../util/units.js";
 import { readClusterRecords, type ClusterRecords } from "./cluster-read.js";
 import { diskEntries, type DiskView } from "./cluster-view.js";
@@ -79,9 +78,9 @@ export function diskOf(records: ClusterRecords, host: string, disk: string): Dis
   return found;
 }
 
-/** A disk's identity in words (serial, WWN or path). */
+/** A disk's identity in words, as disk-identity.ts formatIdentity writes it ("serial S3Z1..."). */
 export function identityText(disk: DiskView): string {
-  return disk.identity === null ? "identity unknown" : formatIdentity(disk.identity as DiskIdentity);
+  return disk.identity === null ? "identity unknown" : `${disk.identity.kind} ${disk.identity.value}`;
 }
 
 /** One copy to move: from the disk being emptied to where it goes. */
