@@ -256,7 +256,7 @@ describe("the dashboard in a browser", () => {
     await closePanel(page);
     await page.click("a[href='#/tasks']");
     const task = page.locator(".task").first();
-    await task.locator(".badge:has-text('done'), .badge:has-text('failed')").waitFor({ timeout: 300_000 });
+    await task.locator(".badge:has-text('done'), .badge:has-text('failed')").waitFor({ timeout: 600_000 });
     assert.match(await task.innerText(), /drain of host/);
     assert.match(await task.innerText(), /done/, await task.innerText());
     await shot(page, "tasks-drain");
