@@ -18,6 +18,28 @@ export default tseslint.config(
     languageOptions: { globals: { process: "readonly", console: "readonly", Buffer: "readonly" } },
   },
   {
+    // The dashboard's page, run by a browser (ui/, served by the agent API).
+    files: ["ui/**/*.js"],
+    languageOptions: {
+      globals: Object.fromEntries(
+        [
+          "document",
+          "window",
+          "location",
+          "sessionStorage",
+          "fetch",
+          "CSS",
+          "URLSearchParams",
+          "TextDecoderStream",
+          "AbortController",
+          "setTimeout",
+          "setInterval",
+          "console",
+        ].map((name) => [name, "readonly"]),
+      ),
+    },
+  },
+  {
     // Tool configs that must be CommonJS (.dependency-cruiser.cjs).
     files: ["**/*.cjs"],
     languageOptions: { sourceType: "commonjs", globals: { module: "writable", require: "readonly" } },

@@ -15,6 +15,7 @@ PACKAGES=(
   util-linux mount xfsprogs ledmon fuse3               # disks: blkid, partx, losetup, mount; mkfs.xfs; ledctl; nbdfuse (failing disk)
   g++ make python3                                     # node-gyp builds the native addon
   prometheus                                           # promtool: the metrics' and alert rules' checks
+  chromium                                             # the dashboard's browser tests (playwright-core drives it)
 )
 
 missing=()

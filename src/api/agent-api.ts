@@ -14,6 +14,10 @@
 //   GET  /v1/disks                  this host's disks: identity, state, size, free, the copies on each
 //   GET  /metrics                   Prometheus metrics, text format 0.0.4 (metrics/agent-metrics.ts,
 //                                   docs/metrics.md); the viewer role, as every read
+//
+// With the agent's etcd store (options.dashboard), it also serves the web dashboard: the page at / and
+// /dashboard/ (the only paths open without a token), its data under /v1/dashboard/ (dashboard-routes.ts)
+// and its actions (dashboard-actions.ts).
 
 import { HavenError } from "../core/errors.js";
 import { isVmName, isVolumeName, quoteName } from "../cluster/names.js";
@@ -26,6 +30,20 @@ import { parseVerifyRequest } from "./requests.js";
 import { ApiServer, TextBody, type ApiLimits } from "./server.js";
 import { AgentMetricsRegistry, METRICS_CONTENT_TYPE } from "./metrics/agent-metrics.js";
 import { havenVersion } from "./metrics/version.js";
+import type { ClusterStore } from "../cluster/store.js";
+import { DashboardActions } from "./dashboard-actions.js";
+import { DashboardRoutes, isDashboardFile } from "./dashboard-routes.js";
+import { DashboardTasks } from "./dashboard-tasks.js";
+
+/** What the dashboard needs beyond the agent's view: the cluster's state, and a way to act as an operator. */
+export interface DashboardOptions {
+  /** The agent's own etcd client. */
+  readonly store: ClusterStore;
+  /** An etcd client logged in as operator `name` with their token (so etcd's RBAC applies to them). */
+  readonly storeAs: (name: string, token: string) => ClusterStore;
+  /** This host's name. */
+  readonly host: string;
+}
 
 export interface AgentApiServerOptions {
   /** One line per request that changes something (every non-GET), and per listener error; stderr by default. */
@@ -36,10 +54,13 @@ export interface AgentApiServerOptions {
   readonly limits?: Partial<ApiLimits>;
   /** Serve HTTPS with the host's certificate (an operator's certificate then names its caller). */
   readonly https?: TlsOptions;
+  /** Serve the web dashboard over the cluster's state. */
+  readonly dashboard?: DashboardOptions;
 }
 
 export class AgentApiServer {
   private readonly server: ApiServer;
+  private readonly dashboard: DashboardRoutes | undefined;
 
   constructor(
     private readonly agent: AgentView,
@@ -58,8 +79,26 @@ export class AgentApiServer {
       },
       ...(options.limits !== undefined && { limits: options.limits }),
       ...(options.https !== undefined && { https: options.https }),
+      ...(options.dashboard !== undefined && { open: isDashboardFile }),
       log: options.log ?? ((line) => process.stderr.write(`${line}\n`)),
     });
+    const dashboard = options.dashboard;
+    if (dashboard !== undefined) {
+      const tasks = new DashboardTasks((task) => this.dashboard?.taskChanged(task));
+      this.dashboard = new DashboardRoutes({
+        store: dashboard.store,
+        host: dashboard.host,
+        tasks,
+        log: options.log ?? ((line) => process.stderr.write(`${line}\n`)),
+      });
+      this.dashboard.register(this.server);
+      new DashboardActions({
+        store: dashboard.store,
+        storeAs: dashboard.storeAs,
+        callerOf: (reply) => this.caller(reply),
+        tasks,
+      }).register(this.server);
+    }
     this.server.route("/v1/host", { GET: () => this.agent.health() });
     this.server.route("/v1/volumes", {
       GET: () => [...this.agent.engines().values()].map((engine) => engine.status()),
@@ -98,6 +137,7 @@ export class AgentApiServer {
 
   /** Stops accepting, lets requests in flight finish (for at most 2 s), then closes. */
   stop(): Promise<void> {
+    this.dashboard?.stop();
     return this.server.stop();
   }
 

@@ -54,6 +54,6 @@ export function requireRole(caller: Caller, needs: Role, what: string): void {
   if (!roleAllows(caller.role, needs))
     throw new HavenError(
       "HAVEN_ERR_FORBIDDEN",
-      `${what} needs the ${needs} role; ${caller.name} is ${caller.role === "admin" ? "an" : "a"} ${caller.role}`,
+      `${what} needs the ${needs} role; ${caller.name} is ${/^[aeiou]/.test(caller.role) ? "an" : "a"} ${caller.role}`,
     );
 }

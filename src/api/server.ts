@@ -12,7 +12,10 @@
 //   drops their connections;
 // - names and paths a request sent are echoed in messages cut short and escaped (quoteName);
 // - one log line per request that changes something (every non-GET) and per failure of the server's
-//   own (5xx); reads are not logged (`haven volume status --watch` polls every second).
+//   own (5xx); reads are not logged (`haven volume status --watch` polls every second);
+// - the dashboard's static files (asset(): HTML, JS, CSS, no data in them) are the only answers that
+//   are not JSON, and the only ones served without authentication (`open`); its live stream (stream())
+//   is server-sent events, authenticated like any route.
 
 import assert from "node:assert/strict";
 import type { RequestListener } from "node:http";
@@ -63,6 +66,20 @@ const STOP_GRACE_MS = 2_000;
 export interface ApiRequest {
   readonly params: Readonly<Record<string, string>>;
   readonly body: unknown;
+  /** The query string's parameters, each given once (a repeated one is refused with 400). */
+  readonly query: Readonly<Record<string, string>>;
+}
+
+/** A static file as asset() serves it. */
+export interface StaticFile {
+  readonly contentType: string;
+  readonly body: Buffer;
+}
+
+/** One server-sent event stream: `send` writes an event; `closed` aborts when the client goes away. */
+export interface EventStream {
+  send(event: string, data: unknown): void;
+  readonly closed: AbortSignal;
 }
 
 /** An answer that is not JSON (the metrics' text exposition): sent as it is, with its content type. */
@@ -89,6 +106,8 @@ export interface ApiServerOptions {
   readonly limits?: Partial<ApiLimits>;
   /** Serve HTTPS with these options (a host's certificate; client certificates asked for, not required). */
   readonly https?: TlsOptions;
+  /** Paths served without authentication (static files with no data in them). */
+  readonly open?: (path: string) => boolean;
 }
 
 /** A path of only these characters, and not long, is echoed as it is. */
@@ -158,6 +177,17 @@ function refuseUnsupportedContent(request: FastifyRequest): void {
       "HAVEN_ERR_INVALID_REQUEST",
       `charset ${quoteName(charset)} is not supported; send JSON in UTF-8 (application/json)`,
     );
+}
+
+/** A request's query parameters, each a single string; a parameter given twice is refused. */
+function queryOf(request: FastifyRequest): Record<string, string> {
+  const query: Record<string, string> = {};
+  for (const [key, value] of Object.entries((request.query ?? {}) as Record<string, unknown>)) {
+    if (typeof value !== "string")
+      throw invalidRequest(`the query parameter ${quoteName(key)} is given more than once`);
+    query[key] = value;
+  }
+  return query;
 }
 
 export class ApiServer {
@@ -246,7 +276,11 @@ export class ApiServer {
       }
     });
     const authenticate = options.authenticate;
-    if (authenticate !== undefined) app.addHook("onRequest", async (request) => authenticate(request));
+    const open = options.open ?? (() => false);
+    if (authenticate !== undefined)
+      app.addHook("onRequest", async (request) => {
+        if (!(request.method === "GET" && open(pathOf(request)))) authenticate(request);
+      });
     app.addHook("onRequest", async (request) => refuseUnsupportedContent(request));
     app.setErrorHandler((error, request, reply) => this.fail(request, reply, error));
     app.setNotFoundHandler((request, reply) =>
@@ -276,9 +310,62 @@ export class ApiServer {
       async (request, reply) => {
         const params = request.params as Record<string, string>;
         const body = request.body === undefined ? {} : request.body;
-        return this.send(request, reply, await methods[request.method]!({ params, body }, reply));
+        const query = queryOf(request);
+        return this.send(request, reply, await methods[request.method]!({ params, body, query }, reply));
       },
     );
+  }
+
+  /**
+   * Serves a static file at `path` (GET only): what `file` returns for the path's parameters, or 404
+   * when it returns undefined. The file is sent as it is, with its content type, and the browser may
+   * run nothing from elsewhere (Content-Security-Policy 'self').
+   */
+  asset(path: string, file: (params: Readonly<Record<string, string>>) => StaticFile | undefined): void {
+    this.app.get(path, async (request, reply) => {
+      const found = file(request.params as Record<string, string>);
+      if (found === undefined) throw new Refusal(404, "HAVEN_ERR_NOT_FOUND", `no such file: ${clip(pathOf(request))}`);
+      return reply
+        .header("content-type", found.contentType)
+        .header("cache-control", "no-cache")
+        .header("x-content-type-options", "nosniff")
+        .header("content-security-policy", "default-src 'self'; frame-ancestors 'none'; base-uri 'none'")
+        .send(found.body);
+    });
+  }
+
+  /**
+   * Serves server-sent events at `path` (GET only; text/event-stream): `open` is handed the request
+   * and the stream, and writes events until the client goes away or the server stops. A comment line
+   * every `keepAliveMs` keeps proxies from closing an idle stream.
+   */
+  stream(path: string, open: (request: ApiRequest, stream: EventStream) => void, keepAliveMs = 15_000): void {
+    this.app.get(path, async (request, reply) => {
+      const query = queryOf(request);
+      const output = new PassThrough();
+      const closed = new AbortController();
+      const stream: EventStream = {
+        send: (event, data) => {
+          if (!closed.signal.aborted) output.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+        },
+        closed: closed.signal,
+      };
+      // A refusal (too many streams) throws here, before anything is left to clean up.
+      open({ params: request.params as Record<string, string>, body: {}, query }, stream);
+      const keepAlive = setInterval(() => output.write(": keep-alive\n\n"), keepAliveMs);
+      const close = (): void => {
+        clearInterval(keepAlive);
+        closed.abort();
+        output.end();
+      };
+      request.raw.socket.once("close", close);
+      reply.raw.once("close", close);
+      return reply
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-store")
+        .header("x-accel-buffering", "no")
+        .send(output);
+    });
   }
 
   /** Starts listening (once); resolves with the bound address as HOST:PORT (the real port when 0 was asked). */

@@ -15,6 +15,10 @@ import { parseCommand, refuseArguments } from "../args.js";
 import { readSecretFile } from "../secret.js";
 import { untilStopSignal } from "../signals.js";
 import { loadTlsIdentitySync, serverTlsOptions } from "../../security/tls-identity.js";
+import { EtcdClient } from "../../cluster/etcd-client.js";
+import type { ClusterStore } from "../../cluster/store.js";
+import type { AgentConfig } from "../../agent/config.js";
+import { digest } from "../../api/auth.js";
 
 export const AGENT_USAGE = `usage: haven agent --config FILE
 
@@ -54,6 +58,8 @@ export async function agentCommand(argv: string[]): Promise<number> {
     ...(config.tls !== undefined && {
       https: { ...serverTlsOptions(loadTlsIdentitySync(config.tls.dir)), rejectUnauthorized: false },
     }),
+    // ---- the web dashboard: the cluster's state from the agent's etcd client, and operators' own logins
+    dashboard: { store: world.store, storeAs: operatorStores(config), host: config.host.name },
   });
   const scheme = config.tls !== undefined ? "https" : "http";
   log(`agent API on ${scheme}://${await api.listen(config.api.listen.host, config.api.listen.port)}`);
@@ -71,4 +77,31 @@ export async function agentCommand(argv: string[]): Promise<number> {
   world.stopCaches();
   log("stopped cleanly");
   return 0;
+}
+
+/** Operators' etcd logins the dashboard keeps, the most recently used; an older one logs in again. */
+const MAX_OPERATOR_STORES = 16;
+
+/**
+ * An etcd client per operator and token, logged in as that operator (as the CLI's connectCluster
+ * does), over this host's TLS identity: etcd then checks the operator's own role on every write the
+ * dashboard makes for them.
+ */
+function operatorStores(config: AgentConfig): (name: string, token: string) => ClusterStore {
+  const identity = config.tls !== undefined ? loadTlsIdentitySync(config.tls.dir) : undefined;
+  const stores = new Map<string, ClusterStore>();
+  return (name, token) => {
+    const key = `${name} ${digest(token).toString("hex")}`;
+    let store = stores.get(key);
+    if (store === undefined) {
+      store = new EtcdClient([...config.etcd.endpoints], {
+        tls: identity,
+        credentials: { user: name, password: token },
+      });
+      if (stores.size >= MAX_OPERATOR_STORES) stores.delete(stores.keys().next().value!);
+    }
+    stores.delete(key);
+    stores.set(key, store);
+    return store;
+  };
 }

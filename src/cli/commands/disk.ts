@@ -14,22 +14,25 @@
 
 import { cliActor } from "../actor.js";
 import { readShownRecords } from "../cluster-report.js";
-import { readClusterRecords, type ClusterRecords } from "../../cluster/cluster-read.js";
-import { diskEntries, type DiskView } from "../../cluster/cluster-view.js";
-import type { EtcdClient } from "../../cluster/etcd-client.js";
-import { placeAnotherCopy, withDiskRecords } from "../../cluster/placement.js";
-import { copiesOn, copyId, type CopyPlace, type VolumeSpec } from "../../cluster/schema.js";
-import { addCopy, removeCopy, requestSwitchover } from "../../cluster/volume-admin.js";
-import { HavenError, errorMessage } from "../../core/errors.js";
-import { formatIdentity, type DiskIdentity } from "../../disk/disk-identity.js";
+import { readClusterRecords } from "../../cluster/cluster-read.js";
+import { diskEntries } from "../../cluster/cluster-view.js";
+import { copyId } from "../../cluster/schema.js";
+import { HavenError } from "../../core/errors.js";
 import { formatBytes } from "../../util/units.js";
 import { parseCommand } from "../args.js";
 import { renderDiskList } from "../cluster-render.js";
 import { CLUSTER_OPTIONS, CLUSTER_OPTIONS_USAGE, connectCluster } from "../context.js";
 import { waitForCopies } from "../copy-progress.js";
-import { askHost } from "../disk-requests.js";
+import { askHost } from "../../cluster/disk-requests.js";
+import {
+  checkReplacement,
+  diskOf,
+  identityText,
+  knownHost,
+  moveDiskCopies,
+  planMoves,
+} from "../../cluster/disk-moves.js";
 import { abortOnStopSignal } from "../poll.js";
-import { waitForSwitchover } from "../switchover-wait.js";
 import { terminalRenderOptions } from "../terminal.js";
 import { WATCH_OPTIONS, WATCH_OPTIONS_USAGE, watchFrames, watchSeconds } from "../watch.js";
 
@@ -114,30 +117,6 @@ ${CLUSTER_OPTIONS_USAGE}`,
 
 function usage(message: string): HavenError {
   return new HavenError("HAVEN_ERR_USAGE", `${message}\n\n${DISK_USAGE}`);
-}
-
-function actor(): { actor: string } {
-  return { actor: cliActor() };
-}
-
-function knownHost(records: ClusterRecords, host: string): void {
-  if (!records.knownHosts.has(host))
-    throw new HavenError("HAVEN_ERR_NOT_FOUND", `no host "${host}" in the cluster; 'haven host list' shows them`);
-}
-
-function diskOf(records: ClusterRecords, host: string, disk: string): DiskView {
-  knownHost(records, host);
-  const found = diskEntries(records).find((entry) => entry.host === host && entry.disk === disk);
-  if (found === undefined)
-    throw new HavenError(
-      "HAVEN_ERR_NOT_FOUND",
-      `host ${host} has no disk "${disk}"; 'haven disk list --host ${host}' shows them`,
-    );
-  return found;
-}
-
-function identityText(disk: DiskView): string {
-  return disk.identity === null ? "identity unknown" : formatIdentity(disk.identity as DiskIdentity);
 }
 
 function waitSeconds(text: unknown): number {
@@ -229,6 +208,7 @@ async function diskAdd(argv: string[]): Promise<number> {
       ...(typeof values.wipe === "string" && { wipe: values.wipe }),
     },
     ANSWER_TIMEOUT_MS,
+    cliActor(),
   );
   if (answer.state === "refused") throw new HavenError("HAVEN_ERR_CONFLICT", `${host}: ${answer.result}`);
   process.stdout.write(`${host}: ${answer.result}\n`);
@@ -270,6 +250,7 @@ async function diskRemove(argv: string[]): Promise<number> {
     host,
     { kind: "remove", disk: name, ...(disk.identity !== null && { identity: identityText(disk) }) },
     ANSWER_TIMEOUT_MS,
+    cliActor(),
   );
   if (answer.state === "refused") throw new HavenError("HAVEN_ERR_CONFLICT", `${host}: ${answer.result}`);
   process.stdout.write(`${host}: ${answer.result}\n`);
@@ -290,56 +271,11 @@ async function diskIdentify(argv: string[]): Promise<number> {
     host,
     { kind: "identify", disk: name, off: values.off === true },
     ANSWER_TIMEOUT_MS,
+    cliActor(),
   );
   if (answer.state === "refused") throw new HavenError("HAVEN_ERR_CONFLICT", `${host}: ${answer.result}`);
   process.stdout.write(`${host}: ${answer.result}\n`);
   return 0;
-}
-
-/** One copy to move: from the disk being emptied to where it goes. */
-interface Move {
-  readonly spec: VolumeSpec;
-  readonly from: CopyPlace;
-  readonly to: CopyPlace;
-}
-
-/** Where each copy on HOST/DISK goes: another disk of HOST when it has room, else another host; or why not. */
-function planMoves(records: ClusterRecords, host: string, disk: string, onto: string | undefined): Move[] {
-  const from = { host, disk };
-  const moves: Move[] = [];
-  const stuck: string[] = [];
-  let existing = [...records.volumes.values()];
-  for (const spec of existing.filter((volume) => volume.replicas.some((copy) => copyId(copy) === copyId(from)))) {
-    const live = (want: { host?: string; disk?: string }) =>
-      withDiskRecords([...records.liveHosts.values()], records.disks, existing, want);
-    let to: CopyPlace | undefined;
-    const tries: { host?: string; disk?: string }[] = onto !== undefined ? [{ host, disk: onto }] : [{ host }, {}];
-    const reasons: string[] = [];
-    for (const want of tries) {
-      try {
-        to = placeAnotherCopy(live(want), existing, spec, want, records.health);
-        break;
-      } catch (error) {
-        reasons.push(errorMessage(error));
-      }
-    }
-    if (to === undefined) {
-      stuck.push(`${spec.name}: ${reasons.join("; ")}`);
-      continue;
-    }
-    moves.push({ spec, from, to });
-    // Later copies are placed knowing this one's room is taken.
-    existing = existing.map((volume) =>
-      volume.name === spec.name ? { ...volume, replicas: [...volume.replicas, to!] } : volume,
-    );
-  }
-  if (stuck.length > 0)
-    throw new HavenError(
-      "HAVEN_ERR_NO_SPACE",
-      `nowhere to move ${stuck.length === 1 ? "a copy" : `${stuck.length} copies`} off ${host}/${disk}, so nothing was changed:\n  ${stuck.join("\n  ")}\n` +
-        "add a disk ('haven disk add') or a host, then run it again",
-    );
-  return moves;
 }
 
 async function diskMove(argv: string[], kind: "evacuate" | "replace"): Promise<number> {
@@ -368,19 +304,19 @@ async function diskMove(argv: string[], kind: "evacuate" | "replace"): Promise<n
   const started = Date.now();
   const stop = abortOnStopSignal();
   try {
-    for (const [index, move] of moves.entries()) {
-      const label = `[${index + 1}/${moves.length}] ${move.spec.name}`;
-      process.stdout.write(`${label}: building a copy on ${copyId(move.to)} to take over from ${copyId(move.from)}\n`);
-      await addCopy(client, move.spec.name, move.to, { ...actor(), reason: `disk ${kind} of ${host}/${name}` });
-      if (!(await waitForCopies(client, [{ volume: move.spec.name, copy: move.to }], seconds * 1000, stop.signal))) {
-        process.stderr.write(
-          `stopped; ${copyId(move.from)} still holds ${move.spec.name}: run the command again to go on\n`,
-        );
-        return 130;
-      }
-      await moveOffPrimary(client, move, seconds);
-      await removeCopy(client, move.spec.name, move.from, { ...actor(), reason: `disk ${kind} of ${host}/${name}` });
-      process.stdout.write(`${label}: ${copyId(move.from)} released\n`);
+    const outcome = await moveDiskCopies(client, moves, kind, {
+      actor: cliActor(),
+      timeoutMs: seconds * 1000,
+      signal: stop.signal,
+      write: (text) => process.stdout.write(text),
+      waitForCopies: (store, copies, timeoutMs, signal) => waitForCopies(store, copies, timeoutMs, signal),
+    });
+    if (!outcome.done) {
+      const move = outcome.stoppedAt;
+      process.stderr.write(
+        `stopped; ${copyId(move.from)} still holds ${move.spec.name}: run the command again to go on\n`,
+      );
+      return 130;
     }
   } finally {
     stop.dispose();
@@ -392,43 +328,4 @@ async function diskMove(argv: string[], kind: "evacuate" | "replace"): Promise<n
       `${elapsed.toFixed(1)} s; it holds no copy now and may be removed: haven disk remove ${host} ${name}\n`,
   );
   return 0;
-}
-
-/** A copy that is its host's last one on the volume's primary: the primary moves to the new copy's host first. */
-async function moveOffPrimary(client: EtcdClient, move: Move, seconds: number): Promise<void> {
-  const records = await readClusterRecords(client);
-  const primary = records.primaries.get(move.spec.name);
-  const spec = records.volumes.get(move.spec.name);
-  if (primary === undefined || spec === undefined || primary.host !== move.from.host) return;
-  if (copiesOn(spec, move.from.host).length > 1) return;
-  const asked = new Date();
-  process.stdout.write(`  ${move.spec.name}: its primary moves from ${move.from.host} to ${move.to.host} first\n`);
-  await requestSwitchover(client, move.spec.name, move.to.host, actor());
-  await waitForSwitchover(client, move.spec.name, move.to.host, asked, seconds * 1000);
-}
-
-/** The checks `disk replace` makes of NEW before anything changes. */
-function checkReplacement(records: ClusterRecords, old: DiskView, replacement: DiskView): void {
-  const refuse = (why: string): never => {
-    throw new HavenError(
-      "HAVEN_ERR_CONFLICT",
-      `disk ${old.host}/${replacement.disk} cannot replace ${old.disk}: ${why}; nothing was changed`,
-    );
-  };
-  if (replacement.disk === old.disk) refuse("it is the same disk");
-  if (
-    old.identity !== null &&
-    replacement.identity !== null &&
-    old.identity.kind === replacement.identity.kind &&
-    old.identity.value === replacement.identity.value
-  )
-    refuse(`it is the same device (${identityText(old)})`);
-  if (replacement.state !== "online") refuse(`it is ${replacement.state} (${replacement.reason})`);
-  if (replacement.copies.length > 0)
-    refuse(`it holds copies of ${replacement.copies.map((copy) => copy.volume).join(", ")} already`);
-  const needed = old.copies.reduce((sum, copy) => sum + (records.volumes.get(copy.volume)?.sizeBytes ?? 0), 0);
-  if (replacement.freeBytes < needed)
-    refuse(
-      `it has ${formatBytes(replacement.freeBytes)} free, and the copies on ${old.disk} need ${formatBytes(needed)}`,
-    );
 }

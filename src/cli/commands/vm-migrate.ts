@@ -7,7 +7,9 @@ import { HavenError } from "../../core/errors.js";
 import { parseSize } from "../../util/units.js";
 import { parseCommand } from "../args.js";
 import { CLUSTER_OPTIONS, CLUSTER_OPTIONS_USAGE, connectCluster } from "../context.js";
-import { migrateVm } from "../migration-wait.js";
+import { migrateVm } from "../../cluster/migration-wait.js";
+import { waitForCopies } from "../copy-progress.js";
+import { isTerminal } from "../terminal.js";
 import { abortOnStopSignal } from "../poll.js";
 
 const DEFAULT_WAIT_SECONDS = 600;
@@ -72,6 +74,8 @@ export async function vmMigrate(argv: string[]): Promise<number> {
       timeoutMs: wait * 1000,
       signal: stop.signal,
       noWait: values["no-wait"] === true,
+      redraw: isTerminal(),
+      waitForCopies,
       ...(maxBandwidth !== undefined && { maxBandwidth }),
     });
     if (values["no-wait"] === true) return 0;

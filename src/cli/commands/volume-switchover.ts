@@ -7,7 +7,7 @@ import { HavenError } from "../../core/errors.js";
 import { requestSwitchover } from "../../cluster/volume-admin.js";
 import { parseCommand } from "../args.js";
 import { CLUSTER_OPTIONS, CLUSTER_OPTIONS_USAGE, connectCluster } from "../context.js";
-import { waitForSwitchover } from "../switchover-wait.js";
+import { waitForSwitchover } from "../../cluster/switchover-wait.js";
 import { volumeNameArgument } from "../volume-argument.js";
 
 export const VOLUME_SWITCHOVER_USAGE = `usage: haven volume switchover NAME --to HOST [--no-wait] [--wait-timeout SECONDS] [cluster options]

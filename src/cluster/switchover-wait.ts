@@ -1,11 +1,12 @@
 // Waiting for a switchover to finish, and how long the volume could not take writes: from the moment
 // the old primary's engine began to stop (the "switchover" event's time minus its stop duration) to
-// the new primary's "volume-serving" event.
+// the new primary's "volume-serving" event. The CLI (volume switchover, host drain, disk moves) and the
+// dashboard wait the same way.
 
 import { HavenError } from "../core/errors.js";
-import { readEvents } from "../cluster/cluster-read.js";
-import type { EtcdClient } from "../cluster/etcd-client.js";
-import { keys, parsePrimaryRecord } from "../cluster/schema.js";
+import { readEvents } from "./cluster-read.js";
+import { keys, parsePrimaryRecord } from "./schema.js";
+import type { ClusterStore } from "./store.js";
 
 export interface SwitchoverDone {
   readonly epoch: number;
@@ -16,7 +17,7 @@ export interface SwitchoverDone {
 const STOPPED_IN = /stopped cleanly in (\d+) ms/;
 
 export async function waitForSwitchover(
-  client: EtcdClient,
+  client: ClusterStore,
   name: string,
   to: string,
   since: Date,

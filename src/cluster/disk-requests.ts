@@ -1,12 +1,11 @@
 // Asking a host's agent to act on one of its disks: the request goes into etcd
 // (/haven/disk-requests/HOST/ID, disk-schema.ts), the host's agent carries it out on its next round and
-// answers in the same record, and the answer is read back and the request removed. A host whose agent
+// answers in the same record (the CLI's `disk` commands and the dashboard ask the same way), and the answer is read back and the request removed. A host whose agent
 // does not answer in time gets its request withdrawn, so it is never carried out later by surprise.
 
-import { cliActor } from "./actor.js";
 import { randomBytes } from "node:crypto";
-import { diskKeys, parseDiskRequest, type DiskRequest } from "../cluster/disk-schema.js";
-import type { ClusterStore } from "../cluster/store.js";
+import { diskKeys, parseDiskRequest, type DiskRequest } from "./disk-schema.js";
+import type { ClusterStore } from "./store.js";
 import { HavenError } from "../core/errors.js";
 
 const POLL_MS = 200;
@@ -19,12 +18,14 @@ export async function askHost(
   host: string,
   ask: DiskAsk,
   timeoutMs: number,
+  /** Who asks, as the request records it ("cli@HOSTNAME", "alice@dashboard"). */
+  actor: string,
 ): Promise<{ state: "done" | "refused"; result: string; disk?: string }> {
   const id = `${Date.now()}-${randomBytes(4).toString("hex")}`;
   const key = diskKeys.request(host, id);
   const request: DiskRequest = {
     ...ask,
-    requestedBy: cliActor(),
+    requestedBy: actor,
     requestedAt: new Date().toISOString(),
     state: "pending",
   };

@@ -3,16 +3,17 @@
 // fast the guest dirties memory, the pause QEMU expects), redrawn in place on a terminal and printed
 // at most every 25 percent otherwise; then the outcome from the events the agents wrote.
 
-import { readClusterRecords, readEvents } from "../cluster/cluster-read.js";
-import { planMigration, requestMigration } from "../cluster/migration-admin.js";
-import { parseMigrationRecord, type MigrationProgress } from "../cluster/migration-schema.js";
-import { keys, type EventRecord } from "../cluster/schema.js";
-import type { ClusterStore } from "../cluster/store.js";
-import { addCopy } from "../cluster/volume-admin.js";
+import { readClusterRecords, readEvents } from "./cluster-read.js";
+import { planMigration, requestMigration } from "./migration-admin.js";
+import { parseMigrationRecord, type MigrationProgress } from "./migration-schema.js";
+import { keys, type CopyPlace, type EventRecord } from "./schema.js";
+import type { ClusterStore } from "./store.js";
+import { addCopy } from "./volume-admin.js";
 import { HavenError } from "../core/errors.js";
 import { formatBytes } from "../util/units.js";
-import { waitForCopies } from "./copy-progress.js";
-import { CLEAR_TO_END_OF_LINE, isTerminal } from "./terminal.js";
+
+/** Erases the rest of a terminal line (ANSI EL), after a progress line redrawn in place. */
+const CLEAR_TO_END_OF_LINE = "\x1b[K";
 
 const POLL_MS = 250;
 
@@ -36,6 +37,19 @@ export interface MigrateOptions {
   readonly noWait?: boolean;
   /** The most the transfer may send per second (bytes). */
   readonly maxBandwidth?: number;
+  /** Redraw the progress line in place (a terminal) rather than print a line every 25 percent. */
+  readonly redraw?: boolean;
+  /**
+   * Waits until a new copy is in sync (the CLI's copy-progress.ts, with its progress lines); needed
+   * only with `copy`. Resolves false when stopped.
+   */
+  readonly waitForCopies?: (
+    client: ClusterStore,
+    copies: readonly { readonly volume: string; readonly copy: CopyPlace }[],
+    timeoutMs: number,
+    signal: AbortSignal,
+    write: (text: string) => void,
+  ) => Promise<boolean>;
 }
 
 /** Migrates VM `name` to `to` and resolves when it runs there; rejects with the reason when it failed. */
@@ -52,6 +66,12 @@ export async function migrateVm(
     const added = await addCopy(client, plan.vm.volume, { host: to }, { actor: options.actor });
     write(`VM ${name}: building a copy of ${plan.vm.volume} on ${to}/${added.copy.disk} first\n`);
     const copy = { volume: plan.vm.volume, copy: added.copy };
+    const waitForCopies = options.waitForCopies;
+    if (waitForCopies === undefined)
+      throw new HavenError(
+        "HAVEN_ERR_USAGE",
+        `VM ${name}: ${to} needs a copy built first, and this caller cannot wait for one`,
+      );
     if (!(await waitForCopies(client, [copy], options.timeoutMs, options.signal, write))) return undefined;
     records = await readClusterRecords(client);
     plan = planMigration(records, name, to, false);
@@ -63,7 +83,7 @@ export async function migrateVm(
   });
   write(`VM ${name}: live migration from ${plan.from} to ${to} asked\n`);
   if (options.noWait === true) return undefined;
-  const terminal = isTerminal() && options.write === undefined;
+  const terminal = options.redraw === true;
   let lastStep = -1;
   for (;;) {
     if (options.signal.aborted) return undefined;
