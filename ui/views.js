@@ -62,7 +62,12 @@ function hostCard(snapshot, host) {
           volume.copies.filter((c) => c.host === host.name && c.disk === disk.disk).map((c) => copyChip(volume, c)),
         )
         .join("");
-      return `<li class="disk"><span class="disk-name">${escape(disk.disk)}</span> ${badge(disk.state)}
+      // A dead host's disks are as it last reported them: say so rather than show them online.
+      const state =
+        host.state === "dead"
+          ? `${badge("unknown")} <span class="muted">(last reported ${escape(disk.state)})</span>`
+          : badge(disk.state);
+      return `<li class="disk"><span class="disk-name">${escape(disk.disk)}</span> ${state}
         <span class="muted">${bytes(disk.freeBytes)} free of ${bytes(disk.sizeBytes)}</span>
         <ul class="copies">${copies || '<li class="muted">no copies</li>'}</ul></li>`;
     })
@@ -80,7 +85,7 @@ function healthLine(host) {
   const links = host.health.links
     .map(
       (l) =>
-        `<li>link to ${link("host", l.peer)} ${badge(l.starting ? "starting" : l.up ? "up" : "down")} ${l.rttMs !== null ? `${l.rttMs.toFixed(1)} ms` : ""}</li>`,
+        `<li>link to ${link("host", l.peer)} ${badge(l.starting ? "starting" : l.up ? "up" : "down")} ${l.up && l.rttMs !== null ? `${l.rttMs.toFixed(1)} ms` : ""}</li>`,
     )
     .join("");
   const problems = host.health.problems.map((p) => `<li class="problem">${escape(p)}</li>`).join("");
