@@ -186,8 +186,8 @@ describe("the dashboard's routes on a local cluster", { skip: !haveEtcd() && "ne
     assert.equal(guard.status, 400, guard.body);
     assert.equal(guard.json.error.message, `${from} is already the primary of volume v1`);
     const nowhere = await call("POST", "/v1/dashboard/volumes/v1/switchover", tokens.bob, { to: "h7" });
-    assert.equal(nowhere.status, 400, nowhere.body);
-    assert.match(nowhere.json.error.message, /host h7 holds no copy of volume v1/);
+    assert.equal(nowhere.status, 404, nowhere.body);
+    assert.match(nowhere.json.error.message, /there is no host "h7" in the cluster \(hosts: h1, h2\)/);
     assert.equal(await primaryOf(), from, "the previews moved nothing");
     assert.equal((await call("GET", "/v1/dashboard/events", admin)).json.events.length, events, "and wrote no event");
 
