@@ -102,7 +102,9 @@ describe("the dashboard in a browser", () => {
       "h1",
     );
     assert.equal(created.code, 0, created.stderr);
-    const spare = await haven("volume", "create", "spare", "--size", "16M", "--replicas", "1");
+    // A one-copy volume on the host the VM does not start on: the guard test switches it over to a host
+    // without a copy, and the drain of the VM's host must not find a volume it cannot move.
+    const spare = await haven("volume", "create", "spare", "--size", "16M", "--copies", "h2:disk0");
     assert.equal(spare.code, 0, spare.stderr);
     await runningVm(haven, "web");
     const h1 = state.agents.find((agent) => agent.name === "h1")!;
